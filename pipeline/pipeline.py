@@ -1,0 +1,118 @@
+"""The tfxops TFX pipeline, wired in one function.
+
+CsvExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator
+-> DataGate -> Transform -> Trainer -> Resolver (baseline model) -> Evaluator
+-> AtomicPusher.
+
+Every setting comes from ``tfxops.config.Settings``; model code lives in
+``modules/``. The same function builds the pipeline for any TFX runner
+(LocalDagRunner here; Kubeflow or Dataflow with other ``beam_args`` and metadata).
+"""
+import json
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from modules import features as F
+from pipeline.baseline import BaselineModelStrategy
+from pipeline.gate import DataGate
+from pipeline.pusher import AtomicPusher
+from tfxops import mlmd
+from tfxops.config import Settings
+
+# Node ids, used by the runner's progress display and by lineage.
+NODE_ORDER = [
+    "CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
+    "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "Pusher",
+]
+
+
+def eval_config(settings: Settings) -> tfma.EvalConfig:
+    """TFMA: AUC, binary accuracy and example count, overall and per slice.
+
+    Blessing looks at the overall slice only: a value threshold on AUC and
+    accuracy, and a change threshold against the baseline (the latest blessed
+    model; skipped when there is none yet). Per-slice metrics are reported.
+    """
+    overall = [tfma.SlicingSpec()]
+
+    def gate(threshold: tfma.MetricThreshold):
+        return [tfma.PerSliceMetricThreshold(slicing_specs=overall, threshold=threshold)]
+
+    auc = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": settings.min_auc}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -settings.max_auc_drop}))
+    accuracy = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(
+            lower_bound={"value": settings.min_binary_accuracy}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            signature_name="serving_default",
+            label_key=F.TRANSFORMED_LABEL_KEY,
+            preprocessing_function_names=["transform_features"])],
+        slicing_specs=overall + [
+            tfma.SlicingSpec(feature_keys=[key]) for key in settings.slice_features],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=gate(auc)),
+            tfma.MetricConfig(class_name="BinaryAccuracy", per_slice_thresholds=gate(accuracy)),
+        ])],
+        # Only the metrics above: not the model's compiled Keras metrics too.
+        options=tfma.Options(include_default_metrics={"value": False}))
+
+
+def create_pipeline(settings: Settings, data_dir: str = None) -> tfx.dsl.Pipeline:
+    example_gen = tfx.components.CsvExampleGen(input_base=data_dir or settings.data_dir)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=settings.schema_path)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"])
+    data_gate = DataGate(anomalies=example_validator.outputs["anomalies"],
+                         severities=json.dumps(list(settings.gate_severities)))
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        module_file=settings.transform_module)
+    transform.add_upstream_node(data_gate)
+
+    trainer = tfx.components.Trainer(
+        module_file=settings.trainer_module,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=settings.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=settings.eval_steps),
+        custom_config=settings.hparams)
+
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=BaselineModelStrategy,
+        candidate=trainer.outputs["model"],
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("baseline_model_resolver")
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        eval_config=eval_config(settings))
+
+    pusher = AtomicPusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=str(settings.model_push_dir)))).with_id("Pusher")
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=settings.pipeline_name,
+        pipeline_root=str(settings.pipeline_root_path),
+        components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate,
+                    transform, trainer, model_resolver, evaluator, pusher],
+        enable_cache=settings.enable_cache,
+        metadata_connection_config=mlmd.connection_config(settings),
+        beam_pipeline_args=list(settings.beam_args))

@@ -1,0 +1,310 @@
+"""Run the pipeline with LocalDagRunner: progress a person can follow, library logs
+in a file, and a summary read back from ML Metadata.
+
+The progress lines come from TFX's own log records (LocalDagRunner's "Component X
+is running/finished", the launcher's "cached execution" / "new execution"), so
+they say what the orchestrator did, not what we expected it to do.
+"""
+import contextlib
+import dataclasses
+import datetime
+import io
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, TextIO
+
+from pipeline import preflight
+from tfxops import mlmd
+from tfxops.config import Settings
+
+
+class PipelineFailed(RuntimeError):
+    def __init__(self, node_id: str, message: str):
+        super().__init__(f"{node_id}: {message}")
+        self.node_id = node_id
+        self.message = message
+
+
+@dataclasses.dataclass
+class NodeReport:
+    node_id: str
+    state: str            # executed | cached | skipped | failed
+    seconds: float
+
+
+@dataclasses.dataclass
+class RunSummary:
+    run_id: str
+    ok: bool
+    wall_seconds: float
+    nodes: List[NodeReport]
+    blessed: Optional[bool] = None
+    blessing_reasons: List[str] = dataclasses.field(default_factory=list)
+    metrics: List[Dict] = dataclasses.field(default_factory=list)
+    pushed: bool = False
+    pushed_version: Optional[str] = None
+    pushed_path: Optional[str] = None
+    failed_node: Optional[str] = None
+    error: Optional[str] = None
+    metadata_path: str = ""
+    log_path: str = ""
+    pipeline_root: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+# ----------------------------------------------------------------------- progress
+class _Progress:
+    """One line per component as LocalDagRunner starts and ends it."""
+
+    def __init__(self, out: TextIO, total: int):
+        self.out, self.total = out, total
+        self.nodes: List[NodeReport] = []
+        self.current: Optional[str] = None
+        self._started = 0.0
+
+    def start(self, node: str) -> None:
+        self.current, self._started = node, time.monotonic()
+        self._print(f"[{len(self.nodes) + 1:2d}/{self.total}] {node:<32} running ...")
+
+    def finish(self, node: str, state: str) -> None:
+        seconds = time.monotonic() - self._started
+        self.nodes.append(NodeReport(node, state, round(seconds, 2)))
+        self._print(f"[{len(self.nodes):2d}/{self.total}] {node:<32} {state:<8} {seconds:6.1f} s")
+        self.current = None
+
+    def _print(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+@contextlib.contextmanager
+def _reporting_launcher(progress: _Progress):
+    """Make LocalDagRunner's launcher report each node's start, end and whether the
+    launcher used a cached execution (what MLMD records as CACHED)."""
+    from tfx.orchestration.portable import launcher as launcher_module
+
+    original = launcher_module.Launcher
+
+    class ReportingLauncher(original):
+        def _prepare_execution(self):
+            result = super()._prepare_execution()
+            self._tfxops_state = "executed" if result.is_execution_needed else (
+                "cached" if result.execution_info and result.execution_info.execution_id else "skipped")
+            return result
+
+        def launch(self):
+            node = self._pipeline_node.node_info.id
+            progress.start(node)
+            self._tfxops_state = "executed"
+            try:
+                info = super().launch()
+            except BaseException:
+                progress.finish(node, "failed")
+                raise
+            progress.finish(node, self._tfxops_state if info is not None else "skipped")
+            return info
+
+    launcher_module.Launcher = ReportingLauncher
+    try:
+        yield
+    finally:
+        launcher_module.Launcher = original
+
+
+@contextlib.contextmanager
+def _library_output_to(log_path: Path):
+    """Send file descriptors 1 and 2 (Python, TensorFlow C++, Beam workers) and
+    Python logging to ``log_path``; yield a stream to the original stdout."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    console = io.TextIOWrapper(os.fdopen(os.dup(saved_out), "wb", buffering=0), write_through=True)
+    with open(log_path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        root = logging.getLogger()
+        old_level = root.level
+        root.setLevel(logging.INFO)
+        try:
+            yield console
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            root.setLevel(old_level)
+            console.flush()
+
+
+# ------------------------------------------------------------------------ summary
+def _slice_name(slice_key) -> str:
+    parts = [f"{k.column}={k.bytes_value.decode() if k.HasField('bytes_value') else k.int64_value if k.HasField('int64_value') else k.float_value}"
+             for k in slice_key.single_slice_keys]
+    return ", ".join(parts) or "overall"
+
+
+def _threshold_text(threshold) -> str:
+    parts = []
+    if threshold.HasField("value_threshold"):
+        bound = threshold.value_threshold
+        if bound.HasField("lower_bound"):
+            parts.append(f">= {bound.lower_bound.value:g}")
+        if bound.HasField("upper_bound"):
+            parts.append(f"<= {bound.upper_bound.value:g}")
+    if threshold.HasField("change_threshold"):
+        change = threshold.change_threshold
+        if change.HasField("absolute"):
+            parts.append(f"change vs baseline >= {change.absolute.value:g}")
+    return " and ".join(parts) or "its threshold"
+
+
+def _evaluation_details(evaluation_uri: str):
+    """Overall-slice metrics (candidate, baseline, diff) and the failed validations."""
+    import tensorflow_model_analysis as tfma
+
+    metrics: Dict[str, Dict] = {}
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        if per_slice.slice_key.single_slice_keys:
+            continue
+        for kv in per_slice.metric_keys_and_values:
+            key = kv.key
+            if not kv.value.HasField("double_value"):
+                continue
+            entry = metrics.setdefault(key.name, {"metric": key.name, "value": None, "baseline": None,
+                                                  "diff": None})
+            value = kv.value.double_value.value
+            if key.is_diff:
+                entry["diff"] = value
+            elif key.model_name == "baseline":
+                entry["baseline"] = value
+            else:
+                entry["value"] = value
+    reasons = []
+    validation = tfma.load_validation_result(evaluation_uri)
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            reasons.append(
+                f"{_slice_name(per_slice.slice_key)}: {failure.metric_key.name}"
+                f"{' change' if failure.metric_key.is_diff else ''} = "
+                f"{failure.metric_value.double_value.value:.4f}, needs "
+                f"{_threshold_text(failure.metric_threshold)}")
+    return list(metrics.values()), reasons
+
+
+def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
+              error: Optional[PipelineFailed], log_path: Path) -> RunSummary:
+    store = mlmd.open_store(settings)
+    run = mlmd.find_run(store, settings.pipeline_name)
+    summary = RunSummary(run_id=run.name, ok=error is None, wall_seconds=round(wall, 1),
+                         nodes=progress_nodes, metadata_path=str(settings.metadata_file),
+                         log_path=str(log_path), pipeline_root=str(settings.pipeline_root_path))
+    if error is not None:
+        summary.failed_node, summary.error = error.node_id, error.message
+    executions = {n.node_id: n for n in mlmd.run_executions(store, run, settings.pipeline_name)}
+    evaluator = executions.get("Evaluator")
+    if evaluator and evaluator.outputs.get("blessing"):
+        blessing = evaluator.outputs["blessing"][0]
+        summary.blessed = bool(mlmd.custom(blessing, "blessed", 0))
+        metrics, reasons = _evaluation_details(evaluator.outputs["evaluation"][0].uri)
+        summary.metrics = _with_thresholds(metrics, settings)
+        summary.blessing_reasons = reasons if not summary.blessed else []
+    pusher = executions.get("Pusher")
+    if pusher and pusher.outputs.get("pushed_model"):
+        pushed = pusher.outputs["pushed_model"][0]
+        summary.pushed = bool(mlmd.custom(pushed, "pushed", 0))
+        summary.pushed_version = mlmd.custom(pushed, "pushed_version")
+        summary.pushed_path = mlmd.custom(pushed, "pushed_destination")
+    return summary
+
+
+def _with_thresholds(metrics: List[Dict], settings: Settings) -> List[Dict]:
+    thresholds = {"auc": f">= {settings.min_auc}, and >= baseline - {settings.max_auc_drop}",
+                  "binary_accuracy": f">= {settings.min_binary_accuracy}",
+                  "example_count": ""}
+    for metric in metrics:
+        metric["threshold"] = thresholds.get(metric["metric"], "")
+    return metrics
+
+
+def render(summary: RunSummary) -> str:
+    lines = ["", f"Run {summary.run_id}: {'succeeded' if summary.ok else 'FAILED'} "
+                 f"in {summary.wall_seconds:.1f} s"]
+    ran = [n for n in summary.nodes if n.state != "skipped"]
+    if ran and all(n.state == "cached" for n in ran if n.node_id != "baseline_model_resolver"):
+        lines.append("  every component was cached (unchanged data, code and settings)")
+    if not summary.ok:
+        lines.append(f"  stopped at {summary.failed_node}: {summary.error}")
+    if summary.metrics:
+        lines.append("  evaluation, overall slice:   candidate    baseline   threshold")
+        for m in summary.metrics:
+            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+            lines.append(f"    {m['metric']:<24} {fmt(m['value']):>10} {fmt(m['baseline']):>11}   "
+                         f"{m['threshold']}")
+    if summary.blessed is not None:
+        lines.append(f"  blessed: {'yes' if summary.blessed else 'no'}")
+        for reason in summary.blessing_reasons:
+            lines.append(f"    - {reason}")
+    if summary.pushed:
+        lines.append(f"  pushed: version {summary.pushed_version} -> {summary.pushed_path}")
+    elif summary.ok:
+        lines.append("  pushed: nothing (the model was not blessed)")
+    else:
+        lines.append("  pushed: nothing (served models are unchanged)")
+    lines.append(f"  metadata (MLMD): {summary.metadata_path}")
+    lines.append(f"  pipeline root:   {summary.pipeline_root}")
+    lines.append(f"  full log:        {summary.log_path}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- run
+def run(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) -> RunSummary:
+    """Pre-flight checks, then the whole pipeline; returns the summary.
+
+    Raises ``preflight.PreflightError`` before anything is written when the
+    input is unusable.
+    """
+    data_dir = data_dir or settings.data_dir
+    preflight.check_data_dir(data_dir, settings.preflight_rows)
+    out = out or sys.stdout
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_path = settings.logs_path / f"run-{stamp}.log"
+    settings.pipeline_root_path.mkdir(parents=True, exist_ok=True)
+    settings.metadata_file.parent.mkdir(parents=True, exist_ok=True)
+
+    error: Optional[PipelineFailed] = None
+    start = time.monotonic()
+    with _library_output_to(log_path) as console:
+        # TensorFlow is imported here, so its start-up noise goes to the log too.
+        from tfx import v1 as tfx
+        from pipeline.pipeline import NODE_ORDER, create_pipeline
+
+        progress = _Progress(console if out is sys.stdout else out, len(NODE_ORDER))
+        try:
+            with _reporting_launcher(progress):
+                tfx.orchestration.LocalDagRunner().run(create_pipeline(settings, data_dir))
+        except Exception as exc:  # the failing component's own exception
+            node = progress.nodes[-1].node_id if progress.nodes else "pipeline"
+            logging.exception("pipeline failed at %s", node)
+            error = PipelineFailed(node, _one_message(exc))
+        summary = summarize(settings, progress.nodes, time.monotonic() - start, error, log_path)
+    summary_path = log_path.with_suffix(".json")
+    summary_path.write_text(summary.to_json())
+    return summary
+
+
+def _one_message(exc: BaseException) -> str:
+    """The innermost useful message of a (possibly chained) exception."""
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen) or type(seen).__name__
+    return text

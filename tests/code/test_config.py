@@ -1,0 +1,35 @@
+import pytest
+
+from tfxops import config
+
+
+def test_defaults_put_every_output_under_home():
+    settings = config.load({"home": "/tmp/x"}, environ={})
+    assert str(settings.pipeline_root_path) == "/tmp/x/pipeline_root"
+    assert str(settings.metadata_file) == "/tmp/x/metadata.sqlite"
+    assert str(settings.model_push_dir) == "/tmp/x/serving_model/taxi"
+    assert str(settings.logs_path) == "/tmp/x/logs"
+
+
+def test_environment_then_overrides_take_precedence():
+    env = {"TFXOPS_TRAIN_STEPS": "77", "TFXOPS_MODEL_NAME": "cabs", "TFXOPS_ENABLE_CACHE": "false"}
+    settings = config.load({"train_steps": "5"}, environ=env)
+    assert settings.train_steps == 5            # --set wins over the environment
+    assert settings.model_name == "cabs"
+    assert settings.enable_cache is False
+
+
+def test_lists_parse_from_commas_or_json():
+    settings = config.load({"hidden_units": "8,4", "slice_features": '["a", "b"]'}, environ={})
+    assert settings.hidden_units == [8, 4]
+    assert settings.slice_features == ["a", "b"]
+    assert settings.hparams["hidden_units"] == [8, 4]
+
+
+def test_bad_settings_name_the_setting():
+    with pytest.raises(config.ConfigError, match="unknown setting 'nope'"):
+        config.load({"nope": "1"}, environ={})
+    with pytest.raises(config.ConfigError, match="'train_steps' expects int"):
+        config.load({"train_steps": "many"}, environ={})
+    with pytest.raises(config.ConfigError, match="key=value"):
+        config.parse_assignments(["train_steps"])

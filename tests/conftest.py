@@ -1,0 +1,61 @@
+"""Shared fixtures: the bundled data, small samples of it, and one end-to-end run
+of the pipeline on a small sample that several test modules read."""
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+import tfxops  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from modules import features as F
+from tfxops import config
+
+REPO = Path(__file__).resolve().parents[1]
+TAXI_CSV = REPO / "data" / "taxi" / "data.csv"
+SMALL_ROWS = 3000
+E2E_OVERRIDES = {"train_steps": "120", "eval_steps": "10", "batch_size": "64",
+                 "slice_features": "trip_start_hour"}
+
+
+def read_rows(path=TAXI_CSV):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_rows(path: Path, rows, columns=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = columns or list(rows[0].keys())
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def taxi_rows():
+    return read_rows()
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory, taxi_rows):
+    directory = tmp_path_factory.mktemp("small_data")
+    write_rows(directory / "data.csv", taxi_rows[:SMALL_ROWS], F.CSV_COLUMNS)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def e2e_settings(tmp_path_factory, small_data_dir):
+    home = tmp_path_factory.mktemp("e2e_home")
+    return config.load(dict(E2E_OVERRIDES, home=str(home), data_dir=str(small_data_dir)))
+
+
+@pytest.fixture(scope="session")
+def first_run(e2e_settings):
+    """The pipeline's first run on the small sample (every component executes)."""
+    from pipeline import runner
+
+    out = io.StringIO()
+    summary = runner.run(e2e_settings, out=out)
+    summary.progress_text = out.getvalue()
+    return summary

@@ -1,0 +1,118 @@
+"""End to end: the whole pipeline on a 3,000-row sample, with few training steps.
+
+Runs in order: a first run (everything executes, a blessed model is pushed), a
+rerun (everything cached, nothing pushed again), and a run on data with
+anomalies (stops at DataGate, before Transform and Trainer; nothing pushed).
+"""
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from modules import features as F
+from modules.trainer import OUTPUT_KEY, RAW_SIGNATURE
+from pipeline import runner
+from pipeline.pusher import existing_versions
+from tests.conftest import REPO, write_rows
+from tfxops import mlmd
+from tfxops.examples import row_to_example
+
+PIPELINE_NODES = {"CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
+                  "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "Pusher"}
+
+
+def _states(settings, run_id=None):
+    store = mlmd.open_store(settings)
+    run = mlmd.find_run(store, settings.pipeline_name, run_id)
+    return {n.node_id: n.state for n in mlmd.run_executions(store, run, settings.pipeline_name)}
+
+
+def test_first_run_executes_every_component_and_pushes_a_blessed_model(first_run, e2e_settings):
+    assert first_run.ok, first_run.error
+    states = _states(e2e_settings, first_run.run_id)
+    assert set(states) == PIPELINE_NODES
+    assert all(state == "COMPLETE" for state in states.values()), states
+    # progress shows every component with its outcome
+    for node in PIPELINE_NODES:
+        assert node in first_run.progress_text
+    assert first_run.blessed is True
+    auc = next(m for m in first_run.metrics if m["metric"] == "auc")
+    assert auc["value"] >= e2e_settings.min_auc
+    assert first_run.pushed
+    assert existing_versions(str(e2e_settings.model_push_dir)) == [int(first_run.pushed_version)]
+    # nothing half-written is left beside the versions
+    assert os.listdir(e2e_settings.model_push_dir) == [first_run.pushed_version]
+
+
+def test_pushed_model_answers_on_both_signatures(first_run, small_data_dir, taxi_rows):
+    model = tf.saved_model.load(first_run.pushed_path)
+    assert {"serving_default", RAW_SIGNATURE, "transform_features"} <= set(model.signatures)
+    rows = taxi_rows[-20:]   # rows the sample did not include
+
+    serialized = tf.constant([row_to_example(r, F.SERVING_FEATURES).SerializeToString() for r in rows])
+    by_example = model.signatures["serving_default"](examples=serialized)[OUTPUT_KEY].numpy()
+
+    raw_fn = model.signatures[RAW_SIGNATURE]
+    raw_inputs = {}
+    for name, spec in raw_fn.structured_input_signature[1].items():
+        values = [r[name] or F.default_value(name) for r in rows]
+        if spec.dtype == tf.string:
+            raw_inputs[name] = tf.constant([str(v) for v in values])
+        else:
+            raw_inputs[name] = tf.constant([float(v) for v in values], dtype=tf.float64)
+            raw_inputs[name] = tf.cast(raw_inputs[name], spec.dtype)
+    by_raw = raw_fn(**raw_inputs)[OUTPUT_KEY].numpy()
+
+    assert by_example.shape == (20,)
+    assert np.all((by_example >= 0) & (by_example <= 1))
+    np.testing.assert_allclose(by_example, by_raw, atol=1e-5)
+    assert by_example.std() > 0   # not a constant answer
+
+
+def test_rerun_on_unchanged_data_is_fully_cached(first_run, e2e_settings):
+    summary = runner.run(e2e_settings, out=io.StringIO())
+    assert summary.ok
+    states = _states(e2e_settings, summary.run_id)
+    assert summary.run_id != first_run.run_id
+    not_cached = {n: s for n, s in states.items() if s != "CACHED" and n != "baseline_model_resolver"}
+    assert not not_cached, not_cached
+    # the same model, not a second copy of it
+    assert existing_versions(str(e2e_settings.model_push_dir)) == [int(first_run.pushed_version)]
+    assert summary.pushed_version == first_run.pushed_version
+
+
+@pytest.fixture
+def anomalous_data_dir(tmp_path, taxi_rows):
+    rows = [dict(r) for r in taxi_rows[:1500]]
+    for i, row in enumerate(rows):
+        if i % 3 == 0:
+            row["payment_type"] = "Bitcoin"      # not in the schema's payment types
+        if i % 5 == 0:
+            row["trip_start_hour"] = "31"        # outside 0..23
+    write_rows(tmp_path / "data" / "data.csv", rows, F.CSV_COLUMNS)
+    return tmp_path / "data"
+
+
+def test_data_with_anomalies_stops_before_training_and_pushes_nothing(
+        first_run, e2e_settings, anomalous_data_dir):
+    before = existing_versions(str(e2e_settings.model_push_dir))
+    env = dict(os.environ, TFXOPS_HOME=e2e_settings.home)
+    overrides = [f"--set={k}={v}" for k, v in (("train_steps", e2e_settings.train_steps),
+                                               ("eval_steps", e2e_settings.eval_steps),
+                                               ("batch_size", e2e_settings.batch_size))]
+    result = subprocess.run(
+        [sys.executable, "-m", "tfxops.cli", "run", "--data", str(anomalous_data_dir), *overrides],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "stopped at DataGate" in result.stdout
+    assert "payment_type" in result.stdout and "trip_start_hour" in result.stdout
+    assert "pushed: nothing" in result.stdout
+
+    states = _states(e2e_settings)
+    assert states["DataGate"] == "FAILED"
+    assert "Transform" not in states and "Trainer" not in states and "Pusher" not in states
+    assert existing_versions(str(e2e_settings.model_push_dir)) == before

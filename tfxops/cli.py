@@ -1,0 +1,99 @@
+"""The ``tfxops`` command line.
+
+    tfxops run [--data DIR] [--home DIR] [--set key=value ...] [--json]
+    tfxops config [--set key=value ...]
+    (serve, predict, monitor, lineage: added by serving/, monitoring/, lineage/)
+
+Exit codes: 0 success, 1 the pipeline failed, 2 bad input or settings (nothing
+was run or pushed).
+"""
+import argparse
+import importlib
+import json
+import sys
+
+import tfxops  # noqa: F401  (process environment before TensorFlow)
+from tfxops import config
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def settings_from(args) -> config.Settings:
+    """Settings with this command's --set, --home and --data applied."""
+    overrides = config.parse_assignments(getattr(args, "set", None))
+    if getattr(args, "home", None):
+        overrides["home"] = args.home
+    if getattr(args, "data", None):
+        overrides["data_dir"] = args.data
+    return config.load(overrides)
+
+
+def cmd_config(args) -> int:
+    settings = settings_from(args)
+    values = settings.as_dict()
+    values.update(pipeline_root=str(settings.pipeline_root_path), metadata_path=str(settings.metadata_file),
+                  serving_dir=str(settings.serving_base), log_dir=str(settings.logs_path))
+    print(json.dumps(values, indent=2))
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from pipeline import preflight, runner
+
+    settings = settings_from(args)
+    try:
+        summary = runner.run(settings)
+    except preflight.PreflightError as exc:
+        print(f"tfxops run: bad input: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(summary.to_json() if args.json else runner.render(summary))
+    if not summary.ok:
+        return EXIT_BAD_INPUT if summary.failed_node == "DataGate" else EXIT_FAILED
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfxops", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--home", help="directory for everything a run writes (default ./outputs)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a setting (see `tfxops config`); repeatable")
+
+    p_run = sub.add_parser("run", help="run the TFX pipeline locally on Beam")
+    common(p_run)
+    p_run.add_argument("--data", help="directory of training CSV files (default: bundled taxi data)")
+    p_run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p_run.set_defaults(func=cmd_run)
+
+    p_config = sub.add_parser("config", help="print the effective settings")
+    common(p_config)
+    p_config.set_defaults(func=cmd_config)
+
+    # Each part of the loop adds its own commands: <package>/cli.py's register().
+    for package in ("serving", "monitoring", "lineage"):
+        try:
+            module = importlib.import_module(f"{package}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name not in (package, f"{package}.cli"):
+                raise
+            continue
+        module.register(sub, common)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except config.ConfigError as exc:
+        print(f"tfxops: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tfxops: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

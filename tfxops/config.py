@@ -1,0 +1,189 @@
+"""The one configuration of tfxops: every path, name, threshold, step count, port and
+Beam argument. Everything else reads it from here.
+
+Precedence (highest first): ``tfxops ... --set key=value`` on the command line,
+``TFXOPS_<KEY>`` environment variables, the defaults below.
+
+Relative paths are taken from the current directory; ``home`` (default
+``./outputs``) holds everything a run writes.
+"""
+import dataclasses
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Dict, List, Optional
+
+# The repository root (data/ and schema/ live beside the packages).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENV_PREFIX = "TFXOPS_"
+
+
+class ConfigError(ValueError):
+    """A setting that is unknown or cannot be parsed."""
+
+
+@dataclasses.dataclass
+class Settings:
+    # --- names
+    pipeline_name: str = "tfxops-taxi"
+    model_name: str = "taxi"
+
+    # --- inputs (checked into the repository)
+    data_dir: str = str(PROJECT_ROOT / "data" / "taxi")
+    schema_path: str = str(PROJECT_ROOT / "schema" / "schema.pbtxt")
+    transform_module: str = str(PROJECT_ROOT / "modules" / "transform.py")
+    trainer_module: str = str(PROJECT_ROOT / "modules" / "trainer.py")
+
+    # --- outputs: everything a run writes lives under home
+    home: str = "outputs"
+    pipeline_root: str = ""   # default: <home>/pipeline_root
+    metadata_path: str = ""   # default: <home>/metadata.sqlite
+    serving_dir: str = ""     # default: <home>/serving_model; versions in <serving_dir>/<model_name>/<version>
+    log_dir: str = ""         # default: <home>/logs
+
+    # --- training
+    train_steps: int = 600
+    eval_steps: int = 50
+    batch_size: int = 128
+    learning_rate: float = 0.003
+    hidden_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
+    seed: int = 42
+
+    # --- evaluation and blessing
+    min_auc: float = 0.70            # value threshold: AUC must be at least this
+    min_binary_accuracy: float = 0.60
+    max_auc_drop: float = 0.01       # change threshold: at most this much below the baseline
+    slice_features: List[str] = dataclasses.field(
+        default_factory=lambda: ["trip_start_hour", "payment_type"])
+
+    # --- the data gate: stop before Transform/Trainer on anomalies of these severities
+    gate_severities: List[str] = dataclasses.field(default_factory=lambda: ["ERROR"])
+
+    # --- execution
+    enable_cache: bool = True
+    beam_args: List[str] = dataclasses.field(default_factory=lambda: [
+        "--direct_running_mode=in_memory",
+        "--direct_num_workers=1",
+    ])
+    preflight_rows: int = 100_000   # rows read by the CSV checks before a run
+
+    # --- metadata store (MLMD): sqlite (metadata_path) or mysql
+    metadata_backend: str = "sqlite"
+    mysql_host: str = "127.0.0.1"
+    mysql_port: int = 3306
+    mysql_database: str = "tfxops"
+    mysql_user: str = "tfxops"
+    # the password is read from the environment variable named here, never stored
+    mysql_password_env: str = "TFXOPS_MYSQL_PASSWORD"
+
+    # --- serving (tfxops serve; TF Serving's ports and defaults)
+    host: str = "127.0.0.1"
+    rest_port: int = 8501
+    grpc_port: int = 8500
+    model_version_policy: str = "latest"     # latest | latest:N | specific:V1,V2 | all
+    version_labels: str = ""                 # e.g. "stable=1795743875,canary=1795743999"
+    poll_seconds: float = 1.0                # how often the push directory is scanned
+    enable_batching: bool = True
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 1000
+    max_request_bytes: int = 10 * 1024 * 1024
+    proxy_to: str = ""                       # host:port of a TF Serving REST/gRPC to forward to
+
+    # --- request logging (PredictionLog TFRecords; monitoring's input)
+    request_log_dir: str = ""                # default: <home>/request_logs
+    log_sample_rate: float = 1.0
+    log_rotate_records: int = 10_000
+    log_rotate_seconds: float = 60.0
+
+    # ------------------------------------------------------------------ helpers
+    def _under_home(self, value: str, default: str) -> Path:
+        return Path(value) if value else Path(self.home) / default
+
+    @property
+    def pipeline_root_path(self) -> Path:
+        return self._under_home(self.pipeline_root, "pipeline_root")
+
+    @property
+    def metadata_file(self) -> Path:
+        return self._under_home(self.metadata_path, "metadata.sqlite")
+
+    @property
+    def serving_base(self) -> Path:
+        return self._under_home(self.serving_dir, "serving_model")
+
+    @property
+    def model_push_dir(self) -> Path:
+        """Where versions of the model are pushed: <serving_dir>/<model_name>."""
+        return self.serving_base / self.model_name
+
+    @property
+    def logs_path(self) -> Path:
+        return self._under_home(self.log_dir, "logs")
+
+    @property
+    def request_logs_path(self) -> Path:
+        return self._under_home(self.request_log_dir, "request_logs")
+
+    @property
+    def hparams(self) -> Dict:
+        return {"batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "hidden_units": list(self.hidden_units), "seed": self.seed}
+
+    def as_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def _parse(field: dataclasses.Field, raw: str):
+    """A setting's value from its text form, by the field's declared type."""
+    origin = typing.get_origin(field.type)
+    kind = field.type
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, float):
+            return kind(raw)
+        if origin is list:
+            (item,) = typing.get_args(field.type)
+            raw = raw.strip()
+            items = json.loads(raw) if raw.startswith("[") else [x.strip() for x in raw.split(",") if x.strip()]
+            return [item(x) for x in items]
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"setting '{field.name}' expects {name}, got {raw!r}") from exc
+    return raw
+
+
+def load(overrides: Optional[Dict[str, str]] = None,
+         environ: Optional[Dict[str, str]] = None) -> Settings:
+    """Defaults, then TFXOPS_* environment variables, then explicit overrides."""
+    environ = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values = {}
+    for name, field in fields.items():
+        env_value = environ.get(ENV_PREFIX + name.upper())
+        if env_value is not None:
+            values[name] = _parse(field, env_value)
+    for name, raw in (overrides or {}).items():
+        key = name.replace("-", "_")
+        if key not in fields:
+            raise ConfigError(
+                f"unknown setting '{name}'. Known settings: {', '.join(sorted(fields))}")
+        values[key] = _parse(fields[key], raw) if isinstance(raw, str) else raw
+    return Settings(**values)
+
+
+def parse_assignments(pairs: List[str]) -> Dict[str, str]:
+    """['a=1', 'b=x'] -> {'a': '1', 'b': 'x'} (the CLI's --set)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out
