@@ -17,6 +17,9 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from modules import features as F
+from tfxops.env import skip_autograph_for_libraries
+
+skip_autograph_for_libraries()
 
 RAW_SIGNATURE = "serving_raw"
 OUTPUT_KEY = "probabilities"
@@ -31,12 +34,19 @@ DEFAULT_HPARAMS = {
 
 def _input_fn(file_pattern: List[str], data_accessor: tfx.components.DataAccessor,
               tf_transform_output: tft.TFTransformOutput, batch_size: int) -> tf.data.Dataset:
+    """Batches of (model inputs, label) from raw examples, transformed on the fly
+    by the Transform graph (Transform does not write a transformed copy)."""
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size,
-                                       label_key=F.TRANSFORMED_LABEL_KEY),
-        tf_transform_output.transformed_metadata.schema)
-    return dataset.map(lambda x, y: (_as_columns(x), y)).repeat()
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size),
+        tf_transform_output.raw_metadata.schema)
+    tft_layer = tf_transform_output.transform_features_layer()
+
+    def transform(raw):
+        transformed = tft_layer(raw)
+        return _as_columns(transformed), transformed[F.TRANSFORMED_LABEL_KEY]
+
+    return dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE).repeat().prefetch(2)
 
 
 def _as_columns(transformed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:

@@ -6,6 +6,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import features as F
+from tfxops.env import skip_autograph_for_libraries
+
+skip_autograph_for_libraries()
 
 
 def _dense(x, default):

@@ -8,7 +8,10 @@ Every setting comes from ``tfxops.config.Settings``; model code lives in
 ``modules/``. The same function builds the pipeline for any TFX runner
 (LocalDagRunner here; Kubeflow or Dataflow with other ``beam_args`` and metadata).
 """
+import hashlib
+import importlib.util
 import json
+from pathlib import Path
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
@@ -51,7 +54,9 @@ def eval_config(settings: Settings) -> tfma.EvalConfig:
         model_specs=[tfma.ModelSpec(
             signature_name="serving_default",
             label_key=F.TRANSFORMED_LABEL_KEY,
-            preprocessing_function_names=["transform_features"])],
+            preprocessing_function_names=["transform_features"],
+            # whole batches instead of Beam's batch sizes growing from 1
+            inference_batch_size=1024)],
         slicing_specs=overall + [
             tfma.SlicingSpec(feature_keys=[key]) for key in settings.slice_features],
         metrics_specs=[tfma.MetricsSpec(metrics=[
@@ -61,6 +66,19 @@ def eval_config(settings: Settings) -> tfma.EvalConfig:
         ])],
         # Only the metrics above: not the model's compiled Keras metrics too.
         options=tfma.Options(include_default_metrics={"value": False}))
+
+
+def code_fingerprint(function_paths) -> str:
+    """sha256 over every .py file of the packages that hold these functions."""
+    digest = hashlib.sha256()
+    packages = sorted({path.rsplit(".", 2)[0] for path in function_paths})
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.origin:
+            raise ValueError(f"cannot find the Python package '{package}' named in the settings")
+        for path in sorted(Path(spec.origin).parent.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def create_pipeline(settings: Settings, data_dir: str = None) -> tfx.dsl.Pipeline:
@@ -73,20 +91,28 @@ def create_pipeline(settings: Settings, data_dir: str = None) -> tfx.dsl.Pipelin
     data_gate = DataGate(anomalies=example_validator.outputs["anomalies"],
                          severities=json.dumps(list(settings.gate_severities)))
 
+    # The code's fingerprint is part of both components' properties, so changing
+    # the model code invalidates the cache just as changing the data does.
+    code = {"code_fingerprint": code_fingerprint([settings.preprocessing_fn, settings.run_fn])}
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        module_file=settings.transform_module)
+        preprocessing_fn=settings.preprocessing_fn,
+        custom_config=code,
+        # Trainer applies the transform graph as it reads (see modules/trainer.py):
+        # no transformed copy of the data, no pre/post-transform statistics.
+        materialize=False,
+        disable_statistics=True)
     transform.add_upstream_node(data_gate)
 
     trainer = tfx.components.Trainer(
-        module_file=settings.trainer_module,
-        examples=transform.outputs["transformed_examples"],
+        run_fn=settings.run_fn,
+        examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=settings.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=settings.eval_steps),
-        custom_config=settings.hparams)
+        custom_config=dict(settings.hparams, **code))
 
     model_resolver = tfx.dsl.Resolver(
         strategy_class=BaselineModelStrategy,

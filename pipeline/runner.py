@@ -130,7 +130,10 @@ def _library_output_to(log_path: Path):
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         root = logging.getLogger()
-        old_level = root.level
+        old_level, old_handlers = root.level, list(root.handlers)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
+        root.handlers = [handler]
         root.setLevel(logging.INFO)
         try:
             yield console
@@ -141,6 +144,7 @@ def _library_output_to(log_path: Path):
             os.dup2(saved_err, 2)
             os.close(saved_out)
             os.close(saved_err)
+            root.handlers = old_handlers
             root.setLevel(old_level)
             console.flush()
 
@@ -286,6 +290,9 @@ def run(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) 
         # TensorFlow is imported here, so its start-up noise goes to the log too.
         from tfx import v1 as tfx
         from pipeline.pipeline import NODE_ORDER, create_pipeline
+        from tfxops.env import skip_autograph_for_libraries
+
+        skip_autograph_for_libraries()
 
         progress = _Progress(console if out is sys.stdout else out, len(NODE_ORDER))
         try:

@@ -32,8 +32,10 @@ class Settings:
     # --- inputs (checked into the repository)
     data_dir: str = str(PROJECT_ROOT / "data" / "taxi")
     schema_path: str = str(PROJECT_ROOT / "schema" / "schema.pbtxt")
-    transform_module: str = str(PROJECT_ROOT / "modules" / "transform.py")
-    trainer_module: str = str(PROJECT_ROOT / "modules" / "trainer.py")
+    # model code, as importable paths (the package must be installed where
+    # components run: here the editable install, elsewhere the container image)
+    preprocessing_fn: str = "modules.transform.preprocessing_fn"
+    run_fn: str = "modules.trainer.run_fn"
 
     # --- outputs: everything a run writes lives under home
     home: str = "outputs"
@@ -62,10 +64,11 @@ class Settings:
 
     # --- execution
     enable_cache: bool = True
-    beam_args: List[str] = dataclasses.field(default_factory=lambda: [
-        "--direct_running_mode=in_memory",
-        "--direct_num_workers=1",
-    ])
+    # Empty = Beam's DirectRunner in in_memory mode with one worker: for data this
+    # size the fastest local setting. (Any non-empty list also makes TFX build an
+    # sdist of itself for remote workers in every Beam component, ~1.3 s each.)
+    # Dataflow: ["--runner=DataflowRunner", "--project=...", "--region=...", ...]
+    beam_args: List[str] = dataclasses.field(default_factory=list)
     preflight_rows: int = 100_000   # rows read by the CSV checks before a run
 
     # --- metadata store (MLMD): sqlite (metadata_path) or mysql

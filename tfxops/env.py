@@ -27,3 +27,22 @@ def apply() -> None:
     # google-api-core warns on import that Python 3.10 support ends; harmless.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def skip_autograph_for_libraries() -> None:
+    """Tell AutoGraph not to transpile tf_keras and tf.Transform's own code.
+
+    AutoGraph leaves ``tensorflow`` and ``keras`` alone, but not ``tf_keras``
+    (TF_USE_LEGACY_KERAS) nor ``tensorflow_transform``: it then rewrites hundreds of
+    library functions the first time a model is trained or a transform layer is
+    traced, 12-25 s on these machines, for code that needs no conversion (both run
+    unconverted under TensorFlow's own copy of Keras and in TF1 graph mode).
+    Call before building models; idempotent.
+    """
+    from tensorflow.python.autograph.core import config as autograph_config
+
+    extra = [autograph_config.DoNotConvert(name) for name in ("tf_keras", "tensorflow_transform")]
+    known = {getattr(rule, "_prefix", None) for rule in autograph_config.CONVERSION_RULES}
+    new = tuple(rule for rule in extra if rule._prefix not in known)
+    if new:
+        autograph_config.CONVERSION_RULES = new + tuple(autograph_config.CONVERSION_RULES)
