@@ -1,0 +1,109 @@
+"""``tfxops serve`` and ``tfxops predict`` (registered by tfxops.cli)."""
+import itertools
+import json
+import logging
+import sys
+
+from tfxops.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, settings_from
+
+
+def cmd_serve(args) -> int:
+    from serving import models
+
+    settings = settings_from(args)
+    if args.proxy_to:
+        settings.proxy_to = args.proxy_to
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    try:
+        models.VersionPolicy.parse(settings.model_version_policy)
+        models.parse_labels(settings.version_labels)
+    except ValueError as exc:
+        print(f"tfxops serve: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if settings.proxy_to:
+        from serving import proxy
+        proxy.serve(settings)
+        return EXIT_OK
+    if not settings.model_push_dir.is_dir():
+        print(f"tfxops serve: no model directory {settings.model_push_dir} "
+              f"(run `tfxops run` first, or set serving_dir)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from serving import server
+    try:
+        server.serve(settings)
+    except OSError as exc:
+        print(f"tfxops serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _read_rows(args):
+    if args.json:
+        text = sys.stdin.read() if args.json == "-" else open(args.json).read()
+        data = json.loads(text)
+        rows = data if isinstance(data, list) else data.get("instances", [data])
+        return [r for r in rows if isinstance(r, dict)]
+    from tfxops.examples import read_csv_rows
+    return list(itertools.islice(read_csv_rows(args.csv), args.rows))
+
+
+def cmd_predict(args) -> int:
+    from serving import client
+
+    settings = settings_from(args)
+    try:
+        rows = _read_rows(args)
+    except (OSError, ValueError) as exc:
+        print(f"tfxops predict: cannot read rows: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not rows:
+        print("tfxops predict: no rows to send", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    port = args.port or (settings.grpc_port if args.protocol == "grpc" else settings.rest_port)
+    c = client.make_client(args.protocol, args.host or settings.host, port, settings.model_name)
+    try:
+        predictions = c.predict_rows(rows, version=args.version)
+    except client.ServingError as exc:
+        print(f"tfxops predict: server answered {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:   # noqa: BLE001 - connection errors, etc.
+        print(f"tfxops predict: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        c.close()
+    if args.output == "json":
+        print(json.dumps({"predictions": predictions}))
+    else:
+        for row, p in zip(rows, predictions):
+            print(f"{p:.6f}")
+    return EXIT_OK
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser("serve", help="serve pushed models with TF Serving's REST/gRPC APIs")
+    common(p)
+    p.add_argument("--proxy-to", help="forward to a TF Serving REST endpoint host:port, "
+                                      "logging requests (instead of serving models here)")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("predict", help="send rows to a model server, print predictions")
+    common(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--csv", help="CSV of rows (default: the bundled taxi data)")
+    src.add_argument("--json", help="JSON file of rows (a list of objects), or - for stdin")
+    p.add_argument("--rows", type=int, default=5, help="rows to send from --csv (default 5)")
+    p.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
+    p.add_argument("--host", help="server host (default: the host setting)")
+    p.add_argument("--port", type=int, help="server port (default: rest_port / grpc_port)")
+    p.add_argument("--version", type=int, help="ask for this model version")
+    p.add_argument("--output", choices=["text", "json"], default="text")
+
+    def _default_csv(args):
+        if not args.json and not args.csv:
+            settings = settings_from(args)
+            from pathlib import Path
+            args.csv = str(Path(settings.data_dir) / "data.csv")
+        return cmd_predict(args)
+
+    p.set_defaults(func=_default_csv)

@@ -1,0 +1,106 @@
+"""A small client for TF Serving's APIs (ours or the real one), shared by
+``tfxops predict``, the tests and the benchmark.
+
+Rows are dicts of raw values (CSV strings or typed values); they are sent as
+serialized tf.Examples (``tfxops.examples.row_to_example``, CsvExampleGen's
+encoding) to ``serving_default`` — over gRPC as a PredictRequest, over REST as
+``{"instances": [{"b64": ...}]}``.
+"""
+import base64
+import uuid
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import grpc
+import requests
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from modules import features as F
+from tfxops.examples import row_to_example
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+def serialize_rows(rows: Iterable[Dict], columns: Optional[Sequence[str]] = None) -> List[bytes]:
+    cols = list(columns or F.SERVING_FEATURES)
+    return [row_to_example(r, [c for c in cols if c in r]).SerializeToString() for r in rows]
+
+
+def predict_request(model_name: str, serialized: Sequence[bytes],
+                    signature_name: str = DEFAULT_SIGNATURE,
+                    version: Optional[int] = None) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    if version is not None:
+        request.model_spec.version.value = int(version)
+    tensor = request.inputs["examples"]
+    tensor.dtype = 7  # DT_STRING
+    tensor.tensor_shape.dim.add().size = len(serialized)
+    tensor.string_val.extend(serialized)
+    return request
+
+
+def rest_body(serialized: Sequence[bytes], signature_name: str = DEFAULT_SIGNATURE) -> Dict:
+    return {"signature_name": signature_name,
+            "instances": [{"b64": base64.b64encode(s).decode("ascii")} for s in serialized]}
+
+
+class ServingError(RuntimeError):
+    def __init__(self, status, message):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+class RestClient:
+    def __init__(self, host: str, port: int, model_name: str, timeout: float = 30.0):
+        self.base = f"http://{host}:{port}/v1/models/{model_name}"
+        self.session = requests.Session()
+        self.timeout = timeout
+
+    def predict_serialized(self, serialized: Sequence[bytes], version: Optional[int] = None,
+                           request_id: Optional[str] = None) -> List[float]:
+        url = self.base + (f"/versions/{version}" if version is not None else "") + ":predict"
+        headers = {"X-Request-Id": request_id or uuid.uuid4().hex}
+        r = self.session.post(url, json=rest_body(serialized), headers=headers,
+                              timeout=self.timeout)
+        body = r.json()
+        if r.status_code != 200:
+            raise ServingError(r.status_code, body.get("error", r.text))
+        return body["predictions"]
+
+    def predict_rows(self, rows: Iterable[Dict], **kwargs) -> List[float]:
+        return self.predict_serialized(serialize_rows(rows), **kwargs)
+
+    def status(self) -> Dict:
+        return self.session.get(self.base, timeout=self.timeout).json()
+
+    def close(self):
+        self.session.close()
+
+
+class GrpcClient:
+    def __init__(self, host: str, port: int, model_name: str, timeout: float = 30.0):
+        self.channel = grpc.insecure_channel(f"{host}:{port}")
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_name = model_name
+        self.timeout = timeout
+
+    def predict_serialized(self, serialized: Sequence[bytes], version: Optional[int] = None,
+                           request_id: Optional[str] = None) -> List[float]:
+        request = predict_request(self.model_name, serialized, version=version)
+        metadata = (("x-request-id", request_id),) if request_id else None
+        try:
+            response = self.stub.Predict(request, timeout=self.timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            raise ServingError(exc.code().name, exc.details()) from None
+        return list(response.outputs["probabilities"].float_val)
+
+    def predict_rows(self, rows: Iterable[Dict], **kwargs) -> List[float]:
+        return self.predict_serialized(serialize_rows(rows), **kwargs)
+
+    def close(self):
+        self.channel.close()
+
+
+def make_client(protocol: str, host: str, port: int, model_name: str):
+    return (GrpcClient if protocol == "grpc" else RestClient)(host, port, model_name)

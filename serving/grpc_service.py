@@ -1,0 +1,227 @@
+"""TF Serving's gRPC API on grpc.aio: ``PredictionService`` (Predict, Classify,
+Regress, GetModelMetadata; MultiInference answers UNIMPLEMENTED) and
+``ModelService.GetModelStatus``, registered with the tensorflow-serving-api stubs so
+TF Serving's own clients work unchanged.
+
+The request id is read from the ``x-request-id`` metadata (or made up) and sent
+back in the trailing metadata under the same key.
+"""
+import time
+import uuid
+from typing import Optional
+
+import grpc
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_log_pb2, prediction_service_pb2_grpc,
+                                     regression_pb2)
+
+from serving import request_log
+from serving.errors import ServingError, invalid
+from serving.service import Inference
+from serving.tensors import ndarray_to_proto, proto_to_ndarray
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+def _request_id(context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex
+
+
+def _spec(model_spec):
+    version = model_spec.version.value if model_spec.HasField("version") else None
+    return model_spec.name, version, model_spec.version_label or None
+
+
+def _fill_spec(out_spec, name: str, version: int, signature_name: str):
+    out_spec.name = name
+    out_spec.version.value = version
+    out_spec.signature_name = signature_name
+
+
+def serialized_input(inp) -> list:
+    """Input.example_list[_with_context] as serialized tf.Examples (context merged
+    by concatenation: the example's own features win, as in TF Serving)."""
+    kind = inp.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in inp.example_list.examples]
+    if kind == "example_list_with_context":
+        context = inp.example_list_with_context.context.SerializeToString()
+        return [context + e.SerializeToString() for e in inp.example_list_with_context.examples]
+    raise invalid("Input is empty.")
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, inference: Inference):
+        self.inf = inference
+
+    async def _fail(self, context, model_name: str, api: str, started: float, err: ServingError):
+        self.inf.record(model_name, api, "GRPC", started, err.code)
+        await context.abort(err.grpc_code, err.message)
+
+    async def Predict(self, request, context):
+        started = time.perf_counter()
+        arrived = time.time()
+        rid = _request_id(context)
+        name, version, label = _spec(request.model_spec)
+        try:
+            loaded = self.inf.acquire(name, version, label)
+            try:
+                sig = self.inf.signature(loaded, request.model_spec.signature_name)
+                feeds = {k: proto_to_ndarray(v) for k, v in request.inputs.items()}
+                outputs = await self.inf.predict(loaded, sig, feeds, list(request.output_filter))
+            finally:
+                self.inf.release(loaded)
+        except ServingError as err:
+            await self._fail(context, name, "predict", started, err)
+            return None
+        response = predict_pb2.PredictResponse()
+        _fill_spec(response.model_spec, name, loaded.version, sig.name)
+        for alias, array in outputs.items():
+            ndarray_to_proto(array, sig.outputs[alias].dtype, response.outputs[alias])
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        self.inf.record(name, "predict", "GRPC", started)
+        if self.inf.sampled():
+            self.inf.log(lambda: _predict_log(request, response, name, loaded.version, sig.name,
+                                              rid, arrived))
+        return response
+
+    async def _classify_or_regress(self, request, context, kind: str):
+        started = time.perf_counter()
+        arrived = time.time()
+        rid = _request_id(context)
+        name, version, label = _spec(request.model_spec)
+        try:
+            loaded = self.inf.acquire(name, version, label)
+            try:
+                sig = self.inf.signature(loaded, request.model_spec.signature_name)
+                serialized = serialized_input(request.input)
+                result = await self.inf.classify_or_regress(loaded, sig, serialized, kind)
+            finally:
+                self.inf.release(loaded)
+        except ServingError as err:
+            await self._fail(context, name, kind, started, err)
+            return None
+        if kind == "classify":
+            response = classification_pb2.ClassificationResponse()
+            fill_classifications(response.result, *result)
+        else:
+            response = regression_pb2.RegressionResponse()
+            for value in result.tolist():
+                response.result.regressions.add().value = value
+        _fill_spec(response.model_spec, name, loaded.version, sig.name)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        self.inf.record(name, kind, "GRPC", started)
+        if self.inf.sampled():
+            self.inf.log(lambda: _cr_log(kind, request, response, name, loaded.version,
+                                         sig.name, rid, arrived))
+        return response
+
+    async def Classify(self, request, context):
+        return await self._classify_or_regress(request, context, "classify")
+
+    async def Regress(self, request, context):
+        return await self._classify_or_regress(request, context, "regress")
+
+    async def MultiInference(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "MultiInference is not supported by tfxops serve")
+
+    async def GetModelMetadata(self, request, context):
+        started = time.perf_counter()
+        name, version, label = _spec(request.model_spec)
+        try:
+            response = model_metadata(self.inf, name, version, label, list(request.metadata_field))
+        except ServingError as err:
+            await self._fail(context, name, "metadata", started, err)
+            return None
+        self.inf.record(name, "metadata", "GRPC", started)
+        return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, inference: Inference):
+        self.inf = inference
+
+    async def GetModelStatus(self, request, context):
+        name, version, label = _spec(request.model_spec)
+        try:
+            return model_status(self.inf, name, version, label)
+        except ServingError as err:
+            await context.abort(err.grpc_code, err.message)
+
+    async def HandleReloadConfigRequest(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "tfxops serve is configured by tfxops settings, not ReloadConfig")
+
+
+# ------------------------------------------------------------------ shared builders
+def fill_classifications(result, classes, scores) -> None:
+    n = len(classes) if classes is not None else len(scores)
+    for i in range(n):
+        cls = result.classifications.add()
+        k = (classes.shape[1] if classes is not None else scores.shape[1])
+        for j in range(k):
+            c = cls.classes.add()
+            if classes is not None:
+                value = classes[i, j]
+                c.label = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            if scores is not None:
+                c.score = float(scores[i, j])
+
+
+def model_status(inf: Inference, name: str, version: Optional[int], label: Optional[str]):
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for st in inf.manager.status(name, version, label):
+        item = response.model_version_status.add()
+        item.version = st.version
+        item.state = get_model_status_pb2.ModelVersionStatus.State.Value(st.state)
+        from tensorflow.core.protobuf import error_codes_pb2
+        item.status.error_code = error_codes_pb2.Code.Value(st.error_code)
+        item.status.error_message = st.error_message
+    return response
+
+
+def model_metadata(inf: Inference, name: str, version: Optional[int], label: Optional[str],
+                   fields=("signature_def",)):
+    for field in fields:
+        if field != "signature_def":
+            raise invalid(f"Metadata field {field} is not supported")
+    if not fields:
+        raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+    loaded = inf.acquire(name, version, label)
+    try:
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        _fill_spec(response.model_spec, name, loaded.version, "")
+        response.model_spec.ClearField("signature_name")
+        response.metadata["signature_def"].Pack(loaded.signature_def_map())
+        return response
+    finally:
+        inf.release(loaded)
+
+
+def _predict_log(request, response, name, version, sig_name, rid, arrived):
+    record = request_log.new_log(name, version, sig_name, rid, arrived)
+    record.predict_log.request.CopyFrom(request)
+    record.predict_log.response.CopyFrom(response)
+    return record
+
+
+def _cr_log(kind, request, response, name, version, sig_name, rid, arrived):
+    record = request_log.new_log(name, version, sig_name, rid, arrived)
+    target = record.classify_log if kind == "classify" else record.regress_log
+    target.request.CopyFrom(request)
+    target.response.CopyFrom(response)
+    return record
+
+
+def add_to_server(server, inference: Inference) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(inference), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(inference), server)
+
+
+__all__ = ["add_to_server", "PredictionServicer", "ModelServicer", "prediction_log_pb2"]

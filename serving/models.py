@@ -1,0 +1,424 @@
+"""The served model: its versions on disk, which of them to serve, loading,
+unloading and status, as TF Serving's file-system source and manager do.
+
+* Versions are the numeric children of the push directory
+  (``settings.model_push_dir``); hidden ``.incoming-*`` staging copies are ignored.
+* ``VersionPolicy``: ``latest`` (1), ``latest:N``, ``specific:V1,V2`` or ``all``.
+* A new version is loaded next to the served ones and becomes the one served for
+  "latest" requests once it is AVAILABLE; only then are versions the policy no longer
+  wants unloaded. Unloading waits for the requests still holding that version.
+* A version that fails to load is reported as state END with TF Serving's error code
+  and message, and is not retried until its directory changes (a half-written
+  push that completes later is picked up). The versions already served keep serving.
+
+Each version is loaded with TensorFlow's SavedModel loader into its own graph and
+session (what TF Serving does in C++): signatures run as ``Session`` callables,
+without per-request Python graph building, and unloading closes the session.
+"""
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from serving.errors import ServingError, invalid, not_found
+
+log = logging.getLogger("tfxops.serving")
+
+# ModelVersionStatus.State
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+DEFAULT_SIGNATURE = "serving_default"
+UNLOAD_WAIT_SECONDS = 60.0
+
+
+# ------------------------------------------------------------------ policy, labels
+@dataclass(frozen=True)
+class VersionPolicy:
+    kind: str                      # latest | specific | all
+    count: int = 1
+    versions: Tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionPolicy":
+        raw = (text or "latest").strip().lower()
+        try:
+            if raw == "latest":
+                return cls("latest", 1)
+            if raw.startswith("latest:"):
+                count = int(raw.split(":", 1)[1])
+                if count < 1:
+                    raise ValueError
+                return cls("latest", count)
+            if raw == "all":
+                return cls("all")
+            if raw.startswith("specific:"):
+                versions = tuple(sorted(int(v) for v in raw.split(":", 1)[1].split(",") if v.strip()))
+                if not versions:
+                    raise ValueError
+                return cls("specific", versions=versions)
+        except ValueError:
+            pass
+        raise ValueError(f"model_version_policy must be latest, latest:N (N >= 1), "
+                         f"specific:V1,V2 or all; got {text!r}")
+
+    def select(self, candidates: Sequence[int]) -> List[int]:
+        """The versions to serve among the loadable ``candidates``."""
+        ordered = sorted(candidates)
+        if self.kind == "latest":
+            return ordered[-self.count:]
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered
+
+    def __str__(self):
+        if self.kind == "latest":
+            return "latest" if self.count == 1 else f"latest:{self.count}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, self.versions))
+        return "all"
+
+
+def parse_labels(text: str) -> Dict[str, int]:
+    """'stable=1,canary=2' -> {'stable': 1, 'canary': 2}."""
+    labels = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, version = item.partition("=")
+        if not sep or not name.strip() or not version.strip().isdigit():
+            raise ValueError(f"version_labels expects label=version[,label=version]; got {item!r}")
+        labels[name.strip()] = int(version)
+    return labels
+
+
+# ------------------------------------------------------------------ one version
+@dataclass
+class TensorSpec:
+    alias: str
+    tensor_name: str
+    dtype: int                     # types_pb2.DataType
+    shape: Optional[List[int]]     # None: unknown rank
+
+
+@dataclass
+class Signature:
+    name: str
+    method_name: str
+    inputs: Dict[str, TensorSpec]
+    outputs: Dict[str, TensorSpec]
+
+    @property
+    def batchable(self) -> bool:
+        """Every input and output is batch-major ([-1, ...]): requests can be concatenated."""
+        return all(t.shape and t.shape[0] == -1 for t in
+                   list(self.inputs.values()) + list(self.outputs.values()))
+
+
+class ModelVersion:
+    """One loaded SavedModel version: a graph, a session and its signatures."""
+
+    def __init__(self, name: str, version: int, path: str):
+        import tensorflow as tf
+
+        self.name, self.version, self.path = name, version, path
+        self.graph = tf.Graph()
+        config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+        try:
+            with self.graph.as_default():
+                self.meta_graph = tf.compat.v1.saved_model.loader.load(
+                    self.session, ["serve"], path)
+        except BaseException:
+            self.session.close()
+            raise
+        self.signatures: Dict[str, Signature] = {}
+        for sig_name, sig in self.meta_graph.signature_def.items():
+            if sig_name.startswith("__"):
+                continue   # __saved_model_init_op and friends
+            self.signatures[sig_name] = Signature(
+                sig_name, sig.method_name,
+                {k: _spec(k, v) for k, v in sig.inputs.items()},
+                {k: _spec(k, v) for k, v in sig.outputs.items()})
+        self._callables: Dict[tuple, Callable] = {}
+        self._lock = threading.Lock()
+        self.refs = 0
+        self.loaded_at = time.time()
+
+    def signature_def_map(self):
+        """The SignatureDefMap proto GetModelMetadata answers with."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        out = get_model_metadata_pb2.SignatureDefMap()
+        for key, sig in self.meta_graph.signature_def.items():
+            out.signature_def[key].CopyFrom(sig)
+        return out
+
+    def run(self, signature: Signature, feeds: Dict[str, np.ndarray],
+            output_aliases: Sequence[str]) -> Dict[str, np.ndarray]:
+        """Run ``signature`` on ``feeds`` (alias -> array); returns alias -> array."""
+        in_names = tuple(sorted(feeds))
+        key = (signature.name, in_names, tuple(output_aliases))
+        fn = self._callables.get(key)
+        if fn is None:
+            with self._lock:
+                fn = self._callables.get(key)
+                if fn is None:
+                    fn = self.session.make_callable(
+                        [signature.outputs[a].tensor_name for a in output_aliases],
+                        [signature.inputs[a].tensor_name for a in in_names])
+                    self._callables[key] = fn
+        results = fn(*[feeds[a] for a in in_names])
+        return dict(zip(output_aliases, results))
+
+    def warm_up(self):
+        """Build the callables of batchable signatures on an empty batch (best effort)."""
+        for sig in self.signatures.values():
+            if not sig.batchable:
+                continue
+            feeds = {}
+            for alias, spec in sig.inputs.items():
+                from serving.tensors import numpy_dtype
+                feeds[alias] = np.zeros([0] + [max(d, 1) for d in spec.shape[1:]],
+                                        dtype=numpy_dtype(spec.dtype))
+            try:
+                self.run(sig, feeds, sorted(sig.outputs))
+            except Exception as exc:   # noqa: BLE001 - a warm-up failure is not a load failure
+                log.debug("warm-up of %s/%s signature %s: %s", self.name, self.version, sig.name, exc)
+
+    def close(self):
+        self._callables.clear()
+        self.session.close()
+
+
+def _spec(alias, info) -> TensorSpec:
+    shape = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
+    return TensorSpec(alias, info.name, info.dtype, shape)
+
+
+# ------------------------------------------------------------------ status
+@dataclass
+class VersionStatus:
+    version: int
+    state: str = START
+    error_code: str = "OK"
+    error_message: str = ""
+    fingerprint: tuple = ()
+    changed_at: float = field(default_factory=time.time)
+
+
+def dir_fingerprint(path: str) -> tuple:
+    """What changes when a push directory is written to (for retrying failed loads)."""
+    parts = []
+    for sub in ("", "variables", "assets"):
+        p = os.path.join(path, sub)
+        try:
+            for entry in sorted(os.scandir(p), key=lambda e: e.name):
+                st = entry.stat(follow_symlinks=False)
+                parts.append((sub, entry.name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(parts)
+
+
+def _load_error(exc: BaseException) -> Tuple[str, str]:
+    """(error code, message) for a failed load, as TF Serving reports it."""
+    import tensorflow as tf
+    from serving.errors import from_tf_error
+
+    if isinstance(exc, tf.errors.OpError):
+        err = from_tf_error(exc)
+        return err.code, err.message
+    if isinstance(exc, (OSError, IOError)):
+        return "NOT_FOUND", str(exc)
+    if isinstance(exc, RuntimeError) and "MetaGraphDef" in str(exc):
+        return "NOT_FOUND", str(exc)
+    return "UNKNOWN", f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------ the manager
+class ModelManager:
+    """Versions of one model: discovery, policy, load/unload, lookup and status."""
+
+    def __init__(self, name: str, base_path: str, policy: VersionPolicy = VersionPolicy("latest"),
+                 labels: Optional[Dict[str, int]] = None, poll_seconds: float = 1.0,
+                 listener: Optional[Callable[[str, int, str], None]] = None):
+        self.name = name
+        self.base_path = str(base_path)
+        self.policy = policy
+        self.labels = dict(labels or {})
+        self.poll_seconds = poll_seconds
+        self.listener = listener
+        self._lock = threading.Condition()
+        self._loaded: Dict[int, ModelVersion] = {}     # AVAILABLE versions
+        self._status: Dict[int, VersionStatus] = {}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._latest: Optional[ModelVersion] = None
+
+    # ------------------------------------------------ lifecycle
+    def start(self, wait_seconds: float = 0.0) -> None:
+        """Load what the policy wants now (blocking), then watch the directory."""
+        self.poll_once()
+        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            versions = list(self._loaded)
+        for v in versions:
+            self._unload(v)
+
+    def _watch(self):
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:   # noqa: BLE001 - the watcher must survive anything
+                log.exception("model directory scan failed")
+
+    # ------------------------------------------------ discovery and policy
+    def discover(self) -> List[int]:
+        try:
+            names = os.listdir(self.base_path)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names
+                      if n.isdigit() and os.path.isdir(os.path.join(self.base_path, n)))
+
+    def _loadable(self, on_disk: List[int]) -> List[int]:
+        """Versions on disk that have not failed to load in their current form."""
+        out = []
+        for v in on_disk:
+            st = self._status.get(v)
+            if st is not None and st.state == END and st.error_code != "OK":
+                if st.fingerprint == dir_fingerprint(self._path(v)):
+                    continue       # failed, and unchanged since
+            out.append(v)
+        return out
+
+    def _path(self, version: int) -> str:
+        return os.path.join(self.base_path, str(version))
+
+    def poll_once(self) -> None:
+        """One scan: load newly wanted versions, then unload the unwanted ones."""
+        on_disk = self.discover()
+        wanted = self.policy.select(self._loadable(on_disk))
+        for version in wanted:
+            if version not in self._loaded:
+                self._load(version)
+        # Recompute: a wanted version may have just failed, so an older one stays.
+        wanted = set(self.policy.select(self._loadable(on_disk)))
+        for version in list(self._loaded):
+            if version not in wanted and (wanted & set(self._loaded)
+                                          or version not in on_disk):
+                self._unload(version)
+        with self._lock:
+            for v in [v for v, st in self._status.items()
+                      if v not in on_disk and st.state == END and v not in self._loaded]:
+                if len(self._status) > 50:
+                    del self._status[v]
+
+    def _set(self, version: int, state: str, code: str = "OK", message: str = "",
+             fingerprint: tuple = ()):
+        with self._lock:
+            self._status[version] = VersionStatus(version, state, code, message, fingerprint)
+        if self.listener:
+            self.listener(state, version, message)
+
+    def _load(self, version: int) -> None:
+        path = self._path(version)
+        fingerprint = dir_fingerprint(path)
+        self._set(version, LOADING)
+        started = time.time()
+        try:
+            loaded = ModelVersion(self.name, version, path)
+            loaded.warm_up()
+        except Exception as exc:   # noqa: BLE001 - any failure is reported in the status
+            code, message = _load_error(exc)
+            log.error("model %s version %d failed to load: %s", self.name, version, message)
+            self._set(version, END, code, message, fingerprint)
+            return
+        with self._lock:
+            self._loaded[version] = loaded
+            self._latest = self._loaded[max(self._loaded)]
+        self._set(version, AVAILABLE)
+        log.info("model %s version %d AVAILABLE (loaded in %.1f s)", self.name, version,
+                 time.time() - started)
+
+    def _unload(self, version: int) -> None:
+        with self._lock:
+            loaded = self._loaded.pop(version, None)
+            self._latest = self._loaded[max(self._loaded)] if self._loaded else None
+        if loaded is None:
+            return
+        self._set(version, UNLOADING)
+        deadline = time.time() + UNLOAD_WAIT_SECONDS
+        with self._lock:   # in-flight requests holding this version finish first
+            while loaded.refs > 0 and time.time() < deadline:
+                self._lock.wait(timeout=0.5)
+            if loaded.refs > 0:
+                log.warning("unloading %s/%d with %d requests still running",
+                            self.name, version, loaded.refs)
+        loaded.close()
+        self._set(version, END)
+        log.info("model %s version %d unloaded", self.name, version)
+
+    # ------------------------------------------------ requests
+    def acquire(self, name: str, version: Optional[int] = None,
+                label: Optional[str] = None) -> ModelVersion:
+        """The version a request asks for, held until ``release``. Raises ServingError."""
+        if name != self.name:
+            if version is not None:
+                raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            raise not_found(f"Servable not found for request: Latest({name})")
+        if label:
+            if label not in self.labels:
+                raise invalid(f"Unrecognized servable version label: {label}")
+            version = self.labels[label]
+        with self._lock:
+            loaded = self._latest if version is None else self._loaded.get(version)
+            if loaded is None:
+                if version is None:
+                    raise not_found(f"Servable not found for request: Latest({name})")
+                raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            loaded.refs += 1
+        return loaded
+
+    def release(self, loaded: ModelVersion) -> None:
+        with self._lock:
+            loaded.refs -= 1
+            if loaded.refs <= 0:
+                self._lock.notify_all()
+
+    def available_versions(self) -> List[int]:
+        with self._lock:
+            return sorted(self._loaded)
+
+    # ------------------------------------------------ status
+    def status(self, name: str, version: Optional[int] = None,
+               label: Optional[str] = None) -> List[VersionStatus]:
+        """ModelService.GetModelStatus, newest first. Raises ServingError like TF Serving."""
+        if name != self.name:
+            raise not_found(f"Could not find any versions of model {name}")
+        if label:
+            if label not in self.labels:
+                raise invalid(f"Unrecognized servable version label: {label}")
+            version = self.labels[label]
+        with self._lock:
+            states = {v: VersionStatus(**vars(s)) for v, s in self._status.items()}
+        if not states:
+            raise not_found(f"Could not find any versions of model {name}")
+        if version is not None:
+            if version not in states:
+                raise not_found(f"Could not find version {version} of model {name}")
+            return [states[version]]
+        return [states[v] for v in sorted(states, reverse=True)]

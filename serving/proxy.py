@@ -1,0 +1,198 @@
+"""``tfxops serve --proxy-to HOST:PORT``: a REST proxy in front of TF Serving that
+logs requests (open-source TF Serving cannot).
+
+Every request is forwarded unchanged to the upstream REST API and its answer
+returned unchanged (status, body), with an ``X-Request-Id``. Successful
+``:predict``/``:classify``/``:regress`` calls (or a ``log_sample_rate`` sample)
+are written as PredictionLog records by the same ``RequestLogger`` the embedded
+server uses. Without the model's signature at hand, JSON predict tensors are typed
+from JSON itself: strings and ``{"b64"}`` -> DT_STRING, integers -> DT_INT64,
+other numbers -> DT_FLOAT. The version is the one in the URL, else left unset.
+gRPC is not proxied (clients that need logging use REST through the proxy).
+"""
+import asyncio
+import logging
+import re
+import signal
+import time
+import uuid
+
+import numpy as np
+import tornado.httpclient
+import tornado.httpserver
+import tornado.web
+from tensorflow.core.framework import types_pb2
+
+from serving import metrics as M
+from serving import request_log
+from serving.errors import ServingError
+from serving.request_log import RequestLogger
+from serving.rest import REQUEST_ID_HEADER, classify_input, dumps, parse_json
+from serving.tensors import json_to_ndarray, ndarray_to_proto
+
+log = logging.getLogger("tfxops.serving")
+_CALL = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/[^/:]+)?:(predict|classify|regress)$")
+
+
+def _infer_dtype(value) -> int:
+    while isinstance(value, list) and value:
+        value = value[0]
+    if isinstance(value, (str, dict)):
+        return types_pb2.DT_STRING
+    if isinstance(value, bool):
+        return types_pb2.DT_BOOL
+    if isinstance(value, int):
+        return types_pb2.DT_INT64
+    return types_pb2.DT_FLOAT
+
+
+def _tensors_from_json(doc):
+    """The tensors a predict body names, typed from JSON (alias -> array)."""
+    if "instances" in doc:
+        rows = doc["instances"]
+        if rows and isinstance(rows[0], dict) and set(rows[0]) != {"b64"}:
+            return {k: json_to_ndarray([r[k] for r in rows], _infer_dtype(rows[0][k]))
+                    for k in rows[0]}
+        return {"examples": json_to_ndarray(rows, _infer_dtype(rows))}
+    value = doc.get("inputs")
+    if isinstance(value, dict) and set(value) != {"b64"}:
+        return {k: json_to_ndarray(v, _infer_dtype(v)) for k, v in value.items()}
+    return {"examples": json_to_ndarray(value, _infer_dtype(value))}
+
+
+def build_log(path: str, body: bytes, answer: bytes, request_id: str, arrived: float):
+    """A PredictionLog for a proxied call (None when it cannot be understood)."""
+    m = _CALL.match(path)
+    if not m:
+        return None
+    import orjson
+    name, version, method = m.group(1), m.group(2), m.group(3)
+    doc, out = parse_json(body), orjson.loads(answer)
+    sig_name = doc.get("signature_name") or "serving_default"
+    record = request_log.new_log(name, int(version) if version else None, sig_name,
+                                 request_id, arrived)
+    if method == "predict":
+        req, resp = record.predict_log.request, record.predict_log.response
+        for alias, array in _tensors_from_json(doc).items():
+            ndarray_to_proto(array, None if array.dtype != object else types_pb2.DT_STRING,
+                             req.inputs[alias])
+        values = out.get("predictions", out.get("outputs"))
+        if isinstance(values, dict):
+            for alias, v in values.items():
+                ndarray_to_proto(json_to_ndarray(v, _infer_dtype(v)), None, resp.outputs[alias])
+        elif values is not None:
+            ndarray_to_proto(np.asarray(values, dtype=np.float32), None,
+                             resp.outputs["probabilities" if sig_name.startswith("serving") else "outputs"])
+    else:
+        target = record.classify_log if method == "classify" else record.regress_log
+        target.request.input.CopyFrom(classify_input(doc, method))
+        if method == "classify":
+            for row in out.get("results", []):
+                cls = target.response.result.classifications.add()
+                for label, score in row:
+                    c = cls.classes.add()
+                    c.label, c.score = str(label), float(score)
+        else:
+            for v in out.get("results", []):
+                target.response.result.regressions.add().value = float(v)
+        target.request.model_spec.CopyFrom(record.log_metadata.model_spec)
+        target.response.model_spec.CopyFrom(record.log_metadata.model_spec)
+    if method == "predict":
+        record.predict_log.request.model_spec.CopyFrom(record.log_metadata.model_spec)
+        record.predict_log.response.model_spec.CopyFrom(record.log_metadata.model_spec)
+    return record
+
+
+class ProxyHandler(tornado.web.RequestHandler):
+    def initialize(self, upstream, logger, metrics, max_request_bytes):
+        self.upstream, self.logger, self.metrics = upstream, logger, metrics
+        self.max_request_bytes = max_request_bytes
+
+    async def _forward(self):
+        started, arrived = time.perf_counter(), time.time()
+        rid = (self.request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:128]
+        body = self.request.body if self.request.method in ("POST", "PUT") else None
+        if body is not None and len(body) > self.max_request_bytes:
+            self.set_status(413)
+            return self.finish(dumps({"error": "Request body is larger than max_request_bytes"}))
+        client = tornado.httpclient.AsyncHTTPClient()
+        try:
+            resp = await client.fetch(
+                f"http://{self.upstream}{self.request.uri}", method=self.request.method, body=body,
+                headers={"Content-Type": "application/json", REQUEST_ID_HEADER: rid},
+                raise_error=False, request_timeout=60)
+        except OSError as exc:
+            self.set_status(503)
+            return self.finish(dumps({"error": f"upstream {self.upstream} unavailable: {exc}"}))
+        self.set_status(resp.code if resp.code >= 100 else 502)
+        self.set_header("Content-Type", resp.headers.get("Content-Type", "application/json"))
+        self.set_header(REQUEST_ID_HEADER, rid)
+        self.finish(resp.body or b"")
+        m = _CALL.match(self.request.path)
+        if m:
+            from serving.errors import http_status_to_code
+            status = "OK" if resp.code == 200 else http_status_to_code(resp.code)
+            self.metrics.inc(M.REQUEST_COUNT, (("model_name", m.group(1)), ("status", status)))
+            self.metrics.observe(M.REQUEST_LATENCY, (("model_name", m.group(1)), ("API", m.group(3)),
+                                                     ("entrypoint", "REST")),
+                                 (time.perf_counter() - started) * 1e6, M.LATENCY_BUCKETS_US)
+            if resp.code == 200 and self.logger is not None and self.logger.sampled():
+                path, answer = self.request.path, resp.body
+                self.logger.submit(lambda: _safe_build(path, body, answer, rid, arrived))
+
+    get = post = _forward
+
+    def compute_etag(self):
+        return None
+
+
+def _safe_build(*args):
+    try:
+        return build_log(*args)
+    except (ServingError, ValueError, KeyError, TypeError) as exc:
+        log.warning("proxy: could not log a request: %s", exc)
+        return None
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    def initialize(self, metrics):
+        self.metrics = metrics
+
+    def get(self):
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.metrics.render())
+
+
+async def run_proxy(settings, ready=None, stop_event=None):
+    metrics = M.new_metrics()
+    logger = RequestLogger(settings.request_logs_path, settings.log_sample_rate,
+                           settings.log_rotate_records, settings.log_rotate_seconds,
+                           metrics=metrics).start()
+    args = dict(upstream=settings.proxy_to, logger=logger, metrics=metrics,
+                max_request_bytes=settings.max_request_bytes)
+    app = tornado.web.Application([
+        (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics)),
+        (r".*", ProxyHandler, args)])
+    server = tornado.httpserver.HTTPServer(app, max_body_size=settings.max_request_bytes + 1)
+    sockets = tornado.netutil.bind_sockets(settings.rest_port, address=settings.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    log.info("proxy on http://%s:%d -> http://%s (request logs in %s)", settings.host, port,
+             settings.proxy_to, settings.request_logs_path)
+    stop_event = stop_event or asyncio.Event()
+    if ready is not None:
+        ready(port, stop_event)
+    await stop_event.wait()
+    server.stop()
+    await server.close_all_connections()
+    await asyncio.get_running_loop().run_in_executor(None, logger.close)
+
+
+def serve(settings) -> None:
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_proxy(settings, stop_event=stop)
+    asyncio.run(main())

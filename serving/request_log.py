@@ -1,0 +1,364 @@
+"""Request logging: requests and their responses as ``PredictionLog`` TFRecords.
+
+Open-source TF Serving cannot log requests, so our server (and our proxy in front
+of TF Serving) does, in the record format TF Serving would use:
+``tensorflow_serving.apis.prediction_log_pb2.PredictionLog`` with
+
+* ``log_metadata.model_spec``: model name, the version that answered, signature;
+* ``log_metadata.timestamp_secs``: when the request arrived (unix seconds);
+* ``log_metadata.request_origin``: the request id (``X-Request-Id``; LogMetadata
+  has no id field, this is the free-form one that fits);
+* ``predict_log`` / ``classify_log`` / ``regress_log``: request and response.
+
+REST JSON is logged as the equivalent gRPC request, so logs are uniform: a
+``:predict`` body becomes the ``PredictRequest`` with the tensors the model was fed
+(rows of ``{"b64": ...}`` examples -> the ``examples`` string tensor; rows of
+feature values for ``serving_raw`` -> one tensor per feature); ``:classify`` /
+``:regress`` bodies become ``Input.example_list[_with_context]`` of tf.Examples.
+``read_request_log`` turns every form back into tf.Examples (see there).
+
+Files: ``<dir>/requests-<UTC time>-<pid>-<seq>.tfrecord``, written under a hidden
+``.<name>.tmp`` name and renamed when closed (after ``log_rotate_records`` records
+or ``log_rotate_seconds``), so every non-hidden file is complete. Readers
+(monitoring) should read ``closed_log_files()`` only.
+
+Writing never blocks a request: ``submit`` puts on a bounded queue that a writer
+thread drains; a full queue drops the record and counts it
+(``tfxops_serving_request_log_dropped_total``). ``close()`` drains the queue and
+closes the open file: a clean shutdown loses nothing; a crash loses at most the
+records not yet flushed (the writer flushes about every second) and leaves the
+closed files intact.
+"""
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, List, Optional, Union
+
+log = logging.getLogger("tfxops.serving")
+
+FILE_PREFIX = "requests-"
+FILE_SUFFIX = ".tfrecord"
+FLUSH_SECONDS = 1.0
+_STOP = object()
+
+
+class RequestLogger:
+    """A bounded queue and a writer thread producing rotated PredictionLog files."""
+
+    def __init__(self, directory: Union[str, Path], sample_rate: float = 1.0,
+                 rotate_records: int = 10_000, rotate_seconds: float = 60.0,
+                 queue_size: int = 10_000, metrics=None):
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"log_sample_rate must be in [0, 1], got {sample_rate}")
+        self.directory = Path(directory)
+        self.sample_rate = sample_rate
+        self.rotate_records = max(1, int(rotate_records))
+        self.rotate_seconds = max(0.01, float(rotate_seconds))
+        self.metrics = metrics
+        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
+        self._thread: Optional[threading.Thread] = None
+        self._seq = 0
+        self._writer = None
+        self._tmp_path: Optional[Path] = None
+        self._final_path: Optional[Path] = None
+        self._records = 0
+        self._opened = 0.0
+        self.written = 0
+        self.dropped = 0
+        self.closed_files: List[Path] = []
+
+    # ------------------------------------------------ request side (never blocks)
+    def start(self) -> "RequestLogger":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="request-log-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def sampled(self) -> bool:
+        return self.sample_rate >= 1.0 or random.random() < self.sample_rate
+
+    def submit(self, record: Union[object, Callable[[], object]]) -> bool:
+        """Queue a PredictionLog (or a function making one, run on the writer thread)."""
+        try:
+            self._queue.put_nowait(record)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            if self.metrics is not None:
+                from serving import metrics as M
+                self.metrics.inc(M.LOG_DROPPED)
+            return False
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Write everything queued, close the open file; idempotent."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)       # blocks only if full: shutdown waits for the writer
+        self._thread.join(timeout)
+        self._thread = None
+
+    # ------------------------------------------------ writer thread
+    def _run(self):
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._drain()
+                self._close_file()
+                return
+            if item is not None:
+                self._write(item)
+            now = time.monotonic()
+            if self._writer is not None and (self._records >= self.rotate_records
+                                             or now - self._opened >= self.rotate_seconds):
+                self._close_file()
+            elif self._writer is not None and now - last_flush >= FLUSH_SECONDS:
+                self._writer.flush()
+                last_flush = now
+
+    def _drain(self):
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                self._write(item)
+                if self._records >= self.rotate_records:
+                    self._close_file()
+
+    def _write(self, item):
+        try:
+            record = item() if callable(item) else item
+            if record is None:
+                return
+            data = record.SerializeToString()
+            if self._writer is None:
+                self._open_file()
+            self._writer.write(data)
+            self._records += 1
+            self.written += 1
+            if self.metrics is not None:
+                from serving import metrics as M
+                self.metrics.inc(M.LOGGED)
+        except Exception:   # noqa: BLE001 - a bad record must not stop the writer
+            log.exception("request log: could not write a record")
+            if self.metrics is not None:
+                from serving import metrics as M
+                self.metrics.inc(M.LOG_ERRORS)
+
+    def _open_file(self):
+        import tensorflow as tf
+
+        self._seq += 1
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        name = f"{FILE_PREFIX}{stamp}-{os.getpid()}-{self._seq:06d}{FILE_SUFFIX}"
+        self._final_path = self.directory / name
+        self._tmp_path = self.directory / f".{name}.tmp"
+        self._writer = tf.io.TFRecordWriter(str(self._tmp_path))
+        self._records = 0
+        self._opened = time.monotonic()
+
+    def _close_file(self):
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+            os.replace(self._tmp_path, self._final_path)
+            self.closed_files.append(self._final_path)
+            if self.metrics is not None:
+                from serving import metrics as M
+                self.metrics.inc(M.LOG_FILES)
+        except Exception:   # noqa: BLE001
+            log.exception("request log: could not close %s", self._tmp_path)
+        finally:
+            self._writer = None
+
+
+# ------------------------------------------------------------------ record building
+def new_log(model_name: str, version: Optional[int], signature_name: str,
+            request_id: str, timestamp: float):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    record = prediction_log_pb2.PredictionLog()
+    meta = record.log_metadata
+    meta.model_spec.name = model_name
+    if version is not None:
+        meta.model_spec.version.value = int(version)
+    meta.model_spec.signature_name = signature_name or ""
+    meta.timestamp_secs = int(timestamp)
+    meta.request_origin = request_id or ""
+    meta.saved_model_tags.append("serve")
+    if meta.sampling_config is not None:
+        pass
+    return record
+
+
+# ------------------------------------------------------------------ reading back
+@dataclass
+class LoggedRequest:
+    request_id: str
+    model_name: str
+    model_version: Optional[int]
+    signature_name: str
+    timestamp: int                # unix seconds
+    kind: str                     # predict | classify | regress
+    examples: List                # tf.train.Example, one per row of the request
+    predictions: List             # one per row: a value, {output: value}, or {label: score}
+
+
+def closed_log_files(directory: Union[str, Path]) -> List[Path]:
+    """The complete log files in ``directory`` (hidden temporary files excluded), oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.name.startswith(FILE_PREFIX) and p.name.endswith(FILE_SUFFIX))
+
+
+def read_prediction_logs(paths: Iterable[Union[str, Path]]) -> Iterator:
+    """The raw PredictionLog protos in ``paths``."""
+    from tensorflow_serving.apis import prediction_log_pb2
+    import tensorflow as tf
+
+    for path in paths:
+        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            record = prediction_log_pb2.PredictionLog()
+            record.ParseFromString(raw)
+            yield record
+
+
+def read_request_log(source: Union[str, Path, Iterable[Union[str, Path]]]) -> Iterator[LoggedRequest]:
+    """Logged requests as tf.Examples with their predictions; ``source`` is a log
+    directory (its closed files are read) or an iterable of file paths.
+
+    Mapping back to tf.Examples:
+    * ``examples`` / ``inputs`` string tensor of a predict request: each string
+      parsed as a serialized tf.Example;
+    * a predict request with one tensor per feature (``serving_raw``): row i ->
+      a tf.Example of each tensor's value i (float -> float_list, int -> int64_list,
+      bytes -> bytes_list; an empty string becomes an empty list, as CsvExampleGen
+      encodes an empty cell);
+    * classify/regress: the request's examples, each merged with the context.
+    """
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        paths = closed_log_files(source)
+    elif isinstance(source, (str, Path)):
+        paths = [source]
+    else:
+        paths = list(source)
+    for record in read_prediction_logs(paths):
+        yield to_logged_request(record)
+
+
+def to_logged_request(record) -> LoggedRequest:
+    meta = record.log_metadata
+    kind = record.WhichOneof("log_type")
+    version = meta.model_spec.version.value if meta.model_spec.HasField("version") else None
+    if kind == "predict_log":
+        examples = predict_request_examples(record.predict_log.request)
+        predictions = _predict_outputs(record.predict_log.response)
+        version = _response_version(record.predict_log.response, version)
+    elif kind == "classify_log":
+        examples = input_examples(record.classify_log.request.input)
+        predictions = [{c.label: c.score for c in cls.classes}
+                       for cls in record.classify_log.response.result.classifications]
+        version = _response_version(record.classify_log.response, version)
+    elif kind == "regress_log":
+        examples = input_examples(record.regress_log.request.input)
+        predictions = [r.value for r in record.regress_log.response.result.regressions]
+        version = _response_version(record.regress_log.response, version)
+    else:
+        raise ValueError(f"unsupported PredictionLog type {kind!r}")
+    return LoggedRequest(meta.request_origin, meta.model_spec.name, version,
+                         meta.model_spec.signature_name, meta.timestamp_secs,
+                         kind.replace("_log", ""), examples, predictions)
+
+
+def _response_version(response, default):
+    spec = response.model_spec
+    return spec.version.value if spec.HasField("version") else default
+
+
+def input_examples(inp) -> List:
+    import tensorflow as tf
+
+    kind = inp.WhichOneof("kind")
+    if kind == "example_list":
+        return [_copy(e) for e in inp.example_list.examples]
+    if kind == "example_list_with_context":
+        context = inp.example_list_with_context.context
+        out = []
+        for e in inp.example_list_with_context.examples:
+            merged = tf.train.Example()
+            merged.CopyFrom(context)
+            for name, feature in e.features.feature.items():
+                merged.features.feature[name].CopyFrom(feature)
+            out.append(merged)
+        return out
+    return []
+
+
+def _copy(example):
+    import tensorflow as tf
+
+    out = tf.train.Example()
+    out.CopyFrom(example)
+    return out
+
+
+def predict_request_examples(request) -> List:
+    import tensorflow as tf
+    from serving.tensors import proto_to_ndarray
+
+    arrays = {k: proto_to_ndarray(v) for k, v in request.inputs.items()}
+    if len(arrays) == 1:
+        (name, array), = arrays.items()
+        if array.dtype == object and array.ndim == 1:
+            try:
+                return [tf.train.Example.FromString(bytes(v)) for v in array]
+            except Exception:   # noqa: BLE001 - not serialized examples: a feature column
+                pass
+    rows = max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
+    out = []
+    for i in range(rows):
+        example = tf.train.Example()
+        for name, array in sorted(arrays.items()):
+            value = array[i] if array.ndim else array
+            values = value.reshape(-1).tolist() if hasattr(value, "reshape") else [value]
+            feature = example.features.feature[name]
+            if array.dtype == object:
+                feature.bytes_list.value.extend(
+                    [v for v in values if v not in (b"", "")])
+            elif array.dtype.kind == "f":
+                feature.float_list.value.extend(values)
+            elif array.dtype.kind in "iub":
+                feature.int64_list.value.extend(int(v) for v in values)
+        out.append(example)
+    return out
+
+
+def _predict_outputs(response) -> List:
+    from serving.tensors import proto_to_ndarray
+
+    arrays = {k: proto_to_ndarray(v) for k, v in response.outputs.items()}
+    if not arrays:
+        return []
+    rows = max((a.shape[0] for a in arrays.values() if a.ndim), default=1)
+
+    def value(a, i):
+        v = a[i] if a.ndim else a
+        return v.tolist() if hasattr(v, "tolist") else v
+
+    if len(arrays) == 1:
+        (array,) = arrays.values()
+        return [value(array, i) for i in range(rows)]
+    return [{k: value(a, i) for k, a in arrays.items()} for i in range(rows)]

@@ -1,0 +1,496 @@
+"""TF Serving's REST API (on tornado, sharing the asyncio loop with gRPC):
+
+    GET  /v1/models/{name}[/versions/{v} | /labels/{l}]            model status
+    GET  /v1/models/{name}[/versions/{v} | /labels/{l}]/metadata   signatures
+    POST /v1/models/{name}[/versions/{v} | /labels/{l}]:predict | :classify | :regress
+    GET  /monitoring/prometheus/metrics
+
+Bodies and errors as TF Serving's ``json_tensor.cc`` / ``http_rest_api_handler``
+define them: ``instances`` (row) or ``inputs`` (columnar), ``{"b64": ...}`` strings,
+answers ``predictions`` / ``outputs`` / ``results``, failures ``{"error": message}``
+with the HTTP status of the error code. Bodies larger than ``max_request_bytes``
+are refused with 413 before they are read. ``X-Request-Id`` is accepted from the
+client (or made up) and always returned.
+"""
+import base64
+import json
+import re
+import time
+import uuid
+from typing import Dict, List, Optional
+
+import numpy as np
+import tornado.web
+from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (classification_pb2, input_pb2, predict_pb2,
+                                     regression_pb2)
+
+try:
+    import orjson
+
+    def dumps(value) -> bytes:
+        return orjson.dumps(value)
+
+    def _loads(body: bytes):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return json.loads(body)      # NaN / Infinity, which TF Serving accepts
+except ImportError:   # pragma: no cover
+    def dumps(value) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def _loads(body: bytes):
+        return json.loads(body)
+
+from serving import request_log
+from serving.errors import ServingError, invalid
+from serving.grpc_service import fill_classifications, model_metadata, model_status
+from serving.service import Inference
+from serving.tensors import _short, json_to_ndarray, ndarray_to_json, ndarray_to_proto
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_MODEL = r"/v1/models/([^/:]+)(?:/versions/(-?\d+)|/labels/([^/:]+))?"
+
+
+def parse_json(body: bytes) -> dict:
+    if not body or not body.strip():
+        raise invalid("JSON Parse error: The document is empty")
+    try:
+        doc = _loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"JSON Parse error: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid(f"JSON Value: {_short(doc)} Is not object")
+    return doc
+
+
+def _signature_name(doc: dict) -> str:
+    name = doc.get("signature_name", "")
+    if not isinstance(name, str):
+        raise invalid(f"JSON Value: {_short(doc)} not formatted correctly. 'signature_name' key "
+                      f"must be a string value.")
+    return name
+
+
+def _is_b64(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _is_object(value) -> bool:
+    return isinstance(value, dict) and not _is_b64(value)
+
+
+_SCALAR_TYPES = {
+    types_pb2.DT_FLOAT: (np.float32, (int, float)), types_pb2.DT_DOUBLE: (np.float64, (int, float)),
+    types_pb2.DT_INT64: (np.int64, (int,)), types_pb2.DT_INT32: (np.int32, (int,)),
+}
+
+
+def _column(values: List, dtype: int) -> Optional[np.ndarray]:
+    """Fast path: a column of JSON scalars as a 1-D array (None: take the general path)."""
+    spec = _SCALAR_TYPES.get(dtype)
+    if spec is not None:
+        np_dtype, ok = spec
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, ok):
+                return None
+        try:
+            return np.asarray(values, dtype=np_dtype)
+        except OverflowError:
+            return None
+    if dtype == types_pb2.DT_STRING:
+        out = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            if isinstance(v, str):
+                out[i] = v.encode("utf-8")
+            elif _is_b64(v):
+                try:
+                    out[i] = base64.b64decode(v["b64"], validate=True)
+                except (ValueError, TypeError):
+                    return None
+            else:
+                return None
+        return out
+    return None
+
+
+def _stack(values: List, alias: str, dtype: int, objects: bool) -> np.ndarray:
+    """The general path, with TF Serving's per-element error messages."""
+    arrays, first = [], None
+    for i, value in enumerate(values):
+        try:
+            array = json_to_ndarray(value, dtype)
+        except ServingError as err:
+            where = f" key: {alias}" if objects else ""
+            raise invalid(f"Failed to process element: {i}{where} of 'instances' list. "
+                          f"Error: {err.code}: {err.message}") from None
+        if first is None:
+            first = array.shape
+        elif array.shape != first:
+            raise invalid(f"Expecting shape {list(first)} but got: {list(array.shape)}".replace(
+                " ", ""))
+        arrays.append(array)
+    return np.stack(arrays) if arrays else np.empty((0,))
+
+
+def instances_to_feeds(doc: dict, instances, sig) -> Dict[str, np.ndarray]:
+    if not isinstance(instances, list):
+        raise invalid(f"JSON Value: {_short(doc)} Excepting 'instances' to be an list/array")
+    if not instances:
+        raise invalid(f"JSON Value: {_short(doc)} No values in 'instances' array")
+    inputs = sig.inputs
+    objects = _is_object(instances[0])
+    if not isinstance(instances[0], dict) and len(inputs) > 1:
+        raise invalid("instances is a plain list, but expecting list of objects as multiple "
+                      "input tensors required as per tensorinfo_map")
+    if not objects:
+        if len(inputs) > 1:
+            raise invalid("instances is a plain list, but expecting list of objects as multiple "
+                          "input tensors required as per tensorinfo_map")
+        (alias, spec), = inputs.items()
+        for i, elem in enumerate(instances):
+            if _is_object(elem):
+                raise invalid(f"Expecting value/list but got object at item {i} of input list")
+        column = _column(instances, spec.dtype)
+        return {alias: column if column is not None else _stack(instances, alias, spec.dtype, False)}
+    names = set(inputs)
+    for i, elem in enumerate(instances):
+        if not _is_object(elem):
+            raise invalid(f"Expecting object but got list at item {i} of input list")
+        if elem.keys() != names:
+            for key in elem:
+                if key not in inputs:
+                    raise invalid(f"Failed to process element: {i} key: {key} of 'instances' "
+                                  f"list. Error: INVALID_ARGUMENT: JSON object: does not have "
+                                  f"named input: {key}")
+            raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
+                          f"{_short(elem)} keys must be equal to: {','.join(sorted(names))}")
+    feeds = {}
+    for alias, spec in inputs.items():
+        values = [elem[alias] for elem in instances]
+        column = _column(values, spec.dtype)
+        feeds[alias] = column if column is not None else _stack(values, alias, spec.dtype, True)
+    return feeds
+
+
+def inputs_to_feeds(value, sig) -> Dict[str, np.ndarray]:
+    inputs = sig.inputs
+    if not isinstance(value, dict) or _is_b64(value):
+        if len(inputs) > 1:
+            raise invalid("inputs is a plain value/list, but expecting an object as multiple "
+                          "input tensors required as per tensorinfo_map")
+        (alias, spec), = inputs.items()
+        return {alias: json_to_ndarray(value, spec.dtype)}
+    feeds = {}
+    for alias, spec in inputs.items():
+        if alias not in value:
+            raise invalid(f"Missing named input: {alias} in 'inputs' object.")
+        feeds[alias] = json_to_ndarray(value[alias], spec.dtype)
+    return feeds
+
+
+def predict_feeds(doc: dict, sig):
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances and has_inputs:
+        raise invalid(f"JSON Value: {_short(doc)} Not formatted correctly expecting only one of "
+                      f"'inputs' or 'instances' keys to exist ")
+    if has_instances:
+        return "row", instances_to_feeds(doc, doc["instances"], sig)
+    if has_inputs:
+        return "columnar", inputs_to_feeds(doc["inputs"], sig)
+    raise invalid("Missing 'inputs' or 'instances' key")
+
+
+def format_predict(fmt: str, outputs: Dict[str, np.ndarray]) -> dict:
+    if fmt == "columnar":
+        if len(outputs) == 1:
+            (alias, array), = outputs.items()
+            return {"outputs": ndarray_to_json(array, alias)}
+        return {"outputs": {a: ndarray_to_json(v, a) for a, v in outputs.items()}}
+    rows = None
+    columns = {}
+    for alias, array in outputs.items():
+        if array.ndim == 0:
+            raise ServingError("INVALID_ARGUMENT", f"Tensor name: {alias} has no shape "
+                               f"information; use the columnar ('inputs') format")
+        if rows is not None and array.shape[0] != rows:
+            raise invalid(f"Tensor name: {alias} has inconsistent batch size: {array.shape[0]} "
+                          f"expecting: {rows}")
+        rows = array.shape[0]
+        columns[alias] = ndarray_to_json(array, alias)
+    if len(columns) == 1:
+        return {"predictions": next(iter(columns.values()))}
+    return {"predictions": [{a: columns[a][i] for a in columns} for i in range(rows or 0)]}
+
+
+def _feature_from_json(name: str, value, feature) -> None:
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if v is None or isinstance(v, (list,)) or (isinstance(v, dict) and not _is_b64(v)):
+            raise invalid(f"Feature: {name} has element with unexpected JSON type: "
+                          f"{'Null' if v is None else ('Array' if isinstance(v, list) else 'Object')}")
+        if isinstance(v, bool) or (isinstance(v, int)):
+            kind, v = "int64_list", int(v)
+        elif isinstance(v, float):
+            kind = "float_list"
+        elif isinstance(v, str):
+            kind, v = "bytes_list", v.encode("utf-8")
+        else:
+            kind = "bytes_list"
+            try:
+                v = base64.b64decode(v["b64"], validate=True)
+            except (ValueError, TypeError):
+                raise invalid("Unable to base64 decode") from None
+        current = feature.WhichOneof("kind")
+        if current is not None and current != kind:
+            raise invalid(f"Unexpected element type in feature: {name} expecting type: "
+                          f"{current.split('_')[0]}")
+        getattr(feature, kind).value.append(v)
+
+
+def _example_from_json(value, example) -> None:
+    if not isinstance(value, dict):
+        raise invalid(f"Example must be JSON object but got JSON "
+                      f"{'Array' if isinstance(value, list) else type(value).__name__}")
+    for name, content in value.items():
+        _feature_from_json(name, content, example.features.feature[name])
+
+
+def classify_input(doc: dict, kind: str) -> input_pb2.Input:
+    inp = input_pb2.Input()
+    if "context" in doc:
+        target = inp.example_list_with_context
+        _example_from_json(doc["context"], target.context)
+    else:
+        target = inp.example_list
+    examples = doc.get("examples")
+    if "examples" not in doc:
+        raise invalid(f"JSON Value: {_short(doc)} When method is {kind}, key 'examples' is "
+                      f"expected and was not found")
+    if not isinstance(examples, list):
+        raise invalid(f"JSON Value: {_short(doc)} Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise invalid(f"JSON Value: {_short(doc)} 'examples' value is an empty array")
+    for value in examples:
+        _example_from_json(value, target.examples.add())
+    return inp
+
+
+# ------------------------------------------------------------------ handlers
+class _Base(tornado.web.RequestHandler):
+    def initialize(self, inference: Inference, max_request_bytes: int):
+        self.inf = inference
+        self.max_request_bytes = max_request_bytes
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json")
+        self.request_id = (self.request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:128]
+        self.set_header(REQUEST_ID_HEADER, self.request_id)
+
+    def send_json(self, value, status: int = 200):
+        self.set_status(status)
+        self.finish(dumps(value))
+
+    def send_error_json(self, err: ServingError):
+        self.send_json({"error": err.message}, err.http_status)
+
+    def write_error(self, status_code, **kwargs):   # tornado's own errors (405, 400...)
+        self.finish(dumps({"error": self._reason}))
+
+    def compute_etag(self):
+        return None
+
+    def log_exception(self, typ, value, tb):
+        if not isinstance(value, tornado.web.HTTPError):
+            super().log_exception(typ, value, tb)
+
+
+def _version(v: Optional[str]) -> Optional[int]:
+    return None if v is None else int(v)
+
+
+class StatusHandler(_Base):
+    async def get(self, name, version, label, metadata):
+        try:
+            if metadata:
+                response = model_metadata(self.inf, name, _version(version), label)
+                body = json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                                 including_default_value_fields=True)
+                sig_map = json_format.MessageToDict(
+                    _unpack_signature_map(response), preserving_proto_field_name=True,
+                    including_default_value_fields=True)
+                body["metadata"] = {"signature_def": sig_map}
+            else:
+                response = model_status(self.inf, name, _version(version), label)
+                body = json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                                 including_default_value_fields=True)
+        except ServingError as err:
+            return self.send_error_json(err)
+        self.send_json(body)
+
+
+def _unpack_signature_map(response):
+    from tensorflow_serving.apis import get_model_metadata_pb2
+    out = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(out)
+    return out
+
+
+@tornado.web.stream_request_body
+class InferenceHandler(_Base):
+    def prepare(self):
+        self._chunks: List[bytes] = []
+        self._size = 0
+        self._too_large = False
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
+            self._refuse()
+        else:
+            self.request.connection.set_max_body_size(self.max_request_bytes + 1)
+
+    def _refuse(self):
+        self._too_large = True
+        self.set_header("Connection", "close")
+        self.send_json({"error": f"Request body is larger than the limit of "
+                                 f"{self.max_request_bytes} bytes (max_request_bytes)"}, 413)
+
+    def data_received(self, chunk: bytes):
+        if self._too_large:
+            return
+        self._size += len(chunk)
+        if self._size > self.max_request_bytes:
+            self._refuse()
+            return
+        self._chunks.append(chunk)
+
+    async def post(self, name, version, label, method):
+        if self._too_large:
+            return
+        started = time.perf_counter()
+        arrived = time.time()
+        body = b"".join(self._chunks)
+        if method not in ("predict", "classify", "regress"):
+            err = invalid(f"Malformed request: POST {self.request.path}")
+            return self.send_error_json(err)
+        try:
+            doc = parse_json(body)
+            sig_name = _signature_name(doc)
+            loaded = self.inf.acquire(name, _version(version), label)
+            try:
+                sig = self.inf.signature(loaded, sig_name, rest=True)
+                if method == "predict":
+                    fmt, feeds = predict_feeds(doc, sig)
+                    outputs = await self.inf.predict(loaded, sig, feeds)
+                    answer = format_predict(fmt, outputs)
+                else:
+                    inp = classify_input(doc, method)
+                    from serving.grpc_service import serialized_input
+                    result = await self.inf.classify_or_regress(
+                        loaded, sig, serialized_input(inp), method)
+                    answer = _format_results(method, result)
+            finally:
+                self.inf.release(loaded)
+        except ServingError as err:
+            self.inf.record(name, method, "REST", started, err.code)
+            return self.send_error_json(err)
+        except Exception as exc:   # noqa: BLE001 - never an HTML 500
+            err = ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+            self.inf.record(name, method, "REST", started, err.code)
+            return self.send_error_json(err)
+        self.send_json(answer)
+        self.inf.record(name, method, "REST", started)
+        if self.inf.sampled():
+            rid, version_n = self.request_id, loaded.version
+            if method == "predict":
+                self.inf.log(lambda: _rest_predict_log(name, version_n, sig, feeds, outputs,
+                                                       rid, arrived))
+            else:
+                self.inf.log(lambda: _rest_cr_log(method, name, version_n, sig.name, inp, result,
+                                                  rid, arrived))
+
+
+def _format_results(method: str, result):
+    if method == "regress":
+        return {"results": [float(repr(v)) for v in np.asarray(result, np.float32)]}
+    classes, scores = result
+    n = len(classes) if classes is not None else len(scores)
+    out = []
+    for i in range(n):
+        k = classes.shape[1] if classes is not None else scores.shape[1]
+        row = []
+        for j in range(k):
+            label = classes[i, j] if classes is not None else b""
+            label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            score = float(repr(np.float32(scores[i, j]))) if scores is not None else 0.0
+            row.append([label, score])
+        out.append(row)
+    return {"results": out}
+
+
+def _rest_predict_log(name, version, sig, feeds, outputs, rid, arrived):
+    record = request_log.new_log(name, version, sig.name, rid, arrived)
+    req, resp = record.predict_log.request, record.predict_log.response
+    req.model_spec.name = name
+    req.model_spec.version.value = version
+    req.model_spec.signature_name = sig.name
+    for alias, array in feeds.items():
+        ndarray_to_proto(array, sig.inputs[alias].dtype, req.inputs[alias])
+    resp.model_spec.CopyFrom(req.model_spec)
+    for alias, array in outputs.items():
+        ndarray_to_proto(array, sig.outputs[alias].dtype, resp.outputs[alias])
+    return record
+
+
+def _rest_cr_log(method, name, version, sig_name, inp, result, rid, arrived):
+    record = request_log.new_log(name, version, sig_name, rid, arrived)
+    if method == "classify":
+        req, resp = classification_pb2.ClassificationRequest(), classification_pb2.ClassificationResponse()
+        fill_classifications(resp.result, *result)
+        target = record.classify_log
+    else:
+        req, resp = regression_pb2.RegressionRequest(), regression_pb2.RegressionResponse()
+        for v in np.asarray(result).tolist():
+            resp.result.regressions.add().value = v
+        target = record.regress_log
+    req.model_spec.name = name
+    req.model_spec.version.value = version
+    req.model_spec.signature_name = sig_name
+    req.input.CopyFrom(inp)
+    resp.model_spec.CopyFrom(req.model_spec)
+    target.request.CopyFrom(req)
+    target.response.CopyFrom(resp)
+    return record
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    def initialize(self, inference: Inference, max_request_bytes: int):
+        self.inf = inference
+
+    def get(self):
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.inf.metrics.render())
+
+
+class NotFoundHandler(_Base):
+    def _malformed(self):
+        self.send_error_json(ServingError(
+            "NOT_FOUND" if not self.request.path.startswith("/v1/") else "INVALID_ARGUMENT",
+            f"Malformed request: {self.request.method} {self.request.path}"))
+
+    get = post = put = delete = patch = head = _malformed
+
+
+def make_app(inference: Inference, max_request_bytes: int) -> tornado.web.Application:
+    args = dict(inference=inference, max_request_bytes=max_request_bytes)
+    return tornado.web.Application([
+        (_MODEL + r"(/metadata)?", StatusHandler, args),
+        (_MODEL + r":([A-Za-z]+)", InferenceHandler, args),
+        (r"/monitoring/prometheus/metrics", MetricsHandler, args),
+        (r".*", NotFoundHandler, args),
+    ], compress_response=False, serve_traceback=False)
+
+
+__all__ = ["make_app", "parse_json", "predict_feeds", "format_predict", "classify_input",
+           "REQUEST_ID_HEADER", "predict_pb2", "re"]

@@ -1,0 +1,178 @@
+"""``tfxops serve``: wires the model manager, batcher, request log, metrics, the
+gRPC and REST APIs onto one asyncio loop, and shuts down cleanly on SIGTERM/SIGINT
+(stop accepting, let in-flight requests finish, flush the request log).
+"""
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+from tfxops import config
+
+from serving import metrics as M
+from serving.batching import Batcher
+from serving.models import ModelManager, VersionPolicy, parse_labels
+from serving.request_log import RequestLogger
+from serving.service import Inference
+
+log = logging.getLogger("tfxops.serving")
+GRACE_SECONDS = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Ports:
+    rest: int
+    grpc: int
+
+
+class ModelServer:
+    """The embedded server. ``start()`` in a running loop, or ``run()`` to block."""
+
+    def __init__(self, settings: config.Settings, enable_logging: bool = True,
+                 num_batch_threads: Optional[int] = None):
+        self.settings = settings
+        self.metrics = M.new_metrics()
+        self.manager = ModelManager(
+            settings.model_name, str(settings.model_push_dir),
+            VersionPolicy.parse(settings.model_version_policy),
+            parse_labels(settings.version_labels), settings.poll_seconds,
+            listener=self._on_version_event)
+        self.logger = None
+        if enable_logging and settings.log_sample_rate > 0:
+            self.logger = RequestLogger(settings.request_logs_path, settings.log_sample_rate,
+                                        settings.log_rotate_records, settings.log_rotate_seconds,
+                                        metrics=self.metrics)
+        cpus = os.cpu_count() or 1
+        self.executor = ThreadPoolExecutor(max(4, 2 * cpus), thread_name_prefix="model")
+        self.batcher = None
+        if settings.enable_batching:
+            self.batcher = Batcher(settings.max_batch_size, settings.batch_timeout_micros,
+                                   num_batch_threads or max(1, cpus // 2),
+                                   on_batch=self._on_batch)
+        self.inference = Inference(self.manager, self.metrics, self.batcher, self.logger,
+                                   self.executor)
+        self.grpc_server = None
+        self.http_server = None
+        self.ports: Optional[Ports] = None
+        self._stopped: Optional[asyncio.Event] = None
+
+    def _on_version_event(self, state: str, version: int, message: str):
+        self.metrics.inc(M.VERSION_EVENTS, (("model_name", self.settings.model_name),
+                                            ("state", state)))
+        self.metrics.set(M.VERSIONS_AVAILABLE, (("model_name", self.settings.model_name),),
+                         len(self.manager.available_versions()))
+
+    def _on_batch(self, rows: int, requests: int):
+        labels = (("model_name", self.settings.model_name),)
+        self.metrics.observe(M.BATCH_SIZE, labels, rows, M.BATCH_BUCKETS)
+        self.metrics.observe(M.BATCH_REQUESTS, labels, requests, M.BATCH_BUCKETS)
+
+    async def start(self) -> Ports:
+        import grpc
+        import tornado.httpserver
+
+        from serving import grpc_service, rest
+
+        s = self.settings
+        if self.logger is not None:
+            self.logger.start()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.manager.start)
+        options = [("grpc.max_receive_message_length", s.max_request_bytes),
+                   ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                   ("grpc.so_reuseport", 0)]
+        self.grpc_server = grpc.aio.server(options=options)
+        grpc_service.add_to_server(self.grpc_server, self.inference)
+        grpc_port = self.grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
+        await self.grpc_server.start()
+        app = rest.make_app(self.inference, s.max_request_bytes)
+        # The REST handlers check max_request_bytes themselves (413 with a JSON body).
+        self.http_server = tornado.httpserver.HTTPServer(
+            app, max_body_size=s.max_request_bytes + 1, xheaders=False, idle_connection_timeout=300)
+        sockets = tornado.netutil.bind_sockets(s.rest_port, address=s.host, reuse_port=False)
+        self.http_server.add_sockets(sockets)
+        rest_port = sockets[0].getsockname()[1]
+        self.ports = Ports(rest_port, grpc_port)
+        self._stopped = asyncio.Event()
+        log.info("serving model %s from %s: REST http://%s:%d, gRPC %s:%d", s.model_name,
+                 s.model_push_dir, s.host, rest_port, s.host, grpc_port)
+        return self.ports
+
+    async def stop(self, grace: float = GRACE_SECONDS) -> None:
+        """Stop accepting, finish in-flight requests, unload, flush the request log."""
+        if self.http_server is not None:
+            self.http_server.stop()
+            try:
+                await asyncio.wait_for(self.http_server.close_all_connections(), grace)
+            except asyncio.TimeoutError:
+                pass
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.manager.stop)
+        if self.batcher is not None:
+            self.batcher.shutdown()
+        self.executor.shutdown(wait=True)
+        if self.logger is not None:
+            await loop.run_in_executor(None, self.logger.close)
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):   # not the main thread
+                pass
+        await self.start()
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+
+class BackgroundServer:
+    """A ModelServer on its own loop thread (tests, benchmarks, notebooks)."""
+
+    def __init__(self, settings: config.Settings, **kwargs):
+        self.server = ModelServer(settings, **kwargs)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="serving-loop",
+                                        daemon=True)
+        self.ports: Optional[Ports] = None
+
+    def start(self) -> Ports:
+        self._thread.start()
+        self.ports = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(300)
+        return self.ports
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(120)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve(settings: config.Settings) -> None:
+    """Run until SIGTERM/SIGINT."""
+    asyncio.run(ModelServer(settings).serve_forever())

@@ -1,0 +1,226 @@
+"""The API-independent core: find the version and signature a request names, check
+its tensors against the signature, run it (batched or not), and log it.
+
+REST (``serving/rest.py``) and gRPC (``serving/grpc_service.py``) both parse their
+request into numpy arrays and call this; they only differ in wire formats.
+
+Classify and Regress over predict signatures (our model's case) — TF Serving runs
+them only on signatures whose method is ``tensorflow/serving/classify`` /
+``regress``; so do we, with TF Serving's semantics (input ``inputs``: serialized
+tf.Examples; outputs ``classes``/``scores``, resp. ``outputs``). In addition, a
+*predict* signature with one string input (serialized tf.Examples) and one float
+output of shape [batch] or [batch, 1] — a binary classifier's probability, like our
+``serving_default`` — is served as:
+
+* classify: two classes per example, label ``"0"`` with score 1-p and ``"1"``
+  with score p;
+* regress: the value p.
+
+Any other signature is refused with TF Serving's INVALID_ARGUMENT message.
+"""
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tensorflow.core.framework import types_pb2
+
+from serving import metrics as M
+from serving.batching import Batcher, batch_key
+from serving.errors import ServingError, from_tf_error, invalid
+from serving.models import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD,
+                            ModelManager, ModelVersion, Signature)
+from serving.tensors import dtype_name, shape_string
+
+CLASSES = np.array([b"0", b"1"], dtype=object)
+
+
+class Inference:
+    def __init__(self, manager: ModelManager, metrics: M.Metrics,
+                 batcher: Optional[Batcher] = None, logger=None,
+                 executor: Optional[ThreadPoolExecutor] = None):
+        self.manager = manager
+        self.metrics = metrics
+        self.batcher = batcher
+        self.logger = logger
+        self.executor = executor or ThreadPoolExecutor(8, thread_name_prefix="model")
+        import tensorflow as tf
+        self._op_error = tf.errors.OpError
+
+    # ------------------------------------------------ lookup
+    def acquire(self, name: str, version: Optional[int], label: Optional[str]) -> ModelVersion:
+        return self.manager.acquire(name, version, label)
+
+    def release(self, loaded: ModelVersion) -> None:
+        self.manager.release(loaded)
+
+    @staticmethod
+    def signature(loaded: ModelVersion, name: str, rest: bool = False) -> Signature:
+        key = name or DEFAULT_SIGNATURE
+        sig = loaded.signatures.get(key)
+        if sig is None:
+            if rest:
+                raise invalid(f'Serving signature name: "{key}" not found in signature def')
+            raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{key}" not found.')
+        return sig
+
+    # ------------------------------------------------ checks
+    @staticmethod
+    def check_inputs(sig: Signature, feeds: Dict[str, np.ndarray]) -> None:
+        sent, wanted = set(feeds), set(sig.inputs)
+        if sent != wanted:
+            raise invalid(
+                f"input size does not match signature: {len(sent)}!={len(wanted)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(wanted))}}}). "
+                f"Sent extra: {{{','.join(sorted(sent - wanted))}}}. "
+                f"Missing but required: {{{','.join(sorted(wanted - sent))}}}.")
+        rows = None
+        for i, alias in enumerate(sorted(feeds)):
+            array, spec = feeds[alias], sig.inputs[alias]
+            expected = _np_kind(spec.dtype)
+            if _array_kind(array) != expected:
+                raise invalid(f"Expects arg[{i}] ({alias}) to be {dtype_name(spec.dtype)} but "
+                              f"{_array_dtype_name(array)} is provided")
+            if spec.shape is not None:
+                if array.ndim != len(spec.shape) or any(
+                        d != -1 and d != s for d, s in zip(spec.shape, array.shape)):
+                    raise invalid(f"input {alias} has shape {shape_string(list(array.shape))}, "
+                                  f"but the signature {sig.name} expects "
+                                  f"{shape_string(spec.shape)} (-1: any size)")
+            if sig.batchable:
+                if rows is None:
+                    rows = array.shape[0]
+                elif array.shape[0] != rows:
+                    raise invalid(f"inputs have different batch sizes: {alias} has "
+                                  f"{array.shape[0]} rows, others {rows}")
+        if rows == 0:
+            raise invalid("input is empty: the batch has no rows")
+
+    @staticmethod
+    def check_outputs(sig: Signature, output_filter: Sequence[str]) -> Tuple[str, ...]:
+        if not output_filter:
+            return tuple(sorted(sig.outputs))
+        for alias in output_filter:
+            if alias not in sig.outputs:
+                raise invalid(f"output tensor alias not found in signature: {alias} Outputs "
+                              f"expected to be in the set {{{','.join(sorted(sig.outputs))}}}.")
+        return tuple(dict.fromkeys(output_filter))
+
+    # ------------------------------------------------ running
+    async def run(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
+                  outputs: Tuple[str, ...]) -> Dict[str, np.ndarray]:
+        def call(inputs):
+            return loaded.run(sig, inputs, outputs)
+
+        try:
+            if self.batcher is not None and sig.batchable:
+                rows = next(iter(feeds.values())).shape[0]
+                return await self.batcher.submit(batch_key(loaded, sig.name, feeds, outputs),
+                                                 call, feeds, rows)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, call, feeds)
+        except self._op_error as exc:
+            raise from_tf_error(exc) from None
+        except UnicodeDecodeError:
+            # TensorFlow failed on the input and its error text is not UTF-8 (it quotes the bytes).
+            raise invalid(f"the model could not process the input of signature {sig.name} "
+                          f"(for example a string that is not a serialized tf.Example)") from None
+        except ServingError:
+            raise
+        except Exception as exc:   # noqa: BLE001 - reported to the caller as INTERNAL
+            raise ServingError("INTERNAL", f"{type(exc).__name__}: {exc}") from None
+
+    async def predict(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
+                      output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+        self.check_inputs(sig, feeds)
+        outputs = self.check_outputs(sig, output_filter)
+        return await self.run(loaded, sig, feeds, outputs)
+
+    async def classify_or_regress(self, loaded: ModelVersion, sig: Signature,
+                                  serialized: List[bytes], kind: str):
+        """'classify' -> (labels [n,k] object, scores [n,k] float) ; 'regress' -> values [n]."""
+        if not serialized:
+            raise invalid("Input is empty.")
+        method = CLASSIFY_METHOD if kind == "classify" else REGRESS_METHOD
+        examples = np.empty(len(serialized), dtype=object)
+        examples[:] = serialized
+        if sig.method_name == method:
+            if "inputs" not in sig.inputs or sig.inputs["inputs"].dtype != types_pb2.DT_STRING:
+                raise invalid(f"Expected one input Tensor named inputs of type string in "
+                              f"signature {sig.name}")
+            if kind == "regress":
+                out = await self.run(loaded, sig, {"inputs": examples}, ("outputs",))
+                return out["outputs"].reshape(len(serialized), -1)[:, 0].astype(np.float32)
+            names = tuple(n for n in ("classes", "scores") if n in sig.outputs)
+            if not names:
+                raise invalid(f"Expected classification signature outputs classes or scores "
+                              f"in signature {sig.name}")
+            out = await self.run(loaded, sig, {"inputs": examples}, names)
+            scores = out.get("scores")
+            classes = out.get("classes")
+            n = len(serialized)
+            if scores is not None:
+                scores = scores.reshape(n, -1)
+            if classes is not None:
+                classes = classes.reshape(n, -1)
+            return classes, scores
+        if sig.method_name == PREDICT_METHOD and _is_probability_signature(sig):
+            (in_alias,) = sig.inputs
+            (out_alias,) = sig.outputs
+            out = await self.run(loaded, sig, {in_alias: examples}, (out_alias,))
+            p = out[out_alias].reshape(len(serialized)).astype(np.float32)
+            if kind == "regress":
+                return p
+            classes = np.tile(CLASSES, (len(serialized), 1))
+            return classes, np.stack([1.0 - p, p], axis=1).astype(np.float32)
+        raise invalid(f"Expected {'classification' if kind == 'classify' else 'regression'} "
+                      f"signature method_name to be {method}. Was: {sig.method_name}")
+
+    # ------------------------------------------------ bookkeeping
+    def record(self, model_name: str, api: str, entrypoint: str, started: float,
+               status: str = "OK") -> None:
+        self.metrics.inc(M.REQUEST_COUNT, (("model_name", model_name), ("status", status)))
+        self.metrics.observe(M.REQUEST_LATENCY, (("model_name", model_name), ("API", api),
+                                                 ("entrypoint", entrypoint)),
+                             (time.perf_counter() - started) * 1e6, M.LATENCY_BUCKETS_US)
+
+    def log(self, build) -> None:
+        """Queue a PredictionLog built lazily (on the writer thread) by ``build()``."""
+        if self.logger is not None:
+            self.logger.submit(build)
+
+    def sampled(self) -> bool:
+        return self.logger is not None and self.logger.sampled()
+
+
+def _is_probability_signature(sig: Signature) -> bool:
+    if len(sig.inputs) != 1 or len(sig.outputs) != 1:
+        return False
+    (spec_in,) = sig.inputs.values()
+    (spec_out,) = sig.outputs.values()
+    return (spec_in.dtype == types_pb2.DT_STRING and spec_out.dtype in (
+        types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE) and spec_out.shape is not None
+        and (len(spec_out.shape) == 1 or (len(spec_out.shape) == 2 and spec_out.shape[1] == 1)))
+
+
+def _np_kind(dtype: int) -> str:
+    if dtype == types_pb2.DT_STRING:
+        return "string"
+    if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
+        return dtype_name(dtype)
+    return dtype_name(dtype)
+
+
+def _array_kind(array: np.ndarray) -> str:
+    if array.dtype == object or array.dtype.kind in "SU":
+        return "string"
+    return _array_dtype_name(array)
+
+
+def _array_dtype_name(array: np.ndarray) -> str:
+    if array.dtype == object or array.dtype.kind in "SU":
+        return "string"
+    return {"f4": "float", "f8": "double", "i8": "int64", "i4": "int32", "i2": "int16",
+            "i1": "int8", "u1": "uint8", "u2": "uint16", "u4": "uint32", "u8": "uint64",
+            "b1": "bool"}.get(array.dtype.str[1:], str(array.dtype))

@@ -1,0 +1,36 @@
+"""docker-compose.yml agrees with tfxops.config's defaults (no Docker engine needed)."""
+import re
+
+import yaml
+
+from tests.conftest import REPO
+from tfxops import config
+
+
+def test_compose_matches_settings():
+    s = config.load({}, environ={})
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    serving, proxy = compose["services"]["serving"], compose["services"]["proxy"]
+    assert serving["image"].startswith("tensorflow/serving:2.16.")
+    args = " ".join(serving["command"])
+    assert f"--port={s.grpc_port}" in args and f"--rest_api_port={s.rest_port}" in args
+    assert "--enable_batching" in args and "--batching_parameters_file=" in args
+    assert "--monitoring_config_file=" in args and "--model_config_file=" in args
+    # the push directory is the model base path
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in serving["volumes"])
+    push = "./" + str(s.model_push_dir)
+    assert mounts[push] == f"/models/{s.model_name}"
+    models_config = (REPO / "serving" / "models.config").read_text()
+    assert f'name: "{s.model_name}"' in models_config
+    assert f'base_path: "/models/{s.model_name}"' in models_config
+    for host_path, _ in mounts.items():
+        if host_path.startswith("./serving/"):
+            assert (REPO / host_path).is_file(), host_path
+    batching = (REPO / "serving" / "batching.config").read_text()
+    assert re.search(rf"max_batch_size {{ value: {s.max_batch_size} }}", batching)
+    assert re.search(rf"batch_timeout_micros {{ value: {s.batch_timeout_micros} }}", batching)
+    assert "/monitoring/prometheus/metrics" in (REPO / "serving" / "monitoring.config").read_text()
+    # clients talk to the logging proxy on the REST port; it forwards to serving's REST port
+    assert f"127.0.0.1:{s.rest_port}:{s.rest_port}" in proxy["ports"]
+    assert f"serving:{s.rest_port}" in proxy["command"]
+    assert f"127.0.0.1:{s.grpc_port}:{s.grpc_port}" in serving["ports"]
