@@ -17,7 +17,6 @@ import argparse
 import datetime
 import glob
 import gzip
-import hashlib
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import tfxops  # noqa: E402,F401  (TF_USE_LEGACY_KERAS for this process too)
 PY = sys.executable
 ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONWARNINGS="ignore")
 
@@ -97,6 +97,14 @@ def eval_split(pipeline_root):
         import tensorflow as tf
         records.extend(r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP"))
     return records
+
+
+def _canonical(records):
+    """The examples as sorted rows (serialized bytes differ in map order, not content)."""
+    import tensorflow as tf
+    from tfxops.examples import example_to_row
+
+    return sorted(repr(sorted(example_to_row(tf.train.Example.FromString(r)).items())) for r in records)
 
 
 def auc_on(model_dir, records, output_key):
@@ -167,7 +175,7 @@ def main(argv=None):
 
     print("== AUC of both pushed models on the same eval split", flush=True)
     ours_eval, ref_eval = eval_split(ours / "pipeline_root"), eval_split(ref / "pipeline_root")
-    same = sorted(hashlib.sha1(r).hexdigest() for r in ours_eval) == sorted(hashlib.sha1(r).hexdigest() for r in ref_eval)
+    same = _canonical(ours_eval) == _canonical(ref_eval)
     ours_model = max(glob.glob(str(ours / "serving_model" / "taxi" / "[0-9]*")))
     ref_model = max(glob.glob(str(ref / "serving_model" / "[0-9]*")))
     results["eval"] = {"rows": len(ours_eval), "same_split": same,

@@ -60,4 +60,6 @@ def DataGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_arti
     if lines:
         raise DataAnomaliesError(
             "the data does not match the schema; training stopped before Transform:\n  "
-            + "\n  ".join(lines))
+            + "\n  ".join(lines)
+            + "\n  Fix the data; or, where the new values are legitimate, update the curated "
+              "schema (schema/schema.pbtxt, schema/make_schema.py) and commit it.")

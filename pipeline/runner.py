@@ -70,17 +70,20 @@ class _Progress:
 
     def start(self, node: str) -> None:
         self.current, self._started = node, time.monotonic()
-        self._print(f"[{len(self.nodes) + 1:2d}/{self.total}] {node:<32} running ...")
+        if self._interactive():   # overwritten in place when the node ends
+            self.out.write(f"[{len(self.nodes) + 1:2d}/{self.total}] {node:<32} running ...")
+            self.out.flush()
 
     def finish(self, node: str, state: str) -> None:
         seconds = time.monotonic() - self._started
         self.nodes.append(NodeReport(node, state, round(seconds, 2)))
-        self._print(f"[{len(self.nodes):2d}/{self.total}] {node:<32} {state:<8} {seconds:6.1f} s")
+        line = f"[{len(self.nodes):2d}/{self.total}] {node:<32} {state:<8} {seconds:6.1f} s"
+        self.out.write(("\r\033[K" if self._interactive() else "") + line + "\n")
+        self.out.flush()
         self.current = None
 
-    def _print(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+    def _interactive(self) -> bool:
+        return bool(getattr(self.out, "isatty", lambda: False)())
 
 
 @contextlib.contextmanager
@@ -206,13 +209,17 @@ def _evaluation_details(evaluation_uri: str):
 
 def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
               error: Optional[PipelineFailed], log_path: Path) -> RunSummary:
-    store = mlmd.open_store(settings)
-    run = mlmd.find_run(store, settings.pipeline_name)
-    summary = RunSummary(run_id=run.name, ok=error is None, wall_seconds=round(wall, 1),
+    summary = RunSummary(run_id="-", ok=error is None, wall_seconds=round(wall, 1),
                          nodes=progress_nodes, metadata_path=str(settings.metadata_file),
                          log_path=str(log_path), pipeline_root=str(settings.pipeline_root_path))
     if error is not None:
         summary.failed_node, summary.error = error.node_id, error.message
+    try:
+        store = mlmd.open_store(settings)
+        run = mlmd.find_run(store, settings.pipeline_name)
+    except mlmd.MetadataError:   # the run failed before it recorded anything
+        return summary
+    summary.run_id = run.name
     executions = {n.node_id: n for n in mlmd.run_executions(store, run, settings.pipeline_name)}
     evaluator = executions.get("Evaluator")
     if evaluator and evaluator.outputs.get("blessing"):
