@@ -31,7 +31,8 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# A new top-level package (a new */__init__.py) needs the editable install redone.
+$(STAMP): pyproject.toml constraints.txt $(wildcard */__init__.py)
 	@if [ -z "$(PYTHON310)" ]; then \
 	  echo "error: tfxops needs Python 3.10 (TFX 1.16 supports Python < 3.11) and none was found." >&2; \
 	  echo "       Tried: python3.10, python3, pyenv's versions/3.10.*. Install Python 3.10" >&2; \

@@ -153,60 +153,6 @@ def _library_output_to(log_path: Path):
 
 
 # ------------------------------------------------------------------------ summary
-def _slice_name(slice_key) -> str:
-    parts = [f"{k.column}={k.bytes_value.decode() if k.HasField('bytes_value') else k.int64_value if k.HasField('int64_value') else k.float_value}"
-             for k in slice_key.single_slice_keys]
-    return ", ".join(parts) or "overall"
-
-
-def _threshold_text(threshold) -> str:
-    parts = []
-    if threshold.HasField("value_threshold"):
-        bound = threshold.value_threshold
-        if bound.HasField("lower_bound"):
-            parts.append(f">= {bound.lower_bound.value:g}")
-        if bound.HasField("upper_bound"):
-            parts.append(f"<= {bound.upper_bound.value:g}")
-    if threshold.HasField("change_threshold"):
-        change = threshold.change_threshold
-        if change.HasField("absolute"):
-            parts.append(f"change vs baseline >= {change.absolute.value:g}")
-    return " and ".join(parts) or "its threshold"
-
-
-def _evaluation_details(evaluation_uri: str):
-    """Overall-slice metrics (candidate, baseline, diff) and the failed validations."""
-    import tensorflow_model_analysis as tfma
-
-    metrics: Dict[str, Dict] = {}
-    for per_slice in tfma.load_metrics(evaluation_uri):
-        if per_slice.slice_key.single_slice_keys:
-            continue
-        for kv in per_slice.metric_keys_and_values:
-            key = kv.key
-            if not kv.value.HasField("double_value"):
-                continue
-            entry = metrics.setdefault(key.name, {"metric": key.name, "value": None, "baseline": None,
-                                                  "diff": None})
-            value = kv.value.double_value.value
-            if key.is_diff:
-                entry["diff"] = value
-            elif key.model_name == "baseline":
-                entry["baseline"] = value
-            else:
-                entry["value"] = value
-    reasons = []
-    validation = tfma.load_validation_result(evaluation_uri)
-    for per_slice in validation.metric_validations_per_slice:
-        for failure in per_slice.failures:
-            reasons.append(
-                f"{_slice_name(per_slice.slice_key)}: {failure.metric_key.name}"
-                f"{' change' if failure.metric_key.is_diff else ''} = "
-                f"{failure.metric_value.double_value.value:.4f}, needs "
-                f"{_threshold_text(failure.metric_threshold)}")
-    return list(metrics.values()), reasons
-
-
 def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
               error: Optional[PipelineFailed], log_path: Path) -> RunSummary:
     summary = RunSummary(run_id="-", ok=error is None, wall_seconds=round(wall, 1),
@@ -225,8 +171,13 @@ def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
     if evaluator and evaluator.outputs.get("blessing"):
         blessing = evaluator.outputs["blessing"][0]
         summary.blessed = bool(mlmd.custom(blessing, "blessed", 0))
-        metrics, reasons = _evaluation_details(evaluator.outputs["evaluation"][0].uri)
-        summary.metrics = _with_thresholds(metrics, settings)
+        metrics, reasons = mlmd.evaluation_details(evaluator.outputs["evaluation"][0].uri)
+        # the thresholds the Evaluator actually applied (its recorded eval_config)
+        config = mlmd.properties(evaluator.execution).get("eval_config")
+        thresholds = mlmd.eval_config_thresholds(json.loads(config) if isinstance(config, str) else config)
+        for metric in metrics:
+            metric["threshold"] = thresholds.get(metric["metric"], "")
+        summary.metrics = metrics
         summary.blessing_reasons = reasons if not summary.blessed else []
     pusher = executions.get("Pusher")
     if pusher and pusher.outputs.get("pushed_model"):
@@ -235,15 +186,6 @@ def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
         summary.pushed_version = mlmd.custom(pushed, "pushed_version")
         summary.pushed_path = mlmd.custom(pushed, "pushed_destination")
     return summary
-
-
-def _with_thresholds(metrics: List[Dict], settings: Settings) -> List[Dict]:
-    thresholds = {"auc": f">= {settings.min_auc}, and >= baseline - {settings.max_auc_drop}",
-                  "binary_accuracy": f">= {settings.min_binary_accuracy}",
-                  "example_count": ""}
-    for metric in metrics:
-        metric["threshold"] = thresholds.get(metric["metric"], "")
-    return metrics
 
 
 def render(summary: RunSummary) -> str:

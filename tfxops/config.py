@@ -99,6 +99,25 @@ class Settings:
     log_rotate_records: int = 10_000
     log_rotate_seconds: float = 60.0
 
+    # --- monitoring (tfxops monitor; see monitoring/__init__.py)
+    monitor_dir: str = ""                    # default: <home>/monitoring (checkpoint, reports, spans)
+    feedback_dir: str = ""                   # default: <home>/feedback: CSVs of request_id[,row],tips
+    monitor_max_files: int = 1000            # log files per window (the rest: next run)
+    monitor_workers: int = 0                 # processes decoding logs (0: one per CPU, at most 4)
+    monitor_min_rows: int = 500              # fewer rows in a window: report, never act
+    monitor_min_labelled: int = 50           # labelled rows needed to judge model quality
+    prediction_drift_threshold: float = 0.1  # JS divergence, served vs evaluation-set predictions
+    # the policy: any reason below makes the window actionable (0 / false = ignore)
+    trigger_on_error_anomalies: bool = True  # any schema anomaly of ERROR severity
+    trigger_skewed_features: int = 1         # this many features over their skew threshold
+    trigger_drifted_features: int = 0        # ... over their drift threshold (vs the previous window)
+    trigger_on_prediction_drift: bool = False
+    trigger_quality_drop: float = 0.05       # AUC below the Evaluator's by this much
+    cooldown_seconds: float = 3600.0         # no action within this long after the last one
+    retrain_with_feedback: bool = True       # labelled requests become a new data span
+    retrain_include_original: bool = True    # retrain on data_dir's CSVs plus the spans
+    reuse_blessed_models: bool = True        # re-push a blessed model whose training data matches
+
     # ------------------------------------------------------------------ helpers
     def _under_home(self, value: str, default: str) -> Path:
         return Path(value) if value else Path(self.home) / default

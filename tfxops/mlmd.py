@@ -1,51 +1,227 @@
 """Reading the ML Metadata store TFX writes: connections, runs, executions, outputs.
 
 The pipeline runner's summary, lineage and monitoring read MLMD through these
-helpers. Reads never create a store: a missing SQLite file is an error.
+helpers. Reads never create a store: a missing SQLite file, or a MySQL database
+that does not exist, is an error.
+
+Backends (``Settings.metadata_backend``):
+
+* ``sqlite`` (default): the file ``Settings.metadata_file``.
+* ``mysql``: ``mysql_host``, ``mysql_port``, ``mysql_database``, ``mysql_user``;
+  the password is read from the environment variable named by
+  ``mysql_password_env`` (default ``TFXOPS_MYSQL_PASSWORD``), never from settings.
+  MLMD's client (MariaDB Connector/C) authenticates with mysql_native_password.
 """
 import dataclasses
+import json
+import os
+import re
+import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from tfxops.config import Settings
+from tfxops.config import ConfigError, Settings
 
 STATE = metadata_store_pb2.Execution.State
+EVENT = metadata_store_pb2.Event
+BACKENDS = ("sqlite", "mysql")
+# Event types that mean "this execution read / wrote this artifact".
+INPUT_EVENTS = (EVENT.INPUT, EVENT.DECLARED_INPUT)
+OUTPUT_EVENTS = (EVENT.OUTPUT, EVENT.DECLARED_OUTPUT)
+# The context types TFX writes.
+PIPELINE_CONTEXT, RUN_CONTEXT, NODE_CONTEXT = "pipeline", "pipeline_run", "node"
+
+T = TypeVar("T")
 
 
 class MetadataError(RuntimeError):
     """The store is missing, unreadable, or lacks what was asked for."""
 
 
+class StoreUnavailable(MetadataError):
+    """The store exists (or may) but cannot be reached or read: a server that is
+    down, wrong credentials, a corrupt file."""
+
+
+# ------------------------------------------------------------------- connection
+def _backend(settings: Settings) -> str:
+    backend = (settings.metadata_backend or "sqlite").strip().lower()
+    if backend not in BACKENDS:
+        raise ConfigError(f"setting 'metadata_backend' must be one of {', '.join(BACKENDS)}, "
+                          f"got {settings.metadata_backend!r}")
+    return backend
+
+
 def connection_config(settings: Settings) -> metadata_store_pb2.ConnectionConfig:
+    """The ConnectionConfig for the configured backend (read-write; the pipeline's)."""
     config = metadata_store_pb2.ConnectionConfig()
+    if _backend(settings) == "mysql":
+        config.mysql.host = settings.mysql_host
+        config.mysql.port = int(settings.mysql_port)
+        config.mysql.database = settings.mysql_database
+        config.mysql.user = settings.mysql_user
+        config.mysql.password = os.environ.get(settings.mysql_password_env, "")
+        return config
     config.sqlite.filename_uri = str(settings.metadata_file)
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
     return config
 
 
-def open_store(settings: Settings, readonly: bool = True) -> metadata_store.MetadataStore:
-    config = connection_config(settings)
-    if readonly:
-        path = Path(config.sqlite.filename_uri)
-        if not path.is_file():
-            raise MetadataError(
-                f"no ML Metadata store at '{path}'. Run `tfxops run` first, or point "
-                f"--set metadata_path=... (TFXOPS_METADATA_PATH) at an existing store.")
-        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+def describe_store(settings: Settings) -> str:
+    """Where the store is, for messages (never includes a password)."""
+    if _backend(settings) == "mysql":
+        return (f"mysql://{settings.mysql_user}@{settings.mysql_host}:{settings.mysql_port}/"
+                f"{settings.mysql_database}")
+    return str(settings.metadata_file)
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
+
+
+def _sqlite_has_mlmd_tables(path: Path) -> bool:
+    """Whether an SQLite file holds MLMD's tables (checked read-only, without MLMD,
+    which would try to create them)."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
     try:
-        return metadata_store.MetadataStore(config)
+        names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.OperationalError:   # locked by a writer for longer than the timeout:
+        return True                    # MLMD (with retries) will tell
+    except sqlite3.DatabaseError:      # "file is not a database"
+        return False
+    finally:
+        connection.close()
+    return {"Type", "Artifact", "Execution", "Context", "Event"} <= names
+
+
+def open_store(settings: Settings, readonly: bool = True) -> metadata_store.MetadataStore:
+    """A MetadataStore. ``readonly`` (the default) never creates or changes anything:
+    SQLite is opened in READONLY mode and must exist; MySQL skips database creation
+    (use a MySQL account with only SELECT for a hard guarantee)."""
+    config = connection_config(settings)
+    where = describe_store(settings)
+    if readonly:
+        if config.HasField("mysql"):
+            config.mysql.skip_db_creation = True
+        else:
+            path = Path(config.sqlite.filename_uri)
+            if not path.is_file():
+                raise MetadataError(
+                    f"no ML Metadata store at '{path}'. Run `tfxops run` first, or point "
+                    f"--set metadata_path=... (TFXOPS_METADATA_PATH) at an existing store.")
+            if not _looks_like_sqlite(path):
+                raise MetadataError(f"'{path}' is not an ML Metadata store (not an SQLite database).")
+            if not _sqlite_has_mlmd_tables(path):
+                raise MetadataError(f"'{path}' is an SQLite database but not an ML Metadata store "
+                                    f"(no MLMD tables).")
+            config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    try:
+        store = metadata_store.MetadataStore(config)
     except Exception as exc:  # MLMD raises its own status errors
-        raise MetadataError(f"cannot open ML Metadata store at '{config.sqlite.filename_uri}': {exc}") from exc
+        hint = ""
+        if config.HasField("mysql"):
+            hint = (f" (is a MySQL server running at {settings.mysql_host}:{settings.mysql_port}, does "
+                    f"database '{settings.mysql_database}' exist, and are mysql_user and the password "
+                    f"in ${settings.mysql_password_env} right? MLMD's client needs mysql_native_password)")
+        raise StoreUnavailable(f"cannot open ML Metadata store at '{where}': {_first_line(exc)}{hint}") from exc
+    if readonly:
+        _check_is_mlmd(store, where)
+    return store
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _check_is_mlmd(store, where: str) -> None:
+    try:
+        store.get_context_types()
+    except Exception as exc:
+        raise StoreUnavailable(f"'{where}' is not a readable ML Metadata store: {_first_line(exc)}") from exc
+
+
+def with_retry(read: Callable[[], T], attempts: int = 8, pause: float = 0.25) -> T:
+    """Run ``read``, retrying while another process holds the store's write lock
+    (SQLite answers 'database is locked' while a pipeline commits)."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except Exception as exc:
+            text = str(exc).lower()
+            busy = "locked" in text or "busy" in text or "deadlock" in text
+            if not busy or attempt == attempts - 1:
+                raise
+            time.sleep(pause * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------- properties
+def value_of(value: metadata_store_pb2.Value):
+    """A Python value from an MLMD Value (int, float, str, bool, dict/list for structs)."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "struct_value":
+        from google.protobuf import json_format
+        data = json_format.MessageToDict(value.struct_value)
+        # TFX stores JSON-able values in a struct under "__value__" as JSON text
+        if set(data) == {"__value__"} and isinstance(data["__value__"], str):
+            try:
+                return json.loads(data["__value__"])
+            except ValueError:
+                return data["__value__"]
+        return data
+    if kind == "proto_value":
+        return str(value.proto_value)
+    return getattr(value, kind)
+
+
+def custom(artifact, key: str, default=None):
+    """A custom property of an artifact, execution or context (or ``default``)."""
+    if key not in artifact.custom_properties:
+        return default
+    value = value_of(artifact.custom_properties[key])
+    return default if value is None else value
+
+
+def properties(node) -> Dict[str, object]:
+    """All properties and custom properties of an artifact/execution/context as Python
+    values; TFX's JSON-encoded string values are decoded."""
+    out = {}
+    for source in (node.properties, node.custom_properties):
+        for key, raw in source.items():
+            value = value_of(raw)
+            if isinstance(value, str) and (value[:1] in ("{", "[") or value in ("null", "true", "false")):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass
+            out[key] = value
+    return out
+
+
+def ms_to_iso(ms: int) -> str:
+    import datetime
+    if not ms:
+        return ""
+    return datetime.datetime.fromtimestamp(ms / 1000.0, tz=datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------- runs
 @dataclasses.dataclass
 class NodeExecution:
     node_id: str
     execution: metadata_store_pb2.Execution
     outputs: Dict[str, List[metadata_store_pb2.Artifact]]
+    inputs: Dict[str, List[metadata_store_pb2.Artifact]] = dataclasses.field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -60,39 +236,72 @@ class NodeExecution:
 def pipeline_runs(store, pipeline_name: str) -> List[metadata_store_pb2.Context]:
     """pipeline_run contexts of ``pipeline_name``, newest first."""
     runs = []
-    for context in store.get_contexts_by_type("pipeline_run"):
+    for context in store.get_contexts_by_type(RUN_CONTEXT):
         parents = store.get_parent_contexts_by_context(context.id)
         if any(p.name == pipeline_name for p in parents) or not parents:
             runs.append(context)
-    return sorted(runs, key=lambda c: c.create_time_since_epoch, reverse=True)
+    return sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id), reverse=True)
 
 
-def _node_id(store, execution_id: int, pipeline_name: str) -> str:
-    for context in store.get_contexts_by_execution(execution_id):
-        if context.name.startswith(pipeline_name + "."):
+def contexts_of_execution(store, execution_id: int) -> List[metadata_store_pb2.Context]:
+    """The contexts of an execution; none (not an error) for executions recorded
+    outside a pipeline, e.g. by monitoring."""
+    from ml_metadata import errors
+
+    try:
+        return store.get_contexts_by_execution(execution_id)
+    except errors.NotFoundError:
+        return []
+
+
+def node_id_of(store, execution_id: int, pipeline_name: Optional[str] = None) -> str:
+    """The pipeline node id an execution ran for ('Trainer'), from its node context."""
+    contexts = contexts_of_execution(store, execution_id)
+    for context in contexts:
+        if pipeline_name and context.name.startswith(pipeline_name + "."):
             return context.name[len(pipeline_name) + 1:]
+    for context in contexts:
+        if context.type == NODE_CONTEXT and "." in context.name:
+            return context.name.split(".", 1)[1]
     return "?"
 
 
-def output_artifacts(store, execution_id: int) -> Dict[str, List[metadata_store_pb2.Artifact]]:
-    events = [e for e in store.get_events_by_execution_ids([execution_id])
-              if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+_node_id = node_id_of  # former private name
+
+
+def event_key(event: metadata_store_pb2.Event) -> str:
+    return next((s.key for s in event.path.steps if s.HasField("key")), "")
+
+
+def _artifacts_by_event(store, execution_id: int, types) -> Dict[str, List[metadata_store_pb2.Artifact]]:
+    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in types]
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    outputs: Dict[str, List[metadata_store_pb2.Artifact]] = {}
+    grouped: Dict[str, List[metadata_store_pb2.Artifact]] = {}
     for event in events:
-        key = next((s.key for s in event.path.steps if s.HasField("key")), "")
-        outputs.setdefault(key, []).append(artifacts[event.artifact_id])
-    return outputs
+        grouped.setdefault(event_key(event), []).append(artifacts[event.artifact_id])
+    return grouped
 
 
-def run_executions(store, run: metadata_store_pb2.Context, pipeline_name: str) -> List[NodeExecution]:
-    """Executions of one pipeline run, oldest first, with their output artifacts."""
+def output_artifacts(store, execution_id: int) -> Dict[str, List[metadata_store_pb2.Artifact]]:
+    return _artifacts_by_event(store, execution_id, OUTPUT_EVENTS)
+
+
+def input_artifacts(store, execution_id: int) -> Dict[str, List[metadata_store_pb2.Artifact]]:
+    return _artifacts_by_event(store, execution_id, INPUT_EVENTS)
+
+
+def run_executions(store, run: metadata_store_pb2.Context, pipeline_name: str,
+                   with_inputs: bool = False) -> List[NodeExecution]:
+    """Executions of one pipeline run, oldest first, with their output artifacts
+    (and input artifacts when ``with_inputs``)."""
     executions = sorted(store.get_executions_by_context(run.id), key=lambda e: (e.create_time_since_epoch, e.id))
-    return [NodeExecution(_node_id(store, e.id, pipeline_name), e, output_artifacts(store, e.id))
+    return [NodeExecution(node_id_of(store, e.id, pipeline_name), e, output_artifacts(store, e.id),
+                          input_artifacts(store, e.id) if with_inputs else {})
             for e in executions]
 
 
 def find_run(store, pipeline_name: str, run_id: Optional[str] = None) -> metadata_store_pb2.Context:
+    """A run by id (exact, or an unambiguous prefix); the newest when ``run_id`` is None."""
     runs = pipeline_runs(store, pipeline_name)
     if not runs:
         raise MetadataError(f"the store has no runs of pipeline '{pipeline_name}'.")
@@ -101,13 +310,111 @@ def find_run(store, pipeline_name: str, run_id: Optional[str] = None) -> metadat
     for run in runs:
         if run.name == run_id:
             return run
-    raise MetadataError(f"no run '{run_id}' of pipeline '{pipeline_name}'. Runs: "
-                        + ", ".join(r.name for r in runs[:20]))
+    matches = [r for r in runs if r.name.startswith(run_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise MetadataError(f"run id '{run_id}' is ambiguous; it starts "
+                            + ", ".join(r.name for r in matches[:20]))
+    raise MetadataError(f"no run '{run_id}' of pipeline '{pipeline_name}'. Runs (newest first): "
+                        + ", ".join(r.name for r in runs[:20]) + (" ..." if len(runs) > 20 else ""))
 
 
-def custom(artifact: metadata_store_pb2.Artifact, key: str, default=None):
-    if key not in artifact.custom_properties:
-        return default
-    value = artifact.custom_properties[key]
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else default
+def run_of_execution(store, execution_id: int) -> Optional[str]:
+    for context in contexts_of_execution(store, execution_id):
+        if context.type == RUN_CONTEXT:
+            return context.name
+    return None
+
+
+# --------------------------------------------------------------- TFMA results
+def _slice_name(slice_key) -> str:
+    parts = [f"{k.column}={k.bytes_value.decode() if k.HasField('bytes_value') else k.int64_value if k.HasField('int64_value') else k.float_value}"
+             for k in slice_key.single_slice_keys]
+    return ", ".join(parts) or "overall"
+
+
+def _threshold_text(threshold) -> str:
+    parts = []
+    if threshold.HasField("value_threshold"):
+        bound = threshold.value_threshold
+        if bound.HasField("lower_bound"):
+            parts.append(f">= {bound.lower_bound.value:g}")
+        if bound.HasField("upper_bound"):
+            parts.append(f"<= {bound.upper_bound.value:g}")
+    if threshold.HasField("change_threshold"):
+        change = threshold.change_threshold
+        if change.HasField("absolute"):
+            parts.append(f"change vs baseline >= {change.absolute.value:g}")
+    return " and ".join(parts) or "its threshold"
+
+
+def evaluation_details(evaluation_uri: str) -> Tuple[List[Dict], List[str]]:
+    """Overall-slice metrics of a TFMA evaluation (candidate ``value``, ``baseline``,
+    ``diff``) and the failed validations, as readable reasons."""
+    import tensorflow_model_analysis as tfma
+
+    metrics: Dict[str, Dict] = {}
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        if per_slice.slice_key.single_slice_keys:
+            continue
+        for kv in per_slice.metric_keys_and_values:
+            key = kv.key
+            if not kv.value.HasField("double_value"):
+                continue
+            entry = metrics.setdefault(key.name, {"metric": key.name, "value": None, "baseline": None,
+                                                  "diff": None})
+            value = kv.value.double_value.value
+            if key.is_diff:
+                entry["diff"] = value
+            elif key.model_name == "baseline":
+                entry["baseline"] = value
+            else:
+                entry["value"] = value
+    reasons = []
+    validation = tfma.load_validation_result(evaluation_uri)
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            reasons.append(
+                f"{_slice_name(per_slice.slice_key)}: {failure.metric_key.name}"
+                f"{' change' if failure.metric_key.is_diff else ''} = "
+                f"{failure.metric_value.double_value.value:.4f}, needs "
+                f"{_threshold_text(failure.metric_threshold)}")
+    return list(metrics.values()), reasons
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def eval_config_thresholds(eval_config: Dict) -> Dict[str, str]:
+    """Metric name -> readable thresholds, from an Evaluator's ``eval_config``
+    execution property (TFMA EvalConfig as JSON): what the blessing was judged by."""
+    out: Dict[str, List[str]] = {}
+    for spec in (eval_config or {}).get("metrics_specs", []):
+        pairs = []
+        for metric in spec.get("metrics", []):
+            name = metric.get("config", {}).get("name") if isinstance(metric.get("config"), dict) else None
+            name = name or _snake(metric.get("class_name", ""))
+            for per_slice in metric.get("per_slice_thresholds", []):
+                pairs.append((name, per_slice.get("threshold", {})))
+            if "threshold" in metric:
+                pairs.append((name, metric["threshold"]))
+        for name, threshold in spec.get("thresholds", {}).items():
+            pairs.append((name, threshold))
+        for name, threshold in pairs:
+            texts = out.setdefault(name, [])
+            value = threshold.get("value_threshold") or threshold.get("valueThreshold") or {}
+            for key, op in (("lower_bound", ">="), ("lowerBound", ">="), ("upper_bound", "<="), ("upperBound", "<=")):
+                if key in value:
+                    bound = value[key]
+                    texts.append(f"{op} {bound.get('value', bound) if isinstance(bound, dict) else bound:g}")
+            change = threshold.get("change_threshold") or threshold.get("changeThreshold") or {}
+            for key in ("absolute", "relative"):
+                if key in change:
+                    bound = change[key]
+                    bound = bound.get("value", bound) if isinstance(bound, dict) else bound
+                    texts.append(f"{key} change vs baseline >= {bound:g}"
+                                 if "LOWER" not in str(change.get("direction", ""))
+                                 else f"{key} change vs baseline <= {bound:g}")
+    return {name: " and ".join(texts) for name, texts in out.items() if texts}

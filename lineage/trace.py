@@ -1,0 +1,420 @@
+"""Where a pushed model came from: the chain from a PushedModel back to the CSV
+files, as a tree with the facts people ask for at each step.
+
+PushedModel -> Pusher -> ModelBlessing (Evaluator's metrics and thresholds) ->
+Model -> Trainer (code fingerprint, train args, hyperparameters) -> TransformGraph
+-> Transform -> Schema / Examples (+ their statistics and anomalies) -> ExampleGen
+input (path, span, fingerprint), and what has consumed the model since
+(monitoring runs, later evaluations, ...).
+
+``facts_*`` turn MLMD properties into plain dicts; ``model_report`` assembles the
+whole answer as JSON-able data that ``lineage.render`` prints.
+"""
+import glob
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from lineage import graph as G
+from tfxops import mlmd
+from tfxops.config import Settings
+
+SERVING = "serving"
+# Order in which an execution's inputs are shown (others follow, by name).
+INPUT_ORDER = ["model_blessing", "model", "baseline_model", "transform_graph", "schema",
+               "examples", "statistics", "anomalies"]
+# Properties that name model code, as the components record them.
+CODE_KEYS = ("code_fingerprint", "module_file", "module_path", "run_fn", "trainer_fn",
+             "preprocessing_fn", "stats_options_updater_fn")
+
+
+# ------------------------------------------------------------- small facts
+def artifact_json(g: G.Graph, aid: int) -> Dict:
+    artifact = g.artifacts[aid]
+    return {"id": aid, "type": g.type_of(aid), "uri": artifact.uri,
+            "created": mlmd.ms_to_iso(artifact.create_time_since_epoch),
+            "properties": mlmd.properties(artifact)}
+
+
+def execution_json(g: G.Graph, eid: int) -> Dict:
+    execution = g.executions[eid]
+    seconds = max(0.0, (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0)
+    return {"id": eid, "type": g.execution_type(eid), "node_id": g.execution_name(eid),
+            "run_id": g.run_ids.get(eid), "state": mlmd.STATE.Name(execution.last_known_state),
+            "started": mlmd.ms_to_iso(execution.create_time_since_epoch), "seconds": round(seconds, 1),
+            "properties": mlmd.properties(execution)}
+
+
+def parse_fingerprint(text: str) -> Dict[str, Dict]:
+    """TFX ExampleGen's input fingerprint ('split:x,num_files:1,total_bytes:..') per split."""
+    out = {}
+    for line in (text or "").splitlines():
+        fields = dict(part.split(":", 1) for part in line.split(",") if ":" in part)
+        split = fields.pop("split", "")
+        out[split] = {k: int(v) if v.isdigit() else v for k, v in fields.items()}
+    return out
+
+
+def current_fingerprint(input_base: str, input_config: Dict) -> Tuple[List[Dict], str]:
+    """The files under ``input_base`` matching the splits' patterns now, and the
+    fingerprint TFX would compute for them (mtime-based, io_utils.generate_fingerprint)."""
+    files, lines = [], []
+    for split in (input_config or {}).get("splits", []) or [{"name": "single_split", "pattern": "*"}]:
+        matched = sorted(glob.glob(os.path.join(input_base, split.get("pattern", "*"))))
+        total = xor = summed = 0
+        for path in matched:
+            stat = os.stat(path)
+            mtime = int(stat.st_mtime_ns / 1e9)
+            total, xor, summed = total + stat.st_size, xor ^ mtime, summed + mtime
+            files.append({"path": path, "bytes": stat.st_size, "split": split.get("name")})
+        lines.append(f"split:{split.get('name')},num_files:{len(matched)},total_bytes:{total},"
+                     f"xor_checksum:{xor},sum_checksum:{summed}")
+    return files, "\n".join(lines)
+
+
+def local_path(uri: str) -> Optional[str]:
+    """``uri`` if it can be read from here (TFX records paths as given, so a relative
+    pipeline_root is relative to the directory the pipeline ran in)."""
+    return uri if uri and os.path.exists(uri) else None
+
+
+def _num_examples(statistics_uri: str) -> Dict[str, int]:
+    """Examples per split, from StatisticsGen's FeatureStats.pb files."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(statistics_uri, "Split-*", "FeatureStats.pb"))):
+        stats = statistics_pb2.DatasetFeatureStatisticsList()
+        try:
+            stats.ParseFromString(Path(path).read_bytes())
+        except Exception:  # not the format we expect: leave it out
+            continue
+        if stats.datasets:
+            out[Path(path).parent.name[len("Split-"):]] = int(stats.datasets[0].num_examples)
+    return out
+
+
+def schema_summary(schema_uri: str) -> Optional[Dict]:
+    """Features (name -> type) of the schema.pbtxt in a Schema artifact."""
+    path = local_path(os.path.join(schema_uri, "schema.pbtxt"))
+    if not path:
+        return None
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = text_format.Parse(Path(path).read_text(), schema_pb2.Schema())
+    features = {}
+    for feature in schema.feature:
+        text = text_format.MessageToString(feature, as_one_line=True)
+        features[feature.name] = text
+    return {"path": path, "features": features,
+            "text_sha256": __import__("hashlib").sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def split_code(props: Dict) -> Tuple[Dict, Dict]:
+    """(code facts, other settings) of one execution's properties; TFX puts
+    custom_config in as a dict, we look inside it for the code fingerprint."""
+    code, rest = {}, {}
+    for key, value in props.items():
+        if key in CODE_KEYS:
+            code[key] = value
+        elif key == "custom_config" and isinstance(value, dict):
+            inner = dict(value)
+            for code_key in CODE_KEYS:
+                if code_key in inner:
+                    code[code_key] = inner.pop(code_key)
+            rest[key] = inner
+        else:
+            rest[key] = value
+    return code, rest
+
+
+def execution_facts(g: G.Graph, eid: int, with_metrics: bool = True) -> Dict:
+    """The notable facts of one execution, by what it is (recognized by its
+    properties and outputs, not by node id)."""
+    props = mlmd.properties(g.executions[eid])
+    facts: Dict = {}
+    if "input_base" in props or "input_fingerprint" in props:           # ExampleGen
+        base = str(props.get("input_base", ""))
+        facts.update(input_base=base, span=props.get("span"), version=props.get("version"),
+                     input_fingerprint=props.get("input_fingerprint"),
+                     patterns={s.get("name"): s.get("pattern") for s in
+                               (props.get("input_config") or {}).get("splits", [])})
+        if base and os.path.isdir(base):
+            files, now = current_fingerprint(base, props.get("input_config") or {})
+            facts.update(files=files, unchanged_since=(now == props.get("input_fingerprint")))
+    code, rest = split_code(props)
+    if code:
+        facts["code"] = code
+    if "train_args" in props or "eval_args" in props:                   # Trainer
+        facts.update(train_args=props.get("train_args"), eval_args=props.get("eval_args"),
+                     hyperparameters=rest.get("custom_config") or {})
+    if "schema_file" in props:                                          # ImportSchemaGen
+        facts["schema_file"] = props["schema_file"]
+    if "push_destination" in props:                                     # Pusher
+        facts["push_destination"] = props["push_destination"]
+    if "eval_config" in props:                                          # Evaluator
+        facts["thresholds"] = mlmd.eval_config_thresholds(props["eval_config"])
+        evaluation = next((e for e in g.outputs(eid) if g.type_of(e.artifact_id) == G.EVALUATION), None)
+        if evaluation is not None and with_metrics:
+            facts.update(read_metrics(g.artifacts[evaluation.artifact_id].uri, facts["thresholds"]))
+        baseline = [e.artifact_id for e in g.inputs(eid) if e.key in G.NOT_FOLLOWED_INPUTS]
+        facts["baseline_model_id"] = baseline[0] if baseline else None
+    return facts
+
+
+def read_metrics(uri: str, thresholds: Dict[str, str]) -> Dict:
+    path = local_path(uri)
+    if not path:
+        return {"metrics_error": f"evaluation files not found at '{uri}' (a relative pipeline_root "
+                                 f"is relative to the directory the pipeline ran in)"}
+    try:
+        metrics, failures = mlmd.evaluation_details(path)
+    except Exception as exc:  # unreadable TFMA output: say so, keep the rest
+        return {"metrics_error": f"cannot read the evaluation at '{uri}': {exc}"}
+    for metric in metrics:
+        metric["threshold"] = thresholds.get(metric["metric"], "")
+    return {"metrics": metrics, "validation_failures": failures}
+
+
+def artifact_facts(g: G.Graph, aid: int) -> Dict:
+    props = mlmd.properties(g.artifacts[aid])
+    kind = g.type_of(aid)
+    facts: Dict = {}
+    if kind == G.PUSHED_MODEL:
+        facts.update(pushed=bool(props.get("pushed")), version=props.get("pushed_version"),
+                     destination=props.get("pushed_destination"))
+    elif kind == G.BLESSING:
+        facts.update(blessed=bool(props.get("blessed")), current_model_id=props.get("current_model_id"),
+                     baseline_model_id=props.get("baseline_model_id"))
+    elif kind == G.EXAMPLES:
+        facts.update(span=props.get("span"), version=props.get("version"),
+                     splits=props.get("split_names"))
+    elif kind == G.STATISTICS:
+        path = local_path(g.artifacts[aid].uri)
+        if path:
+            facts["num_examples"] = _num_examples(path)
+    elif kind == G.ANOMALIES:
+        # TFX 1.16 records per split whether ExampleValidator found no anomalies
+        facts["no_anomalies"] = props.get("blessed")
+    elif kind == G.SCHEMA:
+        summary = schema_summary(g.artifacts[aid].uri)
+        if summary:
+            facts.update(features=len(summary["features"]), schema_sha256=summary["text_sha256"])
+    return facts
+
+
+# --------------------------------------------------------------------- tree
+def _is_evaluation(g: G.Graph, eid: int) -> bool:
+    return (any(g.type_of(e.artifact_id) in (G.BLESSING, G.EVALUATION) for e in g.outputs(eid))
+            or any(e.key in G.NOT_FOLLOWED_INPUTS for e in g.inputs(eid)))
+
+
+def _input_order(edge: G.Edge):
+    return (INPUT_ORDER.index(edge.key) if edge.key in INPUT_ORDER else len(INPUT_ORDER), edge.key,
+            edge.artifact_id)
+
+
+def _homes(g: G.Graph, root: int) -> Dict[int, int]:
+    """artifact id -> the consuming execution under which the tree expands it: not an
+    evaluation when another consumer exists, then the one nearest the root."""
+    depth, frontier, d = {root: 0}, [root], 0
+    exec_depth: Dict[int, int] = {}
+    while frontier:
+        d += 1
+        nxt = []
+        for aid in frontier:
+            for edge in g.producers(aid):
+                if edge.execution_id in exec_depth:
+                    continue
+                exec_depth[edge.execution_id] = d
+                for inp in g.inputs(edge.execution_id):
+                    if inp.artifact_id not in depth:
+                        depth[inp.artifact_id] = d + 1
+                        nxt.append(inp.artifact_id)
+        frontier = nxt
+    homes = {}
+    for aid in depth:
+        consumers = [e.execution_id for e in g.consumers(aid) if e.execution_id in exec_depth]
+        if consumers:
+            homes[aid] = min(consumers, key=lambda x: (_is_evaluation(g, x), exec_depth[x], x))
+    return homes
+
+
+def build_tree(g: G.Graph, root: int, extras: Dict[int, Dict], with_metrics: bool = True) -> Dict:
+    homes = _homes(g, root)
+    expanded_executions: set = set()
+
+    def artifact_node(aid: int, key: Optional[str], parent: Optional[int]) -> Dict:
+        node = {"kind": "artifact", "key": key, **artifact_json(g, aid), "facts": artifact_facts(g, aid)}
+        node.update(extras.get(aid, {}))
+        if g.reused_by.get(aid):
+            node["reused_by_runs"] = sorted({g.run_ids.get(e) for e in g.reused_by[aid]} - {None})
+        if parent is not None and homes.get(aid) != parent:
+            node["shown_elsewhere"] = True
+            return node
+        if aid in g.truncated:
+            node["not_followed"] = True
+            return node
+        producers = [e.execution_id for e in g.producers(aid)]
+        node["produced_by"] = [execution_node(eid) for eid in sorted(set(producers))]
+        return node
+
+    def execution_node(eid: int) -> Dict:
+        node = {"kind": "execution", **execution_json(g, eid)}
+        if eid in expanded_executions:
+            node["shown_elsewhere"] = True
+            return node
+        expanded_executions.add(eid)
+        node["facts"] = execution_facts(g, eid, with_metrics)
+        node["inputs"] = [artifact_node(e.artifact_id, e.key, eid)
+                          for e in sorted(g.inputs(eid), key=_input_order)]
+        return node
+
+    return artifact_node(root, None, None)
+
+
+def walk(tree: Dict):
+    """Every node of a tree, depth first."""
+    yield tree
+    for child in tree.get("produced_by", []) + tree.get("inputs", []):
+        yield from walk(child)
+
+
+# ----------------------------------------------------------------- the model
+def serving_version(settings: Settings) -> Optional[str]:
+    """The version a server of ``model_push_dir`` loads now: the highest numeric directory."""
+    base = settings.model_push_dir
+    if not base.is_dir():
+        return None
+    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir()]
+    return str(max(versions)) if versions else None
+
+
+def resolve_pushed(store, settings: Settings, version: Optional[str]) -> Tuple[G.Pushed, Optional[str]]:
+    """The PushedModel for ``version`` (None or 'serving': the one served now)."""
+    pushed = G.pushed_models(store)
+    serving = serving_version(settings)
+    known = ", ".join(p.version for p in pushed[:20]) or "none"
+    if version in (None, SERVING):
+        if serving is None:
+            raise mlmd.MetadataError(
+                f"no model is being served from '{settings.model_push_dir}' (no numeric version "
+                f"directory). Pass a version; pushed versions in the store: {known}")
+        version = serving
+    matches = [p for p in pushed if p.version == str(version)]
+    if not matches:
+        hint = f"; serving now: {serving}" if serving else ""
+        raise mlmd.MetadataError(f"no pushed model with version '{version}' in the store. "
+                                 f"Pushed versions (newest first): {known}{hint}")
+    # Several pipelines may share a store: prefer the push into this push directory.
+    here = [p for p in matches if Path(p.destination).parent.resolve() == settings.model_push_dir.resolve()]
+    return (here or matches)[0], serving
+
+
+def model_report(store, settings: Settings, version: Optional[str] = None,
+                 with_metrics: bool = True) -> Tuple[Dict, G.Graph]:
+    """Everything about one pushed version, and the graph it was read from."""
+    pushed, serving = resolve_pushed(store, settings, version)
+    g = G.upstream(store, pushed.artifact.id)
+    pusher = next((e.execution_id for e in g.producers(pushed.artifact.id)), None)
+    run_id = g.run_ids.get(pusher) if pusher else None
+
+    # What else the run that made them did with the training data (statistics,
+    # anomalies, the gate) and with the model (its evaluation, when the model
+    # reached this push some other way than through that run's Pusher, e.g. a
+    # re-push by monitoring).
+    extras: Dict[int, Dict] = {}
+    checks = G.Graph()
+    reused = {e for ids in g.reused_by.values() for e in ids}
+    for aid in [a for a in g.artifacts if g.type_of(a) in (G.EXAMPLES, G.MODEL) and a not in g.truncated]:
+        made_in = next((g.run_ids.get(e.execution_id) for e in g.producers(aid)), None) or run_id
+        data = g.type_of(aid) == G.EXAMPLES
+        found = G.same_run_checks(store, g, aid, made_in, rounds=3 if data else 1, exclude=reused,
+                                  output_types={G.STATISTICS, G.ANOMALIES} if data else None)
+        if not found.executions:
+            continue
+        checks.merge(found)
+        extras[aid] = {"checks": [
+            {**execution_json(found, eid),
+             "facts": execution_facts(found, eid, with_metrics) if "eval_config" in
+             mlmd.properties(found.executions[eid]) else {},
+             "outputs": [{"key": e.key, **artifact_json(found, e.artifact_id),
+                          "facts": artifact_facts(found, e.artifact_id)} for e in found.outputs(eid)]}
+            for eid in found.topological_executions()]}
+
+    tree = build_tree(g, pushed.artifact.id, extras, with_metrics)
+    model_ids = [a for a in g.artifacts if g.type_of(a) == G.MODEL and a not in g.truncated]
+    later = G.consumers_of(store, [pushed.artifact.id] + model_ids,
+                           exclude=set(g.executions) | set(checks.executions)
+                           | {e for ids in g.reused_by.values() for e in ids})
+    downstream = []
+    for eid in later.topological_executions():
+        entry = execution_json(later, eid)
+        entry["inputs"] = [{"key": e.key, "id": e.artifact_id, "type": later.type_of(e.artifact_id)}
+                           for e in later.inputs(eid)]
+        entry["outputs"] = [{"key": e.key, **artifact_json(later, e.artifact_id)} for e in later.outputs(eid)]
+        downstream.append(entry)
+
+    report = {
+        "version": pushed.version, "serving_now": pushed.version == serving, "serving_version": serving,
+        "push_dir": str(settings.model_push_dir), "store": mlmd.describe_store(settings),
+        "run_id": run_id,
+        "pushed_by": {"execution_id": pusher, "node_id": g.execution_name(pusher)} if pusher else None,
+        "summary": _summary(tree), "tree": tree, "downstream": downstream,
+    }
+    full = G.Graph().merge(g).merge(checks).merge(later)
+    full.focus = {pushed.artifact.id}
+    return report, full
+
+
+def _summary(tree: Dict) -> Dict:
+    """The answers in one place: data, code, training, evaluation, schema."""
+    out: Dict = {"data": None, "code": {}, "training": None, "evaluation": None, "schema": None}
+    for node in walk(tree):
+        facts = node.get("facts") or {}
+        if node["kind"] == "execution":
+            if "input_base" in facts and out["data"] is None:
+                out["data"] = {k: facts.get(k) for k in ("input_base", "patterns", "span", "version",
+                                                         "input_fingerprint", "files", "unchanged_since")}
+                out["data"]["execution_id"] = node["id"]
+            if facts.get("code"):
+                out["code"][node["node_id"]] = facts["code"]
+            if "train_args" in facts and out["training"] is None:
+                out["training"] = {k: facts.get(k) for k in ("train_args", "eval_args", "hyperparameters")}
+                out["training"]["model_execution_id"] = node["id"]
+            if "thresholds" in facts and out["evaluation"] is None:
+                out["evaluation"] = {k: facts.get(k) for k in ("metrics", "validation_failures", "thresholds",
+                                                               "baseline_model_id", "metrics_error")
+                                     if k in facts}
+        elif node["type"] == G.EXAMPLES and "checks" in node and out["data"] is not None:
+            out["data"].setdefault("examples_id", node["id"])
+        elif node["type"] == G.BLESSING and out["evaluation"] is not None:
+            out["evaluation"].setdefault("blessed", node["facts"].get("blessed"))
+        elif node["type"] == G.SCHEMA and out["schema"] is None and node.get("facts"):
+            out["schema"] = {"id": node["id"], **node["facts"]}
+    if out["evaluation"] is None:      # evaluated in its own run, pushed another way
+        for node in walk(tree):
+            for check in node.get("checks", []) if node["kind"] == "artifact" and node["type"] == G.MODEL else []:
+                if "thresholds" in (check.get("facts") or {}):
+                    out["evaluation"] = {k: check["facts"].get(k) for k in (
+                        "metrics", "validation_failures", "thresholds", "baseline_model_id", "metrics_error")
+                        if k in check["facts"]}
+                    blessing = next((o for o in check["outputs"] if o["type"] == G.BLESSING), None)
+                    out["evaluation"]["blessed"] = blessing["facts"].get("blessed") if blessing else None
+                    out["evaluation"]["execution_id"] = check["id"]
+                    break
+            if out["evaluation"] is not None:
+                break
+    # the blessing is above its evaluator in the tree
+    if out["evaluation"] is not None and "blessed" not in out["evaluation"]:
+        blessing = next((n for n in walk(tree) if n["kind"] == "artifact" and n["type"] == G.BLESSING), None)
+        out["evaluation"]["blessed"] = blessing["facts"].get("blessed") if blessing else None
+    for node in walk(tree):
+        if node["kind"] == "artifact" and node["type"] == G.EXAMPLES and "checks" in node:
+            for check in node["checks"]:
+                for output in check["outputs"]:
+                    if output["type"] == G.STATISTICS and out["data"] is not None:
+                        out["data"]["num_examples"] = output["facts"].get("num_examples")
+            break
+    return out
