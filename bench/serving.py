@@ -5,8 +5,15 @@ a no-op gRPC server answering a fixed PredictResponse (the transport ceiling).
 
     .venv/bin/python bench/serving.py [--model-dir DIR] [--seconds 4]
 
-Servers run in their own processes (``tfxops serve``); the client is grpc.aio /
-tornado's async HTTP client in this process. Writes docs/bench-serving.md.
+(``--model-dir``: a pushed SavedModel version directory; needed when there is no
+``outputs/serving_model/taxi`` from a pipeline run.)
+
+Servers run in their own processes (``tfxops serve``); the client is one grpc.aio
+channel with one coroutine per simulated client (the cheapest Python client), or
+tornado's async HTTP client, in this process. Besides latency and throughput it
+records each server's CPU time per request (steadier than wall-clock figures on a
+shared machine), the mean batch size, and the load average. Writes
+docs/bench-serving.md.
 """
 import argparse
 import asyncio
@@ -67,12 +74,14 @@ asyncio.run(main())
 """
 
 
-def start_server(serving_dir, home, batching, logging_on):
+def start_server(serving_dir, home, batching, logging_on, extra=()):
     rest, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "tfxops.cli", "serve", "--home", home,
            "--set", f"serving_dir={serving_dir}", "--set", f"rest_port={rest}",
            "--set", f"grpc_port={grpc_port}", "--set", f"enable_batching={str(batching).lower()}",
            "--set", f"log_sample_rate={1.0 if logging_on else 0.0}"]
+    for item in extra:
+        cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(rest, proc)
     wait_port(grpc_port, proc)
@@ -94,6 +103,22 @@ def summarize(latencies, elapsed):
             "rps": len(lat) / elapsed}
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process ``pid`` (all its threads)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid, load):
+    """Run ``load()`` (returns a summary); add the server's CPU time per request (on a
+    shared machine a steadier figure than wall-clock throughput) and the load average."""
+    before = cpu_seconds(pid)
+    result = load()
+    result["server_cpu_ms"] = 1e3 * (cpu_seconds(pid) - before) / max(1, result["n_total"])
+    result["load"] = os.getloadavg()[0]
+    return result
+
+
 async def grpc_load(port, request, clients, seconds, max_requests=200_000):
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -103,6 +128,8 @@ async def grpc_load(port, request, clients, seconds, max_requests=200_000):
         for _ in range(50):
             await stub.Predict(request, timeout=30)
         latencies, deadline = [], time.perf_counter() + seconds
+        # One channel, ``clients`` coroutines each with one call in flight: the
+        # cheapest Python client (threads with blocking stubs would cost more).
 
         async def worker():
             while time.perf_counter() < deadline and len(latencies) < max_requests:
@@ -112,7 +139,7 @@ async def grpc_load(port, request, clients, seconds, max_requests=200_000):
 
         start = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(clients)])
-        return summarize(latencies, time.perf_counter() - start)
+        return dict(summarize(latencies, time.perf_counter() - start), n_total=len(latencies) + 50)
 
 
 async def rest_load(port, body, clients, seconds, max_requests=100_000):
@@ -134,7 +161,26 @@ async def rest_load(port, body, clients, seconds, max_requests=100_000):
     start = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(clients)])
     client.close()
-    return summarize(latencies, time.perf_counter() - start)
+    return dict(summarize(latencies, time.perf_counter() - start), n_total=len(latencies) + 20)
+
+
+def batch_totals(rest_port):
+    """(sum, count) of the server's batch-size histogram."""
+    import urllib.request
+
+    text = urllib.request.urlopen(
+        f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=30).read().decode()
+    total = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for part in total:
+            if line.startswith(f":tensorflow:serving:batching_session:processed_batch_size_{part}"):
+                total[part] += float(line.rsplit(" ", 1)[1])
+    return total["sum"], total["count"]
+
+
+def batch_mean(before, after):
+    count = after[1] - before[1]
+    return (after[0] - before[0]) / count if count else None
 
 
 def floor(model_path, serialized, seconds):
@@ -145,12 +191,14 @@ def floor(model_path, serialized, seconds):
     for _ in range(100):
         mv.run(sig, feeds, ("probabilities",))
     lat, deadline = [], time.perf_counter() + seconds
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() < deadline and len(lat) < 100_000:
         t = time.perf_counter()
         mv.run(sig, feeds, ("probabilities",))
         lat.append(time.perf_counter() - t)
     out = summarize(lat, time.perf_counter() - start)
+    out["server_cpu_ms"] = 1e3 * (time.process_time() - cpu) / len(lat)
+    out["load"] = os.getloadavg()[0]
     mv.close()
     return out
 
@@ -178,6 +226,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     shutil.copytree(model_dir, tmp / "serving_model" / "taxi" / "1")
     results = []
+    load_before = os.getloadavg()[0]
 
     print("in-process floor ...", flush=True)
     results.append(("in-process `serving_default` call (floor)", "-", 1, floor(model_dir, serialized, args.seconds)))
@@ -188,8 +237,8 @@ def main():
         wait_port(noop_port, noop)
         for c in (1, 32):
             print(f"no-op gRPC c={c} ...", flush=True)
-            results.append(("no-op gRPC server (ceiling)", "gRPC", c,
-                            asyncio.run(grpc_load(noop_port, request, c, args.seconds))))
+            results.append(("no-op gRPC server (ceiling)", "gRPC", c, measured(
+                noop.pid, lambda: asyncio.run(grpc_load(noop_port, request, c, args.seconds)))))
     finally:
         stop(noop)
 
@@ -199,10 +248,16 @@ def main():
         try:
             for c in (1, 32):
                 print(f"{name} gRPC c={c} ...", flush=True)
-                results.append((name, "gRPC", c, asyncio.run(grpc_load(grpc_port, request, c, args.seconds))))
+                b0 = batch_totals(rest)
+                results.append((name, "gRPC", c, measured(
+                    proc.pid, lambda: asyncio.run(grpc_load(grpc_port, request, c, args.seconds)))))
+                results[-1][3]["batch"] = batch_mean(b0, batch_totals(rest))
                 if batching and logging_on:
                     print(f"{name} REST c={c} ...", flush=True)
-                    results.append((name, "REST", c, asyncio.run(rest_load(rest, body, c, args.seconds))))
+                    b0 = batch_totals(rest)
+                    results.append((name, "REST", c, measured(
+                        proc.pid, lambda: asyncio.run(rest_load(rest, body, c, args.seconds)))))
+                    results[-1][3]["batch"] = batch_mean(b0, batch_totals(rest))
         finally:
             stop(proc)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -212,12 +267,20 @@ def main():
              f"Machine: {os.cpu_count()} CPUs (nproc), {cpu}; Python {platform.python_version()}; "
              f"single-row requests (one serialized tf.Example to `serving_default`), "
              f"{args.seconds:g} s per row, client and servers on the same machine "
-             f"(servers in their own processes, grpc.aio / tornado async client). "
-             f"Run: `.venv/bin/python bench/serving.py`.", "",
-             "| setup | API | clients | p50 ms | p99 ms | requests/s | requests |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"(servers in their own processes; one grpc.aio channel with one coroutine per "
+             f"client / tornado async client). Run: `.venv/bin/python bench/serving.py`.", "",
+             f"Load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+             f"the end: the machine is shared, so wall-clock rows are noisy; \"server CPU\" "
+             f"(all threads of the server process, per request; for the floor, the calling "
+             f"process) is steadier. \"rows/batch\": mean model-call batch size (server's "
+             f"batch-size histogram) during that row.", "",
+             "| setup | API | clients | p50 ms | p99 ms | requests/s | requests | server CPU ms/req "
+             "| rows/batch | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, api, c, r in results:
-        lines.append(f"| {name} | {api} | {c} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | {r['n']} |")
+        batch = f"{r['batch']:.1f}" if r.get("batch") else "-"
+        lines.append(f"| {name} | {api} | {c} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} "
+                     f"| {r['n']} | {r['server_cpu_ms']:.2f} | {batch} | {r['load']:.1f} |")
     get = {(n, a, c): r for n, a, c, r in results}
     fl = results[0][3]
     on = get[("tfxops serve, batching on, logging on", "gRPC", 32)]
@@ -230,7 +293,14 @@ def main():
               f"- gRPC single-row p50 minus in-process p50: {single - fl['p50']:.2f} ms (goal <= 1 ms)",
               f"- 32 clients, model+batching+logging vs no-op ceiling: {on['rps'] / noop32['rps']:.0%} (goal >= 80%)",
               f"- batching vs no batching (32 clients, gRPC): {on['rps'] / off['rps']:.2f}x (goal >= 3x)",
-              f"- logging cost (32 clients, gRPC, batching on): {1 - on['rps'] / nolog['rps']:.0%} of throughput (goal < 10%)"]
+              f"- logging cost (32 clients, gRPC, batching on): {1 - on['rps'] / nolog['rps']:.0%} of throughput (goal < 10%)",
+              "", "The same ratios in server CPU per request (less sensitive to other load):", "",
+              f"- 32 clients, no-op / model+batching+logging: {noop32['server_cpu_ms'] / on['server_cpu_ms']:.0%}",
+              f"- no batching / batching (32 clients, gRPC, logging on): {off['server_cpu_ms'] / on['server_cpu_ms']:.2f}x",
+              f"- logging (32 clients, gRPC, batching on): {on['server_cpu_ms'] / nolog['server_cpu_ms'] - 1:+.0%} CPU per request",
+              "", "Rows are measured minutes apart; when the load average moves during the run, "
+              "ratios between rows can be off by tens of percent either way (a negative cost is "
+              "noise). For an A/B of two configurations, run them interleaved and repeated."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

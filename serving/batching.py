@@ -3,21 +3,25 @@
 Like TF Serving's ``--enable_batching``: requests are queued per (model version,
 signature, input names/types/shapes, outputs); a queue becomes a batch, whose inputs
 are concatenated along the first dimension and whose outputs are split back by
-each request's row count, when
+each request's row count, when a batch thread is free (``num_batch_threads``; while
+all are busy the queue keeps filling) and
 
 * it holds ``max_batch_size`` rows, or
 * its oldest request has waited ``batch_timeout_micros``, or
-* every request the batcher holds is waiting in queues (none is running), so no
-  answer can bring a client back soon and waiting would only add latency — a lone
-  client is served at once, as if batching were off,
+* it holds as many requests as the previous batch of that queue had: the clients
+  answered by that batch are back, so waiting longer would only add latency. A
+  lone client is thus served at once, as if batching were off (its previous batch
+  held one request); 32 closed-loop clients get batches of 32 without waiting for
+  the timeout; when clients leave, one batch waits the timeout and the next
+  expectation is the smaller size.
 
-and a batch thread is free (``num_batch_threads``; while all are busy the queue
-keeps filling up to ``max_batch_size``). A request larger than ``max_batch_size``
-runs alone, as its own batch. Signatures whose inputs or outputs are not
-batch-major run unbatched.
+A request larger than ``max_batch_size`` runs alone, as its own batch. Signatures
+whose inputs or outputs are not batch-major run unbatched.
 
-Everything here runs on the server's asyncio loop; model calls run on a thread pool
-(TensorFlow releases the GIL while it computes).
+Everything here runs on the server's asyncio loop; model calls run on the batch
+threads (TensorFlow releases the GIL while it computes). Per request the loop only
+appends to a queue and schedules at most one readiness check per loop iteration;
+timers exist only while a queue is actually waiting for its timeout.
 """
 import asyncio
 import time
@@ -27,21 +31,23 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 RunFn = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
+_MAX_REMEMBERED = 1024     # previous-batch sizes kept (one per queue key)
 
 
 class _Task:
     __slots__ = ("inputs", "rows", "future", "enqueued")
 
-    def __init__(self, inputs, rows, future):
-        self.inputs, self.rows, self.future = inputs, rows, future
-        self.enqueued = time.perf_counter()
+    def __init__(self, inputs, rows, future, enqueued):
+        self.inputs, self.rows, self.future, self.enqueued = inputs, rows, future, enqueued
 
 
 class _Queue:
-    __slots__ = ("key", "run", "tasks", "rows", "timer")
+    __slots__ = ("key", "run", "tasks", "rows", "timer", "check_scheduled")
 
     def __init__(self, key, run):
-        self.key, self.run, self.tasks, self.rows, self.timer = key, run, [], 0, None
+        self.key, self.run, self.tasks, self.rows = key, run, [], 0
+        self.timer = None
+        self.check_scheduled = False
 
 
 class Batcher:
@@ -59,8 +65,7 @@ class Batcher:
                                                        thread_name_prefix="batch")
         self.on_batch = on_batch           # (rows, requests) after each batch
         self._queues: Dict[tuple, _Queue] = {}
-        self._waiting = 0                  # requests in queues
-        self._outstanding = 0              # requests submitted and not answered
+        self._previous: Dict[tuple, int] = {}   # requests in the previous batch, per key
         self._busy = 0                     # batch threads running
 
     async def submit(self, key: tuple, run: RunFn, inputs: Dict[str, np.ndarray],
@@ -72,73 +77,108 @@ class Batcher:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(key, run)
-        queue.tasks.append(_Task(inputs, rows, future))
+        queue.tasks.append(_Task(inputs, rows, future, time.perf_counter()))
         queue.rows += rows
-        self._waiting += 1
-        self._outstanding += 1
-        try:
-            if len(queue.tasks) == 1 and self.timeout > 0:
-                queue.timer = loop.call_later(self.timeout, self._maybe_dispatch, key, True)
+        if not queue.check_scheduled:
             # call_soon: requests already read off the sockets in this loop pass join first.
-            loop.call_soon(self._maybe_dispatch, key, False)
-            return await future
-        finally:
-            self._outstanding -= 1
+            queue.check_scheduled = True
+            loop.call_soon(self._check, queue)
+        return await future
 
-    def _ready(self, queue: _Queue, timed_out: bool) -> bool:
+    def _ready(self, queue: _Queue, now: float) -> bool:
         if not queue.tasks:
             return False
-        if queue.rows >= self.max_batch_size or timed_out or self.timeout == 0:
+        if queue.rows >= self.max_batch_size or self.timeout == 0:
             return True
-        if time.perf_counter() - queue.tasks[0].enqueued >= self.timeout:
+        if now - queue.tasks[0].enqueued >= self.timeout:
             return True
-        return self._waiting >= self._outstanding     # nobody else can arrive soon
+        return len(queue.tasks) >= self._previous.get(queue.key, 1)
 
-    def _maybe_dispatch(self, key, timed_out: bool) -> None:
-        queue = self._queues.get(key)
-        if queue is None or self._busy >= self.num_batch_threads:
+    def _check(self, queue: _Queue) -> None:
+        queue.check_scheduled = False
+        self._maybe_dispatch(queue)
+
+    def _on_timer(self, queue: _Queue) -> None:
+        queue.timer = None
+        self._maybe_dispatch(queue)
+
+    def _maybe_dispatch(self, queue: _Queue) -> None:
+        if not queue.tasks or self._queues.get(queue.key) is not queue:
             return
-        if not self._ready(queue, timed_out):
+        if self._busy >= self.num_batch_threads:
+            return     # _finished looks at the queues when a thread frees up
+        if self._ready(queue, time.perf_counter()):
+            self._dispatch(queue)
+        else:
+            self._arm_timer(queue)
+
+    def _arm_timer(self, queue: _Queue) -> None:
+        """Wake up when the oldest request of ``queue`` has waited the timeout. Only
+        armed while a batch thread is free: a busy one, when it frees up, looks at
+        the queues itself."""
+        if queue.timer is not None or not queue.tasks or self.timeout == 0:
             return
-        self._dispatch(queue)
+        remaining = self.timeout - (time.perf_counter() - queue.tasks[0].enqueued)
+        loop = asyncio.get_running_loop()
+        queue.timer = loop.call_later(max(0.0, remaining), self._on_timer, queue)
 
     def _take(self, queue: _Queue) -> List[_Task]:
-        taken, rows = [], 0
-        while queue.tasks:
-            task = queue.tasks[0]
-            if taken and rows + task.rows > self.max_batch_size:
-                break
-            taken.append(queue.tasks.pop(0))
-            rows += task.rows
+        tasks = queue.tasks
+        if queue.rows <= self.max_batch_size:
+            taken, queue.tasks, rows = tasks, [], queue.rows
+        else:
+            rows, n = 0, 0
+            for task in tasks:
+                if n and rows + task.rows > self.max_batch_size:
+                    break
+                rows += task.rows
+                n += 1
+            taken, queue.tasks = tasks[:n], tasks[n:]
         queue.rows -= rows
-        self._waiting -= len(taken)
         if queue.timer is not None:
             queue.timer.cancel()
             queue.timer = None
-        if queue.tasks:   # the rest starts a new wait
-            loop = asyncio.get_running_loop()
-            remaining = max(0.0, self.timeout - (time.perf_counter() - queue.tasks[0].enqueued))
-            queue.timer = loop.call_later(remaining, self._maybe_dispatch, queue.key, True)
-        else:
+        if not queue.tasks:
             del self._queues[queue.key]
+        if len(self._previous) >= _MAX_REMEMBERED and queue.key not in self._previous:
+            self._previous.clear()
+        self._previous[queue.key] = len(taken)
         return taken
 
     def _dispatch(self, queue: _Queue) -> None:
         tasks = self._take(queue)
         self._busy += 1
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, _run_batch, queue.run, tasks)
-        fut.add_done_callback(lambda f: self._finished(f, tasks))
+        # One hop back to the loop per batch (no asyncio Future wrapping the
+        # executor's): the batch thread schedules _finished itself.
+        try:
+            fut = self.executor.submit(_run_batch, queue.run, tasks)
+        except RuntimeError as exc:   # shutting down
+            self._complete(tasks, exc, None)
+            return
+
+        def done(f):
+            try:
+                loop.call_soon_threadsafe(self._finished, f, tasks)
+            except RuntimeError:   # the loop is closed: nobody is waiting any more
+                pass
+
+        fut.add_done_callback(done)
+        if queue.tasks:   # more than max_batch_size rows were waiting
+            self._maybe_dispatch(queue)
 
     def _finished(self, fut, tasks: List[_Task]) -> None:
-        self._busy -= 1
         exc = fut.exception()
+        self._complete(tasks, exc, None if exc is not None else fut.result())
+
+    def _complete(self, tasks: List[_Task], exc, results) -> None:
+        self._busy -= 1
         if exc is not None:
             for task in tasks:
                 if not task.future.done():
                     task.future.set_exception(exc)
         else:
-            for task, outputs in zip(tasks, fut.result()):
+            for task, outputs in zip(tasks, results):
                 if task.future.done():
                     continue
                 if isinstance(outputs, Exception):
@@ -148,11 +188,16 @@ class Batcher:
         if self.on_batch:
             self.on_batch(sum(t.rows for t in tasks), len(tasks))
         # A thread is free: serve the queue that has waited longest and is ready.
+        if not self._queues:
+            return
+        now = time.perf_counter()
         for queue in sorted(self._queues.values(), key=lambda q: q.tasks[0].enqueued):
             if self._busy >= self.num_batch_threads:
                 break
-            if self._ready(queue, False):
+            if self._ready(queue, now):
                 self._dispatch(queue)
+            else:
+                self._arm_timer(queue)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
@@ -193,3 +238,4 @@ def batch_key(version_obj, signature_name: str, inputs: Dict[str, np.ndarray],
               outputs: Tuple[str, ...]) -> tuple:
     return (id(version_obj), signature_name, outputs) + tuple(
         (n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
+

@@ -6,8 +6,9 @@ TF Serving's own clients work unchanged.
 The request id is read from the ``x-request-id`` metadata (or made up) and sent
 back in the trailing metadata under the same key.
 """
+import functools
+import random
 import time
-import uuid
 from typing import Optional
 
 import grpc
@@ -28,7 +29,13 @@ def _request_id(context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
             return str(value)[:128]
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """A random 128-bit hex id, like ``uuid.uuid4().hex`` without its os.urandom
+    system call on every request."""
+    return "%032x" % random.getrandbits(128)
 
 
 def _spec(model_spec):
@@ -63,6 +70,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         await context.abort(err.grpc_code, err.message)
 
     async def Predict(self, request, context):
+        """The servicer API: a PredictRequest in, a PredictResponse out."""
+        return await self._predict(request, None, context, False)
+
+    async def _predict_wire(self, parsed, context):
+        """Predict as registered on the server: the request arrives with its wire
+        bytes and the response leaves as bytes serialized here, so the request log
+        reuses both instead of copying and re-serializing the messages."""
+        request, raw = parsed
+        return await self._predict(request, raw, context, True)
+
+    async def _predict(self, request, raw: Optional[bytes], context, serialize: bool):
         started = time.perf_counter()
         arrived = time.time()
         rid = _request_id(context)
@@ -82,11 +100,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         _fill_spec(response.model_spec, name, loaded.version, sig.name)
         for alias, array in outputs.items():
             ndarray_to_proto(array, sig.outputs[alias].dtype, response.outputs[alias])
+        if serialize:
+            response = response.SerializeToString()
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         self.inf.record(name, "predict", "GRPC", started)
         if self.inf.sampled():
-            self.inf.log(lambda: _predict_log(request, response, name, loaded.version, sig.name,
-                                              rid, arrived))
+            self.inf.log(functools.partial(
+                request_log.encode_log, "predict", name, loaded.version, sig.name, rid, arrived,
+                request if raw is None else raw, response))
         return response
 
     async def _classify_or_regress(self, request, context, kind: str):
@@ -116,8 +137,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         self.inf.record(name, kind, "GRPC", started)
         if self.inf.sampled():
-            self.inf.log(lambda: _cr_log(kind, request, response, name, loaded.version,
-                                         sig.name, rid, arrived))
+            self.inf.log(functools.partial(request_log.encode_log, kind, name, loaded.version,
+                                           sig.name, rid, arrived, request, response))
         return response
 
     async def Classify(self, request, context):
@@ -218,9 +239,43 @@ def _cr_log(kind, request, response, name, version, sig_name, rid, arrived):
     return record
 
 
+def _parse_predict(data: bytes):
+    return predict_pb2.PredictRequest.FromString(data), data
+
+
+def _serialize(message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 def add_to_server(server, inference: Inference) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(inference), server)
+    """``add_PredictionServiceServicer_to_server`` with Predict taking its request
+    with the wire bytes and answering bytes (see ``PredictionServicer._predict_wire``);
+    same service and method names, so every TF Serving client works unchanged."""
+    from tensorflow_serving.apis import inference_pb2
+
+    servicer = PredictionServicer(inference)
+
+    def handler(method, request_type, response_type):
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString)
+
+    handlers = {
+        "Classify": handler(servicer.Classify, classification_pb2.ClassificationRequest,
+                            classification_pb2.ClassificationResponse),
+        "Regress": handler(servicer.Regress, regression_pb2.RegressionRequest,
+                           regression_pb2.RegressionResponse),
+        "Predict": grpc.unary_unary_rpc_method_handler(
+            servicer._predict_wire, request_deserializer=_parse_predict,   # noqa: SLF001
+            response_serializer=_serialize),
+        "MultiInference": handler(servicer.MultiInference, inference_pb2.MultiInferenceRequest,
+                                  inference_pb2.MultiInferenceResponse),
+        "GetModelMetadata": handler(servicer.GetModelMetadata,
+                                    get_model_metadata_pb2.GetModelMetadataRequest,
+                                    get_model_metadata_pb2.GetModelMetadataResponse),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService", handlers),))
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(inference), server)
 
 

@@ -73,6 +73,18 @@ class Metrics:
                 hist = self._hists[name][labels] = _Histogram(buckets)
             hist.observe(value)
 
+    def count_and_observe(self, counter: str, counter_labels: Tuple[Tuple[str, str], ...],
+                          hist: str, hist_labels: Tuple[Tuple[str, str], ...], value: float,
+                          buckets: List[float]):
+        """``inc(counter)`` and ``observe(hist)`` under one lock (once per request)."""
+        with self._lock:
+            series = self._counters[counter]
+            series[counter_labels] = series.get(counter_labels, 0.0) + 1.0
+            h = self._hists[hist].get(hist_labels)
+            if h is None:
+                h = self._hists[hist][hist_labels] = _Histogram(buckets)
+            h.observe(value)
+
     def value(self, name: str, labels: Tuple[Tuple[str, str], ...] = ()) -> float:
         with self._lock:
             return self._counters.get(name, {}).get(labels, self._gauges.get(name, {}).get(labels, 0.0))

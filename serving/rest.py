@@ -16,7 +16,6 @@ import base64
 import json
 import re
 import time
-import uuid
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -46,7 +45,7 @@ except ImportError:   # pragma: no cover
 
 from serving import request_log
 from serving.errors import ServingError, invalid
-from serving.grpc_service import fill_classifications, model_metadata, model_status
+from serving.grpc_service import fill_classifications, model_metadata, model_status, new_request_id
 from serving.service import Inference
 from serving.tensors import _short, json_to_ndarray, ndarray_to_json, ndarray_to_proto
 
@@ -286,7 +285,7 @@ class _Base(tornado.web.RequestHandler):
 
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json")
-        self.request_id = (self.request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:128]
+        self.request_id = (self.request.headers.get(REQUEST_ID_HEADER) or new_request_id())[:128]
         self.set_header(REQUEST_ID_HEADER, self.request_id)
 
     def send_json(self, value, status: int = 200):

@@ -47,6 +47,7 @@ class Inference:
         self.executor = executor or ThreadPoolExecutor(8, thread_name_prefix="model")
         import tensorflow as tf
         self._op_error = tf.errors.OpError
+        self._record_labels: Dict[tuple, tuple] = {}
 
     # ------------------------------------------------ lookup
     def acquire(self, name: str, version: Optional[int], label: Optional[str]) -> ModelVersion:
@@ -180,10 +181,17 @@ class Inference:
     # ------------------------------------------------ bookkeeping
     def record(self, model_name: str, api: str, entrypoint: str, started: float,
                status: str = "OK") -> None:
-        self.metrics.inc(M.REQUEST_COUNT, (("model_name", model_name), ("status", status)))
-        self.metrics.observe(M.REQUEST_LATENCY, (("model_name", model_name), ("API", api),
-                                                 ("entrypoint", entrypoint)),
-                             (time.perf_counter() - started) * 1e6, M.LATENCY_BUCKETS_US)
+        key = (model_name, api, entrypoint, status)
+        labels = self._record_labels.get(key)
+        if labels is None:
+            if len(self._record_labels) > 10_000:   # model names come from requests
+                self._record_labels.clear()
+            labels = self._record_labels[key] = (
+                (("model_name", model_name), ("status", status)),
+                (("model_name", model_name), ("API", api), ("entrypoint", entrypoint)))
+        self.metrics.count_and_observe(M.REQUEST_COUNT, labels[0], M.REQUEST_LATENCY, labels[1],
+                                       (time.perf_counter() - started) * 1e6,
+                                       M.LATENCY_BUCKETS_US)
 
     def log(self, build) -> None:
         """Queue a PredictionLog built lazily (on the writer thread) by ``build()``."""

@@ -7,6 +7,7 @@ string outputs whose name ends in ``_bytes`` are written back as ``{"b64": ...}`
 floats are written with the shortest text that round-trips their float32/64 value.
 """
 import base64
+import math
 from typing import Any, Dict, List
 
 import numpy as np
@@ -53,10 +54,19 @@ def _unsupported(dtype: int) -> ServingError:
 def proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """A TensorProto (typed fields or tensor_content) as a numpy array."""
     shape = [d.size for d in proto.tensor_shape.dim]
-    if proto.dtype not in _DTYPES:
-        raise invalid(f"Unsupported tensor type: {types_pb2.DataType.Name(proto.dtype)}")
-    np_dtype, field = _DTYPES[proto.dtype]
-    count = int(np.prod(shape)) if shape else 1
+    dtype = proto.dtype
+    if dtype == DT.DT_STRING and len(shape) == 1:
+        # The common case (serialized tf.Examples): an object array straight from
+        # string_val, no generic conversion.
+        values = proto.string_val
+        if len(values) == shape[0] and not proto.tensor_content:
+            array = np.empty(shape[0], dtype=object)
+            array[:] = values
+            return array
+    if dtype not in _DTYPES:
+        raise invalid(f"Unsupported tensor type: {types_pb2.DataType.Name(dtype)}")
+    np_dtype, field = _DTYPES[dtype]
+    count = math.prod(shape) if shape else 1
     if proto.tensor_content:
         array = np.frombuffer(proto.tensor_content, dtype=np_dtype)
     elif np_dtype is object:
@@ -85,8 +95,9 @@ def ndarray_to_proto(array: np.ndarray, dtype: int = None,
         if dtype is None:
             raise invalid(f"cannot encode a numpy array of dtype {array.dtype}")
     proto.dtype = dtype
-    proto.tensor_shape.dim.extend(
-        [tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in array.shape])
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add().size = size
     field = _DTYPES[dtype][1]
     flat = array.reshape(-1)
     if dtype == DT.DT_STRING:

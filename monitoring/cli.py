@@ -1,0 +1,66 @@
+"""``tfxops monitor`` (registered by tfxops.cli).
+
+    tfxops monitor [--dry-run] [--watch SECONDS] [--json] [--home DIR] [--set key=value ...]
+
+Exit codes: 0 analysed (whatever the decision) or no new requests; 1 an action
+failed (the pipeline rerun failed, a re-push failed); 2 bad input: no metadata
+store, a served version without lineage in MLMD, bad settings.
+"""
+import json
+import logging
+import sys
+import time
+
+from tfxops.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, settings_from
+
+
+def _once(settings, args) -> int:
+    from monitoring import report, run
+    from tfxops.mlmd import MetadataError
+
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    try:
+        result = run.monitor_once(settings, dry_run=args.dry_run, out=say)
+    except (run.MonitorError, MetadataError) as exc:
+        print(f"tfxops monitor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        slim = {k: v for k, v in result.items() if k != "versions"}
+        slim["versions"] = [{k: v for k, v in g.items() if k not in ("distributions", "features")}
+                            for g in result.get("versions", [])]
+        print(json.dumps(report._clean(slim), indent=2))
+    outcome = (result.get("decision") or {}).get("outcome") or {}
+    return EXIT_FAILED if outcome and not outcome.get("ok", True) else EXIT_OK
+
+
+def cmd_monitor(args) -> int:
+    settings = settings_from(args)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.watch:
+        return _once(settings, args)
+    if args.watch <= 0:
+        print("tfxops monitor: --watch takes a positive number of seconds", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    while True:      # a schedule: one run per interval; a failed run is reported, the next one runs
+        started = time.monotonic()
+        try:
+            code = _once(settings, args)
+            if code != EXIT_OK:
+                print(f"tfxops monitor: run ended with exit code {code}; next run in {args.watch:g} s",
+                      file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - keep watching
+            logging.exception("monitor run failed: %s", exc)
+        sys.stdout.flush()
+        time.sleep(max(0.0, args.watch - (time.monotonic() - started)))
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "monitor", help="compare served requests with the training data; report; retrigger the pipeline")
+    common(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="analyse and report only: no action, the checkpoint does not advance")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="run every SECONDS seconds until interrupted")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_monitor)

@@ -1,0 +1,97 @@
+"""The trigger policy: whether a window's findings call for an action, and which.
+
+Reasons (each switched by a setting, see tfxops/config.py ``# --- monitoring``):
+ERROR-severity schema anomalies; N features over their skew threshold; N over
+their drift threshold; prediction drift; an AUC drop on labelled requests.
+
+Then, in this order, a window is *not* acted on when: it has fewer rows than
+``monitor_min_rows`` (statistics too noisy); its model version is not the one
+currently served (a newer version replaced it); this window was acted on before
+(a resumed run); the last action is younger than ``cooldown_seconds``; or the
+run is ``--dry-run``. Otherwise the action is ``repush`` when a previously
+blessed model's training data matches the window (``reuse_blessed_models``),
+else ``retrain``. Every decision carries its reasons in words.
+"""
+import dataclasses
+import time
+from typing import Dict, List, Optional
+
+from tfxops.config import Settings
+
+NONE, RETRAIN, REPUSH = "none", "retrain", "repush"
+
+
+@dataclasses.dataclass
+class Decision:
+    action: str                        # none | retrain | repush
+    triggered: bool                    # the policy's reasons hold (whatever was done)
+    reasons: List[str]                 # why the policy fired
+    because: str                       # why this action (or none) was taken
+    dry_run: bool = False
+    reuse: Optional[Dict] = None       # the matching blessed model, for repush
+    outcome: Optional[Dict] = None     # filled in by the action
+
+    def as_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def reasons_for(settings: Settings, features, prediction: Dict, quality: Dict) -> List[str]:
+    reasons = []
+    errors = [(f.name, a["short"]) for f in features for a in f.anomalies if a["severity"] == "ERROR"]
+    if settings.trigger_on_error_anomalies and errors:
+        reasons.append(f"{len(errors)} schema anomal{'y' if len(errors) == 1 else 'ies'} of ERROR "
+                       f"severity: " + "; ".join(f"{n}: {s}" for n, s in errors))
+    skewed = [f for f in features if f.over_skew]
+    if settings.trigger_skewed_features > 0 and len(skewed) >= settings.trigger_skewed_features:
+        reasons.append(f"{len(skewed)} feature(s) over their skew threshold (policy: "
+                       f">= {settings.trigger_skewed_features}): "
+                       + ", ".join(f"{f.name} {f.skew:.3f} > {f.skew_threshold:g}" for f in skewed))
+    drifted = [f for f in features if f.over_drift]
+    if settings.trigger_drifted_features > 0 and len(drifted) >= settings.trigger_drifted_features:
+        reasons.append(f"{len(drifted)} feature(s) over their drift threshold vs the previous window: "
+                       + ", ".join(f"{f.name} {f.drift:.3f} > {f.drift_threshold:g}" for f in drifted))
+    if settings.trigger_on_prediction_drift and prediction.get("over"):
+        reasons.append(f"prediction drift {prediction['distance']:.3f} > {prediction['threshold']:g} "
+                       f"(served outputs vs the evaluation set's)")
+    if settings.trigger_quality_drop > 0 and quality.get("over"):
+        reasons.append(f"AUC {quality['auc']:.3f} on {quality['labelled_rows']} labelled requests is "
+                       f"{quality['auc_drop']:.3f} below the Evaluator's {quality['evaluator_auc']:.3f} "
+                       f"(policy: drop > {settings.trigger_quality_drop:g})")
+    return reasons
+
+
+def decide(settings: Settings, reasons: List[str], rows: int, window_id: str, is_current: bool,
+           previous_action: Optional[Dict], last_action: Optional[Dict], dry_run: bool,
+           reuse: Optional[Dict], now: Optional[float] = None) -> Decision:
+    now = time.time() if now is None else now
+    if not reasons:
+        return Decision(NONE, False, [], "no trigger: every check is within the policy", dry_run)
+    if rows < settings.monitor_min_rows:
+        return Decision(NONE, True, reasons, f"not acted on: {rows} rows in the window, fewer than "
+                        f"monitor_min_rows={settings.monitor_min_rows}", dry_run)
+    if not is_current:
+        return Decision(NONE, True, reasons, "not acted on: a newer model version is served now", dry_run)
+    if previous_action is not None:
+        return Decision(NONE, True, reasons, f"not acted on: this window was already acted on "
+                        f"({previous_action['action']} at {_when(previous_action['time'])}); "
+                        f"a window never triggers twice", dry_run)
+    if last_action is not None and now - last_action["time"] < settings.cooldown_seconds:
+        remaining = settings.cooldown_seconds - (now - last_action["time"])
+        return Decision(NONE, True, reasons, f"not acted on: cool-down, the last action "
+                        f"({last_action['action']} for window {last_action['window']}) was at "
+                        f"{_when(last_action['time'])}; {remaining:.0f} s of "
+                        f"cooldown_seconds={settings.cooldown_seconds:g} left", dry_run)
+    if reuse is not None:
+        action, because = REPUSH, (
+            f"re-push model {reuse['model_id']} (blessed, trained on data that matches this window: "
+            f"{reuse['why']}) instead of training a new one")
+    else:
+        action, because = RETRAIN, "rerun the pipeline" + (
+            " (no previously blessed model matches this window)" if settings.reuse_blessed_models else "")
+    if dry_run:
+        return Decision(NONE, True, reasons, f"dry run: would {because}", True, reuse)
+    return Decision(action, True, reasons, because, False, reuse)
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

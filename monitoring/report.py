@@ -1,0 +1,248 @@
+"""The run's JSON result and a self-contained HTML report (inline SVG, no scripts,
+no external files): the decision first, then per served version the features
+sorted by how far they are over their threshold, training vs serving
+distributions side by side, anomalies, prediction drift and quality."""
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+TRAIN_COLOR, SERVE_COLOR = "#4C78A8", "#F58518"
+
+
+# ------------------------------------------------------------------ distributions
+def distribution(training_feature, serving_feature, top: int = 12) -> Optional[Dict]:
+    """Both sides' mass per bin: training-quantile bins for numbers, top values for strings."""
+    from monitoring import checks
+
+    kind = (training_feature or serving_feature)
+    if kind is None:
+        return None
+    if kind.WhichOneof("stats") == "num_stats":
+        a, b = checks._quantile_cdf(training_feature), checks._quantile_cdf(serving_feature)
+        base = a or b
+        if base is None:
+            return None
+        edges = list(np.unique(np.concatenate([base[1], base[2][-1:]])))
+        labels = [f"≤{_num(edges[0])}"] + [f"{_num(lo)}–{_num(hi)}" for lo, hi in zip(edges, edges[1:])] \
+            + [f">{_num(edges[-1])}"]
+
+        def masses(side):
+            if side is None:
+                return None
+            return [max(0.0, v) for v in np.diff([0.0] + [side[0](x) for x in edges] + [1.0])]
+        return {"kind": "numeric", "bins": labels, "training": masses(a), "serving": masses(b)}
+    if kind.WhichOneof("stats") == "string_stats":
+        def freqs(feature):
+            if feature is None or feature.WhichOneof("stats") != "string_stats":
+                return None
+            stats = feature.string_stats
+            total = stats.common_stats.num_non_missing or 1
+            values = {}
+            for bucket in stats.rank_histogram.buckets or []:
+                values[bucket.label] = bucket.sample_count / total
+            for tv in stats.top_values:
+                values[tv.value] = tv.frequency / total
+            return values
+        t, s = freqs(training_feature), freqs(serving_feature)
+        keys = sorted(set((t or {})) | set((s or {})),
+                      key=lambda k: -max((t or {}).get(k, 0), (s or {}).get(k, 0)))[:top]
+        return {"kind": "categorical", "bins": keys,
+                "training": [(t or {}).get(k, 0.0) for k in keys] if t is not None else None,
+                "serving": [(s or {}).get(k, 0.0) for k in keys] if s is not None else None}
+    return None
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+# ------------------------------------------------------------------ JSON
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating,)):
+        return _clean(float(value))
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value
+
+
+def write_json(result: Dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_clean(result), indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ HTML
+CSS = """
+body{font:14px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:18px 0 6px}.muted{color:#666}.box{padding:12px 16px;border-radius:6px;margin:12px 0}
+.ok{background:#e8f5e9;border:1px solid #a5d6a7}.warn{background:#fff8e1;border:1px solid #ffe082}
+.act{background:#ffebee;border:1px solid #ef9a9a}table{border-collapse:collapse;margin:6px 0}
+td,th{padding:4px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+th{background:#fafafa}.num{text-align:right;font-variant-numeric:tabular-nums}
+.bad{color:#c62828;font-weight:600}.grid{display:flex;flex-wrap:wrap;gap:14px}
+.card{border:1px solid #e0e0e0;border-radius:6px;padding:8px;width:360px}
+.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}
+code{background:#f5f5f5;padding:1px 4px;border-radius:3px}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(x, digits=3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _bars(dist: Dict, width: int = 340, height: int = 150) -> str:
+    bins = dist["bins"]
+    t, s = dist.get("training"), dist.get("serving")
+    n = max(1, len(bins))
+    peak = max([v for side in (t, s) if side for v in side] + [1e-9])
+    slot = (width - 10) / n
+    bar = max(1.0, slot / 2 - 1)
+    parts = [f'<svg width="{width}" height="{height + 46}" role="img">']
+    for i, label in enumerate(bins):
+        x = 5 + i * slot
+        for j, (side, color) in enumerate(((t, TRAIN_COLOR), (s, SERVE_COLOR))):
+            if side is None:
+                continue
+            h = height * side[i] / peak
+            parts.append(f'<rect x="{x + j * bar:.1f}" y="{height - h:.1f}" width="{bar:.1f}" '
+                         f'height="{h:.1f}" fill="{color}"><title>{_e(label)}: '
+                         f'{"training" if j == 0 else "serving"} {side[i]:.3f}</title></rect>')
+        short = _e(label if len(label) <= 10 else label[:9] + "…")
+        parts.append(f'<text x="{x + slot / 2:.1f}" y="{height + 10}" font-size="9" '
+                     f'transform="rotate(35 {x + slot / 2:.1f} {height + 10})">{short}</text>')
+    parts.append(f'<line x1="0" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/></svg>')
+    return "".join(parts)
+
+
+def _meter(distance: Optional[float], threshold: Optional[float]) -> str:
+    if distance is None:
+        return '<span class="muted">n/a</span>'
+    scale = max(distance, threshold or 0, 0.2) * 1.1
+    w = 120
+    dx = w * distance / scale
+    over = threshold is not None and distance > threshold
+    svg = [f'<svg width="{w}" height="12"><rect width="{w}" height="12" fill="#f0f0f0"/>',
+           f'<rect width="{dx:.1f}" height="12" fill="{"#e53935" if over else "#90a4ae"}"/>']
+    if threshold is not None:
+        tx = w * threshold / scale
+        svg.append(f'<line x1="{tx:.1f}" y1="0" x2="{tx:.1f}" y2="12" stroke="#000" stroke-width="2"/>')
+    svg.append("</svg>")
+    return "".join(svg)
+
+
+def render_html(result: Dict) -> str:
+    decision = result.get("decision") or {}
+    action = decision.get("action", "none")
+    cls = "act" if action != "none" else ("warn" if decision.get("triggered") else "ok")
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>tfxops monitor "
+           f"{_e(result.get('window'))}</title><style>{CSS}</style></head><body>",
+           f"<h1>Monitoring report: window {_e(result.get('window'))}</h1>",
+           f"<div class='muted'>{_e(result.get('finished'))} · {result.get('rows', 0)} rows in "
+           f"{result.get('requests', 0)} requests from {len(result.get('files', []))} log file(s)"
+           f"{' · resumed after a crash' if result.get('resumed') else ''}"
+           f"{' · dry run' if result.get('dry_run') else ''}</div>"]
+    out.append(f"<div class='box {cls}'><b>Decision: {_e(action.upper())}</b> — {_e(decision.get('because', ''))}")
+    if decision.get("reasons"):
+        out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in decision["reasons"]) + "</ul>")
+    if decision.get("outcome"):
+        out.append(f"<div>Outcome: <code>{_e(json.dumps(_clean(decision['outcome'])))}</code></div>")
+    out.append("</div>")
+    if result.get("skipped_files"):
+        out.append("<div class='box warn'><b>Skipped log files</b> (unreadable; the rest was analysed):<ul>"
+                   + "".join(f"<li><code>{_e(s['file'])}</code>: {_e(s['error'])}</li>"
+                             for s in result["skipped_files"]) + "</ul></div>")
+    for group in result.get("versions", []):
+        out.append(_version_html(group))
+    out.append("<p class='muted'>Skew: L-infinity distance (categorical, TFDV) or Jensen-Shannon "
+               "divergence over the training quantile bins (numeric), serving vs the training split "
+               "of the model's own data; thresholds from the schema's skew/drift comparators; "
+               "– = the schema sets none (shown, never alarms). Drift: vs the previous window.</p>")
+    out.append("</body></html>")
+    return "".join(out)
+
+
+def _version_html(group: Dict) -> str:
+    base = group.get("baseline") or {}
+    out = [f"<h2>Model {_e(group.get('model_name'))} version {_e(group.get('version'))}"
+           f"{'' if group.get('current', True) else ' (no longer served)'}</h2>",
+           f"<div class='muted'>{group.get('rows', 0)} rows · Model artifact {_e(base.get('model_id'))} · "
+           f"training statistics <code>{_e(base.get('statistics'))}</code></div>"]
+    if group.get("error"):
+        out.append(f"<div class='box act'>{_e(group['error'])}</div>")
+        return "".join(out)
+    features = group.get("features", [])
+    order = sorted(features, key=lambda f: (not f["flagged"], -(f["skew"] or 0) / (f["skew_threshold"] or 10)))
+    out.append("<h3>Features</h3><table><tr><th>feature</th><th>type</th><th>skew vs training</th>"
+               "<th class='num'>distance</th><th class='num'>threshold</th><th class='num'>drift</th>"
+               "<th>anomalies</th></tr>")
+    for f in order:
+        mark = " class='bad'" if f["flagged"] else ""
+        anomalies = "<br>".join(f"<b>{_e(a['severity'])}</b> {_e(a['short'])}: {_e(a['description'])}"
+                                for a in f["anomalies"])
+        out.append(f"<tr><td{mark}>{_e(f['name'])}</td><td>{_e(f['type'])}</td>"
+                   f"<td>{_meter(f['skew'], f['skew_threshold'])}</td>"
+                   f"<td class='num'>{_fmt(f['skew'])}</td><td class='num'>{_fmt(f['skew_threshold'], 2)}</td>"
+                   f"<td class='num'>{_fmt(f['drift'])}</td><td>{anomalies}</td></tr>")
+    out.append("</table>")
+    pred = group.get("prediction") or {}
+    quality = group.get("quality") or {}
+    out.append("<h3>Predictions and quality</h3><table>")
+    if pred.get("available"):
+        out.append(f"<tr><td>prediction drift (JS, served vs evaluation set)</td><td class='num'>"
+                   f"{_fmt(pred.get('distance'))}</td><td>threshold {_fmt(pred.get('threshold'), 2)}"
+                   f"{' <b class=bad>over</b>' if pred.get('over') else ''}</td></tr>")
+    else:
+        out.append(f"<tr><td>prediction drift</td><td colspan=2 class='muted'>{_e(pred.get('reason', 'n/a'))}</td></tr>")
+    out.append(f"<tr><td>labelled requests</td><td class='num'>{quality.get('labelled_rows', 0)}</td>"
+               f"<td class='muted'>{_e(quality.get('reason', ''))}</td></tr>")
+    if quality.get("auc") is not None or quality.get("accuracy") is not None:
+        out.append(f"<tr><td>AUC: window vs Evaluator</td><td class='num'>{_fmt(quality.get('auc'))}</td>"
+                   f"<td>{_fmt(quality.get('evaluator_auc'))}{' <b class=bad>drop</b>' if quality.get('over') else ''}</td></tr>"
+                   f"<tr><td>accuracy: window vs Evaluator</td><td class='num'>{_fmt(quality.get('accuracy'))}</td>"
+                   f"<td>{_fmt(quality.get('evaluator_accuracy'))}</td></tr>")
+    out.append("</table>")
+    if group.get("reuse_candidates"):
+        out.append("<h3>Previously blessed models vs this window</h3><table><tr><th>model</th>"
+                   "<th>features over threshold</th><th>ERROR anomalies</th><th>matches</th></tr>")
+        for c in group["reuse_candidates"]:
+            out.append(f"<tr><td>{_e(c['model_id'])}</td><td>{_e(', '.join(c['over']) or '–')}</td>"
+                       f"<td>{c['errors']}</td><td>{'yes' if c['matches'] else 'no'}</td></tr>")
+        out.append("</table>")
+    out.append(f"<h3>Distributions</h3><div class='legend'><span style='background:{TRAIN_COLOR}'></span>"
+               f"training<span style='background:{SERVE_COLOR}'></span>serving</div><div class='grid'>")
+    dists = group.get("distributions", {})
+    if pred.get("distribution"):
+        out.append(f"<div class='card'><b>model output</b> <span class='muted'>(evaluation set vs served)"
+                   f"</span><br>{_bars(pred['distribution'])}</div>")
+    for f in order:
+        dist = dists.get(f["name"])
+        if not dist:
+            continue
+        out.append(f"<div class='card'><b{' class=bad' if f['flagged'] else ''}>{_e(f['name'])}</b> "
+                   f"<span class='muted'>skew {_fmt(f['skew'])}"
+                   f"{'' if f['skew_threshold'] is None else ' / ' + _fmt(f['skew_threshold'], 2)}</span><br>"
+                   f"{_bars(dist)}</div>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def write_html(result: Dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render_html(result))
+    os.replace(tmp, path)

@@ -1,0 +1,459 @@
+"""One monitor run: window -> statistics -> checks -> decision -> action -> report -> MLMD."""
+import csv
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from modules import features as F
+from monitoring import act, baseline as baseline_lib, checks, feedback_path, monitor_path, policy, record, report
+from monitoring import window as window_lib
+from tfxops import mlmd
+from tfxops.config import Settings
+
+log = logging.getLogger("tfxops.monitoring")
+DECODE_ROWS = 65_536          # rows per RecordBatch fed to the statistics
+
+
+class MonitorError(RuntimeError):
+    """A run that cannot complete (the window stays open for the next run)."""
+
+
+# ------------------------------------------------------------------ feedback
+def load_feedback(directory: Path) -> Dict[Tuple[str, int], float]:
+    """``(request_id, row) -> tips`` from every CSV in ``directory`` (columns
+    ``request_id``, ``tips``, optional ``row``, default 0); later files win."""
+    labels: Dict[Tuple[str, int], float] = {}
+    if not directory.is_dir():
+        return labels
+    for path in sorted(directory.glob("*.csv")):
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "request_id" not in reader.fieldnames or F.LABEL_KEY not in reader.fieldnames:
+                log.warning("feedback file %s lacks request_id/%s columns: ignored", path, F.LABEL_KEY)
+                continue
+            for row in reader:
+                try:
+                    labels[(row["request_id"], int(row.get("row") or 0))] = float(row[F.LABEL_KEY])
+                except (TypeError, ValueError):
+                    continue
+    return labels
+
+
+# ------------------------------------------------------------------ per-version accumulation
+@dataclasses.dataclass
+class Group:
+    model_name: str
+    version: Optional[int]
+    stats: checks.StatsAccumulator
+    pending: List[bytes] = dataclasses.field(default_factory=list)
+    predictions: List[np.ndarray] = dataclasses.field(default_factory=list)
+    requests: int = 0
+    rows: int = 0
+    labelled: List[Tuple[bytes, float, float]] = dataclasses.field(default_factory=list)
+
+    def flush(self, decoder, force: bool = False) -> None:
+        while self.pending and (force or len(self.pending) >= DECODE_ROWS):
+            batch, self.pending = self.pending[:DECODE_ROWS], self.pending[DECODE_ROWS:]
+            self.stats.add(decoder.decode(batch))
+
+
+def _read_files(files: List[Path], feedback: Dict, schema=None) -> Tuple[Dict, Dict, List[Dict]]:
+    """Decode and accumulate statistics for ``files``, one at a time; raises
+    ``window.NeedsInference`` when the examples do not fit ``schema``."""
+    decoder = window_lib.ExampleDecoder(schema)
+    groups: Dict[Tuple[str, Optional[int]], Group] = {}
+    file_results, skipped = {}, []
+    for path, chunks, records, error in window_lib.iter_files(files):
+        if error is not None:
+            log.warning("skipping log file %s: %s", path.name, error)
+            skipped.append({"file": path.name, "error": error})
+            file_results[path.name] = {"status": "skipped", "error": error}
+            continue
+        rows = 0
+        for chunk in chunks:
+            key = (chunk.model_name, chunk.version)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group(chunk.model_name, chunk.version, checks.StatsAccumulator())
+            decoder.check(chunk.serialized)
+            group.pending.extend(chunk.serialized)
+            group.predictions.append(chunk.predictions)
+            group.requests += int((chunk.row_in_request == 0).sum())
+            group.rows += len(chunk.serialized)
+            rows += len(chunk.serialized)
+            if feedback:
+                for i, rid in enumerate(chunk.request_ids):
+                    tips = feedback.get((rid, int(chunk.row_in_request[i])))
+                    if tips is not None:
+                        group.labelled.append((chunk.serialized[i], float(chunk.predictions[i]), tips))
+            group.flush(decoder)
+        file_results[path.name] = {"status": "analysed", "records": records, "rows": rows}
+    for group in groups.values():
+        group.flush(decoder, force=True)
+    return groups, file_results, skipped
+
+
+def _read_files_in_worker(files: List[Path], feedback: Dict, schema=None):
+    """``_read_files`` in a worker process: what it returns must pickle (no generators)."""
+    try:
+        groups, file_results, skipped = _read_files(files, feedback, schema)
+    except window_lib.NeedsInference as exc:
+        return str(exc)
+    out = {key: {"accumulators": g.stats.accumulators, "rows_in_stats": g.stats.rows,
+                 "predictions": np.concatenate(g.predictions) if g.predictions else np.zeros(0, np.float32),
+                 "requests": g.requests, "rows": g.rows, "labelled": g.labelled}
+           for key, g in groups.items()}
+    return out, file_results, skipped
+
+
+def _split(files: List[Path], parts: int) -> List[List[Path]]:
+    """Files in ``parts`` lists of about equal bytes (largest first, to the lightest)."""
+    buckets = [[] for _ in range(parts)]
+    sizes = [0] * parts
+    for path in sorted(files, key=lambda p: -p.stat().st_size):
+        i = sizes.index(min(sizes))
+        buckets[i].append(path)
+        sizes[i] += path.stat().st_size
+    return [sorted(b) for b in buckets if b]
+
+
+def workers_for(settings: Settings, files: List[Path]) -> int:
+    import os
+    wanted = settings.monitor_workers or min(4, os.cpu_count() or 1)
+    # below ~20 MB of logs a worker's start-up costs more than it saves
+    total = sum(p.stat().st_size for p in files if p.exists())
+    return max(1, min(wanted, len(files), total // (20 * 2**20) + 1))
+
+
+def _read_window(win: window_lib.Window, feedback: Dict, workers: int = 1,
+                 schema=None) -> Tuple[Dict, Dict, List[Dict]]:
+    """All files of the window; with ``workers`` > 1, split across forked processes
+    (decoding is Python- and C++-bound per record) and their TFDV accumulators merged.
+    ``schema`` only speeds decoding up: examples that do not fit it are decoded
+    again with inferred types (see ``window.ExampleDecoder``)."""
+    if workers <= 1:
+        try:
+            return _read_files(win.files, feedback, schema)
+        except window_lib.NeedsInference as exc:
+            if schema is None:
+                raise
+            log.info("decoding with inferred types: %s", exc)
+            return _read_files(win.files, feedback, None)
+    import multiprocessing
+
+    parts = _split(win.files, workers)
+    with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
+        results = pool.starmap(_read_files_in_worker, [(part, feedback, schema) for part in parts])
+        if any(isinstance(r, str) for r in results):
+            log.info("decoding with inferred types: %s", next(r for r in results if isinstance(r, str)))
+            results = pool.starmap(_read_files_in_worker, [(part, feedback, None) for part in parts])
+    groups: Dict[Tuple[str, Optional[int]], Group] = {}
+    file_results, skipped = {}, []
+    partial: Dict[Tuple[str, Optional[int]], list] = {}
+    for part_groups, part_files, part_skipped in results:
+        file_results.update(part_files)
+        skipped.extend(part_skipped)
+        for key, g in part_groups.items():
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group(key[0], key[1], checks.StatsAccumulator())
+            partial.setdefault(key, []).append(g["accumulators"])
+            group.stats.rows += g["rows_in_stats"]
+            group.predictions.append(g["predictions"])
+            group.requests += g["requests"]
+            group.rows += g["rows"]
+            group.labelled.extend(g["labelled"])
+    for key, group in groups.items():
+        acc = group.stats
+        acc.accumulators = [gen.merge_accumulators([a[i] for a in partial[key]])
+                            for i, gen in enumerate(acc.generators)]
+    skipped.sort(key=lambda s: s["file"])
+    return groups, dict(sorted(file_results.items())), skipped
+
+
+# ------------------------------------------------------------------ analysis of one version
+def _eval_prediction_stats(settings: Settings, base: baseline_lib.Baseline, mdir: Path):
+    import tensorflow_data_validation as tfdv
+
+    cache = mdir / "baselines" / f"model-{base.model.id}" / "eval_predictions.pb"
+    if cache.is_file():
+        return tfdv.load_stats_binary(str(cache))
+    values = checks.evaluation_predictions(base.model_path, base.eval_examples_pattern())
+    if values.size == 0:
+        return None
+    stats = checks.statistics_of({checks.PREDICTION: values})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_bytes(stats.SerializeToString())
+    tmp.replace(cache)
+    return stats
+
+
+def _labelled_arrays(labelled) -> Tuple[np.ndarray, np.ndarray, List[Dict]]:
+    from tfxops.examples import example_to_row
+    import tensorflow as tf
+
+    rows, scores, tips, fares = [], [], [], []
+    for serialized, score, tip in labelled:
+        row = example_to_row(tf.train.Example.FromString(serialized))
+        row[F.LABEL_KEY] = tip
+        rows.append(row)
+        scores.append(score)
+        tips.append(tip)
+        fare = row.get(F.FARE_KEY)
+        fares.append(np.nan if fare is None else float(fare))
+    labels = checks.labels_from_rows(np.asarray(tips, np.float64), np.asarray(fares, np.float64))
+    return labels, np.asarray(scores, np.float64), rows
+
+
+def _reuse_candidates(store, current_model_id: int, stats) -> List[Dict]:
+    """Every other blessed model: does this window match its training data?"""
+    out = []
+    for other in baseline_lib.blessed_models(store):
+        if other.model.id == current_model_id:
+            continue
+        try:
+            result = checks.validate(stats, other.load_statistics("train"), other.load_schema())
+        except Exception as exc:  # noqa: BLE001 - a model whose files are gone
+            log.warning("cannot compare with model %s: %s", other.model.id, exc)
+            continue
+        features = result["features"]
+        over = [f.name for f in features if f.over_skew]
+        errors = sum(f.error_anomalies for f in features)
+        watched = [f for f in features if f.skew is not None and f.skew_threshold]
+        worst = max(watched, key=lambda f: f.skew / f.skew_threshold, default=None)
+        out.append({"model_id": other.model.id, "model_uri": other.model.uri, "model_path": other.model_path,
+                    "over": over, "errors": errors, "matches": not over and not errors,
+                    "score": worst.skew / worst.skew_threshold if worst else 0.0,
+                    "why": ("no feature over its skew threshold and no ERROR anomaly against its training "
+                            "statistics" + (f" (closest to its threshold: {worst.name} {worst.skew:.3f} / "
+                                            f"{worst.skew_threshold:g})" if worst else ""))})
+    return out
+
+
+def _decoding_schema(settings: Settings):
+    """The schema whose types speed up decoding (a hint, never the baseline: the
+    checks use the served model's schema from MLMD); None if it cannot be read."""
+    try:
+        import tensorflow_data_validation as tfdv
+        return tfdv.load_schema_text(settings.schema_path)
+    except Exception:  # noqa: BLE001 - decoding then infers types
+        return None
+
+
+def _current_version(settings: Settings) -> Optional[int]:
+    """The newest version in the push directory: what a ``latest`` server serves.
+    (pipeline.pusher.existing_versions, without importing TFX's components.)"""
+    directory = Path(settings.model_push_dir)
+    versions = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+    return max(versions) if versions else None
+
+
+# ------------------------------------------------------------------ the run
+def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
+    """Analyse the next window; returns the result (also written as JSON/HTML)."""
+    import tensorflow_data_validation as tfdv
+
+    say = out or (lambda line: None)
+    mdir = monitor_path(settings)
+    checkpoint = window_lib.Checkpoint(mdir)
+    win = window_lib.open_window(checkpoint, settings.request_logs_path, settings.monitor_max_files,
+                                 persist=not dry_run)
+    started = time.time()
+    if not win.files:
+        if win.id and not dry_run:       # an open window whose files were all removed
+            window_lib.commit_window(checkpoint, win, {})
+        say(f"no new requests in {settings.request_logs_path} since the last run; nothing to do")
+        return {"status": "no_new_requests", "window": None, "rows": 0, "log_dir": str(settings.request_logs_path)}
+    say(f"window {win.id}: {len(win.files)} log file(s){' (resuming a crashed run)' if win.resumed else ''}")
+
+    feedback = load_feedback(feedback_path(settings))
+    groups, file_results, skipped = _read_window(win, feedback, workers_for(settings, win.files),
+                                                 _decoding_schema(settings))
+    total_rows = sum(g.rows for g in groups.values())
+    timings = {"read_decode_statistics": time.time() - started}
+    mark = time.time()
+
+    store = None
+    if groups:
+        mlmd.open_store(settings)        # MetadataError (exit 2) if there is no store: never create one
+        store = mlmd.open_store(settings, readonly=False)
+    wdir = mdir / "windows" / win.id
+    current = _current_version(settings)
+    results, acted = [], None
+    for key in sorted(groups, key=lambda k: (k[0], k[1] or 0)):
+        group = groups[key]
+        try:
+            base = baseline_lib.for_version(store, group.version)
+        except baseline_lib.NoLineageError as exc:
+            raise MonitorError(f"{exc} The window {win.id} stays open; fix the metadata store "
+                               f"(metadata_path) and rerun.") from None
+        stats = group.stats.result()
+        schema = base.load_schema()
+        train_stats = base.load_statistics("train")
+        prev_path = checkpoint.data["previous_statistics"].get(group.model_name)
+        previous = tfdv.load_stats_binary(prev_path) if prev_path and Path(prev_path).is_file() else None
+        validation = checks.validate(stats, train_stats, schema, previous)
+        features = validation["features"]
+        served = np.concatenate(group.predictions) if group.predictions else np.zeros(0, np.float32)
+        prediction = checks.prediction_drift(served, _eval_prediction_stats(settings, base, mdir),
+                                             settings.prediction_drift_threshold)
+        labels, scores, labelled_rows = _labelled_arrays(group.labelled) if group.labelled else (
+            np.zeros(0, np.int8), np.zeros(0), [])
+        quality = checks.quality(labels, scores, base.evaluation_metrics(), settings.monitor_min_labelled,
+                                 settings.trigger_quality_drop)
+        reasons = policy.reasons_for(settings, features, prediction, quality)
+        is_current = current is None or group.version == current
+        candidates = []
+        if reasons and settings.reuse_blessed_models and is_current:
+            candidates = _reuse_candidates(store, base.model.id, stats)
+        matches = sorted((c for c in candidates if c["matches"]), key=lambda c: c["score"])
+        reuse = matches[0] if matches else None
+        blocker = None
+        if reuse is None and settings.retrain_with_feedback and not labelled_rows:
+            blocker = ("no labelled requests in this window to add as a data span "
+                       "(retrain_with_feedback); a rerun on unchanged data would train for nothing")
+        decision = policy.decide(settings, reasons, group.rows, win.id, is_current and acted is None,
+                                 checkpoint.action_for_window(win.id), checkpoint.last_action(),
+                                 dry_run, reuse)
+        if blocker and (decision.action == policy.RETRAIN
+                        or decision.because.startswith("dry run: would rerun")):
+            decision = policy.Decision(policy.NONE, True, reasons, f"not acted on: {blocker}", dry_run)
+
+        # -- act (the checkpoint records the action before it starts: never twice)
+        repushed_artifact = None
+        if decision.action != policy.NONE:
+            entry = {"window": win.id, "action": decision.action, "time": time.time(),
+                     "version": group.version, "state": "started"}
+            checkpoint.data["actions"].append(entry)
+            checkpoint.save()
+            say(f"acting: {decision.because}")
+            if decision.action == policy.RETRAIN:
+                span = act.write_span(labelled_rows, mdir / "spans", win.id) if settings.retrain_with_feedback else None
+                data_dir = act.retrain_data_dir(settings, mdir) if settings.retrain_with_feedback else Path(settings.data_dir)
+                outcome = act.retrain(settings, data_dir)
+                outcome["span"] = str(span) if span else None
+                outcome["span_rows"] = len(labelled_rows)
+            else:
+                outcome = act.repush(settings, reuse["model_path"])
+                outcome["model_id"] = reuse["model_id"]
+                repushed_artifact = record.new_artifact(store, "PushedModel", outcome["pushed_destination"], {
+                    "pushed": 1, "pushed_version": outcome["pushed_version"],
+                    "pushed_destination": outcome["pushed_destination"], "reused_model_id": reuse["model_id"],
+                    "reason": decision.because})
+            entry.update(state="done" if outcome.get("ok") else "failed", outcome=outcome)
+            checkpoint.save()
+            decision.outcome = outcome
+            acted = decision
+            say(f"outcome: {json.dumps(report._clean(outcome))}")
+
+        # -- files: statistics, anomalies (TFX's layout), for MLMD and the next window's drift
+        vdir = wdir / f"{group.model_name}-{group.version}"
+        (vdir / "statistics" / "Split-serving").mkdir(parents=True, exist_ok=True)
+        (vdir / "anomalies" / "Split-serving").mkdir(parents=True, exist_ok=True)
+        stats_file = vdir / "statistics" / "Split-serving" / "FeatureStats.pb"
+        stats_file.write_bytes(stats.SerializeToString())
+        (vdir / "anomalies" / "Split-serving" / "SchemaDiff.pb").write_bytes(
+            validation["anomalies_proto"].SerializeToString())
+        dists = {f.name: report.distribution(checks.feature_stats(train_stats, f.name),
+                                             checks.feature_stats(stats, f.name)) for f in features}
+        if prediction.get("available"):
+            prediction["distribution"] = report.distribution(
+                checks.feature_stats(prediction["baseline_stats"], checks.PREDICTION),
+                checks.feature_stats(prediction["served_stats"], checks.PREDICTION))
+        results.append({
+            "model_name": group.model_name, "version": group.version, "current": is_current,
+            "rows": group.rows, "requests": group.requests, "baseline": base.describe(),
+            "features": [f.as_dict() for f in features],
+            "flagged_features": sorted(f.name for f in features if f.flagged),
+            "skewed_features": sorted(f.name for f in features if f.over_skew),
+            "anomalous_features": sorted(f.name for f in features if f.anomalies),
+            "error_anomalies": sum(f.error_anomalies for f in features),
+            "prediction": {k: v for k, v in prediction.items() if not k.endswith("_stats")},
+            "quality": quality,
+            "reuse_candidates": [{k: v for k, v in c.items() if k != "model_path"} for c in candidates],
+            "decision": decision.as_dict(),
+            "statistics": str(stats_file), "distributions": dists,
+            "_artifacts": (base, vdir, repushed_artifact, decision)})
+
+    timings["checks_and_actions"] = time.time() - mark
+    mark = time.time()
+
+    # -- the run's decision: the action taken, else the current version's
+    main = next((r for r in results if r["decision"]["action"] != policy.NONE), None) or \
+        next((r for r in results if r["current"]), None) or (results[0] if results else None)
+    result = {"status": "analysed", "window": win.id, "resumed": win.resumed, "dry_run": dry_run,
+              "started": _iso(started), "finished": _iso(time.time()),
+              "seconds": round(time.time() - started, 2),
+              "files": [p.name for p in win.files], "skipped_files": skipped,
+              "files_skipped": len(skipped), "rows": total_rows,
+              "requests": sum(g.requests for g in groups.values()),
+              "decision": main["decision"] if main else
+              policy.Decision(policy.NONE, False, [], "every log file in the window was unreadable").as_dict(),
+              "versions": results}
+    rdir = mdir / "reports"
+    rdir.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = rdir / f"{win.id}.json", rdir / f"{win.id}.html"
+    result["report"] = {"json": str(json_path), "html": str(html_path)}
+
+    # -- MLMD: one tfxops.Monitor execution per served version in the window
+    for r in results:
+        base, vdir, repushed, decision = r.pop("_artifacts")
+        stats_artifact = record.new_artifact(store, "ExampleStatistics", str(vdir / "statistics"),
+                                             {"split_names": '["serving"]', "window": win.id})
+        anomalies_artifact = record.new_artifact(store, "ExampleAnomalies", str(vdir / "anomalies"),
+                                                 {"split_names": '["serving"]', "window": win.id})
+        report_artifact = record.new_artifact(store, record.REPORT_TYPE, str(html_path),
+                                              {"json": str(json_path), "window": win.id})
+        ids = record.record_run(store, settings.pipeline_name, {
+            "window": win.id, "model_version": str(r["version"]), "rows": r["rows"],
+            "files_skipped": len(skipped), "action": decision.action, "triggered": decision.triggered,
+            "because": decision.because, "reasons": decision.reasons, "dry_run": dry_run,
+            "flagged_features": r["flagged_features"]},
+            inputs=[("pushed_model", base.pushed_model), ("model", base.model)],
+            outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact),
+                     ("report", report_artifact)])
+        if repushed is not None:
+            reused = store.get_artifacts_by_id([decision.reuse["model_id"]])[0]
+            ids["repush"] = record.record_run(
+                store, settings.pipeline_name,
+                {"window": win.id, "because": decision.because, "monitor_execution": ids["execution_id"],
+                 "replaced_version": str(r["version"])},
+                inputs=[("model", reused)], outputs=[("pushed_model", repushed)],
+                execution_type=record.REPUSH_TYPE)
+        r["mlmd"] = ids
+    timings["record_and_report"] = time.time() - mark
+    result["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    report.write_json(result, json_path)
+    report.write_html(result, html_path)
+
+    # -- commit: these files are analysed; this window is the next one's drift baseline
+    # (a dry run only reports: the next real run analyses the same requests)
+    if dry_run:
+        say(summary_line(result))
+        return result
+    for r in results:
+        if r["current"] or len(results) == 1:
+            checkpoint.data["previous_statistics"][r["model_name"]] = r["statistics"]
+    window_lib.commit_window(checkpoint, win, file_results)
+    say(summary_line(result))
+    return result
+
+
+def summary_line(result: Dict) -> str:
+    if result.get("status") != "analysed":
+        return "no new requests"
+    d = result["decision"]
+    flagged = sorted({f for v in result["versions"] for f in v["flagged_features"]})
+    return (f"window {result['window']}: {result['rows']} rows, {result['files_skipped']} file(s) skipped; "
+            f"flagged: {', '.join(flagged) or 'none'}; decision: {d['action']} ({d['because']}); "
+            f"report: {result['report']['html']}")
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -1,0 +1,139 @@
+"""The window and its checkpoint with the real request-log writer, in-process:
+crash and resume, corrupt files, an empty window, a version without lineage, and
+the policy's cool-down."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from monitoring import policy, run
+from monitoring.window import Checkpoint
+from tests.monitoring.conftest import log_records, monitor_settings, write_logs
+from tfxops import cli
+
+
+def _chunks(rows, per_request):
+    return [rows[i:i + per_request] for i in range(0, len(rows), per_request)]
+
+
+def test_crash_then_resume_counts_every_request_once(tmp_path, e2e_settings, first_run, held_out_rows):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    logs = settings.request_logs_path
+    first = write_logs(logs, log_records(_chunks(held_out_rows[:600], 20), version, prefix="a"), 10)
+    assert len(first) == 3
+    # a crash after the window was opened: the report directory cannot be created
+    reports = Path(settings.home) / "monitoring" / "reports"
+    reports.parent.mkdir(parents=True)
+    reports.write_text("not a directory")
+    with pytest.raises(OSError):
+        run.monitor_once(settings)
+    state = json.loads((reports.parent / "state.json").read_text())
+    assert sorted(state["open_window"]["files"]) == sorted(p.name for p in first)
+    assert state["files"] == {}
+    # more traffic arrives meanwhile (a new second: the writer names files by second)
+    time.sleep(1.1)
+    later = write_logs(logs, log_records(_chunks(held_out_rows[600:700], 20), version, prefix="b"), 10)
+    reports.unlink()
+
+    resumed = run.monitor_once(settings)        # exactly the crashed window
+    assert resumed["resumed"] and resumed["rows"] == 600
+    assert sorted(resumed["files"]) == sorted(p.name for p in first)
+    after = run.monitor_once(settings)          # then what came after it
+    assert not after["resumed"] and after["rows"] == 100
+    assert after["files"] == [p.name for p in later]
+    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    checkpoint = Checkpoint(reports.parent)
+    assert sum(f["rows"] for f in checkpoint.data["files"].values()) == 700
+    assert len(checkpoint.data["windows"]) == 2
+
+
+def test_corrupt_and_truncated_files_are_skipped_and_counted(tmp_path, e2e_settings, first_run,
+                                                             held_out_rows, capsys):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    files = write_logs(settings.request_logs_path,
+                       log_records(_chunks(held_out_rows[:400], 10), version), 10)
+    assert len(files) == 4
+    truncated, flipped = files[1], files[2]
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    data = bytearray(flipped.read_bytes())
+    data[200] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+
+    code = cli.main(["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}",
+                     "--set", f"serving_dir={settings.serving_dir}", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["files_skipped"] == 2 and result["rows"] == 200
+    skipped = {s["file"]: s["error"] for s in result["skipped_files"]}
+    assert skipped.keys() == {truncated.name, flipped.name}
+    assert "truncated" in skipped[truncated.name] and "checksum" in skipped[flipped.name]
+    html = Path(result["report"]["html"]).read_text()
+    assert truncated.name in html and flipped.name in html
+
+
+def test_empty_window_is_not_an_error(tmp_path, e2e_settings, first_run, capsys):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    code = cli.main(["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}"])
+    assert code == 0
+    assert "no new requests" in capsys.readouterr().out
+
+
+def test_version_without_lineage_is_a_clear_error(tmp_path, e2e_settings, first_run, held_out_rows, capsys):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    write_logs(settings.request_logs_path, log_records(_chunks(held_out_rows[:20], 10), 4242), 10)
+    code = cli.main(["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}",
+                     "--set", f"serving_dir={settings.serving_dir}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "model version 4242 has no lineage in MLMD" in err
+
+
+def test_policy_cooldown_and_one_action_per_window(e2e_settings):
+    settings = e2e_settings
+    reasons = ["1 feature(s) over their skew threshold"]
+    now = 1_000_000.0
+    last = {"window": "w1", "action": "retrain", "time": now - 60}
+    d = policy.decide(settings, reasons, 10_000, "w2", True, None, last, False, None, now=now)
+    assert d.action == "none" and d.triggered and "cool-down" in d.because
+    d = policy.decide(settings, reasons, 10_000, "w2", True, None,
+                      dict(last, time=now - settings.cooldown_seconds - 1), False, None, now=now)
+    assert d.action == "retrain"
+    d = policy.decide(settings, reasons, 10_000, "w1", True, last, None, False, None, now=now)
+    assert d.action == "none" and "never triggers twice" in d.because
+    d = policy.decide(settings, reasons, 10, "w3", True, None, None, False, None, now=now)
+    assert d.action == "none" and "monitor_min_rows" in d.because
+    d = policy.decide(settings, reasons, 10_000, "w3", True, None, None, False,
+                      {"model_id": 7, "why": "matches"}, now=now)
+    assert d.action == "repush"
+
+
+def test_unexpected_feature_and_wrong_type_are_anomalies(tmp_path, e2e_settings, first_run, held_out_rows):
+    """Examples that do not fit the schema are decoded as logged (not through the
+    schema's types), so the anomalies name them."""
+    import tensorflow as tf
+
+    settings = monitor_settings(tmp_path, e2e_settings, first_run, monitor_min_rows="10")
+    version = int(first_run.pushed_version)
+    records = log_records(_chunks(held_out_rows[:300], 10), version)
+    for record in records:    # a feature the schema does not know; trip_miles as strings
+        tensor = record.predict_log.request.inputs["examples"]
+        examples = [tf.train.Example.FromString(s) for s in tensor.string_val]
+        for e in examples:
+            e.features.feature["surge_multiplier"].float_list.value.append(1.5)
+            miles = e.features.feature["trip_miles"]
+            values = list(miles.float_list.value)
+            miles.ClearField("float_list")
+            miles.bytes_list.value.extend([str(m).encode() for m in values])
+        del tensor.string_val[:]
+        tensor.string_val.extend(e.SerializeToString() for e in examples)
+    write_logs(settings.request_logs_path, records, 10)
+    result = run.monitor_once(settings, dry_run=True)
+    (group,) = result["versions"]
+    assert {"surge_multiplier", "trip_miles"} <= set(group["anomalous_features"])
+    by_name = {f["name"]: f for f in group["features"]}
+    assert any(a["severity"] == "ERROR" for a in by_name["trip_miles"]["anomalies"])
+    assert result["decision"]["triggered"]
