@@ -1,5 +1,5 @@
 # tfxops: two commands do all the set-up on a fresh machine with Python 3.10.
-#   make demo   create .venv, install (pinned by constraints.txt), run the main job
+#   make demo   create .venv, install (pinned by constraints.txt), run the whole loop
 #   make test   the same set-up, then the test suite
 # Both are idempotent: the install step reruns only when pyproject.toml or
 # constraints.txt change.
@@ -21,12 +21,13 @@ PYTHON310 := $(shell for p in $(PYTHON) python3.10 python3 \
 
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench lock clean help
+.PHONY: demo run serve monitor test install bench bench-serving bench-monitoring lock clean help
 
 help:
-	@echo "make demo    set up and run the pipeline on the bundled taxi data"
+	@echo "make demo    set up and run the whole loop (train, serve, watch, retrain) on the bundled data"
 	@echo "make test    set up and run the tests"
-	@echo "make bench   set up and run the pipeline benchmark (bench/pipeline.py)"
+	@echo "make run | serve | monitor   one piece: tfxops run / serve / monitor"
+	@echo "make bench | bench-serving | bench-monitoring   the benchmarks (bench/)"
 	@echo "make clean   remove outputs/ (runs, metadata, pushed models, logs)"
 
 install: $(STAMP)
@@ -46,13 +47,28 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard */__init__.py)
 	@touch $@
 
 demo: $(STAMP)
+	$(VENV)/bin/tfxops demo
+
+run: $(STAMP)
 	$(VENV)/bin/tfxops run
+
+serve: $(STAMP)
+	$(VENV)/bin/tfxops serve
+
+monitor: $(STAMP)
+	$(VENV)/bin/tfxops monitor
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/pipeline.py
+
+bench-serving: $(STAMP)
+	$(VENV)/bin/python bench/serving.py
+
+bench-monitoring: $(STAMP)
+	$(VENV)/bin/python bench/monitoring.py
 
 # Re-resolve the whole environment after a dependency change (needs the network).
 lock: $(STAMP)

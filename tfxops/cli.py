@@ -52,6 +52,13 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args) -> int:
+    from tfxops import demo
+
+    result = demo.run_demo(settings_from(args))
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfxops", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_config = sub.add_parser("config", help="print the effective settings")
     common(p_config)
     p_config.set_defaults(func=cmd_config)
+
+    p_demo = sub.add_parser("demo", help="the whole loop: train, serve, watch, retrain (fresh <home>/demo)")
+    common(p_demo)
+    p_demo.set_defaults(func=cmd_demo)
 
     # Each part of the loop adds its own commands: <package>/cli.py's register().
     for package in ("serving", "monitoring", "lineage"):
