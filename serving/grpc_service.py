@@ -86,13 +86,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         rid = _request_id(context)
         name, version, label = _spec(request.model_spec)
         try:
-            loaded = self.inf.acquire(name, version, label)
-            try:
+            with self.inf.holding(name, version, label) as loaded:
                 sig = self.inf.signature(loaded, request.model_spec.signature_name)
                 feeds = {k: proto_to_ndarray(v) for k, v in request.inputs.items()}
                 outputs = await self.inf.predict(loaded, sig, feeds, list(request.output_filter))
-            finally:
-                self.inf.release(loaded)
         except ServingError as err:
             await self._fail(context, name, "predict", started, err)
             return None
@@ -116,13 +113,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         rid = _request_id(context)
         name, version, label = _spec(request.model_spec)
         try:
-            loaded = self.inf.acquire(name, version, label)
-            try:
+            with self.inf.holding(name, version, label) as loaded:
                 sig = self.inf.signature(loaded, request.model_spec.signature_name)
                 serialized = serialized_input(request.input)
                 result = await self.inf.classify_or_regress(loaded, sig, serialized, kind)
-            finally:
-                self.inf.release(loaded)
         except ServingError as err:
             await self._fail(context, name, kind, started, err)
             return None
@@ -213,15 +207,12 @@ def model_metadata(inf: Inference, name: str, version: Optional[int], label: Opt
             raise invalid(f"Metadata field {field} is not supported")
     if not fields:
         raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
-    loaded = inf.acquire(name, version, label)
-    try:
+    with inf.holding(name, version, label) as loaded:
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         _fill_spec(response.model_spec, name, loaded.version, "")
         response.model_spec.ClearField("signature_name")
         response.metadata["signature_def"].Pack(loaded.signature_def_map())
         return response
-    finally:
-        inf.release(loaded)
 
 
 def _predict_log(request, response, name, version, sig_name, rid, arrived):

@@ -409,21 +409,22 @@ class ModelManager:
                 label: Optional[str] = None) -> ModelVersion:
         """The version a request asks for, held until ``release``. Raises ServingError."""
         if name != self.name:
-            if version is not None:
-                raise not_found(f"Servable not found for request: Specific({name}, {version})")
-            raise not_found(f"Servable not found for request: Latest({name})")
-        if label:
-            if label not in self.labels:
-                raise invalid(f"Unrecognized servable version label: {label}")
-            version = self.labels[label]
+            raise _servable_not_found(name, version)
+        version = self._labelled(label, version)
         with self._lock:
             loaded = self._latest if version is None else self._loaded.get(version)
             if loaded is None:
-                if version is None:
-                    raise not_found(f"Servable not found for request: Latest({name})")
-                raise not_found(f"Servable not found for request: Specific({name}, {version})")
+                raise _servable_not_found(name, version)
             loaded.refs += 1
         return loaded
+
+    def _labelled(self, label: Optional[str], version: Optional[int]) -> Optional[int]:
+        """The version a label stands for (TF Serving's error for an unknown label)."""
+        if not label:
+            return version
+        if label not in self.labels:
+            raise invalid(f"Unrecognized servable version label: {label}")
+        return self.labels[label]
 
     def release(self, loaded: ModelVersion) -> None:
         with self._lock:
@@ -441,10 +442,7 @@ class ModelManager:
         """ModelService.GetModelStatus, newest first. Raises ServingError like TF Serving."""
         if name != self.name:
             raise not_found(f"Could not find any versions of model {name}")
-        if label:
-            if label not in self.labels:
-                raise invalid(f"Unrecognized servable version label: {label}")
-            version = self.labels[label]
+        version = self._labelled(label, version)
         with self._lock:
             states = {v: VersionStatus(**vars(s)) for v, s in self._status.items()}
         if not states:
@@ -454,3 +452,10 @@ class ModelManager:
                 raise not_found(f"Could not find version {version} of model {name}")
             return [states[version]]
         return [states[v] for v in sorted(states, reverse=True)]
+
+
+def _servable_not_found(name: str, version: Optional[int]):
+    """TF Serving's NOT_FOUND for a servable request, Latest or Specific."""
+    if version is None:
+        return not_found(f"Servable not found for request: Latest({name})")
+    return not_found(f"Servable not found for request: Specific({name}, {version})")

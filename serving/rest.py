@@ -376,8 +376,7 @@ class InferenceHandler(_Base):
         try:
             doc = parse_json(body)
             sig_name = _signature_name(doc)
-            loaded = self.inf.acquire(name, _version(version), label)
-            try:
+            with self.inf.holding(name, _version(version), label) as loaded:
                 sig = self.inf.signature(loaded, sig_name, rest=True)
                 if method == "predict":
                     fmt, feeds = predict_feeds(doc, sig)
@@ -389,8 +388,6 @@ class InferenceHandler(_Base):
                     result = await self.inf.classify_or_regress(
                         loaded, sig, serialized_input(inp), method)
                     answer = _format_results(method, result)
-            finally:
-                self.inf.release(loaded)
         except ServingError as err:
             self.inf.record(name, method, "REST", started, err.code)
             return self.send_error_json(err)

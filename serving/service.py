@@ -19,6 +19,7 @@ output of shape [batch] or [batch, 1] — a binary classifier's probability, lik
 Any other signature is refused with TF Serving's INVALID_ARGUMENT message.
 """
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -50,11 +51,14 @@ class Inference:
         self._record_labels: Dict[tuple, tuple] = {}
 
     # ------------------------------------------------ lookup
-    def acquire(self, name: str, version: Optional[int], label: Optional[str]) -> ModelVersion:
-        return self.manager.acquire(name, version, label)
-
-    def release(self, loaded: ModelVersion) -> None:
-        self.manager.release(loaded)
+    @contextlib.contextmanager
+    def holding(self, name: str, version: Optional[int], label: Optional[str]):
+        """The requested version, kept loaded for the duration of the block."""
+        loaded = self.manager.acquire(name, version, label)
+        try:
+            yield loaded
+        finally:
+            self.manager.release(loaded)
 
     @staticmethod
     def signature(loaded: ModelVersion, name: str, rest: bool = False) -> Signature:
