@@ -104,8 +104,8 @@ def test_model_as_text_dot_and_self_contained_html(first_run, e2e_settings, smal
     assert "https://" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
-def test_model_shows_later_monitoring_runs_downstream(first_run, e2e_settings, tmp_path):
-    """A tfxops.Monitor execution that read the PushedModel appears in its lineage."""
+def _writable_copy(e2e_settings, first_run, tmp_path):
+    """A copy of the e2e store to write into: (path, store, the first run's PushedModel)."""
     from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2 as pb
 
@@ -116,6 +116,14 @@ def test_model_shows_later_monitoring_runs_downstream(first_run, e2e_settings, t
     writer = metadata_store.MetadataStore(config_)
     pushed = next(a for a in writer.get_artifacts_by_type("PushedModel")
                   if mlmd.custom(a, "pushed_version") == first_run.pushed_version)
+    return copy, writer, pushed
+
+
+def test_model_shows_later_monitoring_runs_downstream(first_run, e2e_settings, tmp_path):
+    """A tfxops.Monitor execution that read the PushedModel appears in its lineage."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    copy, writer, pushed = _writable_copy(e2e_settings, first_run, tmp_path)
     monitor_type = writer.put_execution_type(pb.ExecutionType(name="tfxops.Monitor"))
     report_type = writer.put_artifact_type(pb.ArtifactType(name="tfxops.MonitoringReport"))
     report = pb.Artifact(type_id=report_type, uri=str(tmp_path / "report"))
@@ -141,16 +149,9 @@ def test_a_repush_outside_the_pipeline_traces_to_the_same_data_and_evaluation(fi
                                                                                small_data_dir, tmp_path):
     """Monitoring re-pushes a blessed model as a ``tfxops.Repush`` execution (input
     ``model``, output a PushedModel): its lineage is the model's training run."""
-    from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2 as pb
 
-    copy = tmp_path / "metadata.sqlite"
-    shutil.copy(e2e_settings.metadata_file, copy)
-    config_ = pb.ConnectionConfig()
-    config_.sqlite.filename_uri = str(copy)
-    writer = metadata_store.MetadataStore(config_)
-    pushed = next(a for a in writer.get_artifacts_by_type("PushedModel")
-                  if mlmd.custom(a, "pushed_version") == first_run.pushed_version)
+    copy, writer, pushed = _writable_copy(e2e_settings, first_run, tmp_path)
     model_id = next(e.artifact_id for e in writer.get_events_by_execution_ids(
         [e.execution_id for e in writer.get_events_by_artifact_ids([pushed.id]) if e.type == pb.Event.OUTPUT])
         if e.type == pb.Event.INPUT and e.path.steps[0].key == "model")
