@@ -3,16 +3,19 @@ requests, REST and gRPC, 1 and 32 concurrent clients, with/without batching and
 request logging, beside the in-process call of the same signature (the floor) and
 a no-op gRPC server answering a fixed PredictResponse (the transport ceiling).
 
-    .venv/bin/python bench/serving.py [--model-dir DIR] [--seconds 4]
+    .venv/bin/python bench/serving.py [--model-dir DIR] [--seconds 3] [--rounds 3]
 
 (``--model-dir``: a pushed SavedModel version directory; needed when there is no
 ``outputs/serving_model/taxi`` from a pipeline run.)
 
-Servers run in their own processes (``tfxops serve``); the client is one grpc.aio
-channel with one coroutine per simulated client (the cheapest Python client), or
-tornado's async HTTP client, in this process. Besides latency and throughput it
-records each server's CPU time per request (steadier than wall-clock figures on a
-shared machine), the mean batch size, and the load average. Writes
+Servers run in their own processes (``tfxops serve``), all started at once and
+measured in turns: every round measures every row once, so a slow minute on a
+shared machine hits all rows of that round alike. The table gives each row's
+median over the rounds; the goal ratios are computed within each round and their
+median is reported. The client is one grpc.aio channel with one coroutine per
+simulated client (the cheapest Python client), or tornado's async HTTP client, in
+this process. Besides latency and throughput it records each server's CPU time
+per request, the mean batch size, and the load average. Writes
 docs/bench-serving.md.
 """
 import argparse
@@ -83,10 +86,12 @@ def start_server(serving_dir, home, batching, logging_on, extra=()):
     for item in extra:
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, rest, grpc_port
+
+
+def wait_server(proc, rest, grpc_port):
     wait_port(rest, proc)
     wait_port(grpc_port, proc)
-    time.sleep(1.0)
-    return proc, rest, grpc_port
 
 
 def stop(proc):
@@ -183,9 +188,8 @@ def batch_mean(before, after):
     return (after[0] - before[0]) / count if count else None
 
 
-def floor(model_path, serialized, seconds):
-    from serving.models import ModelVersion
-    mv = ModelVersion("taxi", 1, model_path)
+def floor(mv, serialized, seconds):
+    """The in-process call of the signature, with the server's own session settings."""
     sig = mv.signatures["serving_default"]
     feeds = {"examples": np.array(serialized[:1], dtype=object)}
     for _ in range(100):
@@ -199,24 +203,45 @@ def floor(model_path, serialized, seconds):
     out = summarize(lat, time.perf_counter() - start)
     out["server_cpu_ms"] = 1e3 * (time.process_time() - cpu) / len(lat)
     out["load"] = os.getloadavg()[0]
-    mv.close()
+    return out
+
+
+SERVERS = [  # (name, batching, logging)
+    ("tfxops serve, batching on, logging on", True, True),
+    ("tfxops serve, batching off, logging on", False, True),
+    ("tfxops serve, batching on, logging off", True, False),
+    ("tfxops serve, batching off, logging off", False, False),
+]
+NOOP = "no-op gRPC server (ceiling)"
+FLOOR = "in-process `serving_default` call (floor)"
+
+
+def median_row(samples):
+    keys = ("p50", "p99", "rps", "server_cpu_ms", "load")
+    out = {k: float(np.median([r[k] for r in samples])) for k in keys}
+    out["n"] = int(sum(r["n"] for r in samples))
+    batches = [r["batch"] for r in samples if r.get("batch")]
+    out["batch"] = float(np.median(batches)) if batches else None
     return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", help="a pushed version dir (default: newest under ./outputs)")
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--seconds", type=float, default=3.0, help="per row and round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(REPO / "docs" / "bench-serving.md"))
     args = ap.parse_args()
     from serving.client import predict_request, rest_body, serialize_rows
+    from serving.models import ModelVersion, SessionThreads
     from tfxops import config
     from tfxops.examples import read_csv_rows
     import orjson
 
+    settings = config.load({})
     model_dir = args.model_dir
     if not model_dir:
-        push = config.load({}).model_push_dir
+        push = settings.model_push_dir
         versions = sorted(int(v) for v in os.listdir(push) if v.isdigit())
         model_dir = str(push / str(versions[-1]))
     rows = list(read_csv_rows(str(REPO / "data" / "taxi" / "data.csv")))[:1]
@@ -225,55 +250,72 @@ def main():
     body = orjson.dumps(rest_body(serialized))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     shutil.copytree(model_dir, tmp / "serving_model" / "taxi" / "1")
-    results = []
     load_before = os.getloadavg()[0]
+    mv = ModelVersion("taxi", 1, model_dir,
+                      SessionThreads(settings.intra_op_threads, settings.inter_op_threads))
 
-    print("in-process floor ...", flush=True)
-    results.append(("in-process `serving_default` call (floor)", "-", 1, floor(model_dir, serialized, args.seconds)))
-
+    print("starting the servers ...", flush=True)
     noop_port = free_port()
     noop = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)])
+    servers = {}
     try:
+        for i, (name, batching, logging_on) in enumerate(SERVERS):
+            servers[name] = start_server(str(tmp / "serving_model"), str(tmp / f"home{i}"),
+                                         batching, logging_on)
+        for server in servers.values():
+            wait_server(*server)
         wait_port(noop_port, noop)
-        for c in (1, 32):
-            print(f"no-op gRPC c={c} ...", flush=True)
-            results.append(("no-op gRPC server (ceiling)", "gRPC", c, measured(
-                noop.pid, lambda: asyncio.run(grpc_load(noop_port, request, c, args.seconds)))))
+        time.sleep(2.0)
+        samples = {}   # (row name, api, clients) -> [result per round]
+
+        def add(key, result):
+            samples.setdefault(key, []).append(result)
+
+        for rnd in range(args.rounds):
+            print(f"round {rnd + 1}/{args.rounds} ...", flush=True)
+            add((FLOOR, "-", 1), floor(mv, serialized, args.seconds))
+            for c in (1, 32):
+                add((NOOP, "gRPC", c), measured(noop.pid, lambda: asyncio.run(
+                    grpc_load(noop_port, request, c, args.seconds))))
+                for name, batching, logging_on in SERVERS:
+                    proc, rest, grpc_port = servers[name]
+                    apis = ("gRPC", "REST") if batching and logging_on else ("gRPC",)
+                    for api in apis:
+                        b0 = batch_totals(rest)
+                        if api == "gRPC":
+                            result = measured(proc.pid, lambda: asyncio.run(
+                                grpc_load(grpc_port, request, c, args.seconds)))
+                        else:
+                            result = measured(proc.pid, lambda: asyncio.run(
+                                rest_load(rest, body, c, args.seconds)))
+                        result["batch"] = batch_mean(b0, batch_totals(rest))
+                        add((name, api, c), result)
     finally:
         stop(noop)
-
-    for batching, logging_on in ((True, True), (False, True), (True, False), (False, False)):
-        name = f"tfxops serve, batching {'on' if batching else 'off'}, logging {'on' if logging_on else 'off'}"
-        proc, rest, grpc_port = start_server(str(tmp / "serving_model"), str(tmp / "home"), batching, logging_on)
-        try:
-            for c in (1, 32):
-                print(f"{name} gRPC c={c} ...", flush=True)
-                b0 = batch_totals(rest)
-                results.append((name, "gRPC", c, measured(
-                    proc.pid, lambda: asyncio.run(grpc_load(grpc_port, request, c, args.seconds)))))
-                results[-1][3]["batch"] = batch_mean(b0, batch_totals(rest))
-                if batching and logging_on:
-                    print(f"{name} REST c={c} ...", flush=True)
-                    b0 = batch_totals(rest)
-                    results.append((name, "REST", c, measured(
-                        proc.pid, lambda: asyncio.run(rest_load(rest, body, c, args.seconds)))))
-                    results[-1][3]["batch"] = batch_mean(b0, batch_totals(rest))
-        finally:
+        for proc, _, _ in servers.values():
             stop(proc)
+        mv.close()
     shutil.rmtree(tmp, ignore_errors=True)
 
+    order = [(FLOOR, "-", 1)] + [(NOOP, "gRPC", c) for c in (1, 32)] + [
+        (name, api, c) for name, b, l in SERVERS for c in (1, 32)
+        for api in (("gRPC", "REST") if b and l else ("gRPC",))]
+    results = [(n, a, c, median_row(samples[(n, a, c)])) for n, a, c in order]
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     lines = ["# Serving benchmark", "",
              f"Machine: {os.cpu_count()} CPUs (nproc), {cpu}; Python {platform.python_version()}; "
              f"single-row requests (one serialized tf.Example to `serving_default`), "
-             f"{args.seconds:g} s per row, client and servers on the same machine "
-             f"(servers in their own processes; one grpc.aio channel with one coroutine per "
-             f"client / tornado async client). Run: `.venv/bin/python bench/serving.py`.", "",
+             f"client and servers on the same machine (servers in their own processes, all "
+             f"running, measured in turns: {args.rounds} rounds of {args.seconds:g} s per row; "
+             f"one grpc.aio channel with one coroutine per client / tornado async client). "
+             f"Server settings are the defaults (`max_batch_size` {settings.max_batch_size}, "
+             f"`batch_timeout_micros` {settings.batch_timeout_micros}, session threads intra "
+             f"{settings.intra_op_threads} / inter {settings.inter_op_threads}). "
+             f"Run: `.venv/bin/python bench/serving.py`.", "",
              f"Load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
-             f"the end: the machine is shared, so wall-clock rows are noisy; \"server CPU\" "
-             f"(all threads of the server process, per request; for the floor, the calling "
-             f"process) is steadier. \"rows/batch\": mean model-call batch size (server's "
-             f"batch-size histogram) during that row.", "",
+             f"the end. Each cell is the median over the rounds. \"server CPU\": all threads "
+             f"of the server process per request (for the floor, the calling process). "
+             f"\"rows/batch\": mean model-call batch size (server's batch-size histogram).", "",
              "| setup | API | clients | p50 ms | p99 ms | requests/s | requests | server CPU ms/req "
              "| rows/batch | load |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -281,26 +323,45 @@ def main():
         batch = f"{r['batch']:.1f}" if r.get("batch") else "-"
         lines.append(f"| {name} | {api} | {c} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} "
                      f"| {r['n']} | {r['server_cpu_ms']:.2f} | {batch} | {r['load']:.1f} |")
-    get = {(n, a, c): r for n, a, c, r in results}
-    fl = results[0][3]
-    on = get[("tfxops serve, batching on, logging on", "gRPC", 32)]
-    off = get[("tfxops serve, batching off, logging on", "gRPC", 32)]
-    nolog = get[("tfxops serve, batching on, logging off", "gRPC", 32)]
-    noop32 = get[("no-op gRPC server (ceiling)", "gRPC", 32)]
-    single = min(get[("tfxops serve, batching on, logging on", "gRPC", 1)]["p50"],
-                 get[("tfxops serve, batching off, logging on", "gRPC", 1)]["p50"])
-    lines += ["", "Goals:", "",
-              f"- gRPC single-row p50 minus in-process p50: {single - fl['p50']:.2f} ms (goal <= 1 ms)",
-              f"- 32 clients, model+batching+logging vs no-op ceiling: {on['rps'] / noop32['rps']:.0%} (goal >= 80%)",
-              f"- batching vs no batching (32 clients, gRPC): {on['rps'] / off['rps']:.2f}x (goal >= 3x)",
-              f"- logging cost (32 clients, gRPC, batching on): {1 - on['rps'] / nolog['rps']:.0%} of throughput (goal < 10%)",
-              "", "The same ratios in server CPU per request (less sensitive to other load):", "",
-              f"- 32 clients, no-op / model+batching+logging: {noop32['server_cpu_ms'] / on['server_cpu_ms']:.0%}",
-              f"- no batching / batching (32 clients, gRPC, logging on): {off['server_cpu_ms'] / on['server_cpu_ms']:.2f}x",
-              f"- logging (32 clients, gRPC, batching on): {on['server_cpu_ms'] / nolog['server_cpu_ms'] - 1:+.0%} CPU per request",
-              "", "Rows are measured minutes apart; when the load average moves during the run, "
-              "ratios between rows can be off by tens of percent either way (a negative cost is "
-              "noise). For an A/B of two configurations, run them interleaved and repeated."]
+
+    def per_round(fn):
+        """fn(round's rows) for every round; their median and range."""
+        values = [fn({k: v[i] for k, v in samples.items()}) for i in range(args.rounds)]
+        return float(np.median(values)), min(values), max(values)
+
+    on = ("tfxops serve, batching on, logging on", "gRPC", 32)
+    off = ("tfxops serve, batching off, logging on", "gRPC", 32)
+    nolog = ("tfxops serve, batching on, logging off", "gRPC", 32)
+    noop32 = (NOOP, "gRPC", 32)
+    single = ("tfxops serve, batching on, logging on", "gRPC", 1)
+    goals = [
+        ("gRPC single-row p50 minus in-process p50 (batching and logging on)", "ms", "goal <= 1 ms",
+         per_round(lambda r: r[single]["p50"] - r[(FLOOR, "-", 1)]["p50"])),
+        ("32 clients, model+batching+logging vs no-op ceiling", "%", "goal >= 80%",
+         per_round(lambda r: 100 * r[on]["rps"] / r[noop32]["rps"])),
+        ("batching vs no batching (32 clients, gRPC, logging on)", "x", "goal >= 3x",
+         per_round(lambda r: r[on]["rps"] / r[off]["rps"])),
+        ("logging cost (32 clients, gRPC, batching on)", "%", "goal < 10%",
+         per_round(lambda r: 100 * (1 - r[on]["rps"] / r[nolog]["rps"]))),
+    ]
+    cpu_ratios = [
+        ("32 clients, server CPU per request: no-op / model+batching+logging", "%",
+         per_round(lambda r: 100 * r[noop32]["server_cpu_ms"] / r[on]["server_cpu_ms"])),
+        ("server CPU per request, no batching / batching (32 clients, logging on)", "x",
+         per_round(lambda r: r[off]["server_cpu_ms"] / r[on]["server_cpu_ms"])),
+        ("server CPU per request, logging on vs off (32 clients, batching on)", "%",
+         per_round(lambda r: 100 * (r[on]["server_cpu_ms"] / r[nolog]["server_cpu_ms"] - 1))),
+    ]
+
+    def fmt(value, unit):
+        return f"{value:.2f} {unit}" if unit in ("ms", "x") else f"{value:.0f}{unit}"
+
+    lines += ["", "Goals (median over the rounds of the ratio within each round; range in brackets):", ""]
+    for text, unit, goal, (med, lo, hi) in goals:
+        lines.append(f"- {text}: **{fmt(med, unit)}** [{fmt(lo, unit)} .. {fmt(hi, unit)}] ({goal})")
+    lines += ["", "The same comparisons in server CPU per request (steadier on a shared machine):", ""]
+    for text, unit, (med, lo, hi) in cpu_ratios:
+        lines.append(f"- {text}: **{fmt(med, unit)}** [{fmt(lo, unit)} .. {fmt(hi, unit)}]")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

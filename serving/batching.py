@@ -8,30 +8,47 @@ all are busy the queue keeps filling) and
 
 * it holds ``max_batch_size`` rows, or
 * its oldest request has waited ``batch_timeout_micros``, or
-* it holds as many requests as the previous batch of that queue had: the clients
-  answered by that batch are back, so waiting longer would only add latency. A
-  lone client is thus served at once, as if batching were off (its previous batch
-  held one request); 32 closed-loop clients get batches of 32 without waiting for
-  the timeout; when clients leave, one batch waits the timeout and the next
-  expectation is the smaller size.
+* everyone is here: as many requests are waiting (queued or running) as usually
+  wait at once, and a whole pass of the event loop added no request.
+
+"As many as usually wait at once" is the median, over the last 8 batches, of the
+most requests that waited at the same time between two batches: the server's
+concurrency as it has seen it. This is where we differ from TF Serving, which
+always waits for the timeout (so its timeouts are kept small, and so are its
+batches when requests are handled one after the other, as in Python):
+
+* a lone client is served at once, as if batching were off (it is the only
+  request, and the usual number is one);
+* 4 closed-loop clients get batches of 4, without waiting for a fifth;
+* 32 clients get batches that fill up for as long as requests keep arriving, up
+  to ``max_batch_size`` or the timeout, so the fixed cost of a model call is
+  shared by many requests exactly when CPU is scarce;
+* after the load drops, a few batches wait for the timeout until the median
+  follows.
+
+A lone request (a batch of one while no other batch runs) is run on the loop's
+own thread, not handed to a batch thread: under low load that saves two thread
+switches per request; under load batches hold many requests and go to the batch
+threads, so the loop keeps accepting requests while the model computes.
 
 A request larger than ``max_batch_size`` runs alone, as its own batch. Signatures
 whose inputs or outputs are not batch-major run unbatched.
 
 Everything here runs on the server's asyncio loop; model calls run on the batch
 threads (TensorFlow releases the GIL while it computes). Per request the loop only
-appends to a queue and schedules at most one readiness check per loop iteration;
-timers exist only while a queue is actually waiting for its timeout.
+appends to a queue and schedules one readiness check; a queue waiting for its
+timeout has a timer.
 """
 import asyncio
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 RunFn = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
-_MAX_REMEMBERED = 1024     # previous-batch sizes kept (one per queue key)
+_PEAKS = 8                 # batches over which the concurrency is remembered
 
 
 class _Task:
@@ -42,12 +59,14 @@ class _Task:
 
 
 class _Queue:
-    __slots__ = ("key", "run", "tasks", "rows", "timer", "check_scheduled")
+    __slots__ = ("key", "run", "tasks", "rows", "arrived", "seen", "check_scheduled", "timer")
 
     def __init__(self, key, run):
         self.key, self.run, self.tasks, self.rows = key, run, [], 0
-        self.timer = None
+        self.arrived = 0           # requests ever added (seen: at the last check)
+        self.seen = 0
         self.check_scheduled = False
+        self.timer = None          # under load: fires when the oldest request times out
 
 
 class Batcher:
@@ -55,7 +74,8 @@ class Batcher:
 
     def __init__(self, max_batch_size: int = 32, batch_timeout_micros: int = 1000,
                  num_batch_threads: int = 1, executor: Optional[ThreadPoolExecutor] = None,
-                 on_batch: Optional[Callable[[int, int], None]] = None):
+                 on_batch: Optional[Callable[[int, int], None]] = None,
+                 inline_lone: bool = True):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.max_batch_size = max_batch_size
@@ -64,8 +84,11 @@ class Batcher:
         self.executor = executor or ThreadPoolExecutor(self.num_batch_threads,
                                                        thread_name_prefix="batch")
         self.on_batch = on_batch           # (rows, requests) after each batch
+        self.inline_lone = inline_lone     # run a lone request on the loop (see _dispatch)
         self._queues: Dict[tuple, _Queue] = {}
-        self._previous: Dict[tuple, int] = {}   # requests in the previous batch, per key
+        self._waiting = 0                  # requests submitted and not answered yet
+        self._peak = 0                     # most waiting at once since the last batch
+        self._peaks = deque([1], maxlen=_PEAKS)   # ... for the last batches
         self._busy = 0                     # batch threads running
 
     async def submit(self, key: tuple, run: RunFn, inputs: Dict[str, np.ndarray],
@@ -79,48 +102,49 @@ class Batcher:
             queue = self._queues[key] = _Queue(key, run)
         queue.tasks.append(_Task(inputs, rows, future, time.perf_counter()))
         queue.rows += rows
-        if not queue.check_scheduled:
-            # call_soon: requests already read off the sockets in this loop pass join first.
-            queue.check_scheduled = True
-            loop.call_soon(self._check, queue)
+        queue.arrived += 1
+        self._waiting += 1
+        if self._waiting > self._peak:
+            self._peak = self._waiting
+        self._schedule_check(queue, loop)
         return await future
 
-    def _ready(self, queue: _Queue, now: float) -> bool:
-        if not queue.tasks:
-            return False
-        if queue.rows >= self.max_batch_size or self.timeout == 0:
-            return True
-        if now - queue.tasks[0].enqueued >= self.timeout:
-            return True
-        return len(queue.tasks) >= self._previous.get(queue.key, 1)
+    def _schedule_check(self, queue: _Queue, loop=None) -> None:
+        if not queue.check_scheduled:
+            # call_soon: the check runs on the next pass of the loop, after the
+            # requests read off the sockets in this pass have joined.
+            queue.check_scheduled = True
+            queue.seen = queue.arrived
+            (loop or asyncio.get_running_loop()).call_soon(self._check, queue)
 
     def _check(self, queue: _Queue) -> None:
         queue.check_scheduled = False
-        self._maybe_dispatch(queue)
-
-    def _on_timer(self, queue: _Queue) -> None:
-        queue.timer = None
-        self._maybe_dispatch(queue)
-
-    def _maybe_dispatch(self, queue: _Queue) -> None:
         if not queue.tasks or self._queues.get(queue.key) is not queue:
             return
         if self._busy >= self.num_batch_threads:
-            return     # _finished looks at the queues when a thread frees up
-        if self._ready(queue, time.perf_counter()):
+            return     # _complete looks at the queues when a thread frees up
+        waited = time.perf_counter() - queue.tasks[0].enqueued
+        everyone = self._waiting >= self._concurrency()
+        if (queue.rows >= self.max_batch_size or waited >= self.timeout
+                or (everyone and queue.arrived == queue.seen)):
             self._dispatch(queue)
-        else:
-            self._arm_timer(queue)
-
-    def _arm_timer(self, queue: _Queue) -> None:
-        """Wake up when the oldest request of ``queue`` has waited the timeout. Only
-        armed while a batch thread is free: a busy one, when it frees up, looks at
-        the queues itself."""
-        if queue.timer is not None or not queue.tasks or self.timeout == 0:
             return
-        remaining = self.timeout - (time.perf_counter() - queue.tasks[0].enqueued)
-        loop = asyncio.get_running_loop()
-        queue.timer = loop.call_later(max(0.0, remaining), self._on_timer, queue)
+        if queue.timer is None:
+            queue.timer = asyncio.get_running_loop().call_later(
+                self.timeout - waited, self._on_timer, queue)
+        if everyone:   # requests still arriving: look again after the next pass
+            self._schedule_check(queue)
+
+    def _concurrency(self) -> int:
+        """How many requests usually wait at once: the median, over the last
+        batches, of the most that waited (queued or running) between two batches."""
+        peaks = sorted(self._peaks)
+        return peaks[len(peaks) // 2]
+
+    def _on_timer(self, queue: _Queue) -> None:
+        queue.timer = None
+        if not queue.check_scheduled:
+            self._check(queue)
 
     def _take(self, queue: _Queue) -> List[_Task]:
         tasks = queue.tasks
@@ -135,18 +159,25 @@ class Batcher:
                 n += 1
             taken, queue.tasks = tasks[:n], tasks[n:]
         queue.rows -= rows
+        self._peaks.append(self._peak)
+        self._peak = self._waiting
         if queue.timer is not None:
             queue.timer.cancel()
             queue.timer = None
         if not queue.tasks:
             del self._queues[queue.key]
-        if len(self._previous) >= _MAX_REMEMBERED and queue.key not in self._previous:
-            self._previous.clear()
-        self._previous[queue.key] = len(taken)
         return taken
 
     def _dispatch(self, queue: _Queue) -> None:
         tasks = self._take(queue)
+        if self.inline_lone and self._busy == 0 and len(tasks) == 1 and not queue.tasks:
+            # A lone request while nothing else runs: call the model right here
+            # instead of handing it to a batch thread and back (two thread
+            # switches and a wake-up of the loop, about a third of a lone
+            # request's time); the loop has nothing else to do meanwhile.
+            self._busy += 1
+            self._complete(tasks, None, _run_batch(queue.run, tasks))
+            return
         self._busy += 1
         loop = asyncio.get_running_loop()
         # One hop back to the loop per batch (no asyncio Future wrapping the
@@ -164,8 +195,8 @@ class Batcher:
                 pass
 
         fut.add_done_callback(done)
-        if queue.tasks:   # more than max_batch_size rows were waiting
-            self._maybe_dispatch(queue)
+        if queue.tasks and self._busy < self.num_batch_threads:
+            self._dispatch(queue)   # more than max_batch_size rows were waiting
 
     def _finished(self, fut, tasks: List[_Task]) -> None:
         exc = fut.exception()
@@ -173,6 +204,7 @@ class Batcher:
 
     def _complete(self, tasks: List[_Task], exc, results) -> None:
         self._busy -= 1
+        self._waiting -= len(tasks)
         if exc is not None:
             for task in tasks:
                 if not task.future.done():
@@ -187,17 +219,10 @@ class Batcher:
                     task.future.set_result(outputs)
         if self.on_batch:
             self.on_batch(sum(t.rows for t in tasks), len(tasks))
-        # A thread is free: serve the queue that has waited longest and is ready.
-        if not self._queues:
-            return
-        now = time.perf_counter()
+        # A thread is free: the queues that filled meanwhile are looked at (oldest
+        # first) on the next pass, by the same rules.
         for queue in sorted(self._queues.values(), key=lambda q: q.tasks[0].enqueued):
-            if self._busy >= self.num_batch_threads:
-                break
-            if self._ready(queue, now):
-                self._dispatch(queue)
-            else:
-                self._arm_timer(queue)
+            self._schedule_check(queue)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)

@@ -17,10 +17,10 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_log_pb2, prediction_service_pb2_grpc,
                                      regression_pb2)
 
-from serving import request_log
+from serving import request_log, wire
 from serving.errors import ServingError, invalid
 from serving.service import Inference
-from serving.tensors import ndarray_to_proto, proto_to_ndarray
+from serving.tensors import proto_to_ndarray
 
 REQUEST_ID_KEY = "x-request-id"
 
@@ -71,38 +71,40 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def Predict(self, request, context):
         """The servicer API: a PredictRequest in, a PredictResponse out."""
-        return await self._predict(request, None, context, False)
+        response = await self._predict(request, None, context)
+        return None if response is None else predict_pb2.PredictResponse.FromString(response)
 
     async def _predict_wire(self, parsed, context):
         """Predict as registered on the server: the request arrives with its wire
-        bytes and the response leaves as bytes serialized here, so the request log
-        reuses both instead of copying and re-serializing the messages."""
+        bytes and the response leaves as bytes built here (``serving.wire``), so
+        the request log reuses both instead of copying and re-serializing them."""
         request, raw = parsed
-        return await self._predict(request, raw, context, True)
+        return await self._predict(request, raw, context)
 
-    async def _predict(self, request, raw: Optional[bytes], context, serialize: bool):
+    async def _predict(self, request, raw: Optional[bytes], context) -> Optional[bytes]:
         started = time.perf_counter()
         arrived = time.time()
         rid = _request_id(context)
         name, version, label = _spec(request.model_spec)
+        inf = self.inf
         try:
-            with self.inf.holding(name, version, label) as loaded:
-                sig = self.inf.signature(loaded, request.model_spec.signature_name)
-                feeds = {k: proto_to_ndarray(v) for k, v in request.inputs.items()}
-                outputs = await self.inf.predict(loaded, sig, feeds, list(request.output_filter))
+            with inf.holding(name, version, label) as loaded:
+                sig = inf.signature(loaded, request.model_spec.signature_name)
+                inputs = request.inputs
+                feeds = {alias: proto_to_ndarray(inputs[alias]) for alias in inputs}
+                outputs = await inf.predict(loaded, sig, feeds, request.output_filter)
         except ServingError as err:
             await self._fail(context, name, "predict", started, err)
             return None
-        response = predict_pb2.PredictResponse()
-        _fill_spec(response.model_spec, name, loaded.version, sig.name)
-        for alias, array in outputs.items():
-            ndarray_to_proto(array, sig.outputs[alias].dtype, response.outputs[alias])
-        if serialize:
-            response = response.SerializeToString()
+        spec = sig.outputs
+        response = wire.predict_response_bytes(
+            wire.model_spec_bytes(name, loaded.version, sig.name),
+            [(alias, wire.tensor_bytes(array, spec[alias].dtype))
+             for alias, array in outputs.items()])
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-        self.inf.record(name, "predict", "GRPC", started)
-        if self.inf.sampled():
-            self.inf.log(functools.partial(
+        inf.record(name, "predict", "GRPC", started)
+        if inf.sampled():
+            inf.log(functools.partial(
                 request_log.encode_log, "predict", name, loaded.version, sig.name, rid, arrived,
                 request if raw is None else raw, response))
         return response
@@ -213,21 +215,6 @@ def model_metadata(inf: Inference, name: str, version: Optional[int], label: Opt
         response.model_spec.ClearField("signature_name")
         response.metadata["signature_def"].Pack(loaded.signature_def_map())
         return response
-
-
-def _predict_log(request, response, name, version, sig_name, rid, arrived):
-    record = request_log.new_log(name, version, sig_name, rid, arrived)
-    record.predict_log.request.CopyFrom(request)
-    record.predict_log.response.CopyFrom(response)
-    return record
-
-
-def _cr_log(kind, request, response, name, version, sig_name, rid, arrived):
-    record = request_log.new_log(name, version, sig_name, rid, arrived)
-    target = record.classify_log if kind == "classify" else record.regress_log
-    target.request.CopyFrom(request)
-    target.response.CopyFrom(response)
-    return record
 
 
 def _parse_predict(data: bytes):

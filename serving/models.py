@@ -15,6 +15,7 @@ Each version is loaded with TensorFlow's SavedModel loader into its own graph an
 session (what TF Serving does in C++): signatures run as ``Session`` callables,
 without per-request Python graph building, and unloading closes the session.
 """
+import functools
 import logging
 import os
 import threading
@@ -99,6 +100,26 @@ def parse_labels(text: str) -> Dict[str, int]:
 
 
 # ------------------------------------------------------------------ one version
+@dataclass(frozen=True)
+class SessionThreads:
+    """TensorFlow session parallelism, as TF Serving's ``--tensorflow_intra_op_parallelism``
+    and ``--tensorflow_inter_op_parallelism`` (0: TensorFlow's default, one thread per
+    core in each pool). ``inter_op = -1`` runs a call's ops on the thread that makes
+    the call, without handing them to a pool.
+
+    The defaults (intra 1, inter -1) suit small models such as ours: TensorFlow's
+    pools hand every op of a 1-row call to worker threads that then spin waiting for
+    more, which cost about 1 ms of CPU per request here (docs/bench-serving.md);
+    parallelism comes from the batch threads instead. Raise them for big models on
+    many cores."""
+    intra_op: int = 1
+    inter_op: int = -1
+
+    def apply(self, config) -> None:
+        config.intra_op_parallelism_threads = self.intra_op
+        config.inter_op_parallelism_threads = self.inter_op
+
+
 @dataclass
 class TensorSpec:
     alias: str
@@ -114,7 +135,7 @@ class Signature:
     inputs: Dict[str, TensorSpec]
     outputs: Dict[str, TensorSpec]
 
-    @property
+    @functools.cached_property
     def batchable(self) -> bool:
         """Every input and output is batch-major ([-1, ...]): requests can be concatenated."""
         return all(t.shape and t.shape[0] == -1 for t in
@@ -124,12 +145,14 @@ class Signature:
 class ModelVersion:
     """One loaded SavedModel version: a graph, a session and its signatures."""
 
-    def __init__(self, name: str, version: int, path: str):
+    def __init__(self, name: str, version: int, path: str,
+                 threads: "SessionThreads" = None):
         import tensorflow as tf
 
         self.name, self.version, self.path = name, version, path
         self.graph = tf.Graph()
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+        (threads or SessionThreads()).apply(config)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         try:
             with self.graph.as_default():
@@ -147,6 +170,7 @@ class ModelVersion:
                 {k: _spec(k, v) for k, v in sig.inputs.items()},
                 {k: _spec(k, v) for k, v in sig.outputs.items()})
         self._callables: Dict[tuple, Callable] = {}
+        self.plans: Dict[tuple, tuple] = {}    # request shape -> checked plan (serving.service)
         self._lock = threading.Lock()
         self.refs = 0
         self.loaded_at = time.time()
@@ -280,8 +304,10 @@ class ModelManager:
 
     def __init__(self, name: str, base_path: str, policy: VersionPolicy = VersionPolicy("latest"),
                  labels: Optional[Dict[str, int]] = None, poll_seconds: float = 1.0,
-                 listener: Optional[Callable[[str, int, str], None]] = None):
+                 listener: Optional[Callable[[str, int, str], None]] = None,
+                 threads: Optional[SessionThreads] = None):
         self.name = name
+        self.threads = threads or SessionThreads()
         self.base_path = str(base_path)
         self.policy = policy
         self.labels = dict(labels or {})
@@ -372,7 +398,7 @@ class ModelManager:
         self._set(version, LOADING)
         started = time.time()
         try:
-            loaded = ModelVersion(self.name, version, path)
+            loaded = ModelVersion(self.name, version, path, self.threads)
             loaded.warm_up()
         except Exception as exc:   # noqa: BLE001 - any failure is reported in the status
             code, message = _load_error(exc)

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Union
 
+from serving.wire import length_delimited, varint
+
 log = logging.getLogger("tfxops.serving")
 
 FILE_PREFIX = "requests-"
@@ -213,19 +215,6 @@ def new_log(model_name: str, version: Optional[int], signature_name: str,
     return record
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
 _LOG_FIELDS = {}
 
 
@@ -259,7 +248,7 @@ def _metadata_bytes(model_name: str, version: Optional[int], signature_name: str
         if any(f.number >= ts for f, _ in meta.ListFields()) or origin < ts:
             cached = None         # unexpected layout: no shortcut
         else:
-            cached = (meta.SerializeToString(), _varint(ts << 3), ts, origin)
+            cached = (meta.SerializeToString(), varint(ts << 3), ts, origin)
         if len(_META_PREFIXES) > 1000:
             _META_PREFIXES.clear()
         _META_PREFIXES[key] = cached or ()
@@ -270,9 +259,9 @@ def _metadata_bytes(model_name: str, version: Optional[int], signature_name: str
     out = prefix
     seconds = int(timestamp)
     if seconds:
-        out += ts_tag + _varint(seconds & 0xFFFFFFFFFFFFFFFF)
+        out += ts_tag + varint(seconds & 0xFFFFFFFFFFFFFFFF)
     if request_id:
-        out += _length_delimited(origin, request_id.encode("utf-8"))
+        out += length_delimited(origin, request_id.encode("utf-8"))
     return out
 
 
@@ -289,9 +278,9 @@ def encode_log(kind: str, model_name: str, version: Optional[int], signature_nam
         request = request.SerializeToString()
     if not isinstance(response, bytes):
         response = response.SerializeToString()
-    return (_length_delimited(1, meta)
-            + _length_delimited(log_number, _length_delimited(request_number, request)
-                                + _length_delimited(response_number, response)))
+    return (length_delimited(1, meta)
+            + length_delimited(log_number, length_delimited(request_number, request)
+                                + length_delimited(response_number, response)))
 
 
 # ------------------------------------------------------------------ reading back

@@ -19,7 +19,6 @@ output of shape [batch] or [batch, 1] — a binary classifier's probability, lik
 Any other signature is refused with TF Serving's INVALID_ARGUMENT message.
 """
 import asyncio
-import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -51,14 +50,10 @@ class Inference:
         self._record_labels: Dict[tuple, tuple] = {}
 
     # ------------------------------------------------ lookup
-    @contextlib.contextmanager
-    def holding(self, name: str, version: Optional[int], label: Optional[str]):
-        """The requested version, kept loaded for the duration of the block."""
-        loaded = self.manager.acquire(name, version, label)
-        try:
-            yield loaded
-        finally:
-            self.manager.release(loaded)
+    def holding(self, name: str, version: Optional[int], label: Optional[str]) -> "_Holding":
+        """``with inf.holding(...) as loaded``: the requested version, kept loaded
+        for the duration of the block (raises ServingError when there is none)."""
+        return _Holding(self.manager, self.manager.acquire(name, version, label))
 
     @staticmethod
     def signature(loaded: ModelVersion, name: str, rest: bool = False) -> Signature:
@@ -114,15 +109,15 @@ class Inference:
 
     # ------------------------------------------------ running
     async def run(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
-                  outputs: Tuple[str, ...]) -> Dict[str, np.ndarray]:
+                  outputs: Tuple[str, ...], key: Optional[tuple] = None) -> Dict[str, np.ndarray]:
+        """Run checked ``feeds``; ``key``: the batch queue (None: not batchable)."""
         def call(inputs):
             return loaded.run(sig, inputs, outputs)
 
         try:
-            if self.batcher is not None and sig.batchable:
+            if self.batcher is not None and key is not None:
                 rows = next(iter(feeds.values())).shape[0]
-                return await self.batcher.submit(batch_key(loaded, sig.name, feeds, outputs),
-                                                 call, feeds, rows)
+                return await self.batcher.submit(key, call, feeds, rows)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.executor, call, feeds)
         except self._op_error as exc:
@@ -136,11 +131,40 @@ class Inference:
         except Exception as exc:   # noqa: BLE001 - reported to the caller as INTERNAL
             raise ServingError("INTERNAL", f"{type(exc).__name__}: {exc}") from None
 
+    def plan(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
+             output_filter: Sequence[str] = ()) -> Tuple[Tuple[str, ...], Optional[tuple]]:
+        """Check ``feeds`` and ``output_filter`` against ``sig``; returns (output
+        aliases, batch queue key or None). The checks depend only on the inputs'
+        names, types and shapes beyond the batch dimension, so their outcome is kept
+        per version and signature: a repeated request shape costs one dict lookup
+        and the batch-size check."""
+        batchable = self.batcher is not None and sig.batchable
+        struct = tuple((alias, a.dtype.str, a.shape[1:] if sig.batchable else a.shape)
+                       for alias, a in sorted(feeds.items()))
+        cache_key = (sig.name, struct, tuple(output_filter))
+        plan = loaded.plans.get(cache_key)
+        if plan is None:
+            self.check_inputs(sig, feeds)
+            outputs = self.check_outputs(sig, output_filter)
+            plan = (outputs, batch_key(loaded, sig.name, feeds, outputs) if batchable else None)
+            if len(loaded.plans) >= 256:   # request shapes come from clients: bounded
+                loaded.plans.clear()
+            loaded.plans[cache_key] = plan
+        elif sig.batchable:
+            rows = {a.shape[0] for a in feeds.values()}
+            if len(rows) != 1 or 0 in rows:
+                self.check_inputs(sig, feeds)   # raises TF Serving's message
+        return plan
+
+    def _key(self, loaded: ModelVersion, sig: Signature, feeds, outputs) -> Optional[tuple]:
+        if self.batcher is None or not sig.batchable:
+            return None
+        return batch_key(loaded, sig.name, feeds, outputs)
+
     async def predict(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
                       output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-        self.check_inputs(sig, feeds)
-        outputs = self.check_outputs(sig, output_filter)
-        return await self.run(loaded, sig, feeds, outputs)
+        outputs, key = self.plan(loaded, sig, feeds, output_filter)
+        return await self.run(loaded, sig, feeds, outputs, key)
 
     async def classify_or_regress(self, loaded: ModelVersion, sig: Signature,
                                   serialized: List[bytes], kind: str):
@@ -155,13 +179,16 @@ class Inference:
                 raise invalid(f"Expected one input Tensor named inputs of type string in "
                               f"signature {sig.name}")
             if kind == "regress":
-                out = await self.run(loaded, sig, {"inputs": examples}, ("outputs",))
+                feeds = {"inputs": examples}
+                out = await self.run(loaded, sig, feeds, ("outputs",),
+                                     self._key(loaded, sig, feeds, ("outputs",)))
                 return out["outputs"].reshape(len(serialized), -1)[:, 0].astype(np.float32)
             names = tuple(n for n in ("classes", "scores") if n in sig.outputs)
             if not names:
                 raise invalid(f"Expected classification signature outputs classes or scores "
                               f"in signature {sig.name}")
-            out = await self.run(loaded, sig, {"inputs": examples}, names)
+            feeds = {"inputs": examples}
+            out = await self.run(loaded, sig, feeds, names, self._key(loaded, sig, feeds, names))
             scores = out.get("scores")
             classes = out.get("classes")
             n = len(serialized)
@@ -173,7 +200,9 @@ class Inference:
         if sig.method_name == PREDICT_METHOD and _is_probability_signature(sig):
             (in_alias,) = sig.inputs
             (out_alias,) = sig.outputs
-            out = await self.run(loaded, sig, {in_alias: examples}, (out_alias,))
+            feeds = {in_alias: examples}
+            out = await self.run(loaded, sig, feeds, (out_alias,),
+                                 self._key(loaded, sig, feeds, (out_alias,)))
             p = out[out_alias].reshape(len(serialized)).astype(np.float32)
             if kind == "regress":
                 return p
@@ -204,6 +233,21 @@ class Inference:
 
     def sampled(self) -> bool:
         return self.logger is not None and self.logger.sampled()
+
+
+class _Holding:
+    """Releases a version acquired from the manager (a class, not a contextlib
+    generator: this runs on every request)."""
+    __slots__ = ("manager", "loaded")
+
+    def __init__(self, manager: ModelManager, loaded: ModelVersion):
+        self.manager, self.loaded = manager, loaded
+
+    def __enter__(self) -> ModelVersion:
+        return self.loaded
+
+    def __exit__(self, *exc) -> None:
+        self.manager.release(self.loaded)
 
 
 def _is_probability_signature(sig: Signature) -> bool:

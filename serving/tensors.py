@@ -53,16 +53,17 @@ def _unsupported(dtype: int) -> ServingError:
 # ---------------------------------------------------------------- TensorProto
 def proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """A TensorProto (typed fields or tensor_content) as a numpy array."""
-    shape = [d.size for d in proto.tensor_shape.dim]
+    dims = proto.tensor_shape.dim
     dtype = proto.dtype
-    if dtype == DT.DT_STRING and len(shape) == 1:
+    if dtype == DT.DT_STRING and len(dims) == 1 and not proto.tensor_content:
         # The common case (serialized tf.Examples): an object array straight from
         # string_val, no generic conversion.
-        values = proto.string_val
-        if len(values) == shape[0] and not proto.tensor_content:
-            array = np.empty(shape[0], dtype=object)
+        values = list(proto.string_val)
+        if len(values) == dims[0].size:
+            array = np.empty(len(values), dtype=object)
             array[:] = values
             return array
+    shape = [d.size for d in dims]
     if dtype not in _DTYPES:
         raise invalid(f"Unsupported tensor type: {types_pb2.DataType.Name(dtype)}")
     np_dtype, field = _DTYPES[dtype]
@@ -95,6 +96,7 @@ def ndarray_to_proto(array: np.ndarray, dtype: int = None,
         if dtype is None:
             raise invalid(f"cannot encode a numpy array of dtype {array.dtype}")
     proto.dtype = dtype
+    proto.tensor_shape.SetInParent()    # present even for a scalar, as TensorFlow writes it
     dims = proto.tensor_shape.dim
     for size in array.shape:
         dims.add().size = size

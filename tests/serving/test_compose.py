@@ -28,7 +28,8 @@ def test_compose_matches_settings():
             assert (REPO / host_path).is_file(), host_path
     batching = (REPO / "serving" / "batching.config").read_text()
     assert re.search(rf"max_batch_size {{ value: {s.max_batch_size} }}", batching)
-    assert re.search(rf"batch_timeout_micros {{ value: {s.batch_timeout_micros} }}", batching)
+    timeout = int(re.search(r"batch_timeout_micros \{ value: (\d+) \}", batching).group(1))
+    assert 0 < timeout <= s.batch_timeout_micros   # TF Serving always waits it: kept short
     assert "/monitoring/prometheus/metrics" in (REPO / "serving" / "monitoring.config").read_text()
     # clients talk to the logging proxy on the REST port; it forwards to serving's REST port
     assert f"127.0.0.1:{s.rest_port}:{s.rest_port}" in proxy["ports"]
