@@ -13,6 +13,8 @@ def cmd_serve(args) -> int:
     settings = settings_from(args)
     if args.proxy_to:
         settings.proxy_to = args.proxy_to
+    if args.proxy_grpc_to:
+        settings.proxy_grpc_to = args.proxy_grpc_to
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     try:
@@ -21,9 +23,13 @@ def cmd_serve(args) -> int:
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if settings.proxy_to:
+    if settings.proxy_to or settings.proxy_grpc_to:
         from serving import proxy
-        proxy.serve(settings)
+        try:
+            proxy.serve(settings)
+        except OSError as exc:
+            print(f"tfxops serve: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         return EXIT_OK
     if not settings.model_push_dir.is_dir():
         print(f"tfxops serve: no model directory {settings.model_push_dir} "
@@ -83,8 +89,11 @@ def cmd_predict(args) -> int:
 def register(subparsers, common) -> None:
     p = subparsers.add_parser("serve", help="serve pushed models with TF Serving's REST/gRPC APIs")
     common(p)
-    p.add_argument("--proxy-to", help="forward to a TF Serving REST endpoint host:port, "
-                                      "logging requests (instead of serving models here)")
+    p.add_argument("--proxy-to", help="forward REST (on rest_port) to TF Serving's REST API "
+                                      "at host:port, logging requests (instead of serving "
+                                      "models here)")
+    p.add_argument("--proxy-grpc-to", help="forward gRPC (on grpc_port) to TF Serving's gRPC "
+                                           "API at host:port, logging requests")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("predict", help="send rows to a model server, print predictions")

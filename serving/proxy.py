@@ -1,5 +1,6 @@
-"""``tfxops serve --proxy-to HOST:PORT``: a REST proxy in front of TF Serving that
-logs requests (open-source TF Serving cannot).
+"""``tfxops serve --proxy-to HOST:PORT [--proxy-grpc-to HOST:PORT]``: a proxy in
+front of TF Serving that logs requests (open-source TF Serving cannot). This module
+is the REST half and runs both; the gRPC half is ``serving/grpc_proxy.py``.
 
 Every request is forwarded unchanged to the upstream REST API and its answer
 returned unchanged (status, body), with an ``X-Request-Id``. Successful
@@ -8,7 +9,6 @@ are written as PredictionLog records by the same ``RequestLogger`` the embedded
 server uses. Without the model's signature at hand, JSON predict tensors are typed
 from JSON itself: strings and ``{"b64"}`` -> DT_STRING, integers -> DT_INT64,
 other numbers -> DT_FLOAT. The version is the one in the URL, else left unset.
-gRPC is not proxied (clients that need logging use REST through the proxy).
 """
 import asyncio
 import logging
@@ -164,28 +164,47 @@ class MetricsHandler(tornado.web.RequestHandler):
 
 
 async def run_proxy(settings, ready=None, stop_event=None):
+    """REST on ``rest_port`` (when ``proxy_to`` is set) and gRPC on ``grpc_port``
+    (when ``proxy_grpc_to`` is), one request log for both; runs until
+    ``stop_event``. ``ready(ports, stop_event)`` is called once listening, with
+    ``ports`` = {"rest": port or None, "grpc": port or None}."""
+    from serving import grpc_proxy
+
     metrics = M.new_metrics()
     logger = RequestLogger(settings.request_logs_path, settings.log_sample_rate,
                            settings.log_rotate_records, settings.log_rotate_seconds,
                            metrics=metrics).start()
-    args = dict(upstream=settings.proxy_to, logger=logger, metrics=metrics,
-                max_request_bytes=settings.max_request_bytes)
-    app = tornado.web.Application([
-        (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics)),
-        (r".*", ProxyHandler, args)])
-    server = tornado.httpserver.HTTPServer(app, max_body_size=settings.max_request_bytes + 1)
-    sockets = tornado.netutil.bind_sockets(settings.rest_port, address=settings.host)
-    server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-    log.info("proxy on http://%s:%d -> http://%s (request logs in %s)", settings.host, port,
-             settings.proxy_to, settings.request_logs_path)
-    stop_event = stop_event or asyncio.Event()
-    if ready is not None:
-        ready(port, stop_event)
-    await stop_event.wait()
-    server.stop()
-    await server.close_all_connections()
-    await asyncio.get_running_loop().run_in_executor(None, logger.close)
+    ports = {"rest": None, "grpc": None}
+    server = grpc_server = grpc_handler = None
+    try:
+        if settings.proxy_to:
+            args = dict(upstream=settings.proxy_to, logger=logger, metrics=metrics,
+                        max_request_bytes=settings.max_request_bytes)
+            app = tornado.web.Application([
+                (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics)),
+                (r".*", ProxyHandler, args)])
+            server = tornado.httpserver.HTTPServer(app, max_body_size=settings.max_request_bytes + 1)
+            sockets = tornado.netutil.bind_sockets(settings.rest_port, address=settings.host)
+            server.add_sockets(sockets)
+            ports["rest"] = sockets[0].getsockname()[1]
+            log.info("proxy on http://%s:%d -> http://%s", settings.host, ports["rest"],
+                     settings.proxy_to)
+        if settings.proxy_grpc_to:
+            grpc_server, grpc_handler, ports["grpc"] = await grpc_proxy.start(
+                settings, logger, metrics)
+        log.info("proxy request logs in %s", settings.request_logs_path)
+        stop_event = stop_event or asyncio.Event()
+        if ready is not None:
+            ready(ports, stop_event)
+        await stop_event.wait()
+    finally:
+        if server is not None:
+            server.stop()
+            await server.close_all_connections()
+        if grpc_server is not None:
+            await grpc_server.stop(5)
+            await grpc_handler.close()
+        await asyncio.get_running_loop().run_in_executor(None, logger.close)
 
 
 def serve(settings) -> None:

@@ -94,7 +94,8 @@ class Settings:
     max_request_bytes: int = 10 * 1024 * 1024
     intra_op_threads: int = 1                # TF session pools (TF Serving's --tensorflow_*_parallelism);
     inter_op_threads: int = -1               # 0: TF's default, -1: ops on the calling thread
-    proxy_to: str = ""                       # host:port of a TF Serving REST/gRPC to forward to
+    proxy_to: str = ""                       # host:port of TF Serving's REST API to forward to
+    proxy_grpc_to: str = ""                  # host:port of TF Serving's gRPC API to forward to
 
     # --- request logging (PredictionLog TFRecords; monitoring's input)
     request_log_dir: str = ""                # default: <home>/request_logs

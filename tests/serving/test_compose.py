@@ -31,7 +31,12 @@ def test_compose_matches_settings():
     timeout = int(re.search(r"batch_timeout_micros \{ value: (\d+) \}", batching).group(1))
     assert 0 < timeout <= s.batch_timeout_micros   # TF Serving always waits it: kept short
     assert "/monitoring/prometheus/metrics" in (REPO / "serving" / "monitoring.config").read_text()
-    # clients talk to the logging proxy on the REST port; it forwards to serving's REST port
+    # clients talk to the logging proxy on both ports; it forwards to serving's
     assert f"127.0.0.1:{s.rest_port}:{s.rest_port}" in proxy["ports"]
-    assert f"serving:{s.rest_port}" in proxy["command"]
-    assert f"127.0.0.1:{s.grpc_port}:{s.grpc_port}" in serving["ports"]
+    assert f"127.0.0.1:{s.grpc_port}:{s.grpc_port}" in proxy["ports"]
+    command = proxy["command"]
+    assert command[command.index("--proxy-to") + 1] == f"serving:{s.rest_port}"
+    assert command[command.index("--proxy-grpc-to") + 1] == f"serving:{s.grpc_port}"
+    assert f"rest_port={s.rest_port}" in command and f"grpc_port={s.grpc_port}" in command
+    assert "ports" not in serving      # TF Serving is reached through the proxy only
+    assert {str(s.rest_port), str(s.grpc_port)} <= {str(p) for p in serving["expose"]}

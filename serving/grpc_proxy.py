@@ -1,0 +1,172 @@
+"""The gRPC half of the logging proxy (``tfxops serve --proxy-grpc-to HOST:PORT``):
+TF Serving's gRPC services passed through unchanged, with Predict, Classify and
+Regress logged as PredictionLog records.
+
+Every unary method of ``tensorflow.serving.PredictionService`` and
+``tensorflow.serving.ModelService`` is forwarded as raw bytes (nothing is parsed
+or re-serialized on the way), with the caller's metadata and deadline; the
+upstream's answer, status code, details and metadata come back as they were, so
+TF Serving's own clients see TF Serving. An ``x-request-id`` is read from the
+caller's metadata (or made up), passed upstream, and returned in the trailing
+metadata, as ``tfxops serve`` does.
+
+Logging costs the request path one queue append: the request and response bytes
+are kept as they crossed the proxy, and the writer thread reads the model name
+and signature from the request, the version that answered from the response, and
+concatenates the record (``request_log.encode_log``).
+"""
+import logging
+import time
+from typing import Optional
+
+import grpc
+
+from serving import metrics as M
+from serving import request_log
+from serving.grpc_service import REQUEST_ID_KEY, new_request_id
+
+log = logging.getLogger("tfxops.serving")
+
+SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+LOGGED = {"Predict": "predict", "Classify": "classify", "Regress": "regress"}
+# Metadata gRPC manages itself: not copied between the two calls.
+_HOP_BY_HOP = {"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "user-agent",
+               "content-type", "te", "host", ":authority"}
+UPSTREAM_TIMEOUT_SECONDS = 60.0
+
+
+def _request_classes():
+    from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
+    return {"predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+            "classify": (classification_pb2.ClassificationRequest,
+                         classification_pb2.ClassificationResponse),
+            "regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse)}
+
+
+def build_record(kind: str, request: bytes, response: bytes, request_id: str,
+                 arrived: float) -> bytes:
+    """The serialized PredictionLog of one proxied call (run on the writer thread)."""
+    request_type, response_type = _request_classes()[kind]
+    spec = request_type.FromString(request).model_spec
+    answered = response_type.FromString(response).model_spec
+    version = answered.version.value if answered.HasField("version") else (
+        spec.version.value if spec.HasField("version") else None)
+    return request_log.encode_log(kind, spec.name, version,
+                                  answered.signature_name or spec.signature_name,
+                                  request_id, arrived, request, response)
+
+
+class ProxyHandler(grpc.GenericRpcHandler):
+    """Forwards every unary method of TF Serving's services to ``upstream``."""
+
+    def __init__(self, upstream: str, logger, metrics: M.Metrics, max_message_bytes: int):
+        self.upstream = upstream
+        self.logger = logger
+        self.metrics = metrics
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self.channel = grpc.aio.insecure_channel(upstream, options=options)
+        self._calls = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> Optional[grpc.RpcMethodHandler]:
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        if service not in SERVICES:
+            return None    # UNIMPLEMENTED, as TF Serving answers an unknown service
+        call = self._calls.get(details.method)
+        if call is None:
+            call = self._calls[details.method] = self.channel.unary_unary(details.method)
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext):
+            return await self._forward(call, method, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(forward)   # bytes in, bytes out
+
+    async def _forward(self, call, method: str, request: bytes, context) -> bytes:
+        started, arrived = time.perf_counter(), time.time()
+        metadata, rid = [], None
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_KEY:
+                rid = str(value)[:128]
+            elif key not in _HOP_BY_HOP and not key.startswith("grpc-"):
+                metadata.append((key, value))
+        rid = rid or new_request_id()
+        metadata.append((REQUEST_ID_KEY, rid))
+        remaining = context.time_remaining()
+        timeout = UPSTREAM_TIMEOUT_SECONDS if remaining is None else remaining
+        kind = LOGGED.get(method)
+        try:
+            response = await call(request, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            self._record(kind, request, started, err.code().name)
+            details = err.details() or ""
+            if err.code() == grpc.StatusCode.UNAVAILABLE and "connect" in details:
+                details = f"upstream {self.upstream} unavailable: {details}"   # not TF Serving's
+            await context.abort(err.code(), details, trailing_metadata=_returned(
+                err.trailing_metadata()) + ((REQUEST_ID_KEY, rid),))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        self._record(kind, request, started, "OK")
+        if kind is not None and self.logger is not None and self.logger.sampled():
+            self.logger.submit(lambda: _safe_record(kind, request, response, rid, arrived))
+        return response
+
+    def _record(self, kind: Optional[str], request: bytes, started: float, status: str) -> None:
+        if kind is None:
+            return
+        name = model_name(request)
+        self.metrics.inc(M.REQUEST_COUNT, (("model_name", name), ("status", status)))
+        self.metrics.observe(M.REQUEST_LATENCY, (("model_name", name), ("API", kind),
+                                                 ("entrypoint", "GRPC")),
+                             (time.perf_counter() - started) * 1e6, M.LATENCY_BUCKETS_US)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def model_name(request: bytes) -> str:
+    """The model name of a serialized Predict/Classify/Regress request, read from
+    its leading ``model_spec`` field (field 1 in all three; serializers write it
+    first) without parsing the rest; "" when it is not there."""
+    from tensorflow_serving.apis import model_pb2
+
+    if not request or request[0] != 0x0A:       # field 1, length-delimited
+        return ""
+    length, shift, i = 0, 0, 1
+    while i < len(request):
+        byte = request[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            break
+        shift += 7
+    try:
+        return model_pb2.ModelSpec.FromString(request[i:i + length]).name[:200]
+    except Exception:   # noqa: BLE001 - a malformed request: upstream will say so
+        return ""
+
+
+def _returned(metadata) -> tuple:
+    return tuple((k, v) for k, v in (metadata or ()) if k not in _HOP_BY_HOP
+                 and not k.startswith("grpc-") and k != REQUEST_ID_KEY)
+
+
+def _safe_record(kind, request, response, rid, arrived):
+    try:
+        return build_record(kind, request, response, rid, arrived)
+    except Exception as exc:   # noqa: BLE001 - an unreadable call is not logged, not fatal
+        log.warning("proxy: could not log a gRPC %s call: %s", kind, exc)
+        return None
+
+
+async def start(settings, logger, metrics: M.Metrics):
+    """The proxy's gRPC server on ``settings.grpc_port``; returns (server, handler, port)."""
+    handler = ProxyHandler(settings.proxy_grpc_to, logger, metrics, settings.max_request_bytes)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
+    await server.start()
+    log.info("proxy on grpc %s:%d -> %s", settings.host, port, settings.proxy_grpc_to)
+    return server, handler, port
