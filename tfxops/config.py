@@ -89,7 +89,7 @@ class Settings:
     poll_seconds: float = 1.0                # how often the push directory is scanned
     enable_batching: bool = True
     max_batch_size: int = 32
-    batch_timeout_micros: int = 10_000       # the longest a request waits for others; tfxops
+    batch_timeout_micros: int = 20_000       # the longest a request waits for others; tfxops
                                              # serve waits only under load (serving/batching.py)
     max_request_bytes: int = 10 * 1024 * 1024
     intra_op_threads: int = 1                # TF session pools (TF Serving's --tensorflow_*_parallelism);

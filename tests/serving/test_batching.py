@@ -74,3 +74,26 @@ def test_oversized_request_runs_alone_and_bad_request_fails_alone():
     finally:
         batcher.shutdown()
     assert 10 in calls
+
+
+def test_closed_loop_clients_get_whole_batches_without_waiting_for_the_timeout():
+    """4 clients, each sending its next request when answered: once the batcher has
+    seen them, every batch holds all 4 and none waits for the (huge) timeout."""
+    calls, sizes = [], []
+    batcher = Batcher(max_batch_size=32, batch_timeout_micros=60_000_000, num_batch_threads=1,
+                      on_batch=lambda rows, requests: sizes.append(requests))
+
+    async def client(i):
+        for j in range(20):
+            out = await batcher.submit(KEY, run_rows(calls), {"x": np.array([i * 100 + j])}, 1)
+            assert out["out"].tolist() == [2 * (i * 100 + j)]
+
+    async def main():
+        await asyncio.wait_for(asyncio.gather(*[client(i) for i in range(4)]), 30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.shutdown()
+    assert sum(sizes) == 80
+    assert sizes[2:] == [4] * (len(sizes) - 2)
