@@ -65,3 +65,14 @@ def test_full_queue_drops_and_counts(tmp_path):
     assert logger.submit(object()) and logger.submit(object())
     assert not logger.submit(object())
     assert metrics.value(M.LOG_DROPPED) == 1
+
+
+def test_framing_is_byte_identical_to_tensorflows_writer(tmp_path):
+    import tensorflow as tf
+
+    records = [b"", b"x", bytes(range(256)) * 40]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for record in records:
+            writer.write(record)
+    ours = b"".join(request_log.tfrecord_frame(r) for r in records)
+    assert ours == (tmp_path / "tf.tfrecord").read_bytes()
