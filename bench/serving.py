@@ -242,7 +242,10 @@ def main():
     model_dir = args.model_dir
     if not model_dir:
         push = settings.model_push_dir
-        versions = sorted(int(v) for v in os.listdir(push) if v.isdigit())
+        versions = sorted(int(v) for v in os.listdir(push) if v.isdigit()) if push.is_dir() else []
+        if not versions:
+            sys.exit(f"bench/serving.py: no pushed model under {push}; run `make run` first "
+                     f"or pass --model-dir DIR (a pushed version directory)")
         model_dir = str(push / str(versions[-1]))
     rows = list(read_csv_rows(str(REPO / "data" / "taxi" / "data.csv")))[:1]
     serialized = serialize_rows(rows)
