@@ -74,8 +74,7 @@ class Batcher:
 
     def __init__(self, max_batch_size: int = 32, batch_timeout_micros: int = 1000,
                  num_batch_threads: int = 1, executor: Optional[ThreadPoolExecutor] = None,
-                 on_batch: Optional[Callable[[int, int], None]] = None,
-                 inline_lone: bool = True):
+                 on_batch: Optional[Callable[[int, int], None]] = None):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.max_batch_size = max_batch_size
@@ -84,7 +83,6 @@ class Batcher:
         self.executor = executor or ThreadPoolExecutor(self.num_batch_threads,
                                                        thread_name_prefix="batch")
         self.on_batch = on_batch           # (rows, requests) after each batch
-        self.inline_lone = inline_lone     # run a lone request on the loop (see _dispatch)
         self._queues: Dict[tuple, _Queue] = {}
         self._waiting = 0                  # requests submitted and not answered yet
         self._peak = 0                     # most waiting at once since the last batch
@@ -170,7 +168,7 @@ class Batcher:
 
     def _dispatch(self, queue: _Queue) -> None:
         tasks = self._take(queue)
-        if self.inline_lone and self._busy == 0 and len(tasks) == 1 and not queue.tasks:
+        if self._busy == 0 and len(tasks) == 1 and not queue.tasks:
             # A lone request while nothing else runs: call the model right here
             # instead of handing it to a batch thread and back (two thread
             # switches and a wake-up of the loop, about a third of a lone

@@ -23,22 +23,18 @@ def cmd_serve(args) -> int:
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if settings.proxy_to or settings.proxy_grpc_to:
-        from serving import proxy
-        try:
-            proxy.serve(settings)
-        except OSError as exc:
-            print(f"tfxops serve: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        return EXIT_OK
-    if not settings.model_push_dir.is_dir():
+    proxying = bool(settings.proxy_to or settings.proxy_grpc_to)
+    if not proxying and not settings.model_push_dir.is_dir():
         print(f"tfxops serve: no model directory {settings.model_push_dir} "
               f"(run `tfxops run` first, or set serving_dir)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from serving import server
+    if proxying:
+        from serving.proxy import serve
+    else:
+        from serving.server import serve
     try:
-        server.serve(settings)
-    except OSError as exc:
+        serve(settings)
+    except OSError as exc:   # a port in use, an unwritable log directory
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK

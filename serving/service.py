@@ -138,7 +138,6 @@ class Inference:
         names, types and shapes beyond the batch dimension, so their outcome is kept
         per version and signature: a repeated request shape costs one dict lookup
         and the batch-size check."""
-        batchable = self.batcher is not None and sig.batchable
         struct = tuple((alias, a.dtype.str, a.shape[1:] if sig.batchable else a.shape)
                        for alias, a in sorted(feeds.items()))
         cache_key = (sig.name, struct, tuple(output_filter))
@@ -146,7 +145,7 @@ class Inference:
         if plan is None:
             self.check_inputs(sig, feeds)
             outputs = self.check_outputs(sig, output_filter)
-            plan = (outputs, batch_key(loaded, sig.name, feeds, outputs) if batchable else None)
+            plan = (outputs, self._key(loaded, sig, feeds, outputs))
             if len(loaded.plans) >= 256:   # request shapes come from clients: bounded
                 loaded.plans.clear()
             loaded.plans[cache_key] = plan
