@@ -40,8 +40,9 @@ class ModelServer:
     """The embedded server. ``start()`` in a running loop, or ``run()`` to block."""
 
     def __init__(self, settings: config.Settings, enable_logging: bool = True,
-                 num_batch_threads: Optional[int] = None):
+                 num_batch_threads: Optional[int] = None, freeze_gc: bool = False):
         self.settings = settings
+        self.freeze_gc = freeze_gc     # the process is ours alone (tfxops serve): see _freeze_gc
         self.metrics = M.new_metrics()
         self.manager = ModelManager(
             settings.model_name, str(settings.model_push_dir),
@@ -90,7 +91,8 @@ class ModelServer:
             self.logger.start()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.manager.start)
-        _tune_gc()
+        if self.freeze_gc:
+            _freeze_gc()
         options = [("grpc.max_receive_message_length", s.max_request_bytes),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
                    ("grpc.so_reuseport", 0)]
@@ -175,10 +177,12 @@ class BackgroundServer:
         self.stop()
 
 
-def _tune_gc() -> None:
+def _freeze_gc() -> None:
     """Move everything allocated so far (TensorFlow's modules, the loaded graphs:
     about a million objects) out of the garbage collector's sight, so that its
-    collections scan what requests allocate instead of walking all of them again."""
+    collections scan what requests allocate instead of walking all of them again.
+    Only in a process that is just the server: frozen objects that later form
+    garbage cycles are never collected."""
     import gc
     gc.collect()
     gc.freeze()
@@ -186,4 +190,4 @@ def _tune_gc() -> None:
 
 def serve(settings: config.Settings) -> None:
     """Run until SIGTERM/SIGINT."""
-    asyncio.run(ModelServer(settings).serve_forever())
+    asyncio.run(ModelServer(settings, freeze_gc=True).serve_forever())
