@@ -5,8 +5,8 @@ Regress logged as PredictionLog records.
 Every unary method of ``tensorflow.serving.PredictionService`` and
 ``tensorflow.serving.ModelService`` is forwarded as raw bytes (nothing is parsed
 or re-serialized on the way), with the caller's metadata and deadline; the
-upstream's answer, status code, details and metadata come back as they were, so
-TF Serving's own clients see TF Serving. An ``x-request-id`` is read from the
+upstream's answer, or its status code, details and trailing metadata, come back
+as they were, so TF Serving's own clients see TF Serving. An ``x-request-id`` is read from the
 caller's metadata (or made up), passed upstream, and returned in the trailing
 metadata, as ``tfxops serve`` does.
 
