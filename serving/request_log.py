@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Union
 
 import google_crc32c
 
-from serving.wire import length_delimited, varint
+from serving.wire import length_delimited, tag, varint
 
 log = logging.getLogger("tfxops.serving")
 
@@ -282,7 +282,7 @@ def _metadata_bytes(model_name: str, version: Optional[int], signature_name: str
         if any(f.number >= ts for f, _ in meta.ListFields()) or origin < ts:
             cached = None         # unexpected layout: no shortcut
         else:
-            cached = (meta.SerializeToString(), varint(ts << 3), ts, origin)
+            cached = (meta.SerializeToString(), tag(ts, 0), ts, origin)
         if len(_META_PREFIXES) > 1000:
             _META_PREFIXES.clear()
         _META_PREFIXES[key] = cached or ()
