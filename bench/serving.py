@@ -58,6 +58,7 @@ def wait_port(port, proc, timeout=180):
 
 NOOP_SERVER = r"""
 import asyncio, sys, grpc
+from serving import busy_poll
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 resp = predict_pb2.PredictResponse()
 resp.model_spec.name = "taxi"; resp.model_spec.version.value = 1
@@ -73,7 +74,7 @@ async def main():
     server.add_insecure_port("127.0.0.1:" + sys.argv[1])
     await server.start()
     await server.wait_for_termination()
-asyncio.run(main())
+busy_poll.run(main(), int(sys.argv[2]))   # the same event loop as tfxops serve
 """
 
 
@@ -192,13 +193,25 @@ def floor(mv, serialized, seconds):
     """The in-process call of the signature, with the server's own session settings."""
     sig = mv.signatures["serving_default"]
     feeds = {"examples": np.array(serialized[:1], dtype=object)}
+    return in_process(lambda: mv.run(sig, feeds, ("probabilities",)), seconds)
+
+
+def tf2_call(fn, serialized, seconds):
+    """The signature as a user calls it in process with TensorFlow 2
+    (``tf.saved_model.load``), TensorFlow's default threading."""
+    import tensorflow as tf
+    examples = tf.constant(serialized[:1])
+    return in_process(lambda: fn(examples=examples)["probabilities"].numpy(), seconds)
+
+
+def in_process(call, seconds):
     for _ in range(100):
-        mv.run(sig, feeds, ("probabilities",))
+        call()
     lat, deadline = [], time.perf_counter() + seconds
     start, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() < deadline and len(lat) < 100_000:
         t = time.perf_counter()
-        mv.run(sig, feeds, ("probabilities",))
+        call()
         lat.append(time.perf_counter() - t)
     out = summarize(lat, time.perf_counter() - start)
     out["server_cpu_ms"] = 1e3 * (time.process_time() - cpu) / len(lat)
@@ -206,14 +219,17 @@ def floor(mv, serialized, seconds):
     return out
 
 
-SERVERS = [  # (name, batching, logging)
-    ("tfxops serve, batching on, logging on", True, True),
-    ("tfxops serve, batching off, logging on", False, True),
-    ("tfxops serve, batching on, logging off", True, False),
-    ("tfxops serve, batching off, logging off", False, False),
+SERVERS = [  # (name, batching, logging, other settings)
+    ("tfxops serve, batching on, logging on", True, True, ()),
+    ("tfxops serve, batching off, logging on", False, True, ()),
+    ("tfxops serve, batching on, logging off", True, False, ()),
+    ("tfxops serve, batching off, logging off", False, False, ()),
+    ("tfxops serve, batching on, logging on, busy polling off", True, True,
+     ("busy_poll_micros=0",)),
 ]
 NOOP = "no-op gRPC server (ceiling)"
 FLOOR = "in-process `serving_default` call (floor)"
+TF2 = "in-process `tf.saved_model.load(...).signatures[\"serving_default\"]` (reference)"
 
 
 def median_row(samples):
@@ -256,15 +272,18 @@ def main():
     load_before = os.getloadavg()[0]
     mv = ModelVersion("taxi", 1, model_dir,
                       SessionThreads(settings.intra_op_threads, settings.inter_op_threads))
+    import tensorflow as tf
+    tf2_fn = tf.saved_model.load(model_dir).signatures["serving_default"]
 
     print("starting the servers ...", flush=True)
     noop_port = free_port()
-    noop = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)])
+    noop = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port),
+                             str(settings.busy_poll_micros)], cwd=REPO)
     servers = {}
     try:
-        for i, (name, batching, logging_on) in enumerate(SERVERS):
+        for i, (name, batching, logging_on, extra) in enumerate(SERVERS):
             servers[name] = start_server(str(tmp / "serving_model"), str(tmp / f"home{i}"),
-                                         batching, logging_on)
+                                         batching, logging_on, extra)
         for server in servers.values():
             wait_server(*server)
         wait_port(noop_port, noop)
@@ -277,12 +296,13 @@ def main():
         for rnd in range(args.rounds):
             print(f"round {rnd + 1}/{args.rounds} ...", flush=True)
             add((FLOOR, "-", 1), floor(mv, serialized, args.seconds))
+            add((TF2, "-", 1), tf2_call(tf2_fn, serialized, args.seconds))
             for c in (1, 32):
                 add((NOOP, "gRPC", c), measured(noop.pid, lambda: asyncio.run(
                     grpc_load(noop_port, request, c, args.seconds))))
-                for name, batching, logging_on in SERVERS:
+                for name, batching, logging_on, extra in SERVERS:
                     proc, rest, grpc_port = servers[name]
-                    apis = ("gRPC", "REST") if batching and logging_on else ("gRPC",)
+                    apis = ("gRPC", "REST") if batching and logging_on and not extra else ("gRPC",)
                     for api in apis:
                         b0 = batch_totals(rest)
                         if api == "gRPC":
@@ -300,9 +320,9 @@ def main():
         mv.close()
     shutil.rmtree(tmp, ignore_errors=True)
 
-    order = [(FLOOR, "-", 1)] + [(NOOP, "gRPC", c) for c in (1, 32)] + [
-        (name, api, c) for name, b, l in SERVERS for c in (1, 32)
-        for api in (("gRPC", "REST") if b and l else ("gRPC",))]
+    order = [(FLOOR, "-", 1), (TF2, "-", 1)] + [(NOOP, "gRPC", c) for c in (1, 32)] + [
+        (name, api, c) for name, b, l, extra in SERVERS for c in (1, 32)
+        for api in (("gRPC", "REST") if b and l and not extra else ("gRPC",))]
     results = [(n, a, c, median_row(samples[(n, a, c)])) for n, a, c in order]
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     lines = ["# Serving benchmark", "",
@@ -313,8 +333,9 @@ def main():
              f"one grpc.aio channel with one coroutine per client / tornado async client). "
              f"Server settings are the defaults (`max_batch_size` {settings.max_batch_size}, "
              f"`batch_timeout_micros` {settings.batch_timeout_micros}, session threads intra "
-             f"{settings.intra_op_threads} / inter {settings.inter_op_threads}). "
-             f"Run: `.venv/bin/python bench/serving.py`.", "",
+             f"{settings.intra_op_threads} / inter {settings.inter_op_threads}, "
+             f"`busy_poll_micros` {settings.busy_poll_micros}); the no-op server runs on the "
+             f"same busy-polling event loop. Run: `.venv/bin/python bench/serving.py`.", "",
              f"Load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
              f"the end. Each cell is the median over the rounds. \"server CPU\": all threads "
              f"of the server process per request (for the floor, the calling process). "
@@ -367,14 +388,16 @@ def main():
         lines.append(f"- {text}: **{fmt(med, unit)}** [{fmt(lo, unit)} .. {fmt(hi, unit)}]")
     med = {key: median_row(v) for key, v in samples.items()}
     noop1 = med[(NOOP, "gRPC", 1)]
+    cold = med[("tfxops serve, batching on, logging on, busy polling off", "gRPC", 1)]
     lines += ["", "Where a lone single-row gRPC request's time goes (medians above):", "",
               f"- transport and gRPC in Python (the no-op server's p50): {noop1['p50']:.2f} ms;",
               f"- everything tfxops serve adds to it (model call, parsing, checks, batching, "
               f"response, metrics, logging): {med[single]['p50'] - noop1['p50']:.2f} ms, against "
               f"{med[(FLOOR, '-', 1)]['p50']:.2f} ms for the model call made back to back in "
-              f"process (the floor). Made once per request between other work, the same call "
-              f"takes about twice as long (cold caches and branch predictors on a shared VM), "
-              f"so the floor is not reachable inside any server here.",
+              f"process (the floor);",
+              f"- with busy polling off the server's CPU sleeps between one client's requests "
+              f"and every request runs cold: p50 {cold['p50']:.2f} ms instead of "
+              f"{med[single]['p50']:.2f} ms (serving/busy_poll.py).",
               f"- At 32 clients the no-op server spends {med[noop32]['server_cpu_ms']:.2f} ms of "
               f"CPU per request in grpc.aio alone; tfxops serve "
               f"{med[on]['server_cpu_ms']:.2f} ms with the model, batching and logging. "

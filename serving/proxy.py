@@ -23,7 +23,7 @@ import tornado.httpserver
 import tornado.web
 from tensorflow.core.framework import types_pb2
 
-from serving import metrics as M
+from serving import busy_poll, metrics as M
 from serving import request_log
 from serving.errors import ServingError
 from serving.request_log import RequestLogger
@@ -214,4 +214,4 @@ def serve(settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await run_proxy(settings, stop_event=stop)
-    asyncio.run(main())
+    busy_poll.run(main(), settings.busy_poll_micros)

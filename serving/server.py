@@ -14,7 +14,7 @@ from typing import Optional
 
 from tfxops import config
 
-from serving import metrics as M
+from serving import busy_poll, metrics as M
 from serving.batching import Batcher
 from serving.models import ModelManager, SessionThreads, VersionPolicy, parse_labels
 from serving.request_log import RequestLogger
@@ -189,5 +189,8 @@ def _freeze_gc() -> None:
 
 
 def serve(settings: config.Settings) -> None:
-    """Run until SIGTERM/SIGINT."""
-    asyncio.run(ModelServer(settings, freeze_gc=True).serve_forever())
+    """Run until SIGTERM/SIGINT, on a busy-polling loop (``busy_poll_micros``: the
+    process is the server alone; BackgroundServer's loop shares its process's GIL
+    with the caller and does not spin)."""
+    busy_poll.run(ModelServer(settings, freeze_gc=True).serve_forever(),
+                  settings.busy_poll_micros)

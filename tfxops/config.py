@@ -94,6 +94,8 @@ class Settings:
     max_request_bytes: int = 10 * 1024 * 1024
     intra_op_threads: int = 1                # TF session pools (TF Serving's --tensorflow_*_parallelism);
     inter_op_threads: int = -1               # 0: TF's default, -1: ops on the calling thread
+    busy_poll_micros: int = 500              # an idle loop polls this long before sleeping
+                                             # (serving/busy_poll.py); 0: off
     proxy_to: str = ""                       # host:port of TF Serving's REST API to forward to
     proxy_grpc_to: str = ""                  # host:port of TF Serving's gRPC API to forward to
 
