@@ -23,7 +23,6 @@ import asyncio
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,24 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("server did not start")
+from serving.client import wait_listening  # noqa: E402
+from serving.server import free_port  # noqa: E402
 
 
 NOOP_SERVER = r"""
@@ -91,8 +74,8 @@ def start_server(serving_dir, home, batching, logging_on, extra=()):
 
 
 def wait_server(proc, rest, grpc_port):
-    wait_port(rest, proc)
-    wait_port(grpc_port, proc)
+    wait_listening(rest, proc)
+    wait_listening(grpc_port, proc)
 
 
 def stop(proc):
@@ -296,7 +279,7 @@ def main():
                                          batching, logging_on, extra)
         for server in servers.values():
             wait_server(*server)
-        wait_port(noop_port, noop)
+        wait_listening(noop_port, noop)
         time.sleep(2.0)
         samples = {}   # (row name, api, clients) -> [result per round]
 

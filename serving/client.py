@@ -7,6 +7,8 @@ encoding) to ``serving_default`` — over gRPC as a PredictRequest, over REST as
 ``{"instances": [{"b64": ...}]}``.
 """
 import base64
+import socket
+import time
 import uuid
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -38,6 +40,21 @@ def predict_request(model_name: str, serialized: Sequence[bytes],
     tensor.tensor_shape.dim.add().size = len(serialized)
     tensor.string_val.extend(serialized)
     return request
+
+
+def wait_listening(port: int, proc=None, host: str = "127.0.0.1", timeout: float = 180.0) -> None:
+    """Wait until a server (``proc``: its subprocess.Popen, checked for an early exit)
+    accepts connections on ``port``; RuntimeError when it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection((host, port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server did not listen on {host}:{port} within {timeout:g} s")
 
 
 def rest_body(serialized: Sequence[bytes], signature_name: str = DEFAULT_SIGNATURE) -> Dict:

@@ -6,11 +6,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from serving import busy_poll, request_log
+from serving import client
 from serving.client import make_client
 from tests.serving.conftest import copy_version, serving_settings
 
@@ -58,18 +58,11 @@ def test_busy_poll_run_serves_asyncio_streams():
     assert busy_poll.run(main(), 0) == b"ping\n"
 
 
-def wait_listening(port, proc, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"tfxops serve exited with {proc.returncode}:\n"
-                                 f"{proc.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"tfxops serve did not listen on {port}")
+def wait_listening(port, proc):
+    try:
+        client.wait_listening(port, proc)
+    except RuntimeError as exc:
+        raise AssertionError(f"tfxops serve: {exc}:\n{proc.stderr.read()}") from None
 
 
 @pytest.mark.parametrize("busy_poll_micros", [500, 0])
