@@ -15,7 +15,8 @@ median over the rounds; the goal ratios are computed within each round and their
 median is reported. The client is one grpc.aio channel with one coroutine per
 simulated client (the cheapest Python client), or tornado's async HTTP client, in
 this process. Besides latency and throughput it records each server's CPU time
-per request, the mean batch size, and the load average. Writes
+per request (all threads, and the event-loop thread alone), the mean batch size,
+the machine's idle share and the load average. Writes
 docs/bench-serving.md.
 """
 import argparse
@@ -92,9 +93,11 @@ def summarize(latencies, elapsed):
             "rps": len(lat) / elapsed}
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+def cpu_seconds(pid, thread=None):
+    """User + system CPU time of process ``pid`` (all its threads), or of its thread
+    ``thread`` (a thread id; the main thread's is ``pid``)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = open(path).read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -106,11 +109,14 @@ def machine_idle():
 
 def measured(pid, load):
     """Run ``load()`` (returns a summary); add the server's CPU time per request (on a
-    shared machine a steadier figure than wall-clock throughput), the share of the
-    machine's CPU time left idle meanwhile, and the load average."""
-    before, idle_before = cpu_seconds(pid), machine_idle()
+    shared machine a steadier figure than wall-clock throughput) and that of its main
+    thread, which runs the asyncio event loop (for the no-op server and tfxops serve),
+    the share of the machine's CPU time left idle meanwhile, and the load average."""
+    before, loop_before, idle_before = cpu_seconds(pid), cpu_seconds(pid, pid), machine_idle()
     result = load()
-    result["server_cpu_ms"] = 1e3 * (cpu_seconds(pid) - before) / max(1, result["n_total"])
+    requests = max(1, result["n_total"])
+    result["server_cpu_ms"] = 1e3 * (cpu_seconds(pid) - before) / requests
+    result["loop_cpu_ms"] = 1e3 * (cpu_seconds(pid, pid) - loop_before) / requests
     (idle0, total0), (idle1, total1) = idle_before, machine_idle()
     result["idle"] = 100.0 * (idle1 - idle0) / max(1, total1 - total0)
     result["load"] = os.getloadavg()[0]
@@ -226,7 +232,7 @@ TF2 = "in-process `tf.saved_model.load(...).signatures[\"serving_default\"]` (re
 
 
 def median_row(samples):
-    keys = ("p50", "p99", "rps", "server_cpu_ms", "idle", "load")
+    keys = ("p50", "p99", "rps", "server_cpu_ms", "loop_cpu_ms", "idle", "load")
     out = {k: float(np.median([r.get(k, np.nan) for r in samples])) for k in keys}
     out["n"] = int(sum(r["n"] for r in samples))
     batches = [r["batch"] for r in samples if r.get("batch")]
@@ -332,17 +338,21 @@ def main():
              f"same busy-polling event loop. Run: `.venv/bin/python bench/serving.py`.", "",
              f"Load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
              f"the end. Each cell is the median over the rounds. \"server CPU\": all threads "
-             f"of the server process per request (for the floor, the calling process). "
+             f"of the server process per request (for the floor, the calling process); "
+             f"\"loop CPU\": the same for its main thread alone, which runs the asyncio "
+             f"event loop and all of gRPC's and the handlers' Python. "
              f"\"rows/batch\": mean model-call batch size (server's batch-size histogram). "
              f"\"machine idle\": share of both CPUs' time that nobody (client, server, "
              f"anything else) used during the row's measurement.", "",
              "| setup | API | clients | p50 ms | p99 ms | requests/s | requests | server CPU ms/req "
-             "| rows/batch | machine idle | load |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| loop CPU ms/req | rows/batch | machine idle | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, api, c, r in results:
         batch = f"{r['batch']:.1f}" if r.get("batch") else "-"
         lines.append(f"| {name} | {api} | {c} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} "
-                     f"| {r['n']} | {r['server_cpu_ms']:.2f} | {batch} "
+                     f"| {r['n']} | {r['server_cpu_ms']:.2f} "
+                     f"| {'-' if np.isnan(r['loop_cpu_ms']) else format(r['loop_cpu_ms'], '.3f')} "
+                     f"| {batch} "
                      f"| {'-' if np.isnan(r['idle']) else format(r['idle'], '.0f') + '%'} "
                      f"| {r['load']:.1f} |")
 
@@ -385,6 +395,9 @@ def main():
     for text, unit, (med, lo, hi) in cpu_ratios:
         lines.append(f"- {text}: **{fmt(med, unit)}** [{fmt(lo, unit)} .. {fmt(hi, unit)}]")
     med = {key: median_row(v) for key, v in samples.items()}
+
+    def loop_busy(row):
+        return row["loop_cpu_ms"] * row["rps"] / 10.0   # percent of one CPU
     noop1 = med[(NOOP, "gRPC", 1)]
     cold = med[("tfxops serve, batching on, logging on, busy polling off", "gRPC", 1)]
     lines += ["", "Where a lone single-row gRPC request's time goes (medians above):", "",
@@ -393,13 +406,26 @@ def main():
               f"response, metrics, logging): {med[single]['p50'] - noop1['p50']:.2f} ms, against "
               f"{med[(FLOOR, '-', 1)]['p50']:.2f} ms for the model call made back to back in "
               f"process (the floor);",
-              f"- with busy polling off the server's CPU sleeps between one client's requests "
-              f"and every request runs cold: p50 {cold['p50']:.2f} ms instead of "
-              f"{med[single]['p50']:.2f} ms (serving/busy_poll.py).",
+              f"- busy polling (serving/busy_poll.py): p50 {med[single]['p50']:.2f} ms with it, "
+              f"{cold['p50']:.2f} ms without. It pays when the server's CPU would otherwise "
+              f"sleep between one client's requests and run each one cold; how often that "
+              f"happens varies from hour to hour on this shared machine.",
               "", "At 32 clients:", "",
               f"- the no-op server spends {med[noop32]['server_cpu_ms']:.2f} ms of CPU per "
               f"request in grpc.aio alone; tfxops serve {med[on]['server_cpu_ms']:.2f} ms with "
               f"the model, batching and logging. Client and server share the 2 cores.",
+              f"- Throughput follows the server's event-loop thread, which runs all of "
+              f"grpc.aio's and the handlers' Python: it was busy "
+              f"{loop_busy(med[noop32]):.0f}% of the time in the no-op server and "
+              f"{loop_busy(med[on]):.0f}% in tfxops serve, at {med[noop32]['loop_cpu_ms']:.3f} and "
+              f"{med[on]['loop_cpu_ms']:.3f} ms of loop CPU per request: a ratio of "
+              f"{100 * med[noop32]['loop_cpu_ms'] / med[on]['loop_cpu_ms']:.0f}%, against a "
+              f"throughput ratio of {100 * med[on]['rps'] / med[noop32]['rps']:.0f}%. What tfxops "
+              f"serve adds on the loop, {med[on]['loop_cpu_ms'] - med[noop32]['loop_cpu_ms']:.3f} "
+              f"ms per request (reading the request, input checks, the batch queue, writing the "
+              f"response, metrics, handing the record to the log writer), would have to fall to "
+              f"{med[noop32]['loop_cpu_ms'] / 0.8 - med[noop32]['loop_cpu_ms']:.3f} ms for the "
+              f"80% goal.",
               f"- The no-op server leaves {med[noop32]['idle']:.0f}% of the machine idle, "
               f"tfxops serve {med[on]['idle']:.0f}%. Part of it is lock-step: 32 closed-loop "
               f"clients fill batches of 32 rows, and while such a batch runs every client waits "
@@ -421,7 +447,8 @@ def main():
               f"the no-op server's {med[noop32]['rps']:.0f} requests/s, "
               f"{med[noop32]['rps'] / med[off]['rps']:.1f} times the "
               f"{med[off]['rps']:.0f} requests/s without batching, which bounds the batching "
-              f"ratio on this machine."]
+              f"ratio on this machine: 3x would take "
+              f"{300 * med[off]['rps'] / med[noop32]['rps']:.0f}% of the ceiling."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
