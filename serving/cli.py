@@ -64,8 +64,9 @@ def cmd_predict(args) -> int:
         return EXIT_BAD_INPUT
     port = args.port or (settings.grpc_port if args.protocol == "grpc" else settings.rest_port)
     c = client.make_client(args.protocol, args.host or settings.host, port, settings.model_name)
+    request_id = args.request_id or client.new_request_id()
     try:
-        predictions = c.predict_rows(rows, version=args.version)
+        predictions = c.predict_rows(rows, version=args.version, request_id=request_id)
     except client.ServingError as exc:
         print(f"tfxops predict: server answered {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -75,7 +76,7 @@ def cmd_predict(args) -> int:
     finally:
         c.close()
     if args.output == "json":
-        print(json.dumps({"predictions": predictions}))
+        print(json.dumps({"request_id": request_id, "predictions": predictions}))
     else:
         for row, p in zip(rows, predictions):
             print(f"{p:.6f}")
@@ -102,6 +103,9 @@ def register(subparsers, common) -> None:
     p.add_argument("--host", help="server host (default: the host setting)")
     p.add_argument("--port", type=int, help="server port (default: rest_port / grpc_port)")
     p.add_argument("--version", type=int, help="ask for this model version")
+    p.add_argument("--request-id", help="the request's id in the server's request log (default: "
+                                        "a new random one; --output json prints it), for "
+                                        "feedback CSVs")
     p.add_argument("--output", choices=["text", "json"], default="text")
 
     def _default_csv(args):

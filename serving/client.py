@@ -62,6 +62,12 @@ def rest_body(serialized: Sequence[bytes], signature_name: str = DEFAULT_SIGNATU
             "instances": [{"b64": base64.b64encode(s).decode("ascii")} for s in serialized]}
 
 
+def new_request_id() -> str:
+    """A request id for the server's request log (and feedback CSVs): sent by the
+    clients here with every request, over REST and gRPC alike."""
+    return uuid.uuid4().hex
+
+
 class ServingError(RuntimeError):
     def __init__(self, status, message):
         super().__init__(f"{status}: {message}")
@@ -77,7 +83,7 @@ class RestClient:
     def predict_serialized(self, serialized: Sequence[bytes], version: Optional[int] = None,
                            request_id: Optional[str] = None) -> List[float]:
         url = self.base + (f"/versions/{version}" if version is not None else "") + ":predict"
-        headers = {"X-Request-Id": request_id or uuid.uuid4().hex}
+        headers = {"X-Request-Id": request_id or new_request_id()}
         r = self.session.post(url, json=rest_body(serialized), headers=headers,
                               timeout=self.timeout)
         body = r.json()
@@ -105,7 +111,7 @@ class GrpcClient:
     def predict_serialized(self, serialized: Sequence[bytes], version: Optional[int] = None,
                            request_id: Optional[str] = None) -> List[float]:
         request = predict_request(self.model_name, serialized, version=version)
-        metadata = (("x-request-id", request_id),) if request_id else None
+        metadata = (("x-request-id", request_id or new_request_id()),)
         try:
             response = self.stub.Predict(request, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as exc:

@@ -7,8 +7,8 @@ Every unary method of ``tensorflow.serving.PredictionService`` and
 or re-serialized on the way), with the caller's metadata and deadline; the
 upstream's answer, or its status code, details and trailing metadata, come back
 as they were, so TF Serving's own clients see TF Serving. An ``x-request-id`` is read from the
-caller's metadata (or made up), passed upstream, and returned in the trailing
-metadata, as ``tfxops serve`` does.
+caller's metadata (or made up) and passed upstream; the caller's own is returned
+in the trailing metadata, as ``tfxops serve`` does.
 
 Logging costs the request path one queue append: the request and response bytes
 are kept as they crossed the proxy, and the writer thread reads the model name
@@ -89,6 +89,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                 rid = str(value)[:128]
             elif key not in _HOP_BY_HOP and not key.startswith("grpc-"):
                 metadata.append((key, value))
+        returned = ((REQUEST_ID_KEY, rid),) if rid else ()
         rid = rid or new_request_id()
         metadata.append((REQUEST_ID_KEY, rid))
         remaining = context.time_remaining()
@@ -102,8 +103,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
             if err.code() == grpc.StatusCode.UNAVAILABLE and "connect" in details:
                 details = f"upstream {self.upstream} unavailable: {details}"   # not TF Serving's
             await context.abort(err.code(), details, trailing_metadata=_returned(
-                err.trailing_metadata()) + ((REQUEST_ID_KEY, rid),))
-        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+                err.trailing_metadata()) + returned)
+        if returned:
+            context.set_trailing_metadata(returned)
         self._record(kind, request, started, "OK")
         if kind is not None and self.logger is not None and self.logger.sampled():
             self.logger.submit(lambda: _safe_record(kind, request, response, rid, arrived))

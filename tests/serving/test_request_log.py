@@ -5,7 +5,7 @@ import requests
 
 from modules import features as F
 from serving import request_log
-from serving.client import GrpcClient, serialize_rows
+from serving.client import GrpcClient, predict_request, serialize_rows
 from serving.server import BackgroundServer
 from tests.serving.conftest import copy_version, serving_settings
 from tfxops.examples import row_to_example
@@ -27,6 +27,11 @@ def test_round_trip(tmp_path, pushed_model, rows):
         for i, row in enumerate(rows[6:9]):      # gRPC
             p = grpc_client.predict_rows([row], request_id=f"grpc-{i}")
             sent[f"grpc-{i}"] = ([row_to_example(row, F.SERVING_FEATURES)], p)
+        # a caller that sends no id (as TF Serving's clients) gets TF Serving's bare
+        # answer, no extra metadata; the log gets a made-up id
+        anonymous, call = grpc_client.stub.Predict.with_call(
+            predict_request("taxi", serialize_rows(rows[9:10])), timeout=30)
+        assert "x-request-id" not in dict(call.trailing_metadata() or ())
         grpc_client.close()
         complete = [r for r in rows if all(r[c] != "" for c in F.MODEL_FEATURES)][:2]
         raw = [{c: (float(r[c]) if F.column_type(c) == "float" else int(float(r[c]))
@@ -45,7 +50,11 @@ def test_round_trip(tmp_path, pushed_model, rows):
     assert len(files) >= 3          # rotated every 4 records
     assert not [p for p in settings.request_logs_path.iterdir() if p.name.endswith(".tmp")]
     logged = {rec.request_id: rec for rec in request_log.read_request_log(settings.request_logs_path)}
-    assert set(sent) | {"cls"} == set(logged)
+    (made_up,) = set(logged) - set(sent) - {"cls"}
+    assert len(made_up) == 32 and int(made_up, 16) >= 0
+    assert logged[made_up].predictions == __import__("pytest").approx(
+        list(anonymous.outputs["probabilities"].float_val), abs=1e-6)
+    assert set(sent) | {"cls", made_up} == set(logged)
     for rid, (examples, predictions) in sent.items():
         rec = logged[rid]
         assert rec.model_name == "taxi" and rec.model_version == 5 and rec.timestamp > 0

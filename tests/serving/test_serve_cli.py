@@ -1,6 +1,8 @@
 """``tfxops serve`` as a user runs it: its own process, on its busy-polling loop;
-serves REST and gRPC, and on SIGTERM stops cleanly (exit 0) with every answered
-request in a closed request-log file. Plus the busy-polling selector itself."""
+answers ``tfxops predict`` over REST and gRPC, and on SIGTERM stops cleanly (exit 0)
+with every answered request in a closed request-log file, under the request id
+``tfxops predict`` printed. Plus the busy-polling selector itself."""
+import json
 import selectors
 import signal
 import socket
@@ -11,7 +13,6 @@ import pytest
 
 from serving import busy_poll, request_log
 from serving import client
-from serving.client import make_client
 from tests.serving.conftest import copy_version, serving_settings
 
 
@@ -67,7 +68,7 @@ def wait_listening(port, proc):
 
 @pytest.mark.parametrize("busy_poll_micros", [500, 0])
 def test_tfxops_serve_process_serves_and_stops_cleanly_on_sigterm(
-        tmp_path, pushed_model, rows, busy_poll_micros):
+        tmp_path, pushed_model, busy_poll_micros):
     settings = serving_settings(tmp_path, busy_poll_micros=busy_poll_micros)
     copy_version(pushed_model, settings.model_push_dir, 3)
     command = [sys.executable, "-m", "tfxops.cli", "serve", "--home", str(tmp_path)]
@@ -77,15 +78,19 @@ def test_tfxops_serve_process_serves_and_stops_cleanly_on_sigterm(
     try:
         wait_listening(settings.rest_port, proc)
         wait_listening(settings.grpc_port, proc)
-        answers = {}
-        for protocol, port in (("rest", settings.rest_port), ("grpc", settings.grpc_port)):
-            client = make_client(protocol, "127.0.0.1", port, settings.model_name)
-            try:
-                answers[protocol] = client.predict_rows(rows[:4])
-            finally:
-                client.close()
-        assert answers["rest"] == pytest.approx(answers["grpc"], abs=1e-6)
-        assert all(0.0 <= p <= 1.0 for p in answers["rest"])
+        answers = {}   # what `tfxops predict` prints, over both protocols
+        for protocol, port, rid in (("rest", settings.rest_port, []),
+                                    ("grpc", settings.grpc_port, ["--request-id", "cli-grpc"])):
+            out = subprocess.run(
+                [sys.executable, "-m", "tfxops.cli", "predict", "--home", str(tmp_path),
+                 "--protocol", protocol, "--port", str(port), "--rows", "4", "--output", "json",
+                 *rid], capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            answers[protocol] = json.loads(out.stdout)
+        assert answers["rest"]["predictions"] == pytest.approx(answers["grpc"]["predictions"], abs=1e-6)
+        assert len(answers["rest"]["predictions"]) == 4
+        assert all(0.0 <= p <= 1.0 for p in answers["rest"]["predictions"])
+        assert answers["grpc"]["request_id"] == "cli-grpc" and answers["rest"]["request_id"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, proc.stderr.read()
     finally:
@@ -97,4 +102,6 @@ def test_tfxops_serve_process_serves_and_stops_cleanly_on_sigterm(
     logged = list(request_log.read_request_log(files))
     assert len(logged) == 2                           # one REST, one gRPC request of 4 rows
     assert sorted(len(r.examples) for r in logged) == [4, 4]
+    # the ids printed are the ids logged: what a feedback CSV refers to
+    assert {r.request_id for r in logged} == {a["request_id"] for a in answers.values()}
     assert not [p for p in settings.request_logs_path.iterdir() if p.name.startswith(".")]
