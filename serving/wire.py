@@ -68,11 +68,20 @@ def shape_bytes(shape: Iterable[int]) -> bytes:
                     for d in shape)
 
 
+_HEADS: Dict[tuple, bytes] = {}   # (dtype, shape) -> the TensorProto's dtype and shape fields
+
+
 def tensor_bytes(array: np.ndarray, dtype: int) -> bytes:
     """A serialized TensorProto of ``array`` with typed fields, as TF Serving answers
     (float/double packed, strings one field per value; other types through the
     protobuf library)."""
-    head = _DTYPE_TAG + varint(dtype) + length_delimited(_T_SHAPE, shape_bytes(array.shape))
+    key = (dtype, array.shape)
+    head = _HEADS.get(key)
+    if head is None:   # one per output type and batch shape: kept
+        if len(_HEADS) > 1000:
+            _HEADS.clear()
+        head = _HEADS[key] = (_DTYPE_TAG + varint(dtype)
+                              + length_delimited(_T_SHAPE, shape_bytes(array.shape)))
     packed = _PACKED.get(dtype)
     if packed is not None:
         if not array.size:
