@@ -9,7 +9,6 @@ encoding) to ``serving_default`` — over gRPC as a PredictRequest, over REST as
 import base64
 import socket
 import time
-import uuid
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import grpc
@@ -17,6 +16,7 @@ import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from modules import features as F
+from serving.request_log import new_request_id
 from tfxops.examples import row_to_example
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -60,12 +60,6 @@ def wait_listening(port: int, proc=None, host: str = "127.0.0.1", timeout: float
 def rest_body(serialized: Sequence[bytes], signature_name: str = DEFAULT_SIGNATURE) -> Dict:
     return {"signature_name": signature_name,
             "instances": [{"b64": base64.b64encode(s).decode("ascii")} for s in serialized]}
-
-
-def new_request_id() -> str:
-    """A request id for the server's request log (and feedback CSVs): sent by the
-    clients here with every request, over REST and gRPC alike."""
-    return uuid.uuid4().hex
 
 
 class ServingError(RuntimeError):

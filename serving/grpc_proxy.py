@@ -23,7 +23,8 @@ import grpc
 
 from serving import metrics as M
 from serving import request_log
-from serving.grpc_service import REQUEST_ID_KEY, new_request_id
+from serving.grpc_service import REQUEST_ID_KEY
+from serving.request_log import new_request_id
 
 log = logging.getLogger("tfxops.serving")
 

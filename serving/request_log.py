@@ -216,6 +216,14 @@ class RequestLogger:
             self._records = 0       # records in the open file
 
 
+# ------------------------------------------------------------------ request ids
+def new_request_id() -> str:
+    """The id a request is logged under when its caller sent none (and the id the
+    clients in serving.client send): 32 random hex digits, like ``uuid.uuid4().hex``
+    without its os.urandom system call on every request."""
+    return "%032x" % random.getrandbits(128)
+
+
 # ------------------------------------------------------------------ TFRecord framing
 def _masked_crc(data: bytes) -> bytes:
     """TFRecord's masked CRC-32C of ``data``, little-endian."""

@@ -45,7 +45,8 @@ except ImportError:   # pragma: no cover
 
 from serving import request_log
 from serving.errors import ServingError, invalid
-from serving.grpc_service import fill_classifications, model_metadata, model_status, new_request_id
+from serving.grpc_service import fill_classifications, model_metadata, model_status
+from serving.request_log import new_request_id
 from serving.service import Inference
 from serving.tensors import _short, json_to_ndarray, ndarray_to_json, ndarray_to_proto
 
