@@ -43,7 +43,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import google_crc32c
 
@@ -325,6 +325,134 @@ def encode_log(kind: str, model_name: str, version: Optional[int], signature_nam
                                 + length_delimited(response_number, response)))
 
 
+# ------------------------------------------------------------------ rejected requests
+# A request the server (or TF Serving behind the proxy) refused is logged too, so
+# the monitor sees what clients sent even when nothing could be served: a
+# PredictionLog whose ``predict_log.request`` holds what could be decoded of the
+# request and whose response carries no model output, only ``ERROR_OUTPUT``: a
+# string tensor [error code, message]. Every rejected call (predict, classify,
+# regress; REST or gRPC) is logged in this one form.
+ERROR_OUTPUT = "__error__"
+REJECTED_REQUEST_MAX_BYTES = 1 << 20     # larger rejected requests: logged without inputs
+_NAME_LIMIT = 256                        # model and signature names come from callers
+
+
+def encode_rejected(model_name: str, version: Optional[int], signature_name: str,
+                    request_id: str, timestamp: float, code: str, message: str,
+                    request=None) -> bytes:
+    """A serialized PredictionLog for a rejected call. ``request``: a PredictRequest
+    (or its bytes) of what was received, None when nothing could be decoded."""
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow.core.framework import types_pb2
+
+    if isinstance(request, bytes):
+        request = predict_pb2.PredictRequest.FromString(request) \
+            if len(request) <= REJECTED_REQUEST_MAX_BYTES else None
+    out = predict_pb2.PredictRequest()
+    if request is not None and request.ByteSize() <= REJECTED_REQUEST_MAX_BYTES:
+        out.inputs.MergeFrom(request.inputs)
+    name, signature = model_name[:_NAME_LIMIT], (signature_name or "")[:_NAME_LIMIT]
+    out.model_spec.name, out.model_spec.signature_name = name, signature
+    if version is not None:
+        out.model_spec.version.value = int(version)
+    response = predict_pb2.PredictResponse()
+    response.model_spec.CopyFrom(out.model_spec)
+    error = response.outputs[ERROR_OUTPUT]
+    error.dtype = types_pb2.DT_STRING
+    error.tensor_shape.dim.add().size = 2
+    error.string_val.extend([code.encode(), message.encode("utf-8", "replace")])
+    return encode_log("predict", name, version, signature, request_id, timestamp, out, response)
+
+
+def rejection(record) -> Optional[Tuple[str, str]]:
+    """(error code, message) of a logged rejected call; None for an answered one."""
+    if record.WhichOneof("log_type") != "predict_log":
+        return None
+    tensor = record.predict_log.response.outputs.get(ERROR_OUTPUT)
+    if tensor is None or len(tensor.string_val) != 2:
+        return None
+    code, message = tensor.string_val
+    return code.decode("utf-8", "replace"), message.decode("utf-8", "replace")
+
+
+def examples_request(serialized: List[bytes]):
+    """A PredictRequest whose ``examples`` input holds ``serialized`` tf.Examples."""
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow.core.framework import types_pb2
+
+    request = predict_pb2.PredictRequest()
+    tensor = request.inputs["examples"]
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add().size = len(serialized)
+    tensor.string_val.extend(serialized)
+    return request
+
+
+def json_rows_to_examples(rows: List, dtypes: Optional[Dict[str, int]] = None) -> List[bytes]:
+    """Serialized tf.Examples of JSON rows as a client sent them (objects of
+    feature -> value, or ``{"b64": serialized example}``), typed by ``dtypes``
+    (input alias -> DataType, from the signature) where known, else by the JSON
+    value. A feature the row lacks (or sends as null) is absent from its example;
+    an empty string is an empty list, as CsvExampleGen encodes an empty cell; a
+    value of another type than the signature's is kept as it came, so the
+    monitor's schema checks see it. Rows that are neither are left out."""
+    import base64
+    import tensorflow as tf
+
+    out = []
+    for row in rows:
+        if isinstance(row, dict) and set(row) == {"b64"} and isinstance(row["b64"], str):
+            try:
+                out.append(base64.b64decode(row["b64"], validate=True))
+            except ValueError:
+                pass
+            continue
+        if not isinstance(row, dict):
+            continue
+        example = tf.train.Example()
+        for name, value in row.items():
+            _json_feature(example.features.feature, str(name)[:_NAME_LIMIT], value,
+                          (dtypes or {}).get(name))
+        out.append(example.SerializeToString())
+    return out
+
+
+def _json_feature(features, name: str, value, dtype: Optional[int]) -> None:
+    if value is None:
+        return                           # as a missing key
+    values = value if isinstance(value, list) else [value]
+    if any(v is None or isinstance(v, (list, dict)) for v in values):
+        return                           # nested: nothing a tf.Example feature holds
+    present = [v for v in values if v != ""]
+    kind = _feature_kind(present, dtype)
+    feature = features[name]
+    if kind == "float":
+        feature.float_list.value.extend(float(v) for v in present)
+    elif kind == "int":
+        feature.int64_list.value.extend(int(v) for v in present)
+    else:
+        feature.bytes_list.value.extend(
+            v.encode("utf-8") if isinstance(v, str) else str(v).encode() for v in present)
+
+
+def _feature_kind(present: List, dtype: Optional[int]) -> str:
+    """float | int | bytes: the signature's type when every value fits it, else
+    the type the JSON values have."""
+    from tensorflow.core.framework import types_pb2 as T
+
+    ints = all(isinstance(v, int) for v in present)             # bools too: 0/1
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    if dtype in (T.DT_FLOAT, T.DT_DOUBLE) and numbers:
+        return "float"
+    if dtype in (T.DT_INT64, T.DT_INT32) and ints:
+        return "int"
+    if dtype == T.DT_STRING and all(isinstance(v, str) for v in present):
+        return "bytes"
+    if present and ints:
+        return "int"
+    return "float" if present and numbers else "bytes"
+
+
 # ------------------------------------------------------------------ reading back
 @dataclass
 class LoggedRequest:
@@ -336,6 +464,7 @@ class LoggedRequest:
     kind: str                     # predict | classify | regress
     examples: List                # tf.train.Example, one per row of the request
     predictions: List             # one per row: a value, {output: value}, or {label: score}
+    error: Optional[Tuple[str, str]] = None   # (code, message) of a rejected call
 
 
 def closed_log_files(directory: Union[str, Path]) -> List[Path]:
@@ -386,9 +515,10 @@ def to_logged_request(record) -> LoggedRequest:
     meta = record.log_metadata
     kind = record.WhichOneof("log_type")
     version = meta.model_spec.version.value if meta.model_spec.HasField("version") else None
+    error = rejection(record)
     if kind == "predict_log":
         examples = predict_request_examples(record.predict_log.request)
-        predictions = _predict_outputs(record.predict_log.response)
+        predictions = [] if error else _predict_outputs(record.predict_log.response)
         version = _response_version(record.predict_log.response, version)
     elif kind == "classify_log":
         examples = input_examples(record.classify_log.request.input)
@@ -403,7 +533,7 @@ def to_logged_request(record) -> LoggedRequest:
         raise ValueError(f"unsupported PredictionLog type {kind!r}")
     return LoggedRequest(meta.request_origin, meta.model_spec.name, version,
                          meta.model_spec.signature_name, meta.timestamp_secs,
-                         kind.replace("_log", ""), examples, predictions)
+                         kind.replace("_log", ""), examples, predictions, error)
 
 
 def _response_version(response, default):
