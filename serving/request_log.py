@@ -29,10 +29,28 @@ writer thread wakes every ``DRAIN_SECONDS``, builds and serializes the queued
 records and writes them in one go (few GIL hand-offs instead of one per request);
 a full queue drops the record and counts it
 (``tfxops_serving_request_log_dropped_total``). ``close()`` drains the queue and
-closes the open file: a clean shutdown loses nothing; a crash loses at most the
-records not yet flushed (the writer flushes about every second) and leaves the
-closed files intact.
+closes the open file: a clean shutdown (SIGTERM) loses nothing.
+
+What a crash can lose (the flush policy):
+
+* ``kill -9``, an OOM kill, a crash of the process: every drain's records go to
+  the operating system in one unbuffered ``write``, so only the records still
+  queued are lost: the requests answered in the last ``DRAIN_SECONDS`` (50 ms)
+  plus the time of one drain, never more than ``queue_size`` records. Every
+  record counted by ``tfxops_serving_request_log_records_total`` is in the file.
+* Power loss or a kernel crash: the open file is fsynced every ``FSYNC_SECONDS``
+  (1 s) and before it is renamed, so about the last second of records.
+* The open file of a killed writer stays behind as a hidden ``.<name>.tmp``.
+  ``recover_orphans(directory)``, run by every ``RequestLogger.start()`` (and
+  callable by the monitor), keeps every complete record of it (TFRecord framing
+  and CRCs checked), drops a torn last record, and renames it to ``<name>``.
+  A writer holds an exclusive ``fcntl.flock`` on its temp file from creation to
+  rename, and recovery only touches files whose lock it can take: never the file
+  of a live writer, in this process or another one sharing the directory (flock
+  locks belong to the open file, so two loggers of one process exclude each
+  other too; on NFS, Linux emulates flock with POSIX byte-range locks).
 """
+import fcntl
 import logging
 import os
 import random
@@ -53,8 +71,9 @@ log = logging.getLogger("tfxops.serving")
 
 FILE_PREFIX = "requests-"
 FILE_SUFFIX = ".tfrecord"
-FLUSH_SECONDS = 1.0
-DRAIN_SECONDS = 0.05
+TMP_SUFFIX = ".tmp"
+DRAIN_SECONDS = 0.05     # the writer hands queued records to the OS this often
+FSYNC_SECONDS = 1.0      # ... and makes them durable (power loss) this often
 
 
 class RequestLogger:
@@ -77,7 +96,8 @@ class RequestLogger:
         self._thread: Optional[threading.Thread] = None
         self._seq = 0
         self._token = secrets.token_hex(3)
-        self._writer = None
+        self._fd: Optional[int] = None          # the open temp file (flock held)
+        self._bytes = 0                           # complete records' bytes in it
         self._tmp_path: Optional[Path] = None
         self._final_path: Optional[Path] = None
         self._records = 0
@@ -88,7 +108,9 @@ class RequestLogger:
 
     # ------------------------------------------------ request side (never blocks)
     def start(self) -> "RequestLogger":
+        """Recover the files of killed writers (``recover_orphans``), then write."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        recover_orphans(self.directory)
         self._thread = threading.Thread(target=self._run, name="request-log-writer", daemon=True)
         self._thread.start()
         return self
@@ -118,7 +140,7 @@ class RequestLogger:
 
     # ------------------------------------------------ writer thread
     def _run(self):
-        last_flush = time.monotonic()
+        last_sync = time.monotonic()
         while True:
             stopping = self._stopping
             self._drain()
@@ -127,11 +149,11 @@ class RequestLogger:
                 self._close_file()
                 return
             now = time.monotonic()
-            if self._writer is not None and now - self._opened >= self.rotate_seconds:
+            if self._fd is not None and now - self._opened >= self.rotate_seconds:
                 self._close_file()
-            elif self._writer is not None and now - last_flush >= FLUSH_SECONDS:
-                self._writer.flush()
-                last_flush = now
+            elif self._fd is not None and now - last_sync >= FSYNC_SECONDS:
+                self._sync()
+                last_sync = now
             self._wake.wait(DRAIN_SECONDS)
 
     def _drain(self) -> int:
@@ -174,46 +196,144 @@ class RequestLogger:
             return None
 
     def _write_frames(self, frames: List[bytes]) -> int:
+        """Hand ``frames`` to the OS (no user-space buffer: a killed process loses
+        none of them). A failed write is cut off the file, so it stays readable."""
+        data = b"".join(frames)
         try:
-            if self._writer is None:
+            if self._fd is None:
                 self._open_file()
-            self._writer.write(b"".join(frames))
+            _write_all(self._fd, data)
         except Exception:   # noqa: BLE001 - a full disk must not stop the server
             log.exception("request log: could not write %d records", len(frames))
+            self._cut_torn_write()
             if self.metrics is not None:
                 from serving import metrics as M
                 self.metrics.inc(M.LOG_ERRORS, value=len(frames))
             return 0
+        self._bytes += len(data)
         self._records += len(frames)
         self.written += len(frames)
         return len(frames)
 
+    def _cut_torn_write(self):
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, self._bytes)   # O_APPEND: the next write goes there
+            except OSError:
+                log.exception("request log: could not cut a failed write off %s", self._tmp_path)
+
+    def _sync(self):
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            log.exception("request log: could not fsync %s", self._tmp_path)
+
     def _open_file(self):
-        self._seq += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        # pid + a per-logger token + sequence: two loggers never share a name
-        name = f"{FILE_PREFIX}{stamp}-{os.getpid()}-{self._token}-{self._seq:06d}{FILE_SUFFIX}"
-        self._final_path = self.directory / name
-        self._tmp_path = self.directory / f".{name}.tmp"
-        self._writer = open(self._tmp_path, "wb", buffering=1 << 20)
-        self._records = 0
+        """A new temp file, created and locked (flock) before anything is written.
+        A recoverer that took the lock in between found it empty and removed it:
+        then the next name is taken."""
+        while True:
+            self._seq += 1
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            # pid + a per-logger token + sequence: two loggers never share a name
+            name = f"{FILE_PREFIX}{stamp}-{os.getpid()}-{self._token}-{self._seq:06d}{FILE_SUFFIX}"
+            tmp = self.directory / f".{name}{TMP_SUFFIX}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)      # waits only while a recoverer looks at it
+            if _is_open_as(tmp, fd):
+                break
+            os.close(fd)
+        self._fd, self._tmp_path, self._final_path = fd, tmp, self.directory / name
+        self._records = self._bytes = 0
         self._opened = time.monotonic()
 
     def _close_file(self):
-        if self._writer is None:
+        """fsync, rename while still holding the lock (recovery keeps off), close."""
+        if self._fd is None:
             return
         try:
-            self._writer.close()
+            os.fsync(self._fd)
             os.replace(self._tmp_path, self._final_path)
             self.closed_files.append(self._final_path)
             if self.metrics is not None:
                 from serving import metrics as M
                 self.metrics.inc(M.LOG_FILES)
-        except Exception:   # noqa: BLE001
+        except Exception:   # noqa: BLE001 - left hidden: the next start recovers it
             log.exception("request log: could not close %s", self._tmp_path)
         finally:
-            self._writer = None
+            os.close(self._fd)                   # releases the lock
+            self._fd = None
             self._records = 0       # records in the open file
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _is_open_as(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not renamed or removed)."""
+    try:
+        st, open_st = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (open_st.st_dev, open_st.st_ino)
+
+
+# ------------------------------------------------------------------ crash recovery
+@dataclass
+class Recovered:
+    """An orphaned temp file, recovered: ``path`` is its final name (``records``
+    > 0), or the temp file removed because no record of it was complete."""
+    path: Path
+    records: int                  # complete records kept
+    dropped_bytes: int            # bytes of a torn last record cut off
+
+
+def recover_orphans(directory: Union[str, Path]) -> List[Recovered]:
+    """Recover the hidden temp files of writers that died (``kill -9``, a crash):
+    keep every complete record, cut a torn tail, rename to the final name. Files
+    whose flock is held (a live writer's, in any process) are left alone. Safe to
+    run from several processes at once; each file is recovered by one of them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    out = []
+    for tmp in sorted(directory.glob(f".{FILE_PREFIX}*{FILE_SUFFIX}{TMP_SUFFIX}")):
+        found = _recover(tmp)
+        if found is not None:
+            log.warning("request log: recovered %s from a writer that died: %d records kept, "
+                        "%d bytes of a torn record dropped%s", tmp.name, found.records,
+                        found.dropped_bytes, "" if found.records else " (file removed)")
+            out.append(found)
+    return out
+
+
+def _recover(tmp: Path) -> Optional[Recovered]:
+    try:
+        fd = os.open(tmp, os.O_RDWR)
+    except FileNotFoundError:
+        return None                    # closed or recovered meanwhile
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None                # a live writer's file
+        if not _is_open_as(tmp, fd):
+            return None                # renamed by its writer or another recoverer
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        records, end = complete_records(data)
+        final = tmp.with_name(tmp.name[1:-len(TMP_SUFFIX)])
+        if not records:
+            os.unlink(tmp)
+            return Recovered(tmp, 0, len(data))
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+        os.replace(tmp, final)
+        return Recovered(final, records, len(data) - end)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------ request ids
@@ -229,6 +349,23 @@ def _masked_crc(data: bytes) -> bytes:
     """TFRecord's masked CRC-32C of ``data``, little-endian."""
     crc = google_crc32c.value(data)
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def complete_records(data: bytes) -> Tuple[int, int]:
+    """(how many complete records ``data`` starts with, the byte offset where they
+    end): records are counted while their framing and both CRCs check; the first
+    that does not (a torn tail, garbage) ends the count."""
+    pos = count = 0
+    end = len(data)
+    while pos + 12 <= end:
+        header = data[pos:pos + 8]
+        if data[pos + 8:pos + 12] != _masked_crc(header):
+            break
+        stop = pos + 12 + struct.unpack("<Q", header)[0]
+        if stop + 4 > end or data[stop:stop + 4] != _masked_crc(data[pos + 12:stop]):
+            break
+        pos, count = stop + 4, count + 1
+    return count, pos
 
 
 def tfrecord_frame(data: bytes) -> bytes:

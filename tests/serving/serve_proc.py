@@ -1,0 +1,78 @@
+"""``tfxops serve`` as its own process, for the tests that signal or kill it, and
+what those tests read from it: the Prometheus counters, the request log."""
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from serving import client, request_log
+
+PASSED_SETTINGS = ("serving_dir", "rest_port", "grpc_port", "request_log_dir",
+                   "log_rotate_records", "log_rotate_seconds", "poll_seconds",
+                   "max_concurrent_requests")
+
+
+class ServeProcess:
+    """A running ``tfxops serve`` with ``settings``; ``with`` stops it (SIGKILL if
+    it is still running at the end of the block)."""
+
+    def __init__(self, settings, home):
+        command = [sys.executable, "-m", "tfxops.cli", "serve", "--home", str(home)]
+        for key in PASSED_SETTINGS:
+            if hasattr(settings, key):
+                command += ["--set", f"{key}={getattr(settings, key)}"]
+        self.settings = settings
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        try:
+            client.wait_listening(settings.rest_port, self.proc)
+            client.wait_listening(settings.grpc_port, self.proc)
+        except RuntimeError as exc:
+            self.kill()
+            raise AssertionError(f"tfxops serve: {exc}:\n{self.proc.stderr.read()}") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.kill()
+
+    def kill(self) -> None:
+        """``kill -9``."""
+        self.proc.kill()
+        self.proc.wait(60)
+
+    def terminate(self) -> int:
+        """SIGTERM; the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(120)
+
+    def counter(self, name: str) -> float:
+        """A counter's value on the metrics page (summed over its labels)."""
+        text = requests.get(f"http://127.0.0.1:{self.settings.rest_port}"
+                            f"/monitoring/prometheus/metrics", timeout=30).text
+        return sum(float(m.group(1)) for m in
+                   re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+    def wait_counter(self, name: str, value: float, timeout: float = 60.0) -> float:
+        """Poll until ``name`` reaches ``value`` (or ``timeout``); its last value."""
+        deadline = time.monotonic() + timeout
+        seen = self.counter(name)
+        while seen < value and time.monotonic() < deadline:
+            time.sleep(0.05)
+            seen = self.counter(name)
+        return seen
+
+
+def logged_ids(directory) -> list:
+    """The request ids in the closed log files of ``directory`` (one per record)."""
+    files = request_log.closed_log_files(directory)
+    return [r.log_metadata.request_origin for r in request_log.read_prediction_logs(files)]
+
+
+def hidden_files(directory) -> list:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
