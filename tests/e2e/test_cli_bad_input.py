@@ -79,3 +79,17 @@ def test_wrong_type(tmp_path, taxi_rows, column, value, kind):
 def test_unknown_setting(tmp_path, small_data_dir):
     result, home = _run(tmp_path, small_data_dir, "--set", "train_stepz=5")
     _assert_refused(result, home, "unknown setting 'train_stepz'")
+
+
+def test_csv_that_is_not_utf8(tmp_path, taxi_rows):
+    """A Latin-1 byte in a UTF-8 file: the pre-flight names the file, line, byte offset
+    and value (it was a traceback and exit 1)."""
+    rows = [dict(r) for r in taxi_rows[:50]]
+    rows[6]["company"] = "SENTINEL"
+    path = write_rows(tmp_path / "data" / "train.csv", rows, F.CSV_COLUMNS)
+    data = path.read_bytes().replace(b"SENTINEL", b"Caf\xe9 Cab")
+    path.write_bytes(data)
+    offset = data.index(b"\xe9")
+    result, home = _run(tmp_path, tmp_path / "data")
+    _assert_refused(result, home, str(path), "line 8", f"byte {offset}", "0xe9", "UTF-8")
+    assert "Traceback" not in result.stderr and "UnicodeDecodeError" not in result.stderr
