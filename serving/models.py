@@ -9,7 +9,11 @@ unloading and status, as TF Serving's file-system source and manager do.
   wants unloaded. Unloading waits for the requests still holding that version.
 * A version that fails to load is reported as state END with TF Serving's error code
   and message, and is not retried until its directory changes (a half-written
-  push that completes later is picked up). The versions already served keep serving.
+  push that completes later is picked up). The versions already served keep serving,
+  and the policy chooses again among the loadable versions in the same scan: a
+  broken newest version at start-up means the newest loadable one is served from
+  the first request (TF Serving instead refuses to start: "Some models did not
+  become available").
 
 Each version is loaded with TensorFlow's SavedModel loader into its own graph and
 session (what TF Serving does in C++): signatures run as ``Session`` callables,
@@ -369,12 +373,7 @@ class ModelManager:
     def poll_once(self) -> None:
         """One scan: load newly wanted versions, then unload the unwanted ones."""
         on_disk = self.discover()
-        wanted = self.policy.select(self._loadable(on_disk))
-        for version in wanted:
-            if version not in self._loaded:
-                self._load(version)
-        # Recompute: a wanted version may have just failed, so an older one stays.
-        wanted = set(self.policy.select(self._loadable(on_disk)))
+        wanted = self._load_wanted(on_disk)
         for version in list(self._loaded):
             if version not in wanted and (wanted & set(self._loaded)
                                           or version not in on_disk):
@@ -384,6 +383,21 @@ class ModelManager:
                       if v not in on_disk and st.state == END and v not in self._loaded]:
                 if len(self._status) > 50:
                     del self._status[v]
+
+    def _load_wanted(self, on_disk: List[int]) -> set:
+        """Load the versions the policy wants; when one fails, the policy chooses
+        again among the loadable rest, in the same pass (so a broken newest
+        version falls back to the newest loadable one before the server listens,
+        not a poll later). Returns the versions wanted in the end."""
+        tried = set()
+        while True:
+            wanted = self.policy.select(self._loadable(on_disk))
+            missing = [v for v in wanted if v not in self._loaded and v not in tried]
+            if not missing:
+                return set(wanted)
+            for version in missing:
+                tried.add(version)
+                self._load(version)
 
     def _set(self, version: int, state: str, code: str = "OK", message: str = "",
              fingerprint: tuple = ()):
