@@ -28,12 +28,19 @@ _CODES = {
 }
 
 
+MAX_MESSAGE_CHARS = 1000     # messages quote what callers sent: never more than this
+
+
 class ServingError(Exception):
-    """A request failed with a TF Serving status code and a message for the caller."""
+    """A request failed with a TF Serving status code and a message for the caller
+    (at most ``MAX_MESSAGE_CHARS``: a message never echoes unbounded input)."""
 
     def __init__(self, code: str, message: str):
         if code not in _CODES:
             raise ValueError(f"unknown error code {code!r}")
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} " \
+                      f"more characters)"
         super().__init__(message)
         self.code = code
         self.message = message
@@ -56,6 +63,18 @@ def invalid(message: str) -> ServingError:
 
 def not_found(message: str) -> ServingError:
     return ServingError("NOT_FOUND", message)
+
+
+def internal_error(doing: str) -> ServingError:
+    """INTERNAL for an unexpected failure while ``doing`` something: the traceback
+    goes to the server's log (under an id the caller gets), never to the caller."""
+    import logging
+    import secrets
+
+    incident = secrets.token_hex(4)
+    logging.getLogger("tfxops.serving").exception("internal error %s while %s", incident, doing)
+    return ServingError("INTERNAL", f"internal error while {doing}; the server's log has the "
+                                    f"details under incident {incident}")
 
 
 def from_tf_error(exc) -> ServingError:

@@ -45,13 +45,17 @@ def _request_classes():
 
 
 def build_record(kind: str, request: bytes, response: bytes, request_id: str,
-                 arrived: float) -> bytes:
-    """The serialized PredictionLog of one proxied call (run on the writer thread)."""
+                 arrived: float, versions: Optional[dict] = None) -> bytes:
+    """The serialized PredictionLog of one proxied call (run on the writer thread);
+    ``versions`` (model name -> version) learns the version that answered."""
     request_type, response_type = _request_classes()[kind]
     spec = request_type.FromString(request).model_spec
     answered = response_type.FromString(response).model_spec
     version = answered.version.value if answered.HasField("version") else (
         spec.version.value if spec.HasField("version") else None)
+    if versions is not None and version is not None and (
+            spec.name in versions or len(versions) < 64):
+        versions[spec.name] = version
     return request_log.encode_log(kind, spec.name, version,
                                   answered.signature_name or spec.signature_name,
                                   request_id, arrived, request, response)
@@ -68,6 +72,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         self.channel = grpc.aio.insecure_channel(upstream, options=options)
         self._calls = {}
+        self.names = M.ModelNames()
+        self._answered_versions: dict = {}   # model name -> version of its last answer
 
     def service(self, details: grpc.HandlerCallDetails) -> Optional[grpc.RpcMethodHandler]:
         service, _, method = details.method.lstrip("/").rpartition("/")
@@ -100,6 +106,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             response = await call(request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             self._record(kind, request, started, err.code().name)
+            self._log_rejected(kind, request, rid, arrived, err)
             details = err.details() or ""
             if err.code() == grpc.StatusCode.UNAVAILABLE and "connect" in details:
                 details = f"upstream {self.upstream} unavailable: {details}"   # not TF Serving's
@@ -109,13 +116,25 @@ class ProxyHandler(grpc.GenericRpcHandler):
             context.set_trailing_metadata(returned)
         self._record(kind, request, started, "OK")
         if kind is not None and self.logger is not None and self.logger.sampled():
-            self.logger.submit(lambda: _safe_record(kind, request, response, rid, arrived))
+            versions = self._answered_versions
+            self.logger.submit(lambda: _safe_record(kind, request, response, rid, arrived,
+                                                    versions))
         return response
+
+    def _log_rejected(self, kind: Optional[str], request: bytes, rid: str, arrived: float,
+                      err: grpc.aio.AioRpcError) -> None:
+        if kind is not None and self.logger is not None and self.logger.sampled():
+            code, details, versions = err.code().name, err.details() or "", self._answered_versions
+            self.logger.submit(lambda: _safe_rejected(kind, request, rid, arrived, code, details,
+                                                      versions))
 
     def _record(self, kind: Optional[str], request: bytes, started: float, status: str) -> None:
         if kind is None:
             return
         name = model_name(request)
+        if status == "OK":
+            self.names.answered(name)
+        name = self.names.label(name)
         self.metrics.inc(M.REQUEST_COUNT, (("model_name", name), ("status", status)))
         self.metrics.observe(M.REQUEST_LATENCY, (("model_name", name), ("API", kind),
                                                  ("entrypoint", "GRPC")),
@@ -152,9 +171,33 @@ def _returned(metadata) -> tuple:
                  and not k.startswith("grpc-") and k != REQUEST_ID_KEY)
 
 
-def _safe_record(kind, request, response, rid, arrived):
+def build_rejected(kind: str, request: bytes, request_id: str, arrived: float, code: str,
+                   message: str, versions: dict) -> bytes:
+    """The rejected-call record of a call TF Serving refused. Its version: the one
+    the call asked for, else the one that answered the model's last successful
+    call (what TF Serving would have run, unless it swapped versions meanwhile)."""
+    request_type, _ = _request_classes()[kind]
+    parsed = request_type.FromString(request)
+    spec = parsed.model_spec
+    version = spec.version.value if spec.HasField("version") else versions.get(spec.name)
+    if kind != "predict":
+        from serving.grpc_service import serialized_input
+        request = request_log.examples_request(serialized_input(parsed.input))
+    return request_log.encode_rejected(spec.name, version, spec.signature_name, request_id,
+                                       arrived, code, message[:1000], request)
+
+
+def _safe_rejected(kind, request, rid, arrived, code, message, versions):
     try:
-        return build_record(kind, request, response, rid, arrived)
+        return build_rejected(kind, request, rid, arrived, code, message, versions)
+    except Exception:   # noqa: BLE001 - bytes that do not parse: logged without the request
+        return request_log.encode_rejected(model_name(request), None, "", rid, arrived, code,
+                                           message[:1000], None)
+
+
+def _safe_record(kind, request, response, rid, arrived, versions=None):
+    try:
+        return build_record(kind, request, response, rid, arrived, versions)
     except Exception as exc:   # noqa: BLE001 - an unreadable call is not logged, not fatal
         log.warning("proxy: could not log a gRPC %s call: %s", kind, exc)
         return None

@@ -12,7 +12,7 @@ clients in an A/B run here, for an id such a client does not read.
 """
 import functools
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import grpc
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
@@ -22,9 +22,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from serving import request_log, wire
 from serving.request_log import new_request_id
-from serving.errors import ServingError, invalid
+from serving.errors import ServingError, internal_error, invalid
 from serving.service import Inference
-from serving.tensors import proto_to_ndarray
+from serving.tensors import protos_to_arrays
 
 REQUEST_ID_KEY = "x-request-id"
 
@@ -69,8 +69,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, inference: Inference):
         self.inf = inference
 
-    async def _fail(self, context, model_name: str, api: str, started: float, err: ServingError):
-        self.inf.record(model_name, api, "GRPC", started, err.code)
+    async def _fail(self, context, call: "_Call", err: ServingError):
+        """Answer ``err``; count it, and log the call as rejected (what the caller
+        sent, the code and message), as the REST API does."""
+        inf = self.inf
+        inf.record(call.name, call.api, "GRPC", call.started, err.code)
+        if call.api in LOGGED_APIS and inf.sampled():
+            inf.log(functools.partial(
+                request_log.encode_rejected, call.name, call.version, call.signature,
+                call.request_id, call.arrived, err.code, err.message, call.received()))
         await context.abort(err.grpc_code, err.message)
 
     async def Predict(self, request, context):
@@ -86,47 +93,40 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await self._predict(request, raw, context)
 
     async def _predict(self, request, raw: Optional[bytes], context) -> Optional[bytes]:
-        started = time.perf_counter()
-        arrived = time.time()
-        sent = _sent_request_id(context)
-        rid = sent or new_request_id()
-        name, version, label = _spec(request.model_spec)
+        call = _Call.of(request, "predict", context, raw)
         inf = self.inf
         try:
-            with inf.holding(name, version, label) as loaded:
-                sig = inf.signature(loaded, request.model_spec.signature_name)
-                inputs = request.inputs
-                feeds = {alias: proto_to_ndarray(inputs[alias]) for alias in inputs}
+            with inf.holding(call.name, call.version, call.label) as loaded:
+                call.version = loaded.version
+                sig = inf.signature(loaded, call.signature)
+                feeds = protos_to_arrays(request.inputs, inf.max_tensor_bytes)
                 outputs = await inf.predict(loaded, sig, feeds, request.output_filter)
         except ServingError as err:
-            await self._fail(context, name, "predict", started, err)
+            await self._fail(context, call, err)
             return None
         spec = sig.outputs
         response = wire.predict_response_bytes(
-            wire.model_spec_bytes(name, loaded.version, sig.name),
+            wire.model_spec_bytes(call.name, loaded.version, sig.name),
             [(alias, wire.tensor_bytes(array, spec[alias].dtype))
              for alias, array in outputs.items()])
-        _return_request_id(context, sent)
-        inf.record(name, "predict", "GRPC", started)
+        _return_request_id(context, call.sent_id)
+        inf.record(call.name, "predict", "GRPC", call.started)
         if inf.sampled():
             inf.log(functools.partial(
-                request_log.encode_log, "predict", name, loaded.version, sig.name, rid, arrived,
-                request if raw is None else raw, response))
+                request_log.encode_log, "predict", call.name, loaded.version, sig.name,
+                call.request_id, call.arrived, request if raw is None else raw, response))
         return response
 
     async def _classify_or_regress(self, request, context, kind: str):
-        started = time.perf_counter()
-        arrived = time.time()
-        sent = _sent_request_id(context)
-        rid = sent or new_request_id()
-        name, version, label = _spec(request.model_spec)
+        call = _Call.of(request, kind, context)
         try:
-            with self.inf.holding(name, version, label) as loaded:
-                sig = self.inf.signature(loaded, request.model_spec.signature_name)
+            with self.inf.holding(call.name, call.version, call.label) as loaded:
+                call.version = loaded.version
+                sig = self.inf.signature(loaded, call.signature)
                 serialized = serialized_input(request.input)
                 result = await self.inf.classify_or_regress(loaded, sig, serialized, kind)
         except ServingError as err:
-            await self._fail(context, name, kind, started, err)
+            await self._fail(context, call, err)
             return None
         if kind == "classify":
             response = classification_pb2.ClassificationResponse()
@@ -135,12 +135,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = regression_pb2.RegressionResponse()
             for value in result.tolist():
                 response.result.regressions.add().value = value
-        _fill_spec(response.model_spec, name, loaded.version, sig.name)
-        _return_request_id(context, sent)
-        self.inf.record(name, kind, "GRPC", started)
+        _fill_spec(response.model_spec, call.name, loaded.version, sig.name)
+        _return_request_id(context, call.sent_id)
+        self.inf.record(call.name, kind, "GRPC", call.started)
         if self.inf.sampled():
-            self.inf.log(functools.partial(request_log.encode_log, kind, name, loaded.version,
-                                           sig.name, rid, arrived, request, response))
+            self.inf.log(functools.partial(request_log.encode_log, kind, call.name,
+                                           loaded.version, sig.name, call.request_id,
+                                           call.arrived, request, response))
         return response
 
     async def Classify(self, request, context):
@@ -154,15 +155,56 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                             "MultiInference is not supported by tfxops serve")
 
     async def GetModelMetadata(self, request, context):
-        started = time.perf_counter()
-        name, version, label = _spec(request.model_spec)
+        call = _Call.of(request, "metadata", context)
         try:
-            response = model_metadata(self.inf, name, version, label, list(request.metadata_field))
+            response = model_metadata(self.inf, call.name, call.version, call.label,
+                                      list(request.metadata_field))
         except ServingError as err:
-            await self._fail(context, name, "metadata", started, err)
+            await self._fail(context, call, err)
             return None
-        self.inf.record(name, "metadata", "GRPC", started)
+        self.inf.record(call.name, "metadata", "GRPC", call.started)
         return response
+
+
+LOGGED_APIS = ("predict", "classify", "regress")
+
+
+class _Call:
+    """What is known of one gRPC call, for its answer, metrics and log record."""
+    __slots__ = ("request", "raw", "api", "started", "arrived", "sent_id", "request_id",
+                 "name", "version", "label", "signature")
+
+    @classmethod
+    def of(cls, request, api: str, context, raw: Optional[bytes] = None) -> "_Call":
+        call = cls()
+        call.request, call.raw, call.api = request, raw, api
+        call.started, call.arrived = time.perf_counter(), time.time()
+        call.sent_id = _sent_request_id(context)
+        call.request_id = call.sent_id or new_request_id()
+        call.name, call.version, call.label = _spec(request.model_spec)
+        call.signature = request.model_spec.signature_name
+        return call
+
+    @classmethod
+    def unparseable(cls, api: str, context) -> "_Call":
+        call = cls()
+        call.request, call.raw, call.api = None, None, api
+        call.started, call.arrived = time.perf_counter(), time.time()
+        call.sent_id = _sent_request_id(context)
+        call.request_id = call.sent_id or new_request_id()
+        call.name, call.version, call.label, call.signature = "", None, None, ""
+        return call
+
+    def received(self):
+        """The request as a PredictRequest (or its bytes) for the rejected-call log."""
+        if self.request is None:
+            return None
+        if self.api == "predict":
+            return self.request if self.raw is None else self.raw
+        try:
+            return request_log.examples_request(serialized_input(self.request.input))
+        except ServingError:
+            return None
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -223,6 +265,45 @@ def model_metadata(inf: Inference, name: str, version: Optional[int], label: Opt
         return response
 
 
+class _Unparseable:
+    """What a request deserializes to when its bytes are not the method's message."""
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str):
+        self.type_name = type_name
+
+
+def _tolerant(parse: Callable, request_type) -> Callable:
+    """A request deserializer that never raises (gRPC would answer UNKNOWN with
+    the parser's exception text): bad bytes become ``_Unparseable``."""
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except Exception:   # noqa: BLE001 - any parser failure: the caller sent bad bytes
+            return _Unparseable(request_type.DESCRIPTOR.full_name)
+    return deserialize
+
+
+def _guarded(method: Callable, api: str, servicer: Optional[PredictionServicer]) -> Callable:
+    """``method`` answering INVALID_ARGUMENT to unparseable requests and INTERNAL
+    (traceback to the server's log only) to anything it did not expect."""
+    async def handle(request, context):
+        if isinstance(request, _Unparseable):
+            err = invalid(f"Could not parse the request: its bytes are not a "
+                          f"{request.type_name}")
+            if servicer is not None:
+                return await servicer._fail(context, _Call.unparseable(api, context), err)  # noqa: SLF001
+            await context.abort(err.grpc_code, err.message)
+        try:
+            return await method(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:   # noqa: BLE001
+            err = internal_error(f"answering a gRPC {api} call")
+            await context.abort(err.grpc_code, err.message)
+    return handle
+
+
 def _parse_predict(data: bytes):
     return predict_pb2.PredictRequest.FromString(data), data
 
@@ -232,35 +313,47 @@ def _serialize(message) -> bytes:
 
 
 def add_to_server(server, inference: Inference) -> None:
-    """``add_PredictionServiceServicer_to_server`` with Predict taking its request
-    with the wire bytes and answering bytes (see ``PredictionServicer._predict_wire``);
-    same service and method names, so every TF Serving client works unchanged."""
-    from tensorflow_serving.apis import inference_pb2
+    """TF Serving's PredictionService and ModelService (same service and method
+    names, so every TF Serving client works unchanged), with Predict taking its
+    request with the wire bytes and answering bytes (``PredictionServicer._predict_wire``)
+    and every method ``_guarded``."""
+    from tensorflow_serving.apis import inference_pb2, model_management_pb2
 
-    servicer = PredictionServicer(inference)
+    predictions = PredictionServicer(inference)
+    models = ModelServicer(inference)
 
-    def handler(method, request_type, response_type):
+    def handler(method, api, request_type, response_type, parse=None, servicer=predictions):
         return grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=request_type.FromString,
-            response_serializer=response_type.SerializeToString)
+            _guarded(method, api, servicer),
+            request_deserializer=_tolerant(parse or request_type.FromString, request_type),
+            response_serializer=_serialize)
 
-    handlers = {
-        "Classify": handler(servicer.Classify, classification_pb2.ClassificationRequest,
-                            classification_pb2.ClassificationResponse),
-        "Regress": handler(servicer.Regress, regression_pb2.RegressionRequest,
-                           regression_pb2.RegressionResponse),
-        "Predict": grpc.unary_unary_rpc_method_handler(
-            servicer._predict_wire, request_deserializer=_parse_predict,   # noqa: SLF001
-            response_serializer=_serialize),
-        "MultiInference": handler(servicer.MultiInference, inference_pb2.MultiInferenceRequest,
-                                  inference_pb2.MultiInferenceResponse),
-        "GetModelMetadata": handler(servicer.GetModelMetadata,
-                                    get_model_metadata_pb2.GetModelMetadataRequest,
-                                    get_model_metadata_pb2.GetModelMetadataResponse),
-    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "tensorflow.serving.PredictionService", handlers),))
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(inference), server)
+        "tensorflow.serving.PredictionService", {
+            "Classify": handler(predictions.Classify, "classify",
+                                classification_pb2.ClassificationRequest,
+                                classification_pb2.ClassificationResponse),
+            "Regress": handler(predictions.Regress, "regress", regression_pb2.RegressionRequest,
+                               regression_pb2.RegressionResponse),
+            "Predict": handler(predictions._predict_wire, "predict",   # noqa: SLF001
+                               predict_pb2.PredictRequest, predict_pb2.PredictResponse,
+                               parse=_parse_predict),
+            "MultiInference": handler(predictions.MultiInference, "multi_inference",
+                                      inference_pb2.MultiInferenceRequest,
+                                      inference_pb2.MultiInferenceResponse),
+            "GetModelMetadata": handler(predictions.GetModelMetadata, "metadata",
+                                        get_model_metadata_pb2.GetModelMetadataRequest,
+                                        get_model_metadata_pb2.GetModelMetadataResponse),
+        }), grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
+            "GetModelStatus": handler(models.GetModelStatus, "status",
+                                      get_model_status_pb2.GetModelStatusRequest,
+                                      get_model_status_pb2.GetModelStatusResponse,
+                                      servicer=None),
+            "HandleReloadConfigRequest": handler(
+                models.HandleReloadConfigRequest, "reload",
+                model_management_pb2.ReloadConfigRequest,
+                model_management_pb2.ReloadConfigResponse, servicer=None),
+        })))
 
 
 __all__ = ["add_to_server", "PredictionServicer", "ModelServicer", "prediction_log_pb2"]

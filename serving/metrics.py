@@ -112,6 +112,26 @@ class Metrics:
         return "\n".join(out) + "\n"
 
 
+UNKNOWN_MODEL = "unknown"      # the model_name label of requests for a model not served
+
+
+class ModelNames:
+    """The ``model_name`` label values a proxy may use: names its upstream answered
+    successfully (at most ``limit``); any other name counts as ``unknown``, so
+    callers cannot create series (request names come from them)."""
+
+    def __init__(self, limit: int = 64):
+        self.limit = limit
+        self._known: set = set()
+
+    def label(self, name: str) -> str:
+        return name if name in self._known else UNKNOWN_MODEL
+
+    def answered(self, name: str) -> None:
+        if name not in self._known and len(self._known) < self.limit:
+            self._known.add(name)
+
+
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"

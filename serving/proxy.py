@@ -15,9 +15,10 @@ import logging
 import re
 import signal
 import time
-import uuid
+from typing import Optional
 
 import numpy as np
+import orjson
 import tornado.httpclient
 import tornado.httpserver
 import tornado.web
@@ -25,8 +26,8 @@ from tensorflow.core.framework import types_pb2
 
 from serving import busy_poll, metrics as M
 from serving import request_log
-from serving.errors import ServingError
-from serving.request_log import RequestLogger
+from serving.errors import ServingError, http_status_to_code
+from serving.request_log import RequestLogger, new_request_id
 from serving.rest import REQUEST_ID_HEADER, classify_input, dumps, parse_json
 from serving.tensors import json_to_ndarray, ndarray_to_proto
 
@@ -65,7 +66,6 @@ def build_log(path: str, body: bytes, answer: bytes, request_id: str, arrived: f
     m = _CALL.match(path)
     if not m:
         return None
-    import orjson
     name, version, method = m.group(1), m.group(2), m.group(3)
     doc, out = parse_json(body), orjson.loads(answer)
     sig_name = doc.get("signature_name") or "serving_default"
@@ -104,13 +104,14 @@ def build_log(path: str, body: bytes, answer: bytes, request_id: str, arrived: f
 
 
 class ProxyHandler(tornado.web.RequestHandler):
-    def initialize(self, upstream, logger, metrics, max_request_bytes):
+    def initialize(self, upstream, logger, metrics, max_request_bytes, names: M.ModelNames):
         self.upstream, self.logger, self.metrics = upstream, logger, metrics
         self.max_request_bytes = max_request_bytes
+        self.names = names
 
     async def _forward(self):
         started, arrived = time.perf_counter(), time.time()
-        rid = (self.request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:128]
+        rid = (self.request.headers.get(REQUEST_ID_HEADER) or new_request_id())[:128]
         body = self.request.body if self.request.method in ("POST", "PUT") else None
         if body is not None and len(body) > self.max_request_bytes:
             self.set_status(413)
@@ -130,15 +131,20 @@ class ProxyHandler(tornado.web.RequestHandler):
         self.finish(resp.body or b"")
         m = _CALL.match(self.request.path)
         if m:
-            from serving.errors import http_status_to_code
-            status = "OK" if resp.code == 200 else http_status_to_code(resp.code)
-            self.metrics.inc(M.REQUEST_COUNT, (("model_name", m.group(1)), ("status", status)))
-            self.metrics.observe(M.REQUEST_LATENCY, (("model_name", m.group(1)), ("API", m.group(3)),
-                                                     ("entrypoint", "REST")),
-                                 (time.perf_counter() - started) * 1e6, M.LATENCY_BUCKETS_US)
-            if resp.code == 200 and self.logger is not None and self.logger.sampled():
-                path, answer = self.request.path, resp.body
-                self.logger.submit(lambda: _safe_build(path, body, answer, rid, arrived))
+            self._record(m.group(1), m.group(3), resp.code, started)
+            if self.logger is not None and self.logger.sampled():
+                path, answer, code = self.request.path, resp.body, resp.code
+                self.logger.submit(lambda: _safe_build(path, body, code, answer, rid, arrived))
+
+    def _record(self, name: str, method: str, code: int, started: float) -> None:
+        if code == 200:
+            self.names.answered(name)
+        label = self.names.label(name)
+        status = "OK" if code == 200 else http_status_to_code(code)
+        self.metrics.inc(M.REQUEST_COUNT, (("model_name", label), ("status", status)))
+        self.metrics.observe(M.REQUEST_LATENCY, (("model_name", label), ("API", method),
+                                                 ("entrypoint", "REST")),
+                             (time.perf_counter() - started) * 1e6, M.LATENCY_BUCKETS_US)
 
     get = post = _forward
 
@@ -146,9 +152,37 @@ class ProxyHandler(tornado.web.RequestHandler):
         return None
 
 
-def _safe_build(*args):
+def build_rejected(path: str, body: bytes, status: int, answer: bytes, request_id: str,
+                   arrived: float) -> Optional[bytes]:
+    """The rejected-call record of a proxied call the upstream refused (its
+    ``{"error": ...}`` and status), rows typed from JSON: the proxy does not
+    know the signature."""
+    m = _CALL.match(path)
+    if not m:
+        return None
     try:
-        return build_log(*args)
+        message = str(orjson.loads(answer).get("error", ""))
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        message = (answer or b"").decode("utf-8", "replace")
+    try:
+        doc = parse_json(body)
+    except ServingError:
+        doc = None
+    rows = request_log.json_body_rows(doc) if doc else []
+    examples = request_log.json_rows_to_examples(rows)
+    sig_name = doc.get("signature_name") if doc else ""
+    return request_log.encode_rejected(
+        m.group(1), int(m.group(2)) if m.group(2) else None,
+        sig_name if isinstance(sig_name, str) else "", request_id, arrived,
+        http_status_to_code(status), message[:1000],
+        request_log.examples_request(examples) if examples else None)
+
+
+def _safe_build(path, body, status, answer, rid, arrived):
+    try:
+        if status != 200:
+            return build_rejected(path, body, status, answer, rid, arrived)
+        return build_log(path, body, answer, rid, arrived)
     except (ServingError, ValueError, KeyError, TypeError) as exc:
         log.warning("proxy: could not log a request: %s", exc)
         return None
@@ -179,7 +213,7 @@ async def run_proxy(settings, ready=None, stop_event=None):
     try:
         if settings.proxy_to:
             args = dict(upstream=settings.proxy_to, logger=logger, metrics=metrics,
-                        max_request_bytes=settings.max_request_bytes)
+                        max_request_bytes=settings.max_request_bytes, names=M.ModelNames())
             app = tornado.web.Application([
                 (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics)),
                 (r".*", ProxyHandler, args)])

@@ -487,7 +487,8 @@ def encode_rejected(model_name: str, version: Optional[int], signature_name: str
             if len(request) <= REJECTED_REQUEST_MAX_BYTES else None
     out = predict_pb2.PredictRequest()
     if request is not None and request.ByteSize() <= REJECTED_REQUEST_MAX_BYTES:
-        out.inputs.MergeFrom(request.inputs)
+        for alias, tensor in request.inputs.items():  # not inputs.MergeFrom: protobuf 3.20's
+            out.inputs[alias].CopyFrom(tensor)        # C++ maps abort on a freshly parsed map
     name, signature = model_name[:_NAME_LIMIT], (signature_name or "")[:_NAME_LIMIT]
     out.model_spec.name, out.model_spec.signature_name = name, signature
     if version is not None:
@@ -523,6 +524,28 @@ def examples_request(serialized: List[bytes]):
     tensor.tensor_shape.dim.add().size = len(serialized)
     tensor.string_val.extend(serialized)
     return request
+
+
+def json_body_rows(doc: dict) -> List:
+    """The rows of a REST request body as a client sent them: ``instances``,
+    columnar ``inputs`` (one row per index of equally long lists) or the
+    ``examples`` of classify/regress (merged with their ``context``)."""
+    if isinstance(doc.get("instances"), list):
+        return doc["instances"]
+    inputs = doc.get("inputs")
+    if isinstance(inputs, list):
+        return inputs
+    if isinstance(inputs, dict) and inputs:
+        if not any(isinstance(v, list) for v in inputs.values()):
+            return [inputs]                          # one row of scalars
+        lengths = {len(v) if isinstance(v, list) else -1 for v in inputs.values()}
+        if len(lengths) == 1 and -1 not in lengths:
+            return [{k: v[i] for k, v in inputs.items()} for i in range(lengths.pop())]
+    examples = doc.get("examples")
+    if isinstance(examples, list):
+        context = doc.get("context") if isinstance(doc.get("context"), dict) else {}
+        return [dict(context, **e) if isinstance(e, dict) else e for e in examples]
+    return []
 
 
 def json_rows_to_examples(rows: List, dtypes: Optional[Dict[str, int]] = None) -> List[bytes]:
@@ -653,9 +676,12 @@ def to_logged_request(record) -> LoggedRequest:
     kind = record.WhichOneof("log_type")
     version = meta.model_spec.version.value if meta.model_spec.HasField("version") else None
     error = rejection(record)
-    if kind == "predict_log":
+    if kind == "predict_log" and error:
+        examples, predictions = rejected_examples(record.predict_log.request), []
+        version = _response_version(record.predict_log.response, version)
+    elif kind == "predict_log":
         examples = predict_request_examples(record.predict_log.request)
-        predictions = [] if error else _predict_outputs(record.predict_log.response)
+        predictions = _predict_outputs(record.predict_log.response)
         version = _response_version(record.predict_log.response, version)
     elif kind == "classify_log":
         examples = input_examples(record.classify_log.request.input)
@@ -671,6 +697,17 @@ def to_logged_request(record) -> LoggedRequest:
     return LoggedRequest(meta.request_origin, meta.model_spec.name, version,
                          meta.model_spec.signature_name, meta.timestamp_secs,
                          kind.replace("_log", ""), examples, predictions, error)
+
+
+def rejected_examples(request) -> List:
+    """The rows of a rejected call's request, or none when they cannot be decoded
+    (the reason it was rejected may be just that, e.g. a tensor too large to expand)."""
+    from serving.errors import ServingError
+
+    try:
+        return predict_request_examples(request)
+    except (ServingError, ValueError):
+        return []
 
 
 def _response_version(response, default):

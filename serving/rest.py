@@ -13,12 +13,15 @@ are refused with 413 before they are read. ``X-Request-Id`` is accepted from the
 client (or made up) and always returned.
 """
 import base64
+import functools
 import json
 import re
+import sys
 import time
 from typing import Dict, List, Optional
 
 import numpy as np
+import tornado.log
 import tornado.web
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
@@ -44,13 +47,16 @@ except ImportError:   # pragma: no cover
         return json.loads(body)
 
 from serving import request_log
-from serving.errors import ServingError, invalid
-from serving.grpc_service import fill_classifications, model_metadata, model_status
+from serving.errors import ServingError, internal_error, invalid
+from serving.grpc_service import (fill_classifications, model_metadata, model_status,
+                                  serialized_input)
 from serving.request_log import new_request_id
 from serving.service import Inference
 from serving.tensors import _short, json_to_ndarray, ndarray_to_json, ndarray_to_proto
 
 REQUEST_ID_HEADER = "X-Request-Id"
+MAX_REQUEST_HEAD_BYTES = 1 << 20   # request line + headers; tornado's default, 64 KiB,
+                                   # closes the connection without an answer past it
 _MODEL = r"/v1/models/([^/:]+)(?:/versions/(-?\d+)|/labels/([^/:]+))?"
 
 
@@ -61,6 +67,8 @@ def parse_json(body: bytes) -> dict:
         doc = _loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid(f"JSON Parse error: {exc}") from None
+    except RecursionError:
+        raise invalid("JSON Parse error: the document nests arrays or objects too deeply") from None
     if not isinstance(doc, dict):
         raise invalid(f"JSON Value: {_short(doc)} Is not object")
     return doc
@@ -307,8 +315,16 @@ class _Base(tornado.web.RequestHandler):
             super().log_exception(typ, value, tb)
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _version(v: Optional[str]) -> Optional[int]:
-    return None if v is None else int(v)
+    """The version in the URL (``-?\\d+``), as TF Serving converts it."""
+    if v is None:
+        return None
+    if len(v) > 20 or not -INT64_MAX - 1 <= int(v) <= INT64_MAX:
+        raise invalid(f"Failed to convert version: {v} to numeric.")
+    return int(v)
 
 
 class StatusHandler(_Base):
@@ -347,8 +363,8 @@ class InferenceHandler(_Base):
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
             self._refuse()
-        else:
-            self.request.connection.set_max_body_size(self.max_request_bytes + 1)
+        else:   # counted in data_received: tornado's own limit would answer a bare 400
+            self.request.connection.set_max_body_size(sys.maxsize)
 
     def _refuse(self):
         self._too_large = True
@@ -368,44 +384,86 @@ class InferenceHandler(_Base):
     async def post(self, name, version, label, method):
         if self._too_large:
             return
-        started = time.perf_counter()
-        arrived = time.time()
-        body = b"".join(self._chunks)
-        if method not in ("predict", "classify", "regress"):
-            err = invalid(f"Malformed request: POST {self.request.path}")
-            return self.send_error_json(err)
+        call = _RestCall(name, method, b"".join(self._chunks))
         try:
-            doc = parse_json(body)
-            sig_name = _signature_name(doc)
-            with self.inf.holding(name, _version(version), label) as loaded:
-                sig = self.inf.signature(loaded, sig_name, rest=True)
-                if method == "predict":
-                    fmt, feeds = predict_feeds(doc, sig)
-                    outputs = await self.inf.predict(loaded, sig, feeds)
-                    answer = format_predict(fmt, outputs)
-                else:
-                    inp = classify_input(doc, method)
-                    from serving.grpc_service import serialized_input
-                    result = await self.inf.classify_or_regress(
-                        loaded, sig, serialized_input(inp), method)
-                    answer = _format_results(method, result)
+            answer, outputs = await self._answer(call, version, label)
         except ServingError as err:
-            self.inf.record(name, method, "REST", started, err.code)
-            return self.send_error_json(err)
-        except Exception as exc:   # noqa: BLE001 - never an HTML 500
-            err = ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
-            self.inf.record(name, method, "REST", started, err.code)
-            return self.send_error_json(err)
-        self.send_json(answer)
-        self.inf.record(name, method, "REST", started)
+            self.inf.record(name, method, "REST", call.started, err.code)
+            self.send_error_json(err)
+            if method in LOGGED_METHODS and self.inf.sampled():
+                self.inf.log(functools.partial(_rejected_log, call, self.request_id, err))
+            return
+        self.set_status(200)
+        self.finish(_answer_bytes(answer))
+        self.inf.record(name, method, "REST", call.started)
         if self.inf.sampled():
-            rid, version_n = self.request_id, loaded.version
-            if method == "predict":
-                self.inf.log(lambda: _rest_predict_log(name, version_n, sig, feeds, outputs,
-                                                       rid, arrived))
-            else:
-                self.inf.log(lambda: _rest_cr_log(method, name, version_n, sig.name, inp, result,
-                                                  rid, arrived))
+            self.inf.log(functools.partial(_answered_log, call, self.request_id, outputs))
+
+    async def _answer(self, call: "_RestCall", version, label):
+        """(JSON answer, what the model returned) for the call; raises ServingError."""
+        if call.method not in LOGGED_METHODS:
+            raise invalid(f"Malformed request: POST {self.request.path[:200]}")
+        try:
+            call.doc = parse_json(call.body)
+            sig_name = _signature_name(call.doc)
+            with self.inf.holding(call.name, _version(version), label) as loaded:
+                call.version = loaded.version
+                call.sig = self.inf.signature(loaded, sig_name, rest=True)
+                if call.method == "predict":
+                    call.fmt, call.feeds = predict_feeds(call.doc, call.sig)
+                    outputs = await self.inf.predict(loaded, call.sig, call.feeds)
+                    return format_predict(call.fmt, outputs), outputs
+                call.input = classify_input(call.doc, call.method)
+                result = await self.inf.classify_or_regress(
+                    loaded, call.sig, serialized_input(call.input), call.method)
+                return _format_results(call.method, result), result
+        except ServingError:
+            raise
+        except Exception:   # noqa: BLE001 - never an HTML 500, never Python's text
+            raise internal_error(f"answering POST {self.request.path[:200]}") from None
+
+
+LOGGED_METHODS = ("predict", "classify", "regress")
+
+
+class _RestCall:
+    """What is known of one REST inference call, for its answer and log record."""
+
+    def __init__(self, name: str, method: str, body: bytes):
+        self.name, self.method, self.body = name, method, body
+        self.started, self.arrived = time.perf_counter(), time.time()
+        self.doc = self.sig = self.version = self.fmt = self.feeds = self.input = None
+
+
+def _answer_bytes(answer) -> bytes:
+    """The JSON body; NaN and +-Infinity written as TF Serving writes them (its REST
+    API's "JSON conformance"), where orjson would write null."""
+    body = dumps(answer)
+    if b"null" in body:       # only non-finite floats become null in an answer
+        body = json.dumps(answer, separators=(",", ":"), allow_nan=True).encode()
+    return body
+
+
+def _answered_log(call: _RestCall, request_id: str, outputs):
+    if call.method == "predict":
+        return _rest_predict_log(call.name, call.version, call.sig, call.feeds, outputs,
+                                 request_id, call.arrived)
+    return _rest_cr_log(call.method, call.name, call.version, call.sig.name, call.input,
+                        outputs, request_id, call.arrived)
+
+
+def _rejected_log(call: _RestCall, request_id: str, err: ServingError) -> bytes:
+    """The rejected call as logged (``request_log.encode_rejected``): its rows as
+    tf.Examples, typed by the signature when the call got that far."""
+    sig_name = call.sig.name if call.sig is not None else (
+        call.doc.get("signature_name", "") if isinstance(call.doc, dict) else "")
+    dtypes = {a: spec.dtype for a, spec in call.sig.inputs.items()} if call.sig else None
+    rows = request_log.json_body_rows(call.doc) if isinstance(call.doc, dict) else []
+    examples = request_log.json_rows_to_examples(rows, dtypes)
+    return request_log.encode_rejected(
+        call.name, call.version, sig_name if isinstance(sig_name, str) else "", request_id,
+        call.arrived, err.code, err.message,
+        request_log.examples_request(examples) if examples else None)
 
 
 def _format_results(method: str, result):
@@ -479,6 +537,16 @@ class NotFoundHandler(_Base):
     get = post = put = delete = patch = head = _malformed
 
 
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, with the URI cut short (callers choose it)."""
+    status = handler.get_status()
+    if status >= 400:
+        request = handler.request
+        tornado.log.access_log.warning("%d %s %.200s (%s) %.2fms", status, request.method,
+                                       request.uri, request.remote_ip,
+                                       1000.0 * request.request_time())
+
+
 def make_app(inference: Inference, max_request_bytes: int) -> tornado.web.Application:
     args = dict(inference=inference, max_request_bytes=max_request_bytes)
     return tornado.web.Application([
@@ -486,7 +554,7 @@ def make_app(inference: Inference, max_request_bytes: int) -> tornado.web.Applic
         (_MODEL + r":([A-Za-z]+)", InferenceHandler, args),
         (r"/monitoring/prometheus/metrics", MetricsHandler, args),
         (r".*", NotFoundHandler, args),
-    ], compress_response=False, serve_traceback=False)
+    ], compress_response=False, serve_traceback=False, log_function=_log_request)
 
 
 __all__ = ["make_app", "parse_json", "predict_feeds", "format_predict", "classify_input",

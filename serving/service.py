@@ -28,10 +28,10 @@ from tensorflow.core.framework import types_pb2
 
 from serving import metrics as M
 from serving.batching import Batcher, batch_key
-from serving.errors import ServingError, from_tf_error, invalid
+from serving.errors import ServingError, from_tf_error, internal_error, invalid
 from serving.models import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD,
                             ModelManager, ModelVersion, Signature)
-from serving.tensors import dtype_name, shape_string
+from serving.tensors import dtype_name, shape_string, tensor_budget
 
 CLASSES = np.array([b"0", b"1"], dtype=object)
 
@@ -39,11 +39,13 @@ CLASSES = np.array([b"0", b"1"], dtype=object)
 class Inference:
     def __init__(self, manager: ModelManager, metrics: M.Metrics,
                  batcher: Optional[Batcher] = None, logger=None,
-                 executor: Optional[ThreadPoolExecutor] = None):
+                 executor: Optional[ThreadPoolExecutor] = None,
+                 max_request_bytes: int = 10 * 1024 * 1024):
         self.manager = manager
         self.metrics = metrics
         self.batcher = batcher
         self.logger = logger
+        self.max_tensor_bytes = tensor_budget(max_request_bytes)
         self.executor = executor or ThreadPoolExecutor(8, thread_name_prefix="model")
         import tensorflow as tf
         self._op_error = tf.errors.OpError
@@ -128,8 +130,9 @@ class Inference:
                           f"(for example a string that is not a serialized tf.Example)") from None
         except ServingError:
             raise
-        except Exception as exc:   # noqa: BLE001 - reported to the caller as INTERNAL
-            raise ServingError("INTERNAL", f"{type(exc).__name__}: {exc}") from None
+        except Exception:   # noqa: BLE001 - the caller gets INTERNAL, the log the traceback
+            raise internal_error(f"running signature {sig.name} of version {loaded.version}") \
+                from None
 
     def plan(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
              output_filter: Sequence[str] = ()) -> Tuple[Tuple[str, ...], Optional[tuple]]:
@@ -138,7 +141,7 @@ class Inference:
         names, types and shapes beyond the batch dimension, so their outcome is kept
         per version and signature: a repeated request shape costs one dict lookup
         and the batch-size check."""
-        struct = tuple((alias, a.dtype.str, a.shape[1:] if sig.batchable else a.shape)
+        struct = tuple((alias, a.dtype.str, a.ndim, a.shape[1:] if sig.batchable else a.shape)
                        for alias, a in sorted(feeds.items()))
         cache_key = (sig.name, struct, tuple(output_filter))
         plan = loaded.plans.get(cache_key)
@@ -213,11 +216,11 @@ class Inference:
     # ------------------------------------------------ bookkeeping
     def record(self, model_name: str, api: str, entrypoint: str, started: float,
                status: str = "OK") -> None:
+        if model_name != self.manager.name:      # names come from callers: no new series
+            model_name = M.UNKNOWN_MODEL
         key = (model_name, api, entrypoint, status)
         labels = self._record_labels.get(key)
         if labels is None:
-            if len(self._record_labels) > 10_000:   # model names come from requests
-                self._record_labels.clear()
             labels = self._record_labels[key] = (
                 (("model_name", model_name), ("status", status)),
                 (("model_name", model_name), ("API", api), ("entrypoint", entrypoint)))

@@ -51,8 +51,76 @@ def _unsupported(dtype: int) -> ServingError:
 
 
 # ---------------------------------------------------------------- TensorProto
-def proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """A TensorProto (typed fields or tensor_content) as a numpy array."""
+MAX_RANK = 254                  # TensorFlow's TensorShape::kMaxDimensions
+TENSOR_BYTES_PER_REQUEST_BYTE = 8
+"""A request's tensors may take this many times ``max_request_bytes`` once
+decoded: the widest legitimate expansion (a 1-byte varint in ``int64_val``
+becomes 8 bytes). Anything larger is a shape the wire bytes do not carry,
+such as a single value "splat" over 2^28 elements, and is refused before
+anything is allocated."""
+
+
+def tensor_budget(max_request_bytes: int) -> int:
+    """Bytes a request's decoded tensors may take, from the request size limit."""
+    return TENSOR_BYTES_PER_REQUEST_BYTE * max_request_bytes
+
+
+DEFAULT_TENSOR_BUDGET = tensor_budget(10 * 1024 * 1024)   # readers of logged requests
+
+
+def _parsing_error(alias: str) -> ServingError:
+    return invalid(f"tensor parsing error: {alias}")      # TF Serving's message
+
+
+def _checked_shape(proto: tensor_pb2.TensorProto, alias: str) -> List[int]:
+    shape = proto.tensor_shape
+    if shape.unknown_rank or len(shape.dim) > MAX_RANK or any(d.size < 0 for d in shape.dim):
+        raise _parsing_error(alias)
+    return [d.size for d in shape.dim]
+
+
+def tensor_nbytes(proto: tensor_pb2.TensorProto, alias: str = "") -> int:
+    """Bytes the tensor takes as a numpy array, from its dtype and shape alone
+    (nothing is allocated); raises INVALID_ARGUMENT for a dtype or shape that
+    cannot be one."""
+    if proto.dtype not in _DTYPES:
+        known = proto.dtype in types_pb2.DataType.values()
+        raise invalid(f"Unsupported tensor type: {types_pb2.DataType.Name(proto.dtype)}"
+                      if known else f"tensor parsing error: {alias}")
+    np_dtype = _DTYPES[proto.dtype][0]
+    item = 8 if np_dtype is object else np.dtype(np_dtype).itemsize   # a pointer per string
+    return math.prod(_checked_shape(proto, alias)) * item
+
+
+def protos_to_arrays(protos, max_bytes: int = DEFAULT_TENSOR_BUDGET) -> Dict[str, np.ndarray]:
+    """Every tensor of a request (alias -> TensorProto) as numpy arrays, after
+    checking that together they fit in ``max_bytes`` (``tensor_budget``)."""
+    total = 0
+    for alias, proto in protos.items():
+        total += tensor_nbytes(proto, alias)
+        if total > max_bytes:
+            raise invalid(f"the request's tensors would take {_size(total)} or more once decoded "
+                          f"(input {_clip(alias)} has shape {shape_string(_checked_shape(proto, alias))}"
+                          f"), more than this server allows: {_size(max_bytes)}, "
+                          f"{TENSOR_BYTES_PER_REQUEST_BYTE} x max_request_bytes")
+    return {alias: proto_to_ndarray(proto, max_bytes, alias) for alias, proto in protos.items()}
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _clip(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def proto_to_ndarray(proto: tensor_pb2.TensorProto, max_bytes: int = DEFAULT_TENSOR_BUDGET,
+                     alias: str = "") -> np.ndarray:
+    """A TensorProto (typed fields or tensor_content) as a numpy array; refused
+    (INVALID_ARGUMENT) when malformed or larger than ``max_bytes`` decoded."""
     dims = proto.tensor_shape.dim
     dtype = proto.dtype
     if dtype == DT.DT_STRING and len(dims) == 1 and not proto.tensor_content:
@@ -63,27 +131,35 @@ def proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
             array = np.empty(len(values), dtype=object)
             array[:] = values
             return array
-    shape = [d.size for d in dims]
-    if dtype not in _DTYPES:
-        raise invalid(f"Unsupported tensor type: {types_pb2.DataType.Name(dtype)}")
+    if tensor_nbytes(proto, alias) > max_bytes:
+        raise invalid(f"tensor {_clip(alias)} of shape {shape_string(_checked_shape(proto, alias))} "
+                      f"would take more than this server allows for a request: {_size(max_bytes)}")
+    shape = _checked_shape(proto, alias)
     np_dtype, field = _DTYPES[dtype]
-    count = math.prod(shape) if shape else 1
+    count = math.prod(shape)
     if proto.tensor_content:
+        if np_dtype is object or len(proto.tensor_content) != count * np.dtype(np_dtype).itemsize:
+            raise _parsing_error(alias)
         array = np.frombuffer(proto.tensor_content, dtype=np_dtype)
     elif np_dtype is object:
         array = np.empty(len(proto.string_val), dtype=object)
         array[:] = list(proto.string_val)
     else:
-        array = np.asarray(getattr(proto, field), dtype=np_dtype)
+        array = _typed_values(getattr(proto, field), np_dtype, alias)
     if array.size != count:
         if array.size == 1 and count > 1:   # TensorFlow's splat of a single value
             array = np.full(count, array[0], dtype=array.dtype)
-        elif array.size == 0 and count == 0:
-            pass
-        else:
+        elif array.size != 0 or count != 0:
             raise invalid(f"Tensor has {array.size} values, but its shape "
-                          f"{shape} needs {count}")
+                          f"{shape_string(shape)} needs {count}")
     return array.reshape(shape)
+
+
+def _typed_values(values, np_dtype, alias: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np_dtype)
+    except (OverflowError, ValueError):        # e.g. 300 in the int_val of a uint8 tensor
+        raise _parsing_error(alias) from None
 
 
 def ndarray_to_proto(array: np.ndarray, dtype: int = None,
@@ -123,6 +199,8 @@ def _short(value, limit: int = 200) -> str:
     import json
     try:
         text = json.dumps(value, separators=(",", ":"))
+    except RecursionError:
+        text = "<a value nested too deeply to quote>"
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
@@ -162,6 +240,9 @@ def json_to_ndarray(value, dtype: int) -> np.ndarray:
     if dtype not in _DTYPES:
         raise _unsupported(dtype)
     shape = _shape_of(value)
+    if len(shape) > MAX_RANK:
+        raise invalid(f"JSON Value: nested {len(shape)} lists deep; a tensor has at most "
+                      f"{MAX_RANK} dimensions")
     flat: List[Any] = []
     _flatten(value, 0, shape, flat)
     np_dtype = _DTYPES[dtype][0]
@@ -268,5 +349,3 @@ def shape_string(shape: List[int]) -> str:
     return "[" + ",".join(str(s) for s in shape) + "]"
 
 
-def proto_dict_to_arrays(protos) -> Dict[str, np.ndarray]:
-    return {name: proto_to_ndarray(proto) for name, proto in protos.items()}

@@ -125,9 +125,13 @@ def test_log_holds_both_apis_calls_as_sent(served, tmp_path, rows):
     finally:
         channel.close()
         running.stop()     # a clean stop flushes the log
-    logged = {r.request_id: r for r in request_log.read_request_log(settings.request_logs_path)}
-    assert set(logged) == {"log-grpc", "log-rest"}   # errors and status calls: not logged
+    records = list(request_log.read_request_log(settings.request_logs_path))
+    logged = {r.request_id: r for r in records if r.error is None}
+    assert set(logged) == {"log-grpc", "log-rest"}   # status calls: not logged
     sent = [tf.train.Example.FromString(s) for s in serialized]
+    (rejected,) = [r for r in records if r.error is not None]   # as TF Serving refused it
+    assert rejected.error[0] == "NOT_FOUND" and "Servable not found" in rejected.error[1]
+    assert rejected.model_name == "nope" and rejected.examples == sent
     for rid, record in logged.items():
         assert record.kind == "predict" and record.model_name == "taxi"
         # gRPC answers carry the version that answered; TF Serving's REST answers do not
