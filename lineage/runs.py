@@ -1,7 +1,11 @@
 """Pipeline runs as MLMD recorded them, and what differs between two runs.
 
 ``runs_table``: each run's start, duration, status and per-component outcome
-(executed / cached / failed / running) and the version it pushed.
+(executed / cached / failed / running) and the version it pushed. A run whose
+process is gone before it ended (``kill -9``, a crash, a reboot) is "abandoned",
+and so are its executions that MLMD still holds as RUNNING: the runner records
+its owner and its end on the pipeline_run context (tfxops/owner.py). Runs
+recorded without an owner keep the status their executions give.
 
 ``run_facts`` / ``diff_runs``: a run reduced to what decides its model (input
 data fingerprint, model code, every component's configuration, schema, metrics,
@@ -14,6 +18,7 @@ from typing import Dict, List, Optional
 from lineage import graph as G
 from lineage import trace
 from tfxops import mlmd
+from tfxops.owner import DEAD, RUN_ENDED, RUN_OWNER, Owner
 
 # MLMD execution state -> what it means for a run
 OUTCOME = {"COMPLETE": "executed", "CACHED": "cached", "FAILED": "failed", "RUNNING": "running",
@@ -29,6 +34,20 @@ def _run_status(states: List[str]) -> str:
     if "canceled" in states:
         return "canceled"
     return "complete"
+
+
+def run_status(run, states: List[str]) -> str:
+    """The status the executions' states give, or "abandoned" for a run whose
+    process died before it ended."""
+    status = _run_status(states)
+    return "abandoned" if status != "failed" and _abandoned(run) else status
+
+
+def _abandoned(run) -> bool:
+    if RUN_ENDED in run.custom_properties:
+        return False
+    owner = Owner.from_dict(mlmd.custom(run, RUN_OWNER))
+    return owner is not None and owner.state() == DEAD
 
 
 def run_summary(store, run, pipeline_name: str) -> Dict:
@@ -49,9 +68,14 @@ def run_summary(store, run, pipeline_name: str) -> Dict:
     start = min((n.execution.create_time_since_epoch for n in nodes), default=run.create_time_since_epoch)
     end = max((n.execution.last_update_time_since_epoch for n in nodes), default=start)
     states = [c["state"] for c in components]
-    status = _run_status(states)
+    status = run_status(run, states)
     if status == "running":            # so far
         end = max(end, int(time.time() * 1000))
+    if status == "abandoned":          # what was under way when its process died
+        for component in components:
+            if component["state"] in ("running", "pending"):
+                component["state"] = "abandoned"
+        states = [c["state"] for c in components]
     return {"run_id": run.name, "started": mlmd.ms_to_iso(start), "seconds": round((end - start) / 1000.0, 1),
             "status": status, "executed": states.count("executed"),
             "cached": states.count("cached"), "pushed_version": pushed, "cached_push_version": reused,
@@ -135,7 +159,7 @@ def run_facts(store, run, pipeline_name: str, with_metrics: bool = True) -> Dict
             if key in G.NOT_FOLLOWED_INPUTS:
                 facts["outcome"][f"{node.node_id}.{key}.artifact_id"] = [a.id for a in artifacts]
     states = {n.node_id: OUTCOME.get(n.state, n.state.lower()) for n in nodes}
-    facts["outcome"]["status"] = _run_status(list(states.values()))
+    facts["outcome"]["status"] = run_status(run, list(states.values()))
     facts["states"] = states
     facts["outputs"] = {n.node_id: sorted(a.id for arts in n.outputs.values() for a in arts) for n in nodes}
     return facts

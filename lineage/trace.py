@@ -305,11 +305,38 @@ def resolve_pushed(store, settings: Settings, version: Optional[str]) -> Tuple[G
     matches = [p for p in pushed if p.version == str(version)]
     if not matches:
         hint = f"; serving now: {serving}" if serving else ""
-        raise mlmd.MetadataError(f"no pushed model with version '{version}' in the store. "
-                                 f"Pushed versions (newest first): {known}{hint}")
+        raise mlmd.MetadataError(_unrecorded(settings, str(version)) or (
+            f"no pushed model with version '{version}' in the store. "
+            f"Pushed versions (newest first): {known}{hint}"))
     # Several pipelines may share a store: prefer the push into this push directory.
     here = [p for p in matches if Path(p.destination).parent.resolve() == settings.model_push_dir.resolve()]
     return (here or matches)[0], serving
+
+
+def _unrecorded(settings: Settings, version: str) -> Optional[str]:
+    """What to say about a version that is in the push directory but not in MLMD,
+    from its push marker (pipeline/publish.py); None if there is no such directory."""
+    from pipeline import publish
+    from tfxops.owner import ALIVE, Owner
+
+    path = settings.model_push_dir / version
+    if not version.isdigit() or not path.is_dir():
+        return None
+    marker = publish.read_marker(str(path))
+    if marker is None:
+        return (f"version {version} in '{settings.model_push_dir}' has no record in ML Metadata and no "
+                f"push marker: it was not pushed by tfxops, so its lineage is unknown.")
+    owner = Owner.from_dict(marker.get("owner"))
+    if owner is not None and owner.state() == ALIVE:
+        return (f"version {version} is being pushed by {owner.describe()}; its record in ML Metadata "
+                f"follows when that push finishes. Try again in a moment.")
+    made_by = ", ".join(f"{key} {marker[key]}" for key in ("pipeline_run_id", "node_id", "execution_id")
+                        if marker.get(key))
+    return (f"version {version} in '{settings.model_push_dir}' has no record in ML Metadata: the process "
+            f"that pushed it ({owner.describe() if owner else 'unknown'}{'; ' + made_by if made_by else ''}) "
+            f"died before recording it. The next `tfxops run` records it as its Pusher's output (or moves "
+            f"it aside to .orphaned-{version} when no execution matches); so does "
+            f"pipeline.recovery.recover(settings).")
 
 
 def model_report(store, settings: Settings, version: Optional[str] = None,

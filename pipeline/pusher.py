@@ -1,11 +1,15 @@
-"""AtomicPusher: TFX's Pusher, but a model server never sees a half-written version.
+"""AtomicPusher: TFX's Pusher, but a model server never sees a half-written version,
+and a push cut short by ``kill -9`` is recovered.
 
 TFX's filesystem Pusher copies the SavedModel straight into
 ``<base>/<unix seconds>``; a server polling ``<base>`` (TF Serving or ours) can
 find the numeric directory while files are still arriving. This executor copies
 into a hidden, non-numeric sibling (``.incoming-<version>-<pid>``), then renames it
-to ``<version>`` in one ``os.rename`` on the same filesystem. On any error the
-partial copy is removed and nothing appears under ``<base>``.
+to ``<version>`` in one ``os.rename`` on the same filesystem
+(``pipeline.publish.publish_atomically``). On any error the partial copy is
+removed and nothing appears under ``<base>``. The archive copy TFX keeps in the
+PushedModel's own uri is made before the rename, so the rename is the executor's
+last step.
 
 Versions are unix seconds as in TFX, bumped past the newest existing version so
 two pushes in one second, or a clock step back, never collide.
@@ -13,10 +17,35 @@ two pushes in one second, or a clock step back, never collide.
 The PushedModel artifact gets TFX's custom properties (``pushed``,
 ``pushed_destination``, ``pushed_version``), so TFX's resolvers and our lineage
 read it like any Pusher output.
+
+Killed mid-push. TFX records the PushedModel in MLMD only after ``Do`` returns,
+so a ``kill -9`` between the rename and that record leaves a whole, blessed,
+servable version with no lineage (TFX's own Pusher has the same gap, plus
+half-copied versions). Before the rename, the executor writes a push marker
+inside the staging directory (``pipeline.publish.MARKER``: pid, host and start
+time of the process, pipeline run id, node id, execution id, model and
+PushedModel uris). ``pipeline.recovery.recover``, which every ``tfxops run`` calls
+before it starts the pipeline (and anyone else may call), then:
+
+* records a version whose Pusher is gone and whose marker names an execution
+  still RUNNING in MLMD: the PushedModel is published as that execution's output
+  with TFX's own publisher, the execution becomes COMPLETE (custom property
+  ``tfxops_recovered`` says so), and, because the runner associates each
+  execution with its cache context when it starts, the next run's Pusher is a
+  cache hit instead of a second copy of the same model;
+* moves any other unrecorded version that tfxops pushed (its pusher gone, no
+  matching execution: e.g. a monitoring re-push killed before its record) to
+  ``<base>/.orphaned-<version>``, where no server loads it;
+* removes ``.incoming-*`` directories whose process is gone, and leaves alone
+  whatever a live process (or a process on another host) is still writing, and
+  versions without a marker (not pushed by tfxops).
+
+Meanwhile a server serves the orphan, as TF Serving would: it is complete and was
+blessed (the Pusher publishes only blessed models), and its marker names the run,
+execution and model it came from; what is missing until the next run is the MLMD
+record only. ``tfxops lineage model <version>`` says so and names the fix.
 """
 import os
-import shutil
-import time
 from typing import Any, Dict, List
 
 from absl import logging
@@ -28,43 +57,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-INCOMING_PREFIX = ".incoming-"
-
-
-def existing_versions(base_directory: str) -> List[int]:
-    """Numeric version directories under ``base_directory`` (what servers load)."""
-    if not os.path.isdir(base_directory):
-        return []
-    return sorted(int(name) for name in os.listdir(base_directory) if name.isdigit())
-
-
-def next_version(base_directory: str, now: float = None) -> int:
-    newest = max(existing_versions(base_directory), default=0)
-    return max(int(now if now is not None else time.time()), newest + 1)
-
-
-def publish_atomically(model_path: str, base_directory: str) -> str:
-    """Copy ``model_path`` to ``base_directory/<version>`` atomically; returns the version."""
-    os.makedirs(base_directory, exist_ok=True)
-    version = next_version(base_directory)
-    staging = os.path.join(base_directory, f"{INCOMING_PREFIX}{version}-{os.getpid()}")
-    try:
-        shutil.copytree(model_path, staging)
-        # A concurrent pusher may have taken the number meanwhile: rename fails on a
-        # non-empty target, so move on to the next free version.
-        while True:
-            target = os.path.join(base_directory, str(version))
-            try:
-                os.rename(staging, target)
-                break
-            except OSError:
-                if not os.path.exists(target):
-                    raise
-                version += 1
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-    return str(version)
+from pipeline.publish import (  # noqa: F401  (the names callers import from here)
+    INCOMING_PREFIX, existing_versions, next_version, publish_atomically)
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):
@@ -86,12 +80,26 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         if destination.WhichOneof("destination") != "filesystem":
             raise NotImplementedError("AtomicPusher pushes to a filesystem destination only")
         base = destination.filesystem.base_directory
-        version = publish_atomically(model_path, base)
+        # The archive copy inside the pipeline root, as TFX's Pusher keeps it; first,
+        # so that nothing is left to do after the version becomes visible.
+        io_utils.copy_dir(model_path, model_push.uri)
+        version = publish_atomically(model_path, base, self._push_record(input_dict, model_push))
         serving_path = os.path.join(base, version)
         logging.info("Model published atomically to %s.", serving_path)
-        # The archive copy inside the pipeline root, as TFX's Pusher keeps it.
-        io_utils.copy_dir(model_path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
+
+    def _push_record(self, input_dict, model_push: types.Artifact) -> Dict[str, Any]:
+        """What the push marker says about this push (pipeline.recovery matches it)."""
+        model = (input_dict.get(standard_component_specs.MODEL_KEY) or [None])[0]
+        record = {"model_uri": model and model.uri, "model_artifact_id": model and model.id,
+                  "pushed_model_uri": model_push.uri}
+        context = self._context
+        if context is not None and context.pipeline_info is not None:
+            unique_id = str(getattr(context, "_unique_id", "") or "")   # the execution id (TFX's operators)
+            record.update(pipeline_name=context.pipeline_info.id, pipeline_run_id=context.pipeline_run_id,
+                          node_id=context.pipeline_node.node_info.id if context.pipeline_node else None,
+                          execution_id=int(unique_id) if unique_id.isdigit() else None)
+        return record
 
 
 class AtomicPusher(pusher_component.Pusher):

@@ -4,6 +4,13 @@ in a file, and a summary read back from ML Metadata.
 The progress lines come from TFX's own log records (LocalDagRunner's "Component X
 is running/finished", the launcher's "cached execution" / "new execution"), so
 they say what the orchestrator did, not what we expected it to do.
+
+Before the pipeline starts, ``pipeline.recovery.recover`` deals with what a killed
+push left behind. While it runs, the run's ``pipeline_run`` context in MLMD names
+its owner (pid, host, process start time: ``tfxops.owner``) and, once it is over,
+that it ended; a run whose owner is gone before that is "abandoned" in
+``tfxops lineage runs``. MLMD's own execution states are left as TFX writes them
+(a killed node's execution stays RUNNING, as TFX's LocalDagRunner leaves it).
 """
 import contextlib
 import dataclasses
@@ -20,6 +27,7 @@ from typing import Dict, List, Optional, TextIO
 from pipeline import preflight
 from tfxops import mlmd
 from tfxops.config import Settings
+from tfxops.owner import RUN_ENDED, RUN_OWNER, Owner
 
 
 class PipelineFailed(RuntimeError):
@@ -45,9 +53,12 @@ class RunSummary:
     blessed: Optional[bool] = None
     blessing_reasons: List[str] = dataclasses.field(default_factory=list)
     metrics: List[Dict] = dataclasses.field(default_factory=list)
-    pushed: bool = False
+    pushed: bool = False                        # a new version was pushed by this run
     pushed_version: Optional[str] = None
     pushed_path: Optional[str] = None
+    cached_push_version: Optional[str] = None   # cached Pusher: the version holding this model
+    serving_version: Optional[str] = None       # the newest version in the push directory
+    recovery: Dict = dataclasses.field(default_factory=dict)   # pipeline.recovery's report
     failed_node: Optional[str] = None
     error: Optional[str] = None
     metadata_path: str = ""
@@ -86,10 +97,56 @@ class _Progress:
         return bool(getattr(self.out, "isatty", lambda: False)())
 
 
+class _RunRecord:
+    """The run's owner and end, as custom properties of its pipeline_run context.
+
+    The owner is written when the first node has registered the context. TFX
+    writes the contexts it read back with each execution it publishes, so the
+    owner goes into those very context objects too (else the first node's
+    publication would erase it).
+    """
+
+    def __init__(self):
+        self.context_id: Optional[int] = None
+
+    def prepared(self, handle, result) -> None:
+        """After a launcher's ``_prepare_execution``: the owner, once; and the
+        execution's association with its cache context, now rather than at
+        publication, so that an execution completed later by pipeline.recovery
+        is found by the next run's cache lookup."""
+        from ml_metadata.proto import metadata_store_pb2
+        from tfx.orchestration.portable.mlmd.context_lib import CONTEXT_TYPE_EXECUTION_CACHE
+
+        store = handle.store
+        kinds = {t.id: t.name for t in store.get_context_types()}
+        for context in result.contexts:
+            kind = kinds.get(context.type_id)
+            if kind == mlmd.RUN_CONTEXT and RUN_OWNER not in context.custom_properties:
+                context.custom_properties[RUN_OWNER].string_value = json.dumps(Owner.current().as_dict())
+                store.put_contexts([context])
+                self.context_id = context.id
+            elif kind == CONTEXT_TYPE_EXECUTION_CACHE and result.is_execution_needed:
+                store.put_attributions_and_associations([], [metadata_store_pb2.Association(
+                    execution_id=result.execution_info.execution_id, context_id=context.id)])
+
+    def ended(self, settings: Settings, outcome: str) -> None:
+        if self.context_id is None:
+            return
+        try:
+            store = mlmd.open_store(settings, readonly=False)
+            [context] = mlmd.with_retry(lambda: store.get_contexts_by_id([self.context_id]))
+            when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            context.custom_properties[RUN_ENDED].string_value = f"{outcome} at {when}"
+            mlmd.with_retry(lambda: store.put_contexts([context]))
+        except Exception:  # noqa: BLE001 - the run's result stands; lineage will say "abandoned"
+            logging.exception("could not record the end of the run in MLMD")
+
+
 @contextlib.contextmanager
-def _reporting_launcher(progress: _Progress):
+def _reporting_launcher(progress: _Progress, record: _RunRecord):
     """Make LocalDagRunner's launcher report each node's start, end and whether the
-    launcher used a cached execution (what MLMD records as CACHED)."""
+    launcher used a cached execution (what MLMD records as CACHED), and keep the
+    run's record (``_RunRecord``)."""
     from tfx.orchestration.portable import launcher as launcher_module
 
     original = launcher_module.Launcher
@@ -97,6 +154,8 @@ def _reporting_launcher(progress: _Progress):
     class ReportingLauncher(original):
         def _prepare_execution(self):
             result = super()._prepare_execution()
+            with self._mlmd_connection as handle:
+                record.prepared(handle, result)
             self._tfxops_state = "executed" if result.is_execution_needed else (
                 "cached" if result.execution_info and result.execution_info.execution_id else "skipped")
             return result
@@ -123,12 +182,13 @@ def _reporting_launcher(progress: _Progress):
 @contextlib.contextmanager
 def _library_output_to(log_path: Path):
     """Send file descriptors 1 and 2 (Python, TensorFlow C++, Beam workers) and
-    Python logging to ``log_path``; yield a stream to the original stdout."""
+    Python logging to ``log_path``; yield ``console(stream)``: for ``sys.stdout`` or
+    ``sys.stderr``, a stream to the original file, any other stream unchanged."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
-    console = io.TextIOWrapper(os.fdopen(os.dup(saved_out), "wb", buffering=0), write_through=True)
+    consoles = {id(sys.stdout): _stream_to(saved_out), id(sys.stderr): _stream_to(saved_err)}
     with open(log_path, "ab", buffering=0) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -139,7 +199,7 @@ def _library_output_to(log_path: Path):
         root.handlers = [handler]
         root.setLevel(logging.INFO)
         try:
-            yield console
+            yield lambda stream: consoles.get(id(stream), stream)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -149,7 +209,13 @@ def _library_output_to(log_path: Path):
             os.close(saved_err)
             root.handlers = old_handlers
             root.setLevel(old_level)
-            console.flush()
+            for console in consoles.values():
+                console.close()
+
+
+def _stream_to(descriptor: int) -> TextIO:
+    """A text stream to a copy of ``descriptor`` (kept when 1 and 2 are redirected)."""
+    return io.TextIOWrapper(os.fdopen(os.dup(descriptor), "wb", buffering=0), write_through=True)
 
 
 # ------------------------------------------------------------------------ summary
@@ -179,13 +245,28 @@ def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
             metric["threshold"] = thresholds.get(metric["metric"], "")
         summary.metrics = metrics
         summary.blessing_reasons = reasons if not summary.blessed else []
-    pusher = executions.get("Pusher")
-    if pusher and pusher.outputs.get("pushed_model"):
-        pushed = pusher.outputs["pushed_model"][0]
-        summary.pushed = bool(mlmd.custom(pushed, "pushed", 0))
-        summary.pushed_version = mlmd.custom(pushed, "pushed_version")
-        summary.pushed_path = mlmd.custom(pushed, "pushed_destination")
+    _push_outcome(summary, executions.get("Pusher"), settings)
     return summary
+
+
+def _push_outcome(summary: RunSummary, pusher: Optional[mlmd.NodeExecution], settings: Settings) -> None:
+    """Pushed (a new version), or cached: the Pusher's output is then the earlier
+    push of the same model, which this run did not make."""
+    from pipeline.publish import existing_versions
+
+    versions = existing_versions(str(settings.model_push_dir))
+    summary.serving_version = str(versions[-1]) if versions else None
+    if not (pusher and pusher.outputs.get("pushed_model")):
+        return
+    pushed = pusher.outputs["pushed_model"][0]
+    if not int(mlmd.custom(pushed, "pushed", 0) or 0):
+        return
+    if pusher.state == "CACHED":
+        summary.cached_push_version = str(mlmd.custom(pushed, "pushed_version"))
+        return
+    summary.pushed = True
+    summary.pushed_version = str(mlmd.custom(pushed, "pushed_version"))
+    summary.pushed_path = mlmd.custom(pushed, "pushed_destination")
 
 
 def render(summary: RunSummary) -> str:
@@ -208,6 +289,8 @@ def render(summary: RunSummary) -> str:
             lines.append(f"    - {reason}")
     if summary.pushed:
         lines.append(f"  pushed: version {summary.pushed_version} -> {summary.pushed_path}")
+    elif summary.cached_push_version:
+        lines.append(f"  pushed: {_nothing_new(summary)}")
     elif summary.ok:
         lines.append("  pushed: nothing (the model was not blessed)")
     else:
@@ -218,9 +301,17 @@ def render(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def _nothing_new(summary: RunSummary) -> str:
+    version, serving = summary.cached_push_version, summary.serving_version
+    if serving == version:
+        return f"nothing new (version {version} already serving)"
+    return f"nothing new (this model was pushed as version {version}; serving now: {serving or 'nothing'})"
+
+
 # ---------------------------------------------------------------------------- run
 def run(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) -> RunSummary:
-    """Pre-flight checks, then the whole pipeline; returns the summary.
+    """Pre-flight checks, recovery of a killed push, then the whole pipeline;
+    returns the summary. Progress goes to ``out`` (default stdout).
 
     Raises ``preflight.PreflightError`` before anything is written when the
     input is unusable.
@@ -233,28 +324,55 @@ def run(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) 
     settings.pipeline_root_path.mkdir(parents=True, exist_ok=True)
     settings.metadata_file.parent.mkdir(parents=True, exist_ok=True)
 
-    error: Optional[PipelineFailed] = None
     start = time.monotonic()
     with _library_output_to(log_path) as console:
         # TensorFlow is imported here, so its start-up noise goes to the log too.
-        from tfx import v1 as tfx
-        from pipeline.pipeline import NODE_ORDER, create_pipeline
+        from pipeline.pipeline import NODE_ORDER
         from tfxops.env import skip_autograph_for_libraries
 
         skip_autograph_for_libraries()
-
-        progress = _Progress(console if out is sys.stdout else out, len(NODE_ORDER))
-        try:
-            with _reporting_launcher(progress):
-                tfx.orchestration.LocalDagRunner().run(create_pipeline(settings, data_dir))
-        except Exception as exc:  # the failing component's own exception
-            node = progress.nodes[-1].node_id if progress.nodes else "pipeline"
-            logging.exception("pipeline failed at %s", node)
-            error = PipelineFailed(node, _one_message(exc))
+        progress = _Progress(console(out), len(NODE_ORDER))
+        recovered = _recover(settings, progress.out)
+        error = _run_pipeline(settings, data_dir, progress)
         summary = summarize(settings, progress.nodes, time.monotonic() - start, error, log_path)
+        summary.recovery = recovered
     summary_path = log_path.with_suffix(".json")
     summary_path.write_text(summary.to_json())
     return summary
+
+
+def _recover(settings: Settings, out: TextIO) -> Dict:
+    """pipeline.recovery before the run; its findings on ``out``. A failure is
+    reported and the run goes on (recovery is retried by the next run)."""
+    from pipeline import recovery
+
+    try:
+        report = recovery.recover(settings)
+    except Exception as exc:  # noqa: BLE001 - e.g. permissions on the push directory
+        logging.exception("recovery of the push directory failed")
+        out.write(f"recovery: failed ({_one_message(exc)}); the run goes on, the next run retries\n")
+        return {"error": _one_message(exc)}
+    for line in report.lines():
+        out.write(f"recovery: {line}\n")
+    return report.as_dict()
+
+
+def _run_pipeline(settings: Settings, data_dir: str, progress: _Progress) -> Optional[PipelineFailed]:
+    """LocalDagRunner over the pipeline, recorded as a run with an owner and an end."""
+    from tfx import v1 as tfx
+    from pipeline.pipeline import create_pipeline
+
+    record = _RunRecord()
+    try:
+        with _reporting_launcher(progress, record):
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(settings, data_dir))
+    except Exception as exc:  # the failing component's own exception
+        node = progress.nodes[-1].node_id if progress.nodes else "pipeline"
+        logging.exception("pipeline failed at %s", node)
+        record.ended(settings, f"failed at {node}")
+        return PipelineFailed(node, _one_message(exc))
+    record.ended(settings, "succeeded")
+    return None
 
 
 def _one_message(exc: BaseException) -> str:

@@ -42,7 +42,8 @@ def cmd_run(args) -> int:
 
     settings = settings_from(args)
     try:
-        summary = runner.run(settings)
+        # with --json, stdout carries the JSON document only; progress goes to stderr
+        summary = runner.run(settings, out=sys.stderr if args.json else sys.stdout)
     except preflight.PreflightError as exc:
         print(f"tfxops run: bad input: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="run the TFX pipeline locally on Beam")
     common(p_run)
     p_run.add_argument("--data", help="directory of training CSV files (default: bundled taxi data)")
-    p_run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p_run.add_argument("--json", action="store_true",
+                       help="print the summary as JSON on stdout (progress on stderr)")
     p_run.set_defaults(func=cmd_run)
 
     p_config = sub.add_parser("config", help="print the effective settings")

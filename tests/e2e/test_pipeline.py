@@ -4,7 +4,7 @@ Runs in order: a first run (everything executes, a blessed model is pushed), a
 rerun (everything cached, nothing pushed again), and a run on data with
 anomalies (stops at DataGate, before Transform and Trainer; nothing pushed).
 """
-import io
+import json
 import os
 import subprocess
 import sys
@@ -17,12 +17,21 @@ from modules import features as F
 from modules.trainer import OUTPUT_KEY, RAW_SIGNATURE
 from pipeline import runner
 from pipeline.pusher import existing_versions
-from tests.conftest import REPO, write_rows
+from tests.conftest import E2E_OVERRIDES, REPO, write_rows
 from tfxops import mlmd
 from tfxops.examples import row_to_example
 
 PIPELINE_NODES = {"CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
                   "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "Pusher"}
+
+
+def _cli_run(settings, *args):
+    """`tfxops run` in a subprocess with the end-to-end home and settings."""
+    env = dict(os.environ, TFXOPS_HOME=settings.home)
+    overrides = [f"--set={k}={v}" for k, v in E2E_OVERRIDES.items()]
+    return subprocess.run(
+        [sys.executable, "-m", "tfxops.cli", "run", "--data", str(settings.data_dir), *overrides, *args],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
 
 
 def _states(settings, run_id=None):
@@ -74,15 +83,24 @@ def test_pushed_model_answers_on_both_signatures(first_run, small_data_dir, taxi
 
 
 def test_rerun_on_unchanged_data_is_fully_cached(first_run, e2e_settings):
-    summary = runner.run(e2e_settings, out=io.StringIO())
+    """Through the CLI with --json: stdout is one JSON document (progress goes to
+    stderr), and a cached Pusher is reported as nothing pushed, with the version
+    that already holds this model."""
+    result = _cli_run(e2e_settings, "--json")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    assert "Pusher" in result.stderr and "cached" in result.stderr
+    summary = runner.RunSummary(**dict(document, nodes=[runner.NodeReport(**n) for n in document["nodes"]]))
     assert summary.ok
     states = _states(e2e_settings, summary.run_id)
     assert summary.run_id != first_run.run_id
     not_cached = {n: s for n, s in states.items() if s != "CACHED" and n != "baseline_model_resolver"}
     assert not not_cached, not_cached
-    # the same model, not a second copy of it
+    # the same model, not a second copy of it, and not reported as pushed
     assert existing_versions(str(e2e_settings.model_push_dir)) == [int(first_run.pushed_version)]
-    assert summary.pushed_version == first_run.pushed_version
+    assert summary.pushed is False and summary.pushed_version is None
+    assert summary.cached_push_version == first_run.pushed_version
+    assert f"pushed: nothing new (version {first_run.pushed_version} already serving)" in runner.render(summary)
 
 
 @pytest.fixture
@@ -100,13 +118,7 @@ def anomalous_data_dir(tmp_path, taxi_rows):
 def test_data_with_anomalies_stops_before_training_and_pushes_nothing(
         first_run, e2e_settings, anomalous_data_dir):
     before = existing_versions(str(e2e_settings.model_push_dir))
-    env = dict(os.environ, TFXOPS_HOME=e2e_settings.home)
-    overrides = [f"--set={k}={v}" for k, v in (("train_steps", e2e_settings.train_steps),
-                                               ("eval_steps", e2e_settings.eval_steps),
-                                               ("batch_size", e2e_settings.batch_size))]
-    result = subprocess.run(
-        [sys.executable, "-m", "tfxops.cli", "run", "--data", str(anomalous_data_dir), *overrides],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    result = _cli_run(e2e_settings, "--data", str(anomalous_data_dir))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "stopped at DataGate" in result.stdout
     assert "payment_type" in result.stdout and "trip_start_hour" in result.stdout

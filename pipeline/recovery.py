@@ -1,0 +1,175 @@
+"""Recovering what a `kill -9` left in the push directory (see pipeline/pusher.py).
+
+``recover(settings)`` runs at the start of every ``tfxops run``; a server, the
+monitor or an operator may call it too. Under an exclusive lock (flock) on the
+push directory, so two callers never judge the same version at once, it:
+
+* removes ``.incoming-*`` staging directories whose process is gone;
+* for each version directory with no PushedModel in MLMD:
+  - its pusher still alive (or on another host): left alone, its record may be
+    on its way;
+  - no push marker: left in place and reported (tfxops did not push it);
+  - the marker names a Pusher execution still RUNNING in MLMD: recorded as that
+    execution's PushedModel with TFX's own publisher (execution COMPLETE,
+    ``tfxops_recovered`` on both), and its run marked as ended;
+  - otherwise: moved aside to ``<base>/.orphaned-<version>``.
+
+Executions of other killed nodes are left RUNNING, as TFX leaves them;
+``tfxops lineage runs`` shows their run as "abandoned" (tfxops/owner.py).
+"""
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import os
+from typing import Dict, List, Optional, Set
+
+from pipeline import publish
+from tfxops import mlmd
+from tfxops.config import Settings
+from tfxops.owner import ALIVE, DEAD, RUN_ENDED, UNKNOWN, Owner
+
+RECOVERED = "tfxops_recovered"          # custom property on what recover() recorded
+
+
+@dataclasses.dataclass
+class Recovery:
+    recorded: List[str] = dataclasses.field(default_factory=list)        # versions
+    moved_aside: List[str] = dataclasses.field(default_factory=list)     # new paths
+    removed_staging: List[str] = dataclasses.field(default_factory=list)
+    left: List[str] = dataclasses.field(default_factory=list)            # why, one line each
+
+    def lines(self) -> List[str]:
+        out = [f"recorded version {v} in ML Metadata (its push had no record: the Pusher's process died)"
+               for v in self.recorded]
+        out += [f"moved aside {path} (pushed by a process that died before recording it; no "
+                f"matching execution in ML Metadata)" for path in self.moved_aside]
+        out += [f"removed {path} (a copy cut short: its process is gone)" for path in self.removed_staging]
+        return out + self.left
+
+    def as_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def recover(settings: Settings) -> Recovery:
+    base = str(settings.model_push_dir)
+    report = Recovery()
+    if not os.path.isdir(base):
+        return report
+    with _locked(base):
+        report.removed_staging, kept = publish.remove_stale_staging(base)
+        report.left += [f"kept {path}: {_whose(publish.owner_of(path))}" for path in kept]
+        store = _open_store(settings)
+        recorded = _recorded_versions(store, base)
+        for version in publish.existing_versions(base):
+            if str(version) not in recorded:
+                _recover_version(settings, store, base, str(version), report)
+    return report
+
+
+@contextlib.contextmanager
+def _locked(base: str):
+    """An exclusive flock on the push directory itself (no lock file beside the versions)."""
+    descriptor = os.open(base, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)            # releases the lock
+
+
+def _whose(owner: Optional[Owner]) -> str:
+    if owner is None:
+        return "its writer is unknown"
+    state = owner.state()
+    if state == ALIVE:
+        return f"its writer ({owner.describe()}) is still running"
+    if state == UNKNOWN:
+        return f"written from {owner.host}, which cannot be checked from here"
+    return f"its writer ({owner.describe()}) is gone"
+
+
+def _open_store(settings: Settings):
+    try:
+        return mlmd.open_store(settings, readonly=True)
+    except mlmd.MetadataError:       # no store yet: nothing is recorded
+        return None
+
+
+def _recorded_versions(store, base: str) -> Set[str]:
+    """Versions under ``base`` that a PushedModel in MLMD says were pushed there."""
+    if store is None:
+        return set()
+    recorded = set()
+    for artifact in mlmd.with_retry(lambda: store.get_artifacts_by_type("PushedModel")):
+        destination = str(mlmd.custom(artifact, "pushed_destination", "") or "")
+        if int(mlmd.custom(artifact, "pushed", 0) or 0) and destination:
+            if os.path.realpath(os.path.dirname(destination)) == os.path.realpath(base):
+                recorded.add(os.path.basename(destination))
+    return recorded
+
+
+def _recover_version(settings: Settings, store, base: str, version: str, report: Recovery) -> None:
+    path = os.path.join(base, version)
+    marker = publish.read_marker(path)
+    if marker is None:
+        report.left.append(f"version {version}: no record in ML Metadata and no push marker (not pushed "
+                           f"by tfxops): left in place; lineage cannot trace it")
+        return
+    owner = Owner.from_dict(marker.get("owner"))
+    if owner is not None and owner.state() != DEAD:
+        report.left.append(f"version {version}: not recorded yet, {_whose(owner)}: left alone")
+        return
+    execution = _killed_pusher(store, marker)
+    if execution is None:
+        report.moved_aside.append(publish.move_aside(base, version))
+        return
+    _record(settings, path, version, marker, execution)
+    report.recorded.append(version)
+
+
+def _killed_pusher(store, marker: Dict):
+    """The RUNNING execution of the marker's run and node, if MLMD has it."""
+    execution_id = marker.get("execution_id")
+    if store is None or not marker.get("pipeline_run_id") or not str(execution_id or "").isdigit():
+        return None
+    for execution in store.get_executions_by_id([int(execution_id)]):
+        if (execution.last_known_state in (mlmd.STATE.RUNNING, mlmd.STATE.NEW)
+                and mlmd.run_of_execution(store, execution.id) == marker["pipeline_run_id"]
+                and mlmd.node_id_of(store, execution.id, marker.get("pipeline_name")) == marker.get("node_id")):
+            return execution
+    return None
+
+
+def _record(settings: Settings, path: str, version: str, marker: Dict, execution) -> None:
+    """Publish the version as the killed execution's PushedModel, as the launcher
+    would have (TFX's publisher: artifact LIVE, OUTPUT event, execution COMPLETE)."""
+    from tfx.orchestration import metadata
+    from tfx.orchestration.portable import execution_publish_utils
+    from tfx.types import standard_artifacts, standard_component_specs
+    from tfx.utils import io_utils
+
+    note = (f"recorded by pipeline.recovery (pid {os.getpid()}) at "
+            f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: the Pusher's "
+            f"process died after publishing version {version}, before its record")
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = marker.get("pushed_model_uri") or path
+    if pushed.uri != path:                # the archive copy TFX's Pusher keeps
+        io_utils.delete_dir(pushed.uri)
+        io_utils.copy_dir(path, pushed.uri)
+    pushed.set_int_custom_property("pushed", 1)
+    pushed.set_string_custom_property("pushed_destination", path)
+    pushed.set_string_custom_property("pushed_version", version)
+    pushed.set_string_custom_property(RECOVERED, note)
+    with metadata.Metadata(mlmd.connection_config(settings)) as handle:
+        store = handle.store
+        contexts = store.get_contexts_by_execution(execution.id)
+        execution_publish_utils.publish_succeeded_execution(
+            handle, execution.id, contexts, {standard_component_specs.PUSHED_MODEL_KEY: [pushed]})
+        [done] = store.get_executions_by_id([execution.id])
+        done.custom_properties[RECOVERED].string_value = note
+        store.put_executions([done])
+        for run in store.get_contexts_by_execution(execution.id):
+            if run.type == mlmd.RUN_CONTEXT and RUN_ENDED not in run.custom_properties:
+                run.custom_properties[RUN_ENDED].string_value = f"recovered: {note}"
+                store.put_contexts([run])
