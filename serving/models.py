@@ -287,19 +287,25 @@ def dir_fingerprint(path: str) -> tuple:
     return tuple(parts)
 
 
-def _load_error(exc: BaseException) -> Tuple[str, str]:
-    """(error code, message) for a failed load, as TF Serving reports it."""
+def _load_error(exc: BaseException, path: str) -> Tuple[str, str]:
+    """(error code, message) for a failed load, as TF Serving reports it; never
+    Python's exception text (the traceback goes to the server's log)."""
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
     from serving.errors import from_tf_error
 
     if isinstance(exc, tf.errors.OpError):
         err = from_tf_error(exc)
         return err.code, err.message
-    if isinstance(exc, (OSError, IOError)):
-        return "NOT_FOUND", str(exc)
+    graph = os.path.join(path, "saved_model.pb")
+    if isinstance(exc, (OSError, DecodeError)) and os.path.isfile(graph):
+        return "DATA_LOSS", f"Can't parse {graph} as binary proto"   # TensorFlow's words
+    if isinstance(exc, OSError):
+        return "NOT_FOUND", (f"Could not find SavedModel .pb or .pbtxt at supplied export "
+                             f"directory path: {path}")
     if isinstance(exc, RuntimeError) and "MetaGraphDef" in str(exc):
         return "NOT_FOUND", str(exc)
-    return "UNKNOWN", f"{type(exc).__name__}: {exc}"
+    return "UNKNOWN", f"Could not load the SavedModel at {path}; the server's log has the details"
 
 
 # ------------------------------------------------------------------ the manager
@@ -415,8 +421,9 @@ class ModelManager:
             loaded = ModelVersion(self.name, version, path, self.threads)
             loaded.warm_up()
         except Exception as exc:   # noqa: BLE001 - any failure is reported in the status
-            code, message = _load_error(exc)
-            log.error("model %s version %d failed to load: %s", self.name, version, message)
+            code, message = _load_error(exc, path)
+            log.error("model %s version %d failed to load: %s", self.name, version, message,
+                      exc_info=code == "UNKNOWN")
             self._set(version, END, code, message, fingerprint)
             return
         with self._lock:

@@ -81,8 +81,10 @@ def test_hot_reload_under_load_and_corrupt_version(tmp_path, pushed_model, rows)
             wait_for(lambda: statuses(server).get(new + 1, {}).get("state") == "END",
                      "the corrupt version's failure")
             st = statuses(server)
-            assert st[new + 1]["status"]["error_code"] != "OK"
-            assert st[new + 1]["status"]["error_message"]
+            # TensorFlow's words for a torn saved_model.pb, not Python's DecodeError text
+            assert st[new + 1]["status"]["error_code"] == "DATA_LOSS"
+            assert st[new + 1]["status"]["error_message"] == \
+                f"Can't parse {bad / 'saved_model.pb'} as binary proto"
             assert st[new]["state"] == "AVAILABLE"
             n = len(versions)
             wait_for(lambda: len(versions) > n + 20, "answers after the corrupt push")
