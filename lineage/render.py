@@ -100,6 +100,8 @@ def _execution_lines(node: Dict) -> Tuple[str, List[str]]:
         lines.append(f"schema_file {facts['schema_file']}")
     if "push_destination" in facts:
         lines.append(f"push_destination {_short(facts['push_destination'])}")
+    if "recovered" in facts:
+        lines.append(f"recovered: {facts['recovered']}")
     if "thresholds" in facts:
         if facts.get("metrics"):
             lines.append(f"{'metric (overall)':<22}{'candidate':>11}{'baseline':>11}  threshold")

@@ -1,7 +1,8 @@
 """Pipeline runs as MLMD recorded them, and what differs between two runs.
 
 ``runs_table``: each run's start, duration, status and per-component outcome
-(executed / cached / failed / running) and the version it pushed. A run whose
+(executed / cached / failed / running / recovered: completed by pipeline.recovery
+after its process died) and the version it pushed. A run whose
 process is gone before it ended (``kill -9``, a crash, a reboot) is "abandoned",
 and so are its executions that MLMD still holds as RUNNING: the runner records
 its owner and its end on the pipeline_run context (tfxops/owner.py). Runs
@@ -17,6 +18,7 @@ from typing import Dict, List, Optional
 
 from lineage import graph as G
 from lineage import trace
+from pipeline.recovery import RECOVERED
 from tfxops import mlmd
 from tfxops.owner import DEAD, RUN_ENDED, RUN_OWNER, Owner
 
@@ -55,7 +57,8 @@ def run_summary(store, run, pipeline_name: str) -> Dict:
     components, pushed, reused = [], None, None
     for node in nodes:
         components.append({"node_id": node.node_id, "execution_id": node.execution.id,
-                           "state": OUTCOME.get(node.state, node.state.lower()),
+                           "state": "recovered" if RECOVERED in node.execution.custom_properties
+                           else OUTCOME.get(node.state, node.state.lower()),
                            "seconds": round(node.seconds, 1),
                            "outputs": {k: [a.id for a in v] for k, v in sorted(node.outputs.items())}})
         for artifact in node.outputs.get("pushed_model", []):

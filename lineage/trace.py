@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from lineage import graph as G
+from pipeline import publish
+from pipeline.recovery import RECOVERED
 from tfxops import mlmd
 from tfxops.config import Settings
+from tfxops.owner import ALIVE, Owner
 
 SERVING = "serving"
 # Order in which an execution's inputs are shown (others follow, by name).
@@ -153,6 +156,8 @@ def execution_facts(g: G.Graph, eid: int, with_metrics: bool = True) -> Dict:
         facts["schema_file"] = props["schema_file"]
     if "push_destination" in props:                                     # Pusher
         facts["push_destination"] = props["push_destination"]
+    if RECOVERED in props:                                              # completed by pipeline.recovery
+        facts["recovered"] = props[RECOVERED]
     if "eval_config" in props:                                          # Evaluator
         facts["thresholds"] = mlmd.eval_config_thresholds(props["eval_config"])
         evaluation = next((e for e in g.outputs(eid) if g.type_of(e.artifact_id) == G.EVALUATION), None)
@@ -316,9 +321,6 @@ def resolve_pushed(store, settings: Settings, version: Optional[str]) -> Tuple[G
 def _unrecorded(settings: Settings, version: str) -> Optional[str]:
     """What to say about a version that is in the push directory but not in MLMD,
     from its push marker (pipeline/publish.py); None if there is no such directory."""
-    from pipeline import publish
-    from tfxops.owner import ALIVE, Owner
-
     path = settings.model_push_dir / version
     if not version.isdigit() or not path.is_dir():
         return None
@@ -330,13 +332,12 @@ def _unrecorded(settings: Settings, version: str) -> Optional[str]:
     if owner is not None and owner.state() == ALIVE:
         return (f"version {version} is being pushed by {owner.describe()}; its record in ML Metadata "
                 f"follows when that push finishes. Try again in a moment.")
-    made_by = ", ".join(f"{key} {marker[key]}" for key in ("pipeline_run_id", "node_id", "execution_id")
-                        if marker.get(key))
+    made_by = (f"; run {marker['pipeline_run_id']}, {marker.get('node_id')} execution "
+               f"{marker.get('execution_id')}" if marker.get("pipeline_run_id") else "")
     return (f"version {version} in '{settings.model_push_dir}' has no record in ML Metadata: the process "
-            f"that pushed it ({owner.describe() if owner else 'unknown'}{'; ' + made_by if made_by else ''}) "
-            f"died before recording it. The next `tfxops run` records it as its Pusher's output (or moves "
-            f"it aside to .orphaned-{version} when no execution matches); so does "
-            f"pipeline.recovery.recover(settings).")
+            f"that pushed it ({owner.describe() if owner else 'unknown'}{made_by}) died before recording it. "
+            f"The next `tfxops run` records it as its Pusher's output (or moves it aside to "
+            f".orphaned-{version} when no execution matches); so does pipeline.recovery.recover(settings).")
 
 
 def model_report(store, settings: Settings, version: Optional[str] = None,

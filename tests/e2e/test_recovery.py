@@ -87,9 +87,12 @@ def test_a_killed_push_is_cleaned_or_recorded_by_the_next_run(home):
     killed_after_rename, killed_in_copy = rows[1]["run_id"], rows[2]["run_id"]
     assert report["run_id"] == killed_after_rename and report["pushed_by"]["node_id"] == "Pusher"
     assert report["summary"]["evaluation"]["blessed"] is True
+    assert "the Pusher's process died" in report["tree"]["produced_by"][0]["facts"]["recovered"]
     assert by_status[killed_after_rename] == "complete"       # its push is recorded now
     assert by_status[killed_in_copy] == "abandoned"           # its process died mid-way
     assert rows[1]["pushed_version"] == orphan
+    assert {c["node_id"]: c["state"] for c in rows[1]["components"]}["Pusher"] == "recovered"
+    assert {c["node_id"]: c["state"] for c in rows[2]["components"]}["Pusher"] == "abandoned"
 
 
 def test_a_run_killed_mid_way_shows_as_abandoned(home):
