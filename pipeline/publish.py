@@ -47,14 +47,15 @@ def next_version(base_directory: str, now: float = None) -> int:
 def publish_atomically(model_path: str, base_directory: str, record: Optional[Dict] = None) -> str:
     """Copy ``model_path`` to ``base_directory/<version>`` atomically; returns the version.
 
-    ``record`` (JSON-able) goes into the version's push marker, beside the owner.
+    ``record`` (JSON-able) goes into the version's push marker, beside the owner and
+    the base directory (a copy of the version elsewhere is then known as a copy).
     """
     os.makedirs(base_directory, exist_ok=True)
     version = next_version(base_directory)
     staging = os.path.join(base_directory, f"{INCOMING_PREFIX}{version}-{os.getpid()}")
     try:
         os.mkdir(staging)
-        write_marker(staging, record)
+        write_marker(staging, dict(record or {}, base_directory=os.path.realpath(base_directory)))
         shutil.copytree(model_path, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
         version = _rename_to_free_version(staging, base_directory, version)
     finally:

@@ -8,7 +8,8 @@ push directory, so two callers never judge the same version at once, it:
 * for each version directory with no PushedModel in MLMD:
   - its pusher still alive (or on another host): left alone, its record may be
     on its way;
-  - no push marker: left in place and reported (tfxops did not push it);
+  - no push marker, or a marker written for another directory (a copy): left in
+    place and reported (tfxops did not push it here);
   - the marker names a Pusher execution still RUNNING in MLMD: recorded as that
     execution's PushedModel with TFX's own publisher (execution COMPLETE,
     ``tfxops_recovered`` on both), and its run marked as ended;
@@ -115,6 +116,10 @@ def _recover_version(settings: Settings, store, base: str, version: str, report:
     if marker is None:
         report.left.append(f"version {version}: no record in ML Metadata and no push marker (not pushed "
                            f"by tfxops): left in place; lineage cannot trace it")
+        return
+    if os.path.realpath(str(marker.get("base_directory"))) != os.path.realpath(base):
+        report.left.append(f"version {version}: a copy of a version pushed to {marker.get('base_directory')} "
+                           f"(its push marker says so), not recorded here: left in place")
         return
     owner = Owner.from_dict(marker.get("owner"))
     if owner is not None and owner.state() != DEAD:

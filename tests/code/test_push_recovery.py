@@ -5,6 +5,7 @@ whatever a live process is still doing is left alone. (The match to a killed
 Pusher execution is tested end to end in tests/e2e/test_recovery.py.)"""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,3 +97,18 @@ def test_what_a_live_process_pushes_and_what_tfxops_did_not_push_stay(tmp_path, 
     text = "\n".join(report.lines())
     assert f"version {mine}" in text and "still running" in text
     assert f"version {foreign.name}" in text and "left in place" in text
+
+
+def test_a_copy_of_a_pushed_version_in_another_directory_is_left_in_place(tmp_path, settings):
+    """Someone copies a version tfxops pushed elsewhere into this push directory: its
+    marker names the other directory, so recovery does not take it for an orphan."""
+    from pipeline import publish, recovery
+
+    elsewhere = tmp_path / "elsewhere"
+    _publish_and_die(_model(tmp_path), elsewhere, "--kill-after-rename-into", str(elsewhere))
+    [version] = publish.existing_versions(str(elsewhere))
+    shutil.copytree(elsewhere / str(version), settings.model_push_dir / str(version))
+
+    report = recovery.recover(settings)
+    assert publish.existing_versions(str(settings.model_push_dir)) == [version]
+    assert report.moved_aside == [] and any("a copy of a version pushed to" in line for line in report.lines())
