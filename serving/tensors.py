@@ -79,31 +79,16 @@ def _checked_shape(proto: tensor_pb2.TensorProto, alias: str) -> List[int]:
     return [d.size for d in shape.dim]
 
 
-def tensor_nbytes(proto: tensor_pb2.TensorProto, alias: str = "") -> int:
-    """Bytes the tensor takes as a numpy array, from its dtype and shape alone
-    (nothing is allocated); raises INVALID_ARGUMENT for a dtype or shape that
-    cannot be one."""
-    if proto.dtype not in _DTYPES:
-        known = proto.dtype in types_pb2.DataType.values()
-        raise invalid(f"Unsupported tensor type: {types_pb2.DataType.Name(proto.dtype)}"
-                      if known else f"tensor parsing error: {alias}")
-    np_dtype = _DTYPES[proto.dtype][0]
-    item = 8 if np_dtype is object else np.dtype(np_dtype).itemsize   # a pointer per string
-    return math.prod(_checked_shape(proto, alias)) * item
-
-
 def protos_to_arrays(protos, max_bytes: int = DEFAULT_TENSOR_BUDGET) -> Dict[str, np.ndarray]:
-    """Every tensor of a request (alias -> TensorProto) as numpy arrays, after
-    checking that together they fit in ``max_bytes`` (``tensor_budget``)."""
-    total = 0
+    """Every tensor of a request (alias -> TensorProto) as numpy arrays, together
+    at most ``max_bytes`` (``tensor_budget``) once decoded. Values that are on
+    the wire are bounded by the request size already; what is checked before
+    allocating is the one expansion the wire allows, a splat."""
+    arrays, left = {}, max_bytes
     for alias, proto in protos.items():
-        total += tensor_nbytes(proto, alias)
-        if total > max_bytes:
-            raise invalid(f"the request's tensors would take {_size(total)} or more once decoded "
-                          f"(input {_clip(alias)} has shape {shape_string(_checked_shape(proto, alias))}"
-                          f"), more than this server allows: {_size(max_bytes)}, "
-                          f"{TENSOR_BYTES_PER_REQUEST_BYTE} x max_request_bytes")
-    return {alias: proto_to_ndarray(proto, max_bytes, alias) for alias, proto in protos.items()}
+        array = arrays[alias] = proto_to_ndarray(proto, left, alias)
+        left -= array.nbytes                  # object arrays: a pointer per string
+    return arrays
 
 
 def _size(n: int) -> str:
@@ -131,11 +116,10 @@ def proto_to_ndarray(proto: tensor_pb2.TensorProto, max_bytes: int = DEFAULT_TEN
             array = np.empty(len(values), dtype=object)
             array[:] = values
             return array
-    if tensor_nbytes(proto, alias) > max_bytes:
-        raise invalid(f"tensor {_clip(alias)} of shape {shape_string(_checked_shape(proto, alias))} "
-                      f"would take more than this server allows for a request: {_size(max_bytes)}")
-    shape = _checked_shape(proto, alias)
+    if dtype not in _DTYPES:
+        raise _unsupported_tensor(dtype, alias)
     np_dtype, field = _DTYPES[dtype]
+    shape = _checked_shape(proto, alias)
     count = math.prod(shape)
     if proto.tensor_content:
         if np_dtype is object or len(proto.tensor_content) != count * np.dtype(np_dtype).itemsize:
@@ -148,11 +132,26 @@ def proto_to_ndarray(proto: tensor_pb2.TensorProto, max_bytes: int = DEFAULT_TEN
         array = _typed_values(getattr(proto, field), np_dtype, alias)
     if array.size != count:
         if array.size == 1 and count > 1:   # TensorFlow's splat of a single value
+            _check_expansion(count * array.itemsize, max_bytes, alias, shape)
             array = np.full(count, array[0], dtype=array.dtype)
         elif array.size != 0 or count != 0:
             raise invalid(f"Tensor has {array.size} values, but its shape "
                           f"{shape_string(shape)} needs {count}")
     return array.reshape(shape)
+
+
+def _unsupported_tensor(dtype: int, alias: str) -> ServingError:
+    if dtype in types_pb2.DataType.values():
+        return invalid(f"Unsupported tensor type: {types_pb2.DataType.Name(dtype)}")
+    return _parsing_error(alias)
+
+
+def _check_expansion(nbytes: int, max_bytes: int, alias: str, shape: List[int]) -> None:
+    if nbytes > max_bytes:
+        raise invalid(f"input {_clip(alias)} of shape {shape_string(shape)} would take "
+                      f"{_size(nbytes)} once decoded, more than this request may take: "
+                      f"{_size(max(max_bytes, 0))} left of {TENSOR_BYTES_PER_REQUEST_BYTE} x "
+                      f"max_request_bytes")
 
 
 def _typed_values(values, np_dtype, alias: str) -> np.ndarray:

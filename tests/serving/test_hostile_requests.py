@@ -97,7 +97,7 @@ def test_a_splat_of_one_value_over_a_huge_shape_is_refused_before_allocation(stu
     assert small.ByteSize() < 64
     for _ in range(3):
         message = assert_invalid(lambda: stub.Predict(small, timeout=30),
-                                 contains="would take 1.0 GiB or more once decoded")
+                                 contains="of shape [268435456] would take 1.0 GiB once decoded")
     assert "max_request_bytes" in message
     all_inputs = splat_request(2**31, inputs=F.MODEL_FEATURES)
     assert_invalid(lambda: stub.Predict(all_inputs, timeout=30), contains="max_request_bytes")
