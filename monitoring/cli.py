@@ -2,9 +2,15 @@
 
     tfxops monitor [--dry-run] [--watch SECONDS] [--json] [--home DIR] [--set key=value ...]
 
-Exit codes: 0 analysed (whatever the decision) or no new requests; 1 an action
-failed (the pipeline rerun failed, a re-push failed); 2 bad input: no metadata
-store, a served version without lineage in MLMD, bad settings.
+Exit codes: 0 analysed (whatever the decision, ``alert`` included: an alert is
+reported, in the summary line, the report and MLMD, not a failure of the run),
+no new requests, or only log files still being written; 1 an action failed (the
+pipeline rerun failed, a re-push failed); 2 bad input: no metadata store, a
+request-log directory that does not exist, a monitor directory that cannot be
+locked, bad settings; 3 another monitor holds the lock on the monitor directory
+(longer than ``monitor_lock_wait_seconds``): this run did nothing, the message
+names the holder. With ``--watch`` each run takes the lock, and a busy or failed
+run is reported and the next one runs on schedule.
 """
 import json
 import logging
@@ -13,15 +19,20 @@ import time
 
 from tfxops.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, settings_from
 
+EXIT_BUSY = 3          # another monitor holds the lock: nothing done
+
 
 def _once(settings, args) -> int:
-    from monitoring import report, run
+    from monitoring import lock, report, run
     from tfxops.mlmd import MetadataError
 
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     try:
         result = run.monitor_once(settings, dry_run=args.dry_run, out=say)
-    except (run.MonitorError, MetadataError) as exc:
+    except lock.LockBusy as exc:
+        print(f"tfxops monitor: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except (run.MonitorError, MetadataError, lock.LockError) as exc:
         print(f"tfxops monitor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:

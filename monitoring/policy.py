@@ -4,6 +4,14 @@ Reasons (each switched by a setting, see tfxops/config.py ``# --- monitoring``):
 ERROR-severity schema anomalies; N features over their skew threshold; N over
 their drift threshold; prediction drift; an AUC drop on labelled requests.
 
+Before any of that, rejected requests: when at least ``alert_rejection_rate`` of
+a version's requests (and ``alert_min_rejected`` of them) were rejected by the
+server, the decision is ``alert``: reported (summary line, report, MLMD), never
+acted on, whatever else fired. A retrain cannot fix a client that stopped
+sending a feature, and the skew of this window comes from the same broken
+requests. Anomalies that the rejections explain (a feature the rejected
+requests lack) are never a reason to retrain.
+
 Then, in this order, a window is *not* acted on when: it has fewer rows than
 ``monitor_min_rows`` (statistics too noisy); its model version is not the one
 currently served (a newer version replaced it); this window was acted on before
@@ -18,12 +26,13 @@ from typing import Dict, List, Optional
 
 from tfxops.config import Settings
 
-NONE, RETRAIN, REPUSH = "none", "retrain", "repush"
+NONE, RETRAIN, REPUSH, ALERT = "none", "retrain", "repush", "alert"
+ACTIONS = (RETRAIN, REPUSH)            # what changes the served model; ALERT only reports
 
 
 @dataclasses.dataclass
 class Decision:
-    action: str                        # none | retrain | repush
+    action: str                        # none | retrain | repush | alert
     triggered: bool                    # the policy's reasons hold (whatever was done)
     reasons: List[str]                 # why the policy fired
     because: str                       # why this action (or none) was taken
@@ -37,7 +46,8 @@ class Decision:
 
 def reasons_for(settings: Settings, features, prediction: Dict, quality: Dict) -> List[str]:
     reasons = []
-    errors = [(f.name, a["short"]) for f in features for a in f.anomalies if a["severity"] == "ERROR"]
+    errors = [(f.name, a["short"]) for f in features for a in f.anomalies
+              if a["severity"] == "ERROR" and not a.get("explained_by")]
     if settings.trigger_on_error_anomalies and errors:
         reasons.append(f"{len(errors)} schema anomal{'y' if len(errors) == 1 else 'ies'} of ERROR "
                        f"severity: " + "; ".join(f"{n}: {s}" for n, s in errors))
@@ -60,10 +70,28 @@ def reasons_for(settings: Settings, features, prediction: Dict, quality: Dict) -
     return reasons
 
 
+def rejection_alert(settings: Settings, summary) -> Optional[str]:
+    """Why the rejections call for an alert (``rejections.Summary``), or None."""
+    if summary is None or settings.alert_rejection_rate <= 0 or summary.rejected < settings.alert_min_rejected \
+            or summary.rate < settings.alert_rejection_rate:
+        return None
+    from monitoring.rejections import percent
+
+    missing = "".join(f"; {m.line()}" for m in summary.missing_features[:3])
+    return (f"the server rejected {summary.rejected} of {summary.requests} requests ({percent(summary.rate)}; "
+            f"policy: alert_rejection_rate={settings.alert_rejection_rate:g}){missing}")
+
+
 def decide(settings: Settings, reasons: List[str], rows: int, window_id: str, is_current: bool,
            previous_action: Optional[Dict], last_action: Optional[Dict], dry_run: bool,
-           reuse: Optional[Dict], now: Optional[float] = None) -> Decision:
+           reuse: Optional[Dict], now: Optional[float] = None, alert: Optional[str] = None) -> Decision:
     now = time.time() if now is None else now
+    if alert:
+        return Decision(ALERT, True, [alert] + reasons, (
+            f"alert, not acted on: {alert.split('; policy:')[0]}); a retrain cannot fix a client that "
+            f"stopped sending a feature (or sends what the server refuses): fix the client, or the "
+            f"signature it calls" + ("; the window's other findings include the rows of those "
+                                           "requests" if reasons else "")), dry_run)
     if not reasons:
         return Decision(NONE, False, [], "no trigger: every check is within the policy", dry_run)
     if rows < settings.monitor_min_rows:

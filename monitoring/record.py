@@ -12,7 +12,7 @@ All monitor executions share the context ``<pipeline_name>.monitor`` (type
 ``tfxops.Monitoring``).
 """
 import json
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ml_metadata.errors import NotFoundError
 from ml_metadata.proto import metadata_store_pb2 as pb
@@ -78,6 +78,16 @@ def record_run(store, pipeline_name: str, properties: Dict,
         execution, pairs, [context], reuse_context_if_already_exist=True)
     return {"execution_id": execution_id,
             **{label: artifact_id for (label, _, _), artifact_id in zip(items, artifact_ids)}}
+
+
+def find_run(store, window: str, model_version: str) -> Optional[pb.Execution]:
+    """The (not dry-run) monitor execution already recorded for this window and version."""
+    for execution in monitor_executions(store):
+        props = execution.custom_properties
+        if props["window"].string_value == window and props["model_version"].string_value == model_version \
+                and not props["dry_run"].int_value:
+            return execution
+    return None
 
 
 def monitor_executions(store) -> List[pb.Execution]:

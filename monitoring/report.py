@@ -163,10 +163,14 @@ def render_html(result: Dict) -> str:
     if decision.get("outcome"):
         out.append(f"<div>Outcome: <code>{_e(json.dumps(_clean(decision['outcome'])))}</code></div>")
     out.append("</div>")
-    if result.get("skipped_files"):
-        out.append("<div class='box warn'><b>Skipped log files</b> (unreadable; the rest was analysed):<ul>"
-                   + "".join(f"<li><code>{_e(s['file'])}</code>: {_e(s['error'])}</li>"
-                             for s in result["skipped_files"]) + "</ul></div>")
+    out.append(_files_html(result))
+    for item in result.get("not_judged") or []:
+        out.append(f"<div class='box warn'><b>Model {_e(item['model_name'])} version {_e(item['version'])}: "
+                   f"no lineage: not judged</b> ({item['rows']} rows, {item['requests']} requests; the window "
+                   f"was analysed for the other versions and committed)<br>{_e(item['reason'])}</div>")
+    if result.get("unattributed_rejections"):
+        out.append("<h2>Rejected before a model version was chosen</h2>"
+                   + _rejections_html(result["unattributed_rejections"]))
     for group in result.get("versions", []):
         out.append(_version_html(group))
     out.append("<p class='muted'>Skew: L-infinity distance (categorical, TFDV) or Jensen-Shannon "
@@ -175,6 +179,50 @@ def render_html(result: Dict) -> str:
                "– = the schema sets none (shown, never alarms). Drift: vs the previous window.</p>")
     out.append("</body></html>")
     return "".join(out)
+
+
+def _files_html(result: Dict) -> str:
+    out = []
+    if result.get("incomplete_files"):
+        out.append("<div class='box warn'><b>Incomplete log files</b> (incomplete: still being written; not "
+                   "counted, read again by the next run):<ul>" + "".join(
+                       f"<li><code>{_e(f['file'])}</code>: {_e(f['error'])}</li>" for f in result["incomplete_files"])
+                   + "</ul></div>")
+    if result.get("quarantined_files"):
+        out.append("<div class='box act'><b>Quarantined log files</b> (corrupt: never read again; the rest "
+                   "was analysed):<ul>" + "".join(
+                       f"<li><code>{_e(f['file'])}</code>: {_e(f['error'])}; "
+                       + (f"moved to <code>{_e(f['moved_to'])}</code>" if f.get("moved_to")
+                          else "left in place, marked quarantined in state.json") + "</li>"
+                       for f in result["quarantined_files"]) + "</ul></div>")
+    return "".join(out)
+
+
+def _rejections_html(rej: Dict) -> str:
+    """Rejected requests: the rate, the causes, the features the clients did not send."""
+    span = f" · from {_e(rej['first'])} to {_e(rej['last'])}" if rej["first"] else ""
+    out = [f"<div class='box {'act' if rej['rejected'] else 'ok'}'><b>{_e(rej['line'])}</b>{span}"
+           f" · rows read from them: {rej['rows']} (requests with readable rows: {rej['with_rows']})</div>"]
+    if rej["missing_features"]:
+        out.append("<table><tr><th>feature (SERVING)</th><th class='num'>rejected requests lacking it</th>"
+                   "<th class='num'>share</th><th class='num'>training examples without it</th><th>since</th>"
+                   "</tr>" + "".join(
+                       f"<tr><td class='bad'>{_e(m['feature'])}</td><td class='num'>{m['requests']}</td>"
+                       f"<td class='num'>{_pct(m['fraction'])}</td><td class='num'>{_pct(m['training_fraction'])}"
+                       f"</td><td>{_e(m['since'])}</td></tr>"
+                       for m in rej["missing_features"]) + "</table>")
+    if rej["causes"]:
+        out.append("<table><tr><th>code</th><th>message (variable parts as {…}, N)</th><th class='num'>requests"
+                   "</th><th class='num'>share</th><th>first</th><th>example</th></tr>" + "".join(
+                       f"<tr><td>{_e(c['code'])}</td><td>{_e(c['pattern'])}</td><td class='num'>{c['requests']}</td>"
+                       f"<td class='num'>{_pct(c['fraction'])}</td><td>{_e(c['first'])}</td>"
+                       f"<td><code>{_e(c['example'])}</code></td></tr>" for c in rej["causes"]) + "</table>")
+    return "".join(out)
+
+
+def _pct(x: float) -> str:
+    from monitoring.rejections import percent
+    return percent(x)
 
 
 def _version_html(group: Dict) -> str:
@@ -186,6 +234,8 @@ def _version_html(group: Dict) -> str:
     if group.get("error"):
         out.append(f"<div class='box act'>{_e(group['error'])}</div>")
         return "".join(out)
+    if (group.get("rejections") or {}).get("rejected"):
+        out.append("<h3>Rejected requests</h3>" + _rejections_html(group["rejections"]))
     features = group.get("features", [])
     order = sorted(features, key=lambda f: (not f["flagged"], -(f["skew"] or 0) / (f["skew_threshold"] or 10)))
     out.append("<h3>Features</h3><table><tr><th>feature</th><th>type</th><th>skew vs training</th>"

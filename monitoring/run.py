@@ -10,8 +10,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from modules import features as F
-from monitoring import act, baseline as baseline_lib, checks, feedback_path, monitor_path, policy, record, report
-from monitoring import window as window_lib
+from monitoring import act, baseline as baseline_lib, checks, feedback_path, logfiles, monitor_path, policy, record
+from monitoring import lock as lock_lib, rejections as rejections_lib, report, window as window_lib
 from tfxops import mlmd
 from tfxops.config import Settings
 
@@ -52,63 +52,118 @@ class Group:
     stats: checks.StatsAccumulator
     pending: List[bytes] = dataclasses.field(default_factory=list)
     predictions: List[np.ndarray] = dataclasses.field(default_factory=list)
-    requests: int = 0
-    rows: int = 0
+    requests: int = 0                      # answered requests
+    rows: int = 0                          # rows in the statistics (answered and rejected)
     labelled: List[Tuple[bytes, float, float]] = dataclasses.field(default_factory=list)
+    rejections: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
+    types: Dict = dataclasses.field(default_factory=dict)      # column -> Arrow type fed so far
 
     def flush(self, decoder, force: bool = False) -> None:
         while self.pending and (force or len(self.pending) >= DECODE_ROWS):
             batch, self.pending = self.pending[:DECODE_ROWS], self.pending[DECODE_ROWS:]
-            self.stats.add(decoder.decode(batch))
+            self.add_batch(decoder.decode(batch))
+
+    def add_batch(self, batch) -> None:
+        """Into the statistics, without a column whose type differs from what was fed
+        before (TFDV refuses mixed types; only rows clients sent by hand can differ)."""
+        names, types = batch.schema.names, batch.schema.types
+        keep = [i for i, name in enumerate(names) if self.types.setdefault(name, types[i]) == types[i]]
+        if len(keep) < len(names):
+            import pyarrow as pa
+
+            log.warning("version %s: columns %s of another type than before left out of a batch",
+                        self.version, sorted(set(names) - {names[i] for i in keep}))
+            batch = pa.RecordBatch.from_arrays([batch.column(i) for i in keep], [names[i] for i in keep])
+        self.stats.add(batch)
+
+    @property
+    def all_requests(self) -> int:
+        return self.requests + self.rejections.rejected
 
 
-def _read_files(files: List[Path], feedback: Dict, schema=None) -> Tuple[Dict, Dict, List[Dict]]:
+@dataclasses.dataclass
+class WindowRead:
+    """What reading a window's files gave: per (model, version) groups, the files
+    read (for the checkpoint), those that could not be, and the rejected calls that
+    name no model version."""
+    groups: Dict[Tuple[str, Optional[int]], Group] = dataclasses.field(default_factory=dict)
+    file_results: Dict[str, Dict] = dataclasses.field(default_factory=dict)
+    unreadable: List[logfiles.Unreadable] = dataclasses.field(default_factory=list)
+    unattributed: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
+
+    def group(self, model_name: str, version: Optional[int]) -> Group:
+        key = (model_name, version)
+        if key not in self.groups:
+            self.groups[key] = Group(model_name, version, checks.StatsAccumulator())
+        return self.groups[key]
+
+
+def _add_answered(group: Group, chunk: window_lib.Chunk, decoder, feedback: Dict) -> int:
+    if not chunk.serialized:
+        return 0
+    decoder.check(chunk.serialized)
+    group.pending.extend(chunk.serialized)
+    group.predictions.append(chunk.predictions)
+    group.requests += int((chunk.row_in_request == 0).sum())
+    group.rows += len(chunk.serialized)
+    if feedback:
+        for i, rid in enumerate(chunk.request_ids):
+            tips = feedback.get((rid, int(chunk.row_in_request[i])))
+            if tips is not None:
+                group.labelled.append((chunk.serialized[i], float(chunk.predictions[i]), tips))
+    group.flush(decoder)
+    return len(chunk.serialized)
+
+
+def _add_rejected(group: Group, part: Optional[window_lib.Rejected], rows_decoder) -> int:
+    """Rejected requests: counted, and what their clients sent joins the statistics."""
+    if part is None:
+        return 0
+    batch = group.rejections.add(part, rows_decoder)
+    if batch is None or not batch.num_rows:
+        return 0
+    group.add_batch(rejections_lib.for_statistics(batch))
+    group.rows += batch.num_rows
+    return batch.num_rows
+
+
+def _read_files(files: List[Path], feedback: Dict, schema=None, rows_schema=None) -> WindowRead:
     """Decode and accumulate statistics for ``files``, one at a time; raises
-    ``window.NeedsInference`` when the examples do not fit ``schema``."""
+    ``window.NeedsInference`` when the examples do not fit ``schema``. Rows of
+    rejected requests are read with ``rows_schema``'s types (not read without one)."""
     decoder = window_lib.ExampleDecoder(schema)
-    groups: Dict[Tuple[str, Optional[int]], Group] = {}
-    file_results, skipped = {}, []
+    rows_decoder = rejections_lib.RowsDecoder(rows_schema) if rows_schema is not None else None
+    read = WindowRead()
     for path, chunks, records, error in window_lib.iter_files(files):
         if error is not None:
-            log.warning("skipping log file %s: %s", path.name, error)
-            skipped.append({"file": path.name, "error": error})
-            file_results[path.name] = {"status": "skipped", "error": error}
+            log.warning("cannot read log file %s now: %s", path.name, error)
+            read.unreadable.append(logfiles.Unreadable.of(path.name, error))
             continue
         rows = 0
         for chunk in chunks:
-            key = (chunk.model_name, chunk.version)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = Group(chunk.model_name, chunk.version, checks.StatsAccumulator())
-            decoder.check(chunk.serialized)
-            group.pending.extend(chunk.serialized)
-            group.predictions.append(chunk.predictions)
-            group.requests += int((chunk.row_in_request == 0).sum())
-            group.rows += len(chunk.serialized)
-            rows += len(chunk.serialized)
-            if feedback:
-                for i, rid in enumerate(chunk.request_ids):
-                    tips = feedback.get((rid, int(chunk.row_in_request[i])))
-                    if tips is not None:
-                        group.labelled.append((chunk.serialized[i], float(chunk.predictions[i]), tips))
-            group.flush(decoder)
-        file_results[path.name] = {"status": "analysed", "records": records, "rows": rows}
-    for group in groups.values():
+            if chunk.version is None and not chunk.serialized:     # refused before a version was chosen
+                read.unattributed.add(chunk.rejected, None)
+                continue
+            group = read.group(chunk.model_name, chunk.version)
+            rows += _add_answered(group, chunk, decoder, feedback)
+            rows += _add_rejected(group, chunk.rejected, rows_decoder)
+        read.file_results[path.name] = {"status": "analysed", "records": records, "rows": rows}
+    for group in read.groups.values():
         group.flush(decoder, force=True)
-    return groups, file_results, skipped
+    return read
 
 
-def _read_files_in_worker(files: List[Path], feedback: Dict, schema=None):
+def _read_files_in_worker(files: List[Path], feedback: Dict, schema=None, rows_schema=None):
     """``_read_files`` in a worker process: what it returns must pickle (no generators)."""
     try:
-        groups, file_results, skipped = _read_files(files, feedback, schema)
+        read = _read_files(files, feedback, schema, rows_schema)
     except window_lib.NeedsInference as exc:
         return str(exc)
-    out = {key: {"accumulators": g.stats.accumulators, "rows_in_stats": g.stats.rows,
-                 "predictions": np.concatenate(g.predictions) if g.predictions else np.zeros(0, np.float32),
-                 "requests": g.requests, "rows": g.rows, "labelled": g.labelled}
-           for key, g in groups.items()}
-    return out, file_results, skipped
+    groups = {key: {"accumulators": g.stats.accumulators, "rows_in_stats": g.stats.rows,
+                    "predictions": np.concatenate(g.predictions) if g.predictions else np.zeros(0, np.float32),
+                    "requests": g.requests, "rows": g.rows, "labelled": g.labelled, "rejections": g.rejections}
+              for key, g in read.groups.items()}
+    return groups, read.file_results, read.unreadable, read.unattributed
 
 
 def _split(files: List[Path], parts: int) -> List[List[Path]]:
@@ -130,50 +185,50 @@ def workers_for(settings: Settings, files: List[Path]) -> int:
     return max(1, min(wanted, len(files), total // (20 * 2**20) + 1))
 
 
-def _read_window(win: window_lib.Window, feedback: Dict, workers: int = 1,
-                 schema=None) -> Tuple[Dict, Dict, List[Dict]]:
+def _read_window(win: window_lib.Window, feedback: Dict, workers: int = 1, schema=None) -> WindowRead:
     """All files of the window; with ``workers`` > 1, split across forked processes
     (decoding is Python- and C++-bound per record) and their TFDV accumulators merged.
     ``schema`` only speeds decoding up: examples that do not fit it are decoded
-    again with inferred types (see ``window.ExampleDecoder``)."""
+    again with inferred types (see ``window.ExampleDecoder``); rows of rejected
+    requests are always read with its types."""
     if workers <= 1:
         try:
-            return _read_files(win.files, feedback, schema)
+            return _read_files(win.files, feedback, schema, schema)
         except window_lib.NeedsInference as exc:
             if schema is None:
                 raise
             log.info("decoding with inferred types: %s", exc)
-            return _read_files(win.files, feedback, None)
+            return _read_files(win.files, feedback, None, schema)
     import multiprocessing
 
     parts = _split(win.files, workers)
     with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
-        results = pool.starmap(_read_files_in_worker, [(part, feedback, schema) for part in parts])
+        results = pool.starmap(_read_files_in_worker, [(part, feedback, schema, schema) for part in parts])
         if any(isinstance(r, str) for r in results):
             log.info("decoding with inferred types: %s", next(r for r in results if isinstance(r, str)))
-            results = pool.starmap(_read_files_in_worker, [(part, feedback, None) for part in parts])
-    groups: Dict[Tuple[str, Optional[int]], Group] = {}
-    file_results, skipped = {}, []
+            results = pool.starmap(_read_files_in_worker, [(part, feedback, None, schema) for part in parts])
+    read = WindowRead()
     partial: Dict[Tuple[str, Optional[int]], list] = {}
-    for part_groups, part_files, part_skipped in results:
-        file_results.update(part_files)
-        skipped.extend(part_skipped)
+    for part_groups, part_files, part_unreadable, part_unattributed in results:
+        read.file_results.update(part_files)
+        read.unreadable.extend(part_unreadable)
+        read.unattributed.merge(part_unattributed)
         for key, g in part_groups.items():
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = Group(key[0], key[1], checks.StatsAccumulator())
+            group = read.group(*key)
             partial.setdefault(key, []).append(g["accumulators"])
             group.stats.rows += g["rows_in_stats"]
             group.predictions.append(g["predictions"])
             group.requests += g["requests"]
             group.rows += g["rows"]
             group.labelled.extend(g["labelled"])
-    for key, group in groups.items():
+            group.rejections.merge(g["rejections"])
+    for key, group in read.groups.items():
         acc = group.stats
         acc.accumulators = [gen.merge_accumulators([a[i] for a in partial[key]])
                             for i, gen in enumerate(acc.generators)]
-    skipped.sort(key=lambda s: s["file"])
-    return groups, dict(sorted(file_results.items())), skipped
+    read.unreadable.sort(key=lambda u: u.file)
+    read.file_results = dict(sorted(read.file_results.items()))
+    return read
 
 
 # ------------------------------------------------------------------ analysis of one version
@@ -256,10 +311,27 @@ def _current_version(settings: Settings) -> Optional[int]:
 
 # ------------------------------------------------------------------ the run
 def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
-    """Analyse the next window; returns the result (also written as JSON/HTML)."""
+    """Analyse the next window under the monitor lock (``monitoring.lock``: one run at
+    a time per monitor directory); returns the result (also written as JSON/HTML).
+    ``MonitorError`` for a request-log directory that does not exist; ``lock.LockBusy``
+    when another monitor holds the lock longer than ``monitor_lock_wait_seconds``."""
+    say = out or (lambda line: None)
+    _check_log_dir(settings.request_logs_path)
+    with lock_lib.hold(monitor_path(settings), settings.monitor_lock_wait_seconds, say):
+        return _monitor_window(settings, dry_run, say)
+
+
+def _check_log_dir(log_dir: Path) -> None:
+    if not log_dir.is_dir():
+        raise MonitorError(
+            f"the request-log directory {log_dir} {'is not a directory' if log_dir.exists() else 'does not exist'}: "
+            f"set request_log_dir (or --home) to where the server writes its request logs, or start the "
+            f"server or proxy that writes there (tfxops serve)")
+
+
+def _monitor_window(settings: Settings, dry_run: bool, say) -> Dict:
     import tensorflow_data_validation as tfdv
 
-    say = out or (lambda line: None)
     mdir = monitor_path(settings)
     checkpoint = window_lib.Checkpoint(mdir)
     win = window_lib.open_window(checkpoint, settings.request_logs_path, settings.monitor_max_files,
@@ -273,9 +345,12 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
     say(f"window {win.id}: {len(win.files)} log file(s){' (resuming a crashed run)' if win.resumed else ''}")
 
     feedback = load_feedback(feedback_path(settings))
-    groups, file_results, skipped = _read_window(win, feedback, workers_for(settings, win.files),
-                                                 _decoding_schema(settings))
-    total_rows = sum(g.rows for g in groups.values())
+    read = _read_window(win, feedback, workers_for(settings, win.files), _decoding_schema(settings))
+    files = logfiles.triage(read.unreadable, settings.request_logs_path, mdir,
+                            settings.monitor_incomplete_grace_seconds, move=not dry_run)
+    if not read.groups and not read.unattributed.rejected and not files.quarantined:
+        return _nothing_complete(checkpoint, win, files, dry_run, say)
+    groups, total_rows = read.groups, sum(g.rows for g in read.groups.values())
     timings = {"read_decode_statistics": time.time() - started}
     mark = time.time()
 
@@ -285,14 +360,12 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
         store = mlmd.open_store(settings, readonly=False)
     wdir = mdir / "windows" / win.id
     current = _current_version(settings)
-    results, acted = [], None
+    results, acted, not_judged = [], None, []
     for key in sorted(groups, key=lambda k: (k[0], k[1] or 0)):
         group = groups[key]
-        try:
-            base = baseline_lib.for_version(store, group.version)
-        except baseline_lib.NoLineageError as exc:
-            raise MonitorError(f"{exc} The window {win.id} stays open; fix the metadata store "
-                               f"(metadata_path) and rerun.") from None
+        base = _baseline_or_none(store, group, not_judged)
+        if base is None:
+            continue
         stats = group.stats.result()
         schema = base.load_schema()
         train_stats = base.load_statistics("train")
@@ -300,6 +373,7 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
         previous = tfdv.load_stats_binary(prev_path) if prev_path and Path(prev_path).is_file() else None
         validation = checks.validate(stats, train_stats, schema, previous)
         features = validation["features"]
+        rejected, alert = _judge_rejections(settings, group, schema, train_stats, validation)
         served = np.concatenate(group.predictions) if group.predictions else np.zeros(0, np.float32)
         prediction = checks.prediction_drift(served, _eval_prediction_stats(settings, base, mdir),
                                              settings.prediction_drift_threshold)
@@ -320,14 +394,14 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
                        "(retrain_with_feedback); a rerun on unchanged data would train for nothing")
         decision = policy.decide(settings, reasons, group.rows, win.id, is_current and acted is None,
                                  checkpoint.action_for_window(win.id), checkpoint.last_action(),
-                                 dry_run, reuse)
+                                 dry_run, reuse, alert=alert)
         if blocker and (decision.action == policy.RETRAIN
                         or decision.because.startswith("dry run: would rerun")):
             decision = policy.Decision(policy.NONE, True, reasons, f"not acted on: {blocker}", dry_run)
 
         # -- act (the checkpoint records the action before it starts: never twice)
         repushed_artifact = None
-        if decision.action != policy.NONE:
+        if decision.action in policy.ACTIONS:
             entry = {"window": win.id, "action": decision.action, "time": time.time(),
                      "version": group.version, "state": "started"}
             checkpoint.data["actions"].append(entry)
@@ -368,7 +442,8 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
                 checks.feature_stats(prediction["served_stats"], checks.PREDICTION))
         results.append({
             "model_name": group.model_name, "version": group.version, "current": is_current,
-            "rows": group.rows, "requests": group.requests, "baseline": base.describe(),
+            "rows": group.rows, "requests": group.all_requests, "rejections": rejected.as_dict(),
+            "baseline": base.describe(),
             "features": [f.as_dict() for f in features],
             "flagged_features": sorted(f.name for f in features if f.flagged),
             "skewed_features": sorted(f.name for f in features if f.over_skew),
@@ -384,17 +459,15 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
     timings["checks_and_actions"] = time.time() - mark
     mark = time.time()
 
-    # -- the run's decision: the action taken, else the current version's
-    main = next((r for r in results if r["decision"]["action"] != policy.NONE), None) or \
-        next((r for r in results if r["current"]), None) or (results[0] if results else None)
+    unattributed = _unattributed(read.unattributed, groups)
     result = {"status": "analysed", "window": win.id, "resumed": win.resumed, "dry_run": dry_run,
               "started": _iso(started), "finished": _iso(time.time()),
               "seconds": round(time.time() - started, 2),
-              "files": [p.name for p in win.files], "skipped_files": skipped,
-              "files_skipped": len(skipped), "rows": total_rows,
-              "requests": sum(g.requests for g in groups.values()),
-              "decision": main["decision"] if main else
-              policy.Decision(policy.NONE, False, [], "every log file in the window was unreadable").as_dict(),
+              "files": [p.name for p in win.files], "quarantined_files": files.quarantined,
+              "incomplete_files": files.incomplete, "rows": total_rows, "not_judged": not_judged,
+              "requests": sum(g.all_requests for g in groups.values()) + read.unattributed.rejected,
+              "unattributed_rejections": unattributed.as_dict() if unattributed else None,
+              "decision": _window_decision(settings, results, unattributed, not_judged, dry_run),
               "versions": results}
     rdir = mdir / "reports"
     rdir.mkdir(parents=True, exist_ok=True)
@@ -403,30 +476,7 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
 
     # -- MLMD: one tfxops.Monitor execution per served version in the window
     for r in results:
-        base, vdir, repushed, decision = r.pop("_artifacts")
-        stats_artifact = record.new_artifact(store, "ExampleStatistics", str(vdir / "statistics"),
-                                             {"split_names": '["serving"]', "window": win.id})
-        anomalies_artifact = record.new_artifact(store, "ExampleAnomalies", str(vdir / "anomalies"),
-                                                 {"split_names": '["serving"]', "window": win.id})
-        report_artifact = record.new_artifact(store, record.REPORT_TYPE, str(html_path),
-                                              {"json": str(json_path), "window": win.id})
-        ids = record.record_run(store, settings.pipeline_name, {
-            "window": win.id, "model_version": str(r["version"]), "rows": r["rows"],
-            "files_skipped": len(skipped), "action": decision.action, "triggered": decision.triggered,
-            "because": decision.because, "reasons": decision.reasons, "dry_run": dry_run,
-            "flagged_features": r["flagged_features"]},
-            inputs=[("pushed_model", base.pushed_model), ("model", base.model)],
-            outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact),
-                     ("report", report_artifact)])
-        if repushed is not None:
-            reused = store.get_artifacts_by_id([decision.reuse["model_id"]])[0]
-            ids["repush"] = record.record_run(
-                store, settings.pipeline_name,
-                {"window": win.id, "because": decision.because, "monitor_execution": ids["execution_id"],
-                 "replaced_version": str(r["version"])},
-                inputs=[("model", reused)], outputs=[("pushed_model", repushed)],
-                execution_type=record.REPUSH_TYPE)
-        r["mlmd"] = ids
+        r["mlmd"] = _record_version(store, settings, result, r, dry_run)
     timings["record_and_report"] = time.time() - mark
     result["timings"] = {k: round(v, 3) for k, v in timings.items()}
     report.write_json(result, json_path)
@@ -440,19 +490,130 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
     for r in results:
         if r["current"] or len(results) == 1:
             checkpoint.data["previous_statistics"][r["model_name"]] = r["statistics"]
-    window_lib.commit_window(checkpoint, win, file_results)
+    window_lib.commit_window(checkpoint, win, {**read.file_results, **files.file_results()})
     say(summary_line(result))
     return result
 
 
 def summary_line(result: Dict) -> str:
+    if result.get("status") == "incomplete":
+        return f"window {result['window']}: {_files_line(result)}; nothing else to read yet"
     if result.get("status") != "analysed":
         return "no new requests"
     d = result["decision"]
     flagged = sorted({f for v in result["versions"] for f in v["flagged_features"]})
-    return (f"window {result['window']}: {result['rows']} rows, {result['files_skipped']} file(s) skipped; "
-            f"flagged: {', '.join(flagged) or 'none'}; decision: {d['action']} ({d['because']}); "
+    rejected = [v["rejections"]["line"] for v in result["versions"] if v["rejections"]["rejected"]]
+    if result.get("unattributed_rejections"):
+        rejected.append(f"no model version: {result['unattributed_rejections']['line']}")
+    unjudged = ", ".join(f"version {v['version']} ({v['rows']} rows)" for v in result.get("not_judged", []))
+    return (f"window {result['window']}: {result['rows']} rows, {_files_line(result)}; "
+            + "".join(f"{line}; " for line in rejected)
+            + (f"not judged (no lineage): {unjudged}; " if unjudged else "")
+            + f"flagged: {', '.join(flagged) or 'none'}; decision: {d['action']} ({d['because']}); "
             f"report: {result['report']['html']}")
+
+
+def _files_line(result: Dict) -> str:
+    incomplete = len(result.get("incomplete_files", []))
+    return f"{len(result.get('quarantined_files', []))} file(s) quarantined" + (
+        f", {incomplete} file(s) incomplete (retried next run)" if incomplete else "")
+
+
+# ------------------------------------------------------------------ steps of a run (issue 12)
+def _nothing_complete(checkpoint, win: window_lib.Window, files: logfiles.Triage, dry_run: bool, say) -> Dict:
+    """Every file of the window is still being written: nothing is committed, and the
+    next run reads them again."""
+    if not dry_run:
+        window_lib.release_window(checkpoint)
+    result = {"status": "incomplete", "window": win.id, "rows": 0, "files": [p.name for p in win.files],
+              "incomplete_files": files.incomplete, "quarantined_files": [], "dry_run": dry_run}
+    say(summary_line(result))
+    return result
+
+
+def _baseline_or_none(store, group: Group, not_judged: List[Dict]) -> Optional[baseline_lib.Baseline]:
+    """The version's baseline; None (and the version listed as not judged) when MLMD
+    has no lineage for it: the window is still analysed for the others, and committed."""
+    try:
+        return baseline_lib.for_version(store, group.version)
+    except baseline_lib.NoLineageError as exc:
+        log.warning("version %s not judged: %s", group.version, exc)
+        not_judged.append({"model_name": group.model_name, "version": group.version, "rows": group.rows,
+                           "requests": group.all_requests, "reason": f"no lineage: not judged: {exc}"})
+        return None
+
+
+def _judge_rejections(settings: Settings, group: Group, schema, train_stats, validation: Dict):
+    """The version's rejected requests against its schema's SERVING features and its
+    training data: a summary, the alert the policy makes of it, and the findings as
+    SERVING anomalies (in the features and the Anomalies proto)."""
+    baselines = {f.name: rejections_lib.training_empty_fraction(train_stats, f.name)
+                 for f in checks.serving_features(schema)}
+    summary = rejections_lib.summarize(group.rejections, group.requests, baselines)
+    alert = policy.rejection_alert(settings, summary)
+    rejections_lib.flag(summary, validation["features"], validation["anomalies_proto"], alerting=bool(alert))
+    return summary, alert
+
+
+def _unattributed(tally: rejections_lib.Tally, groups: Dict) -> Optional[rejections_lib.Summary]:
+    """Rejected calls that name no model version, against every request of the window."""
+    if not tally.rejected:
+        return None
+    return rejections_lib.summarize(tally, sum(g.all_requests for g in groups.values()), {})
+
+
+def _window_decision(settings: Settings, results: List[Dict], unattributed, not_judged: List[Dict],
+                     dry_run: bool) -> Dict:
+    """The run's decision: the action taken (or alert), else the current version's."""
+    main = next((r for r in results if r["decision"]["action"] != policy.NONE), None) or \
+        next((r for r in results if r["current"]), None) or (results[0] if results else None)
+    if main is not None and main["decision"]["action"] != policy.NONE:
+        return main["decision"]
+    alert = policy.rejection_alert(settings, unattributed)
+    if alert:
+        return policy.decide(settings, [], 0, "", False, None, None, dry_run, None,
+                             alert=f"{alert}, before any model version was chosen").as_dict()
+    if main is not None:
+        return main["decision"]
+    return policy.Decision(policy.NONE, False, [], "no version in the window could be judged (no lineage in "
+                           "MLMD)" if not_judged else "every log file in the window was unreadable",
+                           dry_run).as_dict()
+
+
+def _record_version(store, settings: Settings, result: Dict, r: Dict, dry_run: bool) -> Dict:
+    """The version's ``tfxops.Monitor`` execution (and any re-push's), once: a run that
+    resumes a window whose record was written before a crash finds it and writes none."""
+    base, vdir, repushed, decision = r.pop("_artifacts")
+    window = result["window"]
+    found = None if dry_run else record.find_run(store, window, str(r["version"]))
+    if found is not None:
+        return {"execution_id": found.id, "recorded_before": True}
+    html_path, json_path = result["report"]["html"], result["report"]["json"]
+    stats_artifact = record.new_artifact(store, "ExampleStatistics", str(vdir / "statistics"),
+                                         {"split_names": '["serving"]', "window": window})
+    anomalies_artifact = record.new_artifact(store, "ExampleAnomalies", str(vdir / "anomalies"),
+                                             {"split_names": '["serving"]', "window": window})
+    report_artifact = record.new_artifact(store, record.REPORT_TYPE, html_path, {"json": json_path, "window": window})
+    rejected = r["rejections"]
+    ids = record.record_run(store, settings.pipeline_name, {
+        "window": window, "model_version": str(r["version"]), "rows": r["rows"],
+        "files_quarantined": len(result["quarantined_files"]), "files_incomplete": len(result["incomplete_files"]),
+        "action": decision.action, "triggered": decision.triggered,
+        "because": decision.because, "reasons": decision.reasons, "dry_run": dry_run,
+        "flagged_features": r["flagged_features"], "requests": r["requests"],
+        "rejected_requests": rejected["rejected"], "rejection_rate": float(rejected["rate"]),
+        "rejections": {k: v for k, v in rejected.items() if k in ("line", "causes", "missing_features")},
+        "not_judged": [v["version"] for v in result["not_judged"]]},
+        inputs=[("pushed_model", base.pushed_model), ("model", base.model)],
+        outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact), ("report", report_artifact)])
+    if repushed is not None:
+        reused = store.get_artifacts_by_id([decision.reuse["model_id"]])[0]
+        ids["repush"] = record.record_run(
+            store, settings.pipeline_name,
+            {"window": window, "because": decision.because, "monitor_execution": ids["execution_id"],
+             "replaced_version": str(r["version"])},
+            inputs=[("model", reused)], outputs=[("pushed_model", repushed)], execution_type=record.REPUSH_TYPE)
+    return ids
 
 
 def _iso(epoch: float) -> str:

@@ -10,7 +10,8 @@ arrived meanwhile go to the window after it.
 
 Decoding is the hot path (1M requests in seconds): TFRecord framing is read in
 Python with CRC checks (a truncated or corrupt file is detected before any of
-it is counted, and skipped whole), each record is parsed once as a
+it is counted; ``monitoring.logfiles`` decides whether it is still being written,
+and retried by the next run, or corrupt, and quarantined), each record is parsed once as a
 ``PredictionLog``, and the serialized tf.Examples of a ``serving_default``
 predict request are decoded in C++ by tfx_bsl into an Arrow RecordBatch (types
 inferred, as StatisticsGen infers them from CsvExampleGen's examples). Other
@@ -35,6 +36,11 @@ STATE_VERSION = 1
 
 class CorruptLogError(ValueError):
     """A log file that cannot be read completely."""
+
+
+class TruncatedLogError(CorruptLogError):
+    """A log file whose framing ends in a cut (or not yet filled) last record: a file
+    still being written, or one torn for good; ``monitoring.logfiles`` tells which."""
 
 
 # ------------------------------------------------------------------ checkpoint
@@ -100,6 +106,13 @@ def open_window(checkpoint: Checkpoint, log_dir: Path, max_files: int, persist: 
     return Window(window_id, files, resumed=False)
 
 
+def release_window(checkpoint: Checkpoint) -> None:
+    """Close the open window without committing anything (none of its files could be
+    read yet): they are offered again to the next run."""
+    checkpoint.data["open_window"] = None
+    checkpoint.save()
+
+
 def commit_window(checkpoint: Checkpoint, window: Window, file_results: Dict[str, Dict]) -> None:
     for name, result in file_results.items():
         checkpoint.data["files"][name] = dict(result, window=window.id)
@@ -117,24 +130,33 @@ def _masked_crc(data: bytes) -> int:
 
 
 def read_tfrecords(path: Path, verify: bool = True) -> List[bytes]:
-    """Every record of an uncompressed TFRecord file; ``CorruptLogError`` if the file
-    is truncated or a checksum does not match (nothing of it is returned then)."""
+    """Every record of an uncompressed TFRecord file. Nothing of a bad file is returned:
+    ``TruncatedLogError`` when its framing ends in a record cut short, or in a last
+    record whose checksum fails with nothing after it (a writer that extended the
+    file before filling it: zeros, a torn write); ``CorruptLogError`` when a checksum
+    fails with more data after it (corruption in the middle)."""
     data = Path(path).read_bytes()
     records, pos, end, index = [], 0, len(data), 0
     unpack = struct.unpack_from
     while pos < end:
         if pos + 12 > end:
-            raise CorruptLogError(f"truncated: record {index} header cut at byte {pos} of {end}")
+            raise TruncatedLogError(f"truncated: record {index} header cut at byte {pos} of {end}")
         (length,) = unpack("<Q", data, pos)
         if verify and unpack("<I", data, pos + 8)[0] != _masked_crc(data[pos:pos + 8]):
+            if not data[pos:].strip(b"\0"):
+                raise TruncatedLogError(f"truncated: zero bytes from byte {pos} of {end} "
+                                        f"(record {index} not written yet)")
             raise CorruptLogError(f"corrupt: record {index} length checksum mismatch at byte {pos}")
         start = pos + 12
         stop = start + length
         if stop + 4 > end:
-            raise CorruptLogError(f"truncated: record {index} needs {length} bytes at byte {start}, "
-                                  f"file has {end}")
+            raise TruncatedLogError(f"truncated: record {index} needs {length} bytes at byte {start}, "
+                                    f"file has {end}")
         payload = data[start:stop]
         if verify and unpack("<I", data, stop)[0] != _masked_crc(payload):
+            if stop + 4 == end:
+                raise TruncatedLogError(f"truncated: the last record ({index}) fails its data checksum "
+                                        f"at byte {start} (not completely written)")
             raise CorruptLogError(f"corrupt: record {index} data checksum mismatch at byte {start}")
         records.append(payload)
         pos = stop + 4
@@ -153,6 +175,72 @@ class Chunk:
     request_ids: List[str]            # per row
     row_in_request: np.ndarray        # int32 per row
     timestamps: np.ndarray            # int64 per row
+    rejected: Optional["Rejected"] = None   # the requests refused for this (model, version)
+
+
+@dataclasses.dataclass
+class Rejected:
+    """The rejected requests of one log file for one (model, version): the error the
+    server answered and what the client sent (rows as serialized tf.Examples, not
+    yet validated: ``monitoring.rejections`` reads them)."""
+    rows: List[bytes] = dataclasses.field(default_factory=list)
+    row_counts: List[int] = dataclasses.field(default_factory=list)    # per request (0: none readable)
+    codes: List[str] = dataclasses.field(default_factory=list)
+    messages: List[str] = dataclasses.field(default_factory=list)
+    timestamps: List[int] = dataclasses.field(default_factory=list)
+
+    def add(self, code: str, message: str, timestamp: int, rows: List[bytes]) -> None:
+        self.rows.extend(rows)
+        self.row_counts.append(len(rows))
+        self.codes.append(code)
+        self.messages.append(message)
+        self.timestamps.append(timestamp)
+
+
+def _rejection(record) -> Optional[Tuple[str, str]]:
+    """(code, message) of a logged rejected call (``serving.request_log``'s form), else None."""
+    if not record.HasField("predict_log") or \
+            request_log.ERROR_OUTPUT not in record.predict_log.response.outputs:
+        return None
+    return request_log.rejection(record) or ("UNKNOWN", "the logged error tensor is malformed")
+
+
+def _elements(inputs, limit: int) -> int:
+    """Elements the tensors' shapes declare, counted up to just past ``limit``."""
+    total = 0
+    for tensor in inputs.values():
+        count = 1
+        for dim in tensor.tensor_shape.dim:
+            if dim.size < 0:
+                return limit + 1
+            count *= dim.size
+            if count > limit:
+                return limit + 1
+        total += count
+        if total > limit:
+            return limit + 1
+    return total
+
+
+def _rejected_rows(request, record_bytes: int) -> List[bytes]:
+    """What a rejected client sent, as serialized tf.Examples ([] when nothing can be
+    read). Tensors are never expanded past one element per logged byte: a rejected
+    request may be hostile (one value "splat" over a shape of 2^28)."""
+    inputs = request.inputs
+    if not inputs:
+        return []
+    if len(inputs) == 1:
+        (name, tensor), = inputs.items()
+        if tensor.dtype == 7 and not tensor.tensor_content and (
+                name == "examples" or request.model_spec.signature_name in ("", "serving_default")):
+            return list(tensor.string_val)           # serialized tf.Examples, one per row
+    if _elements(inputs, record_bytes) > record_bytes:
+        return []
+    try:
+        examples = request_log.predict_request_examples(request)
+    except Exception:  # noqa: BLE001 - ServingError (over budget), ragged tensors, bad bytes
+        return []
+    return [e.SerializeToString() for e in examples]
 
 
 def _prediction_values(response, rows: int) -> List[float]:
@@ -184,7 +272,9 @@ def _scalar(prediction) -> float:
 
 def decode_file(path: Path) -> Tuple[List[Chunk], int]:
     """A log file as chunks per (model, version); and its number of records.
-    Raises ``CorruptLogError`` for a file that cannot be read whole.
+    Raises ``CorruptLogError`` for a file that cannot be read whole. A rejected call
+    goes to its chunk's ``rejected`` part whatever its request holds (nothing, bytes
+    that are not tf.Examples, hostile shapes): it never makes the file unreadable.
 
     The loop runs once per logged request, so it stays in plain Python lists:
     numpy per record would cost more than the parsing."""
@@ -192,6 +282,7 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
 
     raws = read_tfrecords(path)
     groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list]] = {}
+    rejected: Dict[Tuple[str, Optional[int]], Rejected] = {}
     parse = prediction_log_pb2.PredictionLog.FromString
     for index, raw in enumerate(raws):
         try:
@@ -201,6 +292,11 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
         meta = record.log_metadata
         spec = meta.model_spec
         version = spec.version.value if spec.HasField("version") else None
+        error = _rejection(record)
+        if error is not None:
+            part = rejected.get((spec.name, version)) or rejected.setdefault((spec.name, version), Rejected())
+            part.add(*error, meta.timestamp_secs, _rejected_rows(record.predict_log.request, len(raw)))
+            continue
         serialized = None
         if record.HasField("predict_log"):
             request = record.predict_log.request
@@ -240,8 +336,10 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
             group[2].extend([meta.request_origin] * n)
             group[3].extend(range(n))
             group[4].extend([meta.timestamp_secs] * n)
+    for key in rejected.keys() - groups.keys():
+        groups[key] = ([], [], [], [], [])
     chunks = [Chunk(name, version, g[0], np.asarray(g[1], np.float32), g[2],
-                    np.asarray(g[3], np.int32), np.asarray(g[4], np.int64))
+                    np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)))
               for (name, version), g in groups.items()]
     return chunks, len(raws)
 
@@ -294,12 +392,13 @@ class ExampleDecoder:
                                           [batch.schema.names[i] for i in keep])
 
 
-def iter_files(files: List[Path]) -> Iterator[Tuple[Path, Optional[List[Chunk]], int, Optional[str]]]:
-    """(path, chunks, records, error) per file; a bad file has chunks None and its error."""
+def iter_files(files: List[Path]) -> Iterator[Tuple[Path, Optional[List[Chunk]], int, Optional[Exception]]]:
+    """(path, chunks, records, error) per file; a bad file has chunks None and its
+    error (``CorruptLogError``, ``TruncatedLogError``, or the ``OSError`` of reading it)."""
     for path in files:
         try:
             chunks, records = decode_file(path)
         except (CorruptLogError, OSError) as exc:
-            yield path, None, 0, str(exc)
+            yield path, None, 0, exc
             continue
         yield path, chunks, records, None

@@ -123,6 +123,14 @@ class Settings:
     retrain_with_feedback: bool = True       # labelled requests become a new data span
     retrain_include_original: bool = True    # retrain on data_dir's CSVs plus the spans
     reuse_blessed_models: bool = True        # re-push a blessed model whose training data matches
+    # rejected requests (logged by the server and proxies): alert, never retrain, when at
+    # least this share of a version's requests were rejected (0: off) ...
+    alert_rejection_rate: float = 0.05
+    alert_min_rejected: int = 10             # ... and at least this many (a tiny window stays quiet)
+    # a log file whose framing ends in a cut record is incomplete (retried by the next
+    # run) until it has not changed for this long; then it is corrupt and quarantined
+    monitor_incomplete_grace_seconds: float = 600.0
+    monitor_lock_wait_seconds: float = 0.0   # a second monitor waits this long for the lock, then exits 3
 
     # ------------------------------------------------------------------ helpers
     def _under_home(self, value: str, default: str) -> Path:

@@ -18,7 +18,7 @@ def test_held_out_traffic_raises_no_alarm(tmp_path, e2e_settings, first_run, hel
         send(server, held_out_rows)
     result = run.monitor_once(settings)
 
-    assert result["rows"] == len(held_out_rows) and result["files_skipped"] == 0
+    assert result["rows"] == len(held_out_rows) and result["quarantined_files"] == result["incomplete_files"] == []
     (group,) = result["versions"]
     assert group["version"] == int(first_run.pushed_version)
     assert group["flagged_features"] == [] and group["error_anomalies"] == 0

@@ -1,6 +1,6 @@
 """The window and its checkpoint with the real request-log writer, in-process:
-crash and resume, corrupt files, an empty window, a version without lineage, and
-the policy's cool-down."""
+crash and resume, an empty window, and the policy's cool-down (unreadable files
+and versions without lineage: test_reliability.py)."""
 import json
 import time
 from pathlib import Path
@@ -49,47 +49,12 @@ def test_crash_then_resume_counts_every_request_once(tmp_path, e2e_settings, fir
     assert len(checkpoint.data["windows"]) == 2
 
 
-def test_corrupt_and_truncated_files_are_skipped_and_counted(tmp_path, e2e_settings, first_run,
-                                                             held_out_rows, capsys):
-    settings = monitor_settings(tmp_path, e2e_settings, first_run)
-    version = int(first_run.pushed_version)
-    files = write_logs(settings.request_logs_path,
-                       log_records(_chunks(held_out_rows[:400], 10), version), 10)
-    assert len(files) == 4
-    truncated, flipped = files[1], files[2]
-    data = truncated.read_bytes()
-    truncated.write_bytes(data[: len(data) // 2])
-    data = bytearray(flipped.read_bytes())
-    data[200] ^= 0xFF
-    flipped.write_bytes(bytes(data))
-
-    code = cli.main(["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}",
-                     "--set", f"serving_dir={settings.serving_dir}", "--json"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["files_skipped"] == 2 and result["rows"] == 200
-    skipped = {s["file"]: s["error"] for s in result["skipped_files"]}
-    assert skipped.keys() == {truncated.name, flipped.name}
-    assert "truncated" in skipped[truncated.name] and "checksum" in skipped[flipped.name]
-    html = Path(result["report"]["html"]).read_text()
-    assert truncated.name in html and flipped.name in html
-
-
 def test_empty_window_is_not_an_error(tmp_path, e2e_settings, first_run, capsys):
     settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    settings.request_logs_path.mkdir(parents=True)     # the server made it, wrote nothing yet
     code = cli.main(["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}"])
     assert code == 0
     assert "no new requests" in capsys.readouterr().out
-
-
-def test_version_without_lineage_is_a_clear_error(tmp_path, e2e_settings, first_run, held_out_rows, capsys):
-    settings = monitor_settings(tmp_path, e2e_settings, first_run)
-    write_logs(settings.request_logs_path, log_records(_chunks(held_out_rows[:20], 10), 4242), 10)
-    code = cli.main(["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}",
-                     "--set", f"serving_dir={settings.serving_dir}"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "model version 4242 has no lineage in MLMD" in err
 
 
 def test_policy_cooldown_and_one_action_per_window(e2e_settings):

@@ -1,0 +1,108 @@
+"""Two monitors at once, and a monitor killed with SIGKILL (issue 12): real
+``tfxops monitor`` processes on one monitor directory and one metadata store."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from monitoring import record, run
+from tests.monitoring.conftest import WAIT, log_records, monitor_settings, write_logs
+from tfxops import cli, mlmd
+
+
+def _chunks(rows, per_request):
+    return [rows[i:i + per_request] for i in range(0, len(rows), per_request)]
+
+
+def _args(settings, *extra):
+    return ["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}",
+            "--set", f"serving_dir={settings.serving_dir}", *extra]
+
+
+def _start(settings, *extra):
+    return subprocess.Popen([sys.executable, "-m", "tfxops.cli", *_args(settings, *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _window_with_logs(tmp_path, e2e_settings, first_run, rows):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    write_logs(settings.request_logs_path,
+               log_records(_chunks(rows, 10), int(first_run.pushed_version)), 10)
+    return settings
+
+
+def _monitor_executions(settings):
+    return record.monitor_executions(mlmd.open_store(settings))
+
+
+def _state(settings):
+    return json.loads((Path(settings.home) / "monitoring" / "state.json").read_text())
+
+
+def test_two_monitors_started_at_once_analyse_the_window_once(tmp_path, e2e_settings, first_run,
+                                                              held_out_rows):
+    settings = _window_with_logs(tmp_path, e2e_settings, first_run, held_out_rows[:300])
+    procs = [_start(settings, "--set", f"monitor_lock_wait_seconds={WAIT}") for _ in range(2)]
+    outs = [p.communicate(timeout=4 * WAIT) for p in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0, err
+    analysed = [out for out, _ in outs if out.startswith("window ")]
+    quiet = [out for out, _ in outs if "no new requests" in out]
+    assert len(analysed) == 1 and len(quiet) == 1, outs
+    assert "300 rows" in analysed[0]
+    assert len(_monitor_executions(settings)) == 1
+    state = _state(settings)
+    assert len(state["windows"]) == 1 and state["open_window"] is None
+    assert sum(f["rows"] for f in state["files"].values()) == 300
+
+
+def test_a_held_lock_names_its_holder_and_a_killed_holder_does_not_block(tmp_path, e2e_settings, first_run,
+                                                                         held_out_rows, capsys):
+    settings = _window_with_logs(tmp_path, e2e_settings, first_run, held_out_rows[:100])
+    monitor_dir = Path(settings.home) / "monitoring"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom monitoring import lock\n"
+         "lock.MonitorLock(sys.argv[1]).acquire(0)\nprint('held', flush=True)\ntime.sleep(600)",
+         str(monitor_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli.main(_args(settings)) == 3
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "monitor_lock_wait_seconds" in err
+        assert "Traceback" not in err
+        assert not (monitor_dir / "state.json").exists()       # nothing was touched
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the lock file still names the killed process: stale, it blocks nothing
+    assert str(holder.pid) in (monitor_dir / "monitor.lock").read_text()
+    assert cli.main(_args(settings)) == 0
+    out = capsys.readouterr()
+    assert "100 rows" in out.out and f"the previous monitor (pid {holder.pid}" in out.out
+    assert len(_monitor_executions(settings)) == 1
+
+
+def test_monitor_killed_mid_run_is_resumed_once_by_the_next(tmp_path, e2e_settings, first_run, held_out_rows):
+    settings = _window_with_logs(tmp_path, e2e_settings, first_run, held_out_rows[:300])
+    lock_file = Path(settings.home) / "monitoring" / "monitor.lock"
+    proc = _start(settings)
+    try:
+        deadline = time.monotonic() + 4 * WAIT
+        while not (lock_file.is_file() and f'"pid": {proc.pid}' in lock_file.read_text()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the monitor never took its lock"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGSTOP)          # mid-run, holding the lock ...
+        os.kill(proc.pid, signal.SIGKILL)          # ... killed: no finally, no atexit
+    finally:
+        proc.kill()
+        proc.communicate()
+    result = run.monitor_once(settings)
+    assert result["rows"] == 300 or result["status"] == "no_new_requests"
+    windows = {e.custom_properties["window"].string_value for e in _monitor_executions(settings)}
+    assert len(_monitor_executions(settings)) == len(windows) == 1
+    state = _state(settings)
+    assert sum(f["rows"] for f in state["files"].values()) == 300 and state["open_window"] is None

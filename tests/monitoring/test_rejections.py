@@ -1,0 +1,189 @@
+"""Rejected requests (issue 12): what clients sent when the server refused them.
+
+Records in the format the server and proxies log (``serving.request_log.encode_rejected``),
+written by the real writer: the held-out scenario (clients stopped sending
+``trip_miles``, fares and payment types shifted, every request rejected), and
+hostile or undecodable rejected requests that must count without being expanded."""
+import json
+import resource
+import time
+from pathlib import Path
+
+from modules import features as F
+from monitoring import record
+from serving import request_log
+from tests.conftest import SMALL_ROWS
+from tests.monitoring.conftest import log_records, monitor_settings, write_logs
+from tfxops import cli, mlmd
+
+INVALID = "INVALID_ARGUMENT"
+SIGNATURE_INPUTS = sorted(F.RAW_FEATURE_TYPES)     # serving_raw: one input per raw feature
+
+
+def _dtypes():
+    from tensorflow.core.framework import types_pb2 as T
+    kinds = {"float": T.DT_FLOAT, "int": T.DT_INT64, "string": T.DT_STRING}
+    return {name: kinds[kind] for name, kind in F.RAW_FEATURE_TYPES.items()}
+
+
+def _json_row(row):
+    """A CSV row as a client's JSON object: numbers as numbers, empty cells as ""."""
+    out = {}
+    for name, kind in F.RAW_FEATURE_TYPES.items():
+        value = row.get(name, "")
+        if value == "" or kind == "string":
+            out[name] = value
+        else:
+            out[name] = float(value) if kind == "float" else int(float(value))
+    return out
+
+
+def _server_message(row):
+    """The server's INVALID_ARGUMENT message for this row (serving/rest.py's wording)."""
+    if "trip_miles" not in row:
+        quoted = json.dumps(row, separators=(",", ":"))      # quoted as the server does: 200 chars
+        quoted = quoted if len(quoted) <= 200 else quoted[:200] + "..."
+        return (f"Failed to process element: 0 of 'instances' list. JSON object: {quoted} keys must be "
+                f"equal to: {','.join(SIGNATURE_INPUTS)}")
+    return ("Failed to process element: 0 key: trip_miles of 'instances' list. Error: "
+            "INVALID_ARGUMENT: JSON Value: \"\" Type: String is not of expected type: float")
+
+
+def _rejected(rows, version, start, model="taxi", signature="serving_raw", code=INVALID, message=None):
+    return [request_log.encode_rejected(
+        model, version, signature, f"rej-{start + i}", time.time(), code,
+        message or _server_message(row),
+        request_log.examples_request(request_log.json_rows_to_examples([row], _dtypes())))
+        for i, row in enumerate(rows)]
+
+
+def _cli(settings, *extra):
+    return ["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}",
+            "--set", f"serving_dir={settings.serving_dir}", *extra]
+
+
+def _broken_clients(rows):
+    """trip_miles omitted in half the requests and empty in the other half; fares x1.5;
+    a payment type the model never saw on every third trip."""
+    out = []
+    for i, row in enumerate(rows):
+        sent = _json_row(row)
+        if sent["fare"] != "":
+            sent["fare"] = round(sent["fare"] * 1.5, 2)
+        if i % 3 == 0:
+            sent["payment_type"] = "Bitcoin"
+        if i % 2 == 0:
+            del sent["trip_miles"]
+        else:
+            sent["trip_miles"] = ""
+        out.append(sent)
+    return out
+
+
+def test_clients_that_stopped_sending_a_feature_raise_an_alert_not_a_retrain(
+        tmp_path, e2e_settings, first_run, taxi_rows, capsys):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    sent = _broken_clients(taxi_rows[SMALL_ROWS:SMALL_ROWS + 1500])     # rows the model never saw
+    first_second = int(time.time())
+    write_logs(settings.request_logs_path, _rejected(sent, version, 0), 500)
+
+    assert cli.main(_cli(settings, "--json")) == 0                      # an alert is not a failure
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed["decision"]["action"] == "alert"
+    result = json.loads(Path(printed["report"]["json"]).read_text())      # the whole result
+    assert result["requests"] == 1500 and result["rows"] == 1500
+    (group,) = result["versions"]
+    rejections = group["rejections"]
+    assert rejections["rejected"] == rejections["requests"] == 1500 and rejections["rate"] == 1.0
+    causes = {c["code"]: c for c in rejections["causes"]}
+    assert set(causes) == {INVALID}
+    assert sorted(c["requests"] for c in rejections["causes"]) == [750, 750]
+    assert any("keys must be equal to" in c["example"] for c in rejections["causes"])
+    missing = {m["feature"]: m for m in rejections["missing_features"]}
+    assert set(missing) == {"trip_miles"}
+    assert missing["trip_miles"]["fraction"] == 1.0 and missing["trip_miles"]["requests"] == 1500
+    assert missing["trip_miles"]["since"] >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first_second))
+    # what the broken clients sent is in the statistics: the fare skew, the payment anomaly
+    assert "fare" in group["skewed_features"]
+    assert "payment_type" in group["anomalous_features"]
+    assert "trip_miles" in group["anomalous_features"]
+    by_name = {f["name"]: f for f in group["features"]}
+    assert any(a["type"] == "REJECTED_REQUESTS" for a in by_name["trip_miles"]["anomalies"])
+    # the decision: an alert; a retrain cannot fix a client that stopped sending a feature
+    decision = result["decision"]
+    assert decision["action"] == "alert" and decision["triggered"]
+    assert "a retrain cannot fix a client that stopped sending a feature" in decision["because"]
+    assert any("skew" in r for r in decision["reasons"])          # skew fired too, and was not acted on
+    line = next(line for line in captured.err.splitlines() if " decision: " in line)   # the summary
+    assert "rejected: 1500 of 1500 requests (100%)" in line
+    assert "trip_miles missing in 100% of rejected requests since" in line and "decision: alert" in line
+    state = json.loads((Path(settings.home) / "monitoring" / "state.json").read_text())
+    assert state["actions"] == []
+    html = Path(result["report"]["html"]).read_text()
+    assert "Decision: ALERT" in html and "Rejected requests" in html
+    assert "trip_miles" in html and "100%" in html and "keys must be equal to" in html
+    (execution,) = record.monitor_executions(mlmd.open_store(settings))
+    props = execution.custom_properties
+    assert props["action"].string_value == "alert"
+    assert props["rejected_requests"].int_value == 1500 and props["rejection_rate"].double_value == 1.0
+    anomalies = Path(group["statistics"]).parents[2] / "anomalies" / "Split-serving" / "SchemaDiff.pb"
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    proto = anomalies_pb2.Anomalies.FromString(anomalies.read_bytes())
+    assert "rejected" in str(proto.anomaly_info["trip_miles"])
+
+
+def _splat_request():
+    """A gRPC serving_raw request whose trip_miles tensor is one value 'splat' over 2^28."""
+    from serving.tensors import ndarray_to_proto
+    import numpy as np
+
+    request = request_log.examples_request([])
+    del request.inputs["examples"]
+    for name in ("fare", "payment_type"):
+        request.inputs[name].CopyFrom(ndarray_to_proto(np.asarray([b"Cash"] if name == "payment_type"
+                                                                  else [np.float32(7.5)])))
+    bomb = request.inputs["trip_miles"]
+    bomb.dtype = 1                                   # DT_FLOAT
+    bomb.tensor_shape.dim.add().size = 1 << 28
+    bomb.float_val.append(1.0)
+    return request
+
+
+def test_hostile_and_undecodable_rejected_requests_count_without_rows(tmp_path, e2e_settings, first_run,
+                                                                      held_out_rows):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    answered = log_records([held_out_rows[i:i + 10] for i in range(0, 300, 10)], version)
+    wrong_type = _json_row(held_out_rows[300])
+    wrong_type["trip_miles"] = "abc"
+    now = time.time()
+    rejected = [
+        request_log.encode_rejected("taxi", version, "serving_raw", "splat", now, INVALID, "too big",
+                                    _splat_request()),
+        request_log.encode_rejected("taxi", version, "", "garbage", now, INVALID, "Could not parse example",
+                                    request_log.examples_request([b"\xff\x01not a tf.Example"])),
+        request_log.encode_rejected("taxi", version, "", "empty", now, INVALID, "no inputs"),
+        *_rejected([wrong_type], version, 3, message="JSON Value: \"abc\" Type: String is not of expected "
+                   "type: float"),
+        request_log.encode_rejected("x" * 300, None, "", "unknown-model", now, "NOT_FOUND",
+                                    "Servable not found for request: Latest(xxx)"),
+    ]
+    files = write_logs(settings.request_logs_path, answered + rejected, 1000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert cli.main(_cli(settings)) == 0
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 512, f"max RSS grew by {grown_mb:.0f} MB: a logged tensor was expanded"
+
+    report = json.loads(Path(settings.home, "monitoring", "reports").glob("*.json").__next__().read_text())
+    assert report["quarantined_files"] == [] and report["files"] == [p.name for p in files]
+    (group,) = report["versions"]
+    rejections = group["rejections"]
+    assert rejections["rejected"] == 4 and rejections["requests"] == 34
+    assert rejections["with_rows"] == 1                 # only the wrong-type row could be read
+    assert group["rows"] == 301
+    assert report["unattributed_rejections"]["rejected"] == 1
+    assert report["unattributed_rejections"]["causes"][0]["code"] == "NOT_FOUND"
+    # 4 of 34 is over alert_rejection_rate, but fewer than alert_min_rejected: no alert
+    assert report["decision"]["action"] != "alert"

@@ -1,0 +1,165 @@
+"""Faults of the monitor's inputs (issue 12), with real files from the real writer:
+a log file still being written, a file corrupt in the middle, a version without
+lineage in the window, a request-log directory that does not exist."""
+import json
+import os
+import time
+from pathlib import Path
+
+from monitoring import run
+from monitoring.window import Checkpoint
+from serving.request_log import tfrecord_frame
+from tests.monitoring.conftest import log_records, monitor_settings, write_logs
+from tfxops import cli
+
+
+def _chunks(rows, per_request):
+    return [rows[i:i + per_request] for i in range(0, len(rows), per_request)]
+
+
+def _cli(settings, *extra):
+    return ["monitor", "--home", str(settings.home), "--set", f"metadata_path={settings.metadata_path}",
+            "--set", f"serving_dir={settings.serving_dir}", *extra]
+
+
+def _record_ends(data: bytes):
+    """Byte offsets where each TFRecord of ``data`` ends (the framing's own lengths)."""
+    ends, pos = [], 0
+    while pos < len(data):
+        pos += 12 + int.from_bytes(data[pos:pos + 8], "little") + 4
+        ends.append(pos)
+    return ends
+
+
+def _cut_mid_record(data: bytes, record: int) -> bytes:
+    """``data`` cut in the middle of record ``record``'s payload (a copy still running)."""
+    ends = _record_ends(data)
+    start = ends[record - 1] if record else 0
+    return data[:start + 12 + (ends[record] - start - 16) // 2]
+
+
+def _state(settings) -> Checkpoint:
+    return Checkpoint(Path(settings.home) / "monitoring")
+
+
+def test_half_written_file_is_retried_until_complete_and_counted_once(tmp_path, e2e_settings, first_run,
+                                                                     held_out_rows):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    files = write_logs(settings.request_logs_path,
+                       log_records(_chunks(held_out_rows[:300], 10), version), 10)
+    assert len(files) == 3
+    whole = files[1].read_bytes()
+    files[1].write_bytes(_cut_mid_record(whole, 6))      # a log shipper is still copying it
+
+    first = run.monitor_once(settings)
+    assert first["rows"] == 200 and first["versions"][0]["rows"] == 200
+    assert [f["file"] for f in first["incomplete_files"]] == [files[1].name]
+    assert "truncated" in first["incomplete_files"][0]["error"]
+    assert first["quarantined_files"] == []
+    assert "1 file(s) incomplete" in run.summary_line(first)
+    assert files[1].name not in _state(settings).data["files"]
+    html = Path(first["report"]["html"]).read_text()
+    assert files[1].name in html and "incomplete" in html
+
+    files[1].write_bytes(whole)                            # the copy completes
+    second = run.monitor_once(settings)
+    assert second["files"] == [files[1].name] and second["rows"] == 100
+    assert second["incomplete_files"] == [] and second["quarantined_files"] == []
+    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    analysed = _state(settings).data["files"]
+    assert {n: f["status"] for n, f in analysed.items()} == {p.name: "analysed" for p in files}
+    assert sum(f["rows"] for f in analysed.values()) == 300
+
+
+def test_file_corrupt_in_the_middle_is_quarantined_and_never_retried(tmp_path, e2e_settings, first_run,
+                                                                     held_out_rows, capsys):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    files = write_logs(settings.request_logs_path,
+                       log_records(_chunks(held_out_rows[:400], 10), version), 10)
+    flipped, stale = files[0], files[2]
+    data = bytearray(flipped.read_bytes())
+    data[_record_ends(bytes(data))[3] + 40] ^= 0xFF        # a bit flip inside record 4 of 10
+    flipped.write_bytes(bytes(data))
+    # a truncated file nobody has touched for longer than the grace period: closed, corrupt
+    stale.write_bytes(_cut_mid_record(stale.read_bytes(), 9))
+    old = time.time() - 2 * settings.monitor_incomplete_grace_seconds
+    os.utime(stale, (old, old))
+
+    assert cli.main(_cli(settings, "--json")) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["rows"] == 200 and result["incomplete_files"] == []
+    quarantined = {q["file"]: q for q in result["quarantined_files"]}
+    assert quarantined.keys() == {flipped.name, stale.name}
+    assert "checksum" in quarantined[flipped.name]["error"]
+    assert "truncated" in quarantined[stale.name]["error"]
+    assert "monitor_incomplete_grace_seconds" in quarantined[stale.name]["error"]
+    for name, q in quarantined.items():                   # moved aside, out of the log directory
+        assert not (settings.request_logs_path / name).exists()
+        assert Path(q["moved_to"]) == Path(settings.home) / "monitoring" / "quarantine" / name
+        assert Path(q["moved_to"]).is_file()
+    assert "2 file(s) quarantined" in captured.err
+    html = Path(result["report"]["html"]).read_text()
+    assert flipped.name in html and stale.name in html and "quarantine" in html.lower()
+    state = _state(settings).data["files"]
+    assert state[flipped.name]["status"] == state[stale.name]["status"] == "quarantined"
+
+    # never retried, even when a file of that name shows up again in the log directory
+    (settings.request_logs_path / flipped.name).write_bytes(bytes(data))
+    assert run.monitor_once(settings)["status"] == "no_new_requests"
+
+
+def test_corrupt_last_record_of_a_fresh_file_is_incomplete_not_corrupt(tmp_path, e2e_settings, first_run,
+                                                                       held_out_rows):
+    """A writer that extended the file before filling it (zeros, or a torn last record):
+    still being written while it is young, so retried, not quarantined."""
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    files = write_logs(settings.request_logs_path,
+                       log_records(_chunks(held_out_rows[:200], 10), version), 10)
+    zeros, torn = files
+    zeros.write_bytes(zeros.read_bytes() + bytes(len(tfrecord_frame(b"x" * 500))))
+    data = bytearray(torn.read_bytes())
+    data[-10] ^= 0xFF                                     # inside the last record's payload
+    torn.write_bytes(bytes(data))
+    result = run.monitor_once(settings)
+    assert sorted(f["file"] for f in result["incomplete_files"]) == sorted([zeros.name, torn.name])
+    assert result["quarantined_files"] == [] and result["status"] == "incomplete"
+    assert zeros.exists() and torn.exists()
+
+
+def test_version_without_lineage_is_reported_not_judged_and_the_window_moves_on(
+        tmp_path, e2e_settings, first_run, held_out_rows, capsys):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    logs = settings.request_logs_path
+    write_logs(logs, log_records(_chunks(held_out_rows[:300], 10), version, prefix="known")
+               + log_records(_chunks(held_out_rows[300:320], 10), 4242, prefix="unknown"), 10)
+
+    assert cli.main(_cli(settings, "--json")) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["status"] == "analysed" and result["rows"] == 320
+    assert [v["version"] for v in result["versions"]] == [version]
+    (unjudged,) = result["not_judged"]
+    assert unjudged["version"] == 4242 and unjudged["rows"] == 20
+    assert "model version 4242 has no lineage in MLMD" in unjudged["reason"]
+    assert "not judged" in captured.err and "4242" in captured.err
+    html = Path(result["report"]["html"]).read_text()
+    assert "no lineage: not judged" in html and "4242" in html
+    # committed: the next run has nothing new (it used to exit 2 on the same window forever)
+    assert cli.main(_cli(settings)) == 0
+    assert "no new requests" in capsys.readouterr().out
+
+
+def test_request_log_dir_that_does_not_exist_is_an_error_naming_it(tmp_path, e2e_settings, first_run, capsys):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    missing = tmp_path / "no-such-dir" / "request_logs"
+    code = cli.main(_cli(settings, "--set", f"request_log_dir={missing}"))
+    assert code == 2
+    captured = capsys.readouterr()
+    assert str(missing) in captured.err and "request_log_dir" in captured.err
+    assert "Traceback" not in captured.err and "no new requests" not in captured.out
+    assert not (Path(settings.home) / "monitoring" / "state.json").exists()
