@@ -25,6 +25,7 @@ import fcntl
 import os
 from typing import Dict, List, Optional, Set
 
+from lineage.graph import PUSHED_MODEL
 from pipeline import publish
 from tfxops import mlmd
 from tfxops.config import Settings
@@ -102,7 +103,7 @@ def _recorded_versions(store, base: str) -> Set[str]:
     if store is None:
         return set()
     recorded = set()
-    for artifact in mlmd.with_retry(lambda: store.get_artifacts_by_type("PushedModel")):
+    for artifact in mlmd.with_retry(lambda: store.get_artifacts_by_type(PUSHED_MODEL)):
         destination = str(mlmd.custom(artifact, "pushed_destination", "") or "")
         if int(mlmd.custom(artifact, "pushed", 0) or 0) and destination:
             if os.path.realpath(os.path.dirname(destination)) == os.path.realpath(base):
@@ -148,29 +149,21 @@ def _killed_pusher(store, marker: Dict):
 
 def _record(settings: Settings, path: str, version: str, marker: Dict, execution) -> None:
     """Publish the version as the killed execution's PushedModel, as the launcher
-    would have (TFX's publisher: artifact LIVE, OUTPUT event, execution COMPLETE)."""
+    would have (TFX's publisher: artifact LIVE, OUTPUT event, execution COMPLETE),
+    and mark the execution and its run as recovered."""
     from tfx.orchestration import metadata
     from tfx.orchestration.portable import execution_publish_utils
-    from tfx.types import standard_artifacts, standard_component_specs
-    from tfx.utils import io_utils
+    from tfx.types import standard_component_specs
 
     note = (f"recorded by pipeline.recovery (pid {os.getpid()}) at "
             f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: the Pusher's "
             f"process died after publishing version {version}, before its record")
-    pushed = standard_artifacts.PushedModel()
-    pushed.uri = marker.get("pushed_model_uri") or path
-    if pushed.uri != path:                # the archive copy TFX's Pusher keeps
-        io_utils.delete_dir(pushed.uri)
-        io_utils.copy_dir(path, pushed.uri)
-    pushed.set_int_custom_property("pushed", 1)
-    pushed.set_string_custom_property("pushed_destination", path)
-    pushed.set_string_custom_property("pushed_version", version)
-    pushed.set_string_custom_property(RECOVERED, note)
+    pushed = _pushed_model(path, version, marker, note)
     with metadata.Metadata(mlmd.connection_config(settings)) as handle:
         store = handle.store
-        contexts = store.get_contexts_by_execution(execution.id)
         execution_publish_utils.publish_succeeded_execution(
-            handle, execution.id, contexts, {standard_component_specs.PUSHED_MODEL_KEY: [pushed]})
+            handle, execution.id, store.get_contexts_by_execution(execution.id),
+            {standard_component_specs.PUSHED_MODEL_KEY: [pushed]})
         [done] = store.get_executions_by_id([execution.id])
         done.custom_properties[RECOVERED].string_value = note
         store.put_executions([done])
@@ -178,3 +171,21 @@ def _record(settings: Settings, path: str, version: str, marker: Dict, execution
             if run.type == mlmd.RUN_CONTEXT and RUN_ENDED not in run.custom_properties:
                 run.custom_properties[RUN_ENDED].string_value = f"recovered: {note}"
                 store.put_contexts([run])
+
+
+def _pushed_model(path: str, version: str, marker: Dict, note: str):
+    """The PushedModel the Pusher would have output, with its archive copy (the
+    copy TFX's Pusher keeps in the artifact's uri) made again, whole."""
+    from tfx.types import standard_artifacts
+    from tfx.utils import io_utils
+
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = marker.get("pushed_model_uri") or path
+    if pushed.uri != path:
+        io_utils.delete_dir(pushed.uri)
+        io_utils.copy_dir(path, pushed.uri)
+    pushed.set_int_custom_property("pushed", 1)
+    pushed.set_string_custom_property("pushed_destination", path)
+    pushed.set_string_custom_property("pushed_version", version)
+    pushed.set_string_custom_property(RECOVERED, note)
+    return pushed
