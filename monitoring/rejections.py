@@ -35,7 +35,7 @@ MAX_SHAPES = 64
 # A feature is reported missing when rejected requests lack it (or send it empty)
 # more often than the training data does, by this much and by 3 standard errors.
 MIN_EXCESS = 0.1
-EXAMPLE_CHARS = 300
+EXAMPLE_CHARS = 600                     # an example message per cause: both ends kept
 OTHER = "(other causes)"
 ANOMALY_TYPE = "REJECTED_REQUESTS"
 DATASET = "<rejected requests>"
@@ -116,7 +116,8 @@ def pattern(message: str) -> str:
     short with "..." as TF Serving's messages quote it), quoted values, numbers."""
     text = re.sub(r"\{.*(\}|\.\.\.)", "{…}", message, flags=re.S)
     text = re.sub(r'"[^"]{0,200}"', '"…"', text)
-    return re.sub(r"\d+", "N", text)[:200]
+    text = re.sub(r"\d+", "N", text)
+    return text if len(text) <= 300 else text[:300] + "…"
 
 
 @dataclasses.dataclass
@@ -127,7 +128,8 @@ class Tally:
     first: Optional[int] = None            # unix seconds
     last: Optional[int] = None
     causes: Dict[Tuple[str, str], List] = dataclasses.field(default_factory=dict)   # -> [n, first, example]
-    shapes: Dict[Tuple[str, ...], List[int]] = dataclasses.field(default_factory=dict)  # -> [n, first]
+    # (signature, features every row carries non-empty) -> [requests, first]
+    shapes: Dict[Tuple[str, Tuple[str, ...]], List[int]] = dataclasses.field(default_factory=dict)
     other_shapes: List = dataclasses.field(default_factory=lambda: [0, None, {}])   # [n, first, {name: n}]
 
     def add(self, part, decoder: Optional[RowsDecoder]):
@@ -148,13 +150,17 @@ class Tally:
         request = np.repeat(np.arange(len(stamps)), part.row_counts)[kept]
         starts = np.flatnonzero(np.r_[True, request[1:] != request[:-1]])
         present = np.logical_and.reduceat(_present(batch, decoder.names), starts, axis=0)
-        self._shapes(present, stamps[request[starts]], decoder.names)
+        signatures = sorted(set(part.signatures))
+        ids = np.asarray([signatures.index(s) for s in part.signatures], np.int64)[request[starts]]
+        self._shapes(np.column_stack([ids, present]), stamps[request[starts]], decoder.names, signatures)
         self.with_rows += len(starts)
         self.rows += batch.num_rows
         return batch
 
     def _cause(self, code: str, message: str, first: int, n: int) -> None:
-        self._add_cause((code[:64], pattern(message)), n, first, message[:EXAMPLE_CHARS])
+        example = message if len(message) <= EXAMPLE_CHARS else \
+            message[:EXAMPLE_CHARS // 2] + " … " + message[-EXAMPLE_CHARS // 2:]    # keep both ends
+        self._add_cause((code[:64], pattern(message)), n, first, example)
 
     def _add_cause(self, key: Tuple[str, str], n: int, first: int, example: str) -> None:
         if key not in self.causes and len(self.causes) >= MAX_CAUSES:
@@ -163,15 +169,18 @@ class Tally:
         entry[0] += n
         entry[1] = _min(entry[1], first)
 
-    def _shapes(self, present: np.ndarray, stamps: np.ndarray, names: List[str]) -> None:
-        unique, inverse = np.unique(present, axis=0, return_inverse=True)
+    def _shapes(self, keys: np.ndarray, stamps: np.ndarray, names: List[str], signatures: List[str]) -> None:
+        """``keys``: per request, its signature's index and whether each feature is present."""
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         for k, row in enumerate(unique):
             mine = inverse == k
-            self._shape(tuple(n for n, p in zip(names, row) if p), int(mine.sum()), int(stamps[mine].min()))
+            present = tuple(n for n, p in zip(names, row[1:]) if p)
+            self._shape((signatures[row[0]][:256], present), int(mine.sum()), int(stamps[mine].min()))
 
-    def _shape(self, names: Tuple[str, ...], n: int, first: int) -> None:
-        entry = self.shapes.get(names)
+    def _shape(self, key: Tuple[str, Tuple[str, ...]], n: int, first: int) -> None:
+        names = key[1]
+        entry = self.shapes.get(key)
         if entry is None and len(self.shapes) >= MAX_SHAPES:
             other = self.other_shapes
             other[0] += n
@@ -179,7 +188,7 @@ class Tally:
             for name in names:
                 other[2][name] = other[2].get(name, 0) + n
             return
-        entry = self.shapes.setdefault(names, [0, first])
+        entry = self.shapes.setdefault(key, [0, first])
         entry[0] += n
         entry[1] = _min(entry[1], first)
 
@@ -191,8 +200,8 @@ class Tally:
         self.last = max(self.last or 0, other.last or 0) or None
         for key, (n, first, example) in other.causes.items():
             self._add_cause(key, n, first, example)
-        for names, (n, first) in other.shapes.items():
-            self._shape(names, n, first)
+        for key, (n, first) in other.shapes.items():
+            self._shape(key, n, first)
         if other.other_shapes[0]:
             mine = self.other_shapes
             mine[0] += other.other_shapes[0]
@@ -200,16 +209,22 @@ class Tally:
             for name, n in other.other_shapes[2].items():
                 mine[2][name] = mine[2].get(name, 0) + n
 
-    def lacking(self, name: str) -> Tuple[int, Optional[int]]:
-        """Rejected requests (with readable rows) lacking ``name``, and the first one's time."""
-        n, first = 0, None
-        for names, (count, since) in self.shapes.items():
-            if name not in names:
-                n, first = n + count, _min(first, since)
+    def lacking(self, name: str, expects) -> Tuple[int, int, Optional[int]]:
+        """Of the rejected requests with readable rows whose signature takes ``name``
+        (``expects(signature, name)``): how many lack it, how many there are, and the
+        first lacking one's time. (Past MAX_SHAPES, requests count as expecting it,
+        and the overflow's first time stands for theirs.)"""
+        n, expected, first = 0, 0, None
+        for (signature, names), (count, since) in self.shapes.items():
+            if expects(signature, name):
+                expected += count
+                if name not in names:
+                    n, first = n + count, _min(first, since)
         other_n, other_first, present = self.other_shapes
-        if other_n - present.get(name, 0) > 0:          # bounded: the overflow's first time
+        expected += other_n
+        if other_n - present.get(name, 0) > 0:
             n, first = n + other_n - present.get(name, 0), _min(first, other_first)
-        return n, first
+        return n, expected, first
 
 
 def _min(a, b):
@@ -221,8 +236,9 @@ def _min(a, b):
 class MissingFeature:
     feature: str
     requests: int                 # rejected requests whose rows lack it (or send it empty)
-    fraction: float               # of the rejected requests whose rows could be read
+    fraction: float               # of the rejected requests with readable rows whose signature takes it
     since: str                    # the first of them
+    of: int                       # rejected requests with readable rows whose signature takes it
     training_fraction: float      # examples of the training split without a value for it
 
     def line(self) -> str:
@@ -281,18 +297,42 @@ def _excess(fraction: float, baseline: float, n: int) -> bool:
     return fraction - baseline > max(MIN_EXCESS, 3 * (baseline * (1 - baseline) / max(1, n)) ** 0.5)
 
 
-def summarize(tally: Tally, answered_requests: int, baselines: Dict[str, float]) -> Summary:
+def signature_inputs(model_path: str) -> Dict[str, set]:
+    """Input names per signature of a SavedModel, read from its saved_model.pb (no graph
+    is loaded); {} if it cannot be read."""
+    import os
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    try:
+        with open(os.path.join(model_path, "saved_model.pb"), "rb") as handle:
+            model = saved_model_pb2.SavedModel.FromString(handle.read())
+    except Exception:  # noqa: BLE001 - a model whose files are gone: every feature expected
+        return {}
+    return {name: set(sig.inputs) for graph in model.meta_graphs for name, sig in graph.signature_def.items()}
+
+
+def summarize(tally: Tally, answered_requests: int, baselines: Dict[str, float],
+              inputs: Optional[Dict[str, set]] = None) -> Summary:
     """The tally against the served model: ``baselines`` maps each SERVING feature of
-    its schema to the share of its training examples without a value for it."""
+    its schema to the share of its training examples without a value for it;
+    ``inputs`` the model's signatures' input names. A rejected request is judged on
+    the features its signature takes (all of them for a signature of serialized
+    tf.Examples, or one the model does not have)."""
+    inputs = inputs or {}
+
+    def expects(signature: str, name: str) -> bool:
+        taken = inputs.get(signature or "serving_default")
+        return not taken or not (taken & baselines.keys()) or name in taken
+
     requests = answered_requests + tally.rejected
     causes = [{"code": code, "pattern": pat, "requests": n, "fraction": n / max(1, tally.rejected),
                "first": _iso(first), "example": example}
               for (code, pat), (n, first, example) in sorted(tally.causes.items(), key=lambda kv: -kv[1][0])]
     missing = []
     for name, baseline in baselines.items():
-        n, first = tally.lacking(name)
-        if n and tally.with_rows and _excess(n / tally.with_rows, baseline, tally.with_rows):
-            missing.append(MissingFeature(name, n, n / tally.with_rows, _iso(first), baseline))
+        n, expected, first = tally.lacking(name, expects)
+        if n and _excess(n / expected, baseline, expected):
+            missing.append(MissingFeature(name, n, n / expected, _iso(first), expected, baseline))
     missing.sort(key=lambda m: (-m.fraction, m.feature))
     return Summary(requests, tally.rejected, tally.rejected / max(1, requests), tally.with_rows, tally.rows,
                    _iso(tally.first), _iso(tally.last), causes, missing)
@@ -318,7 +358,7 @@ def flag(summary: Summary, features: List, anomalies_proto, alerting: bool) -> N
         if feature is None:
             continue
         text = (f"{m.feature} missing or empty in {percent(m.fraction)} of the rejected requests whose rows "
-                f"could be read ({m.requests} of {summary.with_rows}) since {m.since}, against "
+                f"could be read ({m.requests} of {m.of}) since {m.since}, against "
                 f"{percent(m.training_fraction)} of the training examples: the server refused them, the "
                 f"model never saw these rows")
         for anomaly in feature.anomalies:

@@ -318,7 +318,25 @@ def monitor_once(settings: Settings, dry_run: bool = False, out=None) -> Dict:
     say = out or (lambda line: None)
     _check_log_dir(settings.request_logs_path)
     with lock_lib.hold(monitor_path(settings), settings.monitor_lock_wait_seconds, say):
+        if not dry_run:
+            _recover_orphans(settings.request_logs_path, say)
         return _monitor_window(settings, dry_run, say)
+
+
+def _recover_orphans(log_dir: Path, say) -> None:
+    """Log files a writer left hidden when it died (kill -9): their complete records
+    become a closed file this run reads (``serving.request_log.recover_orphans``)."""
+    from serving.request_log import recover_orphans
+
+    try:
+        recovered = recover_orphans(log_dir)
+    except OSError as exc:
+        say(f"cannot recover the orphaned request-log temp files in {log_dir} ({exc.strerror}); "
+            f"the server recovers them when it starts")
+        return
+    for item in recovered:
+        say(f"recovered {item.path.name} from a request-log writer that died: {item.records} record(s)"
+            + (f", {item.dropped_bytes} bytes of a torn record dropped" if item.dropped_bytes else ""))
 
 
 def _check_log_dir(log_dir: Path) -> None:
@@ -373,7 +391,7 @@ def _monitor_window(settings: Settings, dry_run: bool, say) -> Dict:
         previous = tfdv.load_stats_binary(prev_path) if prev_path and Path(prev_path).is_file() else None
         validation = checks.validate(stats, train_stats, schema, previous)
         features = validation["features"]
-        rejected, alert = _judge_rejections(settings, group, schema, train_stats, validation)
+        rejected, alert = _judge_rejections(settings, group, base, schema, train_stats, validation)
         served = np.concatenate(group.predictions) if group.predictions else np.zeros(0, np.float32)
         prediction = checks.prediction_drift(served, _eval_prediction_stats(settings, base, mdir),
                                              settings.prediction_drift_threshold)
@@ -543,13 +561,15 @@ def _baseline_or_none(store, group: Group, not_judged: List[Dict]) -> Optional[b
         return None
 
 
-def _judge_rejections(settings: Settings, group: Group, schema, train_stats, validation: Dict):
+def _judge_rejections(settings: Settings, group: Group, base: baseline_lib.Baseline, schema, train_stats,
+                      validation: Dict):
     """The version's rejected requests against its schema's SERVING features and its
     training data: a summary, the alert the policy makes of it, and the findings as
     SERVING anomalies (in the features and the Anomalies proto)."""
     baselines = {f.name: rejections_lib.training_empty_fraction(train_stats, f.name)
                  for f in checks.serving_features(schema)}
-    summary = rejections_lib.summarize(group.rejections, group.requests, baselines)
+    inputs = rejections_lib.signature_inputs(base.model_path) if group.rejections.with_rows else {}
+    summary = rejections_lib.summarize(group.rejections, group.requests, baselines, inputs)
     alert = policy.rejection_alert(settings, summary)
     rejections_lib.flag(summary, validation["features"], validation["anomalies_proto"], alerting=bool(alert))
     return summary, alert

@@ -188,20 +188,22 @@ class Rejected:
     codes: List[str] = dataclasses.field(default_factory=list)
     messages: List[str] = dataclasses.field(default_factory=list)
     timestamps: List[int] = dataclasses.field(default_factory=list)
+    signatures: List[str] = dataclasses.field(default_factory=list)
 
-    def add(self, code: str, message: str, timestamp: int, rows: List[bytes]) -> None:
+    def add(self, code: str, message: str, timestamp: int, rows: List[bytes], signature: str) -> None:
         self.rows.extend(rows)
+        self.signatures.append(signature)
         self.row_counts.append(len(rows))
         self.codes.append(code)
         self.messages.append(message)
         self.timestamps.append(timestamp)
 
 
-def _rejection(record) -> Optional[Tuple[str, str]]:
-    """(code, message) of a logged rejected call (``serving.request_log``'s form), else None."""
-    if not record.HasField("predict_log") or \
-            request_log.ERROR_OUTPUT not in record.predict_log.response.outputs:
-        return None
+ERROR_OUTPUT = request_log.ERROR_OUTPUT
+
+
+def _rejection(record) -> Tuple[str, str]:
+    """(code, message) of a logged rejected call (``serving.request_log``'s form)."""
     return request_log.rejection(record) or ("UNKNOWN", "the logged error tensor is malformed")
 
 
@@ -292,23 +294,23 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
         meta = record.log_metadata
         spec = meta.model_spec
         version = spec.version.value if spec.HasField("version") else None
-        error = _rejection(record)
-        if error is not None:
-            part = rejected.get((spec.name, version)) or rejected.setdefault((spec.name, version), Rejected())
-            part.add(*error, meta.timestamp_secs, _rejected_rows(record.predict_log.request, len(raw)))
-            continue
         serialized = None
         if record.HasField("predict_log"):
+            response = record.predict_log.response
+            outputs = response.outputs
+            if ERROR_OUTPUT in outputs:             # a rejected call
+                part = rejected.get((spec.name, version)) or rejected.setdefault((spec.name, version), Rejected())
+                part.add(*_rejection(record), meta.timestamp_secs, _rejected_rows(record.predict_log.request, len(raw)),
+                         spec.signature_name)
+                continue
             request = record.predict_log.request
             inputs = request.inputs
             if len(inputs) == 1 and request.model_spec.signature_name in ("", "serving_default"):
                 tensor = inputs["examples"] if "examples" in inputs else next(iter(inputs.values()))
                 if tensor.dtype == 7 and tensor.string_val:
                     serialized = tensor.string_val
-                    response = record.predict_log.response
                     if response.model_spec.HasField("version"):
                         version = response.model_spec.version.value
-                    outputs = response.outputs
                     values = outputs["probabilities"].float_val if "probabilities" in outputs else None
                     predictions = values if values is not None and len(values) == len(serialized) \
                         else _prediction_values(response, len(serialized))

@@ -1,17 +1,22 @@
 """Rejected requests (issue 12): what clients sent when the server refused them.
 
-Records in the format the server and proxies log (``serving.request_log.encode_rejected``),
-written by the real writer: the held-out scenario (clients stopped sending
-``trip_miles``, fares and payment types shifted, every request rejected), and
-hostile or undecodable rejected requests that must count without being expanded."""
+The held-out scenario (clients stopped sending ``trip_miles``, fares and payment
+types shifted, every request rejected) through the real server, and as records
+in the logged format (``serving.request_log.encode_rejected``) written by the real
+writer, as another writer or proxy would; and hostile or undecodable rejected
+requests that must count without being expanded."""
 import json
 import resource
 import time
+from collections import Counter
 from pathlib import Path
+
+import requests
 
 from modules import features as F
 from monitoring import record
 from serving import request_log
+from serving.server import BackgroundServer
 from tests.conftest import SMALL_ROWS
 from tests.monitoring.conftest import log_records, monitor_settings, write_logs
 from tfxops import cli, mlmd
@@ -26,13 +31,16 @@ def _dtypes():
     return {name: kinds[kind] for name, kind in F.RAW_FEATURE_TYPES.items()}
 
 
-def _json_row(row):
-    """A CSV row as a client's JSON object: numbers as numbers, empty cells as ""."""
+def _json_row(row, missing=""):
+    """A CSV row as a client's JSON object: numbers as numbers, an empty cell as
+    ``missing`` ("" or, as serving_raw's callers send a missing number, 0)."""
     out = {}
     for name, kind in F.RAW_FEATURE_TYPES.items():
         value = row.get(name, "")
-        if value == "" or kind == "string":
+        if kind == "string":
             out[name] = value
+        elif value == "":
+            out[name] = missing
         else:
             out[name] = float(value) if kind == "float" else int(float(value))
     return out
@@ -62,12 +70,12 @@ def _cli(settings, *extra):
             "--set", f"serving_dir={settings.serving_dir}", *extra]
 
 
-def _broken_clients(rows):
+def _broken_clients(rows, missing=""):
     """trip_miles omitted in half the requests and empty in the other half; fares x1.5;
     a payment type the model never saw on every third trip."""
     out = []
     for i, row in enumerate(rows):
-        sent = _json_row(row)
+        sent = _json_row(row, missing)
         if sent["fare"] != "":
             sent["fare"] = round(sent["fare"] * 1.5, 2)
         if i % 3 == 0:
@@ -82,12 +90,33 @@ def _broken_clients(rows):
 
 def test_clients_that_stopped_sending_a_feature_raise_an_alert_not_a_retrain(
         tmp_path, e2e_settings, first_run, taxi_rows, capsys):
-    settings = monitor_settings(tmp_path, e2e_settings, first_run)
-    version = int(first_run.pushed_version)
-    sent = _broken_clients(taxi_rows[SMALL_ROWS:SMALL_ROWS + 1500])     # rows the model never saw
+    """The scenario end to end: 1,500 requests to the real server, all refused (400)."""
+    settings = monitor_settings(tmp_path, e2e_settings, first_run, log_rotate_records="500")
+    sent = _broken_clients(taxi_rows[SMALL_ROWS:SMALL_ROWS + 1500], missing=0)    # rows never trained on
     first_second = int(time.time())
-    write_logs(settings.request_logs_path, _rejected(sent, version, 0), 500)
+    with BackgroundServer(settings) as server, requests.Session() as session:
+        base = f"http://127.0.0.1:{server.ports.rest}/v1/models/taxi"
+        signature = session.get(f"{base}/metadata", timeout=60).json()["metadata"]["signature_def"][
+            "signature_def"]["serving_raw"]
+        inputs = set(signature["inputs"])             # what a client of serving_raw sends
+        answers = Counter(session.post(f"{base}:predict", timeout=60, json={
+            "signature_name": "serving_raw", "instances": [{k: v for k, v in row.items() if k in inputs}]})
+            .status_code for row in sent)
+    assert answers == {400: 1500}
+    _check_alert_scenario(settings, capsys, first_second)
 
+
+def test_rejected_records_from_another_writer_are_read_alike(tmp_path, e2e_settings, first_run, taxi_rows,
+                                                            capsys):
+    """The same scenario as records a proxy or log shipper wrote in the logged format."""
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    sent = _broken_clients(taxi_rows[SMALL_ROWS:SMALL_ROWS + 1500])
+    first_second = int(time.time())
+    write_logs(settings.request_logs_path, _rejected(sent, int(first_run.pushed_version), 0), 500)
+    _check_alert_scenario(settings, capsys, first_second)
+
+
+def _check_alert_scenario(settings, capsys, first_second):
     assert cli.main(_cli(settings, "--json")) == 0                      # an alert is not a failure
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
@@ -97,8 +126,7 @@ def test_clients_that_stopped_sending_a_feature_raise_an_alert_not_a_retrain(
     (group,) = result["versions"]
     rejections = group["rejections"]
     assert rejections["rejected"] == rejections["requests"] == 1500 and rejections["rate"] == 1.0
-    causes = {c["code"]: c for c in rejections["causes"]}
-    assert set(causes) == {INVALID}
+    assert {c["code"] for c in rejections["causes"]} == {INVALID}
     assert sorted(c["requests"] for c in rejections["causes"]) == [750, 750]
     assert any("keys must be equal to" in c["example"] for c in rejections["causes"])
     missing = {m["feature"]: m for m in rejections["missing_features"]}

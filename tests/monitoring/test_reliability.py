@@ -163,3 +163,41 @@ def test_request_log_dir_that_does_not_exist_is_an_error_naming_it(tmp_path, e2e
     assert str(missing) in captured.err and "request_log_dir" in captured.err
     assert "Traceback" not in captured.err and "no new requests" not in captured.out
     assert not (Path(settings.home) / "monitoring" / "state.json").exists()
+
+
+WRITER = """
+import sys
+import time
+from serving.request_log import RequestLogger
+from tests.conftest import read_rows, SMALL_ROWS
+from tests.monitoring.conftest import log_records
+
+rows = read_rows()[SMALL_ROWS:SMALL_ROWS + 100]
+logger = RequestLogger(sys.argv[1], rotate_records=1000, rotate_seconds=3600).start()
+for record in log_records([rows[i:i + 10] for i in range(0, 100, 10)], int(sys.argv[2]), prefix="orphan"):
+    logger.submit(record)
+while logger.written < 10:          # handed to the OS, still in the hidden temp file
+    time.sleep(0.01)
+print("written", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_log_of_a_writer_killed_mid_file_is_recovered_and_analysed(tmp_path, e2e_settings, first_run):
+    import signal
+    import subprocess
+    import sys
+
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    logs = settings.request_logs_path
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(logs), str(first_run.pushed_version)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "written"
+    finally:
+        writer.send_signal(signal.SIGKILL)          # the server dies with its file open
+        writer.wait()
+    assert [p.name for p in logs.iterdir() if p.name.startswith(".")] and not list(logs.glob("requests-*"))
+    result = run.monitor_once(settings)
+    assert result["status"] == "analysed" and result["rows"] == 100
+    assert not [p.name for p in logs.iterdir() if p.name.startswith(".")]
