@@ -8,7 +8,7 @@ from tfxops.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, settings_from
 
 
 def cmd_serve(args) -> int:
-    from serving import models
+    from serving import admission, models
 
     settings = settings_from(args)
     if args.proxy_to:
@@ -20,6 +20,7 @@ def cmd_serve(args) -> int:
     try:
         models.VersionPolicy.parse(settings.model_version_policy)
         models.parse_labels(settings.version_labels)
+        admission.Gate(settings.max_concurrent_requests)
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

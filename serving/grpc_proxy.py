@@ -21,7 +21,7 @@ from typing import Optional
 
 import grpc
 
-from serving import metrics as M
+from serving import admission, metrics as M
 from serving import request_log
 from serving.grpc_service import REQUEST_ID_KEY
 from serving.request_log import new_request_id
@@ -203,12 +203,14 @@ def _safe_record(kind, request, response, rid, arrived, versions=None):
         return None
 
 
-async def start(settings, logger, metrics: M.Metrics):
-    """The proxy's gRPC server on ``settings.grpc_port``; returns (server, handler, port)."""
+async def start(settings, logger, metrics: M.Metrics, gate=None):
+    """The proxy's gRPC server on ``settings.grpc_port``, its Predict/Classify/Regress
+    calls counted by ``gate`` (serving.admission.Gate); returns (server, handler, port)."""
     handler = ProxyHandler(settings.proxy_grpc_to, logger, metrics, settings.max_request_bytes)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", settings.max_request_bytes),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)])
+        ("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+        interceptors=[admission.GrpcGate(gate)] if gate is not None else None)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     if port == 0:

@@ -24,7 +24,7 @@ import tornado.httpserver
 import tornado.web
 from tensorflow.core.framework import types_pb2
 
-from serving import busy_poll, metrics as M
+from serving import admission, busy_poll, metrics as M
 from serving import request_log
 from serving.errors import ServingError, http_status_to_code
 from serving.request_log import RequestLogger, new_request_id
@@ -148,6 +148,29 @@ class ProxyHandler(tornado.web.RequestHandler):
 
     get = post = _forward
 
+    _counted = False             # in the gate's count of calls in flight (prepare..finish)
+
+    def prepare(self):           # drained on shutdown; beyond max_concurrent_requests: 503
+        if self.request.method != "POST":
+            return
+        gate = self.application.settings["gate"]
+        refusal = gate.enter()
+        self._counted = True
+        if refusal is not None:
+            if gate.draining:
+                self.set_header("Connection", "close")
+            self.set_status(refusal.http_status)
+            self.finish(dumps({"error": refusal.message}))
+
+    def on_finish(self):
+        if self._counted:
+            self._counted = False
+            self.application.settings["gate"].leave()
+
+    def on_connection_close(self):
+        super().on_connection_close()
+        self.on_finish()
+
     def compute_etag(self):
         return None
 
@@ -209,6 +232,7 @@ async def run_proxy(settings, ready=None, stop_event=None):
                            settings.log_rotate_records, settings.log_rotate_seconds,
                            metrics=metrics).start()
     ports = {"rest": None, "grpc": None}
+    gate = admission.Gate(settings.max_concurrent_requests)
     server = grpc_server = grpc_handler = None
     try:
         if settings.proxy_to:
@@ -216,27 +240,27 @@ async def run_proxy(settings, ready=None, stop_event=None):
                         max_request_bytes=settings.max_request_bytes, names=M.ModelNames())
             app = tornado.web.Application([
                 (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics)),
-                (r".*", ProxyHandler, args)])
-            server = tornado.httpserver.HTTPServer(app, max_body_size=settings.max_request_bytes + 1)
-            sockets = tornado.netutil.bind_sockets(settings.rest_port, address=settings.host)
-            server.add_sockets(sockets)
-            ports["rest"] = sockets[0].getsockname()[1]
+                (r".*", ProxyHandler, args)], gate=gate)
+            server = admission.HTTPServer(app, max_body_size=settings.max_request_bytes + 1)
+            ports["rest"] = admission.bind(server, settings.rest_port, settings.host)
             log.info("proxy on http://%s:%d -> http://%s", settings.host, ports["rest"],
                      settings.proxy_to)
         if settings.proxy_grpc_to:
             grpc_server, grpc_handler, ports["grpc"] = await grpc_proxy.start(
-                settings, logger, metrics)
+                settings, logger, metrics, gate)
         log.info("proxy request logs in %s", settings.request_logs_path)
         stop_event = stop_event or asyncio.Event()
         if ready is not None:
             ready(ports, stop_event)
         await stop_event.wait()
-    finally:
+    finally:   # as ModelServer.stop: the calls in flight (both APIs) are answered first
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + admission.GRACE_SECONDS
+        gate.drain()
         if server is not None:
-            server.stop()
-            await server.close_all_connections()
+            await admission.drain_and_close(server, gate, admission.GRACE_SECONDS)
         if grpc_server is not None:
-            await grpc_server.stop(5)
+            await grpc_server.stop(max(0.1, deadline - loop.time()))
             await grpc_handler.close()
         await asyncio.get_running_loop().run_in_executor(None, logger.close)
 

@@ -1,6 +1,10 @@
 """``tfxops serve``: wires the model manager, batcher, request log, metrics, the
-gRPC and REST APIs onto one asyncio loop, and shuts down cleanly on SIGTERM/SIGINT
-(stop accepting, let in-flight requests finish, flush the request log).
+gRPC and REST APIs onto one asyncio loop, and shuts down cleanly on SIGTERM/SIGINT:
+stop accepting, answer every request in flight (REST and gRPC, up to
+``admission.GRACE_SECONDS``; requests arriving meanwhile get UNAVAILABLE), close the
+connections, flush the request log, exit 0. At most ``max_concurrent_requests``
+inference requests are in flight; more are answered UNAVAILABLE at once
+(``serving/admission.py``).
 """
 import asyncio
 import logging
@@ -8,20 +12,20 @@ import os
 import signal
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
 from tfxops import config
 
-from serving import busy_poll, metrics as M
+from serving import admission, busy_poll, metrics as M
 from serving.batching import Batcher
 from serving.models import ModelManager, SessionThreads, VersionPolicy, parse_labels
 from serving.request_log import RequestLogger
 from serving.service import Inference
 
 log = logging.getLogger("tfxops.serving")
-GRACE_SECONDS = 10.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,6 +68,7 @@ class ModelServer:
                                    on_batch=self._on_batch)
         self.inference = Inference(self.manager, self.metrics, self.batcher, self.logger,
                                    self.executor)
+        self.gate = admission.Gate(settings.max_concurrent_requests)
         self.grpc_server = None
         self.http_server = None
         self.ports: Optional[Ports] = None
@@ -74,6 +79,12 @@ class ModelServer:
                                             ("state", state)))
         self.metrics.set(M.VERSIONS_AVAILABLE, (("model_name", self.settings.model_name),),
                          len(self.manager.available_versions()))
+
+    def _on_grpc_refused(self, method: str, request) -> None:
+        """Count a gRPC call the gate refused (its model name read from the request)."""
+        spec = getattr(request[0] if isinstance(request, tuple) else request, "model_spec", None)
+        self.inference.record(spec.name if spec is not None else "", method.lower(), "GRPC",
+                              time.perf_counter(), self.gate.refusal().code)
 
     def _on_batch(self, rows: int, requests: int):
         labels = (("model_name", self.settings.model_name),)
@@ -96,36 +107,36 @@ class ModelServer:
         options = [("grpc.max_receive_message_length", s.max_request_bytes),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
                    ("grpc.so_reuseport", 0)]
-        self.grpc_server = grpc.aio.server(options=options)
+        self.grpc_server = grpc.aio.server(options=options, interceptors=[
+            admission.GrpcGate(self.gate, self._on_grpc_refused)])
         grpc_service.add_to_server(self.grpc_server, self.inference)
         grpc_port = self.grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
         if grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
         await self.grpc_server.start()
         app = rest.make_app(self.inference, s.max_request_bytes)
+        app.settings["gate"] = self.gate
         # The REST handlers check max_request_bytes themselves (413 with a JSON body).
-        self.http_server = tornado.httpserver.HTTPServer(
+        self.http_server = admission.HTTPServer(
             app, max_body_size=s.max_request_bytes + 1, xheaders=False, idle_connection_timeout=300)
-        sockets = tornado.netutil.bind_sockets(s.rest_port, address=s.host, reuse_port=False)
-        self.http_server.add_sockets(sockets)
-        rest_port = sockets[0].getsockname()[1]
+        rest_port = admission.bind(self.http_server, s.rest_port, s.host)
         self.ports = Ports(rest_port, grpc_port)
         self._stopped = asyncio.Event()
         log.info("serving model %s from %s: REST http://%s:%d, gRPC %s:%d", s.model_name,
                  s.model_push_dir, s.host, rest_port, s.host, grpc_port)
         return self.ports
 
-    async def stop(self, grace: float = GRACE_SECONDS) -> None:
-        """Stop accepting, finish in-flight requests, unload, flush the request log."""
-        if self.http_server is not None:
-            self.http_server.stop()
-            try:
-                await asyncio.wait_for(self.http_server.close_all_connections(), grace)
-            except asyncio.TimeoutError:
-                pass
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+    async def stop(self, grace: float = admission.GRACE_SECONDS) -> None:
+        """Stop accepting; answer the requests in flight, REST and gRPC, within
+        ``grace`` seconds (new ones meanwhile get UNAVAILABLE); close the
+        connections; unload; flush the request log."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.gate.drain()      # from now on both APIs answer inference calls UNAVAILABLE
+        if self.http_server is not None:   # waits for REST and gRPC calls in flight
+            await admission.drain_and_close(self.http_server, self.gate, grace)
+        if self.grpc_server is not None:   # calls that still come are CANCELLED by gRPC
+            await self.grpc_server.stop(max(0.1, deadline - loop.time()))
         await loop.run_in_executor(None, self.manager.stop)
         if self.batcher is not None:
             self.batcher.shutdown()

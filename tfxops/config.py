@@ -92,6 +92,8 @@ class Settings:
     batch_timeout_micros: int = 20_000       # the longest a request waits for others; tfxops
                                              # serve waits only under load (serving/batching.py)
     max_request_bytes: int = 10 * 1024 * 1024
+    max_concurrent_requests: int = 1024      # inference requests in flight (REST + gRPC); more
+                                             # are answered UNAVAILABLE (503) at once
     intra_op_threads: int = 1                # TF session pools (TF Serving's --tensorflow_*_parallelism);
     inter_op_threads: int = -1               # 0: TF's default, -1: ops on the calling thread
     busy_poll_micros: int = 500              # an idle loop polls this long before sleeping

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import requests
 
@@ -19,27 +20,36 @@ class ServeProcess:
     """A running ``tfxops serve`` with ``settings``; ``with`` stops it (SIGKILL if
     it is still running at the end of the block)."""
 
-    def __init__(self, settings, home):
-        command = [sys.executable, "-m", "tfxops.cli", "serve", "--home", str(home)]
+    def __init__(self, settings, home, args=()):
+        command = [sys.executable, "-m", "tfxops.cli", "serve", "--home", str(home), *args]
         for key in PASSED_SETTINGS:
             if hasattr(settings, key):
                 command += ["--set", f"{key}={getattr(settings, key)}"]
         self.settings = settings
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        # its log goes to a file: a pipe nobody reads would block the server once full
+        Path(home).mkdir(parents=True, exist_ok=True)
+        self.log_path = Path(home) / f"serve-{settings.rest_port}.log"
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         try:
             client.wait_listening(settings.rest_port, self.proc)
             client.wait_listening(settings.grpc_port, self.proc)
         except RuntimeError as exc:
             self.kill()
-            raise AssertionError(f"tfxops serve: {exc}:\n{self.proc.stderr.read()}") from None
+            raise AssertionError(f"tfxops serve: {exc}:\n{self.log()}") from None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self.proc.poll() is None:
             self.kill()
+        if exc_type is not None:   # the server's side of a failure, in pytest's report
+            print(self.log()[-20000:])
+
+    def log(self) -> str:
+        """What the server wrote to stderr (its log)."""
+        return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
         """``kill -9``."""

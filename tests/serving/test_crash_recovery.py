@@ -63,7 +63,7 @@ def test_torn_last_record_is_dropped_and_every_complete_one_kept(tmp_path, pushe
     (logs / name).write_bytes(data[:-7])                   # the last record torn mid-way
     with ServeProcess(settings, tmp_path) as server:
         assert server.terminate() == 0
-    said = server.proc.stderr.read()
+    said = server.log()
     assert f" {len(sent) - 1} records kept" in said and "torn record dropped" in said
     kept = logged_ids(logs)
     assert len(kept) == len(sent) - 1 and set(kept) < set(sent)
