@@ -108,22 +108,34 @@ def test_monitor_killed_mid_run_is_resumed_once_by_the_next(tmp_path, e2e_settin
     assert sum(f["rows"] for f in state["files"].values()) == 300 and state["open_window"] is None
 
 
-def test_watch_takes_the_lock_per_run_not_for_its_lifetime(tmp_path, e2e_settings, first_run, held_out_rows):
+def test_watch_takes_the_lock_for_each_run_not_for_its_lifetime(tmp_path, e2e_settings, first_run,
+                                                                held_out_rows):
     from monitoring import lock
 
     settings = _window_with_logs(tmp_path, e2e_settings, first_run, held_out_rows[:100])
     state = Path(settings.home) / "monitoring" / "state.json"
-    watcher = _start(settings, "--watch", "3600")
+    err = tmp_path / "watch.err"
+    with open(err, "w") as stderr:
+        watcher = subprocess.Popen([sys.executable, "-m", "tfxops.cli", *_args(settings, "--watch", "1")],
+                                   stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:
         deadline = time.monotonic() + 4 * WAIT
         while not (state.is_file() and json.loads(state.read_text())["windows"]):
-            assert watcher.poll() is None, watcher.communicate()
+            assert watcher.poll() is None, err.read_text()
             assert time.monotonic() < deadline, "the first run of --watch never committed"
             time.sleep(0.05)
-        # between two runs the watcher holds nothing: another monitor gets the lock
+        # between two runs the watcher holds nothing: another monitor gets the lock ...
         held = lock.MonitorLock(state.parent).acquire(wait_seconds=WAIT)
-        held.release()
+        try:
+            # ... and the watcher's next run finds it held, says so, and keeps watching
+            while "another monitor is running" not in err.read_text():
+                assert watcher.poll() is None, err.read_text()
+                assert time.monotonic() < deadline, "the watcher's next run never met the lock"
+                time.sleep(0.05)
+        finally:
+            held.release()
+        assert f"pid {os.getpid()}" in err.read_text() and "exit code 3" in err.read_text()
         assert watcher.poll() is None
     finally:
         watcher.send_signal(signal.SIGTERM)
-        watcher.communicate()
+        watcher.wait()
