@@ -193,6 +193,7 @@ def _files_html(result: Dict) -> str:
                    "was analysed):<ul>" + "".join(
                        f"<li><code>{_e(f['file'])}</code>: {_e(f['error'])}; "
                        + (f"moved to <code>{_e(f['moved_to'])}</code>" if f.get("moved_to")
+                          else "dry run: left in place, the next run quarantines it" if result.get("dry_run")
                           else "left in place, marked quarantined in state.json") + "</li>"
                        for f in result["quarantined_files"]) + "</ul></div>")
     return "".join(out)
