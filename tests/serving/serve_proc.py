@@ -2,6 +2,7 @@
 what those tests read from it: the Prometheus counters, the request log."""
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,3 +87,27 @@ def logged_ids(directory) -> list:
 
 def hidden_files(directory) -> list:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+PREDICT_PATH = "/v1/models/taxi:predict"
+
+
+def hold(port: int, body: bytes) -> socket.socket:
+    """A predict request whose body is only half sent: in flight at the server until
+    the rest comes (``sock.sendall(body[len(body) // 2:])``)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % (PREDICT_PATH.encode(), len(body))
+                 + body[:len(body) // 2])
+    return sock
+
+
+def until(predicate, what: str, timeout: float = 60.0):
+    """Poll ``predicate`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never: {what}")

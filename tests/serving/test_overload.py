@@ -5,9 +5,7 @@ setting, and the count goes back down (also when a client leaves mid-request).""
 import collections
 import http.client
 import json
-import socket
 import threading
-import time
 
 import grpc
 import pytest
@@ -15,10 +13,9 @@ import requests
 
 from serving.client import GrpcClient, predict_request, rest_body, serialize_rows
 from tests.serving.conftest import copy_version, serving_settings
-from tests.serving.serve_proc import ServeProcess
+from tests.serving.serve_proc import PREDICT_PATH as PREDICT, ServeProcess, hold, until
 
 BURST = 2000
-PREDICT = "/v1/models/taxi:predict"
 
 
 def _post(port: int, body: bytes):
@@ -64,25 +61,6 @@ def test_burst_of_2000_rest_requests_gets_answers_never_resets(tmp_path, pushed_
     assert all("max_concurrent_requests" in a[1]["error"] for a in answers if a[0] == 503)
 
 
-def _hold(port: int, body: bytes) -> socket.socket:
-    """A request whose body is only half sent: in flight until the rest comes."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % (PREDICT.encode(), len(body))
-                 + body[:len(body) // 2])
-    return sock
-
-
-def _until(predicate, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"never: {what}")
-
-
 def _refused(url: str, body: bytes):
     """The JSON body of the answer to a POST if it is a 503, else None."""
     response = requests.post(url, data=body, timeout=60)
@@ -96,8 +74,8 @@ def test_beyond_max_concurrent_requests_rest_and_grpc_are_refused_and_the_count_
     body = json.dumps(rest_body(serialize_rows(rows[:1]))).encode()
     url = f"http://127.0.0.1:{settings.rest_port}{PREDICT}"
     with ServeProcess(settings, tmp_path) as server:
-        holder = _hold(settings.rest_port, body)           # takes the only slot
-        refused = _until(lambda: _refused(url, body), "a request refused with 503")
+        holder = hold(settings.rest_port, body)            # takes the only slot
+        refused = until(lambda: _refused(url, body), "a request refused with 503")
         assert "max_concurrent_requests" in refused["error"]
         grpc_client = GrpcClient("127.0.0.1", settings.grpc_port, "taxi")
         with pytest.raises(grpc.RpcError) as raised:
@@ -113,8 +91,8 @@ def test_beyond_max_concurrent_requests_rest_and_grpc_are_refused_and_the_count_
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert requests.post(url, data=body, timeout=60).status_code == 200
         assert len(grpc_client.predict_rows(rows[:1])) == 1
-        _hold(settings.rest_port, body).close()             # a client leaving mid-request
-        _until(lambda: requests.post(url, data=body, timeout=60).status_code == 200,
-               "the slot of the client that left is free again")
+        hold(settings.rest_port, body).close()              # a client leaving mid-request
+        until(lambda: requests.post(url, data=body, timeout=60).status_code == 200,
+              "the slot of the client that left is free again")
         grpc_client.close()
         assert server.terminate() == 0
