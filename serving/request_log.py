@@ -230,7 +230,7 @@ class RequestLogger:
 
     def _open_file(self):
         """A new temp file, created and locked (flock) before anything is written.
-        A recoverer that took the lock in between found it empty and removed it:
+        A recoverer that takes the lock in between finds it empty and removes it:
         then the next name is taken."""
         while True:
             self._seq += 1
@@ -239,9 +239,12 @@ class RequestLogger:
             name = f"{FILE_PREFIX}{stamp}-{os.getpid()}-{self._token}-{self._seq:06d}{FILE_SUFFIX}"
             tmp = self.directory / f".{name}{TMP_SUFFIX}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)      # waits only while a recoverer looks at it
-            if _is_open_as(tmp, fd):
-                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _is_open_as(tmp, fd):
+                    break
+            except BlockingIOError:
+                pass                             # a recoverer has it (and removes it)
             os.close(fd)
         self._fd, self._tmp_path, self._final_path = fd, tmp, self.directory / name
         self._records = self._bytes = 0
