@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from serving.errors import ServingError, invalid, not_found
+from serving.errors import invalid, not_found
 
 log = logging.getLogger("tfxops.serving")
 

@@ -28,7 +28,8 @@ from serving import admission, busy_poll, metrics as M
 from serving import request_log
 from serving.errors import ServingError, http_status_to_code
 from serving.request_log import RequestLogger, new_request_id
-from serving.rest import REQUEST_ID_HEADER, classify_input, dumps, parse_json
+from serving.rest import (MAX_REQUEST_HEAD_BYTES, REQUEST_ID_HEADER, classify_input, dumps,
+                          parse_json)
 from serving.tensors import json_to_ndarray, ndarray_to_proto
 
 log = logging.getLogger("tfxops.serving")
@@ -241,7 +242,8 @@ async def run_proxy(settings, ready=None, stop_event=None):
             app = tornado.web.Application([
                 (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics)),
                 (r".*", ProxyHandler, args)], gate=gate)
-            server = admission.HTTPServer(app, max_body_size=settings.max_request_bytes + 1)
+            server = admission.HTTPServer(app, max_body_size=settings.max_request_bytes + 1,
+                                          max_header_size=MAX_REQUEST_HEAD_BYTES)
             ports["rest"] = admission.bind(server, settings.rest_port, settings.host)
             log.info("proxy on http://%s:%d -> http://%s", settings.host, ports["rest"],
                      settings.proxy_to)

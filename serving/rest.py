@@ -559,11 +559,29 @@ class NotFoundHandler(_Base):
     get = post = put = delete = patch = head = _malformed
 
 
-def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, with the URI cut short (callers choose it)."""
-    status = handler.get_status()
-    if status >= 400:
-        request = handler.request
+class _AccessLog:
+    """Tornado's access log for failed requests, with the URI cut short (callers
+    choose it) and at most one line per second for refusals (503), which come in
+    floods under overload: that line says how many there were."""
+
+    def __init__(self):
+        self.refused, self.next_refusal_line = 0, 0.0
+
+    def __call__(self, handler: tornado.web.RequestHandler) -> None:
+        status, request = handler.get_status(), handler.request
+        if status < 400:
+            return
+        if status == 503:
+            self.refused += 1
+            now = time.monotonic()
+            if now < self.next_refusal_line:
+                return
+            self.next_refusal_line = now + 1.0
+            tornado.log.access_log.warning("503 refused %d request(s) in the last second, "
+                                           "e.g. %s %.200s", self.refused, request.method,
+                                           request.uri)
+            self.refused = 0
+            return
         tornado.log.access_log.warning("%d %s %.200s (%s) %.2fms", status, request.method,
                                        request.uri, request.remote_ip,
                                        1000.0 * request.request_time())
@@ -576,7 +594,7 @@ def make_app(inference: Inference, max_request_bytes: int) -> tornado.web.Applic
         (_MODEL + r":([A-Za-z]+)", InferenceHandler, args),
         (r"/monitoring/prometheus/metrics", MetricsHandler, args),
         (r".*", NotFoundHandler, args),
-    ], compress_response=False, serve_traceback=False, log_function=_log_request)
+    ], compress_response=False, serve_traceback=False, log_function=_AccessLog())
 
 
 __all__ = ["make_app", "parse_json", "predict_feeds", "format_predict", "classify_input",

@@ -67,7 +67,7 @@ class ModelServer:
                                    num_batch_threads or max(1, cpus // 2),
                                    on_batch=self._on_batch)
         self.inference = Inference(self.manager, self.metrics, self.batcher, self.logger,
-                                   self.executor)
+                                   self.executor, settings.max_request_bytes)
         self.gate = admission.Gate(settings.max_concurrent_requests)
         self.grpc_server = None
         self.http_server = None
@@ -93,7 +93,6 @@ class ModelServer:
 
     async def start(self) -> Ports:
         import grpc
-        import tornado.httpserver
 
         from serving import grpc_service, rest
 
@@ -118,7 +117,8 @@ class ModelServer:
         app.settings["gate"] = self.gate
         # The REST handlers check max_request_bytes themselves (413 with a JSON body).
         self.http_server = admission.HTTPServer(
-            app, max_body_size=s.max_request_bytes + 1, xheaders=False, idle_connection_timeout=300)
+            app, max_body_size=s.max_request_bytes + 1, xheaders=False, idle_connection_timeout=300,
+            max_header_size=rest.MAX_REQUEST_HEAD_BYTES)
         rest_port = admission.bind(self.http_server, s.rest_port, s.host)
         self.ports = Ports(rest_port, grpc_port)
         self._stopped = asyncio.Event()

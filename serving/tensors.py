@@ -11,7 +11,7 @@ import math
 from typing import Any, Dict, List
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.errors import ServingError, invalid
 
