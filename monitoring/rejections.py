@@ -30,6 +30,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from monitoring.contract import takes
+
 MAX_CAUSES = 20
 MAX_SHAPES = 64
 # A feature is reported missing when rejected requests lack it (or send it empty)
@@ -131,6 +133,7 @@ class Tally:
     # (signature, features every row carries non-empty) -> [requests, first]
     shapes: Dict[Tuple[str, Tuple[str, ...]], List[int]] = dataclasses.field(default_factory=dict)
     other_shapes: List = dataclasses.field(default_factory=lambda: [0, None, {}])   # [n, first, {name: n}]
+    rows_by_signature: Dict[str, int] = dataclasses.field(default_factory=dict)     # rows read, per signature
 
     def add(self, part, decoder: Optional[RowsDecoder]):
         """Count a chunk's ``window.Rejected`` part; the batch of its readable rows (for
@@ -151,11 +154,19 @@ class Tally:
         starts = np.flatnonzero(np.r_[True, request[1:] != request[:-1]])
         present = np.logical_and.reduceat(_present(batch, decoder.names), starts, axis=0)
         signatures = sorted(set(part.signatures))
-        ids = np.asarray([signatures.index(s) for s in part.signatures], np.int64)[request[starts]]
-        self._shapes(np.column_stack([ids, present]), stamps[request[starts]], decoder.names, signatures)
+        ids = np.asarray([signatures.index(s) for s in part.signatures], np.int64)
+        self._shapes(np.column_stack([ids[request[starts]], present]), stamps[request[starts]], decoder.names,
+                     signatures)
+        self._count_rows(signatures, ids[request])
         self.with_rows += len(starts)
         self.rows += batch.num_rows
         return batch
+
+    def _count_rows(self, signatures: List[str], per_row: np.ndarray) -> None:
+        """``per_row``: the signature index of each row read."""
+        for i, n in enumerate(np.bincount(per_row, minlength=len(signatures)).tolist()):
+            if n:
+                self.rows_by_signature[signatures[i]] = self.rows_by_signature.get(signatures[i], 0) + n
 
     def _cause(self, code: str, message: str, first: int, n: int) -> None:
         example = message if len(message) <= EXAMPLE_CHARS else \
@@ -202,6 +213,8 @@ class Tally:
             self._add_cause(key, n, first, example)
         for key, (n, first) in other.shapes.items():
             self._shape(key, n, first)
+        for name, n in other.rows_by_signature.items():
+            self.rows_by_signature[name] = self.rows_by_signature.get(name, 0) + n
         if other.other_shapes[0]:
             mine = self.other_shapes
             mine[0] += other.other_shapes[0]
@@ -318,11 +331,10 @@ def summarize(tally: Tally, answered_requests: int, baselines: Dict[str, float],
     ``inputs`` the model's signatures' input names. A rejected request is judged on
     the features its signature takes (all of them for a signature of serialized
     tf.Examples, or one the model does not have)."""
-    inputs = inputs or {}
+    inputs, known = inputs or {}, set(baselines)
 
     def expects(signature: str, name: str) -> bool:
-        taken = inputs.get(signature or "serving_default")
-        return not taken or not (taken & baselines.keys()) or name in taken
+        return takes(inputs, signature, name, known)
 
     requests = answered_requests + tally.rejected
     causes = [{"code": code, "pattern": pat, "requests": n, "fraction": n / max(1, tally.rejected),

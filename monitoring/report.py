@@ -237,6 +237,10 @@ def _version_html(group: Dict) -> str:
         return "".join(out)
     if (group.get("rejections") or {}).get("rejected"):
         out.append("<h3>Rejected requests</h3>" + _rejections_html(group["rejections"]))
+    if group.get("relaxed"):
+        out.append("<h3>SERVING contract: what the served signatures take</h3><div class='muted'>Presence "
+                   "required only in the rows of the signatures that take the feature:</div><ul>"
+                   + "".join(f"<li>{_e(r['line'])}</li>" for r in group["relaxed"]) + "</ul>")
     features = group.get("features", [])
     order = sorted(features, key=lambda f: (not f["flagged"], -(f["skew"] or 0) / (f["skew_threshold"] or 10)))
     out.append("<h3>Features</h3><table><tr><th>feature</th><th>type</th><th>skew vs training</th>"

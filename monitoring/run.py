@@ -10,7 +10,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from modules import features as F
-from monitoring import act, baseline as baseline_lib, checks, feedback_path, logfiles, monitor_path, policy, record
+from monitoring import act, baseline as baseline_lib, checks, contract as contract_lib, feedback_path, logfiles
+from monitoring import monitor_path, policy, record
 from monitoring import lock as lock_lib, rejections as rejections_lib, report, window as window_lib
 from tfxops import mlmd
 from tfxops.config import Settings
@@ -57,6 +58,7 @@ class Group:
     labelled: List[Tuple[bytes, float, float]] = dataclasses.field(default_factory=list)
     rejections: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
     types: Dict = dataclasses.field(default_factory=dict)      # column -> Arrow type fed so far
+    signatures: Dict[str, int] = dataclasses.field(default_factory=dict)   # answered rows per logged signature
 
     def flush(self, decoder, force: bool = False) -> None:
         while self.pending and (force or len(self.pending) >= DECODE_ROWS):
@@ -79,6 +81,17 @@ class Group:
     @property
     def all_requests(self) -> int:
         return self.requests + self.rejections.rejected
+
+    def add_signatures(self, rows: Dict[str, int]) -> None:
+        for name, n in rows.items():
+            self.signatures[name] = self.signatures.get(name, 0) + n
+
+    def rows_by_signature(self) -> Dict[str, int]:
+        """The rows in the statistics (answered and rejected) per logged signature name."""
+        out = dict(self.signatures)
+        for name, n in self.rejections.rows_by_signature.items():
+            out[name] = out.get(name, 0) + n
+        return out
 
 
 @dataclasses.dataclass
@@ -106,6 +119,7 @@ def _add_answered(group: Group, chunk: window_lib.Chunk, decoder, feedback: Dict
     group.predictions.append(chunk.predictions)
     group.requests += int((chunk.row_in_request == 0).sum())
     group.rows += len(chunk.serialized)
+    group.add_signatures(chunk.signatures)
     if feedback:
         for i, rid in enumerate(chunk.request_ids):
             tips = feedback.get((rid, int(chunk.row_in_request[i])))
@@ -161,7 +175,8 @@ def _read_files_in_worker(files: List[Path], feedback: Dict, schema=None, rows_s
         return str(exc)
     groups = {key: {"accumulators": g.stats.accumulators, "rows_in_stats": g.stats.rows,
                     "predictions": np.concatenate(g.predictions) if g.predictions else np.zeros(0, np.float32),
-                    "requests": g.requests, "rows": g.rows, "labelled": g.labelled, "rejections": g.rejections}
+                    "requests": g.requests, "rows": g.rows, "labelled": g.labelled, "rejections": g.rejections,
+                    "signatures": g.signatures}
               for key, g in read.groups.items()}
     return groups, read.file_results, read.unreadable, read.unattributed
 
@@ -220,6 +235,7 @@ def _read_window(win: window_lib.Window, feedback: Dict, workers: int = 1, schem
             group.predictions.append(g["predictions"])
             group.requests += g["requests"]
             group.rows += g["rows"]
+            group.add_signatures(g["signatures"])
             group.labelled.extend(g["labelled"])
             group.rejections.merge(g["rejections"])
     for key, group in read.groups.items():
@@ -266,14 +282,17 @@ def _labelled_arrays(labelled) -> Tuple[np.ndarray, np.ndarray, List[Dict]]:
     return labels, np.asarray(scores, np.float64), rows
 
 
-def _reuse_candidates(store, current_model_id: int, stats) -> List[Dict]:
-    """Every other blessed model: does this window match its training data?"""
+def _reuse_candidates(store, current_model_id: int, stats, rows_by_signature: Dict[str, int]) -> List[Dict]:
+    """Every other blessed model: does this window match its training data (judged on
+    what its signatures take, as the served model's)?"""
     out = []
     for other in baseline_lib.blessed_models(store):
         if other.model.id == current_model_id:
             continue
         try:
-            result = checks.validate(stats, other.load_statistics("train"), other.load_schema())
+            schema = contract_lib.effective(other.load_schema(), rows_by_signature,
+                                            rejections_lib.signature_inputs(other.model_path)).schema
+            result = checks.validate(stats, other.load_statistics("train"), schema)
         except Exception as exc:  # noqa: BLE001 - a model whose files are gone
             log.warning("cannot compare with model %s: %s", other.model.id, exc)
             continue
@@ -389,9 +408,11 @@ def _monitor_window(settings: Settings, dry_run: bool, say) -> Dict:
         train_stats = base.load_statistics("train")
         prev_path = checkpoint.data["previous_statistics"].get(group.model_name)
         previous = tfdv.load_stats_binary(prev_path) if prev_path and Path(prev_path).is_file() else None
-        validation = checks.validate(stats, train_stats, schema, previous)
+        inputs = rejections_lib.signature_inputs(base.model_path)
+        contract = contract_lib.effective(schema, group.rows_by_signature(), inputs)
+        validation = checks.validate(stats, train_stats, contract.schema, previous)
         features = validation["features"]
-        rejected, alert = _judge_rejections(settings, group, base, schema, train_stats, validation)
+        rejected, alert = _judge_rejections(settings, group, schema, train_stats, validation, inputs)
         served = np.concatenate(group.predictions) if group.predictions else np.zeros(0, np.float32)
         prediction = checks.prediction_drift(served, _eval_prediction_stats(settings, base, mdir),
                                              settings.prediction_drift_threshold)
@@ -403,7 +424,7 @@ def _monitor_window(settings: Settings, dry_run: bool, say) -> Dict:
         is_current = current is None or group.version == current
         candidates = []
         if reasons and settings.reuse_blessed_models and is_current:
-            candidates = _reuse_candidates(store, base.model.id, stats)
+            candidates = _reuse_candidates(store, base.model.id, stats, group.rows_by_signature())
         matches = sorted((c for c in candidates if c["matches"]), key=lambda c: c["score"])
         reuse = matches[0] if matches else None
         blocker = None
@@ -461,7 +482,7 @@ def _monitor_window(settings: Settings, dry_run: bool, say) -> Dict:
         results.append({
             "model_name": group.model_name, "version": group.version, "current": is_current,
             "rows": group.rows, "requests": group.all_requests, "rejections": rejected.as_dict(),
-            "baseline": base.describe(),
+            "baseline": base.describe(), "relaxed": [r.as_dict() for r in contract.relaxed],
             "features": [f.as_dict() for f in features],
             "flagged_features": sorted(f.name for f in features if f.flagged),
             "skewed_features": sorted(f.name for f in features if f.over_skew),
@@ -561,14 +582,14 @@ def _baseline_or_none(store, group: Group, not_judged: List[Dict]) -> Optional[b
         return None
 
 
-def _judge_rejections(settings: Settings, group: Group, base: baseline_lib.Baseline, schema, train_stats,
-                      validation: Dict):
+def _judge_rejections(settings: Settings, group: Group, schema, train_stats, validation: Dict,
+                      inputs: Dict[str, set]):
     """The version's rejected requests against its schema's SERVING features and its
-    training data: a summary, the alert the policy makes of it, and the findings as
-    SERVING anomalies (in the features and the Anomalies proto)."""
+    training data (``inputs``: its signatures' input names): a summary, the alert the
+    policy makes of it, and the findings as SERVING anomalies (in the features and the
+    Anomalies proto)."""
     baselines = {f.name: rejections_lib.training_empty_fraction(train_stats, f.name)
                  for f in checks.serving_features(schema)}
-    inputs = rejections_lib.signature_inputs(base.model_path) if group.rejections.with_rows else {}
     summary = rejections_lib.summarize(group.rejections, group.requests, baselines, inputs)
     alert = policy.rejection_alert(settings, summary)
     rejections_lib.flag(summary, validation["features"], validation["anomalies_proto"], alerting=bool(alert))
@@ -621,6 +642,7 @@ def _record_version(store, settings: Settings, result: Dict, r: Dict, dry_run: b
         "action": decision.action, "triggered": decision.triggered,
         "because": decision.because, "reasons": decision.reasons, "dry_run": dry_run,
         "flagged_features": r["flagged_features"], "requests": r["requests"],
+        "relaxed": [x["line"] for x in r["relaxed"]],
         "rejected_requests": rejected["rejected"], "rejection_rate": float(rejected["rate"]),
         "rejections": {k: v for k, v in rejected.items() if k in ("line", "causes", "missing_features")},
         "not_judged": [v["version"] for v in result["not_judged"]]},

@@ -176,6 +176,7 @@ class Chunk:
     row_in_request: np.ndarray        # int32 per row
     timestamps: np.ndarray            # int64 per row
     rejected: Optional["Rejected"] = None   # the requests refused for this (model, version)
+    signatures: Dict[str, int] = dataclasses.field(default_factory=dict)   # rows per logged signature name
 
 
 @dataclasses.dataclass
@@ -277,13 +278,15 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
     Raises ``CorruptLogError`` for a file that cannot be read whole. A rejected call
     goes to its chunk's ``rejected`` part whatever its request holds (nothing, bytes
     that are not tf.Examples, hostile shapes): it never makes the file unreadable.
+    A chunk counts its answered rows per logged signature name (``monitoring.contract``
+    judges a feature only in the rows of the signatures that take it).
 
     The loop runs once per logged request, so it stays in plain Python lists:
     numpy per record would cost more than the parsing."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     raws = read_tfrecords(path)
-    groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list]] = {}
+    groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list, dict]] = {}
     rejected: Dict[Tuple[str, Optional[int]], Rejected] = {}
     parse = prediction_log_pb2.PredictionLog.FromString
     for index, raw in enumerate(raws):
@@ -326,8 +329,10 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
                 predictions = [float("nan")] * len(serialized)
         group = groups.get((spec.name, version))
         if group is None:
-            group = groups[(spec.name, version)] = ([], [], [], [], [])
+            group = groups[(spec.name, version)] = ([], [], [], [], [], {})
         n = len(serialized)
+        counts, signature = group[5], spec.signature_name
+        counts[signature] = counts.get(signature, 0) + n
         group[0].extend(serialized)
         group[1].extend(predictions)
         if n == 1:
@@ -339,9 +344,9 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
             group[3].extend(range(n))
             group[4].extend([meta.timestamp_secs] * n)
     for key in rejected.keys() - groups.keys():
-        groups[key] = ([], [], [], [], [])
+        groups[key] = ([], [], [], [], [], {})
     chunks = [Chunk(name, version, g[0], np.asarray(g[1], np.float32), g[2],
-                    np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)))
+                    np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)), g[5])
               for (name, version), g in groups.items()]
     return chunks, len(raws)
 

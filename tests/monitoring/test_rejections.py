@@ -139,6 +139,9 @@ def _check_alert_scenario(settings, capsys, first_second):
     assert "trip_miles" in group["anomalous_features"]
     by_name = {f["name"]: f for f in group["features"]}
     assert any(a["type"] == "REJECTED_REQUESTS" for a in by_name["trip_miles"]["anomalies"])
+    (relaxed,) = group["relaxed"]           # their rows are judged on what serving_raw takes
+    assert (relaxed["feature"], relaxed["rows"], relaxed["of"]) == (F.TIME_KEY, 1500, 1500)
+    assert by_name[F.TIME_KEY]["anomalies"] == []
     # the decision: an alert; a retrain cannot fix a client that stopped sending a feature
     decision = result["decision"]
     assert decision["action"] == "alert" and decision["triggered"]
