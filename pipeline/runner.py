@@ -180,7 +180,7 @@ def _reporting_launcher(progress: _Progress, record: _RunRecord):
 
 
 @contextlib.contextmanager
-def _library_output_to(log_path: Path):
+def library_output_to(log_path: Path):
     """Send file descriptors 1 and 2 (Python, TensorFlow C++, Beam workers) and
     Python logging to ``log_path``; yield ``console(stream)``: for ``sys.stdout`` or
     ``sys.stderr``, a stream to the original file, any other stream unchanged."""
@@ -325,7 +325,7 @@ def run(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) 
     settings.metadata_file.parent.mkdir(parents=True, exist_ok=True)
 
     start = time.monotonic()
-    with _library_output_to(log_path) as console:
+    with library_output_to(log_path) as console:
         # TensorFlow is imported here, so its start-up noise goes to the log too.
         from pipeline.pipeline import NODE_ORDER
         from tfxops.env import skip_autograph_for_libraries

@@ -131,7 +131,7 @@ def _wait_for_version(client, version: int, timeout: float = 120.0) -> bool:
 def run_demo(settings: Settings, out: TextIO = None) -> Dict:
     """The whole loop; library output goes to ``<home>/demo/demo.log``. Returns what
     happened at each step (``ok`` is true when every step had the expected outcome)."""
-    from pipeline.runner import _library_output_to
+    from pipeline.runner import library_output_to
 
     work = Path(settings.home) / "demo"
     notice = ""
@@ -139,8 +139,8 @@ def run_demo(settings: Settings, out: TextIO = None) -> Dict:
         notice = f"(removed the previous demo in {work}: every demo starts fresh)"
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    with _library_output_to(work / "demo.log") as console:
-        o = _Out(out or console)
+    with library_output_to(work / "demo.log") as console:
+        o = _Out(console(out or sys.stdout))
         if notice:
             o.line(notice)
         return _loop(settings, work, o)

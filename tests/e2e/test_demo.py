@@ -1,6 +1,5 @@
 """The whole loop (`tfxops demo`) on the bundled data with few training steps: each
 step's outcome, as the demo reports it and as MLMD records it."""
-import io
 import os
 
 from monitoring import record
@@ -8,12 +7,13 @@ from pipeline.pusher import existing_versions
 from tfxops import config, demo, mlmd
 
 
-def test_the_loop_trains_serves_watches_and_retrains(tmp_path):
+def test_the_loop_trains_serves_watches_and_retrains(tmp_path, capfd):
+    """As ``tfxops demo`` runs it: no ``out``, the steps on the terminal (fd 1)."""
     settings = config.load({"home": str(tmp_path), "train_steps": "150", "eval_steps": "10"}, environ={})
-    out = io.StringIO()
-    result = demo.run_demo(settings, out=out)
-    text = out.getvalue()
+    result = demo.run_demo(settings)
+    text = capfd.readouterr().out
     assert result["ok"], text
+    assert "== 8. summary" in text and "model v2:" in text
 
     # 1. a model pushed; 2-3. traffic served without failures
     first = int(result["first_version"])
