@@ -23,6 +23,7 @@ import grpc
 
 from serving import admission, metrics as M
 from serving import request_log
+from serving.errors import MAX_MESSAGE_CHARS
 from serving.grpc_service import REQUEST_ID_KEY
 from serving.request_log import new_request_id
 
@@ -123,8 +124,10 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     def _log_rejected(self, kind: Optional[str], request: bytes, rid: str, arrived: float,
                       err: grpc.aio.AioRpcError) -> None:
-        if kind is not None and self.logger is not None and self.logger.sampled():
-            code, details, versions = err.code().name, err.details() or "", self._answered_versions
+        code = err.code().name
+        if request_log.logs_rejection(kind, code) and self.logger is not None and \
+                self.logger.sampled():
+            details, versions = err.details() or "", self._answered_versions
             self.logger.submit(lambda: _safe_rejected(kind, request, rid, arrived, code, details,
                                                       versions))
 
@@ -184,7 +187,7 @@ def build_rejected(kind: str, request: bytes, request_id: str, arrived: float, c
         from serving.grpc_service import serialized_input
         request = request_log.examples_request(serialized_input(parsed.input))
     return request_log.encode_rejected(spec.name, version, spec.signature_name, request_id,
-                                       arrived, code, message[:1000], request)
+                                       arrived, code, message[:MAX_MESSAGE_CHARS], request)
 
 
 def _safe_rejected(kind, request, rid, arrived, code, message, versions):
@@ -192,7 +195,7 @@ def _safe_rejected(kind, request, rid, arrived, code, message, versions):
         return build_rejected(kind, request, rid, arrived, code, message, versions)
     except Exception:   # noqa: BLE001 - bytes that do not parse: logged without the request
         return request_log.encode_rejected(model_name(request), None, "", rid, arrived, code,
-                                           message[:1000], None)
+                                           message[:MAX_MESSAGE_CHARS], None)
 
 
 def _safe_record(kind, request, response, rid, arrived, versions=None):

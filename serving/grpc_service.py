@@ -74,10 +74,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         sent, the code and message), as the REST API does."""
         inf = self.inf
         inf.record(call.name, call.api, "GRPC", call.started, err.code)
-        if call.api in LOGGED_APIS and inf.sampled():
-            inf.log(functools.partial(
-                request_log.encode_rejected, call.name, call.version, call.signature,
-                call.request_id, call.arrived, err.code, err.message, call.received()))
+        if request_log.logs_rejection(call.api, err.code) and inf.sampled():
+            inf.log(functools.partial(call.rejected_record, err))
         await context.abort(err.grpc_code, err.message)
 
     async def Predict(self, request, context):
@@ -101,8 +99,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 sig = inf.signature(loaded, call.signature)
                 feeds = protos_to_arrays(request.inputs, inf.max_tensor_bytes)
                 outputs = await inf.predict(loaded, sig, feeds, request.output_filter)
-        except ServingError as err:
-            await self._fail(context, call, err)
+        except Exception as exc:   # noqa: BLE001 - every failure is answered, counted, logged
+            await self._fail(context, call, _serving_error(exc, call))
             return None
         spec = sig.outputs
         response = wire.predict_response_bytes(
@@ -125,8 +123,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 sig = self.inf.signature(loaded, call.signature)
                 serialized = serialized_input(request.input)
                 result = await self.inf.classify_or_regress(loaded, sig, serialized, kind)
-        except ServingError as err:
-            await self._fail(context, call, err)
+        except Exception as exc:   # noqa: BLE001 - every failure is answered, counted, logged
+            await self._fail(context, call, _serving_error(exc, call))
             return None
         if kind == "classify":
             response = classification_pb2.ClassificationResponse()
@@ -166,7 +164,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-LOGGED_APIS = ("predict", "classify", "regress")
+def _serving_error(exc: Exception, call: "_Call") -> ServingError:
+    """``exc`` as the caller sees it: a ServingError as it is, anything else INTERNAL
+    (its traceback in the server's log)."""
+    if isinstance(exc, ServingError):
+        return exc
+    return internal_error(f"answering a gRPC {call.api} call")
 
 
 class _Call:
@@ -194,6 +197,12 @@ class _Call:
         call.request_id = call.sent_id or new_request_id()
         call.name, call.version, call.label, call.signature = "", None, None, ""
         return call
+
+    def rejected_record(self, err: ServingError) -> bytes:
+        """The call's rejected-call log record (built on the log writer's thread)."""
+        return request_log.encode_rejected(self.name, self.version, self.signature,
+                                           self.request_id, self.arrived, err.code,
+                                           err.message, self.received())
 
     def received(self):
         """The request as a PredictRequest (or its bytes) for the rejected-call log."""

@@ -113,6 +113,9 @@ class Metrics:
 
 
 UNKNOWN_MODEL = "unknown"      # the model_name label of requests for a model not served
+APIS = frozenset({"predict", "classify", "regress", "metadata", "status", "multi_inference",
+                  "reload"})   # the API label's values; any other method a URL names:
+OTHER_API = "other"
 
 
 class ModelNames:

@@ -26,7 +26,7 @@ from tensorflow.core.framework import types_pb2
 
 from serving import admission, busy_poll, metrics as M
 from serving import request_log
-from serving.errors import ServingError, http_status_to_code
+from serving.errors import MAX_MESSAGE_CHARS, ServingError, http_status_to_code
 from serving.request_log import RequestLogger, new_request_id
 from serving.rest import (MAX_REQUEST_HEAD_BYTES, REQUEST_ID_HEADER, classify_input, dumps,
                           parse_json)
@@ -133,7 +133,9 @@ class ProxyHandler(tornado.web.RequestHandler):
         m = _CALL.match(self.request.path)
         if m:
             self._record(m.group(1), m.group(3), resp.code, started)
-            if self.logger is not None and self.logger.sampled():
+            logged = resp.code == 200 or request_log.logs_rejection(
+                m.group(3), http_status_to_code(resp.code))
+            if logged and self.logger is not None and self.logger.sampled():
                 path, answer, code = self.request.path, resp.body, resp.code
                 self.logger.submit(lambda: _safe_build(path, body, code, answer, rid, arrived))
 
@@ -198,7 +200,7 @@ def build_rejected(path: str, body: bytes, status: int, answer: bytes, request_i
     return request_log.encode_rejected(
         m.group(1), int(m.group(2)) if m.group(2) else None,
         sig_name if isinstance(sig_name, str) else "", request_id, arrived,
-        http_status_to_code(status), message[:1000],
+        http_status_to_code(status), message[:MAX_MESSAGE_CHARS],
         request_log.examples_request(examples) if examples else None)
 
 

@@ -348,34 +348,84 @@ def new_request_id() -> str:
 
 
 # ------------------------------------------------------------------ TFRecord framing
-def _masked_crc(data: bytes) -> bytes:
-    """TFRecord's masked CRC-32C of ``data``, little-endian."""
+# One scanner for every reader of the request logs: the writer's crash recovery
+# (``complete_records``) and the monitor (``monitoring.window.read_part``), which only
+# classify what it finds.
+CLEAN, CUT, CORRUPT = "clean", "cut", "corrupt"
+
+
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of ``data``."""
     crc = google_crc32c.value(data)
-    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+@dataclass
+class Frames:
+    """What ``scan_frames`` found in a byte range."""
+    records: List[bytes]          # the payloads of the complete records, in order
+    end: int                      # the byte offset where they end
+    tail: str                     # CLEAN: nothing after them; CUT: the data ends in a record
+    #                               cut short, zero bytes, or a last record whose data checksum
+    #                               fails (being written, or torn for good); CORRUPT: a checksum
+    #                               fails with more data after it (no writer appends there)
+    detail: str = ""              # what is at ``end``, in words (empty when CLEAN)
+
+
+def scan_frames(data: bytes, start: int = 0, stop: Optional[int] = None) -> Frames:
+    """The TFRecords of ``data[start:stop]`` (``start`` on a record boundary): every
+    complete record while the framing and both CRCs check, then what ends them.
+    Byte offsets are ``data``'s; record numbers count from ``start``.
+
+    This loop runs once per logged request when the monitor reads: it stays in plain
+    Python with one ``unpack`` per header and no call it does not need."""
+    end = len(data) if stop is None else stop
+    records: List[bytes] = []
+    append, unpack, masked_crc = records.append, struct.unpack_from, _masked_crc
+    pos = start
+    while pos < end:
+        if pos + 12 > end:
+            return Frames(records, pos, CUT, f"record {len(records)} header cut at byte {pos} of {end}")
+        length, length_crc = unpack("<QI", data, pos)
+        if length_crc != masked_crc(data[pos:pos + 8]):
+            return _bad_header(data, records, pos, end)
+        first = pos + 12
+        last = first + length
+        if last + 4 > end:
+            return Frames(records, pos, CUT, f"record {len(records)} needs {length} bytes at byte {first}, "
+                                             f"the data ends at {end}")
+        payload = data[first:last]
+        if unpack("<I", data, last)[0] != masked_crc(payload):
+            if last + 4 == end:
+                return Frames(records, pos, CUT, f"the last record ({len(records)}) fails its data checksum "
+                                                 f"at byte {first} (not completely written)")
+            return Frames(records, pos, CORRUPT, f"record {len(records)} data checksum mismatch at byte {first}")
+        append(payload)
+        pos = last + 4
+    return Frames(records, pos, CLEAN)
+
+
+def _bad_header(data: bytes, records: List[bytes], pos: int, end: int) -> Frames:
+    """A header whose length checksum fails: zeros to the end are a record not written
+    yet (a writer that extended the file first); anything else is corruption."""
+    if not data[pos:end].strip(b"\0"):
+        return Frames(records, pos, CUT, f"zero bytes from byte {pos} of {end} "
+                                         f"(record {len(records)} not written yet)")
+    return Frames(records, pos, CORRUPT, f"record {len(records)} length checksum mismatch at byte {pos}")
 
 
 def complete_records(data: bytes) -> Tuple[int, int]:
     """(how many complete records ``data`` starts with, the byte offset where they
-    end): records are counted while their framing and both CRCs check; the first
-    that does not (a torn tail, garbage) ends the count."""
-    pos = count = 0
-    end = len(data)
-    while pos + 12 <= end:
-        header = data[pos:pos + 8]
-        if data[pos + 8:pos + 12] != _masked_crc(header):
-            break
-        stop = pos + 12 + struct.unpack("<Q", header)[0]
-        if stop + 4 > end or data[stop:stop + 4] != _masked_crc(data[pos + 12:stop]):
-            break
-        pos, count = stop + 4, count + 1
-    return count, pos
+    end): ``scan_frames``' records, whatever ends them (a torn tail, garbage)."""
+    frames = scan_frames(data)
+    return len(frames.records), frames.end
 
 
 def tfrecord_frame(data: bytes) -> bytes:
     """One TFRecord: length, its masked CRC, the data, its masked CRC (the bytes
     ``tf.io.TFRecordWriter`` writes; tests/serving/test_request_log.py compares)."""
     length = struct.pack("<Q", len(data))
-    return length + _masked_crc(length) + data + _masked_crc(data)
+    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
 
 
 # ------------------------------------------------------------------ record building
@@ -473,6 +523,18 @@ def encode_log(kind: str, model_name: str, version: Optional[int], signature_nam
 # string tensor [error code, message]. Every rejected call (predict, classify,
 # regress; REST or gRPC) is logged in this one form.
 ERROR_OUTPUT = "__error__"
+LOGGED_CALLS = ("predict", "classify", "regress")   # the calls whose requests are logged
+CALLER_FAULTS = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION",
+                           "OUT_OF_RANGE", "UNIMPLEMENTED"})
+"""The codes of refusals that are logged: the caller sent something the model cannot
+take. The server's own faults and refusals (INTERNAL, UNAVAILABLE, RESOURCE_EXHAUSTED,
+DEADLINE_EXCEEDED, CANCELLED) are counted in the metrics but not logged: the monitor
+would read an outage as clients sending bad requests."""
+
+
+def logs_rejection(call: str, code: str) -> bool:
+    """Whether a refused ``call`` (predict, classify, ...) with ``code`` is logged."""
+    return call in LOGGED_CALLS and code in CALLER_FAULTS
 REJECTED_REQUEST_MAX_BYTES = 1 << 20     # larger rejected requests: logged without inputs
 _NAME_LIMIT = 256                        # model and signature names come from callers
 
@@ -588,14 +650,17 @@ def _json_feature(features, name: str, value, dtype: Optional[int]) -> None:
         return                           # nested: nothing a tf.Example feature holds
     present = [v for v in values if v != ""]
     kind = _feature_kind(present, dtype)
-    feature = features[name]
-    if kind == "float":
-        feature.float_list.value.extend(float(v) for v in present)
-    elif kind == "int":
-        feature.int64_list.value.extend(int(v) for v in present)
-    else:
-        feature.bytes_list.value.extend(
-            v.encode("utf-8") if isinstance(v, str) else str(v).encode() for v in present)
+    try:
+        if kind == "float":
+            features[name].float_list.value.extend([float(v) for v in present])
+            return
+        if kind == "int":
+            features[name].int64_list.value.extend([int(v) for v in present])
+            return
+    except (OverflowError, ValueError):      # e.g. 2**70: no tf.Example number holds it
+        pass
+    features[name].bytes_list.value.extend(
+        [v.encode("utf-8") if isinstance(v, str) else str(v).encode() for v in present])
 
 
 def _feature_kind(present: List, dtype: Optional[int]) -> str:
@@ -680,7 +745,7 @@ def to_logged_request(record) -> LoggedRequest:
     version = meta.model_spec.version.value if meta.model_spec.HasField("version") else None
     error = rejection(record)
     if kind == "predict_log" and error:
-        examples, predictions = rejected_examples(record.predict_log.request), []
+        examples, predictions = rejected_examples(record), []
         version = _response_version(record.predict_log.response, version)
     elif kind == "predict_log":
         examples = predict_request_examples(record.predict_log.request)
@@ -702,15 +767,59 @@ def to_logged_request(record) -> LoggedRequest:
                          kind.replace("_log", ""), examples, predictions, error)
 
 
-def rejected_examples(request) -> List:
-    """The rows of a rejected call's request, or none when they cannot be decoded
-    (the reason it was rejected may be just that, e.g. a tensor too large to expand)."""
-    from serving.errors import ServingError
+def rejected_rows(request, logged_bytes: int) -> List[bytes]:
+    """What a rejected client sent, as serialized tf.Examples ([] when nothing can
+    be read). A rejected request may be hostile (one value "splat" over a shape of
+    2^28): its tensors are never expanded past one element per ``logged_bytes``
+    (the size of its log record)."""
+    from tensorflow.core.framework import types_pb2
 
-    try:
-        return predict_request_examples(request)
-    except (ServingError, ValueError):
+    inputs = request.inputs
+    if not inputs:
         return []
+    if len(inputs) == 1:
+        (name, tensor), = inputs.items()
+        if tensor.dtype == types_pb2.DT_STRING and not tensor.tensor_content and (
+                name == "examples" or request.model_spec.signature_name in ("", "serving_default")):
+            return list(tensor.string_val)           # serialized tf.Examples, one per row
+    if _declared_elements(inputs, logged_bytes) > logged_bytes:
+        return []
+    try:
+        examples = predict_request_examples(request)
+    except Exception:  # noqa: BLE001 - ServingError (over budget), ragged tensors, bad bytes
+        return []
+    return [e.SerializeToString() for e in examples]
+
+
+def _declared_elements(inputs, limit: int) -> int:
+    """Elements the tensors' shapes declare, counted up to just past ``limit``."""
+    total = 0
+    for tensor in inputs.values():
+        count = 1
+        for dim in tensor.tensor_shape.dim:
+            if dim.size < 0:
+                return limit + 1
+            count *= dim.size
+            if count > limit:
+                return limit + 1
+        total += count
+        if total > limit:
+            return limit + 1
+    return total
+
+
+def rejected_examples(record) -> List:
+    """The rows of a logged rejected call, as tf.Examples (see ``rejected_rows``)."""
+    import tensorflow as tf
+
+    rows = rejected_rows(record.predict_log.request, record.ByteSize())
+    parsed = []
+    for row in rows:
+        try:
+            parsed.append(tf.train.Example.FromString(row))
+        except Exception:  # noqa: BLE001 - a string that is no tf.Example: not a row
+            continue
+    return parsed
 
 
 def _response_version(response, default):

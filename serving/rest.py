@@ -412,7 +412,7 @@ class InferenceHandler(_Base):
         except ServingError as err:
             self.inf.record(name, method, "REST", call.started, err.code)
             self.send_error_json(err)
-            if method in LOGGED_METHODS and self.inf.sampled():
+            if request_log.logs_rejection(method, err.code) and self.inf.sampled():
                 self.inf.log(functools.partial(_rejected_log, call, self.request_id, err))
             return
         self.set_status(200)
@@ -423,7 +423,7 @@ class InferenceHandler(_Base):
 
     async def _answer(self, call: "_RestCall", version, label):
         """(JSON answer, what the model returned) for the call; raises ServingError."""
-        if call.method not in LOGGED_METHODS:
+        if call.method not in request_log.LOGGED_CALLS:
             raise invalid(f"Malformed request: POST {self.request.path[:200]}")
         try:
             call.doc = parse_json(call.body)
@@ -443,9 +443,6 @@ class InferenceHandler(_Base):
             raise
         except Exception:   # noqa: BLE001 - never an HTML 500, never Python's text
             raise internal_error(f"answering POST {self.request.path[:200]}") from None
-
-
-LOGGED_METHODS = ("predict", "classify", "regress")
 
 
 class _RestCall:

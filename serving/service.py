@@ -216,8 +216,12 @@ class Inference:
     # ------------------------------------------------ bookkeeping
     def record(self, model_name: str, api: str, entrypoint: str, started: float,
                status: str = "OK") -> None:
-        if model_name != self.manager.name:      # names come from callers: no new series
+        """Count a call and its latency. Label values callers choose (the model name,
+        the REST URL's method) are bounded: no call creates a series of its own."""
+        if model_name != self.manager.name:
             model_name = M.UNKNOWN_MODEL
+        if api not in M.APIS:
+            api = M.OTHER_API
         key = (model_name, api, entrypoint, status)
         labels = self._record_labels.get(key)
         if labels is None:

@@ -51,7 +51,7 @@ def _unsupported(dtype: int) -> ServingError:
 
 
 # ---------------------------------------------------------------- TensorProto
-MAX_RANK = 254                  # TensorFlow's TensorShape::kMaxDimensions
+MAX_RANK = 32                   # numpy's NPY_MAXDIMS (TensorFlow allows 254)
 TENSOR_BYTES_PER_REQUEST_BYTE = 8
 """A request's tensors may take this many times ``max_request_bytes`` once
 decoded: the widest legitimate expansion (a 1-byte varint in ``int64_val``

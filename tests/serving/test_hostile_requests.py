@@ -5,7 +5,6 @@ text in the answer), and the server keeps serving. Each test sends the request
 that took the server down or leaked before the fix, to a real server."""
 import base64
 import json
-import resource
 import shutil
 
 import grpc
@@ -22,6 +21,7 @@ from serving.client import predict_request, rest_body, serialize_rows
 from serving.errors import MAX_MESSAGE_CHARS
 from serving.server import BackgroundServer
 from tests.serving.conftest import copy_version, serving_settings
+from tests.serving.serve_proc import ServeProcess
 
 PYTHON_TEXT = ("Traceback", "RecursionError", "ValueError", "IndexError", "TypeError",
                "KeyError", "AttributeError", "DecodeError", "set_int_max_str_digits",
@@ -70,8 +70,10 @@ def typed_proto(alias, value):
     return tf.make_tensor_proto(value, dtype=dtype)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of process ``pid`` (VmHWM)."""
+    status = open(f"/proc/{pid}/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def assert_invalid(call, *, contains=""):
@@ -89,20 +91,29 @@ def assert_still_serving(stub, rows):
 
 
 # ------------------------------------------------------------------ memory bombs
-def test_a_splat_of_one_value_over_a_huge_shape_is_refused_before_allocation(stub, rows):
+def test_a_splat_of_one_value_over_a_huge_shape_is_refused_before_allocation(
+        tmp_path, pushed_model, rows):
     """A 40-byte request with tensor_shape 2^28 took 1 GB each (np.full before any
-    check); 15 serving_raw inputs at 2^31 got the server OOM-killed."""
-    before = peak_rss_mb()
-    small = splat_request(2**28)
-    assert small.ByteSize() < 64
-    for _ in range(3):
-        message = assert_invalid(lambda: stub.Predict(small, timeout=30),
-                                 contains="of shape [268435456] would take 1.0 GiB once decoded")
-    assert "max_request_bytes" in message
-    all_inputs = splat_request(2**31, inputs=F.MODEL_FEATURES)
-    assert_invalid(lambda: stub.Predict(all_inputs, timeout=30), contains="max_request_bytes")
-    assert peak_rss_mb() - before < 200        # 1 GiB a request before the fix
-    assert_still_serving(stub, rows)
+    check); 15 serving_raw inputs at 2^31 got the server OOM-killed. The server runs
+    as its own process: its peak memory is its own."""
+    settings = serving_settings(tmp_path)
+    copy_version(pushed_model, settings.model_push_dir, 1)
+    with ServeProcess(settings, tmp_path) as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{settings.grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert_still_serving(stub, rows)
+        before = peak_rss_mb(server.proc.pid)
+        small = splat_request(2**28)
+        assert small.ByteSize() < 64
+        for _ in range(3):
+            message = assert_invalid(lambda: stub.Predict(small, timeout=30), contains=(
+                "of shape [268435456] would take 1.0 GiB once decoded"))
+        assert "max_request_bytes" in message
+        all_inputs = splat_request(2**31, inputs=F.MODEL_FEATURES)
+        assert_invalid(lambda: stub.Predict(all_inputs, timeout=30), contains="max_request_bytes")
+        assert peak_rss_mb(server.proc.pid) - before < 100     # +1 GiB a request before
+        assert_still_serving(stub, rows)
+        channel.close()
 
 
 def test_a_splat_within_the_budget_is_still_expanded_as_tensorflow_does(stub, rows):
@@ -129,9 +140,13 @@ def test_unknown_model_names_create_no_metric_series_and_are_not_echoed(stub, se
             stub.Predict(request, timeout=30)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert len(info.value.details()) <= MAX_MESSAGE_CHARS + 40
+    for i in range(20):      # any letters after the colon are a "method" in the URL
+        answer = requests.post(f"{base}:{'x' * 100_000}{chr(97 + i)}", json={}, timeout=30)
+        assert answer.status_code == 400 and len(answer.json()["error"]) <= MAX_MESSAGE_CHARS + 40
     page = requests.get(metrics_url, timeout=30).text
-    assert "m" * 1000 not in page and len(page) < 200_000
+    assert "m" * 1000 not in page and "x" * 1000 not in page and len(page) < 200_000
     assert 'model_name="unknown",status="NOT_FOUND"' in page
+    assert 'API="other",entrypoint="REST"' in page
 
 
 # ------------------------------------------------------------------ malformed input
@@ -155,14 +170,21 @@ def test_rank_0_inputs_after_rank_1_are_refused(stub, base, rows):
     assert_invalid(lambda: stub.Predict(request, timeout=30), contains="has shape []")
 
 
-def test_deeply_nested_json_is_a_400(base):
-    """100k nested arrays: 500 RecursionError; 900 levels: recursion in the converter."""
+def test_deeply_nested_json_and_tensors_of_high_rank_are_refused(base, stub):
+    """100k nested arrays: 500 RecursionError; 900 levels: recursion in the converter;
+    40 levels (numpy's limit is 32): 500, and a gRPC tensor of rank 40: INTERNAL."""
     for body in ("[" * 100_000 + "]" * 100_000,
-                 '{"instances": ' + "[" * 900 + "1" + "]" * 900 + "}"):
+                 '{"instances": ' + "[" * 900 + "1" + "]" * 900 + "}",
+                 '{"instances": ' + "[" * 40 + '{"b64": ""}' + "]" * 40 + "}"):
         answer = requests.post(base + ":predict", data=body, timeout=30)
         assert answer.status_code == 400, answer.text[:300]
         assert "deep" in answer.json()["error"]
         assert not any(text in answer.text for text in PYTHON_TEXT)
+    request = predict_request("taxi", [b""])
+    for _ in range(39):
+        request.inputs["examples"].tensor_shape.dim.add().size = 1
+    assert_invalid(lambda: stub.Predict(request, timeout=30),
+                   contains="tensor parsing error: examples")
 
 
 @pytest.mark.parametrize("digits", [5_000, 100_000])
@@ -249,9 +271,11 @@ def test_rejected_calls_are_logged_with_what_was_sent(tmp_path, pushed_model, ro
     sent = raw_rows(rows, 2)
     without_miles = [{k: v for k, v in r.items() if k != "trip_miles"} for r in sent]
     empty_miles = [dict(r, trip_miles="") for r in sent]
+    huge_hour = [dict(r, trip_start_hour=2**63 + 5) for r in sent]   # a uint64, no int64
     with BackgroundServer(settings) as server:
         url = f"http://127.0.0.1:{server.ports.rest}/v1/models/taxi:predict"
-        for rid, instances in (("omitted", without_miles), ("empty", empty_miles)):
+        for rid, instances in (("omitted", without_miles), ("empty", empty_miles),
+                               ("huge", huge_hour)):
             answer = requests.post(url, headers={"X-Request-Id": rid}, timeout=30,
                                    json={"signature_name": "serving_raw", "instances": instances})
             assert answer.status_code == 400
@@ -268,7 +292,7 @@ def test_rejected_calls_are_logged_with_what_was_sent(tmp_path, pushed_model, ro
             stub.Predict(request, timeout=30, metadata=(("x-request-id", "bomb"),))
         channel.close()
     logged = {r.request_id: r for r in request_log.read_request_log(settings.request_logs_path)}
-    assert set(logged) == {"omitted", "empty", "garbage", "unknown-model", "bomb"}
+    assert set(logged) == {"omitted", "empty", "huge", "garbage", "unknown-model", "bomb"}
     omitted, empty = logged["omitted"], logged["empty"]
     assert omitted.error[0] == "INVALID_ARGUMENT" and "keys must be equal to" in omitted.error[1]
     assert omitted.model_version == 3 and omitted.signature_name == "serving_raw"
@@ -278,6 +302,8 @@ def test_rejected_calls_are_logged_with_what_was_sent(tmp_path, pushed_model, ro
         pytest.approx(sent[0]["fare"])
     assert [list(e.features.feature["trip_miles"].float_list.value) for e in empty.examples] \
         == [[], []]                          # an empty string: an empty list, as in training
+    assert [list(e.features.feature["trip_start_hour"].bytes_list.value)
+            for e in logged["huge"].examples] == [[str(2**63 + 5).encode()]] * 2   # as text
     assert logged["garbage"].error[0] == "INVALID_ARGUMENT" and logged["garbage"].examples == []
     assert logged["unknown-model"].error[0] == "NOT_FOUND"
     assert logged["unknown-model"].model_name == "nope" and logged["unknown-model"].model_version is None
