@@ -26,11 +26,6 @@ MAX_HOPS = 100        # MLMD caps max_num_hops at 100
 # Input keys that point at another model's history rather than this one's: the
 # trace shows them but does not follow them (TFX Evaluator's baseline).
 NOT_FOLLOWED_INPUTS = ("baseline_model",)
-# TFX standard artifact type names (tfx.types.standard_artifacts; kept literal so
-# reading lineage does not import TFX).
-PUSHED_MODEL, MODEL, BLESSING, EVALUATION = "PushedModel", "Model", "ModelBlessing", "ModelEvaluation"
-EXAMPLES, SCHEMA, STATISTICS, ANOMALIES = "Examples", "Schema", "ExampleStatistics", "ExampleAnomalies"
-TRANSFORM_GRAPH = "TransformGraph"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +286,7 @@ class Pushed:
 def pushed_models(store) -> List[Pushed]:
     """Every PushedModel that was actually pushed, highest version first."""
     out = []
-    for artifact in store.get_artifacts_by_type(PUSHED_MODEL):
+    for artifact in store.get_artifacts_by_type(mlmd.PUSHED_MODEL):
         if int(mlmd.custom(artifact, "pushed", 0) or 0) and mlmd.custom(artifact, "pushed_version"):
             out.append(Pushed(str(mlmd.custom(artifact, "pushed_version")), artifact,
                               str(mlmd.custom(artifact, "pushed_destination", ""))))

@@ -35,14 +35,14 @@ def _artifact_lines(node: Dict) -> Tuple[str, List[str]]:
     if node.get("key"):
         head = f"{node['key']}: {head}"
     kind, details = node["type"], []
-    if kind == G.PUSHED_MODEL:
+    if kind == mlmd.PUSHED_MODEL:
         head += f"  version {facts.get('version')} -> {facts.get('destination')}"
-    elif kind == G.BLESSING:
+    elif kind == mlmd.BLESSING:
         head += "  blessed: " + ("yes" if facts.get("blessed") else "NO")
-    elif kind == G.EXAMPLES:
+    elif kind == mlmd.EXAMPLES:
         head += f"  span {facts.get('span')}" + (f", splits {', '.join(facts['splits'])}"
                                                 if facts.get("splits") else "")
-    elif kind == G.SCHEMA and facts.get("features") is not None:
+    elif kind == mlmd.SCHEMA and facts.get("features") is not None:
         head += f"  {facts['features']} features, sha256 {facts['schema_sha256'][:12]}"
     if node.get("shown_elsewhere"):
         return head + "  (traced elsewhere in this tree)", []
@@ -67,7 +67,7 @@ def _artifact_lines(node: Dict) -> Tuple[str, List[str]]:
                          else f" (anomalies by split: {_short(clean)})")
             outputs.append(text)
         verb = "evaluated by" if "thresholds" in (check.get("facts") or {}) else (
-            "checked by" if node["type"] == G.EXAMPLES else "read by")
+            "checked by" if node["type"] == mlmd.EXAMPLES else "read by")
         details.append(f"{verb} {check['node_id']} #{check['id']} [{check['state']}]"
                        + (": " + "; ".join(outputs) if outputs else ""))
         for metric in (check.get("facts") or {}).get("metrics") or []:
@@ -204,7 +204,7 @@ def diff_text(diff: Dict) -> str:
 def _artifact_label(g: G.Graph, aid: int) -> str:
     a = g.artifacts[aid]
     extra = ""
-    if g.type_of(aid) == G.PUSHED_MODEL and mlmd.custom(a, "pushed_version"):
+    if g.type_of(aid) == mlmd.PUSHED_MODEL and mlmd.custom(a, "pushed_version"):
         extra = f" v{mlmd.custom(a, 'pushed_version')}"
     return f"{g.type_of(aid)} #{aid}{extra}"
 

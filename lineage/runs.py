@@ -18,9 +18,8 @@ from typing import Dict, List, Optional
 
 from lineage import graph as G
 from lineage import trace
-from pipeline.recovery import RECOVERED
 from tfxops import mlmd
-from tfxops.owner import DEAD, RUN_ENDED, RUN_OWNER, Owner
+from tfxops.owner import DEAD, RECOVERED, RUN_ENDED, RUN_OWNER, Owner
 
 # MLMD execution state -> what it means for a run
 OUTCOME = {"COMPLETE": "executed", "CACHED": "cached", "FAILED": "failed", "RUNNING": "running",
@@ -131,7 +130,7 @@ def run_facts(store, run, pipeline_name: str, with_metrics: bool = True) -> Dict
         facts["configuration"].update(flat)
         for key, artifacts in node.outputs.items():
             for artifact in artifacts:
-                if artifact.type == G.EXAMPLES:
+                if artifact.type == mlmd.EXAMPLES:
                     facts["data"][f"{node.node_id}.{key}.artifact_id"] = artifact.id
                     for prop in ("input_fingerprint", "span", "version"):
                         value = mlmd.custom(artifact, prop)
@@ -139,22 +138,22 @@ def run_facts(store, run, pipeline_name: str, with_metrics: bool = True) -> Dict
                             value = mlmd.value_of(artifact.properties[prop])
                         if value is not None:
                             facts["data"][f"{node.node_id}.{key}.{prop}"] = value
-                elif artifact.type == G.SCHEMA:
+                elif artifact.type == mlmd.SCHEMA:
                     summary = trace.schema_summary(artifact.uri)
                     facts["schema"]["artifact_id"] = artifact.id
                     if summary:
                         facts["schema"]["sha256"] = summary["text_sha256"]
                         for name, text in summary["features"].items():
                             facts["schema"][f"feature.{name}"] = text
-                elif artifact.type == G.EVALUATION and with_metrics:
+                elif artifact.type == mlmd.EVALUATION and with_metrics:
                     found = trace.read_metrics(artifact.uri, {})
                     for metric in found.get("metrics", []):
                         facts["metrics"][metric["metric"]] = metric["value"]
                     if "metrics_error" in found:
                         facts["metrics"]["error"] = found["metrics_error"]
-                elif artifact.type == G.BLESSING:
+                elif artifact.type == mlmd.BLESSING:
                     facts["outcome"]["blessed"] = bool(mlmd.custom(artifact, "blessed", 0))
-                elif artifact.type == G.PUSHED_MODEL:
+                elif artifact.type == mlmd.PUSHED_MODEL:
                     pushed = bool(mlmd.custom(artifact, "pushed", 0))
                     facts["outcome"]["pushed_version"] = (str(mlmd.custom(artifact, "pushed_version"))
                                                           if pushed else None)

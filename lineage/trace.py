@@ -17,10 +17,9 @@ from typing import Dict, List, Optional, Tuple
 
 from lineage import graph as G
 from pipeline import publish
-from pipeline.recovery import RECOVERED
 from tfxops import mlmd
 from tfxops.config import Settings
-from tfxops.owner import ALIVE, Owner
+from tfxops.owner import ALIVE, RECOVERED, Owner
 
 SERVING = "serving"
 # Order in which an execution's inputs are shown (others follow, by name).
@@ -160,7 +159,7 @@ def execution_facts(g: G.Graph, eid: int, with_metrics: bool = True) -> Dict:
         facts["recovered"] = props[RECOVERED]
     if "eval_config" in props:                                          # Evaluator
         facts["thresholds"] = mlmd.eval_config_thresholds(props["eval_config"])
-        evaluation = next((e for e in g.outputs(eid) if g.type_of(e.artifact_id) == G.EVALUATION), None)
+        evaluation = next((e for e in g.outputs(eid) if g.type_of(e.artifact_id) == mlmd.EVALUATION), None)
         if evaluation is not None and with_metrics:
             facts.update(read_metrics(g.artifacts[evaluation.artifact_id].uri, facts["thresholds"]))
         baseline = [e.artifact_id for e in g.inputs(eid) if e.key in G.NOT_FOLLOWED_INPUTS]
@@ -186,23 +185,23 @@ def artifact_facts(g: G.Graph, aid: int) -> Dict:
     props = mlmd.properties(g.artifacts[aid])
     kind = g.type_of(aid)
     facts: Dict = {}
-    if kind == G.PUSHED_MODEL:
+    if kind == mlmd.PUSHED_MODEL:
         facts.update(pushed=bool(props.get("pushed")), version=props.get("pushed_version"),
                      destination=props.get("pushed_destination"))
-    elif kind == G.BLESSING:
+    elif kind == mlmd.BLESSING:
         facts.update(blessed=bool(props.get("blessed")), current_model_id=props.get("current_model_id"),
                      baseline_model_id=props.get("baseline_model_id"))
-    elif kind == G.EXAMPLES:
+    elif kind == mlmd.EXAMPLES:
         facts.update(span=props.get("span"), version=props.get("version"),
                      splits=props.get("split_names"))
-    elif kind == G.STATISTICS:
+    elif kind == mlmd.STATISTICS:
         path = local_path(g.artifacts[aid].uri)
         if path:
             facts["num_examples"] = _num_examples(path)
-    elif kind == G.ANOMALIES:
+    elif kind == mlmd.ANOMALIES:
         # TFX 1.16 records per split whether ExampleValidator found no anomalies
         facts["no_anomalies"] = props.get("blessed")
-    elif kind == G.SCHEMA:
+    elif kind == mlmd.SCHEMA:
         summary = schema_summary(g.artifacts[aid].uri)
         if summary:
             facts.update(features=len(summary["features"]), schema_sha256=summary["text_sha256"])
@@ -211,7 +210,7 @@ def artifact_facts(g: G.Graph, aid: int) -> Dict:
 
 # --------------------------------------------------------------------- tree
 def _is_evaluation(g: G.Graph, eid: int) -> bool:
-    return (any(g.type_of(e.artifact_id) in (G.BLESSING, G.EVALUATION) for e in g.outputs(eid))
+    return (any(g.type_of(e.artifact_id) in (mlmd.BLESSING, mlmd.EVALUATION) for e in g.outputs(eid))
             or any(e.key in G.NOT_FOLLOWED_INPUTS for e in g.inputs(eid)))
 
 
@@ -355,11 +354,11 @@ def model_report(store, settings: Settings, version: Optional[str] = None,
     extras: Dict[int, Dict] = {}
     checks = G.Graph()
     reused = {e for ids in g.reused_by.values() for e in ids}
-    for aid in [a for a in g.artifacts if g.type_of(a) in (G.EXAMPLES, G.MODEL) and a not in g.truncated]:
+    for aid in [a for a in g.artifacts if g.type_of(a) in (mlmd.EXAMPLES, mlmd.MODEL) and a not in g.truncated]:
         made_in = next((g.run_ids.get(e.execution_id) for e in g.producers(aid)), None) or run_id
-        data = g.type_of(aid) == G.EXAMPLES
+        data = g.type_of(aid) == mlmd.EXAMPLES
         found = G.same_run_checks(store, g, aid, made_in, rounds=3 if data else 1, exclude=reused,
-                                  output_types={G.STATISTICS, G.ANOMALIES} if data else None)
+                                  output_types={mlmd.STATISTICS, mlmd.ANOMALIES} if data else None)
         if not found.executions:
             continue
         checks.merge(found)
@@ -372,7 +371,7 @@ def model_report(store, settings: Settings, version: Optional[str] = None,
             for eid in found.topological_executions()]}
 
     tree = build_tree(g, pushed.artifact.id, extras, with_metrics)
-    model_ids = [a for a in g.artifacts if g.type_of(a) == G.MODEL and a not in g.truncated]
+    model_ids = [a for a in g.artifacts if g.type_of(a) == mlmd.MODEL and a not in g.truncated]
     later = G.consumers_of(store, [pushed.artifact.id] + model_ids,
                            exclude=set(g.executions) | set(checks.executions)
                            | {e for ids in g.reused_by.values() for e in ids})
@@ -415,20 +414,20 @@ def _summary(tree: Dict) -> Dict:
                 out["evaluation"] = {k: facts.get(k) for k in ("metrics", "validation_failures", "thresholds",
                                                                "baseline_model_id", "metrics_error")
                                      if k in facts}
-        elif node["type"] == G.EXAMPLES and "checks" in node and out["data"] is not None:
+        elif node["type"] == mlmd.EXAMPLES and "checks" in node and out["data"] is not None:
             out["data"].setdefault("examples_id", node["id"])
-        elif node["type"] == G.BLESSING and out["evaluation"] is not None:
+        elif node["type"] == mlmd.BLESSING and out["evaluation"] is not None:
             out["evaluation"].setdefault("blessed", node["facts"].get("blessed"))
-        elif node["type"] == G.SCHEMA and out["schema"] is None and node.get("facts"):
+        elif node["type"] == mlmd.SCHEMA and out["schema"] is None and node.get("facts"):
             out["schema"] = {"id": node["id"], **node["facts"]}
     if out["evaluation"] is None:      # evaluated in its own run, pushed another way
         for node in walk(tree):
-            for check in node.get("checks", []) if node["kind"] == "artifact" and node["type"] == G.MODEL else []:
+            for check in node.get("checks", []) if node["kind"] == "artifact" and node["type"] == mlmd.MODEL else []:
                 if "thresholds" in (check.get("facts") or {}):
                     out["evaluation"] = {k: check["facts"].get(k) for k in (
                         "metrics", "validation_failures", "thresholds", "baseline_model_id", "metrics_error")
                         if k in check["facts"]}
-                    blessing = next((o for o in check["outputs"] if o["type"] == G.BLESSING), None)
+                    blessing = next((o for o in check["outputs"] if o["type"] == mlmd.BLESSING), None)
                     out["evaluation"]["blessed"] = blessing["facts"].get("blessed") if blessing else None
                     out["evaluation"]["execution_id"] = check["id"]
                     break
@@ -436,13 +435,13 @@ def _summary(tree: Dict) -> Dict:
                 break
     # the blessing is above its evaluator in the tree
     if out["evaluation"] is not None and "blessed" not in out["evaluation"]:
-        blessing = next((n for n in walk(tree) if n["kind"] == "artifact" and n["type"] == G.BLESSING), None)
+        blessing = next((n for n in walk(tree) if n["kind"] == "artifact" and n["type"] == mlmd.BLESSING), None)
         out["evaluation"]["blessed"] = blessing["facts"].get("blessed") if blessing else None
     for node in walk(tree):
-        if node["kind"] == "artifact" and node["type"] == G.EXAMPLES and "checks" in node:
+        if node["kind"] == "artifact" and node["type"] == mlmd.EXAMPLES and "checks" in node:
             for check in node["checks"]:
                 for output in check["outputs"]:
-                    if output["type"] == G.STATISTICS and out["data"] is not None:
+                    if output["type"] == mlmd.STATISTICS and out["data"] is not None:
                         out["data"]["num_examples"] = output["facts"].get("num_examples")
             break
     return out

@@ -124,7 +124,7 @@ def _complete(execution) -> bool:
 
 # ------------------------------------------------------------------ lookups
 def pushed_model_for_version(store, version: int) -> Optional[metadata_store_pb2.Artifact]:
-    found = [a for a in store.get_artifacts_by_type("PushedModel")
+    found = [a for a in store.get_artifacts_by_type(mlmd.PUSHED_MODEL)
              if str(mlmd.custom(a, "pushed_version", "")) == str(version)
              and int(mlmd.custom(a, "pushed", 0) or 0) == 1]
     return max(found, key=lambda a: a.id) if found else None

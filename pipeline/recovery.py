@@ -25,13 +25,12 @@ import fcntl
 import os
 from typing import Dict, List, Optional, Set
 
-from lineage.graph import PUSHED_MODEL
 from pipeline import publish
 from tfxops import mlmd
+from tfxops.mlmd import PUSHED_MODEL
 from tfxops.config import Settings
-from tfxops.owner import ALIVE, DEAD, RUN_ENDED, UNKNOWN, Owner
+from tfxops.owner import ALIVE, DEAD, RECOVERED, RUN_ENDED, UNKNOWN, Owner
 
-RECOVERED = "tfxops_recovered"          # custom property on what recover() recorded
 
 
 @dataclasses.dataclass

@@ -33,6 +33,11 @@ INPUT_EVENTS = (EVENT.INPUT, EVENT.DECLARED_INPUT)
 OUTPUT_EVENTS = (EVENT.OUTPUT, EVENT.DECLARED_OUTPUT)
 # The context types TFX writes.
 PIPELINE_CONTEXT, RUN_CONTEXT, NODE_CONTEXT = "pipeline", "pipeline_run", "node"
+# TFX standard artifact type names (tfx.types.standard_artifacts; kept literal so
+# reading MLMD does not import TFX).
+PUSHED_MODEL, MODEL, BLESSING, EVALUATION = "PushedModel", "Model", "ModelBlessing", "ModelEvaluation"
+EXAMPLES, SCHEMA, STATISTICS, ANOMALIES = "Examples", "Schema", "ExampleStatistics", "ExampleAnomalies"
+TRANSFORM_GRAPH = "TransformGraph"
 
 T = TypeVar("T")
 

@@ -20,6 +20,7 @@ from typing import Optional
 ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
 # Custom properties of the pipeline_run context written by pipeline/runner.py.
 RUN_OWNER, RUN_ENDED = "tfxops_owner", "tfxops_ended"
+RECOVERED = "tfxops_recovered"   # on what pipeline.recovery recorded for a killed push
 
 
 def _boot_id() -> Optional[str]:
