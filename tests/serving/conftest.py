@@ -2,7 +2,9 @@
 and real servers on free 127.0.0.1 ports."""
 import shutil
 
+import grpc
 import pytest
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving.server import BackgroundServer, free_port
 from tfxops import config
@@ -46,3 +48,16 @@ def served(tmp_path_factory, pushed_model):
     server.settings = settings
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(served):
+    """A gRPC channel to the module's ``served`` server."""
+    ch = grpc.insecure_channel(f"127.0.0.1:{served.ports.grpc}")
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -4,23 +4,11 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
+                                     regression_pb2)
 
 from serving.client import predict_request, serialize_rows
 from tfxops.examples import row_to_example
 from modules import features as F
-
-
-@pytest.fixture(scope="module")
-def channel(served):
-    ch = grpc.insecure_channel(f"127.0.0.1:{served.ports.grpc}")
-    yield ch
-    ch.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel):
-    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
 def test_predict_matches_rest_shape(stub, rows):

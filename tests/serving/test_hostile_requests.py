@@ -3,7 +3,6 @@ each gets a 4xx / INVALID_ARGUMENT with a message a person can act on, costs
 nothing to the server (no memory kept, no metric series, no Python exception
 text in the answer), and the server keeps serving. Each test sends the request
 that took the server down or leaked before the fix, to a real server."""
-import base64
 import json
 import shutil
 
@@ -26,18 +25,6 @@ from tests.serving.serve_proc import ServeProcess
 PYTHON_TEXT = ("Traceback", "RecursionError", "ValueError", "IndexError", "TypeError",
                "KeyError", "AttributeError", "DecodeError", "set_int_max_str_digits",
                "Unexpected <class")
-
-
-@pytest.fixture(scope="module")
-def channel(served):
-    ch = grpc.insecure_channel(f"127.0.0.1:{served.ports.grpc}")
-    yield ch
-    ch.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel):
-    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
