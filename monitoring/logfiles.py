@@ -1,22 +1,34 @@
-"""Log files a run could not read: still being written (retried), or corrupt (quarantined).
+"""Log files a run could not read: still being written (retried), or corrupt or
+replaced (quarantined).
 
 The server's own writer renames a file into place only once it is closed, so a
 file it wrote is complete. Files that arrive otherwise (a log shipper, ``cp``,
-``rsync --inplace``, a proxy on another host) can be seen half-written. A run
-tells the two cases apart by the framing and the file's age:
+``rsync --inplace``, a proxy on another host) can be seen half-written, and may
+grow after a run read them (``monitoring.window`` reads an analysed file on from
+the offset its analysed records end at). A run tells the cases apart by the
+framing of the part it reads (``serving.request_log.scan_frames``), whether the
+file still holds what was analysed, and the file's age:
 
-* **incomplete**: the framing ends in a record cut short, or in a last record
-  whose checksum fails with nothing after it (zeros, a torn write), and the file
-  changed less than ``monitor_incomplete_grace_seconds`` ago (its mtime), or it
-  could not be read at all (an ``OSError``). Nothing of it is counted; it stays out
-  of the checkpoint, so the next run reads it again, whole once it is complete.
+* **incomplete**: the file is empty, or the framing of the part ends in a record
+  cut short, or in a last record whose checksum fails with nothing after it (zeros,
+  a torn write), and the file changed less than ``monitor_incomplete_grace_seconds``
+  ago (its mtime); or it could not be read at all (an ``OSError``). Nothing of the
+  part is counted; the checkpoint keeps the file's offset where it was, so the next
+  run reads the part again, whole once it is complete.
 * **corrupt**: a checksum fails with more data after it (corruption in the
   middle: no writer appends there), a record that is not a PredictionLog, or a
-  truncated tail that has not changed for the grace period (a writer that died).
-  It is quarantined: moved to ``<monitor_dir>/quarantine/<name>`` when the monitor
-  may rename in the log directory (same filesystem), else left in place; either
-  way the checkpoint marks it ``quarantined`` with the reason, and no later run
-  reads it again.
+  truncated tail (or an empty file) that has not changed for the grace period (a
+  writer that died).
+* **replaced**: an analysed file that is now smaller than the offset analysed up
+  to, or whose analysed bytes differ (another file under its name, a rewrite in
+  place). Its records cannot be told from those already counted, so none is.
+
+Corrupt and replaced files are quarantined: moved to ``<monitor_dir>/quarantine/<name>``
+when the monitor may rename in the log directory (same filesystem), else left in
+place; either way the checkpoint marks them ``quarantined`` with the reason (keeping
+what was analysed of a replaced file before), and no later run reads them again. A
+replaced file holding new requests is analysed once put back in the log directory
+under a new name.
 """
 import dataclasses
 import os
@@ -24,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from monitoring.window import CorruptLogError, TruncatedLogError
+from monitoring.window import CorruptLogError, ReplacedLogError, TruncatedLogError
 
 QUARANTINE_DIR = "quarantine"
 
@@ -34,12 +46,14 @@ class Unreadable:
     """A file of the window that could not be read whole."""
     file: str
     error: str
-    kind: str              # "truncated" | "corrupt" | "io"
+    kind: str              # "truncated" | "corrupt" | "replaced" | "io"
 
     @classmethod
     def of(cls, name: str, exc: Exception) -> "Unreadable":
         if isinstance(exc, TruncatedLogError):
             return cls(name, str(exc), "truncated")
+        if isinstance(exc, ReplacedLogError):
+            return cls(name, str(exc), "replaced")
         if isinstance(exc, CorruptLogError):
             return cls(name, str(exc), "corrupt")
         return cls(name, f"cannot read the file: {exc.strerror or exc}", "io")
@@ -69,13 +83,21 @@ def triage(unreadable: List[Unreadable], log_dir: Path, monitor_dir: Path, grace
             incomplete.append({"file": item.file, "error": item.error,
                                "age_seconds": None if age is None else round(age, 1)})
             continue
-        error = item.error
-        if item.kind == "truncated":
-            error += (f"; unchanged for {age:.0f} s, longer than monitor_incomplete_grace_seconds="
-                      f"{grace_seconds:g}: its writer is gone")
-        quarantined.append({"file": item.file, "error": error,
+        quarantined.append({"file": item.file, "error": _why(item, age, grace_seconds),
                             "moved_to": _quarantine(path, Path(monitor_dir) / QUARANTINE_DIR) if move else None})
     return Triage(incomplete, quarantined)
+
+
+def _why(item: Unreadable, age: Optional[float], grace_seconds: float) -> str:
+    """Why ``item`` is quarantined, and for a replaced file what to do."""
+    if item.kind == "truncated":
+        return (f"{item.error}; unchanged for {age:.0f} s, longer than monitor_incomplete_grace_seconds="
+                f"{grace_seconds:g}: its writer is gone")
+    if item.kind == "replaced":
+        return (f"{item.error}: its records cannot be told from those already counted, so none is; if it "
+                f"holds new requests, put it in the log directory under a new name (requests-*.tfrecord) to have "
+                f"it analysed")
+    return item.error
 
 
 def _age(path: Path, now: float) -> Optional[float]:

@@ -141,36 +141,43 @@ def _add_rejected(group: Group, part: Optional[window_lib.Rejected], rows_decode
     return batch.num_rows
 
 
-def _read_files(files: List[Path], feedback: Dict, schema=None, rows_schema=None) -> WindowRead:
-    """Decode and accumulate statistics for ``files``, one at a time; raises
+def _read_files(parts: List[window_lib.Part], feedback: Dict, schema=None, rows_schema=None) -> WindowRead:
+    """Decode and accumulate statistics for ``parts``, one at a time; raises
     ``window.NeedsInference`` when the examples do not fit ``schema``. Rows of
     rejected requests are read with ``rows_schema``'s types (not read without one)."""
     decoder = window_lib.ExampleDecoder(schema)
     rows_decoder = rejections_lib.RowsDecoder(rows_schema) if rows_schema is not None else None
     read = WindowRead()
-    for path, chunks, records, error in window_lib.iter_files(files):
-        if error is not None:
-            log.warning("cannot read log file %s now: %s", path.name, error)
-            read.unreadable.append(logfiles.Unreadable.of(path.name, error))
+    for decoded in window_lib.iter_parts(parts):
+        name = decoded.part.name
+        if decoded.error is not None:
+            log.warning("cannot read log file %s now: %s", name, decoded.error)
+            read.unreadable.append(logfiles.Unreadable.of(name, decoded.error))
             continue
         rows = 0
-        for chunk in chunks:
+        for chunk in decoded.chunks:
             if chunk.version is None and not chunk.serialized:     # refused before a version was chosen
                 read.unattributed.add(chunk.rejected, None)
                 continue
             group = read.group(chunk.model_name, chunk.version)
             rows += _add_answered(group, chunk, decoder, feedback)
             rows += _add_rejected(group, chunk.rejected, rows_decoder)
-        read.file_results[path.name] = {"status": "analysed", "records": records, "rows": rows}
+        read.file_results[name] = _analysed(decoded.read, rows)
     for group in read.groups.values():
         group.flush(decoder, force=True)
     return read
 
 
-def _read_files_in_worker(files: List[Path], feedback: Dict, schema=None, rows_schema=None):
+def _analysed(read: window_lib.PartRead, rows: int) -> Dict:
+    """What the checkpoint records of a part read whole (``window.commit_window``)."""
+    return {"status": "analysed", "records": len(read.records), "rows": rows, "offset": read.end,
+            "crc": read.crc, "inode": read.inode}
+
+
+def _read_files_in_worker(parts: List[window_lib.Part], feedback: Dict, schema=None, rows_schema=None):
     """``_read_files`` in a worker process: what it returns must pickle (no generators)."""
     try:
-        read = _read_files(files, feedback, schema, rows_schema)
+        read = _read_files(parts, feedback, schema, rows_schema)
     except window_lib.NeedsInference as exc:
         return str(exc)
     groups = {key: {"accumulators": g.stats.accumulators, "rows_in_stats": g.stats.rows,
@@ -181,15 +188,15 @@ def _read_files_in_worker(files: List[Path], feedback: Dict, schema=None, rows_s
     return groups, read.file_results, read.unreadable, read.unattributed
 
 
-def _split(files: List[Path], parts: int) -> List[List[Path]]:
-    """Files in ``parts`` lists of about equal bytes (largest first, to the lightest)."""
-    buckets = [[] for _ in range(parts)]
-    sizes = [0] * parts
-    for path in sorted(files, key=lambda p: -p.stat().st_size):
+def _split(parts: List[window_lib.Part], n: int) -> List[List[window_lib.Part]]:
+    """Parts in ``n`` lists of about equal bytes (largest first, to the lightest)."""
+    buckets = [[] for _ in range(n)]
+    sizes = [0] * n
+    for part in sorted(parts, key=lambda p: -p.path.stat().st_size):
         i = sizes.index(min(sizes))
-        buckets[i].append(path)
-        sizes[i] += path.stat().st_size
-    return [sorted(b) for b in buckets if b]
+        buckets[i].append(part)
+        sizes[i] += part.path.stat().st_size
+    return [sorted(b, key=lambda p: p.name) for b in buckets if b]
 
 
 def workers_for(settings: Settings, files: List[Path]) -> int:
@@ -208,20 +215,20 @@ def _read_window(win: window_lib.Window, feedback: Dict, workers: int = 1, schem
     requests are always read with its types."""
     if workers <= 1:
         try:
-            return _read_files(win.files, feedback, schema, schema)
+            return _read_files(win.parts, feedback, schema, schema)
         except window_lib.NeedsInference as exc:
             if schema is None:
                 raise
             log.info("decoding with inferred types: %s", exc)
-            return _read_files(win.files, feedback, None, schema)
+            return _read_files(win.parts, feedback, None, schema)
     import multiprocessing
 
-    parts = _split(win.files, workers)
-    with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
-        results = pool.starmap(_read_files_in_worker, [(part, feedback, schema, schema) for part in parts])
+    shares = _split(win.parts, workers)
+    with multiprocessing.get_context("fork").Pool(len(shares)) as pool:
+        results = pool.starmap(_read_files_in_worker, [(share, feedback, schema, schema) for share in shares])
         if any(isinstance(r, str) for r in results):
             log.info("decoding with inferred types: %s", next(r for r in results if isinstance(r, str)))
-            results = pool.starmap(_read_files_in_worker, [(part, feedback, None, schema) for part in parts])
+            results = pool.starmap(_read_files_in_worker, [(share, feedback, None, schema) for share in shares])
     read = WindowRead()
     partial: Dict[Tuple[str, Optional[int]], list] = {}
     for part_groups, part_files, part_unreadable, part_unattributed in results:
@@ -383,6 +390,8 @@ def _monitor_window(settings: Settings, dry_run: bool, say) -> Dict:
 
     feedback = load_feedback(feedback_path(settings))
     read = _read_window(win, feedback, workers_for(settings, win.files), _decoding_schema(settings))
+    if not dry_run:
+        window_lib.fix_ends(checkpoint, win, {name: r["offset"] for name, r in read.file_results.items()})
     files = logfiles.triage(read.unreadable, settings.request_logs_path, mdir,
                             settings.monitor_incomplete_grace_seconds, move=not dry_run)
     if not read.groups and not read.unattributed.rejected and not files.quarantined:

@@ -1,32 +1,48 @@
 """Which request logs a run reads, the checkpoint, and decoding them to columns.
 
 The checkpoint (``<monitor_dir>/state.json``, replaced atomically) lists every log
-file already analysed. A run first *opens* a window: the closed log files not in
-the checkpoint (at most ``monitor_max_files``), written to the checkpoint before
-anything is read. A run that completes commits the window (its files become
-analysed). A run that crashes leaves the window open, and the next run analyses
-exactly that window again, so no request is counted twice or lost; files that
-arrived meanwhile go to the window after it.
+file analysed, with the byte offset where its analysed records end, the CRC-32C of
+those bytes and its inode. A run first *opens* a window of parts (at most
+``monitor_max_files``): the closed log files not in the checkpoint, read from byte
+0, and the analysed ones whose size is no longer that offset, read from it (a
+shipper or a proxy that appends whole records to a file the monitor has read: only
+the records after the offset are new). The window is written to the checkpoint
+before anything is read; once its files are read, where each read ended is written
+too, so a run that resumes the window reads exactly the same bytes. A run that
+completes commits the window (each file's offset moves to the end of its complete
+records); a run that crashes leaves it open, and the next run analyses exactly that
+window again: no request is counted twice or lost, and files that arrived meanwhile
+go to the window after it.
 
-Decoding is the hot path (1M requests in seconds): TFRecord framing is read in
-Python with CRC checks (a truncated or corrupt file is detected before any of
-it is counted; ``monitoring.logfiles`` decides whether it is still being written,
-and retried by the next run, or corrupt, and quarantined), each record is parsed once as a
-``PredictionLog``, and the serialized tf.Examples of a ``serving_default``
-predict request are decoded in C++ by tfx_bsl into an Arrow RecordBatch (types
-inferred, as StatisticsGen infers them from CsvExampleGen's examples). Other
-request forms (``serving_raw`` tensors, classify/regress) go through
-``serving.request_log.to_logged_request``, the reference decoding.
+A part is read only if the file still holds what was analysed: a file smaller than
+its offset, or whose analysed bytes differ now (replaced by another file, rewritten
+in place), is ``ReplacedLogError``: its records cannot be told from those already
+counted, so ``monitoring.logfiles`` quarantines it. A file replaced by one with the
+same analysed bytes and more (``rsync`` without ``--inplace`` makes a new inode on
+every sync) is read on from the offset. A file whose size equals its offset is not
+looked at again (a same-size rewrite goes unnoticed until it grows). Entries of
+checkpoints written before offsets were recorded are never re-read.
+
+Decoding is the hot path (1M requests in seconds): the TFRecord framing is scanned
+by ``serving.request_log.scan_frames`` (CRCs checked: a cut, empty or corrupt part
+is detected before any of it is counted; ``monitoring.logfiles`` decides whether
+it is still being written, and retried by the next run, or corrupt, and
+quarantined), each record is parsed once as a ``PredictionLog``, and the
+serialized tf.Examples of a ``serving_default`` predict request are decoded in C++
+by tfx_bsl into an Arrow RecordBatch (types inferred, as StatisticsGen infers them
+from CsvExampleGen's examples). Other request forms (``serving_raw`` tensors,
+classify/regress) go through ``serving.request_log.to_logged_request``, the
+reference decoding.
 """
 import dataclasses
 import hashlib
 import json
 import os
-import struct
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+import google_crc32c
 import numpy as np
 
 from serving import request_log
@@ -39,8 +55,14 @@ class CorruptLogError(ValueError):
 
 
 class TruncatedLogError(CorruptLogError):
-    """A log file whose framing ends in a cut (or not yet filled) last record: a file
-    still being written, or one torn for good; ``monitoring.logfiles`` tells which."""
+    """A log file that is empty, or whose framing ends in a cut (or not yet filled)
+    last record: a file still being written, or one torn for good;
+    ``monitoring.logfiles`` tells which."""
+
+
+class ReplacedLogError(CorruptLogError):
+    """An analysed log file that no longer holds what was analysed: smaller than the
+    offset analysed up to, or those bytes differ (another file under its name)."""
 
 
 # ------------------------------------------------------------------ checkpoint
@@ -55,8 +77,10 @@ class Checkpoint:
         else:
             self.data = {}
         self.data.setdefault("version", STATE_VERSION)
-        self.data.setdefault("files", {})          # name -> {"status", "records", "rows", "window"}
-        self.data.setdefault("open_window", None)   # {"id", "files", "opened"}
+        # name -> {"status", "records", "rows", "window", "offset", "crc", "inode"} (see
+        # ``commit_window``; quarantined files: "error", "moved_to" too)
+        self.data.setdefault("files", {})
+        self.data.setdefault("open_window", None)   # {"id", "files": {name: Part.as_json()}, "opened"}
         self.data.setdefault("windows", [])         # committed window ids, oldest first
         self.data.setdefault("actions", [])         # every action taken (or started)
         self.data.setdefault("previous_statistics", {})   # model version -> stats path
@@ -78,32 +102,94 @@ class Checkpoint:
         return self.data["actions"][-1] if self.data["actions"] else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """What of a log file a window reads: from ``start`` (where the records analysed
+    by earlier windows end: 0 for a new file) to its last complete record, or to
+    ``end`` once a read in this window fixed it."""
+    path: Path
+    start: int = 0
+    prefix_crc: int = 0                # CRC-32C of the file's bytes before ``start``
+    inode: Optional[int] = None        # the file's inode when they were read
+    end: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def as_json(self) -> Dict:
+        return {"start": self.start, "prefix_crc": self.prefix_crc, "inode": self.inode, "end": self.end}
+
+    @classmethod
+    def from_json(cls, path: Path, data: Dict) -> "Part":
+        return cls(path, data.get("start", 0), data.get("prefix_crc", 0), data.get("inode"), data.get("end"))
+
+
 @dataclasses.dataclass
 class Window:
     id: str
-    files: List[Path]
+    parts: List[Part]
     resumed: bool
+
+    @property
+    def files(self) -> List[Path]:
+        return [part.path for part in self.parts]
 
 
 def open_window(checkpoint: Checkpoint, log_dir: Path, max_files: int, persist: bool = True) -> Window:
-    """The open window of a crashed run, or a new one of the unread closed files
-    (recorded in the checkpoint unless ``persist`` is false: a dry run)."""
+    """The open window of a crashed run, or a new one of the unread parts (recorded in
+    the checkpoint unless ``persist`` is false: a dry run)."""
     log_dir = Path(log_dir)
     current = checkpoint.data["open_window"]
     if current:
-        files = [log_dir / name for name in current["files"]]
-        return Window(current["id"], [p for p in files if p.exists()], resumed=True)
-    done = checkpoint.data["files"]
-    files = [p for p in request_log.closed_log_files(log_dir) if p.name not in done][:max(1, max_files)]
-    if not files:
+        files = current["files"]
+        specs = files if isinstance(files, dict) else {name: {} for name in files}   # before offsets
+        parts = [Part.from_json(log_dir / name, spec) for name, spec in specs.items()]
+        return Window(current["id"], [p for p in parts if p.path.exists()], resumed=True)
+    parts = unread_parts(checkpoint.data["files"], log_dir)[:max(1, max_files)]
+    if not parts:
         return Window("", [], resumed=False)
-    digest = hashlib.sha1("\n".join(p.name for p in files).encode()).hexdigest()[:8]
+    digest = hashlib.sha1("\n".join(f"{p.name}@{p.start}" for p in parts).encode()).hexdigest()[:8]
     window_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + digest
     if persist:
-        checkpoint.data["open_window"] = {"id": window_id, "files": [p.name for p in files],
+        checkpoint.data["open_window"] = {"id": window_id, "files": {p.name: p.as_json() for p in parts},
                                           "opened": time.time()}
         checkpoint.save()
-    return Window(window_id, files, resumed=False)
+    return Window(window_id, parts, resumed=False)
+
+
+def unread_parts(analysed: Dict[str, Dict], log_dir: Path) -> List[Part]:
+    """The closed log files not in the checkpoint (from byte 0), and the analysed ones
+    whose size is no longer the offset analysed up to (from that offset: grown, or
+    shrunk and then reported), oldest first. Quarantined files are never read again."""
+    parts = []
+    for path in request_log.closed_log_files(log_dir):
+        entry = analysed.get(path.name)
+        if entry is None:
+            parts.append(Part(path))
+        elif entry.get("status") == "analysed" and "offset" in entry and _size(path) not in (None, entry["offset"]):
+            parts.append(Part(path, entry["offset"], entry["crc"], entry.get("inode")))
+    return parts
+
+
+def _size(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_size
+    except OSError:          # removed meanwhile
+        return None
+
+
+def fix_ends(checkpoint: Checkpoint, window: Window, ends: Dict[str, int]) -> None:
+    """Record where this window's read of each file ended (``ends``: name -> byte
+    offset), so a run that resumes the window reads exactly the same records."""
+    specs = checkpoint.data["open_window"]["files"]
+    if not isinstance(specs, dict):
+        return                      # a window opened before offsets were recorded
+    changed = {name: end for name, end in ends.items() if name in specs and specs[name].get("end") != end}
+    for name, end in changed.items():
+        specs[name]["end"] = end
+    if changed:
+        checkpoint.save()
 
 
 def release_window(checkpoint: Checkpoint) -> None:
@@ -114,54 +200,67 @@ def release_window(checkpoint: Checkpoint) -> None:
 
 
 def commit_window(checkpoint: Checkpoint, window: Window, file_results: Dict[str, Dict]) -> None:
+    """The window's files are analysed (or quarantined). A file read on from its offset
+    adds its new records and rows to those analysed before; a quarantined one keeps
+    what was analysed of it before, beside the reason."""
+    files = checkpoint.data["files"]
     for name, result in file_results.items():
-        checkpoint.data["files"][name] = dict(result, window=window.id)
+        before = files.get(name, {})
+        entry = dict(before, **result, window=window.id)
+        if result["status"] == "analysed" and before.get("status") == "analysed":
+            entry["records"] = before.get("records", 0) + result["records"]
+            entry["rows"] = before.get("rows", 0) + result["rows"]
+        files[name] = entry
     checkpoint.data["windows"].append(window.id)
     checkpoint.data["open_window"] = None
     checkpoint.save()
 
 
-# ------------------------------------------------------------------ TFRecord framing
-def _masked_crc(data: bytes) -> int:
-    import google_crc32c
+# ------------------------------------------------------------------ reading a part
+@dataclasses.dataclass
+class PartRead:
+    """The complete records of a part, and what the checkpoint keeps of the file."""
+    records: List[bytes]
+    start: int
+    end: int                        # where they end: the file's new offset
+    crc: int                        # CRC-32C of the file's bytes before ``end``
+    inode: int
 
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+def read_part(part: Part) -> PartRead:
+    """The records of ``part`` (framing scanned by ``serving.request_log.scan_frames``).
+    Nothing of a bad part is returned: ``ReplacedLogError`` when the file no longer
+    holds what was analysed of it; ``TruncatedLogError`` when it is empty or its
+    framing ends in a cut (see ``scan_frames``); ``CorruptLogError`` when a checksum
+    fails with more data after it."""
+    with open(part.path, "rb") as handle:
+        inode = os.fstat(handle.fileno()).st_ino
+        data = handle.read()
+    _check_unchanged(part, data, inode)
+    stop = len(data) if part.end is None else part.end
+    frames = request_log.scan_frames(data, part.start, stop)
+    if frames.tail == request_log.CORRUPT:
+        raise CorruptLogError(f"corrupt: {frames.detail}")
+    if frames.tail == request_log.CUT:
+        raise TruncatedLogError(f"truncated: {frames.detail}")
+    if not data:
+        raise TruncatedLogError("empty: nothing written yet (a file just created)")
+    crc = google_crc32c.extend(part.prefix_crc, data[part.start:stop]) if part.start \
+        else google_crc32c.value(data if stop == len(data) else data[:stop])
+    return PartRead(frames.records, part.start, frames.end, crc, inode)
 
 
-def read_tfrecords(path: Path, verify: bool = True) -> List[bytes]:
-    """Every record of an uncompressed TFRecord file. Nothing of a bad file is returned:
-    ``TruncatedLogError`` when its framing ends in a record cut short, or in a last
-    record whose checksum fails with nothing after it (a writer that extended the
-    file before filling it: zeros, a torn write); ``CorruptLogError`` when a checksum
-    fails with more data after it (corruption in the middle)."""
-    data = Path(path).read_bytes()
-    records, pos, end, index = [], 0, len(data), 0
-    unpack = struct.unpack_from
-    while pos < end:
-        if pos + 12 > end:
-            raise TruncatedLogError(f"truncated: record {index} header cut at byte {pos} of {end}")
-        (length,) = unpack("<Q", data, pos)
-        if verify and unpack("<I", data, pos + 8)[0] != _masked_crc(data[pos:pos + 8]):
-            if not data[pos:].strip(b"\0"):
-                raise TruncatedLogError(f"truncated: zero bytes from byte {pos} of {end} "
-                                        f"(record {index} not written yet)")
-            raise CorruptLogError(f"corrupt: record {index} length checksum mismatch at byte {pos}")
-        start = pos + 12
-        stop = start + length
-        if stop + 4 > end:
-            raise TruncatedLogError(f"truncated: record {index} needs {length} bytes at byte {start}, "
-                                    f"file has {end}")
-        payload = data[start:stop]
-        if verify and unpack("<I", data, stop)[0] != _masked_crc(payload):
-            if stop + 4 == end:
-                raise TruncatedLogError(f"truncated: the last record ({index}) fails its data checksum "
-                                        f"at byte {start} (not completely written)")
-            raise CorruptLogError(f"corrupt: record {index} data checksum mismatch at byte {start}")
-        records.append(payload)
-        pos = stop + 4
-        index += 1
-    return records
+def _check_unchanged(part: Part, data: bytes, inode: int) -> None:
+    """``ReplacedLogError`` unless the file still holds the bytes analysed before
+    ``part.start`` (and, in a resumed window, those this window read)."""
+    if not part.start and part.end is None:
+        return
+    new = f" (a new file: inode {inode}, was {part.inode})" if part.inode not in (None, inode) else ""
+    if len(data) < max(part.start, part.end or 0):
+        raise ReplacedLogError(f"shrank: {part.start} bytes of it were analysed before, it now has "
+                               f"{len(data)}{new}")
+    if part.start and google_crc32c.value(data[:part.start]) != part.prefix_crc:
+        raise ReplacedLogError(f"replaced: the first {part.start} bytes, analysed before, differ now{new}")
 
 
 # ------------------------------------------------------------------ decoding
@@ -274,18 +373,26 @@ def _scalar(prediction) -> float:
 
 
 def decode_file(path: Path) -> Tuple[List[Chunk], int]:
-    """A log file as chunks per (model, version); and its number of records.
-    Raises ``CorruptLogError`` for a file that cannot be read whole. A rejected call
-    goes to its chunk's ``rejected`` part whatever its request holds (nothing, bytes
-    that are not tf.Examples, hostile shapes): it never makes the file unreadable.
-    A chunk counts its answered rows per logged signature name (``monitoring.contract``
-    judges a feature only in the rows of the signatures that take it).
+    """A whole log file as chunks per (model, version); and its number of records.
+    Raises ``CorruptLogError`` for a file that cannot be read whole."""
+    raws = read_part(Part(Path(path))).records
+    return decode_records(raws), len(raws)
+
+
+def decode_records(raws: List[bytes]) -> List[Chunk]:
+    """Serialized PredictionLogs as chunks per (model, version). Raises
+    ``CorruptLogError`` for a record that is not one. A rejected call goes to its
+    chunk's ``rejected`` part whatever its request holds (nothing, bytes that are not
+    tf.Examples, hostile shapes): it never makes the file unreadable. A chunk counts
+    its answered rows per logged signature name (``monitoring.contract`` judges a
+    feature only in the rows of the signatures that take it).
 
     The loop runs once per logged request, so it stays in plain Python lists:
     numpy per record would cost more than the parsing."""
+    from tensorflow.core.framework import types_pb2
     from tensorflow_serving.apis import prediction_log_pb2
 
-    raws = read_tfrecords(path)
+    DT_STRING = types_pb2.DT_STRING
     groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list, dict]] = {}
     rejected: Dict[Tuple[str, Optional[int]], Rejected] = {}
     parse = prediction_log_pb2.PredictionLog.FromString
@@ -310,7 +417,7 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
             inputs = request.inputs
             if len(inputs) == 1 and request.model_spec.signature_name in ("", "serving_default"):
                 tensor = inputs["examples"] if "examples" in inputs else next(iter(inputs.values()))
-                if tensor.dtype == 7 and tensor.string_val:
+                if tensor.dtype == DT_STRING and tensor.string_val:
                     serialized = tensor.string_val
                     if response.model_spec.HasField("version"):
                         version = response.model_spec.version.value
@@ -348,7 +455,7 @@ def decode_file(path: Path) -> Tuple[List[Chunk], int]:
     chunks = [Chunk(name, version, g[0], np.asarray(g[1], np.float32), g[2],
                     np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)), g[5])
               for (name, version), g in groups.items()]
-    return chunks, len(raws)
+    return chunks
 
 
 class NeedsInference(Exception):
@@ -399,13 +506,20 @@ class ExampleDecoder:
                                           [batch.schema.names[i] for i in keep])
 
 
-def iter_files(files: List[Path]) -> Iterator[Tuple[Path, Optional[List[Chunk]], int, Optional[Exception]]]:
-    """(path, chunks, records, error) per file; a bad file has chunks None and its
-    error (``CorruptLogError``, ``TruncatedLogError``, or the ``OSError`` of reading it)."""
-    for path in files:
+@dataclasses.dataclass
+class Decoded:
+    """One part of a window, decoded: its chunks and what was read, or why it could not be."""
+    part: Part
+    chunks: Optional[List[Chunk]] = None
+    read: Optional[PartRead] = None
+    error: Optional[Exception] = None     # CorruptLogError (and its kinds) or the OSError of reading
+
+
+def iter_parts(parts: List[Part]) -> Iterator[Decoded]:
+    for part in parts:
         try:
-            chunks, records = decode_file(path)
+            read = read_part(part)
+            decoded = Decoded(part, decode_records(read.records), read)
         except (CorruptLogError, OSError) as exc:
-            yield path, None, 0, exc
-            continue
-        yield path, chunks, records, None
+            decoded = Decoded(part, error=exc)
+        yield decoded

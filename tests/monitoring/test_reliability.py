@@ -201,3 +201,109 @@ def test_log_of_a_writer_killed_mid_file_is_recovered_and_analysed(tmp_path, e2e
     result = run.monitor_once(settings)
     assert result["status"] == "analysed" and result["rows"] == 100
     assert not [p.name for p in logs.iterdir() if p.name.startswith(".")]
+
+
+def _framed(records) -> bytes:
+    """``records`` framed as the request-log writer frames them (a shipper or a proxy
+    appending whole records writes exactly these bytes)."""
+    return b"".join(tfrecord_frame(r.SerializeToString()) for r in records)
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as handle:
+        handle.write(data)
+
+
+def test_records_appended_to_an_analysed_file_are_analysed_once(tmp_path, e2e_settings, first_run,
+                                                               held_out_rows):
+    """A file that ended on a record boundary when a run read it, and grew afterwards
+    (issue 12's 675 records never analysed): each later run reads only what came after."""
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    (path,) = write_logs(settings.request_logs_path,
+                         log_records(_chunks(held_out_rows[:100], 10), version, prefix="a"), 100)
+    assert run.monitor_once(settings)["rows"] == 100
+
+    _append(path, _framed(log_records(_chunks(held_out_rows[100:130], 10), version, prefix="b")))
+    second = run.monitor_once(settings)
+    assert second["status"] == "analysed" and second["files"] == [path.name]
+    assert second["rows"] == 30 and second["requests"] == 3
+
+    # appended again, the last record still being written: none of it yet ...
+    more = _framed(log_records(_chunks(held_out_rows[130:180], 10), version, prefix="c"))
+    cut = len(more) - 20
+    _append(path, more[:cut])
+    third = run.monitor_once(settings)
+    assert third["status"] == "incomplete" and [f["file"] for f in third["incomplete_files"]] == [path.name]
+    # ... then all of it, once its last record is complete
+    _append(path, more[cut:])
+    fourth = run.monitor_once(settings)
+    assert fourth["files"] == [path.name] and fourth["rows"] == 50 and fourth["requests"] == 5
+    # a grown copy renamed over it (rsync without --inplace): a new inode, the same bytes first
+    copy = tmp_path / "copy"
+    copy.write_bytes(path.read_bytes() + _framed(log_records(_chunks(held_out_rows[180:200], 10), version,
+                                                             prefix="d")))
+    os.replace(copy, path)
+    fifth = run.monitor_once(settings)
+    assert fifth["files"] == [path.name] and fifth["rows"] == 20 and fifth["quarantined_files"] == []
+    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    entry = _state(settings).data["files"][path.name]
+    assert (entry["status"], entry["records"], entry["rows"]) == ("analysed", 20, 200)
+    assert entry["offset"] == path.stat().st_size
+
+
+def test_empty_file_is_incomplete_until_written_then_analysed_once(tmp_path, e2e_settings, first_run,
+                                                                  held_out_rows):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    logs = settings.request_logs_path
+    (complete,) = write_logs(logs, log_records(_chunks(held_out_rows[:100], 10), version, prefix="a"), 100)
+    (shipped,) = write_logs(tmp_path / "elsewhere",
+                            log_records(_chunks(held_out_rows[100:200], 10), version, prefix="b"), 100)
+    empty = logs / shipped.name
+    empty.touch()                                        # a shipper created it, wrote nothing yet
+
+    first = run.monitor_once(settings)
+    assert first["files"] == sorted([complete.name, empty.name]) and first["rows"] == 100
+    assert [f["file"] for f in first["incomplete_files"]] == [empty.name]
+    assert "empty" in first["incomplete_files"][0]["error"]
+    assert empty.name not in _state(settings).data["files"]
+
+    empty.write_bytes(shipped.read_bytes())              # the copy arrives
+    second = run.monitor_once(settings)
+    assert second["files"] == [empty.name] and second["rows"] == 100
+    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    assert sum(f["rows"] for f in _state(settings).data["files"].values()) == 200
+
+
+def test_analysed_file_replaced_by_another_is_quarantined_not_counted_twice(tmp_path, e2e_settings, first_run,
+                                                                           held_out_rows):
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    logs = settings.request_logs_path
+    shorter, rewritten = write_logs(logs, log_records(_chunks(held_out_rows[:200], 10), version), 10)
+    assert run.monitor_once(settings)["rows"] == 200
+
+    # replaced by a shorter file (re-shipped from a source that lost its end): a new inode
+    data = shorter.read_bytes()
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(data[:_record_ends(data)[4]])
+    os.replace(replacement, shorter)
+    # rewritten in place with other records, longer than what was analysed
+    other = _framed(log_records(_chunks(held_out_rows[200:320], 10), version, prefix="other"))
+    assert len(other) > rewritten.stat().st_size
+    rewritten.write_bytes(other)
+
+    second = run.monitor_once(settings)
+    assert second["rows"] == 0 and second["incomplete_files"] == []
+    quarantined = {q["file"]: q for q in second["quarantined_files"]}
+    assert quarantined.keys() == {shorter.name, rewritten.name}
+    assert "shrank" in quarantined[shorter.name]["error"]
+    assert "differ" in quarantined[rewritten.name]["error"]
+    for name, q in quarantined.items():
+        assert "analysed before" in q["error"] and "new name" in q["error"]
+        assert not (logs / name).exists() and Path(q["moved_to"]).is_file()
+    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    state = _state(settings).data["files"]
+    assert {n: (f["status"], f["rows"]) for n, f in state.items()} == {
+        shorter.name: ("quarantined", 100), rewritten.name: ("quarantined", 100)}
