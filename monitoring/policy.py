@@ -24,6 +24,7 @@ import dataclasses
 import time
 from typing import Dict, List, Optional
 
+from monitoring.rejections import Alert, Summary
 from tfxops.config import Settings
 
 NONE, RETRAIN, REPUSH, ALERT = "none", "retrain", "repush", "alert"
@@ -70,28 +71,25 @@ def reasons_for(settings: Settings, features, prediction: Dict, quality: Dict) -
     return reasons
 
 
-def rejection_alert(settings: Settings, summary) -> Optional[str]:
-    """Why the rejections call for an alert (``rejections.Summary``), or None."""
+def rejection_alert(settings: Settings, summary: Optional[Summary], scope: str = "") -> Optional[Alert]:
+    """The alert the rejections call for (``scope``: which requests, when not one
+    version's), or None."""
     if summary is None or settings.alert_rejection_rate <= 0 or summary.rejected < settings.alert_min_rejected \
             or summary.rate < settings.alert_rejection_rate:
         return None
-    from monitoring.rejections import percent
-
-    missing = "".join(f"; {m.line()}" for m in summary.missing_features[:3])
-    return (f"the server rejected {summary.rejected} of {summary.requests} requests ({percent(summary.rate)}; "
-            f"policy: alert_rejection_rate={settings.alert_rejection_rate:g}){missing}")
+    return Alert.of(summary, settings.alert_rejection_rate, settings.alert_min_rejected, scope)
 
 
 def decide(settings: Settings, reasons: List[str], rows: int, window_id: str, is_current: bool,
            previous_action: Optional[Dict], last_action: Optional[Dict], dry_run: bool,
-           reuse: Optional[Dict], now: Optional[float] = None, alert: Optional[str] = None) -> Decision:
+           reuse: Optional[Dict], now: Optional[float] = None, alert: Optional[Alert] = None) -> Decision:
     now = time.time() if now is None else now
-    if alert:
-        return Decision(ALERT, True, [alert] + reasons, (
-            f"alert, not acted on: {alert.split('; policy:')[0]}); a retrain cannot fix a client that "
-            f"stopped sending a feature (or sends what the server refuses): fix the client, or the "
-            f"signature it calls" + ("; the window's other findings include the rows of those "
-                                           "requests" if reasons else "")), dry_run)
+    if alert is not None:
+        return Decision(ALERT, True, [alert.reason()] + reasons, (
+            f"alert, not acted on: {alert.finding()}; a retrain cannot fix a client that stopped sending "
+            f"a feature (or sends what the server refuses): fix the client, or the signature it calls"
+            + ("; the window's other findings include the rows of those requests" if reasons else "")),
+            dry_run)
     if not reasons:
         return Decision(NONE, False, [], "no trigger: every check is within the policy", dry_run)
     if rows < settings.monitor_min_rows:

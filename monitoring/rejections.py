@@ -286,6 +286,41 @@ class Summary:
         return head
 
 
+@dataclasses.dataclass
+class Alert:
+    """Rejections over the policy's thresholds (``policy.rejection_alert``), formatted
+    once: the finding (``finding``) and the finding with the policy (``reason``)."""
+    rejected: int
+    requests: int                 # every request: answered and rejected
+    rate: float
+    missing_features: List[MissingFeature]
+    causes: List[Dict]            # as in Summary: the most frequent first
+    rate_threshold: float         # alert_rejection_rate
+    min_rejected: int             # alert_min_rejected
+    scope: str = ""               # which requests, when not a version's ("before any model version was chosen")
+
+    @classmethod
+    def of(cls, summary: Summary, rate_threshold: float, min_rejected: int, scope: str = "") -> "Alert":
+        return cls(summary.rejected, summary.requests, summary.rate, summary.missing_features, summary.causes,
+                   rate_threshold, min_rejected, scope)
+
+    def finding(self) -> str:
+        """The finding in words ("the server rejected 1500 of 1500 requests (100%): trip_miles
+        missing in ..."); without a missing feature to name, the top cause."""
+        head = (f"the server rejected {self.rejected} of {self.requests} requests ({percent(self.rate)})"
+                + (f" {self.scope}" if self.scope else ""))
+        if self.missing_features:
+            return head + ": " + "; ".join(m.line() for m in self.missing_features[:3])
+        if self.causes:
+            top = self.causes[0]
+            return head + f": top cause {top['code']}: {top['pattern'][:200]} ({percent(top['fraction'])})"
+        return head
+
+    def reason(self) -> str:
+        return (f"{self.finding()} (policy: alert_rejection_rate={self.rate_threshold:g}, "
+                f"alert_min_rejected={self.min_rejected})")
+
+
 def percent(x: float) -> str:
     return f"{x:.0%}" if x == 0 or x >= 0.1 else f"{x:.1%}"
 

@@ -601,7 +601,7 @@ def _judge_rejections(settings: Settings, group: Group, schema, train_stats, val
                  for f in checks.serving_features(schema)}
     summary = rejections_lib.summarize(group.rejections, group.requests, baselines, inputs)
     alert = policy.rejection_alert(settings, summary)
-    rejections_lib.flag(summary, validation["features"], validation["anomalies_proto"], alerting=bool(alert))
+    rejections_lib.flag(summary, validation["features"], validation["anomalies_proto"], alerting=alert is not None)
     return summary, alert
 
 
@@ -619,10 +619,9 @@ def _window_decision(settings: Settings, results: List[Dict], unattributed, not_
         next((r for r in results if r["current"]), None) or (results[0] if results else None)
     if main is not None and main["decision"]["action"] != policy.NONE:
         return main["decision"]
-    alert = policy.rejection_alert(settings, unattributed)
-    if alert:
-        return policy.decide(settings, [], 0, "", False, None, None, dry_run, None,
-                             alert=f"{alert}, before any model version was chosen").as_dict()
+    alert = policy.rejection_alert(settings, unattributed, scope="before any model version was chosen")
+    if alert is not None:
+        return policy.decide(settings, [], 0, "", False, None, None, dry_run, None, alert=alert).as_dict()
     if main is not None:
         return main["decision"]
     return policy.Decision(policy.NONE, False, [], "no version in the window could be judged (no lineage in "

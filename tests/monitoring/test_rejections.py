@@ -146,6 +146,10 @@ def _check_alert_scenario(settings, capsys, first_second):
     decision = result["decision"]
     assert decision["action"] == "alert" and decision["triggered"]
     assert "a retrain cannot fix a client that stopped sending a feature" in decision["because"]
+    # the whole finding, formatted once, is in both the reason and the because
+    finding = "the server rejected 1500 of 1500 requests (100%): trip_miles missing in 100% of rejected requests"
+    assert finding in decision["because"] and finding in decision["reasons"][0]
+    assert "alert_rejection_rate=" in decision["reasons"][0]
     assert any("skew" in r for r in decision["reasons"])          # skew fired too, and was not acted on
     line = next(line for line in captured.err.splitlines() if " decision: " in line)   # the summary
     assert "rejected: 1500 of 1500 requests (100%)" in line
@@ -218,3 +222,22 @@ def test_hostile_and_undecodable_rejected_requests_count_without_rows(tmp_path, 
     assert report["unattributed_rejections"]["causes"][0]["code"] == "NOT_FOUND"
     # 4 of 34 is over alert_rejection_rate, but fewer than alert_min_rejected: no alert
     assert report["decision"]["action"] != "alert"
+
+
+def test_alert_on_requests_refused_before_a_version_was_chosen_says_so(tmp_path, e2e_settings, first_run,
+                                                                       held_out_rows):
+    """Rejections that name no model version (an unknown model, nothing loaded yet)
+    alert for the window; the decision says what they were, in full."""
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    version = int(first_run.pushed_version)
+    answered = log_records([held_out_rows[i:i + 10] for i in range(0, 100, 10)], version)
+    refused = [request_log.encode_rejected("taxi", None, "", f"nf-{i}", time.time(), "NOT_FOUND",
+                                           "Servable not found for request: Latest(taxi)") for i in range(20)]
+    write_logs(settings.request_logs_path, answered + refused, 1000)
+    assert cli.main(_cli(settings)) == 0
+    report = json.loads(next(Path(settings.home, "monitoring", "reports").glob("*.json")).read_text())
+    decision = report["decision"]
+    assert decision["action"] == "alert"
+    finding = "the server rejected 20 of 30 requests (67%) before any model version was chosen"
+    assert finding in decision["because"] and finding in decision["reasons"][0]
+    assert "NOT_FOUND" in decision["because"]                   # no feature to name: the top cause
