@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from monitoring import record, run
 from tests.monitoring.conftest import WAIT, log_records, monitor_settings, write_logs
 from tfxops import cli, mlmd
@@ -85,27 +87,53 @@ def test_a_held_lock_names_its_holder_and_a_killed_holder_does_not_block(tmp_pat
     assert len(_monitor_executions(settings)) == 1
 
 
-def test_monitor_killed_mid_run_is_resumed_once_by_the_next(tmp_path, e2e_settings, first_run, held_out_rows):
+# A real `tfxops monitor` killed with SIGKILL at a chosen step, injected from the test
+# side as tests/faults.py does for the pipeline: the child wraps a function of the
+# code under test and kills itself right after it returns (no finally, no atexit).
+KILLED_AFTER = """
+import os
+import signal
+import sys
+from monitoring import record, window
+from tfxops import cli
+
+def killed_after(function):
+    def call(*args, **kwargs):
+        out = function(*args, **kwargs)
+        if sys.argv[1] == "recorded" or args[0].data["open_window"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    return call
+
+if sys.argv[1] == "window-persisted":        # the checkpoint that opens the window
+    window.Checkpoint.save = killed_after(window.Checkpoint.save)
+else:                                        # the window's tfxops.Monitor execution
+    record.record_run = killed_after(record.record_run)
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("step", ["window-persisted", "recorded"])
+def test_monitor_killed_mid_run_is_resumed_once_by_the_next(tmp_path, e2e_settings, first_run, held_out_rows,
+                                                            step):
     settings = _window_with_logs(tmp_path, e2e_settings, first_run, held_out_rows[:300])
-    lock_file = Path(settings.home) / "monitoring" / "monitor.lock"
-    proc = _start(settings)
-    try:
-        deadline = time.monotonic() + 4 * WAIT
-        while not (lock_file.is_file() and f'"pid": {proc.pid}' in lock_file.read_text()):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the monitor never took its lock"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGSTOP)          # mid-run, holding the lock ...
-        os.kill(proc.pid, signal.SIGKILL)          # ... killed: no finally, no atexit
-    finally:
-        proc.kill()
-        proc.communicate()
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER, step, *_args(settings)],
+                            capture_output=True, text=True, timeout=4 * WAIT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    opened = _state(settings)["open_window"]
+    assert opened and len(opened["files"]) == 3
+    assert len(_monitor_executions(settings)) == (1 if step == "recorded" else 0)
+
     result = run.monitor_once(settings)
-    assert result["rows"] == 300 or result["status"] == "no_new_requests"
-    windows = {e.custom_properties["window"].string_value for e in _monitor_executions(settings)}
-    assert len(_monitor_executions(settings)) == len(windows) == 1
+    assert result["window"] == opened["id"] and result["resumed"] and result["rows"] == 300
+    assert result["versions"][0]["mlmd"].get("recorded_before", False) == (step == "recorded")
+    (execution,) = _monitor_executions(settings)
+    assert execution.custom_properties["window"].string_value == opened["id"]
+    assert execution.custom_properties["rows"].int_value == 300
     state = _state(settings)
-    assert sum(f["rows"] for f in state["files"].values()) == 300 and state["open_window"] is None
+    assert state["open_window"] is None and state["windows"] == [opened["id"]]
+    assert sum(f["rows"] for f in state["files"].values()) == 300
+    assert run.monitor_once(settings)["status"] == "no_new_requests"
 
 
 def test_watch_takes_the_lock_for_each_run_not_for_its_lifetime(tmp_path, e2e_settings, first_run,
