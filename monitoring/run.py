@@ -13,6 +13,7 @@ from modules import features as F
 from monitoring import act, baseline as baseline_lib, checks, contract as contract_lib, feedback_path, logfiles
 from monitoring import monitor_path, policy, record
 from monitoring import lock as lock_lib, rejections as rejections_lib, report, window as window_lib
+from pipeline import publish
 from tfxops import mlmd
 from tfxops.config import Settings
 
@@ -328,11 +329,8 @@ def _decoding_schema(settings: Settings):
 
 
 def _current_version(settings: Settings) -> Optional[int]:
-    """The newest version in the push directory: what a ``latest`` server serves.
-    (pipeline.pusher.existing_versions, without importing TFX's components.)"""
-    directory = Path(settings.model_push_dir)
-    versions = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
-    return max(versions) if versions else None
+    """The newest version in the push directory: what a ``latest`` server serves."""
+    return max(publish.existing_versions(str(settings.model_push_dir)), default=None)
 
 
 # ------------------------------------------------------------------ the run

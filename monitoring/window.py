@@ -307,44 +307,6 @@ def _rejection(record) -> Tuple[str, str]:
     return request_log.rejection(record) or ("UNKNOWN", "the logged error tensor is malformed")
 
 
-def _elements(inputs, limit: int) -> int:
-    """Elements the tensors' shapes declare, counted up to just past ``limit``."""
-    total = 0
-    for tensor in inputs.values():
-        count = 1
-        for dim in tensor.tensor_shape.dim:
-            if dim.size < 0:
-                return limit + 1
-            count *= dim.size
-            if count > limit:
-                return limit + 1
-        total += count
-        if total > limit:
-            return limit + 1
-    return total
-
-
-def _rejected_rows(request, record_bytes: int) -> List[bytes]:
-    """What a rejected client sent, as serialized tf.Examples ([] when nothing can be
-    read). Tensors are never expanded past one element per logged byte: a rejected
-    request may be hostile (one value "splat" over a shape of 2^28)."""
-    inputs = request.inputs
-    if not inputs:
-        return []
-    if len(inputs) == 1:
-        (name, tensor), = inputs.items()
-        if tensor.dtype == 7 and not tensor.tensor_content and (
-                name == "examples" or request.model_spec.signature_name in ("", "serving_default")):
-            return list(tensor.string_val)           # serialized tf.Examples, one per row
-    if _elements(inputs, record_bytes) > record_bytes:
-        return []
-    try:
-        examples = request_log.predict_request_examples(request)
-    except Exception:  # noqa: BLE001 - ServingError (over budget), ragged tensors, bad bytes
-        return []
-    return [e.SerializeToString() for e in examples]
-
-
 def _prediction_values(response, rows: int) -> List[float]:
     outputs = response.outputs
     if outputs:
@@ -410,8 +372,8 @@ def decode_records(raws: List[bytes]) -> List[Chunk]:
             outputs = response.outputs
             if ERROR_OUTPUT in outputs:             # a rejected call
                 part = rejected.get((spec.name, version)) or rejected.setdefault((spec.name, version), Rejected())
-                part.add(*_rejection(record), meta.timestamp_secs, _rejected_rows(record.predict_log.request, len(raw)),
-                         spec.signature_name)
+                part.add(*_rejection(record), meta.timestamp_secs,
+                         request_log.rejected_rows(record.predict_log.request, len(raw)), spec.signature_name)
                 continue
             request = record.predict_log.request
             inputs = request.inputs
