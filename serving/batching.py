@@ -51,6 +51,18 @@ RunFn = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 _PEAKS = 8                 # batches over which the concurrency is remembered
 
 
+class ModelFuture(asyncio.Future):
+    """The future of a request's model call, which its caller cannot cancel: the
+    model runs on whatever happens. gRPC cancels the handler of a call whose
+    client left (a cancel, a deadline passed); awaiting this future, the handler
+    sees that cancellation only once the model has returned, so the call keeps
+    its admission slot (serving/admission.py) for as long as the model works for
+    it, at no cost to the calls nobody cancels."""
+
+    def cancel(self, msg=None) -> bool:
+        return False
+
+
 class _Task:
     __slots__ = ("inputs", "rows", "future", "enqueued")
 
@@ -94,7 +106,7 @@ class Batcher:
         """Run ``run`` on ``inputs`` (alias -> array with ``rows`` rows), batched with
         other requests of the same ``key``; returns this request's outputs."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = ModelFuture(loop=loop)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(key, run)

@@ -21,9 +21,11 @@ def cmd_serve(args) -> int:
         models.VersionPolicy.parse(settings.model_version_policy)
         models.parse_labels(settings.version_labels)
         admission.Gate(settings.max_concurrent_requests)
+        admission.body_timeout(settings)
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    admission.raise_open_files_limit(settings.max_concurrent_requests)
     proxying = bool(settings.proxy_to or settings.proxy_grpc_to)
     if not proxying and not settings.model_push_dir.is_dir():
         print(f"tfxops serve: no model directory {settings.model_push_dir} "

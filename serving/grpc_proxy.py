@@ -35,6 +35,7 @@ LOGGED = {"Predict": "predict", "Classify": "classify", "Regress": "regress"}
 _HOP_BY_HOP = {"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "user-agent",
                "content-type", "te", "host", ":authority"}
 UPSTREAM_TIMEOUT_SECONDS = 60.0
+MAX_CACHED_METHODS = 64   # upstream call objects kept, one per method name (TF Serving has 7)
 
 
 def _request_classes():
@@ -82,7 +83,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
             return None    # UNIMPLEMENTED, as TF Serving answers an unknown service
         call = self._calls.get(details.method)
         if call is None:
-            call = self._calls[details.method] = self.channel.unary_unary(details.method)
+            call = self.channel.unary_unary(details.method)
+            if len(self._calls) < MAX_CACHED_METHODS:    # method names come from callers
+                self._calls[details.method] = call
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext):
             return await self._forward(call, method, request, context)

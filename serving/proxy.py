@@ -104,7 +104,7 @@ def build_log(path: str, body: bytes, answer: bytes, request_id: str, arrived: f
     return record
 
 
-class ProxyHandler(tornado.web.RequestHandler):
+class ProxyHandler(admission.GatedHandler, tornado.web.RequestHandler):
     def initialize(self, upstream, logger, metrics, max_request_bytes, names: M.ModelNames):
         self.upstream, self.logger, self.metrics = upstream, logger, metrics
         self.max_request_bytes = max_request_bytes
@@ -149,30 +149,7 @@ class ProxyHandler(tornado.web.RequestHandler):
                                                  ("entrypoint", "REST")),
                              (time.perf_counter() - started) * 1e6, M.LATENCY_BUCKETS_US)
 
-    get = post = _forward
-
-    _counted = False             # in the gate's count of calls in flight (prepare..finish)
-
-    def prepare(self):           # drained on shutdown; beyond max_concurrent_requests: 503
-        if self.request.method != "POST":
-            return
-        gate = self.application.settings["gate"]
-        refusal = gate.enter()
-        self._counted = True
-        if refusal is not None:
-            if gate.draining:
-                self.set_header("Connection", "close")
-            self.set_status(refusal.http_status)
-            self.finish(dumps({"error": refusal.message}))
-
-    def on_finish(self):
-        if self._counted:
-            self._counted = False
-            self.application.settings["gate"].leave()
-
-    def on_connection_close(self):
-        super().on_connection_close()
-        self.on_finish()
+    get = post = _forward        # post counted by the gate (admission.GatedHandler)
 
     def compute_etag(self):
         return None
@@ -245,7 +222,8 @@ async def run_proxy(settings, ready=None, stop_event=None):
                 (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics)),
                 (r".*", ProxyHandler, args)], gate=gate)
             server = admission.HTTPServer(app, max_body_size=settings.max_request_bytes + 1,
-                                          max_header_size=MAX_REQUEST_HEAD_BYTES)
+                                          max_header_size=MAX_REQUEST_HEAD_BYTES,
+                                          body_timeout=admission.body_timeout(settings))
             ports["rest"] = admission.bind(server, settings.rest_port, settings.host)
             log.info("proxy on http://%s:%d -> http://%s", settings.host, ports["rest"],
                      settings.proxy_to)

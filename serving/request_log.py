@@ -297,14 +297,23 @@ class Recovered:
 def recover_orphans(directory: Union[str, Path]) -> List[Recovered]:
     """Recover the hidden temp files of writers that died (``kill -9``, a crash):
     keep every complete record, cut a torn tail, rename to the final name. Files
-    whose flock is held (a live writer's, in any process) are left alone. Safe to
-    run from several processes at once; each file is recovered by one of them."""
+    whose flock is held (a live writer's, in any process) are left alone, and so
+    are files that cannot be recovered (not readable, writable or renamable: an
+    error names each). Safe to run from several processes at once; each file is
+    recovered by one of them."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     out = []
     for tmp in sorted(directory.glob(f".{FILE_PREFIX}*{FILE_SUFFIX}{TMP_SUFFIX}")):
-        found = _recover(tmp)
+        try:
+            found = _recover(tmp)
+        except OSError as exc:
+            log.error("request log: cannot recover %s (skipped, its records unread): %s. Make "
+                      "it a regular file this user can read and write, with the name %s free "
+                      "(the next server start or monitor run recovers it), or move it out of %s",
+                      tmp, exc, tmp.name[1:-len(TMP_SUFFIX)], directory)
+            continue
         if found is not None:
             log.warning("request log: recovered %s from a writer that died: %d records kept, "
                         "%d bytes of a torn record dropped%s", tmp.name, found.records,

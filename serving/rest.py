@@ -46,7 +46,7 @@ except ImportError:   # pragma: no cover
     def _loads(body: bytes):
         return json.loads(body)
 
-from serving import request_log
+from serving import admission, request_log
 from serving.errors import ServingError, internal_error, invalid
 from serving.grpc_service import (fill_classifications, model_metadata, model_status,
                                   serialized_input)
@@ -355,38 +355,20 @@ def _unpack_signature_map(response):
 
 
 @tornado.web.stream_request_body
-class InferenceHandler(_Base):
-    _counted = False             # in the gate's count of requests in flight (prepare..finish)
-
+class InferenceHandler(admission.GatedHandler, _Base):   # post() counted by the gate
     def prepare(self):
         self._chunks: List[bytes] = []
         self._size = 0
         self._too_large = False
-        gate = self.application.settings["gate"]     # serving.admission.Gate
-        refusal = gate.enter()
-        self._counted = True
-        if refusal is not None:  # max_concurrent_requests, or shutting down: answered 503
-            self._too_large = True    # once its body is read (and dropped): a client still
-            if gate.draining:         # sending it would otherwise see a reset
-                self.set_header("Connection", "close")
-            self.inf.record(self.path_args[0], self.path_args[3], "REST", time.perf_counter(),
-                            refusal.code)
-            self.set_status(refusal.http_status)
-            return self.write(dumps({"error": refusal.message}))
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
             self._refuse()
         else:   # counted in data_received: tornado's own limit would answer a bare 400
             self.request.connection.set_max_body_size(sys.maxsize)
 
-    def on_finish(self):
-        if self._counted:
-            self._counted = False
-            self.application.settings["gate"].leave()
-
-    def on_connection_close(self):   # the client left before the answer: maybe no finish
-        super().on_connection_close()
-        self.on_finish()
+    def refused(self, refusal: ServingError):   # max_concurrent_requests, or shutting down
+        self.inf.record(self.path_args[0], self.path_args[3], "REST", time.perf_counter(),
+                        refusal.code)
 
     def _refuse(self):
         self._too_large = True

@@ -118,7 +118,7 @@ class ModelServer:
         # The REST handlers check max_request_bytes themselves (413 with a JSON body).
         self.http_server = admission.HTTPServer(
             app, max_body_size=s.max_request_bytes + 1, xheaders=False, idle_connection_timeout=300,
-            max_header_size=rest.MAX_REQUEST_HEAD_BYTES)
+            max_header_size=rest.MAX_REQUEST_HEAD_BYTES, body_timeout=admission.body_timeout(s))
         rest_port = admission.bind(self.http_server, s.rest_port, s.host)
         self.ports = Ports(rest_port, grpc_port)
         self._stopped = asyncio.Event()

@@ -27,7 +27,7 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 
 from serving import metrics as M
-from serving.batching import Batcher, batch_key
+from serving.batching import Batcher, ModelFuture, batch_key
 from serving.errors import ServingError, from_tf_error, internal_error, invalid
 from serving.models import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD,
                             ModelManager, ModelVersion, Signature)
@@ -120,8 +120,7 @@ class Inference:
             if self.batcher is not None and key is not None:
                 rows = next(iter(feeds.values())).shape[0]
                 return await self.batcher.submit(key, call, feeds, rows)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, call, feeds)
+            return await _in_executor(self.executor, call, feeds)
         except self._op_error as exc:
             raise from_tf_error(exc) from None
         except UnicodeDecodeError:
@@ -286,3 +285,26 @@ def _array_dtype_name(array: np.ndarray) -> str:
     return {"f4": "float", "f8": "double", "i8": "int64", "i4": "int32", "i2": "int16",
             "i1": "int8", "u1": "uint8", "u2": "uint16", "u4": "uint32", "u8": "uint64",
             "b1": "bool"}.get(array.dtype.str[1:], str(array.dtype))
+
+
+def _in_executor(executor: ThreadPoolExecutor, fn, arg) -> ModelFuture:
+    """``fn(arg)`` on ``executor``, as a ModelFuture: a caller that is cancelled
+    meanwhile sees it once ``fn`` has returned."""
+    loop = asyncio.get_running_loop()
+    future = ModelFuture(loop=loop)
+
+    def done(work):
+        try:
+            loop.call_soon_threadsafe(_settle, future, work)
+        except RuntimeError:   # the loop is closed: nobody is waiting any more
+            pass
+    executor.submit(fn, arg).add_done_callback(done)
+    return future
+
+
+def _settle(future: ModelFuture, done) -> None:
+    exc = done.exception()
+    if exc is None:
+        future.set_result(done.result())
+    else:
+        future.set_exception(exc)

@@ -94,6 +94,8 @@ class Settings:
     max_request_bytes: int = 10 * 1024 * 1024
     max_concurrent_requests: int = 1024      # inference requests in flight (REST + gRPC); more
                                              # are answered UNAVAILABLE (503) at once
+    request_body_timeout_seconds: float = 60.0   # a REST body not fully received by then:
+                                             # its connection is closed (it holds no slot)
     intra_op_threads: int = 1                # TF session pools (TF Serving's --tensorflow_*_parallelism);
     inter_op_threads: int = -1               # 0: TF's default, -1: ops on the calling thread
     busy_poll_micros: int = 500              # an idle loop polls this long before sleeping

@@ -61,3 +61,40 @@ def channel(served):
 @pytest.fixture(scope="module")
 def stub(channel):
     return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+WAITER = "waiter"
+
+
+def waiter_settings(tmp, **overrides):
+    """Settings serving ``waiting_model`` (copy it with ``copy_version``); without
+    batching, so that a call the model holds blocks no other."""
+    return serving_settings(tmp, model_name=WAITER, enable_batching=False, **overrides)
+
+
+@pytest.fixture(scope="session")
+def waiting_model(tmp_path_factory):
+    """A real SavedModel whose ``serving_default`` takes file paths and answers,
+    for each, once a file matches it (at once for a file that exists), how many
+    10 ms naps it waited: a call kept in the model for as long as a test wants."""
+    import tensorflow as tf
+    # tf.data's sleep transformation: a graph op that waits without using the CPU
+    from tensorflow.python.data.experimental.ops.testing import sleep
+
+    def nap():
+        return tf.data.Dataset.range(1).apply(sleep(10_000)).reduce(
+            tf.constant(0, tf.int64), lambda total, x: total + x)
+
+    def wait_for(path):
+        return tf.while_loop(lambda n: tf.equal(tf.size(tf.io.matching_files(path)), 0),
+                             lambda n: [n + 1 + nap()], [tf.constant(0, tf.int64)])[0]
+
+    class Waiter(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="path")])
+        def serve(self, path):
+            return {"naps": tf.map_fn(wait_for, path, fn_output_signature=tf.int64)}
+
+    directory = tmp_path_factory.mktemp("waiting_model") / "1"
+    module = Waiter()
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    return directory

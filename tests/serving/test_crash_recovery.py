@@ -88,3 +88,31 @@ def test_live_writers_temp_file_is_left_alone(tmp_path, pushed_model, rows):
         assert server.terminate() == 0
     assert sorted(logged_ids(logs)) == sorted(sent)
     assert len(request_log.closed_log_files(logs)) == 1 and hidden_files(logs) == []
+
+
+def test_orphans_that_cannot_be_recovered_are_named_and_skipped(tmp_path, pushed_model, rows):
+    """Before: one unreadable or unrenamable temp file made ``tfxops serve`` exit 1."""
+    settings = _settings(tmp_path, pushed_model)
+    logs = settings.request_logs_path
+    with ServeProcess(settings, tmp_path) as server:
+        sent = _send(settings, rows, "first", 5)
+        _counted_then_killed(server, sent)
+    (orphan,) = hidden_files(logs)
+    final = logs / orphan[1:-len(request_log.TMP_SUFFIX)]
+    (final / "in-the-way").mkdir(parents=True)             # its name taken: rename fails
+    not_a_file = logs / ".requests-20260101T000000Z-1-0.tfrecord.tmp"
+    not_a_file.mkdir()                                     # opening it fails
+    with ServeProcess(settings, tmp_path) as server:       # starts, serves, says what it skipped
+        more = _send(settings, rows, "second", 3)
+        assert server.terminate() == 0
+    said = server.log()
+    assert f"cannot recover {logs / orphan}" in said and f"cannot recover {not_a_file}" in said
+    assert f"with the name {final.name} free" in said
+    files = [p for p in request_log.closed_log_files(logs) if p.is_file()]   # not `final`
+    assert sorted(r.log_metadata.request_origin
+                  for r in request_log.read_prediction_logs(files)) == sorted(more)
+    (final / "in-the-way").rmdir()
+    final.rmdir()                                          # the fix the error names
+    with ServeProcess(settings, tmp_path) as server:       # recovers it on start
+        assert server.terminate() == 0
+    assert sorted(logged_ids(logs)) == sorted(sent + more)

@@ -4,18 +4,18 @@ logged; requests that come after it are refused (connection refused, or 503 /
 UNAVAILABLE with an error body), never cut off; the process exits 0."""
 import json
 import signal
-import socket
 import threading
 
 import grpc
-import pytest
 import requests
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import client
-from tests.serving.conftest import copy_version, serving_settings
+from tests.serving.conftest import copy_version, serving_settings, waiter_settings
 from serving.server import BackgroundServer
-from tests.serving.serve_proc import PREDICT_PATH, ServeProcess, hold, logged_ids, until
+from tests.serving.serve_proc import (WAITER_PATH, ServeProcess, answer, connection_refused,
+                                      hold, logged_ids, post, rest_status, until, waiter_body,
+                                      waiter_grpc)
 
 ROWS_PER_REQUEST = 2000           # slow enough to be in flight when the signal comes
 THREADS_PER_PROTOCOL = 4
@@ -142,39 +142,36 @@ def test_proxy_on_sigterm_answers_every_call_in_flight(tmp_path, pushed_model, r
     _check(outcomes, settings.request_logs_path)
 
 
-def _connection_refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 5).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
-def test_while_draining_new_calls_get_503_or_unavailable_and_the_held_one_its_answer(
-        tmp_path, pushed_model, rows):
-    settings = serving_settings(tmp_path, max_concurrent_requests=1)
-    copy_version(pushed_model, settings.model_push_dir, 6)
-    body = json.dumps(client.rest_body(client.serialize_rows(rows[:1]))).encode()
-    url = f"http://127.0.0.1:{settings.rest_port}{PREDICT_PATH}"
+def test_while_draining_new_calls_get_503_or_unavailable_and_those_received_their_answer(
+        tmp_path, waiting_model):
+    """SIGTERM while one call is computed (max_concurrent_requests=1: it holds the
+    only slot) and another's body is half sent: the computed call gets its 200,
+    the body still arriving its 503 "shutting down" once it is in, calls on a
+    kept-alive connection 503, gRPC UNAVAILABLE; each closes its connection."""
+    settings = waiter_settings(tmp_path, max_concurrent_requests=1)
+    copy_version(waiting_model, settings.model_push_dir, 1)
+    now, go = waiter_body(waiting_model / "saved_model.pb"), tmp_path / "go"   # at once; held
+    port, url = settings.rest_port, f"http://127.0.0.1:{settings.rest_port}{WAITER_PATH}"
     with ServeProcess(settings, tmp_path) as server:
         session = requests.Session()                          # a kept-alive connection
-        assert session.post(url, data=body, timeout=60).status_code == 200
-        grpc_client = client.GrpcClient("127.0.0.1", settings.grpc_port, "taxi")
-        assert len(grpc_client.predict_rows(rows[:1])) == 1
-        held = hold(settings.rest_port, body)                 # in flight at the signal:
-        until(lambda: requests.post(url, data=body, timeout=60).status_code == 503,
-              "the held call takes the only slot")            # (max_concurrent_requests=1)
+        assert session.post(url, data=now, timeout=60).status_code == 200
+        assert waiter_grpc(settings.grpc_port, waiting_model / "saved_model.pb")[0] == "OK"
+        computing = post(port, waiter_body(go), WAITER_PATH)  # computed at the signal
+        until(lambda: rest_status(port, now)[0] == 503, "the computed call takes the only slot")
+        uploading = hold(port, now, WAITER_PATH)              # half sent at the signal
         server.proc.send_signal(signal.SIGTERM)
-        until(lambda: _connection_refused(settings.rest_port), "REST stops listening")
-        late = session.post(url, data=body, timeout=60)       # on the kept-alive connection
+        until(lambda: connection_refused(port), "REST stops listening")
+        late = session.post(url, data=now, timeout=60)        # on the kept-alive connection
         assert late.status_code == 503 and late.headers["Connection"] == "close"
         assert "shutting down" in late.json()["error"]
-        with pytest.raises(client.ServingError) as raised:
-            grpc_client.predict_rows(rows[:1])
-        assert raised.value.status == "UNAVAILABLE" and "shutting down" in raised.value.message
-        held.sendall(body[len(body) // 2:])                   # the held call completes
-        answer = held.recv(65536)
-        assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer, answer
+        code, details = waiter_grpc(settings.grpc_port, waiting_model / "saved_model.pb")
+        assert code == "UNAVAILABLE" and "shutting down" in details
+        uploading.sendall(now[len(now) // 2:])                # its body completes
+        refused = answer(uploading)
+        assert refused.startswith(b"HTTP/1.1 503") and b"Connection: close" in refused
+        assert b"shutting down" in refused
+        go.touch()                                            # the model returns
+        answered = answer(computing)
+        assert answered.startswith(b"HTTP/1.1 200") and b"Connection: close" in answered
         assert server.proc.wait(60) == 0
-        grpc_client.close()
     assert len(logged_ids(settings.request_logs_path)) == 3
