@@ -259,11 +259,32 @@ def body_timeout(settings) -> float:
 
 
 def bind(server: HTTPServer, port: int, host: str) -> int:
-    """Listen on ``host:port`` (backlog ``LISTEN_BACKLOG``); the port bound."""
-    sockets = tornado.netutil.bind_sockets(port, address=host, reuse_port=False,
-                                           backlog=LISTEN_BACKLOG)
+    """Listen on ``host:port`` (backlog ``LISTEN_BACKLOG``); the port bound. OSError
+    naming the port and the setting when it cannot be bound."""
+    try:
+        sockets = tornado.netutil.bind_sockets(port, address=host, reuse_port=False,
+                                               backlog=LISTEN_BACKLOG)
+    except OSError as exc:
+        raise port_error("REST", host, port, "rest_port", exc.strerror or str(exc)) from None
     server.add_sockets(sockets)
     return sockets[0].getsockname()[1]
+
+
+def bind_grpc(server, port: int, host: str) -> int:
+    """``server.add_insecure_port``; OSError naming the port and the setting when it
+    cannot be bound (grpc raises RuntimeError, or returns 0 in older versions)."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise port_error("gRPC", host, port, "grpc_port", "in use, or not an address here")
+    return bound
+
+
+def port_error(api: str, host: str, port: int, setting: str, why: str) -> OSError:
+    return OSError(f"cannot listen for {api} on {host}:{port} ({why}): stop the process "
+                   f"using it, or choose another port with --set {setting}=PORT")
 
 
 async def drain_and_close(server: HTTPServer, gate: Gate, grace: float) -> None:

@@ -234,8 +234,8 @@ class Batcher:
         for queue in sorted(self._queues.values(), key=lambda q: q.tasks[0].enqueued):
             self._schedule_check(queue)
 
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)
+    def shutdown(self, wait: bool = True) -> None:
+        self.executor.shutdown(wait=wait, cancel_futures=not wait)
 
 
 def _run_batch(run: RunFn, tasks: Sequence[_Task]) -> List[object]:

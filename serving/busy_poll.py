@@ -84,9 +84,14 @@ def run(main, busy_poll_micros: int):
             loop.close()
 
 
+CANCEL_WAIT_SECONDS = 5.0
+
+
 def _cancel_all(loop) -> None:
+    """Cancel what is left; wait a little for it (a call whose model never returns
+    does not end on cancellation: it is left to the process's exit)."""
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         task.cancel()
     if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(asyncio.wait(tasks, timeout=CANCEL_WAIT_SECONDS))

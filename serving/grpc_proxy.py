@@ -218,9 +218,7 @@ async def start(settings, logger, metrics: M.Metrics, gate=None):
         ("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)],
         interceptors=[admission.GrpcGate(gate)] if gate is not None else None)
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-    if port == 0:
-        raise OSError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
+    port = admission.bind_grpc(server, settings.grpc_port, settings.host)
     await server.start()
     log.info("proxy on grpc %s:%d -> %s", settings.host, port, settings.proxy_grpc_to)
     return server, handler, port

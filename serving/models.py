@@ -177,6 +177,7 @@ class ModelVersion:
         self.plans: Dict[tuple, tuple] = {}    # request shape -> checked plan (serving.service)
         self._lock = threading.Lock()
         self.refs = 0
+        self.retired = False           # unloaded while calls still ran: closed by the last
         self.loaded_at = time.time()
 
     def signature_def_map(self):
@@ -337,14 +338,17 @@ class ModelManager:
         self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait_seconds: float = UNLOAD_WAIT_SECONDS) -> None:
+        """Stop watching; unload every version, waiting at most ``wait_seconds`` in
+        all for the calls still holding them (see ``_unload``)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         with self._lock:
             versions = list(self._loaded)
+        deadline = time.time() + wait_seconds
         for v in versions:
-            self._unload(v)
+            self._unload(v, max(0.0, deadline - time.time()))
 
     def _watch(self):
         while not self._stop.wait(self.poll_seconds):
@@ -433,21 +437,26 @@ class ModelManager:
         log.info("model %s version %d AVAILABLE (loaded in %.1f s)", self.name, version,
                  time.time() - started)
 
-    def _unload(self, version: int) -> None:
+    def _unload(self, version: int, wait_seconds: float = UNLOAD_WAIT_SECONDS) -> None:
+        """Stop serving ``version``; close it once the calls holding it are done
+        (waiting up to ``wait_seconds``; a session is never closed under a running
+        call: the last call to release a version retired meanwhile closes it)."""
         with self._lock:
             loaded = self._loaded.pop(version, None)
             self._latest = self._loaded[max(self._loaded)] if self._loaded else None
         if loaded is None:
             return
         self._set(version, UNLOADING)
-        deadline = time.time() + UNLOAD_WAIT_SECONDS
-        with self._lock:   # in-flight requests holding this version finish first
+        deadline = time.time() + wait_seconds
+        with self._lock:
             while loaded.refs > 0 and time.time() < deadline:
                 self._lock.wait(timeout=0.5)
             if loaded.refs > 0:
-                log.warning("unloading %s/%d with %d requests still running",
-                            self.name, version, loaded.refs)
-        loaded.close()
+                loaded.retired = True
+                log.warning("model %s version %d unloaded with %d call(s) still running: "
+                            "its session closes when they return", self.name, version, loaded.refs)
+        if not loaded.retired:
+            loaded.close()
         self._set(version, END)
         log.info("model %s version %d unloaded", self.name, version)
 
@@ -476,8 +485,11 @@ class ModelManager:
     def release(self, loaded: ModelVersion) -> None:
         with self._lock:
             loaded.refs -= 1
-            if loaded.refs <= 0:
+            last = loaded.refs <= 0
+            if last:
                 self._lock.notify_all()
+        if last and loaded.retired:
+            loaded.close()
 
     def available_versions(self) -> List[int]:
         with self._lock:

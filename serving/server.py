@@ -109,9 +109,7 @@ class ModelServer:
         self.grpc_server = grpc.aio.server(options=options, interceptors=[
             admission.GrpcGate(self.gate, self._on_grpc_refused)])
         grpc_service.add_to_server(self.grpc_server, self.inference)
-        grpc_port = self.grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
-        if grpc_port == 0:
-            raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
+        grpc_port = admission.bind_grpc(self.grpc_server, s.grpc_port, s.host)
         await self.grpc_server.start()
         app = rest.make_app(self.inference, s.max_request_bytes)
         app.settings["gate"] = self.gate
@@ -137,10 +135,11 @@ class ModelServer:
             await admission.drain_and_close(self.http_server, self.gate, grace)
         if self.grpc_server is not None:   # calls that still come are CANCELLED by gRPC
             await self.grpc_server.stop(max(0.1, deadline - loop.time()))
-        await loop.run_in_executor(None, self.manager.stop)
+        left = max(0.0, deadline - loop.time())
+        await loop.run_in_executor(None, self.manager.stop, left)
         if self.batcher is not None:
-            self.batcher.shutdown()
-        self.executor.shutdown(wait=True)
+            self.batcher.shutdown(wait=False)
+        self.executor.shutdown(wait=False, cancel_futures=True)
         if self.logger is not None:
             await loop.run_in_executor(None, self.logger.close)
         if self._stopped is not None:
@@ -205,3 +204,22 @@ def serve(settings: config.Settings) -> None:
     with the caller and does not spin)."""
     busy_poll.run(ModelServer(settings, freeze_gc=True).serve_forever(),
                   settings.busy_poll_micros)
+    _exit_if_calls_remain()
+
+
+def _exit_if_calls_remain() -> None:
+    """After a shutdown whose grace period ran out with model calls still running
+    (a model that never returns), end the process without them: the request log is
+    flushed and every connection closed by now; Python would wait for those threads
+    forever."""
+    others = [t for t in threading.enumerate()
+              if t is not threading.current_thread() and not t.daemon]
+    deadline = time.monotonic() + 2.0          # idle pool threads end at once
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    running = [t.name for t in others if t.is_alive()]
+    if running:
+        log.warning("model calls still running after the shutdown's grace period (%s): "
+                    "exiting without them", ", ".join(sorted(running)))
+        logging.shutdown()
+        os._exit(0)

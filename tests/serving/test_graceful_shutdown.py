@@ -175,3 +175,22 @@ def test_while_draining_new_calls_get_503_or_unavailable_and_those_received_thei
         assert answered.startswith(b"HTTP/1.1 200") and b"Connection: close" in answered
         assert server.proc.wait(60) == 0
     assert len(logged_ids(settings.request_logs_path)) == 3
+
+
+def test_sigterm_ends_the_process_even_when_a_model_call_never_returns(tmp_path, waiting_model):
+    """A model call that never returns kept the process alive forever after SIGTERM
+    (the executor joined its thread). Now the grace period ends it: the answered
+    calls are logged, the stuck caller's connection closes, the process exits 0."""
+    settings = waiter_settings(tmp_path)
+    copy_version(waiting_model, settings.model_push_dir, 1)
+    now = waiter_body(waiting_model / "saved_model.pb")
+    with ServeProcess(settings, tmp_path) as server:
+        assert rest_status(settings.rest_port, now)[0] == 200
+        stuck = post(settings.rest_port, waiter_body(tmp_path / "never"), WAITER_PATH)
+        until(lambda: server.counter("tfxops_serving_request_log_records_total") >= 1,
+              "the answered call is logged")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(180) == 0, server.log()[-3000:]
+        assert "exiting without them" in server.log()
+        assert answer(stuck) == b""                            # closed, no half answer
+    assert len(logged_ids(settings.request_logs_path)) == 1

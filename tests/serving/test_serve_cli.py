@@ -105,3 +105,24 @@ def test_tfxops_serve_process_serves_and_stops_cleanly_on_sigterm(
     # the ids printed are the ids logged: what a feedback CSV refers to
     assert {r.request_id for r in logged} == {a["request_id"] for a in answers.values()}
     assert not [p for p in settings.request_logs_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("busy", ["grpc_port", "rest_port"])
+def test_a_port_in_use_is_named_with_the_setting_to_change(tmp_path, pushed_model, busy):
+    """A gRPC port in use gave grpc's RuntimeError traceback; a REST one '[Errno 98]'."""
+    settings = serving_settings(tmp_path)
+    copy_version(pushed_model, settings.model_push_dir, 3)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", getattr(settings, busy)))
+    taken.listen()
+    try:
+        command = [sys.executable, "-m", "tfxops.cli", "serve", "--home", str(tmp_path)]
+        for key in ("serving_dir", "rest_port", "grpc_port", "request_log_dir"):
+            command += ["--set", f"{key}={getattr(settings, key)}"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    port = getattr(settings, busy)
+    assert f"127.0.0.1:{port}" in done.stderr and f"--set {busy}=PORT" in done.stderr
+    assert "Traceback" not in done.stderr and "RuntimeError" not in done.stderr
