@@ -20,14 +20,16 @@ import threading
 import time
 from pathlib import Path
 
-import tfxops  # noqa: F401
+from core.env import set_process_environment
+
+set_process_environment()
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from serving import client, request_log  # noqa: E402
 from serving.server import free_port  # noqa: E402
-from tfxops.examples import read_csv_rows  # noqa: E402
+from core.examples import read_csv_rows  # noqa: E402
 
 
 def _serve(home: Path, rest: int, grpc_port: int) -> subprocess.Popen:

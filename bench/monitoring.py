@@ -51,14 +51,15 @@ def write_logs(directory: Path, n: int, version: int, rows) -> float:
 
 def child(args) -> None:
     """One size: write logs, run the monitor, time TFDV on a DataFrame of the same rows."""
-    import tfxops  # noqa: F401
+    from core.env import set_process_environment
+    set_process_environment()
     import pandas as pd
     import tensorflow_data_validation as tfdv
 
-    from modules import features as F
+    from core import features as F
     from monitoring import run
-    from tfxops import config, mlmd
-    from tfxops.examples import read_csv_rows
+    from core import config, mlmd
+    from core.examples import read_csv_rows
 
     home = Path(args.home).resolve()
     work = Path(args.work)

@@ -32,7 +32,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import tfxops  # noqa: E402,F401  (TF_USE_LEGACY_KERAS for this process too)
+from core.env import set_process_environment
+set_process_environment()
 PY = sys.executable
 ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONWARNINGS="ignore")
 
@@ -102,7 +103,7 @@ def eval_split(pipeline_root):
 def _canonical(records):
     """The examples as sorted rows (serialized bytes differ in map order, not content)."""
     import tensorflow as tf
-    from tfxops.examples import example_to_row
+    from core.examples import example_to_row
 
     return sorted(repr(sorted(example_to_row(tf.train.Example.FromString(r)).items())) for r in records)
 
@@ -148,7 +149,7 @@ def main(argv=None):
 
     print("== start-up: importing TensorFlow, TFX, TFMA", flush=True)
     results["imports"] = measure(
-        [PY, "-c", "import tfxops; from tfx import v1; import tensorflow_model_analysis, tensorflow_transform"],
+        [PY, "-c", "from core.env import set_process_environment; set_process_environment(); from tfx import v1; import tensorflow_model_analysis, tensorflow_transform"],
         work / "imports.log")
 
     print("== reference: TFX taxi example (cold)", flush=True)
@@ -242,7 +243,7 @@ def render(r):
         "- **AutoGraph transpiling library code** (12-25 s per process): AutoGraph skips `tensorflow` and "
         "`keras` but not `tf_keras` (what `TF_USE_LEGACY_KERAS=1` selects) nor `tensorflow_transform`, so the "
         "first `fit` and every traced Transform layer rewrite hundreds of library functions. "
-        "`tfxops.env.skip_autograph_for_libraries()` adds them to AutoGraph's do-not-convert list "
+        "`core.env.skip_autograph_for_libraries()` adds them to AutoGraph's do-not-convert list "
         "(a trivial Keras model's first train step: 12 s -> 0.2 s).",
         "- **Beam worker processes**: the reference runs the DirectRunner in multi_processing mode with one "
         "worker per core; each Beam component starts fresh Python workers that import TensorFlow again. "

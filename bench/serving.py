@@ -30,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import tfxops  # noqa: F401
+from core.env import set_process_environment
+
+set_process_environment()
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,8 +251,8 @@ def main():
     args = ap.parse_args()
     from serving.client import predict_request, rest_body, serialize_rows
     from serving.models import ModelVersion, SessionThreads
-    from tfxops import config
-    from tfxops.examples import read_csv_rows
+    from core import config
+    from core.examples import read_csv_rows
     import orjson
 
     settings = config.load({})

@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from tfxops import mlmd
-from tfxops.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, settings_from
+from core import mlmd
+from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
 
 FORMATS = ("text", "dot", "html")
 
@@ -68,24 +68,18 @@ def cmd_runs(args) -> int:
 
 
 def cmd_model(args) -> int:
-    from lineage import render, runs, trace
+    from lineage import render
+    from lineage.model import model_lineage
 
-    settings, store = _open(args)
-    report, graph = mlmd.with_retry(
-        lambda: trace.model_report(store, settings, args.version, with_metrics=not args.no_metrics))
-    run_id = report["run_id"] or mlmd.run_of_execution(
-        store, (report["summary"].get("training") or {}).get("model_execution_id") or 0)
-    report["since_previous"] = mlmd.with_retry(lambda: runs.changes_since_previous(
-        store, settings.pipeline_name, report["version"], run_id, with_metrics=not args.no_metrics))
+    report, graph = model_lineage(settings_from(args), args.version, with_metrics=not args.no_metrics)
     if args.json:
         _emit(args, _json(report))
     elif args.format == "dot":
         _emit(args, render.dot(graph, render.model_graph_title(report)))
     elif args.format == "html":
-        _emit(args, render.html(graph, render.model_graph_title(report),
-                                render.tree_text(report) + "\n\n" + render.since_previous_text(report)))
+        _emit(args, render.model_html(report, graph))
     else:
-        _emit(args, render.tree_text(report) + "\n\n" + render.since_previous_text(report))
+        _emit(args, render.model_text(report))
     return EXIT_OK
 
 
@@ -153,14 +147,14 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(subparsers, common) -> None:
+def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "lineage", help="where a model came from, what a run did, what changed (reads ML Metadata)",
         description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="lineage_command", required=True, metavar="{runs,model,artifact,diff}")
 
     def output_options(p, graph: bool):
-        common(p)
+        add_common_options(p)
         p.add_argument("--json", action="store_true", help="print JSON (for scripts)")
         if graph:
             p.add_argument("--format", choices=FORMATS, default="text",

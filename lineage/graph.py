@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ml_metadata.proto import metadata_store_pb2
 
-from tfxops import mlmd
+from core import mlmd
 
 Artifact = metadata_store_pb2.Artifact
 Execution = metadata_store_pb2.Execution

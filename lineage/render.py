@@ -6,7 +6,7 @@ import json
 from typing import Dict, List, Optional, Tuple
 
 from lineage import graph as G
-from tfxops import mlmd
+from core import mlmd
 
 
 def _short(value, limit: int = 100) -> str:
@@ -360,3 +360,13 @@ def html(g: G.Graph, title: str, text: Optional[str] = None) -> str:
 def model_graph_title(report: Dict) -> str:
     return f"Lineage of model version {report['version']} (run {report['run_id']})"
 
+
+
+def model_text(report: Dict) -> str:
+    """``tfxops lineage model``'s text: the tree, then what changed since the previous version."""
+    return tree_text(report) + "\n\n" + since_previous_text(report)
+
+
+def model_html(report: Dict, graph) -> str:
+    """The model's lineage graph as a self-contained page, with the text beside it."""
+    return html(graph, model_graph_title(report), model_text(report))

@@ -5,7 +5,7 @@
 after its process died) and the version it pushed. A run whose
 process is gone before it ended (``kill -9``, a crash, a reboot) is "abandoned",
 and so are its executions that MLMD still holds as RUNNING: the runner records
-its owner and its end on the pipeline_run context (tfxops/owner.py). Runs
+its owner and its end on the pipeline_run context (core/owner.py). Runs
 recorded without an owner keep the status their executions give.
 
 ``run_facts`` / ``diff_runs``: a run reduced to what decides its model (input
@@ -18,8 +18,8 @@ from typing import Dict, List, Optional
 
 from lineage import graph as G
 from lineage import trace
-from tfxops import mlmd
-from tfxops.owner import DEAD, RECOVERED, RUN_ENDED, RUN_OWNER, Owner
+from core import mlmd
+from core.owner import DEAD, RECOVERED, RUN_ENDED, RUN_OWNER, Owner
 
 # MLMD execution state -> what it means for a run
 OUTCOME = {"COMPLETE": "executed", "CACHED": "cached", "FAILED": "failed", "RUNNING": "running",

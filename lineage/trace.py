@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from lineage import graph as G
-from pipeline import publish
-from tfxops import mlmd
-from tfxops.config import Settings
-from tfxops.owner import ALIVE, RECOVERED, Owner
+from core import pushdir
+from core import mlmd
+from core.config import Settings
+from core.owner import ALIVE, RECOVERED, Owner
 
 SERVING = "serving"
 # Order in which an execution's inputs are shown (others follow, by name).
@@ -319,11 +319,11 @@ def resolve_pushed(store, settings: Settings, version: Optional[str]) -> Tuple[G
 
 def _unrecorded(settings: Settings, version: str) -> Optional[str]:
     """What to say about a version that is in the push directory but not in MLMD,
-    from its push marker (pipeline/publish.py); None if there is no such directory."""
+    from its push marker (core/pushdir.py); None if there is no such directory."""
     path = settings.model_push_dir / version
     if not version.isdigit() or not path.is_dir():
         return None
-    marker = publish.read_marker(str(path))
+    marker = pushdir.read_marker(str(path))
     if marker is None:
         return (f"version {version} in '{settings.model_push_dir}' has no record in ML Metadata and no "
                 f"push marker: it was not pushed by tfxops, so its lineage is unknown.")

@@ -16,8 +16,8 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from modules import features as F
-from tfxops.env import skip_autograph_for_libraries
+from core import features as F
+from core.env import skip_autograph_for_libraries
 
 skip_autograph_for_libraries()
 

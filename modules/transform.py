@@ -1,12 +1,12 @@
 """TFX Transform module: ``preprocessing_fn`` turns raw taxi features into model inputs.
 
-The feature lists come from ``modules.features``; nothing here names a column.
+The feature lists come from ``core.features``; nothing here names a column.
 """
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from modules import features as F
-from tfxops.env import skip_autograph_for_libraries
+from core import features as F
+from core.env import skip_autograph_for_libraries
 
 skip_autograph_for_libraries()
 

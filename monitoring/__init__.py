@@ -21,7 +21,7 @@
 """
 from pathlib import Path
 
-from tfxops.config import Settings
+from core.config import Settings
 
 
 def monitor_path(settings: Settings) -> Path:

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from modules import features as F
-from tfxops.config import Settings
+from core import features as F
+from core.config import Settings
 
 
 def write_span(rows: List[Dict], spans_dir: Path, window_id: str) -> Optional[Path]:
@@ -73,7 +73,7 @@ def retrain(settings: Settings, data_dir: Path, out=None) -> Dict:
 
 def repush(settings: Settings, model_path: str) -> Dict:
     """Publish a previously blessed model again, atomically, as a new version."""
-    from pipeline.pusher import publish_atomically
+    from core.pushdir import publish_atomically
 
     version = publish_atomically(model_path, str(settings.model_push_dir))
     return {"ok": True, "pushed": True, "pushed_version": version,

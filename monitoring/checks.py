@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from modules import features as F
+from core import features as F
 
 UNWATCHED = 1e9          # a comparator threshold that never fires: distance only
 PREDICTION = "prediction"

@@ -17,14 +17,14 @@ import logging
 import sys
 import time
 
-from tfxops.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, settings_from
+from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
 
 EXIT_BUSY = 3          # another monitor holds the lock: nothing done
 
 
 def _once(settings, args) -> int:
     from monitoring import lock, report, run
-    from tfxops.mlmd import MetadataError
+    from core.mlmd import MetadataError
 
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     try:
@@ -65,10 +65,10 @@ def cmd_monitor(args) -> int:
         time.sleep(max(0.0, args.watch - (time.monotonic() - started)))
 
 
-def register(subparsers, common) -> None:
+def register(subparsers) -> None:
     p = subparsers.add_parser(
         "monitor", help="compare served requests with the training data; report; retrigger the pipeline")
-    common(p)
+    add_common_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help="analyse and report only: no action, the checkpoint does not advance")
     p.add_argument("--watch", type=float, metavar="SECONDS",

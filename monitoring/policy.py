@@ -1,6 +1,6 @@
 """The trigger policy: whether a window's findings call for an action, and which.
 
-Reasons (each switched by a setting, see tfxops/config.py ``# --- monitoring``):
+Reasons (each switched by a setting, see core/config.py ``# --- monitoring``):
 ERROR-severity schema anomalies; N features over their skew threshold; N over
 their drift threshold; prediction drift; an AUC drop on labelled requests.
 
@@ -25,7 +25,7 @@ import time
 from typing import Dict, List, Optional
 
 from monitoring.rejections import Alert, Summary
-from tfxops.config import Settings
+from core.config import Settings
 
 NONE, RETRAIN, REPUSH, ALERT = "none", "retrain", "repush", "alert"
 ACTIONS = (RETRAIN, REPUSH)            # what changes the served model; ALERT only reports

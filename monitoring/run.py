@@ -9,13 +9,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from modules import features as F
+from core import features as F
 from monitoring import act, baseline as baseline_lib, checks, contract as contract_lib, feedback_path, logfiles
 from monitoring import monitor_path, policy, record
 from monitoring import lock as lock_lib, rejections as rejections_lib, report, window as window_lib
-from pipeline import publish
-from tfxops import mlmd
-from tfxops.config import Settings
+from core import pushdir
+from core import mlmd
+from core.config import Settings
 
 log = logging.getLogger("tfxops.monitoring")
 DECODE_ROWS = 65_536          # rows per RecordBatch fed to the statistics
@@ -274,7 +274,7 @@ def _eval_prediction_stats(settings: Settings, base: baseline_lib.Baseline, mdir
 
 
 def _labelled_arrays(labelled) -> Tuple[np.ndarray, np.ndarray, List[Dict]]:
-    from tfxops.examples import example_to_row
+    from core.examples import example_to_row
     import tensorflow as tf
 
     rows, scores, tips, fares = [], [], [], []
@@ -330,7 +330,7 @@ def _decoding_schema(settings: Settings):
 
 def _current_version(settings: Settings) -> Optional[int]:
     """The newest version in the push directory: what a ``latest`` server serves."""
-    return max(publish.existing_versions(str(settings.model_push_dir)), default=None)
+    return max(pushdir.existing_versions(str(settings.model_push_dir)), default=None)
 
 
 # ------------------------------------------------------------------ the run

@@ -4,7 +4,7 @@ CsvExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleVal
 -> DataGate -> Transform -> Trainer -> Resolver (baseline model) -> Evaluator
 -> AtomicPusher.
 
-Every setting comes from ``tfxops.config.Settings``; model code lives in
+Every setting comes from ``core.config.Settings``; model code lives in
 ``modules/``. The same function builds the pipeline for any TFX runner
 (LocalDagRunner here; Kubeflow or Dataflow with other ``beam_args`` and metadata).
 """
@@ -16,12 +16,12 @@ from pathlib import Path
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
-from modules import features as F
+from core import features as F
 from pipeline.baseline import BaselineModelStrategy
 from pipeline.gate import DataGate
 from pipeline.pusher import AtomicPusher
-from tfxops import mlmd
-from tfxops.config import Settings
+from core import mlmd
+from core.config import Settings
 
 # Node ids, used by the runner's progress display and by lineage.
 NODE_ORDER = [

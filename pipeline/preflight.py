@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import List
 
-from modules import features as F
+from core import features as F
 
 
 class PreflightError(ValueError):
@@ -52,7 +52,7 @@ def _check_type(path: Path, line: int, column: str, value: str) -> None:
         raise PreflightError(
             f"{path}, line {line}, column '{column}': {value!r} is not {'an integer' if kind == 'int' else 'a number'} "
             f"as the schema requires. Fix the value, or the column's type in schema/schema.pbtxt "
-            f"and modules/features.py.") from None
+            f"and core/features.py.") from None
 
 
 def check_csv(path: Path, max_rows: int) -> int:
@@ -81,7 +81,7 @@ def _check_header(path: Path, reader) -> List[str]:
     if F.LABEL_KEY in missing:
         raise PreflightError(
             f"{path} has no label column '{F.LABEL_KEY}'. Training needs it; add the column "
-            f"(or change LABEL_KEY in modules/features.py for other data).")
+            f"(or change LABEL_KEY in core/features.py for other data).")
     if missing or extra:
         parts = []
         if missing:
@@ -90,7 +90,7 @@ def _check_header(path: Path, reader) -> List[str]:
             parts.append(f"unexpected column(s): {', '.join(extra)}")
         raise PreflightError(
             f"{path} does not match the schema ({'; '.join(parts)}). The columns must be: "
-            f"{', '.join(F.CSV_COLUMNS)} (schema/schema.pbtxt, modules/features.py).")
+            f"{', '.join(F.CSV_COLUMNS)} (schema/schema.pbtxt, core/features.py).")
     return header
 
 

@@ -6,7 +6,7 @@ TFX's filesystem Pusher copies the SavedModel straight into
 find the numeric directory while files are still arriving. This executor copies
 into a hidden, non-numeric sibling (``.incoming-<version>-<pid>``), then renames it
 to ``<version>`` in one ``os.rename`` on the same filesystem
-(``pipeline.publish.publish_atomically``). On any error the partial copy is
+(``core.pushdir.publish_atomically``). On any error the partial copy is
 removed and nothing appears under ``<base>``. The archive copy TFX keeps in the
 PushedModel's own uri is made before the rename, so the rename is the executor's
 last step.
@@ -22,7 +22,7 @@ Killed mid-push. TFX records the PushedModel in MLMD only after ``Do`` returns,
 so a ``kill -9`` between the rename and that record leaves a whole, blessed,
 servable version with no lineage (TFX's own Pusher has the same gap, plus
 half-copied versions). Before the rename, the executor writes a push marker
-inside the staging directory (``pipeline.publish.MARKER``: pid, host and start
+inside the staging directory (``core.pushdir.MARKER``: pid, host and start
 time of the process, pipeline run id, node id, execution id, model and
 PushedModel uris). ``pipeline.recovery.recover``, which every ``tfxops run`` calls
 before it starts the pipeline (and anyone else may call), then:
@@ -57,8 +57,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from pipeline.publish import (  # noqa: F401  (the names callers import from here)
-    INCOMING_PREFIX, existing_versions, next_version, publish_atomically)
+from core.pushdir import publish_atomically
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):

@@ -16,7 +16,7 @@ push directory, so two callers never judge the same version at once, it:
   - otherwise: moved aside to ``<base>/.orphaned-<version>``.
 
 Executions of other killed nodes are left RUNNING, as TFX leaves them;
-``tfxops lineage runs`` shows their run as "abandoned" (tfxops/owner.py).
+``tfxops lineage runs`` shows their run as "abandoned" (core/owner.py).
 """
 import contextlib
 import dataclasses
@@ -25,11 +25,11 @@ import fcntl
 import os
 from typing import Dict, List, Optional, Set
 
-from pipeline import publish
-from tfxops import mlmd
-from tfxops.mlmd import PUSHED_MODEL
-from tfxops.config import Settings
-from tfxops.owner import ALIVE, DEAD, RECOVERED, RUN_ENDED, UNKNOWN, Owner
+from core import pushdir
+from core import mlmd
+from core.mlmd import PUSHED_MODEL
+from core.config import Settings
+from core.owner import ALIVE, DEAD, RECOVERED, RUN_ENDED, UNKNOWN, Owner
 
 
 
@@ -58,11 +58,11 @@ def recover(settings: Settings) -> Recovery:
     if not os.path.isdir(base):
         return report
     with _locked(base):
-        report.removed_staging, kept = publish.remove_stale_staging(base)
-        report.left += [f"kept {path}: {_whose(publish.owner_of(path))}" for path in kept]
+        report.removed_staging, kept = pushdir.remove_stale_staging(base)
+        report.left += [f"kept {path}: {_whose(pushdir.owner_of(path))}" for path in kept]
         store = _open_store(settings)
         recorded = _recorded_versions(store, base)
-        for version in publish.existing_versions(base):
+        for version in pushdir.existing_versions(base):
             if str(version) not in recorded:
                 _recover_version(settings, store, base, str(version), report)
     return report
@@ -112,7 +112,7 @@ def _recorded_versions(store, base: str) -> Set[str]:
 
 def _recover_version(settings: Settings, store, base: str, version: str, report: Recovery) -> None:
     path = os.path.join(base, version)
-    marker = publish.read_marker(path)
+    marker = pushdir.read_marker(path)
     if marker is None:
         report.left.append(f"version {version}: no record in ML Metadata and no push marker (not pushed "
                            f"by tfxops): left in place; lineage cannot trace it")
@@ -127,7 +127,7 @@ def _recover_version(settings: Settings, store, base: str, version: str, report:
         return
     execution = _killed_pusher(store, marker)
     if execution is None:
-        report.moved_aside.append(publish.move_aside(base, version))
+        report.moved_aside.append(pushdir.move_aside(base, version))
         return
     _record(settings, path, version, marker, execution)
     report.recorded.append(version)

@@ -7,7 +7,7 @@ they say what the orchestrator did, not what we expected it to do.
 
 Before the pipeline starts, ``pipeline.recovery.recover`` deals with what a killed
 push left behind. While it runs, the run's ``pipeline_run`` context in MLMD names
-its owner (pid, host, process start time: ``tfxops.owner``) and, once it is over,
+its owner (pid, host, process start time: ``core.owner``) and, once it is over,
 that it ended; a run whose owner is gone before that is "abandoned" in
 ``tfxops lineage runs``. MLMD's own execution states are left as TFX writes them
 (a killed node's execution stays RUNNING, as TFX's LocalDagRunner leaves it).
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, TextIO
 
 from pipeline import preflight
-from tfxops import mlmd
-from tfxops.config import Settings
-from tfxops.owner import RUN_ENDED, RUN_OWNER, Owner
+from core import mlmd
+from core.config import Settings
+from core.owner import RUN_ENDED, RUN_OWNER, Owner
 
 
 class PipelineFailed(RuntimeError):
@@ -252,7 +252,7 @@ def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
 def _push_outcome(summary: RunSummary, pusher: Optional[mlmd.NodeExecution], settings: Settings) -> None:
     """Pushed (a new version), or cached: the Pusher's output is then the earlier
     push of the same model, which this run did not make."""
-    from pipeline.publish import existing_versions
+    from core.pushdir import existing_versions
 
     versions = existing_versions(str(settings.model_push_dir))
     summary.serving_version = str(versions[-1]) if versions else None
@@ -328,7 +328,7 @@ def run(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) 
     with library_output_to(log_path) as console:
         # TensorFlow is imported here, so its start-up noise goes to the log too.
         from pipeline.pipeline import NODE_ORDER
-        from tfxops.env import skip_autograph_for_libraries
+        from core.env import skip_autograph_for_libraries
 
         skip_autograph_for_libraries()
         progress = _Progress(console(out), len(NODE_ORDER))

@@ -19,12 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tfxops  # noqa: F401  (process environment)
+from core.env import set_process_environment
+
+set_process_environment()
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from modules import features as F
-from tfxops.examples import read_csv_rows, row_to_example, write_tfrecord
+from core import features as F
+from core.examples import read_csv_rows, row_to_example, write_tfrecord
 
 OUT = Path(__file__).with_name("schema.pbtxt")
 INT_DOMAINS = {

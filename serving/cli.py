@@ -4,7 +4,7 @@ import json
 import logging
 import sys
 
-from tfxops.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, settings_from
+from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
 
 
 def cmd_serve(args) -> int:
@@ -49,7 +49,7 @@ def _read_rows(args):
         data = json.loads(text)
         rows = data if isinstance(data, list) else data.get("instances", [data])
         return [r for r in rows if isinstance(r, dict)]
-    from tfxops.examples import read_csv_rows
+    from core.examples import read_csv_rows
     return list(itertools.islice(read_csv_rows(args.csv), args.rows))
 
 
@@ -86,9 +86,9 @@ def cmd_predict(args) -> int:
     return EXIT_OK
 
 
-def register(subparsers, common) -> None:
+def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve pushed models with TF Serving's REST/gRPC APIs")
-    common(p)
+    add_common_options(p)
     p.add_argument("--proxy-to", help="forward REST (on rest_port) to TF Serving's REST API "
                                       "at host:port, logging requests (instead of serving "
                                       "models here)")
@@ -97,7 +97,7 @@ def register(subparsers, common) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("predict", help="send rows to a model server, print predictions")
-    common(p)
+    add_common_options(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--csv", help="CSV of rows (default: the bundled taxi data)")
     src.add_argument("--json", help="JSON file of rows (a list of objects), or - for stdin")

@@ -2,7 +2,7 @@
 ``tfxops predict``, the tests and the benchmark.
 
 Rows are dicts of raw values (CSV strings or typed values); they are sent as
-serialized tf.Examples (``tfxops.examples.row_to_example``, CsvExampleGen's
+serialized tf.Examples (``core.examples.row_to_example``, CsvExampleGen's
 encoding) to ``serving_default`` — over gRPC as a PredictRequest, over REST as
 ``{"instances": [{"b64": ...}]}``.
 """
@@ -15,9 +15,9 @@ import grpc
 import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from modules import features as F
+from core import features as F
 from serving.request_log import new_request_id
-from tfxops.examples import row_to_example
+from core.examples import row_to_example
 
 DEFAULT_SIGNATURE = "serving_default"
 

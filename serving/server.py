@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-from tfxops import config
+from core import config
 
 from serving import admission, busy_poll, metrics as M
 from serving.batching import Batcher

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import tfxops  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from modules import features as F
-from tfxops import config
+from core.env import set_process_environment
+
+set_process_environment()
+from core import features as F
+from core import config
 
 REPO = Path(__file__).resolve().parents[1]
 TAXI_CSV = REPO / "data" / "taxi" / "data.csv"

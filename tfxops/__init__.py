@@ -1,10 +1,6 @@
-"""tfxops: a TFX pipeline, TF Serving-compatible serving, monitoring and lineage.
-
-Importing this package fixes the process environment every tfxops process needs
-before TensorFlow is imported (see ``tfxops.env``).
+"""tfxops: the front door. The ``tfxops`` command (``cli.py``) and the whole-loop demo
+(``demo.py``) call the stage packages (pipeline, serving, monitoring, lineage), which
+stand on the base layer ``core``. Nothing imports this package; importing it has no
+side effects (entry points call ``core.env.set_process_environment()`` themselves).
 """
-from tfxops import env as _env
-
-_env.apply()
-
 __version__ = "0.1.0"

@@ -2,30 +2,27 @@
 
     tfxops run [--data DIR] [--home DIR] [--set key=value ...] [--json]
     tfxops config [--set key=value ...]
-    (serve, predict, monitor, lineage: added by serving/, monitoring/, lineage/)
+    tfxops serve | predict       (serving/cli.py)
+    tfxops monitor               (monitoring/cli.py)
+    tfxops lineage ...           (lineage/cli.py)
+    tfxops demo
 
 Exit codes: 0 success, 1 the pipeline failed, 2 bad input or settings (nothing
 was run or pushed).
 """
 import argparse
-import importlib
 import json
 import sys
 
-import tfxops  # noqa: F401  (process environment before TensorFlow)
-from tfxops import config
+from core.env import set_process_environment
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+set_process_environment()   # before anything below imports TensorFlow
 
-
-def settings_from(args) -> config.Settings:
-    """Settings with this command's --set, --home and --data applied."""
-    overrides = config.parse_assignments(getattr(args, "set", None))
-    if getattr(args, "home", None):
-        overrides["home"] = args.home
-    if getattr(args, "data", None):
-        overrides["data_dir"] = args.data
-    return config.load(overrides)
+from core import config  # noqa: E402
+from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from  # noqa: E402
+from lineage import cli as lineage_cli  # noqa: E402
+from monitoring import cli as monitoring_cli  # noqa: E402
+from serving import cli as serving_cli  # noqa: E402
 
 
 def cmd_config(args) -> int:
@@ -64,35 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfxops", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p):
-        p.add_argument("--home", help="directory for everything a run writes (default ./outputs)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a setting (see `tfxops config`); repeatable")
-
     p_run = sub.add_parser("run", help="run the TFX pipeline locally on Beam")
-    common(p_run)
+    add_common_options(p_run)
     p_run.add_argument("--data", help="directory of training CSV files (default: bundled taxi data)")
     p_run.add_argument("--json", action="store_true",
                        help="print the summary as JSON on stdout (progress on stderr)")
     p_run.set_defaults(func=cmd_run)
 
     p_config = sub.add_parser("config", help="print the effective settings")
-    common(p_config)
+    add_common_options(p_config)
     p_config.set_defaults(func=cmd_config)
 
     p_demo = sub.add_parser("demo", help="the whole loop: train, serve, watch, retrain (fresh <home>/demo)")
-    common(p_demo)
+    add_common_options(p_demo)
     p_demo.set_defaults(func=cmd_demo)
 
-    # Each part of the loop adds its own commands: <package>/cli.py's register().
-    for package in ("serving", "monitoring", "lineage"):
-        try:
-            module = importlib.import_module(f"{package}.cli")
-        except ModuleNotFoundError as exc:
-            if exc.name not in (package, f"{package}.cli"):
-                raise
-            continue
-        module.register(sub, common)
+    for stage_cli in (serving_cli, monitoring_cli, lineage_cli):
+        stage_cli.register(sub)
     return parser
 
 

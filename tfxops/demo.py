@@ -14,7 +14,6 @@ Every run starts from a fresh ``<home>/demo`` (the previous one is removed).
 import csv
 import dataclasses
 import datetime
-import io
 import shutil
 import sys
 import time
@@ -22,8 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, TextIO
 
-from modules import features as F
-from tfxops.config import Settings
+from core import features as F
+from core.config import Settings
 
 SHIFT_FROM = datetime.datetime(2015, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
 PRICE_CHANGE = 1.5
@@ -42,7 +41,7 @@ class DemoData:
 def prepare_data(source_csv: Path, work: Path) -> DemoData:
     """Early trips: 90% to train, 10% held out as healthy traffic. Later trips, with
     fares and tips scaled by PRICE_CHANGE, as shifted traffic."""
-    from tfxops.examples import read_csv_rows   # (imports TensorFlow: after the log redirect)
+    from core.examples import read_csv_rows   # (imports TensorFlow: after the log redirect)
 
     rows = sorted(read_csv_rows(str(source_csv)), key=lambda r: int(r[F.TIME_KEY]))
     early = [r for r in rows if int(r[F.TIME_KEY]) < SHIFT_FROM]
@@ -223,15 +222,11 @@ def _loop(settings: Settings, work: Path, o: _Out) -> Dict:
 
 def _print_lineage(settings: Settings, o: _Out) -> Path:
     """The served model's lineage as a tree here, and as an HTML graph file."""
-    import contextlib
+    from lineage import render
+    from lineage.model import model_lineage
 
-    from tfxops.cli import main as cli_main
-
-    graph = Path(settings.home) / "lineage-serving.html"
-    common = ["--home", str(settings.home)]
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        cli_main(["lineage", "model", "serving", *common])
-        cli_main(["lineage", "model", "serving", "--format", "html", "-o", str(graph), *common])
-    o.out.write(text.getvalue())
-    return graph
+    report, graph = model_lineage(settings, "serving")
+    o.out.write(render.model_text(report) + "\n")
+    page = Path(settings.home) / "lineage-serving.html"
+    page.write_text(render.model_html(report, graph) + "\n")
+    return page

@@ -1,6 +1,6 @@
 import pytest
 
-from tfxops import config
+from core import config
 
 
 def test_defaults_put_every_output_under_home():

@@ -2,10 +2,10 @@
 import pytest
 import tensorflow_data_validation as tfdv
 
-from modules import features as F
+from core import features as F
 from pipeline.gate import describe
-from tfxops import config
-from tfxops.examples import row_to_example, write_tfrecord
+from core import config
+from core.examples import row_to_example, write_tfrecord
 from tests.conftest import read_rows
 
 

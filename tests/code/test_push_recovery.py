@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tfxops import config
+from core import config
 
 
 def _model(tmp_path, files=20):
@@ -28,7 +28,7 @@ def _model(tmp_path, files=20):
 def _publish_and_die(model, base, *fault):
     """publish_atomically in a child process that SIGKILLs itself at ``fault``."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.faults", *fault, "--python", "pipeline.publish:publish_atomically",
+        [sys.executable, "-m", "tests.faults", *fault, "--python", "core.pushdir:publish_atomically",
          "--", str(model), str(base)], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == -9, result.stdout + result.stderr
     return result
@@ -40,17 +40,18 @@ def settings(tmp_path):
 
 
 def test_a_copy_killed_half_way_leaves_staging_that_recovery_removes(tmp_path, settings):
-    from pipeline import publish, recovery
+    from core import pushdir
+    from pipeline import recovery
 
     base = settings.model_push_dir
     _publish_and_die(_model(tmp_path), base, "--kill-at-copy", "5")
-    staging = [n for n in os.listdir(base) if n.startswith(publish.INCOMING_PREFIX)]
-    assert len(staging) == 1 and publish.existing_versions(str(base)) == []
+    staging = [n for n in os.listdir(base) if n.startswith(pushdir.INCOMING_PREFIX)]
+    assert len(staging) == 1 and pushdir.existing_versions(str(base)) == []
 
     # a concurrent pusher in a live process (its pid is in the name) keeps its directory
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        live = base / f"{publish.INCOMING_PREFIX}99-{sleeper.pid}"
+        live = base / f"{pushdir.INCOMING_PREFIX}99-{sleeper.pid}"
         live.mkdir()
         report = recovery.recover(settings)
         assert sorted(os.listdir(base)) == [live.name]
@@ -64,35 +65,37 @@ def test_a_copy_killed_half_way_leaves_staging_that_recovery_removes(tmp_path, s
 
 
 def test_a_version_without_record_or_known_pusher_is_moved_aside(tmp_path, settings):
-    from pipeline import publish, recovery
+    from core import pushdir
+    from pipeline import recovery
 
     base = settings.model_push_dir
     _publish_and_die(_model(tmp_path), base, "--kill-after-rename-into", str(base))
-    [version] = publish.existing_versions(str(base))
-    marker = json.loads((base / str(version) / publish.MARKER).read_text())
+    [version] = pushdir.existing_versions(str(base))
+    marker = json.loads((base / str(version) / pushdir.MARKER).read_text())
     assert marker["owner"]["host"] == socket.gethostname()
 
     report = recovery.recover(settings)
-    assert publish.existing_versions(str(base)) == []          # no longer served
-    aside = base / f"{publish.ORPHANED_PREFIX}{version}"
+    assert pushdir.existing_versions(str(base)) == []          # no longer served
+    aside = base / f"{pushdir.ORPHANED_PREFIX}{version}"
     assert (aside / "saved_model.pb").read_bytes() == b"pb"    # kept for a person to inspect
     assert report.moved_aside == [str(aside)] and report.recorded == []
     assert any(str(version) in line and "moved aside" in line for line in report.lines())
 
 
 def test_what_a_live_process_pushes_and_what_tfxops_did_not_push_stay(tmp_path, settings):
-    from pipeline import publish, recovery
+    from core import pushdir
+    from pipeline import recovery
 
     base = settings.model_push_dir
     # pushed by this (live) process; its MLMD record may still be on its way
-    mine = publish.publish_atomically(str(_model(tmp_path)), str(base))
+    mine = pushdir.publish_atomically(str(_model(tmp_path)), str(base))
     # copied in by hand: no marker, so not ours to move
     foreign = base / str(int(mine) + 1)
     (foreign / "variables").mkdir(parents=True)
     (foreign / "saved_model.pb").write_bytes(b"pb")
 
     report = recovery.recover(settings)
-    assert publish.existing_versions(str(base)) == [int(mine), int(mine) + 1]
+    assert pushdir.existing_versions(str(base)) == [int(mine), int(mine) + 1]
     assert report.moved_aside == [] and report.recorded == []
     text = "\n".join(report.lines())
     assert f"version {mine}" in text and "still running" in text
@@ -102,13 +105,14 @@ def test_what_a_live_process_pushes_and_what_tfxops_did_not_push_stay(tmp_path, 
 def test_a_copy_of_a_pushed_version_in_another_directory_is_left_in_place(tmp_path, settings):
     """Someone copies a version tfxops pushed elsewhere into this push directory: its
     marker names the other directory, so recovery does not take it for an orphan."""
-    from pipeline import publish, recovery
+    from core import pushdir
+    from pipeline import recovery
 
     elsewhere = tmp_path / "elsewhere"
     _publish_and_die(_model(tmp_path), elsewhere, "--kill-after-rename-into", str(elsewhere))
-    [version] = publish.existing_versions(str(elsewhere))
+    [version] = pushdir.existing_versions(str(elsewhere))
     shutil.copytree(elsewhere / str(version), settings.model_push_dir / str(version))
 
     report = recovery.recover(settings)
-    assert publish.existing_versions(str(settings.model_push_dir)) == [version]
+    assert pushdir.existing_versions(str(settings.model_push_dir)) == [version]
     assert report.moved_aside == [] and any("a copy of a version pushed to" in line for line in report.lines())

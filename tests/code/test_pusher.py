@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from pipeline.pusher import INCOMING_PREFIX, existing_versions, next_version, publish_atomically
+from core.pushdir import INCOMING_PREFIX, existing_versions, next_version, publish_atomically
 
 
 def _model(tmp_path, files=50):

@@ -5,9 +5,9 @@ import pytest
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from modules import features as F
-from tfxops import config
-from tfxops.examples import read_csv_rows, row_to_example, write_tfrecord
+from core import features as F
+from core import config
+from core.examples import read_csv_rows, row_to_example, write_tfrecord
 from tests.conftest import TAXI_CSV
 
 TYPES = {"int": schema_pb2.INT, "float": schema_pb2.FLOAT, "string": schema_pb2.BYTES}

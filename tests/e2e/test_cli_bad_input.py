@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from modules import features as F
+from core import features as F
 from tests.conftest import REPO, write_rows
 
 

@@ -3,8 +3,9 @@ step's outcome, as the demo reports it and as MLMD records it."""
 import os
 
 from monitoring import record
-from pipeline.pusher import existing_versions
-from tfxops import config, demo, mlmd
+from core.pushdir import existing_versions
+from core import config, mlmd
+from tfxops import demo
 
 
 def test_the_loop_trains_serves_watches_and_retrains(tmp_path, capfd):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import features as F
+from core import features as F
 from modules.trainer import OUTPUT_KEY, RAW_SIGNATURE
 from pipeline import runner
-from pipeline.pusher import existing_versions
+from core.pushdir import existing_versions
 from tests.conftest import E2E_OVERRIDES, REPO, write_rows
-from tfxops import mlmd
-from tfxops.examples import row_to_example
+from core import mlmd
+from core.examples import row_to_example
 
 PIPELINE_NODES = {"CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
                   "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "Pusher"}

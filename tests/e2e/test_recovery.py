@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from pipeline.pusher import INCOMING_PREFIX, existing_versions
+from core.pushdir import INCOMING_PREFIX, existing_versions
 from tests.conftest import E2E_OVERRIDES, REPO
 from tests.lineage.conftest import lineage_cli, settings_args
-from tfxops import config, mlmd
+from core import config, mlmd
 
 
 @pytest.fixture

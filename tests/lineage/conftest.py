@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import E2E_OVERRIDES, REPO, write_rows
 from tests.lineage import mariadb
-from tfxops import config, mlmd
+from core import config, mlmd
 
 OTHER_ROWS = slice(3000, 6000)
 
@@ -72,7 +72,7 @@ def other_data_run(cached_rerun, first_run, e2e_settings, taxi_rows, tmp_path_fa
     """The pipeline on a different 3,000-row slice, in a separate process, with the
     lineage read in a loop while it writes to the same store."""
     data_dir = tmp_path_factory.mktemp("other_data")
-    from modules import features as F
+    from core import features as F
     write_rows(data_dir / "data.csv", taxi_rows[OTHER_ROWS], F.CSV_COLUMNS)
     store = mlmd.open_store(e2e_settings)
     before = {r.name for r in mlmd.pipeline_runs(store, e2e_settings.pipeline_name)}

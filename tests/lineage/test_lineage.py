@@ -15,7 +15,7 @@ import pytest
 from pipeline.pipeline import code_fingerprint
 from tests.conftest import SMALL_ROWS
 from tests.lineage.conftest import MYSQL_DATABASE, lineage_cli, settings_args
-from tfxops import config, mlmd
+from core import config, mlmd
 
 
 def _sha(path) -> str:

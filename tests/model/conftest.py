@@ -12,8 +12,8 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx_bsl.public import tfxio
 
 from modules.transform import preprocessing_fn
-from tfxops import config
-from tfxops.examples import row_to_example, write_tfrecord
+from core import config
+from core.examples import row_to_example, write_tfrecord
 from tests.conftest import read_rows
 
 ROWS = 400

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import features as F
+from core import features as F
 from modules import trainer
-from tfxops.examples import row_to_example
+from core.examples import row_to_example
 
 
 @pytest.fixture(scope="module")

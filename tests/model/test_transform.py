@@ -2,7 +2,7 @@
 label is tips > 20% of the fare."""
 import numpy as np
 
-from modules import features as F
+from core import features as F
 
 
 def test_outputs_every_model_feature_and_the_label(transformed):

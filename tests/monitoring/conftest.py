@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from modules import features as F
+from core import features as F
 from serving.server import free_port
 from tests.conftest import SMALL_ROWS
-from tfxops import config
+from core import config
 
 WAIT = 120   # an upper bound for waits, never an assertion on time
 HELD_OUT = slice(SMALL_ROWS, SMALL_ROWS + 1000)    # rows the first run never saw

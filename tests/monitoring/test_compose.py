@@ -1,9 +1,9 @@
 """The compose file's monitor service reads the proxy's request logs and the pipeline's
-outputs at the paths tfxops.config's defaults give (no Docker engine needed)."""
+outputs at the paths core.config's defaults give (no Docker engine needed)."""
 import yaml
 
 from tests.conftest import REPO
-from tfxops import config
+from core import config
 
 
 def test_monitor_service_matches_settings():

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import requests
 
-from modules import features as F
+from core import features as F
 from monitoring import record, run
 from serving import request_log
 from serving.server import BackgroundServer
 from tests.monitoring.conftest import log_records, monitor_settings, send, write_logs
-from tfxops import mlmd
+from core import mlmd
 
 TIME = F.TIME_KEY
 

@@ -12,7 +12,8 @@ import pytest
 
 from monitoring import record, run
 from tests.monitoring.conftest import WAIT, log_records, monitor_settings, write_logs
-from tfxops import cli, mlmd
+from core import mlmd
+from tfxops import cli
 
 
 def _chunks(rows, per_request):

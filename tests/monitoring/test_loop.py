@@ -9,7 +9,7 @@ from monitoring import baseline, record, run
 from serving.server import BackgroundServer
 from tests.monitoring.conftest import (drifted, monitor_settings, scaled, send, wait_for_version,
                                        write_feedback)
-from tfxops import mlmd
+from core import mlmd
 
 
 def test_held_out_traffic_raises_no_alarm(tmp_path, e2e_settings, first_run, held_out_rows):

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import requests
 
-from modules import features as F
+from core import features as F
 from monitoring import record
 from serving import request_log
 from serving.server import BackgroundServer
 from tests.conftest import SMALL_ROWS
 from tests.monitoring.conftest import log_records, monitor_settings, write_logs
-from tfxops import cli, mlmd
+from core import mlmd
+from tfxops import cli
 
 INVALID = "INVALID_ARGUMENT"
 SIGNATURE_INPUTS = sorted(F.RAW_FEATURE_TYPES)     # serving_raw: one input per raw feature

@@ -7,8 +7,8 @@ import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving.server import BackgroundServer, free_port
-from tfxops import config
-from tfxops.examples import read_csv_rows
+from core import config
+from core.examples import read_csv_rows
 
 
 def copy_version(src, push_dir, version):

@@ -1,10 +1,10 @@
-"""docker-compose.yml agrees with tfxops.config's defaults (no Docker engine needed)."""
+"""docker-compose.yml agrees with core.config's defaults (no Docker engine needed)."""
 import re
 
 import yaml
 
 from tests.conftest import REPO
-from tfxops import config
+from core import config
 
 
 def test_compose_matches_settings():

@@ -7,8 +7,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 from serving.client import predict_request, serialize_rows
-from tfxops.examples import row_to_example
-from modules import features as F
+from core.examples import row_to_example
+from core import features as F
 
 
 def test_predict_matches_rest_shape(stub, rows):

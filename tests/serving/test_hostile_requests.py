@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from modules import features as F
+from core import features as F
 from serving import request_log
 from serving.client import predict_request, rest_body, serialize_rows
 from serving.errors import MAX_MESSAGE_CHARS

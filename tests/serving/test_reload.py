@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from pipeline.pusher import publish_atomically
+from core.pushdir import publish_atomically
 from serving.client import GrpcClient, RestClient, serialize_rows
 from serving.server import BackgroundServer
 from tests.serving.conftest import copy_version, serving_settings

@@ -3,12 +3,12 @@ import base64
 
 import requests
 
-from modules import features as F
+from core import features as F
 from serving import request_log
 from serving.client import GrpcClient, predict_request, serialize_rows
 from serving.server import BackgroundServer
 from tests.serving.conftest import copy_version, serving_settings
-from tfxops.examples import row_to_example
+from core.examples import row_to_example
 
 
 def test_round_trip(tmp_path, pushed_model, rows):

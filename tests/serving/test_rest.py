@@ -4,7 +4,7 @@ import base64
 import pytest
 import requests
 
-from modules import features as F
+from core import features as F
 from serving.client import serialize_rows
 
 

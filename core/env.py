@@ -19,7 +19,9 @@ QUIET = {
 }
 
 
-def apply() -> None:
+def set_process_environment() -> None:
+    """Set what every tfxops process needs before TensorFlow is imported. Entry points
+    (the CLI, tests, benchmarks, the schema script) call this first; children inherit it."""
     for key, value in REQUIRED.items():
         os.environ[key] = value
     for key, value in QUIET.items():

@@ -24,7 +24,7 @@ import socket
 import time
 from typing import Dict, List, Optional, Tuple
 
-from tfxops.owner import DEAD, Owner
+from core.owner import DEAD, Owner
 
 INCOMING_PREFIX = ".incoming-"          # staging: .incoming-<version>-<pid>
 ORPHANED_PREFIX = ".orphaned-"          # a version moved aside: .orphaned-<version>

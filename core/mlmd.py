@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from tfxops.config import ConfigError, Settings
+from core.config import ConfigError, Settings
 
 STATE = metadata_store_pb2.Execution.State
 EVENT = metadata_store_pb2.Event

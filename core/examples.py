@@ -10,7 +10,7 @@ from typing import Dict, Iterable, Iterator, List, Optional
 
 import tensorflow as tf
 
-from modules import features as F
+from core import features as F
 
 
 def _is_missing(value) -> bool:
