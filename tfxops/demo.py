@@ -17,12 +17,12 @@ import datetime
 import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Dict, List, TextIO
 
 from core import features as F
 from core.config import Settings
+from serving.request_log import new_request_id
 
 SHIFT_FROM = datetime.datetime(2015, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
 PRICE_CHANGE = 1.5
@@ -89,10 +89,10 @@ class _Out:
 def replay(client, rows: List[Dict[str, str]], out: _Out, label: str, feedback_csv: Path = None) -> Dict:
     """Send ``rows`` through the server in small requests; write their labels to a
     feedback CSV (request_id, row, tips) as a labelling process would, later."""
-    sent, failed, versions, feedback = 0, 0, set(), []
+    sent, failed, feedback = 0, 0, []
     for start in range(0, len(rows), ROWS_PER_REQUEST):
         chunk = rows[start:start + ROWS_PER_REQUEST]
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         serving_rows = [{k: v for k, v in r.items() if k != F.LABEL_KEY} for r in chunk]
         try:
             client.predict_rows(serving_rows, request_id=request_id)
