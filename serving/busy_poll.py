@@ -3,11 +3,10 @@ loop has nothing to do, it keeps checking its sockets for up to ``micros``
 microseconds before it goes to sleep in the kernel.
 
 Why: on a (virtual) machine whose CPUs go idle between requests, the first work
-after a wake-up runs on cold caches and a CPU that is still waking up. Measured
-here (docs/bench-serving.md), the model's 1-row call takes 0.22 ms back to back,
-0.36 ms after sleeping 1 ms and 1.1 ms after sleeping 5 ms; one client sending
-requests one after another therefore sees every request run cold. Spinning
-through the short gap until the client's next request keeps the CPU awake.
+after a wake-up runs on cold caches and a CPU that is still waking up, so one client
+sending requests one after another would see every request run cold (measured in
+docs/bench-serving.md). Spinning through the short gap until the client's next
+request keeps the CPU awake.
 
 The cost is CPU time only while requests keep coming: at most ``micros`` per
 wake-up of the loop. An idle server sleeps as before (one spin after its last
