@@ -16,7 +16,6 @@ Takes about 4 minutes. Not part of the tests.
 import argparse
 import datetime
 import glob
-import gzip
 import json
 import os
 import platform
@@ -34,6 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from core.env import set_process_environment
 set_process_environment()
+from core import config  # noqa: E402
+from core import features as F  # noqa: E402
+from core.pushdir import newest_version  # noqa: E402
 PY = sys.executable
 ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONWARNINGS="ignore")
 
@@ -114,7 +116,7 @@ def auc_on(model_dir, records, output_key):
     from sklearn.metrics import roc_auc_score
 
     model = tf.saved_model.load(model_dir)
-    fn = model.signatures["serving_default"]
+    fn = model.signatures[F.DEFAULT_SIGNATURE]
     scores = []
     for i in range(0, len(records), 1024):
         out = fn(examples=tf.constant(records[i:i + 1024]))
@@ -122,10 +124,10 @@ def auc_on(model_dir, records, output_key):
     labels = []
     for record in records:
         example = tf.train.Example.FromString(record)
-        tips = example.features.feature["tips"].float_list.value
-        fare = example.features.feature["fare"].float_list.value
+        tips = example.features.feature[F.LABEL_KEY].float_list.value
+        fare = example.features.feature[F.FARE_KEY].float_list.value
         tip, fare_value = (tips[0] if tips else float("nan")), (fare[0] if fare else 0.0)
-        labels.append(int(np.float32(tip) > np.float32(fare_value) * np.float32(0.2)) if tips else 0)
+        labels.append(int(F.is_big_tipper(np.float32(tip), np.float32(fare_value))))
     return round(float(roc_auc_score(labels, np.concatenate(scores))), 4)
 
 
@@ -167,20 +169,21 @@ def main(argv=None):
     print("== tfxops run (cold)", flush=True)
     ours = work / "tfxops"
     shutil.rmtree(ours, ignore_errors=True)
+    settings = config.load({"home": str(ours)})   # the paths the CLI below derives
     cli = [PY, "-m", "tfxops.cli", "run", "--home", str(ours), "--json"]
     results["cold"] = measure(cli, work / "cold.log", cwd=REPO)
-    results["cold"]["components"] = component_times(ours / "metadata.sqlite")
+    results["cold"]["components"] = component_times(settings.metadata_file)
     print("== tfxops run (warm: unchanged data and code)", flush=True)
     results["warm"] = measure(cli, work / "warm.log", cwd=REPO)
-    results["warm"]["components"] = component_times(ours / "metadata.sqlite")
+    results["warm"]["components"] = component_times(settings.metadata_file)
 
     print("== AUC of both pushed models on the same eval split", flush=True)
-    ours_eval, ref_eval = eval_split(ours / "pipeline_root"), eval_split(ref / "pipeline_root")
+    ours_eval, ref_eval = eval_split(settings.pipeline_root_path), eval_split(ref / "pipeline_root")
     same = _canonical(ours_eval) == _canonical(ref_eval)
-    ours_model = max(glob.glob(str(ours / "serving_model" / "taxi" / "[0-9]*")))
-    ref_model = max(glob.glob(str(ref / "serving_model" / "[0-9]*")))
+    ours_model = str(settings.model_push_dir / str(newest_version(str(settings.model_push_dir))))
+    ref_model = str(ref / "serving_model" / str(newest_version(str(ref / "serving_model"))))
     results["eval"] = {"rows": len(ours_eval), "same_split": same,
-                       "auc_tfxops": auc_on(ours_model, ours_eval, "probabilities"),
+                       "auc_tfxops": auc_on(ours_model, ours_eval, F.PREDICTION_KEY),
                        "auc_reference": auc_on(ref_model, ours_eval, "outputs")}
     (work / "results.json").write_text(json.dumps(results, indent=2))
     report = render(results)

@@ -66,7 +66,7 @@ class Settings:
     enable_cache: bool = True
     # Empty = Beam's DirectRunner in in_memory mode with one worker: for data this
     # size the fastest local setting. (Any non-empty list also makes TFX build an
-    # sdist of itself for remote workers in every Beam component, ~1.3 s each.)
+    # sdist of itself for remote workers in every Beam component.)
     # Dataflow: ["--runner=DataflowRunner", "--project=...", "--region=...", ...]
     beam_args: List[str] = dataclasses.field(default_factory=list)
     preflight_rows: int = 100_000   # rows read by the CSV checks before a run
@@ -136,7 +136,7 @@ class Settings:
     monitor_incomplete_grace_seconds: float = 600.0
     monitor_lock_wait_seconds: float = 0.0   # a second monitor waits this long for the lock, then exits 3
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------ derived paths
     def _under_home(self, value: str, default: str) -> Path:
         return Path(value) if value else Path(self.home) / default
 
@@ -164,6 +164,26 @@ class Settings:
     @property
     def request_logs_path(self) -> Path:
         return self._under_home(self.request_log_dir, "request_logs")
+
+    @property
+    def monitor_path(self) -> Path:
+        return self._under_home(self.monitor_dir, "monitoring")
+
+    @property
+    def feedback_path(self) -> Path:
+        return self._under_home(self.feedback_dir, "feedback")
+
+    def derived_paths(self) -> Dict[str, str]:
+        """Every path above as it is used, by the name of the setting it derives from
+        (``model_push_dir`` has none of its own)."""
+        return {"pipeline_root": str(self.pipeline_root_path),
+                "metadata_path": str(self.metadata_file),
+                "serving_dir": str(self.serving_base),
+                "model_push_dir": str(self.model_push_dir),
+                "log_dir": str(self.logs_path),
+                "request_log_dir": str(self.request_logs_path),
+                "monitor_dir": str(self.monitor_path),
+                "feedback_dir": str(self.feedback_path)}
 
     @property
     def hparams(self) -> Dict:

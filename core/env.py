@@ -35,11 +35,10 @@ def skip_autograph_for_libraries() -> None:
     """Tell AutoGraph not to transpile tf_keras and tf.Transform's own code.
 
     AutoGraph leaves ``tensorflow`` and ``keras`` alone, but not ``tf_keras``
-    (TF_USE_LEGACY_KERAS) nor ``tensorflow_transform``: it then rewrites hundreds of
+    (TF_USE_LEGACY_KERAS) nor ``tensorflow_transform``: it would rewrite hundreds of
     library functions the first time a model is trained or a transform layer is
-    traced, 12-25 s on these machines, for code that needs no conversion (both run
-    unconverted under TensorFlow's own copy of Keras and in TF1 graph mode).
-    Call before building models; idempotent.
+    traced, code that needs no conversion (both run unconverted under TensorFlow's
+    own copy of Keras and in TF1 graph mode). Call before building models; idempotent.
     """
     from tensorflow.python.autograph.core import config as autograph_config
 

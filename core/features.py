@@ -1,4 +1,5 @@
-"""The one place that names the taxi data's features, their types and the label.
+"""The one place that names the taxi data's features, their types, the label and the
+model's interface (signature names, output key).
 
 Transform (``modules/transform.py``), Trainer (``modules/trainer.py``), the pipeline's
 pre-flight checks, serving, monitoring and the tests all import these names.
@@ -37,6 +38,13 @@ FARE_KEY = "fare"
 TIP_FRACTION = 0.2
 # The target the model learns, produced by Transform: 1 if tips > 20% of fare.
 TRANSFORMED_LABEL_KEY = "big_tipper"
+
+# The exported model's interface (modules/trainer.py): its signatures and the output
+# key under which they answer the probability that the trip is a big tipper.
+DEFAULT_SIGNATURE = "serving_default"      # serialized tf.Examples in
+RAW_SIGNATURE = "serving_raw"              # one tensor per raw feature in
+TRANSFORM_SIGNATURE = "transform_features"  # serialized tf.Examples in, Transform's outputs out
+PREDICTION_KEY = "probabilities"
 
 # Column used to order trips in time (spans, held-out traffic); not a model input.
 TIME_KEY = "trip_start_timestamp"
@@ -91,3 +99,11 @@ def column_type(column: str) -> str:
 def default_value(column: str):
     """The value a missing entry stands for (Transform fills these in)."""
     return "" if column_type(column) == "string" else 0
+
+
+def is_big_tipper(tips, fare):
+    """The label rule: did the tip exceed TIP_FRACTION of the fare? Elementwise, on
+    TensorFlow tensors (Transform) and numpy arrays (monitoring) alike; a boolean
+    result. A missing tip is NaN and never a big tip (comparisons with NaN are false);
+    the caller fills a missing fare with its default value, 0."""
+    return tips > fare * TIP_FRACTION

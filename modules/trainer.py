@@ -1,6 +1,6 @@
 """TFX Trainer module: a small wide-and-deep Keras model and its serving signatures.
 
-The exported SavedModel has three signatures:
+The exported SavedModel has three signatures (names in ``core.features``):
 
 * ``serving_default``: serialized ``tf.Example`` strings (input ``examples``) in,
   ``probabilities`` out. What TF Serving's gRPC clients and TFMA send.
@@ -17,19 +17,10 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from core import features as F
+from core.config import Settings
 from core.env import skip_autograph_for_libraries
 
 skip_autograph_for_libraries()
-
-RAW_SIGNATURE = "serving_raw"
-OUTPUT_KEY = "probabilities"
-
-# Defaults for hyperparameters; the pipeline passes its own through custom_config.
-DEFAULT_HPARAMS = {
-    "batch_size": 128,
-    "learning_rate": 0.003,
-    "hidden_units": [64, 32],
-}
 
 
 def _input_fn(file_pattern: List[str], data_accessor: tfx.components.DataAccessor,
@@ -55,7 +46,7 @@ def _as_columns(transformed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
             for k in F.MODEL_FEATURES}
 
 
-def _category_sizes(tf_transform_output: tft.TFTransformOutput) -> Dict[str, int]:
+def category_sizes(tf_transform_output: tft.TFTransformOutput) -> Dict[str, int]:
     sizes = {k: F.FEATURE_BUCKET_COUNT + 1 for k in F.BUCKET_FEATURES}
     sizes.update({k: tf_transform_output.vocabulary_size_by_name(k) + F.OOV_SIZE
                   for k in F.VOCAB_FEATURES})
@@ -95,14 +86,14 @@ def _raw_input_spec(raw_feature_spec) -> Dict[str, tf.TensorSpec]:
             for k in F.MODEL_FEATURES}
 
 
-def _signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput):
+def serving_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput):
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     serving_spec = {k: v for k, v in raw_spec.items() if k != F.LABEL_KEY}
 
     def predict(raw_features):
         transformed = model.tft_layer(raw_features)
-        return {OUTPUT_KEY: tf.reshape(model(_as_columns(transformed)), [-1])}
+        return {F.PREDICTION_KEY: tf.reshape(model(_as_columns(transformed)), [-1])}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(serialized):
@@ -125,23 +116,24 @@ def _signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutpu
         return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
     return {
-        "serving_default": serve_examples,
-        RAW_SIGNATURE: serve_raw.get_concrete_function(),
-        "transform_features": transform_features,
+        F.DEFAULT_SIGNATURE: serve_examples,
+        F.RAW_SIGNATURE: serve_raw.get_concrete_function(),
+        F.TRANSFORM_SIGNATURE: transform_features,
     }
 
 
 def run_fn(fn_args: tfx.components.FnArgs):
     """TFX Trainer entry point."""
-    hparams = dict(DEFAULT_HPARAMS, **(fn_args.custom_config or {}))
-    tf.keras.utils.set_random_seed(int(hparams.get("seed", 42)))
+    # the pipeline passes the settings' hyperparameters through custom_config
+    hparams = dict(Settings().hparams, **(fn_args.custom_config or {}))
+    tf.keras.utils.set_random_seed(int(hparams["seed"]))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     batch_size = int(hparams["batch_size"])
     train = _input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size)
     evals = _input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size)
 
-    model = build_model(_category_sizes(tf_transform_output), hparams)
+    model = build_model(category_sizes(tf_transform_output), hparams)
     model.fit(train, steps_per_epoch=fn_args.train_steps, epochs=1,
               validation_data=evals, validation_steps=fn_args.eval_steps, verbose=2)
     model.save(fn_args.serving_model_dir, save_format="tf",
-               signatures=_signatures(model, tf_transform_output))
+               signatures=serving_signatures(model, tf_transform_output))

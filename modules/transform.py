@@ -53,10 +53,8 @@ def preprocessing_fn(inputs):
         outputs[F.transformed_name(key)] = tf.strings.to_hash_bucket_fast(
             value, F.HASH_BUCKETS)
 
-    # The target: did the tip exceed TIP_FRACTION of the fare? (missing tip: no)
+    # The target (core.features.is_big_tipper); a missing tip is NaN: not a big tip.
     tips = tf.cast(_dense(inputs[F.LABEL_KEY], float("nan")), tf.float32)
-    fare = tf.cast(_dense(inputs[F.FARE_KEY], 0.0), tf.float32)
-    big_tip = tf.greater(tips, fare * F.TIP_FRACTION)
-    outputs[F.TRANSFORMED_LABEL_KEY] = tf.where(
-        tf.math.is_nan(tips), tf.zeros_like(big_tip, tf.int64), tf.cast(big_tip, tf.int64))
+    fare = tf.cast(_dense(inputs[F.FARE_KEY], F.default_value(F.FARE_KEY)), tf.float32)
+    outputs[F.TRANSFORMED_LABEL_KEY] = tf.cast(F.is_big_tipper(tips, fare), tf.int64)
     return outputs

@@ -18,15 +18,7 @@
 6. ``report``   ``<monitor_dir>/reports/<window>.json`` and ``.html``;
 7. ``record``   a ``tfxops.Monitor`` execution in MLMD (inputs: PushedModel,
                 Model; outputs: statistics, anomalies, report, any re-push).
+
+``<monitor_dir>`` and ``<feedback_dir>`` are ``Settings.monitor_path`` and
+``Settings.feedback_path`` (default: ``<home>/monitoring``, ``<home>/feedback``).
 """
-from pathlib import Path
-
-from core.config import Settings
-
-
-def monitor_path(settings: Settings) -> Path:
-    return Path(settings.monitor_dir) if settings.monitor_dir else Path(settings.home) / "monitoring"
-
-
-def feedback_path(settings: Settings) -> Path:
-    return Path(settings.feedback_dir) if settings.feedback_dir else Path(settings.home) / "feedback"

@@ -252,10 +252,10 @@ def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
 def _push_outcome(summary: RunSummary, pusher: Optional[mlmd.NodeExecution], settings: Settings) -> None:
     """Pushed (a new version), or cached: the Pusher's output is then the earlier
     push of the same model, which this run did not make."""
-    from core.pushdir import existing_versions
+    from core.pushdir import newest_version
 
-    versions = existing_versions(str(settings.model_push_dir))
-    summary.serving_version = str(versions[-1]) if versions else None
+    newest = newest_version(str(settings.model_push_dir))
+    summary.serving_version = str(newest) if newest is not None else None
     if not (pusher and pusher.outputs.get("pushed_model")):
         return
     pushed = pusher.outputs["pushed_model"][0]
@@ -279,10 +279,9 @@ def render(summary: RunSummary) -> str:
         lines.append(f"  stopped at {summary.failed_node}: {summary.error}")
     if summary.metrics:
         lines.append("  evaluation, overall slice:   candidate    baseline   threshold")
-        for m in summary.metrics:
-            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-            lines.append(f"    {m['metric']:<24} {fmt(m['value']):>10} {fmt(m['baseline']):>11}   "
-                         f"{m['threshold']}")
+        for metric in summary.metrics:
+            lines.append(f"    {metric['metric']:<24} {_number(metric['value']):>10} "
+                         f"{_number(metric['baseline']):>11}   {metric['threshold']}")
     if summary.blessed is not None:
         lines.append(f"  blessed: {'yes' if summary.blessed else 'no'}")
         for reason in summary.blessing_reasons:
@@ -301,6 +300,10 @@ def render(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def _number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _nothing_new(summary: RunSummary) -> str:
     version, serving = summary.cached_push_version, summary.serving_version
     if serving == version:
@@ -309,7 +312,7 @@ def _nothing_new(summary: RunSummary) -> str:
 
 
 # ---------------------------------------------------------------------------- run
-def run(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) -> RunSummary:
+def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) -> RunSummary:
     """Pre-flight checks, recovery of a killed push, then the whole pipeline;
     returns the summary. Progress goes to ``out`` (default stdout).
 
@@ -333,7 +336,7 @@ def run(settings: Settings, out: TextIO = None, data_dir: Optional[str] = None) 
         skip_autograph_for_libraries()
         progress = _Progress(console(out), len(NODE_ORDER))
         recovered = _recover(settings, progress.out)
-        error = _run_pipeline(settings, data_dir, progress)
+        error = _run_on_local_dag_runner(settings, data_dir, progress)
         summary = summarize(settings, progress.nodes, time.monotonic() - start, error, log_path)
         summary.recovery = recovered
     summary_path = log_path.with_suffix(".json")
@@ -357,7 +360,32 @@ def _recover(settings: Settings, out: TextIO) -> Dict:
     return report.as_dict()
 
 
-def _run_pipeline(settings: Settings, data_dir: str, progress: _Progress) -> Optional[PipelineFailed]:
+def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
+    """The settings as ``pipeline.pipeline.create_pipeline``'s arguments, the pipeline
+    reading the CSVs in ``data_dir``."""
+    return dict(
+        pipeline_name=settings.pipeline_name,
+        pipeline_root=str(settings.pipeline_root_path),
+        data_root=data_dir,
+        schema_path=settings.schema_path,
+        preprocessing_fn=settings.preprocessing_fn,
+        run_fn=settings.run_fn,
+        train_steps=settings.train_steps,
+        eval_steps=settings.eval_steps,
+        hyperparameters=settings.hparams,
+        gate_severities=list(settings.gate_severities),
+        min_auc=settings.min_auc,
+        min_binary_accuracy=settings.min_binary_accuracy,
+        max_auc_drop=settings.max_auc_drop,
+        slice_features=list(settings.slice_features),
+        serving_model_dir=str(settings.model_push_dir),
+        metadata_connection_config=mlmd.connection_config(settings),
+        beam_pipeline_args=list(settings.beam_args),
+        enable_cache=settings.enable_cache)
+
+
+def _run_on_local_dag_runner(settings: Settings, data_dir: str,
+                             progress: _Progress) -> Optional[PipelineFailed]:
     """LocalDagRunner over the pipeline, recorded as a run with an owner and an end."""
     from tfx import v1 as tfx
     from pipeline.pipeline import create_pipeline
@@ -365,7 +393,7 @@ def _run_pipeline(settings: Settings, data_dir: str, progress: _Progress) -> Opt
     record = _RunRecord()
     try:
         with _reporting_launcher(progress, record):
-            tfx.orchestration.LocalDagRunner().run(create_pipeline(settings, data_dir))
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(**pipeline_arguments(settings, data_dir)))
     except Exception as exc:  # the failing component's own exception
         node = progress.nodes[-1].node_id if progress.nodes else "pipeline"
         logging.exception("pipeline failed at %s", node)

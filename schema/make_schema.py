@@ -26,9 +26,12 @@ import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from core import features as F
+from core.config import Settings
 from core.examples import read_csv_rows, row_to_example, write_tfrecord
 
-OUT = Path(__file__).with_name("schema.pbtxt")
+# the bundled data and the checked-in schema (the settings' defaults)
+OUT = Path(Settings().schema_path)
+DEFAULT_CSV = Path(Settings().data_dir) / "data.csv"
 INT_DOMAINS = {
     "trip_start_hour": (0, 23),
     "trip_start_day": (1, 7),
@@ -98,7 +101,7 @@ def statistics_as_example_gen_sees_them(csv_path: str):
 
 
 def main(argv):
-    csv_path = argv[1] if len(argv) > 1 else str(Path(F.__file__).parents[1] / "data/taxi/data.csv")
+    csv_path = argv[1] if len(argv) > 1 else str(DEFAULT_CSV)
     stats = statistics_as_example_gen_sees_them(csv_path)
     schema = curate(tfdv.infer_schema(stats))
     tfdv.write_schema_text(schema, str(OUT))

@@ -58,6 +58,6 @@ def first_run(e2e_settings):
     from pipeline import runner
 
     out = io.StringIO()
-    summary = runner.run(e2e_settings, out=out)
+    summary = runner.run_pipeline(e2e_settings, out=out)
     summary.progress_text = out.getvalue()
     return summary

@@ -1,7 +1,7 @@
 """The ``tfxops`` command line.
 
     tfxops run [--data DIR] [--home DIR] [--set key=value ...] [--json]
-    tfxops config [--set key=value ...]
+    tfxops config [--set key=value ...]    (settings and every derived path)
     tfxops serve | predict       (serving/cli.py)
     tfxops monitor               (monitoring/cli.py)
     tfxops lineage ...           (lineage/cli.py)
@@ -28,8 +28,7 @@ from serving import cli as serving_cli  # noqa: E402
 def cmd_config(args) -> int:
     settings = settings_from(args)
     values = settings.as_dict()
-    values.update(pipeline_root=str(settings.pipeline_root_path), metadata_path=str(settings.metadata_file),
-                  serving_dir=str(settings.serving_base), log_dir=str(settings.logs_path))
+    values.update(settings.derived_paths())
     print(json.dumps(values, indent=2))
     return EXIT_OK
 
@@ -40,7 +39,7 @@ def cmd_run(args) -> int:
     settings = settings_from(args)
     try:
         # with --json, stdout carries the JSON document only; progress goes to stderr
-        summary = runner.run(settings, out=sys.stderr if args.json else sys.stdout)
+        summary = runner.run_pipeline(settings, out=sys.stderr if args.json else sys.stdout)
     except preflight.PreflightError as exc:
         print(f"tfxops run: bad input: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -59,25 +58,25 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfxops", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
 
-    p_run = sub.add_parser("run", help="run the TFX pipeline locally on Beam")
-    add_common_options(p_run)
-    p_run.add_argument("--data", help="directory of training CSV files (default: bundled taxi data)")
-    p_run.add_argument("--json", action="store_true",
-                       help="print the summary as JSON on stdout (progress on stderr)")
-    p_run.set_defaults(func=cmd_run)
+    run = commands.add_parser("run", help="run the TFX pipeline locally on Beam")
+    add_common_options(run)
+    run.add_argument("--data", help="directory of training CSV files (default: bundled taxi data)")
+    run.add_argument("--json", action="store_true",
+                     help="print the summary as JSON on stdout (progress on stderr)")
+    run.set_defaults(func=cmd_run)
 
-    p_config = sub.add_parser("config", help="print the effective settings")
-    add_common_options(p_config)
-    p_config.set_defaults(func=cmd_config)
+    show_config = commands.add_parser("config", help="print the effective settings and every derived path")
+    add_common_options(show_config)
+    show_config.set_defaults(func=cmd_config)
 
-    p_demo = sub.add_parser("demo", help="the whole loop: train, serve, watch, retrain (fresh <home>/demo)")
-    add_common_options(p_demo)
-    p_demo.set_defaults(func=cmd_demo)
+    demo = commands.add_parser("demo", help="the whole loop: train, serve, watch, retrain (fresh <home>/demo)")
+    add_common_options(demo)
+    demo.set_defaults(func=cmd_demo)
 
     for stage_cli in (serving_cli, monitoring_cli, lineage_cli):
-        stage_cli.register(sub)
+        stage_cli.register(commands)
     return parser
 
 

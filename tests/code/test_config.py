@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from core import config
@@ -33,3 +36,27 @@ def test_bad_settings_name_the_setting():
         config.load({"train_steps": "many"}, environ={})
     with pytest.raises(config.ConfigError, match="key=value"):
         config.parse_assignments(["train_steps"])
+
+
+def test_defaults_put_monitoring_and_feedback_under_home():
+    settings = config.load({"home": "/tmp/x"}, environ={})
+    assert str(settings.monitor_path) == "/tmp/x/monitoring"
+    assert str(settings.feedback_path) == "/tmp/x/feedback"
+    assert str(settings.request_logs_path) == "/tmp/x/request_logs"
+    moved = config.load({"home": "/tmp/x", "monitor_dir": "/elsewhere/m"}, environ={})
+    assert str(moved.monitor_path) == "/elsewhere/m"
+
+
+def test_tfxops_config_prints_every_derived_path(capsys):
+    from tfxops import cli
+
+    assert cli.main(["config", "--home", "/tmp/x"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    settings = config.load({"home": "/tmp/x"})
+    derived = [name for name, value in vars(config.Settings).items()
+               if isinstance(value, property) and isinstance(getattr(settings, name), Path)]
+    assert len(derived) == len(settings.derived_paths())
+    for name in derived:
+        assert str(getattr(settings, name)) in printed.values(), name
+    assert printed["monitor_dir"] == "/tmp/x/monitoring"
+    assert printed["model_push_dir"] == "/tmp/x/serving_model/taxi"

@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 
 from core import features as F
-from modules.trainer import OUTPUT_KEY, RAW_SIGNATURE
 from pipeline import runner
 from core.pushdir import existing_versions
 from tests.conftest import E2E_OVERRIDES, REPO, write_rows
@@ -59,13 +58,13 @@ def test_first_run_executes_every_component_and_pushes_a_blessed_model(first_run
 
 def test_pushed_model_answers_on_both_signatures(first_run, small_data_dir, taxi_rows):
     model = tf.saved_model.load(first_run.pushed_path)
-    assert {"serving_default", RAW_SIGNATURE, "transform_features"} <= set(model.signatures)
+    assert {F.DEFAULT_SIGNATURE, F.RAW_SIGNATURE, F.TRANSFORM_SIGNATURE} <= set(model.signatures)
     rows = taxi_rows[-20:]   # rows the sample did not include
 
     serialized = tf.constant([row_to_example(r, F.SERVING_FEATURES).SerializeToString() for r in rows])
-    by_example = model.signatures["serving_default"](examples=serialized)[OUTPUT_KEY].numpy()
+    by_example = model.signatures[F.DEFAULT_SIGNATURE](examples=serialized)[F.PREDICTION_KEY].numpy()
 
-    raw_fn = model.signatures[RAW_SIGNATURE]
+    raw_fn = model.signatures[F.RAW_SIGNATURE]
     raw_inputs = {}
     for name, spec in raw_fn.structured_input_signature[1].items():
         values = [r[name] or F.default_value(name) for r in rows]
@@ -74,7 +73,7 @@ def test_pushed_model_answers_on_both_signatures(first_run, small_data_dir, taxi
         else:
             raw_inputs[name] = tf.constant([float(v) for v in values], dtype=tf.float64)
             raw_inputs[name] = tf.cast(raw_inputs[name], spec.dtype)
-    by_raw = raw_fn(**raw_inputs)[OUTPUT_KEY].numpy()
+    by_raw = raw_fn(**raw_inputs)[F.PREDICTION_KEY].numpy()
 
     assert by_example.shape == (20,)
     assert np.all((by_example >= 0) & (by_example <= 1))
