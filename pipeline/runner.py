@@ -353,8 +353,8 @@ def _recover(settings: Settings, out: TextIO) -> Dict:
         report = recovery.recover(settings)
     except Exception as exc:  # noqa: BLE001 - e.g. permissions on the push directory
         logging.exception("recovery of the push directory failed")
-        out.write(f"recovery: failed ({_one_message(exc)}); the run goes on, the next run retries\n")
-        return {"error": _one_message(exc)}
+        out.write(f"recovery: failed ({_innermost_message(exc)}); the run goes on, the next run retries\n")
+        return {"error": _innermost_message(exc)}
     for line in report.lines():
         out.write(f"recovery: {line}\n")
     return report.as_dict()
@@ -398,12 +398,12 @@ def _run_on_local_dag_runner(settings: Settings, data_dir: str,
         node = progress.nodes[-1].node_id if progress.nodes else "pipeline"
         logging.exception("pipeline failed at %s", node)
         record.ended(settings, f"failed at {node}")
-        return PipelineFailed(node, _one_message(exc))
+        return PipelineFailed(node, _innermost_message(exc))
     record.ended(settings, "succeeded")
     return None
 
 
-def _one_message(exc: BaseException) -> str:
+def _innermost_message(exc: BaseException) -> str:
     """The innermost useful message of a (possibly chained) exception."""
     seen = exc
     while seen.__cause__ is not None:
