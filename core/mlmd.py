@@ -24,6 +24,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from core.config import ConfigError, Settings
+from core.pushdir import version_order
 
 STATE = metadata_store_pb2.Execution.State
 EVENT = metadata_store_pb2.Event
@@ -32,12 +33,11 @@ BACKENDS = ("sqlite", "mysql")
 INPUT_EVENTS = (EVENT.INPUT, EVENT.DECLARED_INPUT)
 OUTPUT_EVENTS = (EVENT.OUTPUT, EVENT.DECLARED_OUTPUT)
 # The context types TFX writes.
-PIPELINE_CONTEXT, RUN_CONTEXT, NODE_CONTEXT = "pipeline", "pipeline_run", "node"
+RUN_CONTEXT, NODE_CONTEXT = "pipeline_run", "node"
 # TFX standard artifact type names (tfx.types.standard_artifacts; kept literal so
 # reading MLMD does not import TFX).
 PUSHED_MODEL, MODEL, BLESSING, EVALUATION = "PushedModel", "Model", "ModelBlessing", "ModelEvaluation"
 EXAMPLES, SCHEMA, STATISTICS, ANOMALIES = "Examples", "Schema", "ExampleStatistics", "ExampleAnomalies"
-TRANSFORM_GRAPH = "TransformGraph"
 
 T = TypeVar("T")
 
@@ -105,13 +105,14 @@ def _sqlite_has_mlmd_tables(path: Path) -> bool:
     return {"Type", "Artifact", "Execution", "Context", "Event"} <= names
 
 
-def open_store(settings: Settings, readonly: bool = True) -> metadata_store.MetadataStore:
+def open_store(settings: Settings, readonly: bool = True, must_exist: bool = False) -> metadata_store.MetadataStore:
     """A MetadataStore. ``readonly`` (the default) never creates or changes anything:
     SQLite is opened in READONLY mode and must exist; MySQL skips database creation
-    (use a MySQL account with only SELECT for a hard guarantee)."""
+    (use a MySQL account with only SELECT for a hard guarantee). ``must_exist``: a
+    writable store that is never created (the monitor records into the pipeline's)."""
     config = connection_config(settings)
     where = describe_store(settings)
-    if readonly:
+    if readonly or must_exist:
         if config.HasField("mysql"):
             config.mysql.skip_db_creation = True
         else:
@@ -125,7 +126,8 @@ def open_store(settings: Settings, readonly: bool = True) -> metadata_store.Meta
             if not _sqlite_has_mlmd_tables(path):
                 raise MetadataError(f"'{path}' is an SQLite database but not an ML Metadata store "
                                     f"(no MLMD tables).")
-            config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+            if readonly:
+                config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     try:
         store = metadata_store.MetadataStore(config)
     except Exception as exc:  # MLMD raises its own status errors
@@ -135,7 +137,7 @@ def open_store(settings: Settings, readonly: bool = True) -> metadata_store.Meta
                     f"database '{settings.mysql_database}' exist, and are mysql_user and the password "
                     f"in ${settings.mysql_password_env} right? MLMD's client needs mysql_native_password)")
         raise StoreUnavailable(f"cannot open ML Metadata store at '{where}': {_first_line(exc)}{hint}") from exc
-    if readonly:
+    if readonly or must_exist:
         _check_is_mlmd(store, where)
     return store
 
@@ -259,19 +261,16 @@ def contexts_of_execution(store, execution_id: int) -> List[metadata_store_pb2.C
         return []
 
 
-def node_id_of(store, execution_id: int, pipeline_name: Optional[str] = None) -> str:
-    """The pipeline node id an execution ran for ('Trainer'), from its node context."""
+def node_and_run(store, execution_id: int, pipeline_name: Optional[str] = None) -> Tuple[str, Optional[str]]:
+    """The pipeline node id an execution ran for ('Trainer', '?' if none) and the id
+    of its pipeline run (None outside a pipeline), from its contexts."""
     contexts = contexts_of_execution(store, execution_id)
-    for context in contexts:
-        if pipeline_name and context.name.startswith(pipeline_name + "."):
-            return context.name[len(pipeline_name) + 1:]
-    for context in contexts:
-        if context.type == NODE_CONTEXT and "." in context.name:
-            return context.name.split(".", 1)[1]
-    return "?"
-
-
-_node_id = node_id_of  # former private name
+    node = next((c.name[len(pipeline_name) + 1:] for c in contexts
+                 if pipeline_name and c.name.startswith(pipeline_name + ".")), None)
+    node = node or next((c.name.split(".", 1)[1] for c in contexts
+                         if c.type == NODE_CONTEXT and "." in c.name), "?")
+    run = next((c.name for c in contexts if c.type == RUN_CONTEXT), None)
+    return node, run
 
 
 def event_key(event: metadata_store_pb2.Event) -> str:
@@ -300,7 +299,7 @@ def run_executions(store, run: metadata_store_pb2.Context, pipeline_name: str,
     """Executions of one pipeline run, oldest first, with their output artifacts
     (and input artifacts when ``with_inputs``)."""
     executions = sorted(store.get_executions_by_context(run.id), key=lambda e: (e.create_time_since_epoch, e.id))
-    return [NodeExecution(node_id_of(store, e.id, pipeline_name), e, output_artifacts(store, e.id),
+    return [NodeExecution(node_and_run(store, e.id, pipeline_name)[0], e, output_artifacts(store, e.id),
                           input_artifacts(store, e.id) if with_inputs else {})
             for e in executions]
 
@@ -326,10 +325,88 @@ def find_run(store, pipeline_name: str, run_id: Optional[str] = None) -> metadat
 
 
 def run_of_execution(store, execution_id: int) -> Optional[str]:
-    for context in contexts_of_execution(store, execution_id):
-        if context.type == RUN_CONTEXT:
-            return context.name
-    return None
+    """The id of the pipeline run an execution belongs to (None outside a pipeline)."""
+    return node_and_run(store, execution_id)[1]
+
+
+# ------------------------------------------------------- who made, who read
+def is_complete(execution: metadata_store_pb2.Execution) -> bool:
+    """Ran to the end, or reused a cached result."""
+    return execution.last_known_state in (STATE.COMPLETE, STATE.CACHED)
+
+
+def execution_type_name(store, execution: metadata_store_pb2.Execution) -> str:
+    return execution.type or store.get_execution_types_by_id([execution.type_id])[0].name
+
+
+def producers(store, artifact_id: int) -> List[metadata_store_pb2.Execution]:
+    """The executions that made an artifact, oldest first: those that ran, not the
+    cached executions that reused it (they record it as their output too), unless
+    only cached ones are recorded."""
+    events = [e for e in store.get_events_by_artifact_ids([artifact_id]) if e.type in OUTPUT_EVENTS]
+    if not events:
+        return []
+    executions = sorted(store.get_executions_by_id(sorted({e.execution_id for e in events})),
+                        key=lambda e: e.id)
+    return [e for e in executions if e.last_known_state != STATE.CACHED] or executions
+
+
+def producer(store, artifact_id: int) -> Optional[metadata_store_pb2.Execution]:
+    """The execution that made an artifact (see ``producers``); None if none did."""
+    return next(iter(producers(store, artifact_id)), None)
+
+
+def consumers(store, artifact_id: int, key: Optional[str] = None) -> List[metadata_store_pb2.Execution]:
+    """The executions that read an artifact (under input ``key``, when given), by id."""
+    events = [e for e in store.get_events_by_artifact_ids([artifact_id])
+              if e.type in INPUT_EVENTS and (key is None or event_key(e) == key)]
+    if not events:
+        return []
+    return store.get_executions_by_id(sorted({e.execution_id for e in events}))
+
+
+# ------------------------------------------------- blessed and pushed models
+def blessed_model_artifacts(store) -> List[metadata_store_pb2.Artifact]:
+    """Every Model an Evaluator blessed (a ModelBlessing with ``blessed`` = 1 names
+    it as ``current_model_id``), newest first."""
+    ids = set()
+    for blessing in store.get_artifacts_by_type(BLESSING):
+        if int(custom(blessing, "blessed", 0) or 0):
+            model_id = custom(blessing, "current_model_id")
+            if model_id is not None:
+                ids.add(int(model_id))
+    return sorted(store.get_artifacts_by_id(sorted(ids)), key=lambda a: -a.id)
+
+
+
+@dataclasses.dataclass
+class PushedModel:
+    """A PushedModel artifact that was pushed (TFX's ``pushed`` = 1): the version it
+    became and the directory it went to."""
+    version: str
+    artifact: metadata_store_pb2.Artifact
+    destination: str
+
+    def is_in(self, push_directory) -> bool:
+        """Whether it was pushed into ``push_directory`` (as a version directory of it)."""
+        return bool(self.destination) and (os.path.realpath(os.path.dirname(self.destination))
+                                           == os.path.realpath(str(push_directory)))
+
+
+def pushed_models(store) -> List[PushedModel]:
+    """Every PushedModel that was actually pushed, highest version first (the newest
+    artifact first within a version)."""
+    out = []
+    for artifact in store.get_artifacts_by_type(PUSHED_MODEL):
+        version = custom(artifact, "pushed_version")
+        if int(custom(artifact, "pushed", 0) or 0) and version:
+            out.append(PushedModel(str(version), artifact, str(custom(artifact, "pushed_destination", ""))))
+    return sorted(out, key=lambda p: (version_order(p.version), p.artifact.id), reverse=True)
+
+
+def pushed_model_for_version(store, version) -> Optional[PushedModel]:
+    """The newest PushedModel that became ``version``; None if no push made it."""
+    return next((p for p in pushed_models(store) if p.version == str(version)), None)
 
 
 # --------------------------------------------------------------- TFMA results
@@ -354,9 +431,9 @@ def _threshold_text(threshold) -> str:
     return " and ".join(parts) or "its threshold"
 
 
-def evaluation_details(evaluation_uri: str) -> Tuple[List[Dict], List[str]]:
-    """Overall-slice metrics of a TFMA evaluation (candidate ``value``, ``baseline``,
-    ``diff``) and the failed validations, as readable reasons."""
+def overall_metrics(evaluation_uri: str) -> List[Dict]:
+    """Overall-slice metrics of a TFMA evaluation: ``metric``, the candidate's
+    ``value``, the ``baseline`` model's and their ``diff`` (None where absent)."""
     import tensorflow_model_analysis as tfma
 
     metrics: Dict[str, Dict] = {}
@@ -376,6 +453,18 @@ def evaluation_details(evaluation_uri: str) -> Tuple[List[Dict], List[str]]:
                 entry["baseline"] = value
             else:
                 entry["value"] = value
+    return list(metrics.values())
+
+
+def candidate_metrics(evaluation_uri: str) -> Dict[str, float]:
+    """Metric name -> the evaluated (candidate) model's overall value."""
+    return {m["metric"]: m["value"] for m in overall_metrics(evaluation_uri) if m["value"] is not None}
+
+
+def validation_failures(evaluation_uri: str) -> List[str]:
+    """The failed validations of a TFMA evaluation, as readable reasons."""
+    import tensorflow_model_analysis as tfma
+
     reasons = []
     validation = tfma.load_validation_result(evaluation_uri)
     for per_slice in validation.metric_validations_per_slice:
@@ -385,7 +474,12 @@ def evaluation_details(evaluation_uri: str) -> Tuple[List[Dict], List[str]]:
                 f"{' change' if failure.metric_key.is_diff else ''} = "
                 f"{failure.metric_value.double_value.value:.4f}, needs "
                 f"{_threshold_text(failure.metric_threshold)}")
-    return list(metrics.values()), reasons
+    return reasons
+
+
+def evaluation_details(evaluation_uri: str) -> Tuple[List[Dict], List[str]]:
+    """``overall_metrics`` and ``validation_failures`` of a TFMA evaluation."""
+    return overall_metrics(evaluation_uri), validation_failures(evaluation_uri)
 
 
 def _snake(name: str) -> str:

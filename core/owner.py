@@ -93,8 +93,3 @@ def _signal_check(pid: int) -> str:
     except PermissionError:
         return ALIVE
     return ALIVE
-
-
-def pid_state(pid: int) -> str:
-    """ALIVE or DEAD for a pid on this host known by number only (no start time)."""
-    return Owner(pid, socket.gethostname()).state()

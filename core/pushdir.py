@@ -32,15 +32,33 @@ MARKER = ".tfxops-push.json"            # inside each version tfxops pushed
 _STAGING_NAME = re.compile(re.escape(INCOMING_PREFIX) + r"\d+-(\d+)")
 
 
+def is_version_name(name: str) -> bool:
+    """Whether a directory name is a model version (what servers load): digits only.
+    Staging (``.incoming-*``) and moved-aside (``.orphaned-*``) directories are not."""
+    return name.isascii() and name.isdigit()
+
+
+def version_order(version) -> Tuple[int, str]:
+    """A sort key for version names: numeric versions by number, after any other name."""
+    text = str(version)
+    return (int(text), text) if is_version_name(text) else (-1, text)
+
+
 def existing_versions(base_directory: str) -> List[int]:
-    """Numeric version directories under ``base_directory`` (what servers load)."""
+    """The version directories under ``base_directory`` (what servers load), ascending."""
     if not os.path.isdir(base_directory):
         return []
-    return sorted(int(name) for name in os.listdir(base_directory) if name.isdigit())
+    return sorted(int(name) for name in os.listdir(base_directory)
+                  if is_version_name(name) and os.path.isdir(os.path.join(base_directory, name)))
+
+
+def newest_version(base_directory: str) -> Optional[int]:
+    """The highest version under ``base_directory`` (what a ``latest`` server serves); None if none."""
+    return max(existing_versions(base_directory), default=None)
 
 
 def next_version(base_directory: str, now: float = None) -> int:
-    newest = max(existing_versions(base_directory), default=0)
+    newest = newest_version(base_directory) or 0
     return max(int(now if now is not None else time.time()), newest + 1)
 
 
@@ -109,17 +127,21 @@ def owner_of(directory: str) -> Optional[Owner]:
 
 
 # ------------------------------------------------------------ what is left
+def staging_directories(base_directory: str) -> List[str]:
+    """The ``.incoming-*`` directories under ``base_directory`` (copies under way, or
+    cut short), as paths, by name."""
+    if not os.path.isdir(base_directory):
+        return []
+    return [os.path.join(base_directory, name) for name in sorted(os.listdir(base_directory))
+            if name.startswith(INCOMING_PREFIX) and os.path.isdir(os.path.join(base_directory, name))]
+
+
 def remove_stale_staging(base_directory: str) -> Tuple[List[str], List[str]]:
     """Remove the ``.incoming-*`` directories whose writer is gone: (removed, kept).
     A staging directory of a live process, of another host, or of an unknown
     writer is kept."""
     removed, kept = [], []
-    if not os.path.isdir(base_directory):
-        return removed, kept
-    for name in sorted(os.listdir(base_directory)):
-        path = os.path.join(base_directory, name)
-        if not name.startswith(INCOMING_PREFIX) or not os.path.isdir(path):
-            continue
+    for path in staging_directories(base_directory):
         owner = owner_of(path)
         if owner is None or owner.state() != DEAD:
             kept.append(path)

@@ -104,7 +104,7 @@ class Graph:
 
 
 # -------------------------------------------------------------------- helpers
-def _complete(store, graph: Graph) -> Graph:
+def _fill_in_names(store, graph: Graph) -> Graph:
     """Fill in type names, node ids and run ids."""
     a_types = {a.type_id for a in graph.artifacts.values() if a.type_id not in graph.artifact_types}
     if a_types:
@@ -113,15 +113,8 @@ def _complete(store, graph: Graph) -> Graph:
     if e_types:
         graph.execution_types.update({t.id: t.name for t in store.get_execution_types_by_id(list(e_types))})
     for eid in graph.executions:
-        if eid in graph.node_ids:
-            continue
-        node, run = "?", None
-        for context in mlmd.contexts_of_execution(store, eid):
-            if context.type == mlmd.NODE_CONTEXT and "." in context.name and node == "?":
-                node = context.name.split(".", 1)[1]
-            elif context.type == mlmd.RUN_CONTEXT:
-                run = context.name
-        graph.node_ids[eid], graph.run_ids[eid] = node, run
+        if eid not in graph.node_ids:
+            graph.node_ids[eid], graph.run_ids[eid] = mlmd.node_and_run(store, eid)
     return graph
 
 
@@ -171,7 +164,7 @@ def subgraph(store, artifact_id: int, direction: str = "both", hops: int = 4) ->
                   focus={artifact_id})
     # Nodes at the edge of the hop limit may have more lineage: mark artifacts
     # whose producer/consumers were not included.
-    return _complete(store, graph)
+    return _fill_in_names(store, graph)
 
 
 def upstream(store, artifact_id: int, not_followed: Tuple[str, ...] = NOT_FOLLOWED_INPUTS) -> Graph:
@@ -184,45 +177,57 @@ def upstream(store, artifact_id: int, not_followed: Tuple[str, ...] = NOT_FOLLOW
     ones in ``Graph.reused_by``."""
     graph = Graph(focus={artifact_id})
     graph.artifacts[artifact_id] = artifact_or_error(store, artifact_id)
-    frontier, seen_executions = [artifact_id], set()
+    frontier = [artifact_id]
     while frontier:
-        events = [e for e in store.get_events_by_artifact_ids(frontier) if e.type in mlmd.OUTPUT_EVENTS]
-        candidates = {e.id: e for e in store.get_executions_by_id(
-            list({e.execution_id for e in events} - seen_executions))}
-        producers = set()
-        for aid in frontier:
-            made = [candidates[e.execution_id] for e in events
-                    if e.artifact_id == aid and e.execution_id in candidates]
-            real = [x for x in made if x.last_known_state != mlmd.STATE.CACHED] or made[:1]
-            producers |= {x.id for x in real}
-            for cached in made:
-                if cached.id not in producers:
-                    graph.reused_by.setdefault(aid, []).append(cached.id)
-        frontier = []
-        if not producers:
+        makers = _makers(store, graph, frontier)
+        if not makers:
             break
-        seen_executions |= producers
-        for eid in producers:
-            graph.executions[eid] = candidates[eid]
-        edges = _edges(store.get_events_by_execution_ids(list(producers)))
-        graph.edges.extend(e for e in edges if e not in graph.edges)
-        new_ids = {e.artifact_id for e in edges} - set(graph.artifacts)
-        for artifact in store.get_artifacts_by_id(list(new_ids)):
-            graph.artifacts[artifact.id] = artifact
-        for edge in edges:
-            if not edge.is_input or edge.artifact_id not in new_ids:
-                continue
-            if edge.key in not_followed:
-                graph.truncated.add(edge.artifact_id)
-            elif edge.artifact_id not in frontier:
-                frontier.append(edge.artifact_id)
-    _complete(store, graph)
-    reusing = {eid for ids in graph.reused_by.values() for eid in ids}
-    for eid in reusing:
-        for context in mlmd.contexts_of_execution(store, eid):
-            if context.type == mlmd.RUN_CONTEXT:
-                graph.run_ids[eid] = context.name
+        graph.executions.update(makers)
+        frontier = _add_inputs_of(store, graph, list(makers), not_followed)
+    _fill_in_names(store, graph)
+    for eid in {eid for ids in graph.reused_by.values() for eid in ids}:
+        run_id = mlmd.run_of_execution(store, eid)
+        if run_id:
+            graph.run_ids[eid] = run_id
     return graph
+
+
+def _makers(store, graph: Graph, artifact_ids: List[int]) -> Dict[int, Execution]:
+    """The executions (not yet in ``graph``) that made ``artifact_ids``: those that
+    ran; the cached ones that reused an artifact go to ``graph.reused_by``."""
+    events = [e for e in store.get_events_by_artifact_ids(artifact_ids) if e.type in mlmd.OUTPUT_EVENTS]
+    candidates = {e.id: e for e in store.get_executions_by_id(
+        list({e.execution_id for e in events} - set(graph.executions)))}
+    makers: Dict[int, Execution] = {}
+    for aid in artifact_ids:
+        made = [candidates[e.execution_id] for e in events
+                if e.artifact_id == aid and e.execution_id in candidates]
+        ran = [x for x in made if x.last_known_state != mlmd.STATE.CACHED] or made[:1]
+        makers.update({x.id: x for x in ran})
+        for cached in made:
+            if cached.id not in makers:
+                graph.reused_by.setdefault(aid, []).append(cached.id)
+    return makers
+
+
+def _add_inputs_of(store, graph: Graph, execution_ids: List[int], not_followed: Tuple[str, ...]) -> List[int]:
+    """Add the executions' events and the artifacts they name to ``graph``; returns
+    the new input artifacts to trace further (those under ``not_followed`` keys are
+    marked truncated instead)."""
+    edges = _edges(store.get_events_by_execution_ids(execution_ids))
+    graph.edges.extend(e for e in edges if e not in graph.edges)
+    new_ids = {e.artifact_id for e in edges} - set(graph.artifacts)
+    for artifact in store.get_artifacts_by_id(list(new_ids)):
+        graph.artifacts[artifact.id] = artifact
+    frontier: List[int] = []
+    for edge in edges:
+        if not edge.is_input or edge.artifact_id not in new_ids:
+            continue
+        if edge.key in not_followed:
+            graph.truncated.add(edge.artifact_id)
+        elif edge.artifact_id not in frontier:
+            frontier.append(edge.artifact_id)
+    return frontier
 
 
 def consumers_of(store, artifact_ids: Iterable[int], exclude: Iterable[int] = ()) -> Graph:
@@ -240,7 +245,7 @@ def consumers_of(store, artifact_ids: Iterable[int], exclude: Iterable[int] = ()
                    if not e.is_input or e.artifact_id in artifact_ids]
     graph.artifacts = {a.id: a for a in store.get_artifacts_by_id(
         list({e.artifact_id for e in graph.edges}))}
-    return _complete(store, graph)
+    return _fill_in_names(store, graph)
 
 
 def same_run_checks(store, graph: Graph, artifact_id: int, run_id: Optional[str],
@@ -273,24 +278,3 @@ def same_run_checks(store, graph: Graph, artifact_id: int, run_id: Optional[str]
         if not frontier:
             break
     return found
-
-
-# -------------------------------------------------------- pushed versions
-@dataclasses.dataclass
-class Pushed:
-    version: str
-    artifact: Artifact
-    destination: str
-
-
-def pushed_models(store) -> List[Pushed]:
-    """Every PushedModel that was actually pushed, highest version first."""
-    out = []
-    for artifact in store.get_artifacts_by_type(mlmd.PUSHED_MODEL):
-        if int(mlmd.custom(artifact, "pushed", 0) or 0) and mlmd.custom(artifact, "pushed_version"):
-            out.append(Pushed(str(mlmd.custom(artifact, "pushed_version")), artifact,
-                              str(mlmd.custom(artifact, "pushed_destination", ""))))
-
-    def order(p: Pushed):
-        return (int(p.version) if p.version.isdigit() else -1, p.artifact.id)
-    return sorted(out, key=order, reverse=True)

@@ -305,44 +305,6 @@ def html(g: G.Graph, title: str, text: Optional[str] = None) -> str:
     """One HTML file: the graph as inline SVG (hover a node for details) and the
     text answer below it. Opens from disk; no scripts, fonts or network."""
     esc = _html.escape
-    pos = _layout(g)
-    width = max((x for x, _ in pos.values()), default=0) + NODE_W + 2 * MARGIN
-    height = max((y for _, y in pos.values()), default=0) + NODE_H + 2 * MARGIN
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-             f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" font-size="11">',
-             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-             'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#667"/></marker></defs>']
-    for edge in g.edges:
-        a, e = f"a{edge.artifact_id}", f"e{edge.execution_id}"
-        if a not in pos or e not in pos:
-            continue
-        src, dst = (a, e) if edge.is_input else (e, a)
-        (x1, y1), (x2, y2) = pos[src], pos[dst]
-        x1, y1, x2, y2 = x1 + NODE_W, y1 + NODE_H / 2, x2, y2 + NODE_H / 2
-        mid = (x1 + x2) / 2
-        parts.append(f'<path d="M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} {x2:.0f},{y2:.0f}" '
-                     f'fill="none" stroke="#889" marker-end="url(#arrow)"><title>{esc(edge.key)}</title></path>')
-    for name, (x, y) in pos.items():
-        ident = int(name[1:])
-        if name[0] == "a":
-            artifact = g.artifacts[ident]
-            line1, line2 = _artifact_label(g, ident), artifact.uri
-            tip = json.dumps({"uri": artifact.uri, **mlmd.properties(artifact)}, indent=1, default=str)
-            fill, radius = "#fff4e0", 4
-        else:
-            e = g.executions[ident]
-            line1 = f"{g.execution_name(ident)} #{ident}"
-            line2 = f"{mlmd.STATE.Name(e.last_known_state)} run {g.run_ids.get(ident)}"
-            tip = json.dumps({"type": g.execution_type(ident), **mlmd.properties(e)}, indent=1, default=str)
-            fill, radius = "#e8f0fe", 14
-        stroke = 'stroke="#c33" stroke-width="2.5"' if ident in g.focus and name[0] == "a" else 'stroke="#556"'
-        parts.append(f'<g><title>{esc(tip[:3000])}</title>'
-                     f'<rect x="{x:.0f}" y="{y:.0f}" width="{NODE_W}" height="{NODE_H}" rx="{radius}" '
-                     f'fill="{fill}" {stroke}/>'
-                     f'<text x="{x + 8:.0f}" y="{y + 19:.0f}" font-weight="bold">{esc(_short(line1, 30))}</text>'
-                     f'<text x="{x + 8:.0f}" y="{y + 36:.0f}" fill="#445">{esc(_short(line2, 34))}</text></g>')
-    parts.append("</svg>")
-    body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title)}</title>\n"
             "<style>body{font-family:Helvetica,Arial,sans-serif;margin:16px}"
             ".graph{overflow:auto;border:1px solid #ccd;padding:4px}"
@@ -352,14 +314,61 @@ def html(g: G.Graph, title: str, text: Optional[str] = None) -> str:
             "<p class=\"legend\"><span style=\"background:#fff4e0\">artifact</span>"
             "<span style=\"background:#e8f0fe;border-radius:10px\">execution</span>"
             "<span style=\"border-color:#c33\">asked about</span> hover a box for its properties</p>\n"
-            f"<div class=\"graph\">{body}</div>\n"
+            f"<div class=\"graph\">{_svg(g)}</div>\n"
             + (f"<pre>{esc(text)}</pre>\n" if text else "")
             + "</body></html>\n")
 
 
+def _svg(g: G.Graph) -> str:
+    """The graph as an SVG element: edges as curves, nodes as boxes with a tooltip."""
+    pos = _layout(g)
+    width = max((x for x, _ in pos.values()), default=0) + NODE_W + 2 * MARGIN
+    height = max((y for _, y in pos.values()), default=0) + NODE_H + 2 * MARGIN
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+             f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" font-size="11">',
+             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+             'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#667"/></marker></defs>']
+    for edge in g.edges:
+        a, e = f"a{edge.artifact_id}", f"e{edge.execution_id}"
+        if a in pos and e in pos:
+            parts.append(_svg_edge(edge, *((pos[a], pos[e]) if edge.is_input else (pos[e], pos[a]))))
+    parts += [_svg_node(g, name, x, y) for name, (x, y) in pos.items()]
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _svg_edge(edge: G.Edge, source: Tuple[float, float], target: Tuple[float, float]) -> str:
+    (x1, y1), (x2, y2) = source, target
+    x1, y1, x2, y2 = x1 + NODE_W, y1 + NODE_H / 2, x2, y2 + NODE_H / 2
+    mid = (x1 + x2) / 2
+    return (f'<path d="M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} {x2:.0f},{y2:.0f}" '
+            f'fill="none" stroke="#889" marker-end="url(#arrow)"><title>{_html.escape(edge.key)}</title></path>')
+
+
+def _svg_node(g: G.Graph, name: str, x: float, y: float) -> str:
+    """Node ``a<id>`` (artifact) or ``e<id>`` (execution) as a box at (x, y)."""
+    esc, ident = _html.escape, int(name[1:])
+    if name[0] == "a":
+        artifact = g.artifacts[ident]
+        line1, line2 = _artifact_label(g, ident), artifact.uri
+        tip = json.dumps({"uri": artifact.uri, **mlmd.properties(artifact)}, indent=1, default=str)
+        fill, radius = "#fff4e0", 4
+    else:
+        e = g.executions[ident]
+        line1 = f"{g.execution_name(ident)} #{ident}"
+        line2 = f"{mlmd.STATE.Name(e.last_known_state)} run {g.run_ids.get(ident)}"
+        tip = json.dumps({"type": g.execution_type(ident), **mlmd.properties(e)}, indent=1, default=str)
+        fill, radius = "#e8f0fe", 14
+    stroke = 'stroke="#c33" stroke-width="2.5"' if ident in g.focus and name[0] == "a" else 'stroke="#556"'
+    return (f'<g><title>{esc(tip[:3000])}</title>'
+            f'<rect x="{x:.0f}" y="{y:.0f}" width="{NODE_W}" height="{NODE_H}" rx="{radius}" '
+            f'fill="{fill}" {stroke}/>'
+            f'<text x="{x + 8:.0f}" y="{y + 19:.0f}" font-weight="bold">{esc(_short(line1, 30))}</text>'
+            f'<text x="{x + 8:.0f}" y="{y + 36:.0f}" fill="#445">{esc(_short(line2, 34))}</text></g>')
+
+
 def model_graph_title(report: Dict) -> str:
     return f"Lineage of model version {report['version']} (run {report['run_id']})"
-
 
 
 def model_text(report: Dict) -> str:

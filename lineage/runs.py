@@ -16,10 +16,11 @@ import json
 import time
 from typing import Dict, List, Optional
 
-from lineage import graph as G
-from lineage import trace
 from core import mlmd
 from core.owner import DEAD, RECOVERED, RUN_ENDED, RUN_OWNER, Owner
+from core.pushdir import version_order
+from lineage import graph as G
+from lineage import trace
 
 # MLMD execution state -> what it means for a run
 OUTCOME = {"COMPLETE": "executed", "CACHED": "cached", "FAILED": "failed", "RUNNING": "running",
@@ -113,50 +114,10 @@ def run_facts(store, run, pipeline_name: str, with_metrics: bool = True) -> Dict
         props = mlmd.properties(node.execution)
         if not props and not node.outputs:     # resolvers: no settings, nothing made
             continue
-        code, rest = trace.split_code(props)
-        for key, value in code.items():
-            facts["code"][f"{node.node_id}.{key}"] = value
-        # The data an ExampleGen read: its input_base, and the fingerprint/span/version
-        # TFX records on the Examples artifact (a cached execution does not repeat
-        # them on itself).
-        for key in ("input_base", "input_fingerprint", "span", "version"):
-            if key in rest:
-                value = rest.pop(key)
-                if key == "input_base":
-                    facts["data"][f"{node.node_id}.{key}"] = value
-        flat: Dict = {}
-        for key, value in rest.items():
-            _flatten(f"{node.node_id}.{key}", value, flat)
-        facts["configuration"].update(flat)
+        _add_settings(facts, node.node_id, props)
         for key, artifacts in node.outputs.items():
             for artifact in artifacts:
-                if artifact.type == mlmd.EXAMPLES:
-                    facts["data"][f"{node.node_id}.{key}.artifact_id"] = artifact.id
-                    for prop in ("input_fingerprint", "span", "version"):
-                        value = mlmd.custom(artifact, prop)
-                        if value is None and prop in artifact.properties:
-                            value = mlmd.value_of(artifact.properties[prop])
-                        if value is not None:
-                            facts["data"][f"{node.node_id}.{key}.{prop}"] = value
-                elif artifact.type == mlmd.SCHEMA:
-                    summary = trace.schema_summary(artifact.uri)
-                    facts["schema"]["artifact_id"] = artifact.id
-                    if summary:
-                        facts["schema"]["sha256"] = summary["text_sha256"]
-                        for name, text in summary["features"].items():
-                            facts["schema"][f"feature.{name}"] = text
-                elif artifact.type == mlmd.EVALUATION and with_metrics:
-                    found = trace.read_metrics(artifact.uri, {})
-                    for metric in found.get("metrics", []):
-                        facts["metrics"][metric["metric"]] = metric["value"]
-                    if "metrics_error" in found:
-                        facts["metrics"]["error"] = found["metrics_error"]
-                elif artifact.type == mlmd.BLESSING:
-                    facts["outcome"]["blessed"] = bool(mlmd.custom(artifact, "blessed", 0))
-                elif artifact.type == mlmd.PUSHED_MODEL:
-                    pushed = bool(mlmd.custom(artifact, "pushed", 0))
-                    facts["outcome"]["pushed_version"] = (str(mlmd.custom(artifact, "pushed_version"))
-                                                          if pushed else None)
+                _add_output(facts, f"{node.node_id}.{key}", artifact, with_metrics)
         for key, artifacts in node.inputs.items():
             if key in G.NOT_FOLLOWED_INPUTS:
                 facts["outcome"][f"{node.node_id}.{key}.artifact_id"] = [a.id for a in artifacts]
@@ -165,6 +126,54 @@ def run_facts(store, run, pipeline_name: str, with_metrics: bool = True) -> Dict
     facts["states"] = states
     facts["outputs"] = {n.node_id: sorted(a.id for arts in n.outputs.values() for a in arts) for n in nodes}
     return facts
+
+
+def _add_settings(facts: Dict, node_id: str, props: Dict) -> None:
+    """An execution's properties: its model code, the data an ExampleGen read (its
+    input_base; the fingerprint/span/version TFX records on the Examples artifact,
+    as a cached execution does not repeat them on itself), the rest as configuration."""
+    code, rest = trace.split_code(props)
+    for key, value in code.items():
+        facts["code"][f"{node_id}.{key}"] = value
+    for key in ("input_base", "input_fingerprint", "span", "version"):
+        if key in rest:
+            value = rest.pop(key)
+            if key == "input_base":
+                facts["data"][f"{node_id}.{key}"] = value
+    flat: Dict = {}
+    for key, value in rest.items():
+        _flatten(f"{node_id}.{key}", value, flat)
+    facts["configuration"].update(flat)
+
+
+def _add_output(facts: Dict, name: str, artifact, with_metrics: bool) -> None:
+    """What one output artifact (``name`` = node.key) says about the run."""
+    if artifact.type == mlmd.EXAMPLES:
+        facts["data"][f"{name}.artifact_id"] = artifact.id
+        for prop in ("input_fingerprint", "span", "version"):
+            value = mlmd.custom(artifact, prop)
+            if value is None and prop in artifact.properties:
+                value = mlmd.value_of(artifact.properties[prop])
+            if value is not None:
+                facts["data"][f"{name}.{prop}"] = value
+    elif artifact.type == mlmd.SCHEMA:
+        summary = trace.schema_summary(artifact.uri)
+        facts["schema"]["artifact_id"] = artifact.id
+        if summary:
+            facts["schema"]["sha256"] = summary["text_sha256"]
+            for feature, text in summary["features"].items():
+                facts["schema"][f"feature.{feature}"] = text
+    elif artifact.type == mlmd.EVALUATION and with_metrics:
+        found = trace.read_metrics(artifact.uri, {})
+        for metric in found.get("metrics", []):
+            facts["metrics"][metric["metric"]] = metric["value"]
+        if "metrics_error" in found:
+            facts["metrics"]["error"] = found["metrics_error"]
+    elif artifact.type == mlmd.BLESSING:
+        facts["outcome"]["blessed"] = bool(mlmd.custom(artifact, "blessed", 0))
+    elif artifact.type == mlmd.PUSHED_MODEL:
+        pushed = bool(mlmd.custom(artifact, "pushed", 0))
+        facts["outcome"]["pushed_version"] = str(mlmd.custom(artifact, "pushed_version")) if pushed else None
 
 
 def _same(a, b) -> bool:
@@ -207,16 +216,9 @@ def diff_runs(store, pipeline_name: str, run_a: str, run_b: str, with_metrics: b
 
 
 # ------------------------------------------------------- since the last push
-def _version_key(version: str):
-    return (int(version), version) if str(version).isdigit() else (-1, str(version))
-
-
 def _push_run(store, artifact_id: int) -> Optional[str]:
     """The run whose execution made this PushedModel (not a cached reuse of it)."""
-    events = [e for e in store.get_events_by_artifact_ids([artifact_id]) if e.type in mlmd.OUTPUT_EVENTS]
-    executions = store.get_executions_by_id([e.execution_id for e in events])
-    real = [e for e in executions if e.last_known_state != mlmd.STATE.CACHED] or executions
-    for execution in sorted(real, key=lambda e: e.id):
+    for execution in mlmd.producers(store, artifact_id):
         run = mlmd.run_of_execution(store, execution.id)
         if run:
             return run
@@ -229,8 +231,8 @@ def changes_since_previous(store, pipeline_name: str, version: str, run_id: Opti
     pushed version before it: "what changed since the last one?"."""
     if not run_id:
         return {"previous_version": None, "note": "this version was not pushed by a pipeline run"}
-    for pushed in G.pushed_models(store):          # highest version first
-        if _version_key(pushed.version) >= _version_key(version):
+    for pushed in mlmd.pushed_models(store):          # highest version first
+        if version_order(pushed.version) >= version_order(version):
             continue
         previous_run = _push_run(store, pushed.artifact.id)
         if previous_run and previous_run != run_id:

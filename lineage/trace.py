@@ -15,11 +15,10 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from lineage import graph as G
-from core import pushdir
-from core import mlmd
+from core import mlmd, pushdir
 from core.config import Settings
 from core.owner import ALIVE, RECOVERED, Owner
+from lineage import graph as G
 
 SERVING = "serving"
 # Order in which an execution's inputs are shown (others follow, by name).
@@ -45,16 +44,6 @@ def execution_json(g: G.Graph, eid: int) -> Dict:
             "run_id": g.run_ids.get(eid), "state": mlmd.STATE.Name(execution.last_known_state),
             "started": mlmd.ms_to_iso(execution.create_time_since_epoch), "seconds": round(seconds, 1),
             "properties": mlmd.properties(execution)}
-
-
-def parse_fingerprint(text: str) -> Dict[str, Dict]:
-    """TFX ExampleGen's input fingerprint ('split:x,num_files:1,total_bytes:..') per split."""
-    out = {}
-    for line in (text or "").splitlines():
-        fields = dict(part.split(":", 1) for part in line.split(",") if ":" in part)
-        split = fields.pop("split", "")
-        out[split] = {k: int(v) if v.isdigit() else v for k, v in fields.items()}
-    return out
 
 
 def current_fingerprint(input_base: str, input_config: Dict) -> Tuple[List[Dict], str]:
@@ -286,19 +275,12 @@ def walk(tree: Dict):
 
 
 # ----------------------------------------------------------------- the model
-def serving_version(settings: Settings) -> Optional[str]:
-    """The version a server of ``model_push_dir`` loads now: the highest numeric directory."""
-    base = settings.model_push_dir
-    if not base.is_dir():
-        return None
-    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir()]
-    return str(max(versions)) if versions else None
-
-
-def resolve_pushed(store, settings: Settings, version: Optional[str]) -> Tuple[G.Pushed, Optional[str]]:
-    """The PushedModel for ``version`` (None or 'serving': the one served now)."""
-    pushed = G.pushed_models(store)
-    serving = serving_version(settings)
+def resolve_pushed(store, settings: Settings, version: Optional[str]) -> Tuple[mlmd.PushedModel, Optional[str]]:
+    """The PushedModel for ``version`` (None or 'serving': the one served now, the
+    newest version in the push directory), and the version served now."""
+    pushed = mlmd.pushed_models(store)
+    newest = pushdir.newest_version(str(settings.model_push_dir))
+    serving = str(newest) if newest is not None else None
     known = ", ".join(p.version for p in pushed[:20]) or "none"
     if version in (None, SERVING):
         if serving is None:
@@ -309,19 +291,19 @@ def resolve_pushed(store, settings: Settings, version: Optional[str]) -> Tuple[G
     matches = [p for p in pushed if p.version == str(version)]
     if not matches:
         hint = f"; serving now: {serving}" if serving else ""
-        raise mlmd.MetadataError(_unrecorded(settings, str(version)) or (
+        raise mlmd.MetadataError(_why_not_in_metadata(settings, str(version)) or (
             f"no pushed model with version '{version}' in the store. "
             f"Pushed versions (newest first): {known}{hint}"))
     # Several pipelines may share a store: prefer the push into this push directory.
-    here = [p for p in matches if Path(p.destination).parent.resolve() == settings.model_push_dir.resolve()]
+    here = [p for p in matches if p.is_in(settings.model_push_dir)]
     return (here or matches)[0], serving
 
 
-def _unrecorded(settings: Settings, version: str) -> Optional[str]:
+def _why_not_in_metadata(settings: Settings, version: str) -> Optional[str]:
     """What to say about a version that is in the push directory but not in MLMD,
     from its push marker (core/pushdir.py); None if there is no such directory."""
     path = settings.model_push_dir / version
-    if not version.isdigit() or not path.is_dir():
+    if not pushdir.is_version_name(version) or not path.is_dir():
         return None
     marker = pushdir.read_marker(str(path))
     if marker is None:
@@ -346,11 +328,28 @@ def model_report(store, settings: Settings, version: Optional[str] = None,
     g = G.upstream(store, pushed.artifact.id)
     pusher = next((e.execution_id for e in g.producers(pushed.artifact.id)), None)
     run_id = g.run_ids.get(pusher) if pusher else None
+    extras, checks = _checks_in_the_same_run(store, g, run_id, with_metrics)
+    tree = build_tree(g, pushed.artifact.id, extras, with_metrics)
+    later = _used_since(store, g, checks, pushed.artifact.id)
+    report = {
+        "version": pushed.version, "serving_now": pushed.version == serving, "serving_version": serving,
+        "push_dir": str(settings.model_push_dir), "store": mlmd.describe_store(settings),
+        "run_id": run_id,
+        "pushed_by": {"execution_id": pusher, "node_id": g.execution_name(pusher)} if pusher else None,
+        "summary": _summarize(tree), "tree": tree,
+        "downstream": [_downstream_json(later, eid) for eid in later.topological_executions()],
+    }
+    full = G.Graph().merge(g).merge(checks).merge(later)
+    full.focus = {pushed.artifact.id}
+    return report, full
 
-    # What else the run that made them did with the training data (statistics,
-    # anomalies, the gate) and with the model (its evaluation, when the model
-    # reached this push some other way than through that run's Pusher, e.g. a
-    # re-push by monitoring).
+
+def _checks_in_the_same_run(store, g: G.Graph, run_id: Optional[str],
+                            with_metrics: bool) -> Tuple[Dict[int, Dict], G.Graph]:
+    """What else the run that made the training data and the model did with them
+    (statistics, anomalies, the gate; the model's evaluation, when the model reached
+    this push some other way than through that run's Pusher, e.g. a re-push by
+    monitoring): per artifact id, its ``checks`` for the tree, and their graph."""
     extras: Dict[int, Dict] = {}
     checks = G.Graph()
     reused = {e for ids in g.reused_by.values() for e in ids}
@@ -359,89 +358,108 @@ def model_report(store, settings: Settings, version: Optional[str] = None,
         data = g.type_of(aid) == mlmd.EXAMPLES
         found = G.same_run_checks(store, g, aid, made_in, rounds=3 if data else 1, exclude=reused,
                                   output_types={mlmd.STATISTICS, mlmd.ANOMALIES} if data else None)
-        if not found.executions:
-            continue
-        checks.merge(found)
-        extras[aid] = {"checks": [
-            {**execution_json(found, eid),
-             "facts": execution_facts(found, eid, with_metrics) if "eval_config" in
-             mlmd.properties(found.executions[eid]) else {},
-             "outputs": [{"key": e.key, **artifact_json(found, e.artifact_id),
-                          "facts": artifact_facts(found, e.artifact_id)} for e in found.outputs(eid)]}
-            for eid in found.topological_executions()]}
+        if found.executions:
+            checks.merge(found)
+            extras[aid] = {"checks": [_check_json(found, eid, with_metrics)
+                                      for eid in found.topological_executions()]}
+    return extras, checks
 
-    tree = build_tree(g, pushed.artifact.id, extras, with_metrics)
+
+def _check_json(found: G.Graph, eid: int, with_metrics: bool) -> Dict:
+    """One checking execution with its outputs (an Evaluator's facts: its metrics)."""
+    is_evaluator = "eval_config" in mlmd.properties(found.executions[eid])
+    return {**execution_json(found, eid),
+            "facts": execution_facts(found, eid, with_metrics) if is_evaluator else {},
+            "outputs": [{"key": e.key, **artifact_json(found, e.artifact_id),
+                         "facts": artifact_facts(found, e.artifact_id)} for e in found.outputs(eid)]}
+
+
+def _used_since(store, g: G.Graph, checks: G.Graph, pushed_id: int) -> G.Graph:
+    """Executions that read the pushed model or its Model since (monitoring, later
+    evaluations), other than those already in the trace."""
     model_ids = [a for a in g.artifacts if g.type_of(a) == mlmd.MODEL and a not in g.truncated]
-    later = G.consumers_of(store, [pushed.artifact.id] + model_ids,
-                           exclude=set(g.executions) | set(checks.executions)
-                           | {e for ids in g.reused_by.values() for e in ids})
-    downstream = []
-    for eid in later.topological_executions():
-        entry = execution_json(later, eid)
-        entry["inputs"] = [{"key": e.key, "id": e.artifact_id, "type": later.type_of(e.artifact_id)}
-                           for e in later.inputs(eid)]
-        entry["outputs"] = [{"key": e.key, **artifact_json(later, e.artifact_id)} for e in later.outputs(eid)]
-        downstream.append(entry)
-
-    report = {
-        "version": pushed.version, "serving_now": pushed.version == serving, "serving_version": serving,
-        "push_dir": str(settings.model_push_dir), "store": mlmd.describe_store(settings),
-        "run_id": run_id,
-        "pushed_by": {"execution_id": pusher, "node_id": g.execution_name(pusher)} if pusher else None,
-        "summary": _summary(tree), "tree": tree, "downstream": downstream,
-    }
-    full = G.Graph().merge(g).merge(checks).merge(later)
-    full.focus = {pushed.artifact.id}
-    return report, full
+    return G.consumers_of(store, [pushed_id] + model_ids,
+                          exclude=set(g.executions) | set(checks.executions)
+                          | {e for ids in g.reused_by.values() for e in ids})
 
 
-def _summary(tree: Dict) -> Dict:
+def _downstream_json(later: G.Graph, eid: int) -> Dict:
+    entry = execution_json(later, eid)
+    entry["inputs"] = [{"key": e.key, "id": e.artifact_id, "type": later.type_of(e.artifact_id)}
+                       for e in later.inputs(eid)]
+    entry["outputs"] = [{"key": e.key, **artifact_json(later, e.artifact_id)} for e in later.outputs(eid)]
+    return entry
+
+
+# ------------------------------------------------------------------ summary
+DATA_KEYS = ("input_base", "patterns", "span", "version", "input_fingerprint", "files", "unchanged_since")
+TRAINING_KEYS = ("train_args", "eval_args", "hyperparameters")
+EVALUATION_KEYS = ("metrics", "validation_failures", "thresholds", "baseline_model_id", "metrics_error")
+
+
+def _summarize(tree: Dict) -> Dict:
     """The answers in one place: data, code, training, evaluation, schema."""
     out: Dict = {"data": None, "code": {}, "training": None, "evaluation": None, "schema": None}
     for node in walk(tree):
-        facts = node.get("facts") or {}
         if node["kind"] == "execution":
-            if "input_base" in facts and out["data"] is None:
-                out["data"] = {k: facts.get(k) for k in ("input_base", "patterns", "span", "version",
-                                                         "input_fingerprint", "files", "unchanged_since")}
-                out["data"]["execution_id"] = node["id"]
-            if facts.get("code"):
-                out["code"][node["node_id"]] = facts["code"]
-            if "train_args" in facts and out["training"] is None:
-                out["training"] = {k: facts.get(k) for k in ("train_args", "eval_args", "hyperparameters")}
-                out["training"]["model_execution_id"] = node["id"]
-            if "thresholds" in facts and out["evaluation"] is None:
-                out["evaluation"] = {k: facts.get(k) for k in ("metrics", "validation_failures", "thresholds",
-                                                               "baseline_model_id", "metrics_error")
-                                     if k in facts}
-        elif node["type"] == mlmd.EXAMPLES and "checks" in node and out["data"] is not None:
-            out["data"].setdefault("examples_id", node["id"])
-        elif node["type"] == mlmd.BLESSING and out["evaluation"] is not None:
-            out["evaluation"].setdefault("blessed", node["facts"].get("blessed"))
-        elif node["type"] == mlmd.SCHEMA and out["schema"] is None and node.get("facts"):
-            out["schema"] = {"id": node["id"], **node["facts"]}
+            _summarize_execution(node, out)
+        else:
+            _summarize_artifact(node, out)
     if out["evaluation"] is None:      # evaluated in its own run, pushed another way
-        for node in walk(tree):
-            for check in node.get("checks", []) if node["kind"] == "artifact" and node["type"] == mlmd.MODEL else []:
-                if "thresholds" in (check.get("facts") or {}):
-                    out["evaluation"] = {k: check["facts"].get(k) for k in (
-                        "metrics", "validation_failures", "thresholds", "baseline_model_id", "metrics_error")
-                        if k in check["facts"]}
-                    blessing = next((o for o in check["outputs"] if o["type"] == mlmd.BLESSING), None)
-                    out["evaluation"]["blessed"] = blessing["facts"].get("blessed") if blessing else None
-                    out["evaluation"]["execution_id"] = check["id"]
-                    break
-            if out["evaluation"] is not None:
-                break
+        out["evaluation"] = _evaluation_among_checks(tree)
     # the blessing is above its evaluator in the tree
     if out["evaluation"] is not None and "blessed" not in out["evaluation"]:
         blessing = next((n for n in walk(tree) if n["kind"] == "artifact" and n["type"] == mlmd.BLESSING), None)
         out["evaluation"]["blessed"] = blessing["facts"].get("blessed") if blessing else None
-    for node in walk(tree):
-        if node["kind"] == "artifact" and node["type"] == mlmd.EXAMPLES and "checks" in node:
-            for check in node["checks"]:
-                for output in check["outputs"]:
-                    if output["type"] == mlmd.STATISTICS and out["data"] is not None:
-                        out["data"]["num_examples"] = output["facts"].get("num_examples")
-            break
+    if out["data"] is not None:
+        _add_num_examples(tree, out["data"])
     return out
+
+
+def _summarize_execution(node: Dict, out: Dict) -> None:
+    facts = node.get("facts") or {}
+    if "input_base" in facts and out["data"] is None:
+        out["data"] = {k: facts.get(k) for k in DATA_KEYS}
+        out["data"]["execution_id"] = node["id"]
+    if facts.get("code"):
+        out["code"][node["node_id"]] = facts["code"]
+    if "train_args" in facts and out["training"] is None:
+        out["training"] = {k: facts.get(k) for k in TRAINING_KEYS}
+        out["training"]["model_execution_id"] = node["id"]
+    if "thresholds" in facts and out["evaluation"] is None:
+        out["evaluation"] = {k: facts.get(k) for k in EVALUATION_KEYS if k in facts}
+
+
+def _summarize_artifact(node: Dict, out: Dict) -> None:
+    if node["type"] == mlmd.EXAMPLES and "checks" in node and out["data"] is not None:
+        out["data"].setdefault("examples_id", node["id"])
+    elif node["type"] == mlmd.BLESSING and out["evaluation"] is not None:
+        out["evaluation"].setdefault("blessed", node["facts"].get("blessed"))
+    elif node["type"] == mlmd.SCHEMA and out["schema"] is None and node.get("facts"):
+        out["schema"] = {"id": node["id"], **node["facts"]}
+
+
+def _evaluation_among_checks(tree: Dict) -> Optional[Dict]:
+    """The first evaluation listed among a Model's checks in the tree, with its blessing."""
+    for node in walk(tree):
+        if node["kind"] != "artifact" or node["type"] != mlmd.MODEL:
+            continue
+        for check in node.get("checks", []):
+            facts = check.get("facts") or {}
+            if "thresholds" in facts:
+                evaluation = {k: facts.get(k) for k in EVALUATION_KEYS if k in facts}
+                blessing = next((o for o in check["outputs"] if o["type"] == mlmd.BLESSING), None)
+                evaluation["blessed"] = blessing["facts"].get("blessed") if blessing else None
+                evaluation["execution_id"] = check["id"]
+                return evaluation
+    return None
+
+
+def _add_num_examples(tree: Dict, data: Dict) -> None:
+    """Rows per split, from the statistics among the first checked Examples' checks."""
+    examples = next((n for n in walk(tree) if n["kind"] == "artifact" and n["type"] == mlmd.EXAMPLES
+                     and "checks" in n), None)
+    for check in (examples or {}).get("checks", []):
+        for output in check["outputs"]:
+            if output["type"] == mlmd.STATISTICS:
+                data["num_examples"] = output["facts"].get("num_examples")

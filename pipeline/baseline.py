@@ -11,10 +11,11 @@ itself and pushed again. This strategy looks at the candidate first:
 """
 from typing import Dict, List, Optional
 
-import ml_metadata as mlmd
-from ml_metadata.proto import metadata_store_pb2
+import ml_metadata
 from tfx import types
 from tfx.dsl.components.common import resolver
+
+from core import mlmd
 
 BLESSED = "blessed"
 CURRENT_MODEL_ID = "current_model_id"
@@ -22,16 +23,12 @@ CANDIDATE, MODEL, BLESSING = "candidate", "model", "model_blessing"
 BASELINE_INPUT_KEY = "baseline_model"
 
 
-def _input_key(event) -> str:
-    return next((s.key for s in event.path.steps if s.HasField("key")), "")
-
-
 class BaselineModelStrategy(resolver.ResolverStrategy):
     """Inputs: ``candidate`` (the Trainer's model), ``model`` and ``model_blessing``
     (all of them). Outputs the same keys, ``model``/``model_blessing`` holding the
     baseline (or nothing)."""
 
-    def resolve_artifacts(self, store: mlmd.MetadataStore,
+    def resolve_artifacts(self, store: ml_metadata.MetadataStore,
                           input_dict: Dict[str, List[types.Artifact]]
                           ) -> Optional[Dict[str, List[types.Artifact]]]:
         candidates = input_dict.get(CANDIDATE, [])
@@ -61,13 +58,10 @@ class BaselineModelStrategy(resolver.ResolverStrategy):
         return result
 
     @staticmethod
-    def _baseline_used_for(store: mlmd.MetadataStore, blessing_id: int) -> Optional[int]:
+    def _baseline_used_for(store: ml_metadata.MetadataStore, blessing_id: int) -> Optional[int]:
         """The baseline model id the Evaluator execution that wrote ``blessing_id`` read."""
-        producers = [e.execution_id for e in store.get_events_by_artifact_ids([blessing_id])
-                     if e.type == metadata_store_pb2.Event.OUTPUT]
-        if not producers:
+        evaluator = mlmd.producer(store, blessing_id)
+        if evaluator is None:
             return None
-        for event in store.get_events_by_execution_ids([producers[0]]):
-            if event.type == metadata_store_pb2.Event.INPUT and _input_key(event) == BASELINE_INPUT_KEY:
-                return event.artifact_id
-        return None
+        baselines = mlmd.input_artifacts(store, evaluator.id).get(BASELINE_INPUT_KEY)
+        return baselines[0].id if baselines else None

@@ -25,12 +25,9 @@ import fcntl
 import os
 from typing import Dict, List, Optional, Set
 
-from core import pushdir
-from core import mlmd
-from core.mlmd import PUSHED_MODEL
+from core import mlmd, pushdir
 from core.config import Settings
 from core.owner import ALIVE, DEAD, RECOVERED, RUN_ENDED, UNKNOWN, Owner
-
 
 
 @dataclasses.dataclass
@@ -101,13 +98,8 @@ def _recorded_versions(store, base: str) -> Set[str]:
     """Versions under ``base`` that a PushedModel in MLMD says were pushed there."""
     if store is None:
         return set()
-    recorded = set()
-    for artifact in mlmd.with_retry(lambda: store.get_artifacts_by_type(PUSHED_MODEL)):
-        destination = str(mlmd.custom(artifact, "pushed_destination", "") or "")
-        if int(mlmd.custom(artifact, "pushed", 0) or 0) and destination:
-            if os.path.realpath(os.path.dirname(destination)) == os.path.realpath(base):
-                recorded.add(os.path.basename(destination))
-    return recorded
+    return {os.path.basename(pushed.destination)
+            for pushed in mlmd.with_retry(lambda: mlmd.pushed_models(store)) if pushed.is_in(base)}
 
 
 def _recover_version(settings: Settings, store, base: str, version: str, report: Recovery) -> None:
@@ -139,9 +131,10 @@ def _killed_pusher(store, marker: Dict):
     if store is None or not marker.get("pipeline_run_id") or not str(execution_id or "").isdigit():
         return None
     for execution in store.get_executions_by_id([int(execution_id)]):
-        if (execution.last_known_state in (mlmd.STATE.RUNNING, mlmd.STATE.NEW)
-                and mlmd.run_of_execution(store, execution.id) == marker["pipeline_run_id"]
-                and mlmd.node_id_of(store, execution.id, marker.get("pipeline_name")) == marker.get("node_id")):
+        if execution.last_known_state not in (mlmd.STATE.RUNNING, mlmd.STATE.NEW):
+            continue
+        node_id, run_id = mlmd.node_and_run(store, execution.id, marker.get("pipeline_name"))
+        if run_id == marker["pipeline_run_id"] and node_id == marker.get("node_id"):
             return execution
     return None
 

@@ -45,7 +45,7 @@ def test_a_copy_killed_half_way_leaves_staging_that_recovery_removes(tmp_path, s
 
     base = settings.model_push_dir
     _publish_and_die(_model(tmp_path), base, "--kill-at-copy", "5")
-    staging = [n for n in os.listdir(base) if n.startswith(pushdir.INCOMING_PREFIX)]
+    staging = [os.path.basename(p) for p in pushdir.staging_directories(str(base))]
     assert len(staging) == 1 and pushdir.existing_versions(str(base)) == []
 
     # a concurrent pusher in a live process (its pid is in the name) keeps its directory

@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from core.pushdir import INCOMING_PREFIX, existing_versions, next_version, publish_atomically
+from core.pushdir import (existing_versions, is_version_name, newest_version, next_version, publish_atomically,
+                          staging_directories, version_order)
 
 
 def _model(tmp_path, files=50):
@@ -22,6 +23,17 @@ def test_versions_are_numeric_children_only(tmp_path):
     assert existing_versions(str(tmp_path)) == [5, 12]
     assert next_version(str(tmp_path), now=3) == 13          # never below the newest
     assert next_version(str(tmp_path), now=1000) == 1000
+
+
+def test_the_newest_version_and_what_counts_as_one(tmp_path):
+    assert newest_version(str(tmp_path / "missing")) is None and newest_version(str(tmp_path)) is None
+    (tmp_path / "7").write_text("a file, not a version")
+    for name in ["5", "12", ".orphaned-30", "\u00b2"]:
+        (tmp_path / name).mkdir()
+    assert existing_versions(str(tmp_path)) == [5, 12] and newest_version(str(tmp_path)) == 12
+    assert [is_version_name(n) for n in ("12", ".incoming-13-1", ".orphaned-30", "\u00b2", "")] == [
+        True, False, False, False, False]
+    assert sorted(["10", "9", "x"], key=version_order) == ["x", "9", "10"]
 
 
 def test_publish_creates_a_complete_version(tmp_path):
@@ -63,4 +75,4 @@ def test_a_failed_copy_leaves_nothing(tmp_path):
     base = tmp_path / "serving"
     with pytest.raises(OSError):
         publish_atomically(str(tmp_path / "missing-model"), str(base))
-    assert [n for n in os.listdir(base) if n.startswith(INCOMING_PREFIX) or n.isdigit()] == []
+    assert staging_directories(str(base)) == [] and existing_versions(str(base)) == []

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from core.pushdir import INCOMING_PREFIX, existing_versions
+from core.pushdir import existing_versions, staging_directories
 from tests.conftest import E2E_OVERRIDES, REPO
 from tests.lineage.conftest import lineage_cli, settings_args
 from core import config, mlmd
@@ -56,7 +56,7 @@ def test_a_killed_push_is_cleaned_or_recorded_by_the_next_run(home):
     # 1. killed while copying: a half-written staging directory, nothing visible
     killed = _run(home, "--kill-at-copy", "3")
     assert killed.returncode == -9, killed.stdout + killed.stderr
-    staging = [n for n in os.listdir(base) if n.startswith(INCOMING_PREFIX)]
+    staging = [os.path.basename(p) for p in staging_directories(str(base))]
     assert len(staging) == 1 and existing_versions(str(base)) == []
 
     # 2. killed right after the rename: a whole, servable version without a record

@@ -37,7 +37,7 @@ def cached_rerun(first_run, e2e_settings):
     """The pipeline again on the same data and settings: every component cached."""
     from pipeline import runner
 
-    summary = runner.run(e2e_settings, out=io.StringIO())
+    summary = runner.run_pipeline(e2e_settings, out=io.StringIO())
     assert summary.ok, summary.error
     return summary
 
@@ -131,7 +131,7 @@ def mysql_run(mysql_server, small_data_dir, tmp_path_factory):
                   mysql_database=MYSQL_DATABASE)
     writer = config.load(dict(common, mysql_user="mlmd_writer", mysql_password_env=WRITER_PASSWORD_ENV))
     reader = config.load(dict(common, mysql_user="mlmd_reader", mysql_password_env=READER_PASSWORD_ENV))
-    summary = runner.run(writer, out=io.StringIO())
+    summary = runner.run_pipeline(writer, out=io.StringIO())
     assert summary.ok, summary.error
     yield summary, writer, reader
     for name in (WRITER_PASSWORD_ENV, READER_PASSWORD_ENV):

@@ -15,7 +15,8 @@ import pytest
 from pipeline.pipeline import code_fingerprint
 from tests.conftest import SMALL_ROWS
 from tests.lineage.conftest import MYSQL_DATABASE, lineage_cli, settings_args
-from core import config, mlmd
+from core import config, mlmd, pushdir
+from core import features as F
 
 
 def _sha(path) -> str:
@@ -58,7 +59,8 @@ def test_model_traces_the_pushed_version_to_its_csv_with_its_metrics(first_run, 
     training = summary["training"]
     assert training["train_args"] == {"num_steps": e2e_settings.train_steps}
     assert training["hyperparameters"] == json.loads(json.dumps(e2e_settings.hparams))
-    fingerprint = code_fingerprint([e2e_settings.preprocessing_fn, e2e_settings.run_fn])
+    fingerprint = code_fingerprint([e2e_settings.preprocessing_fn, e2e_settings.run_fn],
+                                   shared_modules=[F.__name__])   # as the pipeline records it
     assert summary["code"]["Trainer"]["code_fingerprint"] == fingerprint
     assert summary["code"]["Transform"]["code_fingerprint"] == fingerprint
     assert summary["schema"]["features"] > 0
@@ -76,7 +78,7 @@ def test_model_traces_the_pushed_version_to_its_csv_with_its_metrics(first_run, 
 
 def test_model_defaults_to_the_version_being_served(first_run, e2e_settings):
     report = _model_json(e2e_settings)
-    served = max(int(p.name) for p in e2e_settings.model_push_dir.iterdir() if p.name.isdigit())
+    served = pushdir.newest_version(str(e2e_settings.model_push_dir))
     assert report["version"] == str(served) and report["serving_now"] is True
     assert _model_json(e2e_settings, "serving")["version"] == str(served)
 
