@@ -1,8 +1,10 @@
-"""Reading the ML Metadata store TFX writes: connections, runs, executions, outputs.
+"""The ML Metadata access layer: opening the store TFX writes (with retries while a
+writer holds it), and reading runs, executions, artifacts, their events (who made
+and who read what), pushed and blessed models and the Evaluator's TFMA results.
 
-The pipeline runner's summary, lineage and monitoring read MLMD through these
-helpers. Reads never create a store: a missing SQLite file, or a MySQL database
-that does not exist, is an error.
+The pipeline (runner summary, recovery, baseline resolver), lineage and monitoring
+read MLMD through these functions. Reads never create a store: a missing SQLite
+file, or a MySQL database that does not exist, is an error.
 
 Backends (``Settings.metadata_backend``):
 

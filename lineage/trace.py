@@ -7,10 +7,12 @@ Model -> Trainer (code fingerprint, train args, hyperparameters) -> TransformGra
 input (path, span, fingerprint), and what has consumed the model since
 (monitoring runs, later evaluations, ...).
 
-``facts_*`` turn MLMD properties into plain dicts; ``model_report`` assembles the
-whole answer as JSON-able data that ``lineage.render`` prints.
+``execution_facts`` / ``artifact_facts`` turn MLMD properties into plain dicts;
+``model_report`` assembles the whole answer as JSON-able data that
+``lineage.render`` prints.
 """
 import glob
+import hashlib
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -99,7 +101,7 @@ def schema_summary(schema_uri: str) -> Optional[Dict]:
         text = text_format.MessageToString(feature, as_one_line=True)
         features[feature.name] = text
     return {"path": path, "features": features,
-            "text_sha256": __import__("hashlib").sha256(Path(path).read_bytes()).hexdigest()}
+            "text_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def split_code(props: Dict) -> Tuple[Dict, Dict]:

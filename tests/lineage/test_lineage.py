@@ -116,8 +116,7 @@ def _writable_copy(e2e_settings, first_run, tmp_path):
     config_ = pb.ConnectionConfig()
     config_.sqlite.filename_uri = str(copy)
     writer = metadata_store.MetadataStore(config_)
-    pushed = next(a for a in writer.get_artifacts_by_type("PushedModel")
-                  if mlmd.custom(a, "pushed_version") == first_run.pushed_version)
+    pushed = mlmd.pushed_model_for_version(writer, first_run.pushed_version).artifact
     return copy, writer, pushed
 
 
@@ -154,10 +153,7 @@ def test_a_repush_outside_the_pipeline_traces_to_the_same_data_and_evaluation(fi
     from ml_metadata.proto import metadata_store_pb2 as pb
 
     copy, writer, pushed = _writable_copy(e2e_settings, first_run, tmp_path)
-    model_id = next(e.artifact_id for e in writer.get_events_by_execution_ids(
-        [e.execution_id for e in writer.get_events_by_artifact_ids([pushed.id]) if e.type == pb.Event.OUTPUT])
-        if e.type == pb.Event.INPUT and e.path.steps[0].key == "model")
-    model = writer.get_artifacts_by_id([model_id])[0]
+    model = mlmd.input_artifacts(writer, mlmd.producer(writer, pushed.id).id)["model"][0]
     repush_type = writer.put_execution_type(pb.ExecutionType(name="tfxops.Repush"))
     new_version = str(int(first_run.pushed_version) + 1000)
     new = pb.Artifact(type_id=pushed.type_id, uri=str(tmp_path / "pushed"))
