@@ -1,6 +1,6 @@
 """Monitoring: served requests against what the model was trained on.
 
-``tfxops monitor`` (``monitoring.run.monitor_once``) closes the loop:
+``tfxops monitor`` (``monitoring.monitor.monitor_once``) closes the loop:
 
 1. ``window``   the request-log files not yet analysed (a checkpoint in
                 ``<monitor_dir>/state.json`` makes every request count once, and a

@@ -1,4 +1,5 @@
 """Actions: a new data span from labelled requests, a pipeline rerun, a re-push.
+``carry_out`` does what a ``policy.Decision`` says and returns what happened.
 
 Spans and the retraining data directory live under ``<monitor_dir>`` (never in
 the repository's data/):
@@ -10,14 +11,73 @@ the repository's data/):
         span-<window>.csv   -> ../spans/span-<window>.csv
 """
 import csv
+import dataclasses
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from core import features as F
 from core.config import Settings
+from monitoring import policy
+
+
+@dataclasses.dataclass
+class RetrainOutcome:
+    """A pipeline rerun; ``run_id`` is None when it never started (pre-flight)."""
+    ok: bool
+    error: Optional[str] = None
+    run_id: Optional[str] = None
+    blessed: Optional[bool] = None
+    pushed: bool = False
+    pushed_version: Optional[str] = None
+    data_dir: str = ""
+    log: str = ""
+    span: Optional[str] = None       # the window's labelled requests as a data span
+    span_rows: int = 0
+
+    def to_dict(self) -> Dict:
+        if self.run_id is None:
+            out = {"ok": self.ok, "error": self.error}
+        else:
+            out = {"ok": self.ok, "run_id": self.run_id, "blessed": self.blessed, "pushed": self.pushed,
+                   "pushed_version": self.pushed_version, "data_dir": self.data_dir, "log": self.log}
+            if not self.ok:
+                out["error"] = self.error
+        out.update(span=self.span, span_rows=self.span_rows)
+        return out
+
+
+@dataclasses.dataclass
+class RepushOutcome:
+    """A previously blessed model published again as a new version."""
+    ok: bool
+    pushed: bool
+    pushed_version: str
+    pushed_destination: str
+    model_id: int
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+Outcome = Union[RetrainOutcome, RepushOutcome]
+
+
+def carry_out(settings: Settings, decision: policy.Decision, *, monitor_dir: Path, window_id: str,
+              labelled_rows: List[Dict]) -> Outcome:
+    """Do what ``decision`` (a ``retrain`` or ``repush``) says. A retrain with
+    ``retrain_with_feedback`` first adds the window's labelled rows as a data span."""
+    if decision.action == policy.REPUSH:
+        return repush(settings, decision.reuse.model_path, decision.reuse.model_id)
+    span, data_dir = None, Path(settings.data_dir)
+    if settings.retrain_with_feedback:
+        span = write_span(labelled_rows, monitor_dir / "spans", window_id)
+        data_dir = retrain_data_dir(settings, monitor_dir)
+    outcome = retrain(settings, data_dir)
+    outcome.span, outcome.span_rows = (str(span) if span else None), len(labelled_rows)
+    return outcome
 
 
 def write_span(rows: List[Dict], spans_dir: Path, window_id: str) -> Optional[Path]:
@@ -54,27 +114,24 @@ def retrain_data_dir(settings: Settings, monitor_dir: Path) -> Path:
     return target
 
 
-def retrain(settings: Settings, data_dir: Path, out=None) -> Dict:
-    """Rerun the whole pipeline on ``data_dir``; a summary of what it did."""
+def retrain(settings: Settings, data_dir: Path, out=None) -> RetrainOutcome:
+    """Rerun the whole pipeline on ``data_dir``; what it did."""
     from pipeline import preflight, runner
 
     out = out or sys.stdout
     try:
-        summary = runner.run(settings, out=out, data_dir=str(data_dir))
+        summary = runner.run_pipeline(settings, out=out, data_dir=str(data_dir))
     except preflight.PreflightError as exc:
-        return {"ok": False, "error": f"pre-flight: {exc}"}
-    result = {"ok": summary.ok, "run_id": summary.run_id, "blessed": summary.blessed,
-              "pushed": summary.pushed, "pushed_version": summary.pushed_version,
-              "data_dir": str(data_dir), "log": summary.log_path}
-    if not summary.ok:
-        result["error"] = f"{summary.failed_node}: {summary.error}"
-    return result
+        return RetrainOutcome(ok=False, error=f"pre-flight: {exc}")
+    return RetrainOutcome(ok=summary.ok, run_id=summary.run_id, blessed=summary.blessed, pushed=summary.pushed,
+                          pushed_version=summary.pushed_version, data_dir=str(data_dir), log=summary.log_path,
+                          error=None if summary.ok else f"{summary.failed_node}: {summary.error}")
 
 
-def repush(settings: Settings, model_path: str) -> Dict:
+def repush(settings: Settings, model_path: str, model_id: int) -> RepushOutcome:
     """Publish a previously blessed model again, atomically, as a new version."""
     from core.pushdir import publish_atomically
 
     version = publish_atomically(model_path, str(settings.model_push_dir))
-    return {"ok": True, "pushed": True, "pushed_version": version,
-            "pushed_destination": str(Path(settings.model_push_dir) / version)}
+    return RepushOutcome(ok=True, pushed=True, pushed_version=version,
+                         pushed_destination=str(Path(settings.model_push_dir) / version), model_id=model_id)

@@ -9,8 +9,8 @@
   for numeric ones. The JS divergence is computed here over bins at the
   *training quantiles*, with each side's mass read from its own quantile
   histogram: TFDV's version uses the 10 equal-width buckets of the standard
-  histogram, which on heavy-tailed features (trip_miles: max 1710, 99.9% of the
-  mass in bucket one) gives 0.7-0.9 between two samples of the same data. Every
+  histogram, which on a heavy-tailed feature puts nearly all the mass in one
+  bucket and finds two samples of the same data far apart. Every
   serving feature gets a distance; those the schema does not watch have
   threshold ``None`` and never alarm;
 * prediction drift: the served outputs vs the model's outputs on its evaluation
@@ -106,7 +106,7 @@ def with_all_comparators(schema, kind: str):
     return out
 
 
-def _quantile_cdf(feature):
+def quantile_cdf(feature):
     """x -> fraction of values <= x, from the feature's QUANTILES histogram."""
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
@@ -136,7 +136,7 @@ def _quantile_cdf(feature):
 def js_divergence(control_feature, treatment_feature) -> Optional[float]:
     """Jensen-Shannon divergence (log base 2, in [0, 1]) of two numeric features'
     value distributions, over bins at the control's quantiles."""
-    a, b = _quantile_cdf(control_feature), _quantile_cdf(treatment_feature)
+    a, b = quantile_cdf(control_feature), quantile_cdf(treatment_feature)
     if a is None or b is None:
         return None
     edges = np.unique(np.concatenate([a[1], a[2][-1:]]))
@@ -342,9 +342,9 @@ def evaluation_predictions(model_path: str, eval_pattern: str, max_rows: int = 2
 
 # ------------------------------------------------------------------ quality
 def labels_from_rows(tips: np.ndarray, fare: np.ndarray) -> np.ndarray:
-    """The training target, as Transform derives it: tips > TIP_FRACTION * fare."""
-    fare = np.where(np.isnan(fare), 0.0, fare)
-    return (np.nan_to_num(tips, nan=-np.inf) > fare * F.TIP_FRACTION).astype(np.int8)
+    """The training target, as Transform derives it (core.features.is_big_tipper)."""
+    fare = np.where(np.isnan(fare), F.default_value(F.FARE_KEY), fare)
+    return F.is_big_tipper(tips, fare).astype(np.int8)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:

@@ -12,7 +12,6 @@ locked, bad settings; 3 another monitor holds the lock on the monitor directory
 names the holder. With ``--watch`` each run takes the lock, and a busy or failed
 run is reported and the next one runs on schedule.
 """
-import json
 import logging
 import sys
 import time
@@ -23,25 +22,21 @@ EXIT_BUSY = 3          # another monitor holds the lock: nothing done
 
 
 def _once(settings, args) -> int:
-    from monitoring import lock, report, run
+    from monitoring import lock, monitor
     from core.mlmd import MetadataError
 
-    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    print_line = (lambda line: print(line, file=sys.stderr)) if args.json else print
     try:
-        result = run.monitor_once(settings, dry_run=args.dry_run, out=say)
+        result = monitor.monitor_once(settings, dry_run=args.dry_run, out=print_line)
     except lock.LockBusy as exc:
         print(f"tfxops monitor: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except (run.MonitorError, MetadataError, lock.LockError) as exc:
+    except (monitor.MonitorError, MetadataError, lock.LockError) as exc:
         print(f"tfxops monitor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        slim = {k: v for k, v in result.items() if k != "versions"}
-        slim["versions"] = [{k: v for k, v in g.items() if k not in ("distributions", "features")}
-                            for g in result.get("versions", [])]
-        print(json.dumps(report._clean(slim), indent=2))
-    outcome = (result.get("decision") or {}).get("outcome") or {}
-    return EXIT_FAILED if outcome and not outcome.get("ok", True) else EXIT_OK
+        print(result.to_json(brief=True))
+    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def cmd_monitor(args) -> int:

@@ -21,9 +21,9 @@ import copy
 import dataclasses
 from typing import Dict, List, Set, Tuple
 
+from core.features import DEFAULT_SIGNATURE
 from monitoring.checks import serving_features
 
-DEFAULT_SIGNATURE = "serving_default"
 _TOLERANCE = 1e-9      # below the scaled fraction: float rounding never turns into an anomaly
 
 

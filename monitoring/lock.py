@@ -70,7 +70,7 @@ class MonitorLock:
         self._fd: Optional[int] = None
         self.stale: Optional[Holder] = None    # the previous holder, if it ended without releasing
 
-    def acquire(self, wait_seconds: float = 0.0, say: Callable[[str], None] = lambda line: None) -> "MonitorLock":
+    def acquire(self, wait_seconds: float = 0.0, print_line: Callable[[str], None] = lambda line: None) -> "MonitorLock":
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -84,7 +84,7 @@ class MonitorLock:
                 os.close(fd)
                 raise LockBusy(_busy_message(self.path, holder, wait_seconds))
             if not told:
-                say(f"waiting up to {wait_seconds:g} s for the monitor lock {self.path}, held by "
+                print_line(f"waiting up to {wait_seconds:g} s for the monitor lock {self.path}, held by "
                     f"{holder.describe() if holder else 'another process'}")
                 told = True
             time.sleep(POLL_SECONDS)
@@ -144,11 +144,11 @@ def _busy_message(path: Path, holder: Optional[Holder], waited: float) -> str:
 
 
 @contextmanager
-def hold(directory, wait_seconds: float, say: Callable[[str], None]) -> Iterator[MonitorLock]:
+def hold(directory, wait_seconds: float, print_line: Callable[[str], None]) -> Iterator[MonitorLock]:
     """The lock for the body of one run; says so when it takes over a stale one."""
-    lock = MonitorLock(directory).acquire(wait_seconds, say)
+    lock = MonitorLock(directory).acquire(wait_seconds, print_line)
     if lock.stale is not None:
-        say(f"the previous monitor ({lock.stale.describe()}) ended without releasing the lock "
+        print_line(f"the previous monitor ({lock.stale.describe()}) ended without releasing the lock "
             f"(killed?); its window, if it opened one, is resumed")
     try:
         yield lock

@@ -14,38 +14,51 @@ requests lack) are never a reason to retrain.
 
 Then, in this order, a window is *not* acted on when: it has fewer rows than
 ``monitor_min_rows`` (statistics too noisy); its model version is not the one
-currently served (a newer version replaced it); this window was acted on before
-(a resumed run); the last action is younger than ``cooldown_seconds``; or the
-run is ``--dry-run``. Otherwise the action is ``repush`` when a previously
-blessed model's training data matches the window (``reuse_blessed_models``),
-else ``retrain``. Every decision carries its reasons in words.
+currently served (a newer version replaced it, or another version of the window
+was acted on); this window was acted on before (a resumed run); the last action
+is younger than ``cooldown_seconds``. Otherwise the action is ``repush`` when a
+previously blessed model's training data matches the window
+(``reuse_blessed_models``), else ``retrain``, unless ``retrain_with_feedback``
+and no labelled request came back (a rerun on unchanged data trains for
+nothing). A ``--dry-run`` says what it would do and does nothing. Every decision
+carries its reasons in words.
 """
 import dataclasses
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from monitoring.rejections import Alert, Summary
 from core.config import Settings
+from monitoring.rejections import Alert, Summary
+from monitoring.reuse import ReuseCandidate
 
 NONE, RETRAIN, REPUSH, ALERT = "none", "retrain", "repush", "alert"
 ACTIONS = (RETRAIN, REPUSH)            # what changes the served model; ALERT only reports
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Decision:
     action: str                        # none | retrain | repush | alert
     triggered: bool                    # the policy's reasons hold (whatever was done)
     reasons: List[str]                 # why the policy fired
     because: str                       # why this action (or none) was taken
     dry_run: bool = False
-    reuse: Optional[Dict] = None       # the matching blessed model, for repush
-    outcome: Optional[Dict] = None     # filled in by the action
+    reuse: Optional[ReuseCandidate] = None     # the matching blessed model, for repush
+    outcome: Optional[object] = None   # what the action did (``act.RetrainOutcome``/``RepushOutcome``)
 
-    def as_dict(self) -> Dict:
-        return dataclasses.asdict(self)
+    @property
+    def failed(self) -> bool:
+        """An action was taken and did not succeed."""
+        return self.outcome is not None and not self.outcome.ok
+
+    def to_dict(self) -> Dict:
+        return {"action": self.action, "triggered": self.triggered, "reasons": list(self.reasons),
+                "because": self.because, "dry_run": self.dry_run,
+                "reuse": self.reuse.to_dict() if self.reuse is not None else None,
+                "outcome": self.outcome.to_dict() if self.outcome is not None else None}
 
 
-def reasons_for(settings: Settings, features, prediction: Dict, quality: Dict) -> List[str]:
+def reasons_for(settings: Settings, *, features, prediction: Dict, quality: Dict) -> List[str]:
+    """The findings of one version's window that call for an action, in words."""
     reasons = []
     errors = [(f.name, a["short"]) for f in features for a in f.anomalies
               if a["severity"] == "ERROR" and not a.get("explained_by")]
@@ -71,6 +84,11 @@ def reasons_for(settings: Settings, features, prediction: Dict, quality: Dict) -
     return reasons
 
 
+def looks_for_reuse(settings: Settings, *, reasons: List[str], is_current: bool) -> bool:
+    """Whether to judge the blessed models against the window (``monitoring.reuse``)."""
+    return bool(reasons) and settings.reuse_blessed_models and is_current
+
+
 def rejection_alert(settings: Settings, summary: Optional[Summary], scope: str = "") -> Optional[Alert]:
     """The alert the rejections call for (``scope``: which requests, when not one
     version's), or None."""
@@ -80,43 +98,82 @@ def rejection_alert(settings: Settings, summary: Optional[Summary], scope: str =
     return Alert.of(summary, settings.alert_rejection_rate, settings.alert_min_rejected, scope)
 
 
-def decide(settings: Settings, reasons: List[str], rows: int, window_id: str, is_current: bool,
-           previous_action: Optional[Dict], last_action: Optional[Dict], dry_run: bool,
-           reuse: Optional[Dict], now: Optional[float] = None, alert: Optional[Alert] = None) -> Decision:
+def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: bool,
+           window_action: Optional[Dict], last_action: Optional[Dict], dry_run: bool,
+           reuse: Optional[ReuseCandidate] = None, labelled_rows: int = 0, alert: Optional[Alert] = None,
+           now: Optional[float] = None) -> Decision:
+    """One version's decision. ``is_current``: the version is the one served now
+    (and no other version of the window was acted on); ``window_action``: the action
+    this window already took (a resumed run), ``last_action``: the newest action
+    (checkpoint entries); ``reuse``: the best matching blessed model;
+    ``labelled_rows``: the window's rows whose labels came back."""
     now = time.time() if now is None else now
     if alert is not None:
-        return Decision(ALERT, True, [alert.reason()] + reasons, (
-            f"alert, not acted on: {alert.finding()}; a retrain cannot fix a client that stopped sending "
-            f"a feature (or sends what the server refuses): fix the client, or the signature it calls"
-            + ("; the window's other findings include the rows of those requests" if reasons else "")),
-            dry_run)
+        return alert_decision(alert, reasons, dry_run)
     if not reasons:
         return Decision(NONE, False, [], "no trigger: every check is within the policy", dry_run)
-    if rows < settings.monitor_min_rows:
-        return Decision(NONE, True, reasons, f"not acted on: {rows} rows in the window, fewer than "
-                        f"monitor_min_rows={settings.monitor_min_rows}", dry_run)
-    if not is_current:
-        return Decision(NONE, True, reasons, "not acted on: a newer model version is served now", dry_run)
-    if previous_action is not None:
-        return Decision(NONE, True, reasons, f"not acted on: this window was already acted on "
-                        f"({previous_action['action']} at {_when(previous_action['time'])}); "
-                        f"a window never triggers twice", dry_run)
-    if last_action is not None and now - last_action["time"] < settings.cooldown_seconds:
-        remaining = settings.cooldown_seconds - (now - last_action["time"])
-        return Decision(NONE, True, reasons, f"not acted on: cool-down, the last action "
-                        f"({last_action['action']} for window {last_action['window']}) was at "
-                        f"{_when(last_action['time'])}; {remaining:.0f} s of "
-                        f"cooldown_seconds={settings.cooldown_seconds:g} left", dry_run)
+    held = _held_back(settings, rows, is_current, window_action, last_action, now)
+    if held:
+        return Decision(NONE, True, reasons, f"not acted on: {held}", dry_run)
     if reuse is not None:
         action, because = REPUSH, (
-            f"re-push model {reuse['model_id']} (blessed, trained on data that matches this window: "
-            f"{reuse['why']}) instead of training a new one")
+            f"re-push model {reuse.model_id} (blessed, trained on data that matches this window: "
+            f"{reuse.why}) instead of training a new one")
+    elif settings.retrain_with_feedback and not labelled_rows:
+        return Decision(NONE, True, reasons, "not acted on: no labelled requests in this window to add as a "
+                        "data span (retrain_with_feedback); a rerun on unchanged data would train for nothing",
+                        dry_run)
     else:
         action, because = RETRAIN, "rerun the pipeline" + (
             " (no previously blessed model matches this window)" if settings.reuse_blessed_models else "")
     if dry_run:
         return Decision(NONE, True, reasons, f"dry run: would {because}", True, reuse)
     return Decision(action, True, reasons, because, False, reuse)
+
+
+def _held_back(settings: Settings, rows: int, is_current: bool, window_action: Optional[Dict],
+               last_action: Optional[Dict], now: float) -> str:
+    """Why a triggered window is not acted on ("" if nothing holds it back)."""
+    if rows < settings.monitor_min_rows:
+        return f"{rows} rows in the window, fewer than monitor_min_rows={settings.monitor_min_rows}"
+    if not is_current:
+        return "a newer model version is served now"
+    if window_action is not None:
+        return (f"this window was already acted on ({window_action['action']} at "
+                f"{_when(window_action['time'])}); a window never triggers twice")
+    if last_action is not None and now - last_action["time"] < settings.cooldown_seconds:
+        remaining = settings.cooldown_seconds - (now - last_action["time"])
+        return (f"cool-down, the last action ({last_action['action']} for window {last_action['window']}) "
+                f"was at {_when(last_action['time'])}; {remaining:.0f} s of "
+                f"cooldown_seconds={settings.cooldown_seconds:g} left")
+    return ""
+
+
+def alert_decision(alert: Alert, reasons: List[str], dry_run: bool) -> Decision:
+    """Rejected requests over the alert threshold: reported, never acted on."""
+    return Decision(ALERT, True, [alert.reason()] + reasons, (
+        f"alert, not acted on: {alert.finding()}; a retrain cannot fix a client that stopped sending "
+        f"a feature (or sends what the server refuses): fix the client, or the signature it calls"
+        + ("; the window's other findings include the rows of those requests" if reasons else "")),
+        dry_run)
+
+
+def window_decision(settings: Settings, *, versions: List[Tuple[Decision, bool]],
+                    unattributed: Optional[Summary], any_not_judged: bool, dry_run: bool) -> Decision:
+    """The window's decision from its versions' (``(decision, is_current)``, in order):
+    the action taken (or alert), else the alert on requests refused before a version
+    was chosen, else the current version's."""
+    main = next((d for d, _ in versions if d.action != NONE), None) or \
+        next((d for d, current in versions if current), None) or (versions[0][0] if versions else None)
+    if main is not None and main.action != NONE:
+        return main
+    alert = rejection_alert(settings, unattributed, scope="before any model version was chosen")
+    if alert is not None:
+        return alert_decision(alert, [], dry_run)
+    if main is not None:
+        return main
+    return Decision(NONE, False, [], "no version in the window could be judged (no lineage in MLMD)"
+                    if any_not_judged else "every log file in the window was unreadable", dry_run)
 
 
 def _when(epoch: float) -> str:

@@ -2,7 +2,7 @@
 
 The server and the proxies log a call they refuse as a PredictionLog with what
 could be decoded of the request and an ``__error__`` output [code, message]
-(``serving.request_log``, "rejected requests"). ``window.decode_file`` puts those
+(``core.request_log``, ``rejected_record``). ``window.decode_records`` puts those
 records in a chunk's ``rejected`` part; here, per (model, version):
 
 * ``RowsDecoder`` reads their rows with the schema's types (tfx_bsl, C++); rows

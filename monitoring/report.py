@@ -7,7 +7,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -23,7 +23,7 @@ def distribution(training_feature, serving_feature, top: int = 12) -> Optional[D
     if kind is None:
         return None
     if kind.WhichOneof("stats") == "num_stats":
-        a, b = checks._quantile_cdf(training_feature), checks._quantile_cdf(serving_feature)
+        a, b = checks.quantile_cdf(training_feature), checks.quantile_cdf(serving_feature)
         base = a or b
         if base is None:
             return None
@@ -62,23 +62,30 @@ def _num(x: float) -> str:
 
 
 # ------------------------------------------------------------------ JSON
-def _clean(value):
+def json_safe(value):
+    """``value`` with numpy numbers as Python's and NaN/infinity as None (JSON has neither)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating,)):
-        return _clean(float(value))
+        return json_safe(float(value))
     if isinstance(value, (np.integer,)):
         return int(value)
     return value
 
 
-def write_json(result: Dict, path: Path) -> None:
+def write(result) -> None:
+    """A pass's ``result.MonitorResult`` as its JSON and HTML report files (``result.report``)."""
+    _write_atomically(Path(result.report.json), result.to_json())
+    _write_atomically(Path(result.report.html), render_html(result.to_dict()))
+
+
+def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_clean(result), indent=2, sort_keys=False))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -161,7 +168,7 @@ def render_html(result: Dict) -> str:
     if decision.get("reasons"):
         out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in decision["reasons"]) + "</ul>")
     if decision.get("outcome"):
-        out.append(f"<div>Outcome: <code>{_e(json.dumps(_clean(decision['outcome'])))}</code></div>")
+        out.append(f"<div>Outcome: <code>{_e(json.dumps(json_safe(decision['outcome'])))}</code></div>")
     out.append("</div>")
     out.append(_files_html(result))
     for item in result.get("not_judged") or []:
@@ -227,6 +234,8 @@ def _pct(x: float) -> str:
 
 
 def _version_html(group: Dict) -> str:
+    """One served version: its rejections and contract, features, predictions and
+    quality, the blessed models judged against it, the distributions."""
     base = group.get("baseline") or {}
     out = [f"<h2>Model {_e(group.get('model_name'))} version {_e(group.get('version'))}"
            f"{'' if group.get('current', True) else ' (no longer served)'}</h2>",
@@ -243,9 +252,15 @@ def _version_html(group: Dict) -> str:
                    + "".join(f"<li>{_e(r['line'])}</li>" for r in group["relaxed"]) + "</ul>")
     features = group.get("features", [])
     order = sorted(features, key=lambda f: (not f["flagged"], -(f["skew"] or 0) / (f["skew_threshold"] or 10)))
-    out.append("<h3>Features</h3><table><tr><th>feature</th><th>type</th><th>skew vs training</th>"
-               "<th class='num'>distance</th><th class='num'>threshold</th><th class='num'>drift</th>"
-               "<th>anomalies</th></tr>")
+    out += [_features_html(order), _prediction_quality_html(group), _reuse_html(group),
+            _distributions_html(group, order)]
+    return "".join(out)
+
+
+def _features_html(order: List[Dict]) -> str:
+    out = ["<h3>Features</h3><table><tr><th>feature</th><th>type</th><th>skew vs training</th>"
+           "<th class='num'>distance</th><th class='num'>threshold</th><th class='num'>drift</th>"
+           "<th>anomalies</th></tr>"]
     for f in order:
         mark = " class='bad'" if f["flagged"] else ""
         anomalies = "<br>".join(f"<b>{_e(a['severity'])}</b> {_e(a['short'])}: {_e(a['description'])}"
@@ -255,9 +270,13 @@ def _version_html(group: Dict) -> str:
                    f"<td class='num'>{_fmt(f['skew'])}</td><td class='num'>{_fmt(f['skew_threshold'], 2)}</td>"
                    f"<td class='num'>{_fmt(f['drift'])}</td><td>{anomalies}</td></tr>")
     out.append("</table>")
+    return "".join(out)
+
+
+def _prediction_quality_html(group: Dict) -> str:
     pred = group.get("prediction") or {}
     quality = group.get("quality") or {}
-    out.append("<h3>Predictions and quality</h3><table>")
+    out = ["<h3>Predictions and quality</h3><table>"]
     if pred.get("available"):
         out.append(f"<tr><td>prediction drift (JS, served vs evaluation set)</td><td class='num'>"
                    f"{_fmt(pred.get('distance'))}</td><td>threshold {_fmt(pred.get('threshold'), 2)}"
@@ -272,15 +291,25 @@ def _version_html(group: Dict) -> str:
                    f"<tr><td>accuracy: window vs Evaluator</td><td class='num'>{_fmt(quality.get('accuracy'))}</td>"
                    f"<td>{_fmt(quality.get('evaluator_accuracy'))}</td></tr>")
     out.append("</table>")
-    if group.get("reuse_candidates"):
-        out.append("<h3>Previously blessed models vs this window</h3><table><tr><th>model</th>"
-                   "<th>features over threshold</th><th>ERROR anomalies</th><th>matches</th></tr>")
-        for c in group["reuse_candidates"]:
-            out.append(f"<tr><td>{_e(c['model_id'])}</td><td>{_e(', '.join(c['over']) or '–')}</td>"
-                       f"<td>{c['errors']}</td><td>{'yes' if c['matches'] else 'no'}</td></tr>")
-        out.append("</table>")
-    out.append(f"<h3>Distributions</h3><div class='legend'><span style='background:{TRAIN_COLOR}'></span>"
-               f"training<span style='background:{SERVE_COLOR}'></span>serving</div><div class='grid'>")
+    return "".join(out)
+
+
+def _reuse_html(group: Dict) -> str:
+    if not group.get("reuse_candidates"):
+        return ""
+    out = ["<h3>Previously blessed models vs this window</h3><table><tr><th>model</th>"
+           "<th>features over threshold</th><th>ERROR anomalies</th><th>matches</th></tr>"]
+    for c in group["reuse_candidates"]:
+        out.append(f"<tr><td>{_e(c['model_id'])}</td><td>{_e(', '.join(c['over']) or '–')}</td>"
+                   f"<td>{c['errors']}</td><td>{'yes' if c['matches'] else 'no'}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _distributions_html(group: Dict, order: List[Dict]) -> str:
+    pred = group.get("prediction") or {}
+    out = [f"<h3>Distributions</h3><div class='legend'><span style='background:{TRAIN_COLOR}'></span>"
+           f"training<span style='background:{SERVE_COLOR}'></span>serving</div><div class='grid'>"]
     dists = group.get("distributions", {})
     if pred.get("distribution"):
         out.append(f"<div class='card'><b>model output</b> <span class='muted'>(evaluation set vs served)"
@@ -295,9 +324,3 @@ def _version_html(group: Dict) -> str:
                    f"{_bars(dist)}</div>")
     out.append("</div>")
     return "".join(out)
-
-
-def write_html(result: Dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(result))
-    os.replace(tmp, path)

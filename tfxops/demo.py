@@ -18,11 +18,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, TextIO
+from typing import Dict, List, Optional, TextIO
 
 from core import features as F
 from core.config import Settings
-from serving.request_log import new_request_id
+from monitoring.result import MonitorResult
+from core.request_log import new_request_id
 
 SHIFT_FROM = datetime.datetime(2015, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
 PRICE_CHANGE = 1.5
@@ -64,29 +65,32 @@ def prepare_data(source_csv: Path, work: Path) -> DemoData:
     return DemoData(train_dir, healthy, shifted)
 
 
-class _Out:
-    def __init__(self, out: TextIO):
-        self.out = out
+class StepPrinter:
+    """The demo's numbered steps, indented lines and progress bars on a terminal."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
 
     def step(self, n: int, text: str) -> None:
-        self.out.write(f"\n== {n}. {text}\n")
-        self.out.flush()
+        self.stream.write(f"\n== {n}. {text}\n")
+        self.stream.flush()
 
     def line(self, text: str) -> None:
-        self.out.write(f"   {text}\n")
-        self.out.flush()
+        self.stream.write(f"   {text}\n")
+        self.stream.flush()
 
     def progress(self, label: str, done: int, total: int) -> None:
         width = 30
         filled = int(width * done / max(total, 1))
         end = "\n" if done >= total else ""
-        prefix = "\r" if self.out.isatty() else ""
-        if self.out.isatty() or done >= total:
-            self.out.write(f"{prefix}   {label:<28} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
-            self.out.flush()
+        prefix = "\r" if self.stream.isatty() else ""
+        if self.stream.isatty() or done >= total:
+            self.stream.write(f"{prefix}   {label:<28} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
+            self.stream.flush()
 
 
-def replay(client, rows: List[Dict[str, str]], out: _Out, label: str, feedback_csv: Path = None) -> Dict:
+def replay(client, rows: List[Dict[str, str]], printer: StepPrinter, label: str,
+           feedback_csv: Path = None) -> Dict:
     """Send ``rows`` through the server in small requests; write their labels to a
     feedback CSV (request_id, row, tips) as a labelling process would, later."""
     sent, failed, feedback = 0, 0, []
@@ -101,7 +105,7 @@ def replay(client, rows: List[Dict[str, str]], out: _Out, label: str, feedback_c
         else:
             feedback.extend((request_id, i, r[F.LABEL_KEY]) for i, r in enumerate(chunk))
         sent += len(chunk)
-        out.progress(label, sent, len(rows))
+        printer.progress(label, sent, len(rows))
     if feedback_csv is not None:
         feedback_csv.parent.mkdir(parents=True, exist_ok=True)
         with open(feedback_csv, "w", newline="") as handle:
@@ -139,94 +143,151 @@ def run_demo(settings: Settings, out: TextIO = None) -> Dict:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     with library_output_to(work / "demo.log") as console:
-        o = _Out(console(out or sys.stdout))
+        printer = StepPrinter(console(out or sys.stdout))
         if notice:
-            o.line(notice)
-        return _loop(settings, work, o)
+            printer.line(notice)
+        return _loop(settings, work, printer)
 
 
-def _loop(settings: Settings, work: Path, o: _Out) -> Dict:
-    from monitoring.run import monitor_once, summary_line
-    from pipeline import runner
-    from serving.client import RestClient
-    from serving.server import BackgroundServer, free_port
+@dataclasses.dataclass
+class Watched:
+    """Steps 3-6: the traffic replayed and what the monitor made of each window."""
+    healthy: Dict                  # replay(): rows sent, failed
+    shifted: Dict
+    quiet: MonitorResult           # the healthy window
+    loud: MonitorResult            # the shifted window
+    new_version: Optional[str]     # what the retrain pushed
+    switched: bool                 # the server serves it, without a restart
 
+
+def _loop(settings: Settings, work: Path, printer: StepPrinter) -> Dict:
     data = prepare_data(Path(settings.data_dir) / "data.csv", work)
-    demo = dataclasses.replace(
+    demo = _demo_settings(settings, work, data)
+    first = _train(demo, data, printer)
+    if not first.pushed:
+        return {"ok": False, "step": "train", "first": dataclasses.asdict(first)}
+    watched = _serve_and_watch(demo, data, first, printer)
+    if watched is None:
+        return {"ok": False, "step": "serve"}
+    printer.step(7, "where the served model came from")
+    graph = _print_lineage(demo, printer)
+    ok = _print_summary(demo, first, watched, graph, printer)
+    return {"ok": ok, "home": str(work), "first_version": first.pushed_version, "healthy": watched.healthy,
+            "shifted": watched.shifted, "quiet": watched.quiet, "loud": watched.loud,
+            "new_version": watched.new_version, "switched": watched.switched, "lineage_graph": str(graph),
+            "settings": demo}
+
+
+def _demo_settings(settings: Settings, work: Path, data: DemoData) -> Settings:
+    """Everything under ``work``, fresh ports, a request log that closes its files
+    fast, no cool-down."""
+    from serving.server import free_port
+
+    return dataclasses.replace(
         settings, home=str(work), data_dir=str(data.train_dir), pipeline_root="", metadata_path="",
         serving_dir="", log_dir="", request_log_dir="", monitor_dir="", feedback_dir="",
         rest_port=free_port(settings.host), grpc_port=free_port(settings.host),
         log_rotate_seconds=1.0, cooldown_seconds=0.0)
-    feedback_dir = Path(demo.feedback_dir or Path(demo.home) / "feedback")
 
-    o.step(1, f"train on {sum(1 for _ in open(data.train_dir / 'data.csv')) - 1} trips from 2013-2014")
-    first = runner.run(demo, out=o.out)
+
+def _train(demo: Settings, data: DemoData, printer: StepPrinter):
+    """Step 1: the pipeline on the early trips; its run summary."""
+    from pipeline import runner
+
+    printer.step(1, f"train on {sum(1 for _ in open(data.train_dir / 'data.csv')) - 1} trips from 2013-2014")
+    first = runner.run_pipeline(demo, out=printer.stream)
     if not first.pushed:
-        o.line(runner.render(first))
-        o.line("the first model was not pushed: see the summary above; stopping")
-        return {"ok": False, "step": "train", "first": dataclasses.asdict(first)}
+        printer.line(runner.render(first))
+        printer.line("the first model was not pushed: see the summary above; stopping")
+        return first
     auc = next((m["value"] for m in first.metrics if m["metric"] == "auc"), None)
-    o.line(f"blessed (AUC {auc:.4f}) and pushed: version {first.pushed_version}")
+    printer.line(f"blessed (AUC {auc:.4f}) and pushed: version {first.pushed_version}")
+    return first
 
-    o.step(2, f"serve it: REST http://{demo.host}:{demo.rest_port}  gRPC {demo.host}:{demo.grpc_port}")
+
+def _serve_and_watch(demo: Settings, data: DemoData, first, printer: StepPrinter) -> Optional[Watched]:
+    """Steps 2-6: serve the first model, replay both traffics, monitor each window,
+    and follow the retrained version onto the server. None if the server never
+    loaded the first model."""
+    from monitoring.monitor import monitor_once
+    from serving.client import RestClient
+    from serving.server import BackgroundServer
+
+    feedback_dir = demo.feedback_path
+    printer.step(2, f"serve it: REST http://{demo.host}:{demo.rest_port}  gRPC {demo.host}:{demo.grpc_port}")
     with BackgroundServer(demo):
         client = RestClient(demo.host, demo.rest_port, demo.model_name)
         if not _wait_for_version(client, first.pushed_version):
-            o.line("the server did not load the model in time; stopping")
-            return {"ok": False, "step": "serve"}
-        o.line(f"serving version {_served_version(client)}")
+            printer.line("the server did not load the model in time; stopping")
+            return None
+        printer.line(f"serving version {_served_version(client)}")
 
-        o.step(3, "live traffic, part 1: held-out trips like the training data")
-        healthy = replay(client, data.healthy, o, "healthy traffic", feedback_dir / "healthy.csv")
+        printer.step(3, "live traffic, part 1: held-out trips like the training data")
+        healthy = replay(client, data.healthy, printer, "healthy traffic", feedback_dir / "healthy.csv")
         time.sleep(demo.log_rotate_seconds + 1.0)   # the request log closes its file
-        o.step(4, "monitor the first window")
+        printer.step(4, "monitor the first window")
         quiet = monitor_once(demo)
-        o.line(summary_line(quiet))
+        printer.line(quiet.summary_line())
 
-        o.step(5, f"live traffic, part 2: 2015-2016 trips after a x{PRICE_CHANGE} fare increase")
-        shifted = replay(client, data.shifted, o, "shifted traffic", feedback_dir / "shifted.csv")
+        printer.step(5, f"live traffic, part 2: 2015-2016 trips after a x{PRICE_CHANGE} fare increase")
+        shifted = replay(client, data.shifted, printer, "shifted traffic", feedback_dir / "shifted.csv")
         time.sleep(demo.log_rotate_seconds + 1.0)
-        o.step(6, "monitor the second window (it retrains when the policy says so)")
-        loud = monitor_once(demo, out=o.line)
-        decision = loud.get("decision") or {}
-        new_version = (decision.get("outcome") or {}).get("pushed_version")
-        switched = False
-        if new_version:
-            switched = _wait_for_version(client, new_version)
-            trip = next(r for r in data.shifted if r["payment_type"] == "Credit Card")
-            answer = client.predict_rows([{k: v for k, v in trip.items() if k != F.LABEL_KEY}])
-            o.line(f"the server now serves version {_served_version(client)} (no restart); "
-                   f"P(big tip) for a shifted credit-card trip: {answer[0]:.3f}")
+        printer.step(6, "monitor the second window (it retrains when the policy says so)")
+        loud = monitor_once(demo, out=printer.line)
+        new_version, switched = _follow_new_version(client, loud, data, printer)
         client.close()
+    return Watched(healthy, shifted, quiet, loud, new_version, switched)
 
-    o.step(7, "where the served model came from")
-    graph = _print_lineage(demo, o)
-    o.step(8, "summary")
-    quiet_triggered = bool((quiet.get("decision") or {}).get("triggered"))
-    o.line(f"model v1: {first.pushed_version}, trained on 2013-2014 trips")
-    o.line(f"healthy window: {healthy['sent']} rows, {'TRIGGERED' if quiet_triggered else 'quiet (no trigger)'}")
-    o.line(f"shifted window: {shifted['sent']} rows, decision: {decision.get('action')} "
-           f"({decision.get('because', '')})")
-    o.line(f"model v2: {new_version or '-'}, served without a restart: {'yes' if switched else 'no'}")
-    o.line(f"monitoring reports: {quiet.get('report', {}).get('html')}, {loud.get('report', {}).get('html')}")
-    o.line(f"lineage graph of the served model: {graph}")
-    o.line(f"everything is under {work}")
-    ok = (not quiet_triggered and decision.get("action") == "retrain" and bool(switched)
-          and healthy["failed"] == 0 and shifted["failed"] == 0)
+
+def _follow_new_version(client, loud: MonitorResult, data: DemoData, printer: StepPrinter):
+    """The version the shifted window's retrain pushed, and whether the server
+    switched to it (it answers a shifted trip with it)."""
+    outcome = loud.decision.outcome if loud.decision is not None else None
+    new_version = getattr(outcome, "pushed_version", None)
+    if not new_version:
+        return new_version, False
+    switched = _wait_for_version(client, new_version)
+    trip = next(r for r in data.shifted if r["payment_type"] == "Credit Card")
+    answer = client.predict_rows([{k: v for k, v in trip.items() if k != F.LABEL_KEY}])
+    printer.line(f"the server now serves version {_served_version(client)} (no restart); "
+                 f"P(big tip) for a shifted credit-card trip: {answer[0]:.3f}")
+    return new_version, switched
+
+
+def _print_summary(demo: Settings, first, watched: Watched, graph: Path, printer: StepPrinter) -> bool:
+    """Step 8; whether the loop went as expected (a quiet healthy window, a retrain on
+    the shifted one, the new version served, no failed request)."""
+    printer.step(8, "summary")
+    quiet_triggered = bool(watched.quiet.decision is not None and watched.quiet.decision.triggered)
+    decision = watched.loud.decision
+    printer.line(f"model v1: {first.pushed_version}, trained on 2013-2014 trips")
+    printer.line(f"healthy window: {watched.healthy['sent']} rows, "
+                 f"{'TRIGGERED' if quiet_triggered else 'quiet (no trigger)'}")
+    printer.line(f"shifted window: {watched.shifted['sent']} rows, decision: "
+                 f"{decision.action if decision else None} ({decision.because if decision else ''})")
+    printer.line(f"model v2: {watched.new_version or '-'}, served without a restart: "
+                 f"{'yes' if watched.switched else 'no'}")
+    printer.line(f"monitoring reports: {_report_html(watched.quiet)}, {_report_html(watched.loud)}")
+    printer.line(f"lineage graph of the served model: {graph}")
+    printer.line(f"everything is under {demo.home}")
+    ok = (not quiet_triggered and decision is not None and decision.action == "retrain" and watched.switched
+          and watched.healthy["failed"] == 0 and watched.shifted["failed"] == 0)
     if not ok:
-        o.line("the loop did not go as expected: see the steps above and the logs under " + str(work))
-    return {"ok": ok, "home": str(work), "first_version": first.pushed_version, "healthy": healthy,
-            "shifted": shifted, "quiet": quiet, "loud": loud, "new_version": new_version,
-            "switched": switched, "lineage_graph": str(graph), "settings": demo}
+        printer.line("the loop did not go as expected: see the steps above and the logs under " + demo.home)
+    return ok
 
 
-def _print_lineage(settings: Settings, o: _Out) -> Path:
+def _report_html(result: MonitorResult) -> Optional[str]:
+    return result.report.html if result.report is not None else None
+
+
+def _print_lineage(settings: Settings, printer: StepPrinter) -> Path:
     """The served model's lineage as a tree here, and as an HTML graph file."""
     from lineage import render
     from lineage.model import model_lineage
 
     report, graph = model_lineage(settings, "serving")
-    o.out.write(render.model_text(report) + "\n")
+    printer.stream.write(render.model_text(report) + "\n")
     page = Path(settings.home) / "lineage-serving.html"
     page.write_text(render.model_html(report, graph) + "\n")
     return page

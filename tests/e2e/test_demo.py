@@ -21,10 +21,10 @@ def test_the_loop_trains_serves_watches_and_retrains(tmp_path, capfd):
     assert result["healthy"]["sent"] > 500 and result["healthy"]["failed"] == 0
     assert result["shifted"]["sent"] > 500 and result["shifted"]["failed"] == 0
     # 4. the healthy window is quiet; the shifted one flags the fare and retrains once
-    assert result["quiet"]["decision"]["triggered"] is False
-    loud = result["loud"]["decision"]
-    assert loud["action"] == "retrain" and loud["outcome"]["pushed"]
-    flagged = {f for v in result["loud"]["versions"] for f in v["flagged_features"]}
+    assert result["quiet"].decision.triggered is False
+    loud = result["loud"].decision
+    assert loud.action == "retrain" and loud.outcome.pushed
+    flagged = {f for v in result["loud"].versions for f in v.flagged_features}
     assert "fare" in flagged
     # 5. the new version is served, without a restart, and is the newest push
     new = int(result["new_version"])

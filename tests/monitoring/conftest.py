@@ -4,13 +4,13 @@ real servers, request logs written by the real writer, and feedback files."""
 import csv
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
 from core import features as F
+from core.request_log import new_request_id
 from serving.server import free_port
 from tests.conftest import SMALL_ROWS
 from core import config
@@ -52,7 +52,7 @@ def send(server, rows, per_request=50, prefix=None):
     try:
         for start in range(0, len(rows), per_request):
             chunk = rows[start:start + per_request]
-            rid = f"{prefix or 'r'}-{start // per_request}-{uuid.uuid4().hex[:6]}"
+            rid = f"{prefix or 'r'}-{start // per_request}-{new_request_id()[:6]}"
             client.predict_rows(chunk, request_id=rid)
             sent.append((rid, chunk))
     finally:
@@ -62,7 +62,7 @@ def send(server, rows, per_request=50, prefix=None):
 
 def write_feedback(settings, sent, name="labels.csv"):
     """Labels coming back: request_id, row, tips for every row sent."""
-    directory = Path(settings.home) / "feedback"
+    directory = settings.feedback_path
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / name, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -104,26 +104,29 @@ def wait_for_version(server, version):
 
 def log_records(rows, version, model_name="taxi", prefix="w"):
     """PredictionLogs as the server writes them (one request of each row list)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from core.request_log import answered_record
     from serving.client import predict_request, serialize_rows
-    from serving.request_log import new_log
 
     records = []
     for i, chunk in enumerate(rows):
         serialized = serialize_rows(chunk)
-        record = new_log(model_name, version, "serving_default", f"{prefix}-{i}", time.time())
-        record.predict_log.request.CopyFrom(predict_request(model_name, serialized))
-        out = record.predict_log.response.outputs["probabilities"]
+        response = predict_pb2.PredictResponse()
+        out = response.outputs["probabilities"]
         out.dtype = 1   # DT_FLOAT
         out.tensor_shape.dim.add().size = len(chunk)
         out.float_val.extend([0.2] * len(chunk))
-        record.predict_log.response.model_spec.version.value = int(version)
-        records.append(record)
+        response.model_spec.version.value = int(version)
+        records.append(prediction_log_pb2.PredictionLog.FromString(answered_record(
+            "predict", model_name, version, "serving_default", f"{prefix}-{i}", time.time(),
+            predict_request(model_name, serialized), response)))
     return records
 
 
 def write_logs(directory, records, rotate_records):
     """Through the real writer (rotation, atomic rename); returns the closed files."""
-    from serving.request_log import RequestLogger
+    from serving.log_writer import RequestLogger
 
     logger = RequestLogger(directory, rotate_records=rotate_records, rotate_seconds=3600).start()
     for record in records:

@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from core import features as F
-from monitoring import record, run
-from serving import request_log
+from monitoring import monitor, record
+from core import request_log
 from serving.server import BackgroundServer
 from tests.monitoring.conftest import log_records, monitor_settings, send, write_logs
 from core import mlmd
@@ -52,7 +52,7 @@ def _post_raw(server, rows, per_request=10):
 
 
 def _timestamp_anomalies(group):
-    return next(f for f in group["features"] if f["name"] == TIME)["anomalies"]
+    return next(f for f in group.features if f.name == TIME).anomalies
 
 
 def test_serving_raw_traffic_is_judged_on_what_serving_raw_takes(tmp_path, e2e_settings, first_run,
@@ -63,44 +63,44 @@ def test_serving_raw_traffic_is_judged_on_what_serving_raw_takes(tmp_path, e2e_s
     with BackgroundServer(settings) as server:
         _post_raw(server, raw)
         time.sleep(1.5)                      # the writer closes its open file (log_rotate_seconds=0.5)
-        dry = run.monitor_once(settings, dry_run=True)
-        result = run.monitor_once(settings)
+        dry = monitor.monitor_once(settings, dry_run=True)
+        result = monitor.monitor_once(settings)
         send(server, default, per_request=10)         # serialized tf.Examples: every raw feature
         _post_raw(server, raw[:len(default)])
-    mixed = run.monitor_once(settings)
+    mixed = monitor.monitor_once(settings)
 
     # 1. serving_raw alone: no "Column dropped" on the time key, no trigger, relaxation reported
     for window in (dry, result):
-        assert window["rows"] == len(raw)
-        (group,) = window["versions"]
+        assert window.rows == len(raw)
+        (group,) = window.versions
         assert _timestamp_anomalies(group) == [], _timestamp_anomalies(group)
-        assert group["error_anomalies"] == 0 and group["flagged_features"] == [], group["flagged_features"]
-        assert not window["decision"]["triggered"] and window["decision"]["reasons"] == [], window["decision"]
-    assert result["decision"]["action"] == "none"
-    (group,) = result["versions"]
-    (relaxed,) = group["relaxed"]
-    assert relaxed["feature"] == TIME and relaxed["signatures"] == ["serving_raw"]
-    assert relaxed["rows"] == relaxed["of"] == len(raw)
-    assert relaxed["min_fraction"] == 1.0 and relaxed["effective_min_fraction"] == 0.0
+        assert group.error_anomalies == 0 and group.flagged_features == [], group.flagged_features
+        assert not window.decision.triggered and window.decision.reasons == [], window.decision
+    assert result.decision.action == "none"
+    (group,) = result.versions
+    (relaxed,) = group.relaxed
+    assert relaxed.feature == TIME and list(relaxed.signatures) == ["serving_raw"]
+    assert relaxed.rows == relaxed.of == len(raw)
+    assert relaxed.min_fraction == 1.0 and relaxed.effective_min_fraction == 0.0
     assert f"{TIME}: not an input of serving_raw, which served {len(raw)} of the {len(raw)} rows" \
-        in relaxed["line"]
-    html = Path(result["report"]["html"]).read_text()
+        in relaxed.line()
+    html = Path(result.report.html).read_text()
     assert "not an input of serving_raw" in html
     (execution,) = [e for e in record.monitor_executions(mlmd.open_store(settings))
-                    if e.custom_properties["window"].string_value == result["window"]
+                    if e.custom_properties["window"].string_value == result.window
                     and not e.custom_properties["dry_run"].int_value]
     assert TIME in execution.custom_properties["relaxed"].string_value
-    state = json.loads((Path(settings.home) / "monitoring" / "state.json").read_text())
+    state = json.loads((settings.monitor_path / "state.json").read_text())
     assert state["actions"] == []
 
     # 2. mixed: serving_default rows carry the time key, serving_raw rows do not
-    (group,) = mixed["versions"]
-    assert mixed["rows"] == 2 * len(default)
-    assert _timestamp_anomalies(group) == [] and group["error_anomalies"] == 0, group["anomalous_features"]
-    assert not mixed["decision"]["triggered"], mixed["decision"]
-    (relaxed,) = group["relaxed"]
-    assert (relaxed["rows"], relaxed["of"]) == (len(default), 2 * len(default))
-    assert relaxed["effective_min_fraction"] <= 0.5
+    (group,) = mixed.versions
+    assert mixed.rows == 2 * len(default)
+    assert _timestamp_anomalies(group) == [] and group.error_anomalies == 0, group.anomalous_features
+    assert not mixed.decision.triggered, mixed.decision
+    (relaxed,) = group.relaxed
+    assert (relaxed.rows, relaxed.of) == (len(default), 2 * len(default))
+    assert relaxed.effective_min_fraction <= 0.5
 
 
 # ------------------------------------------------------------------ a real drop is still flagged
@@ -122,8 +122,8 @@ def _raw_records(rows, version, per_request=10):
         response.model_spec.name, response.model_spec.signature_name = "taxi", "serving_raw"
         response.model_spec.version.value = version
         response.outputs["probabilities"].CopyFrom(ndarray_to_proto(np.full(len(chunk), 0.2, np.float32)))
-        records.append(request_log.encode_log("predict", "taxi", version, "serving_raw", f"raw-{start}",
-                                              time.time(), request, response))
+        records.append(request_log.answered_record("predict", "taxi", version, "serving_raw", f"raw-{start}",
+                                                   time.time(), request, response))
     return records
 
 
@@ -144,22 +144,22 @@ def test_serving_default_rows_that_drop_the_time_key_are_still_flagged(tmp_path,
     if with_raw:
         records += _raw_records(rows[300:], version)
     write_logs(settings.request_logs_path, records, 20)
-    result = run.monitor_once(settings, dry_run=True)
+    result = monitor.monitor_once(settings, dry_run=True)
 
-    (group,) = result["versions"]
-    assert result["rows"] == len(records) * 10
+    (group,) = result.versions
+    assert result.rows == len(records) * 10
     anomalies = _timestamp_anomalies(group)
     assert any(a["severity"] == "ERROR" and a["type"] == "FEATURE_TYPE_LOW_FRACTION_PRESENT" for a in anomalies), \
         anomalies
-    assert result["decision"]["triggered"]
-    assert any(TIME in r for r in result["decision"]["reasons"])
+    assert result.decision.triggered
+    assert any(TIME in r for r in result.decision.reasons)
     if with_raw:
-        (relaxed,) = group["relaxed"]
-        assert (relaxed["rows"], relaxed["of"]) == (300, 600)
-        assert 0.4999 < relaxed["effective_min_fraction"] <= 0.5       # 200 of 600 present: under
-        assert "required in the other 300" in relaxed["line"]
+        (relaxed,) = group.relaxed
+        assert (relaxed.rows, relaxed.of) == (300, 600)
+        assert 0.4999 < relaxed.effective_min_fraction <= 0.5       # 200 of 600 present: under
+        assert "required in the other 300" in relaxed.line()
     else:
-        assert group["relaxed"] == []
+        assert group.relaxed == []
 
 
 # ------------------------------------------------------------------ the effective schema

@@ -6,11 +6,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from monitoring import record, run
+from monitoring import monitor, record
 from tests.monitoring.conftest import WAIT, log_records, monitor_settings, write_logs
 from core import mlmd
 from tfxops import cli
@@ -42,7 +41,7 @@ def _monitor_executions(settings):
 
 
 def _state(settings):
-    return json.loads((Path(settings.home) / "monitoring" / "state.json").read_text())
+    return json.loads((settings.monitor_path / "state.json").read_text())
 
 
 def test_two_monitors_started_at_once_analyse_the_window_once(tmp_path, e2e_settings, first_run,
@@ -65,7 +64,7 @@ def test_two_monitors_started_at_once_analyse_the_window_once(tmp_path, e2e_sett
 def test_a_held_lock_names_its_holder_and_a_killed_holder_does_not_block(tmp_path, e2e_settings, first_run,
                                                                          held_out_rows, capsys):
     settings = _window_with_logs(tmp_path, e2e_settings, first_run, held_out_rows[:100])
-    monitor_dir = Path(settings.home) / "monitoring"
+    monitor_dir = settings.monitor_path
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom monitoring import lock\n"
          "lock.MonitorLock(sys.argv[1]).acquire(0)\nprint('held', flush=True)\ntime.sleep(600)",
@@ -125,16 +124,16 @@ def test_monitor_killed_mid_run_is_resumed_once_by_the_next(tmp_path, e2e_settin
     assert opened and len(opened["files"]) == 3
     assert len(_monitor_executions(settings)) == (1 if step == "recorded" else 0)
 
-    result = run.monitor_once(settings)
-    assert result["window"] == opened["id"] and result["resumed"] and result["rows"] == 300
-    assert result["versions"][0]["mlmd"].get("recorded_before", False) == (step == "recorded")
+    result = monitor.monitor_once(settings)
+    assert result.window == opened["id"] and result.resumed and result.rows == 300
+    assert result.versions[0].mlmd.get("recorded_before", False) == (step == "recorded")
     (execution,) = _monitor_executions(settings)
     assert execution.custom_properties["window"].string_value == opened["id"]
     assert execution.custom_properties["rows"].int_value == 300
     state = _state(settings)
     assert state["open_window"] is None and state["windows"] == [opened["id"]]
     assert sum(f["rows"] for f in state["files"].values()) == 300
-    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    assert monitor.monitor_once(settings).status == "no_new_requests"
 
 
 def test_watch_takes_the_lock_for_each_run_not_for_its_lifetime(tmp_path, e2e_settings, first_run,
@@ -142,7 +141,7 @@ def test_watch_takes_the_lock_for_each_run_not_for_its_lifetime(tmp_path, e2e_se
     from monitoring import lock
 
     settings = _window_with_logs(tmp_path, e2e_settings, first_run, held_out_rows[:100])
-    state = Path(settings.home) / "monitoring" / "state.json"
+    state = settings.monitor_path / "state.json"
     err = tmp_path / "watch.err"
     with open(err, "w") as stderr:
         watcher = subprocess.Popen([sys.executable, "-m", "tfxops.cli", *_args(settings, "--watch", "1")],

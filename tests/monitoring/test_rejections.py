@@ -2,7 +2,7 @@
 
 The held-out scenario (clients stopped sending ``trip_miles``, fares and payment
 types shifted, every request rejected) through the real server, and as records
-in the logged format (``serving.request_log.encode_rejected``) written by the real
+in the logged format (``core.request_log.rejected_record``) written by the real
 writer, as another writer or proxy would; and hostile or undecodable rejected
 requests that must count without being expanded."""
 import json
@@ -15,7 +15,8 @@ import requests
 
 from core import features as F
 from monitoring import record
-from serving import request_log
+from core import request_log
+from core.examples import json_rows_to_examples
 from serving.server import BackgroundServer
 from tests.conftest import SMALL_ROWS
 from tests.monitoring.conftest import log_records, monitor_settings, write_logs
@@ -59,10 +60,10 @@ def _server_message(row):
 
 
 def _rejected(rows, version, start, model="taxi", signature="serving_raw", code=INVALID, message=None):
-    return [request_log.encode_rejected(
+    return [request_log.rejected_record(
         model, version, signature, f"rej-{start + i}", time.time(), code,
         message or _server_message(row),
-        request_log.examples_request(request_log.json_rows_to_examples([row], _dtypes())))
+        request_log.examples_request(json_rows_to_examples([row], _dtypes())))
         for i, row in enumerate(rows)]
 
 
@@ -155,7 +156,7 @@ def _check_alert_scenario(settings, capsys, first_second):
     line = next(line for line in captured.err.splitlines() if " decision: " in line)   # the summary
     assert "rejected: 1500 of 1500 requests (100%)" in line
     assert "trip_miles missing in 100% of rejected requests since" in line and "decision: alert" in line
-    state = json.loads((Path(settings.home) / "monitoring" / "state.json").read_text())
+    state = json.loads((settings.monitor_path / "state.json").read_text())
     assert state["actions"] == []
     html = Path(result["report"]["html"]).read_text()
     assert "Decision: ALERT" in html and "Rejected requests" in html
@@ -196,14 +197,14 @@ def test_hostile_and_undecodable_rejected_requests_count_without_rows(tmp_path, 
     wrong_type["trip_miles"] = "abc"
     now = time.time()
     rejected = [
-        request_log.encode_rejected("taxi", version, "serving_raw", "splat", now, INVALID, "too big",
+        request_log.rejected_record("taxi", version, "serving_raw", "splat", now, INVALID, "too big",
                                     _splat_request()),
-        request_log.encode_rejected("taxi", version, "", "garbage", now, INVALID, "Could not parse example",
+        request_log.rejected_record("taxi", version, "", "garbage", now, INVALID, "Could not parse example",
                                     request_log.examples_request([b"\xff\x01not a tf.Example"])),
-        request_log.encode_rejected("taxi", version, "", "empty", now, INVALID, "no inputs"),
+        request_log.rejected_record("taxi", version, "", "empty", now, INVALID, "no inputs"),
         *_rejected([wrong_type], version, 3, message="JSON Value: \"abc\" Type: String is not of expected "
                    "type: float"),
-        request_log.encode_rejected("x" * 300, None, "", "unknown-model", now, "NOT_FOUND",
+        request_log.rejected_record("x" * 300, None, "", "unknown-model", now, "NOT_FOUND",
                                     "Servable not found for request: Latest(xxx)"),
     ]
     files = write_logs(settings.request_logs_path, answered + rejected, 1000)
@@ -212,7 +213,7 @@ def test_hostile_and_undecodable_rejected_requests_count_without_rows(tmp_path, 
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 512, f"max RSS grew by {grown_mb:.0f} MB: a logged tensor was expanded"
 
-    report = json.loads(Path(settings.home, "monitoring", "reports").glob("*.json").__next__().read_text())
+    report = json.loads((settings.monitor_path / "reports").glob("*.json").__next__().read_text())
     assert report["quarantined_files"] == [] and report["files"] == [p.name for p in files]
     (group,) = report["versions"]
     rejections = group["rejections"]
@@ -232,11 +233,11 @@ def test_alert_on_requests_refused_before_a_version_was_chosen_says_so(tmp_path,
     settings = monitor_settings(tmp_path, e2e_settings, first_run)
     version = int(first_run.pushed_version)
     answered = log_records([held_out_rows[i:i + 10] for i in range(0, 100, 10)], version)
-    refused = [request_log.encode_rejected("taxi", None, "", f"nf-{i}", time.time(), "NOT_FOUND",
+    refused = [request_log.rejected_record("taxi", None, "", f"nf-{i}", time.time(), "NOT_FOUND",
                                            "Servable not found for request: Latest(taxi)") for i in range(20)]
     write_logs(settings.request_logs_path, answered + refused, 1000)
     assert cli.main(_cli(settings)) == 0
-    report = json.loads(next(Path(settings.home, "monitoring", "reports").glob("*.json")).read_text())
+    report = json.loads(next((settings.monitor_path / "reports").glob("*.json")).read_text())
     decision = report["decision"]
     assert decision["action"] == "alert"
     finding = "the server rejected 20 of 30 requests (67%) before any model version was chosen"

@@ -6,9 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from monitoring import run
+from monitoring import monitor
 from monitoring.window import Checkpoint
-from serving.request_log import tfrecord_frame
+from core.request_log import tfrecord_frame
 from tests.monitoring.conftest import log_records, monitor_settings, write_logs
 from tfxops import cli
 
@@ -39,7 +39,7 @@ def _cut_mid_record(data: bytes, record: int) -> bytes:
 
 
 def _state(settings) -> Checkpoint:
-    return Checkpoint(Path(settings.home) / "monitoring")
+    return Checkpoint(settings.monitor_path)
 
 
 def test_half_written_file_is_retried_until_complete_and_counted_once(tmp_path, e2e_settings, first_run,
@@ -52,21 +52,21 @@ def test_half_written_file_is_retried_until_complete_and_counted_once(tmp_path, 
     whole = files[1].read_bytes()
     files[1].write_bytes(_cut_mid_record(whole, 6))      # a log shipper is still copying it
 
-    first = run.monitor_once(settings)
-    assert first["rows"] == 200 and first["versions"][0]["rows"] == 200
-    assert [f["file"] for f in first["incomplete_files"]] == [files[1].name]
-    assert "truncated" in first["incomplete_files"][0]["error"]
-    assert first["quarantined_files"] == []
-    assert "1 file(s) incomplete" in run.summary_line(first)
+    first = monitor.monitor_once(settings)
+    assert first.rows == 200 and first.versions[0].rows == 200
+    assert [f["file"] for f in first.incomplete_files] == [files[1].name]
+    assert "truncated" in first.incomplete_files[0]["error"]
+    assert first.quarantined_files == []
+    assert "1 file(s) incomplete" in first.summary_line()
     assert files[1].name not in _state(settings).data["files"]
-    html = Path(first["report"]["html"]).read_text()
+    html = Path(first.report.html).read_text()
     assert files[1].name in html and "incomplete" in html
 
     files[1].write_bytes(whole)                            # the copy completes
-    second = run.monitor_once(settings)
-    assert second["files"] == [files[1].name] and second["rows"] == 100
-    assert second["incomplete_files"] == [] and second["quarantined_files"] == []
-    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    second = monitor.monitor_once(settings)
+    assert second.files == [files[1].name] and second.rows == 100
+    assert second.incomplete_files == [] and second.quarantined_files == []
+    assert monitor.monitor_once(settings).status == "no_new_requests"
     analysed = _state(settings).data["files"]
     assert {n: f["status"] for n, f in analysed.items()} == {p.name: "analysed" for p in files}
     assert sum(f["rows"] for f in analysed.values()) == 300
@@ -98,7 +98,7 @@ def test_file_corrupt_in_the_middle_is_quarantined_and_never_retried(tmp_path, e
     assert "monitor_incomplete_grace_seconds" in quarantined[stale.name]["error"]
     for name, q in quarantined.items():                   # moved aside, out of the log directory
         assert not (settings.request_logs_path / name).exists()
-        assert Path(q["moved_to"]) == Path(settings.home) / "monitoring" / "quarantine" / name
+        assert Path(q["moved_to"]) == settings.monitor_path / "quarantine" / name
         assert Path(q["moved_to"]).is_file()
     assert "2 file(s) quarantined" in captured.err
     html = Path(result["report"]["html"]).read_text()
@@ -108,7 +108,7 @@ def test_file_corrupt_in_the_middle_is_quarantined_and_never_retried(tmp_path, e
 
     # never retried, even when a file of that name shows up again in the log directory
     (settings.request_logs_path / flipped.name).write_bytes(bytes(data))
-    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    assert monitor.monitor_once(settings).status == "no_new_requests"
 
 
 def test_corrupt_last_record_of_a_fresh_file_is_incomplete_not_corrupt(tmp_path, e2e_settings, first_run,
@@ -124,9 +124,9 @@ def test_corrupt_last_record_of_a_fresh_file_is_incomplete_not_corrupt(tmp_path,
     data = bytearray(torn.read_bytes())
     data[-10] ^= 0xFF                                     # inside the last record's payload
     torn.write_bytes(bytes(data))
-    result = run.monitor_once(settings)
-    assert sorted(f["file"] for f in result["incomplete_files"]) == sorted([zeros.name, torn.name])
-    assert result["quarantined_files"] == [] and result["status"] == "incomplete"
+    result = monitor.monitor_once(settings)
+    assert sorted(f["file"] for f in result.incomplete_files) == sorted([zeros.name, torn.name])
+    assert result.quarantined_files == [] and result.status == "incomplete"
     assert zeros.exists() and torn.exists()
 
 
@@ -162,13 +162,13 @@ def test_request_log_dir_that_does_not_exist_is_an_error_naming_it(tmp_path, e2e
     captured = capsys.readouterr()
     assert str(missing) in captured.err and "request_log_dir" in captured.err
     assert "Traceback" not in captured.err and "no new requests" not in captured.out
-    assert not (Path(settings.home) / "monitoring" / "state.json").exists()
+    assert not (settings.monitor_path / "state.json").exists()
 
 
 WRITER = """
 import sys
 import time
-from serving.request_log import RequestLogger
+from serving.log_writer import RequestLogger
 from tests.conftest import read_rows, SMALL_ROWS
 from tests.monitoring.conftest import log_records
 
@@ -198,8 +198,8 @@ def test_log_of_a_writer_killed_mid_file_is_recovered_and_analysed(tmp_path, e2e
         writer.send_signal(signal.SIGKILL)          # the server dies with its file open
         writer.wait()
     assert [p.name for p in logs.iterdir() if p.name.startswith(".")] and not list(logs.glob("requests-*"))
-    result = run.monitor_once(settings)
-    assert result["status"] == "analysed" and result["rows"] == 100
+    result = monitor.monitor_once(settings)
+    assert result.status == "analysed" and result.rows == 100
     assert not [p.name for p in logs.iterdir() if p.name.startswith(".")]
 
 
@@ -222,31 +222,31 @@ def test_records_appended_to_an_analysed_file_are_analysed_once(tmp_path, e2e_se
     version = int(first_run.pushed_version)
     (path,) = write_logs(settings.request_logs_path,
                          log_records(_chunks(held_out_rows[:100], 10), version, prefix="a"), 100)
-    assert run.monitor_once(settings)["rows"] == 100
+    assert monitor.monitor_once(settings).rows == 100
 
     _append(path, _framed(log_records(_chunks(held_out_rows[100:130], 10), version, prefix="b")))
-    second = run.monitor_once(settings)
-    assert second["status"] == "analysed" and second["files"] == [path.name]
-    assert second["rows"] == 30 and second["requests"] == 3
+    second = monitor.monitor_once(settings)
+    assert second.status == "analysed" and second.files == [path.name]
+    assert second.rows == 30 and second.requests == 3
 
     # appended again, the last record still being written: none of it yet ...
     more = _framed(log_records(_chunks(held_out_rows[130:180], 10), version, prefix="c"))
     cut = len(more) - 20
     _append(path, more[:cut])
-    third = run.monitor_once(settings)
-    assert third["status"] == "incomplete" and [f["file"] for f in third["incomplete_files"]] == [path.name]
+    third = monitor.monitor_once(settings)
+    assert third.status == "incomplete" and [f["file"] for f in third.incomplete_files] == [path.name]
     # ... then all of it, once its last record is complete
     _append(path, more[cut:])
-    fourth = run.monitor_once(settings)
-    assert fourth["files"] == [path.name] and fourth["rows"] == 50 and fourth["requests"] == 5
+    fourth = monitor.monitor_once(settings)
+    assert fourth.files == [path.name] and fourth.rows == 50 and fourth.requests == 5
     # a grown copy renamed over it (rsync without --inplace): a new inode, the same bytes first
     copy = tmp_path / "copy"
     copy.write_bytes(path.read_bytes() + _framed(log_records(_chunks(held_out_rows[180:200], 10), version,
                                                              prefix="d")))
     os.replace(copy, path)
-    fifth = run.monitor_once(settings)
-    assert fifth["files"] == [path.name] and fifth["rows"] == 20 and fifth["quarantined_files"] == []
-    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    fifth = monitor.monitor_once(settings)
+    assert fifth.files == [path.name] and fifth.rows == 20 and fifth.quarantined_files == []
+    assert monitor.monitor_once(settings).status == "no_new_requests"
     entry = _state(settings).data["files"][path.name]
     assert (entry["status"], entry["records"], entry["rows"]) == ("analysed", 20, 200)
     assert entry["offset"] == path.stat().st_size
@@ -263,16 +263,16 @@ def test_empty_file_is_incomplete_until_written_then_analysed_once(tmp_path, e2e
     empty = logs / shipped.name
     empty.touch()                                        # a shipper created it, wrote nothing yet
 
-    first = run.monitor_once(settings)
-    assert first["files"] == sorted([complete.name, empty.name]) and first["rows"] == 100
-    assert [f["file"] for f in first["incomplete_files"]] == [empty.name]
-    assert "empty" in first["incomplete_files"][0]["error"]
+    first = monitor.monitor_once(settings)
+    assert first.files == sorted([complete.name, empty.name]) and first.rows == 100
+    assert [f["file"] for f in first.incomplete_files] == [empty.name]
+    assert "empty" in first.incomplete_files[0]["error"]
     assert empty.name not in _state(settings).data["files"]
 
     empty.write_bytes(shipped.read_bytes())              # the copy arrives
-    second = run.monitor_once(settings)
-    assert second["files"] == [empty.name] and second["rows"] == 100
-    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    second = monitor.monitor_once(settings)
+    assert second.files == [empty.name] and second.rows == 100
+    assert monitor.monitor_once(settings).status == "no_new_requests"
     assert sum(f["rows"] for f in _state(settings).data["files"].values()) == 200
 
 
@@ -282,7 +282,7 @@ def test_analysed_file_replaced_by_another_is_quarantined_not_counted_twice(tmp_
     version = int(first_run.pushed_version)
     logs = settings.request_logs_path
     shorter, rewritten = write_logs(logs, log_records(_chunks(held_out_rows[:200], 10), version), 10)
-    assert run.monitor_once(settings)["rows"] == 200
+    assert monitor.monitor_once(settings).rows == 200
 
     # replaced by a shorter file (re-shipped from a source that lost its end): a new inode
     data = shorter.read_bytes()
@@ -294,16 +294,16 @@ def test_analysed_file_replaced_by_another_is_quarantined_not_counted_twice(tmp_
     assert len(other) > rewritten.stat().st_size
     rewritten.write_bytes(other)
 
-    second = run.monitor_once(settings)
-    assert second["rows"] == 0 and second["incomplete_files"] == []
-    quarantined = {q["file"]: q for q in second["quarantined_files"]}
+    second = monitor.monitor_once(settings)
+    assert second.rows == 0 and second.incomplete_files == []
+    quarantined = {q["file"]: q for q in second.quarantined_files}
     assert quarantined.keys() == {shorter.name, rewritten.name}
     assert "shrank" in quarantined[shorter.name]["error"]
     assert "differ" in quarantined[rewritten.name]["error"]
     for name, q in quarantined.items():
         assert "analysed before" in q["error"] and "new name" in q["error"]
         assert not (logs / name).exists() and Path(q["moved_to"]).is_file()
-    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    assert monitor.monitor_once(settings).status == "no_new_requests"
     state = _state(settings).data["files"]
     assert {n: (f["status"], f["rows"]) for n, f in state.items()} == {
         shorter.name: ("quarantined", 100), rewritten.name: ("quarantined", 100)}

@@ -3,11 +3,11 @@ crash and resume, an empty window, and the policy's cool-down (unreadable files
 and versions without lineage: test_reliability.py)."""
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from monitoring import policy, run
+from monitoring import monitor, policy
+from monitoring.reuse import ReuseCandidate
 from monitoring.window import Checkpoint
 from tests.monitoring.conftest import log_records, monitor_settings, write_logs
 from tfxops import cli
@@ -24,11 +24,11 @@ def test_crash_then_resume_counts_every_request_once(tmp_path, e2e_settings, fir
     first = write_logs(logs, log_records(_chunks(held_out_rows[:600], 20), version, prefix="a"), 10)
     assert len(first) == 3
     # a crash after the window was opened: the report directory cannot be created
-    reports = Path(settings.home) / "monitoring" / "reports"
+    reports = settings.monitor_path / "reports"
     reports.parent.mkdir(parents=True)
     reports.write_text("not a directory")
     with pytest.raises(OSError):
-        run.monitor_once(settings)
+        monitor.monitor_once(settings)
     state = json.loads((reports.parent / "state.json").read_text())
     assert sorted(state["open_window"]["files"]) == sorted(p.name for p in first)
     assert state["files"] == {}
@@ -37,13 +37,13 @@ def test_crash_then_resume_counts_every_request_once(tmp_path, e2e_settings, fir
     later = write_logs(logs, log_records(_chunks(held_out_rows[600:700], 20), version, prefix="b"), 10)
     reports.unlink()
 
-    resumed = run.monitor_once(settings)        # exactly the crashed window
-    assert resumed["resumed"] and resumed["rows"] == 600
-    assert sorted(resumed["files"]) == sorted(p.name for p in first)
-    after = run.monitor_once(settings)          # then what came after it
-    assert not after["resumed"] and after["rows"] == 100
-    assert after["files"] == [p.name for p in later]
-    assert run.monitor_once(settings)["status"] == "no_new_requests"
+    resumed = monitor.monitor_once(settings)        # exactly the crashed window
+    assert resumed.resumed and resumed.rows == 600
+    assert sorted(resumed.files) == sorted(p.name for p in first)
+    after = monitor.monitor_once(settings)          # then what came after it
+    assert not after.resumed and after.rows == 100
+    assert after.files == [p.name for p in later]
+    assert monitor.monitor_once(settings).status == "no_new_requests"
     checkpoint = Checkpoint(reports.parent)
     assert sum(f["rows"] for f in checkpoint.data["files"].values()) == 700
     assert len(checkpoint.data["windows"]) == 2
@@ -62,17 +62,19 @@ def test_policy_cooldown_and_one_action_per_window(e2e_settings):
     reasons = ["1 feature(s) over their skew threshold"]
     now = 1_000_000.0
     last = {"window": "w1", "action": "retrain", "time": now - 60}
-    d = policy.decide(settings, reasons, 10_000, "w2", True, None, last, False, None, now=now)
+    judged = dict(reasons=reasons, is_current=True, dry_run=False, labelled_rows=10_000, now=now)
+    d = policy.decide(settings, rows=10_000, window_action=None, last_action=last, **judged)
     assert d.action == "none" and d.triggered and "cool-down" in d.because
-    d = policy.decide(settings, reasons, 10_000, "w2", True, None,
-                      dict(last, time=now - settings.cooldown_seconds - 1), False, None, now=now)
+    d = policy.decide(settings, rows=10_000, window_action=None,
+                      last_action=dict(last, time=now - settings.cooldown_seconds - 1), **judged)
     assert d.action == "retrain"
-    d = policy.decide(settings, reasons, 10_000, "w1", True, last, None, False, None, now=now)
+    d = policy.decide(settings, rows=10_000, window_action=last, last_action=None, **judged)
     assert d.action == "none" and "never triggers twice" in d.because
-    d = policy.decide(settings, reasons, 10, "w3", True, None, None, False, None, now=now)
+    d = policy.decide(settings, rows=10, window_action=None, last_action=None, **judged)
     assert d.action == "none" and "monitor_min_rows" in d.because
-    d = policy.decide(settings, reasons, 10_000, "w3", True, None, None, False,
-                      {"model_id": 7, "why": "matches"}, now=now)
+    match = ReuseCandidate(model_id=7, model_uri="", model_path="", over=[], errors=0, matches=True, score=0.0,
+                           why="matches")
+    d = policy.decide(settings, rows=10_000, window_action=None, last_action=None, reuse=match, **judged)
     assert d.action == "repush"
 
 
@@ -96,9 +98,9 @@ def test_unexpected_feature_and_wrong_type_are_anomalies(tmp_path, e2e_settings,
         del tensor.string_val[:]
         tensor.string_val.extend(e.SerializeToString() for e in examples)
     write_logs(settings.request_logs_path, records, 10)
-    result = run.monitor_once(settings, dry_run=True)
-    (group,) = result["versions"]
-    assert {"surge_multiplier", "trip_miles"} <= set(group["anomalous_features"])
-    by_name = {f["name"]: f for f in group["features"]}
-    assert any(a["severity"] == "ERROR" for a in by_name["trip_miles"]["anomalies"])
-    assert result["decision"]["triggered"]
+    result = monitor.monitor_once(settings, dry_run=True)
+    (group,) = result.versions
+    assert {"surge_multiplier", "trip_miles"} <= set(group.anomalous_features)
+    by_name = {f.name: f for f in group.features}
+    assert any(a["severity"] == "ERROR" for a in by_name["trip_miles"].anomalies)
+    assert result.decision.triggered

@@ -1,0 +1,330 @@
+"""One monitor pass (``tfxops monitor``), as its steps:
+
+1. window    which request-log parts are new (``monitoring.window``), read per
+             served model version (``monitoring.traffic``);
+2. analysis  each version against its baseline from MLMD (``monitoring.analysis``);
+3. decision  the trigger policy (``monitoring.policy``);
+4. action    a retrain or a re-push (``monitoring.act``), entered in the
+             checkpoint before it starts;
+5. record    one ``tfxops.Monitor`` execution per version in MLMD (``monitoring.record``);
+6. report    ``<monitor_dir>/reports/<window>.json`` and ``.html`` (``monitoring.report``);
+7. commit    the checkpoint: the window's files are analysed, its statistics are
+             the next window's drift baseline (a dry run commits nothing).
+
+The pass runs under the monitor lock and opens the metadata store once.
+"""
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+from core import mlmd, pushdir
+from core.config import Settings
+from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, lock as lock_lib, logfiles
+from monitoring import policy, record, rejections as rejections_lib, report, reuse, window as window_lib
+from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
+                               VersionResult)
+from monitoring.traffic import VersionTraffic, WindowTraffic, load_feedback, read_window, workers_for
+
+log = logging.getLogger("tfxops.monitoring")
+PrintLine = Callable[[str], None]
+
+
+class MonitorError(RuntimeError):
+    """A pass that cannot complete (the window stays open for the next one)."""
+
+
+@dataclasses.dataclass
+class MonitorPass:
+    """What the steps of one pass share."""
+    settings: Settings
+    dry_run: bool
+    print_line: PrintLine
+    checkpoint: window_lib.Checkpoint
+    window: window_lib.Window
+    started: float
+    store: object = None          # the metadata store, opened once, read-write (the pass records into it)
+    acted: bool = False           # a version of this window was acted on
+
+    @property
+    def monitor_dir(self) -> Path:
+        return self.settings.monitor_path
+
+    def version_dir(self, model_name: str, version: Optional[int]) -> Path:
+        """Where a version's statistics and anomalies of this window go."""
+        return self.monitor_dir / "windows" / self.window.id / f"{model_name}-{version}"
+
+
+def monitor_once(settings: Settings, dry_run: bool = False, out: Optional[PrintLine] = None) -> MonitorResult:
+    """Analyse the next window under the monitor lock (``monitoring.lock``: one pass at
+    a time per monitor directory); ``out`` gets the progress and summary lines.
+    ``MonitorError`` for a request-log directory that does not exist; ``lock.LockBusy``
+    when another monitor holds the lock longer than ``monitor_lock_wait_seconds``."""
+    print_line = out or _silent
+    _check_log_dir(settings.request_logs_path)
+    with lock_lib.hold(settings.monitor_path, settings.monitor_lock_wait_seconds, print_line):
+        if not dry_run:
+            _recover_orphans(settings.request_logs_path, print_line)
+        return _monitor_window(settings, dry_run, print_line)
+
+
+def _monitor_window(settings: Settings, dry_run: bool, print_line: PrintLine) -> MonitorResult:
+    checkpoint = window_lib.Checkpoint(settings.monitor_path)
+    win = window_lib.open_window(checkpoint, settings.request_logs_path, settings.monitor_max_files,
+                                 persist=not dry_run)
+    run = MonitorPass(settings, dry_run, print_line, checkpoint, win, time.time())
+    if not win.files:
+        return _no_new_requests(run)
+    print_line(f"window {win.id}: {len(win.files)} log file(s){' (resuming a crashed run)' if win.resumed else ''}")
+    traffic, files = _read(run)
+    if not traffic.versions and not traffic.unattributed.rejected and not files.quarantined:
+        return _nothing_complete(run, files)
+    timings = {"read_decode_statistics": time.time() - run.started}
+    mark = time.time()
+    if traffic.versions:    # MetadataError (exit 2) if there is no store: never create one
+        run.store = mlmd.open_store(settings, readonly=False, must_exist=True)
+    versions, not_judged = _judge_versions(run, traffic)
+    timings["checks_and_actions"] = time.time() - mark
+    mark = time.time()
+    result = _analysed(run, traffic, files, versions, not_judged)
+    _record(run, result)
+    timings["record_and_report"] = time.time() - mark
+    result.timings = {k: round(v, 3) for k, v in timings.items()}
+    report.write(result)
+    if not dry_run:         # a dry run only reports: the next real pass analyses the same requests
+        _commit(run, traffic, files, result)
+    print_line(result.summary_line())
+    return result
+
+
+# ------------------------------------------------------------------ 1. window
+def _read(run: MonitorPass) -> Tuple[WindowTraffic, logfiles.Triage]:
+    """The window's traffic per version, and its unreadable files sorted into
+    incomplete (read again next pass) and quarantined (moved aside, never again)."""
+    settings = run.settings
+    traffic = read_window(run.window, load_feedback(settings.feedback_path),
+                          workers_for(settings, run.window.files), _decoding_schema(settings))
+    if not run.dry_run:
+        window_lib.fix_ends(run.checkpoint, run.window, traffic.ends())
+    files = logfiles.triage(traffic.unreadable, settings.request_logs_path, run.monitor_dir,
+                            settings.monitor_incomplete_grace_seconds, move=not run.dry_run)
+    return traffic, files
+
+
+def _no_new_requests(run: MonitorPass) -> MonitorResult:
+    if run.window.id and not run.dry_run:       # an open window whose files were all removed
+        window_lib.commit_window(run.checkpoint, run.window, {})
+    log_dir = run.settings.request_logs_path
+    run.print_line(f"no new requests in {log_dir} since the last run; nothing to do")
+    return MonitorResult(NO_NEW_REQUESTS, log_dir=str(log_dir))
+
+
+def _nothing_complete(run: MonitorPass, files: logfiles.Triage) -> MonitorResult:
+    """Every file of the window is still being written: nothing is committed, and the
+    next pass reads them again."""
+    if not run.dry_run:
+        window_lib.release_window(run.checkpoint)
+    result = MonitorResult(INCOMPLETE, window=run.window.id, files=[p.name for p in run.window.files],
+                           incomplete_files=files.incomplete, dry_run=run.dry_run)
+    run.print_line(result.summary_line())
+    return result
+
+
+def _decoding_schema(settings: Settings):
+    """The schema whose types speed up decoding (a hint, never the baseline: the
+    checks use the served model's schema from MLMD); None if it cannot be read."""
+    try:
+        import tensorflow_data_validation as tfdv
+        return tfdv.load_schema_text(settings.schema_path)
+    except Exception:  # noqa: BLE001 - decoding then infers types
+        return None
+
+
+# ------------------------------------------------------------------ 2-4. analysis, decision, action
+def _judge_versions(run: MonitorPass, traffic: WindowTraffic) -> Tuple[List[VersionResult], List[NotJudged]]:
+    """Every version of the window with lineage in MLMD, by model name and version;
+    those without are listed as not judged."""
+    served = pushdir.newest_version(str(run.settings.model_push_dir))
+    versions, not_judged = [], []
+    for version_traffic in traffic.in_order():
+        base = _baseline_or_none(run.store, version_traffic, not_judged)
+        if base is not None:
+            current = served is None or version_traffic.version == served
+            versions.append(_judge_version(run, version_traffic, base, current))
+    return versions, not_judged
+
+
+def _baseline_or_none(store, traffic: VersionTraffic, not_judged: List[NotJudged]) -> Optional[baseline_lib.Baseline]:
+    """The version's baseline; None (and the version listed as not judged) when MLMD
+    has no lineage for it: the window is still analysed for the others, and committed."""
+    try:
+        return baseline_lib.for_version(store, traffic.version)
+    except baseline_lib.NoLineageError as exc:
+        log.warning("version %s not judged: %s", traffic.version, exc)
+        not_judged.append(NotJudged(traffic.model_name, traffic.version, traffic.rows, traffic.all_requests,
+                                    f"no lineage: not judged: {exc}"))
+        return None
+
+
+def _judge_version(run: MonitorPass, traffic: VersionTraffic, base: baseline_lib.Baseline,
+                   current: bool) -> VersionResult:
+    """Analysis -> decision -> action for one version; its statistics saved."""
+    settings, checkpoint = run.settings, run.checkpoint
+    found = analysis_lib.analyse(settings, traffic, base, current=current, monitor_dir=run.monitor_dir,
+                                 previous_statistics=checkpoint.previous_statistics(traffic.model_name))
+    reasons = policy.reasons_for(settings, features=found.features, prediction=found.prediction,
+                                 quality=found.quality)
+    candidates = []
+    if policy.looks_for_reuse(settings, reasons=reasons, is_current=current):
+        candidates = reuse.candidates(run.store, base.model.id, found.stats, traffic.rows_by_signature())
+    decision = policy.decide(
+        settings, reasons=reasons, rows=traffic.rows, is_current=current and not run.acted,
+        window_action=checkpoint.action_for_window(run.window.id), last_action=checkpoint.last_action(),
+        dry_run=run.dry_run, reuse=reuse.best(candidates), labelled_rows=len(found.labelled_rows),
+        alert=found.alert)
+    decision = _act(run, traffic, found, decision)
+    statistics = analysis_lib.save_statistics(found, run.version_dir(traffic.model_name, traffic.version))
+    return VersionResult(
+        model_name=traffic.model_name, version=traffic.version, current=current, rows=traffic.rows,
+        requests=traffic.all_requests, rejections=found.rejections, baseline=base, relaxed=found.relaxed,
+        features=found.features, prediction=found.prediction, quality=found.quality,
+        reuse_candidates=candidates, decision=decision, statistics=str(statistics),
+        distributions=analysis_lib.distributions(found))
+
+
+def _act(run: MonitorPass, traffic: VersionTraffic, found: analysis_lib.VersionAnalysis,
+         decision: policy.Decision) -> policy.Decision:
+    """Carry out a retrain or re-push; the checkpoint enters it before it starts (a
+    window never acts twice, even after a crash). The decision with its outcome."""
+    if decision.action not in policy.ACTIONS:
+        return decision
+    run.checkpoint.start_action(run.window.id, decision.action, traffic.version)
+    run.print_line(f"acting: {decision.because}")
+    outcome = act.carry_out(run.settings, decision, monitor_dir=run.monitor_dir, window_id=run.window.id,
+                            labelled_rows=found.labelled_rows)
+    run.checkpoint.finish_action(run.window.id, outcome.ok, outcome.to_dict())
+    run.acted = True
+    run.print_line(f"outcome: {json.dumps(report.json_safe(outcome.to_dict()))}")
+    return dataclasses.replace(decision, outcome=outcome)
+
+
+def _analysed(run: MonitorPass, traffic: WindowTraffic, files: logfiles.Triage, versions: List[VersionResult],
+              not_judged: List[NotJudged]) -> MonitorResult:
+    """The pass's result, with the window's decision (``policy.window_decision``) and
+    where its report goes."""
+    unattributed = None
+    if traffic.unattributed.rejected:        # rejected calls that name no model version, of every request
+        answered = sum(v.all_requests for v in traffic.versions.values())
+        unattributed = rejections_lib.summarize(traffic.unattributed, answered, {})
+    decision = policy.window_decision(run.settings, versions=[(v.decision, v.current) for v in versions],
+                                      unattributed=unattributed, any_not_judged=bool(not_judged),
+                                      dry_run=run.dry_run)
+    reports = run.monitor_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    finished = time.time()
+    return MonitorResult(
+        ANALYSED, window=run.window.id, resumed=run.window.resumed, dry_run=run.dry_run,
+        started=_iso(run.started), finished=_iso(finished), seconds=round(finished - run.started, 2),
+        files=[p.name for p in run.window.files], quarantined_files=files.quarantined,
+        incomplete_files=files.incomplete, rows=traffic.rows, not_judged=not_judged, requests=traffic.requests,
+        unattributed_rejections=unattributed, decision=decision, versions=versions,
+        report=ReportPaths(json=str(reports / f"{run.window.id}.json"), html=str(reports / f"{run.window.id}.html")))
+
+
+# ------------------------------------------------------------------ 5. record, 7. commit
+def _record(run: MonitorPass, result: MonitorResult) -> None:
+    """One ``tfxops.Monitor`` execution per judged version (and a ``tfxops.Repush``
+    for a re-push), once: a pass that resumes a window whose record was written
+    before a crash finds it and writes none."""
+    for version in result.versions:
+        found = None if run.dry_run else record.find_run(run.store, result.window, str(version.version))
+        if found is not None:
+            version.mlmd = {"execution_id": found.id, "recorded_before": True}
+        else:
+            version.mlmd = _record_version(run, result, version)
+
+
+def _record_version(run: MonitorPass, result: MonitorResult, version: VersionResult) -> dict:
+    store, window = run.store, result.window
+    vdir = run.version_dir(version.model_name, version.version)
+    stats_artifact = record.new_artifact(store, "ExampleStatistics", str(vdir / "statistics"),
+                                         {"split_names": '["serving"]', "window": window})
+    anomalies_artifact = record.new_artifact(store, "ExampleAnomalies", str(vdir / "anomalies"),
+                                             {"split_names": '["serving"]', "window": window})
+    report_artifact = record.new_artifact(store, record.REPORT_TYPE, result.report.html,
+                                          {"json": result.report.json, "window": window})
+    decision, rejected = version.decision, version.rejections.as_dict()
+    ids = record.record_run(store, run.settings.pipeline_name, {
+        "window": window, "model_version": str(version.version), "rows": version.rows,
+        "files_quarantined": len(result.quarantined_files), "files_incomplete": len(result.incomplete_files),
+        "action": decision.action, "triggered": decision.triggered,
+        "because": decision.because, "reasons": decision.reasons, "dry_run": run.dry_run,
+        "flagged_features": version.flagged_features, "requests": version.requests,
+        "relaxed": [r.line() for r in version.relaxed],
+        "rejected_requests": rejected["rejected"], "rejection_rate": float(rejected["rate"]),
+        "rejections": {k: v for k, v in rejected.items() if k in ("line", "causes", "missing_features")},
+        "not_judged": [v.version for v in result.not_judged]},
+        inputs=[("pushed_model", version.baseline.pushed_model), ("model", version.baseline.model)],
+        outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact), ("report", report_artifact)])
+    if isinstance(decision.outcome, act.RepushOutcome):
+        ids["repush"] = _record_repush(run, window, version, ids["execution_id"])
+    return ids
+
+
+def _record_repush(run: MonitorPass, window: str, version: VersionResult, monitor_execution: int) -> dict:
+    """The re-push as its own execution, shaped like a Pusher's: the reused Model in,
+    the new PushedModel out (so its version has lineage like any push)."""
+    decision, outcome = version.decision, version.decision.outcome
+    pushed = record.new_artifact(run.store, "PushedModel", outcome.pushed_destination, {
+        "pushed": 1, "pushed_version": outcome.pushed_version, "pushed_destination": outcome.pushed_destination,
+        "reused_model_id": outcome.model_id, "reason": decision.because})
+    reused = run.store.get_artifacts_by_id([outcome.model_id])[0]
+    return record.record_run(
+        run.store, run.settings.pipeline_name,
+        {"window": window, "because": decision.because, "monitor_execution": monitor_execution,
+         "replaced_version": str(version.version)},
+        inputs=[("model", reused)], outputs=[("pushed_model", pushed)], execution_type=record.REPUSH_TYPE)
+
+
+def _commit(run: MonitorPass, traffic: WindowTraffic, files: logfiles.Triage, result: MonitorResult) -> None:
+    """These files are analysed (or quarantined); the served version's statistics are
+    the next window's drift baseline."""
+    for version in result.versions:
+        if version.current or len(result.versions) == 1:
+            run.checkpoint.set_previous_statistics(version.model_name, version.statistics)
+    window_lib.commit_window(run.checkpoint, run.window, {**traffic.file_results, **files.file_results()})
+
+
+# ------------------------------------------------------------------ before the pass
+def _recover_orphans(log_dir: Path, print_line: PrintLine) -> None:
+    """Log files a writer left hidden when it died (kill -9): their complete records
+    become a closed file this pass reads (``serving.log_writer.recover_orphans``)."""
+    from serving.log_writer import recover_orphans
+
+    try:
+        recovered = recover_orphans(log_dir)
+    except OSError as exc:
+        print_line(f"cannot recover the orphaned request-log temp files in {log_dir} ({exc.strerror}); "
+                   f"the server recovers them when it starts")
+        return
+    for item in recovered:
+        print_line(f"recovered {item.path.name} from a request-log writer that died: {item.records} record(s)"
+                   + (f", {item.dropped_bytes} bytes of a torn record dropped" if item.dropped_bytes else ""))
+
+
+def _check_log_dir(log_dir: Path) -> None:
+    if not log_dir.is_dir():
+        raise MonitorError(
+            f"the request-log directory {log_dir} {'is not a directory' if log_dir.exists() else 'does not exist'}: "
+            f"set request_log_dir (or --home) to where the server writes its request logs, or start the "
+            f"server or proxy that writes there (tfxops serve)")
+
+
+def _silent(line: str) -> None:
+    """Where the lines go when nobody asked for them."""
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

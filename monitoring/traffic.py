@@ -1,0 +1,288 @@
+"""A window's traffic per served model version: its rows fed to TFDV's statistics,
+the model's outputs, the rows whose labels came back, the rejected requests.
+
+``read_window`` reads every part of a window (``monitoring.window``), in this
+process or split across forked workers whose TFDV accumulators are merged.
+"""
+import csv
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from core import features as F
+from core.config import Settings
+from monitoring import checks, logfiles, rejections as rejections_lib, window as window_lib
+
+log = logging.getLogger("tfxops.monitoring")
+DECODE_ROWS = 65_536          # rows per RecordBatch fed to the statistics
+WORKER_MIN_BYTES = 20 * 2**20  # below this many bytes of logs per worker, one process reads faster
+
+Feedback = Dict[Tuple[str, int], float]      # (request_id, row) -> tips
+
+
+def load_feedback(directory: Path) -> Feedback:
+    """``(request_id, row) -> tips`` from every CSV in ``directory`` (columns
+    ``request_id``, ``tips``, optional ``row``, default 0); later files win."""
+    labels: Feedback = {}
+    if not directory.is_dir():
+        return labels
+    for path in sorted(directory.glob("*.csv")):
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "request_id" not in reader.fieldnames or F.LABEL_KEY not in reader.fieldnames:
+                log.warning("feedback file %s lacks request_id/%s columns: ignored", path, F.LABEL_KEY)
+                continue
+            for row in reader:
+                try:
+                    labels[(row["request_id"], int(row.get("row") or 0))] = float(row[F.LABEL_KEY])
+                except (TypeError, ValueError):
+                    continue
+    return labels
+
+
+@dataclasses.dataclass
+class VersionTraffic:
+    """What one model version served in the window (answered and rejected requests)."""
+    model_name: str
+    version: Optional[int]
+    stats: checks.StatsAccumulator
+    pending: List[bytes] = dataclasses.field(default_factory=list)
+    predictions: List[np.ndarray] = dataclasses.field(default_factory=list)
+    requests: int = 0                      # answered requests
+    rows: int = 0                          # rows in the statistics (answered and rejected)
+    labelled: List[Tuple[bytes, float, float]] = dataclasses.field(default_factory=list)
+    rejections: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
+    types: Dict = dataclasses.field(default_factory=dict)      # column -> Arrow type fed so far
+    signatures: Dict[str, int] = dataclasses.field(default_factory=dict)   # answered rows per logged signature
+
+    def flush(self, decoder, force: bool = False) -> None:
+        while self.pending and (force or len(self.pending) >= DECODE_ROWS):
+            batch, self.pending = self.pending[:DECODE_ROWS], self.pending[DECODE_ROWS:]
+            self.add_batch(decoder.decode(batch))
+
+    def add_batch(self, batch) -> None:
+        """Into the statistics, without a column whose type differs from what was fed
+        before (TFDV refuses mixed types; only rows clients sent by hand can differ)."""
+        names, types = batch.schema.names, batch.schema.types
+        keep = [i for i, name in enumerate(names) if self.types.setdefault(name, types[i]) == types[i]]
+        if len(keep) < len(names):
+            import pyarrow as pa
+
+            log.warning("version %s: columns %s of another type than before left out of a batch",
+                        self.version, sorted(set(names) - {names[i] for i in keep}))
+            batch = pa.RecordBatch.from_arrays([batch.column(i) for i in keep], [names[i] for i in keep])
+        self.stats.add(batch)
+
+    @property
+    def all_requests(self) -> int:
+        return self.requests + self.rejections.rejected
+
+    def served_outputs(self) -> np.ndarray:
+        return np.concatenate(self.predictions) if self.predictions else np.zeros(0, np.float32)
+
+    def add_signatures(self, rows: Dict[str, int]) -> None:
+        for name, n in rows.items():
+            self.signatures[name] = self.signatures.get(name, 0) + n
+
+    def rows_by_signature(self) -> Dict[str, int]:
+        """The rows in the statistics (answered and rejected) per logged signature name."""
+        out = dict(self.signatures)
+        for name, n in self.rejections.rows_by_signature.items():
+            out[name] = out.get(name, 0) + n
+        return out
+
+
+@dataclasses.dataclass
+class WindowTraffic:
+    """What reading a window's files gave: the traffic per (model, version), the files
+    read (for the checkpoint), those that could not be, and the rejected calls that
+    name no model version."""
+    versions: Dict[Tuple[str, Optional[int]], VersionTraffic] = dataclasses.field(default_factory=dict)
+    file_results: Dict[str, Dict] = dataclasses.field(default_factory=dict)
+    unreadable: List[logfiles.Unreadable] = dataclasses.field(default_factory=list)
+    unattributed: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
+
+    def of(self, model_name: str, version: Optional[int]) -> VersionTraffic:
+        key = (model_name, version)
+        if key not in self.versions:
+            self.versions[key] = VersionTraffic(model_name, version, checks.StatsAccumulator())
+        return self.versions[key]
+
+    def in_order(self) -> List[VersionTraffic]:
+        """By model name, then version."""
+        return [self.versions[k] for k in sorted(self.versions, key=lambda k: (k[0], k[1] or 0))]
+
+    @property
+    def rows(self) -> int:
+        return sum(v.rows for v in self.versions.values())
+
+    @property
+    def requests(self) -> int:
+        """Every request of the window, those that named no model version included."""
+        return sum(v.all_requests for v in self.versions.values()) + self.unattributed.rejected
+
+    def ends(self) -> Dict[str, int]:
+        """File name -> the byte offset its read ended at."""
+        return {name: r["offset"] for name, r in self.file_results.items()}
+
+
+def _add_answered(traffic: VersionTraffic, chunk: window_lib.Chunk, decoder, feedback: Feedback) -> int:
+    if not chunk.serialized:
+        return 0
+    decoder.check(chunk.serialized)
+    traffic.pending.extend(chunk.serialized)
+    traffic.predictions.append(chunk.predictions)
+    traffic.requests += int((chunk.row_in_request == 0).sum())
+    traffic.rows += len(chunk.serialized)
+    traffic.add_signatures(chunk.signatures)
+    if feedback:
+        for i, rid in enumerate(chunk.request_ids):
+            tips = feedback.get((rid, int(chunk.row_in_request[i])))
+            if tips is not None:
+                traffic.labelled.append((chunk.serialized[i], float(chunk.predictions[i]), tips))
+    traffic.flush(decoder)
+    return len(chunk.serialized)
+
+
+def _add_rejected(traffic: VersionTraffic, part: Optional[window_lib.Rejected], rows_decoder) -> int:
+    """Rejected requests: counted, and what their clients sent joins the statistics."""
+    if part is None:
+        return 0
+    batch = traffic.rejections.add(part, rows_decoder)
+    if batch is None or not batch.num_rows:
+        return 0
+    traffic.add_batch(rejections_lib.for_statistics(batch))
+    traffic.rows += batch.num_rows
+    return batch.num_rows
+
+
+def read_parts(parts: List[window_lib.Part], feedback: Feedback, schema=None, rows_schema=None) -> WindowTraffic:
+    """Decode and accumulate statistics for ``parts``, one at a time; raises
+    ``window.NeedsInference`` when the examples do not fit ``schema``. Rows of
+    rejected requests are read with ``rows_schema``'s types (not read without one)."""
+    decoder = window_lib.ExampleDecoder(schema)
+    rows_decoder = rejections_lib.RowsDecoder(rows_schema) if rows_schema is not None else None
+    read = WindowTraffic()
+    for decoded in window_lib.iter_parts(parts):
+        name = decoded.part.name
+        if decoded.error is not None:
+            log.warning("cannot read log file %s now: %s", name, decoded.error)
+            read.unreadable.append(logfiles.Unreadable.of(name, decoded.error))
+            continue
+        rows = 0
+        for chunk in decoded.chunks:
+            if chunk.version is None and not chunk.serialized:     # refused before a version was chosen
+                read.unattributed.add(chunk.rejected, None)
+                continue
+            traffic = read.of(chunk.model_name, chunk.version)
+            rows += _add_answered(traffic, chunk, decoder, feedback)
+            rows += _add_rejected(traffic, chunk.rejected, rows_decoder)
+        read.file_results[name] = _analysed(decoded.read, rows)
+    for traffic in read.versions.values():
+        traffic.flush(decoder, force=True)
+    return read
+
+
+def _analysed(read: window_lib.PartRead, rows: int) -> Dict:
+    """What the checkpoint records of a part read whole (``window.commit_window``)."""
+    return {"status": "analysed", "records": len(read.records), "rows": rows, "offset": read.end,
+            "crc": read.crc, "inode": read.inode}
+
+
+@dataclasses.dataclass
+class ShareRead:
+    """A worker's share of the window, as it travels back (pickled, no generators)."""
+    versions: Dict[Tuple[str, Optional[int]], Dict]
+    file_results: Dict[str, Dict]
+    unreadable: List[logfiles.Unreadable]
+    unattributed: rejections_lib.Tally
+
+
+def _read_share(parts: List[window_lib.Part], feedback: Feedback, schema=None, rows_schema=None):
+    """``read_parts`` in a worker process: a ``ShareRead``, or the reason to decode
+    with inferred types (``window.NeedsInference``'s text)."""
+    try:
+        read = read_parts(parts, feedback, schema, rows_schema)
+    except window_lib.NeedsInference as exc:
+        return str(exc)
+    versions = {key: {"accumulators": t.stats.accumulators, "rows_in_stats": t.stats.rows,
+                      "predictions": t.served_outputs(), "requests": t.requests, "rows": t.rows,
+                      "labelled": t.labelled, "rejections": t.rejections, "signatures": t.signatures}
+                for key, t in read.versions.items()}
+    return ShareRead(versions, read.file_results, read.unreadable, read.unattributed)
+
+
+def _split(parts: List[window_lib.Part], n: int) -> List[List[window_lib.Part]]:
+    """Parts in ``n`` lists of about equal bytes (largest first, to the lightest)."""
+    buckets = [[] for _ in range(n)]
+    sizes = [0] * n
+    for part in sorted(parts, key=lambda p: -p.path.stat().st_size):
+        i = sizes.index(min(sizes))
+        buckets[i].append(part)
+        sizes[i] += part.path.stat().st_size
+    return [sorted(b, key=lambda p: p.name) for b in buckets if b]
+
+
+def workers_for(settings: Settings, files: List[Path]) -> int:
+    """``monitor_workers`` (default: one per CPU, at most 4), at most one per file
+    and one per ``WORKER_MIN_BYTES`` of logs (a worker's start-up costs more than it
+    saves on less)."""
+    wanted = settings.monitor_workers or min(4, os.cpu_count() or 1)
+    total = sum(p.stat().st_size for p in files if p.exists())
+    return max(1, min(wanted, len(files), total // WORKER_MIN_BYTES + 1))
+
+
+def read_window(win: window_lib.Window, feedback: Feedback, workers: int = 1, schema=None) -> WindowTraffic:
+    """All files of the window; with ``workers`` > 1, split across forked processes
+    (decoding is Python- and C++-bound per record) and their TFDV accumulators merged.
+    ``schema`` only speeds decoding up: examples that do not fit it are decoded
+    again with inferred types (see ``window.ExampleDecoder``); rows of rejected
+    requests are always read with its types."""
+    if workers <= 1:
+        try:
+            return read_parts(win.parts, feedback, schema, schema)
+        except window_lib.NeedsInference as exc:
+            if schema is None:
+                raise
+            log.info("decoding with inferred types: %s", exc)
+            return read_parts(win.parts, feedback, None, schema)
+    import multiprocessing
+
+    shares = _split(win.parts, workers)
+    with multiprocessing.get_context("fork").Pool(len(shares)) as pool:
+        results = pool.starmap(_read_share, [(share, feedback, schema, schema) for share in shares])
+        if any(isinstance(r, str) for r in results):
+            log.info("decoding with inferred types: %s", next(r for r in results if isinstance(r, str)))
+            results = pool.starmap(_read_share, [(share, feedback, None, schema) for share in shares])
+    return _merged(results)
+
+
+def _merged(shares: List[ShareRead]) -> WindowTraffic:
+    """The workers' shares as one window: counts added, TFDV accumulators merged."""
+    read = WindowTraffic()
+    partial: Dict[Tuple[str, Optional[int]], list] = {}
+    for share in shares:
+        read.file_results.update(share.file_results)
+        read.unreadable.extend(share.unreadable)
+        read.unattributed.merge(share.unattributed)
+        for key, part in share.versions.items():
+            traffic = read.of(*key)
+            partial.setdefault(key, []).append(part["accumulators"])
+            traffic.stats.rows += part["rows_in_stats"]
+            traffic.predictions.append(part["predictions"])
+            traffic.requests += part["requests"]
+            traffic.rows += part["rows"]
+            traffic.add_signatures(part["signatures"])
+            traffic.labelled.extend(part["labelled"])
+            traffic.rejections.merge(part["rejections"])
+    for key, traffic in read.versions.items():
+        acc = traffic.stats
+        acc.accumulators = [gen.merge_accumulators([a[i] for a in partial[key]])
+                            for i, gen in enumerate(acc.generators)]
+    read.unreadable.sort(key=lambda u: u.file)
+    read.file_results = dict(sorted(read.file_results.items()))
+    return read
