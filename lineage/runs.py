@@ -28,7 +28,7 @@ OUTCOME = {"COMPLETE": "executed", "CACHED": "cached", "FAILED": "failed", "RUNN
 SECTIONS = ("data", "code", "configuration", "schema", "metrics", "outcome")
 
 
-def _run_status(states: List[str]) -> str:
+def _status_from_states(states: List[str]) -> str:
     if "failed" in states:
         return "failed"
     if "running" in states or "pending" in states:
@@ -41,7 +41,7 @@ def _run_status(states: List[str]) -> str:
 def run_status(run, states: List[str]) -> str:
     """The status the executions' states give, or "abandoned" for a run whose
     process died before it ended."""
-    status = _run_status(states)
+    status = _status_from_states(states)
     return "abandoned" if status != "failed" and _abandoned(run) else status
 
 

@@ -210,7 +210,7 @@ def _input_order(edge: G.Edge):
             edge.artifact_id)
 
 
-def _homes(g: G.Graph, root: int) -> Dict[int, int]:
+def _expanded_under(g: G.Graph, root: int) -> Dict[int, int]:
     """artifact id -> the consuming execution under which the tree expands it: not an
     evaluation when another consumer exists, then the one nearest the root."""
     depth, frontier, d = {root: 0}, [root], 0
@@ -228,16 +228,16 @@ def _homes(g: G.Graph, root: int) -> Dict[int, int]:
                         depth[inp.artifact_id] = d + 1
                         nxt.append(inp.artifact_id)
         frontier = nxt
-    homes = {}
+    expanded_under = {}
     for aid in depth:
         consumers = [e.execution_id for e in g.consumers(aid) if e.execution_id in exec_depth]
         if consumers:
-            homes[aid] = min(consumers, key=lambda x: (_is_evaluation(g, x), exec_depth[x], x))
-    return homes
+            expanded_under[aid] = min(consumers, key=lambda x: (_is_evaluation(g, x), exec_depth[x], x))
+    return expanded_under
 
 
 def build_tree(g: G.Graph, root: int, extras: Dict[int, Dict], with_metrics: bool = True) -> Dict:
-    homes = _homes(g, root)
+    expanded_under = _expanded_under(g, root)
     expanded_executions: set = set()
 
     def artifact_node(aid: int, key: Optional[str], parent: Optional[int]) -> Dict:
@@ -245,7 +245,7 @@ def build_tree(g: G.Graph, root: int, extras: Dict[int, Dict], with_metrics: boo
         node.update(extras.get(aid, {}))
         if g.reused_by.get(aid):
             node["reused_by_runs"] = sorted({g.run_ids.get(e) for e in g.reused_by[aid]} - {None})
-        if parent is not None and homes.get(aid) != parent:
+        if parent is not None and expanded_under.get(aid) != parent:
             node["shown_elsewhere"] = True
             return node
         if aid in g.truncated:
