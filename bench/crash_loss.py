@@ -8,7 +8,7 @@ up in the closed log files.
 
 Prints, per run: requests acknowledged, found in the log, lost, and how long
 before the kill the lost ones were answered (the flush policy bounds it by
-about ``request_log.DRAIN_SECONDS`` plus one drain).
+about ``serving.log_writer.DRAIN_SECONDS`` plus one drain).
 """
 import argparse
 import random
@@ -27,9 +27,11 @@ set_process_environment()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from serving import client, request_log  # noqa: E402
+from core import request_log  # noqa: E402
+from serving import client  # noqa: E402
 from serving.server import free_port  # noqa: E402
 from core.examples import read_csv_rows  # noqa: E402
+from core.pushdir import newest_version  # noqa: E402
 
 
 def _serve(home: Path, rest: int, grpc_port: int) -> subprocess.Popen:
@@ -76,8 +78,7 @@ def run_once(model_dir: Path, rows, clients: int) -> dict:
         t.join(60)
     _serve(home, rest, grpc_port).terminate()      # restarts: recovers the killed file
     logs = home / "request_logs"
-    found = {r.log_metadata.request_origin for r in
-             request_log.read_prediction_logs(request_log.closed_log_files(logs))}
+    found = {r.request_id for r in request_log.read_request_log(logs)}
     lost = [rid for rid in acked if rid not in found]
     before_kill = sorted(round((killed - acked[rid]) * 1000) for rid in lost)
     shutil.rmtree(home, ignore_errors=True)
@@ -91,8 +92,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=4, help="per protocol")
     args = ap.parse_args()
-    model_dir = Path(args.model_dir) if args.model_dir else max(
-        (REPO / "outputs" / "serving_model" / "taxi").iterdir(), key=lambda p: int(p.name))
+    push = REPO / "outputs" / "serving_model" / "taxi"
+    model_dir = Path(args.model_dir) if args.model_dir else push / str(newest_version(str(push)))
     rows = list(read_csv_rows(str(REPO / "data" / "taxi" / "data.csv")))[:200]
     for i in range(args.runs):
         result = run_once(model_dir, rows, args.clients)

@@ -7,7 +7,7 @@ as a pandas DataFrame (the floor), in the same run.
 ``--home`` must hold a pipeline run (``tfxops run``): its metadata store is
 copied, so the benchmark's monitor executions never land in it. Log records (one
 taxi row per request, as single-row clients send them) are written with
-serving/request_log's writer, rotated every 10,000 records, as the server writes
+serving/log_writer's writer, rotated every 10,000 records, as the server writes
 them. Each size runs in a child process so peak memory is per size. Writes
 docs/bench-monitoring.md.
 """
@@ -28,19 +28,23 @@ sys.path.insert(0, str(REPO))
 
 
 def write_logs(directory: Path, n: int, version: int, rows) -> float:
+    from tensorflow_serving.apis import predict_pb2
+
+    from core.request_log import answered_record
     from serving.client import predict_request, serialize_rows
-    from serving.request_log import RequestLogger, new_log
+    from serving.log_writer import RequestLogger
 
     templates = []
     for i, row in enumerate(rows):
-        record = new_log("taxi", version, "serving_default", f"bench-{i}", time.time())
-        record.predict_log.request.CopyFrom(predict_request("taxi", serialize_rows([row])))
-        out = record.predict_log.response.outputs["probabilities"]
+        response = predict_pb2.PredictResponse()
+        out = response.outputs["probabilities"]
         out.dtype = 1
         out.tensor_shape.dim.add().size = 1
         out.float_val.append(0.1 + 0.8 * (i % 7) / 7)
-        record.predict_log.response.model_spec.version.value = version
-        templates.append(record.SerializeToString())
+        response.model_spec.version.value = version
+        templates.append(answered_record("predict", "taxi", version, "serving_default", f"bench-{i}",
+                                         time.time(), predict_request("taxi", serialize_rows([row])),
+                                         response))
     start = time.perf_counter()
     logger = RequestLogger(directory, rotate_records=10_000, rotate_seconds=3600, queue_size=n + 10).start()
     for i in range(n):
@@ -57,7 +61,7 @@ def child(args) -> None:
     import tensorflow_data_validation as tfdv
 
     from core import features as F
-    from monitoring import run
+    from monitoring import monitor
     from core import config, mlmd
     from core.examples import read_csv_rows
 
@@ -65,8 +69,7 @@ def child(args) -> None:
     work = Path(args.work)
     source = config.load({"home": str(home)})
     store = mlmd.open_store(source)
-    pushed = max(store.get_artifacts_by_type("PushedModel"), key=lambda a: a.id)
-    version = int(mlmd.custom(pushed, "pushed_version"))
+    version = int(mlmd.pushed_models(store)[0].version)      # the highest pushed version
     shutil.copy(source.metadata_file, work / "metadata.sqlite")
     settings = config.load({"home": str(work), "metadata_path": str(work / "metadata.sqlite"),
                             "serving_dir": str(work / "serving_model"),
@@ -80,7 +83,7 @@ def child(args) -> None:
     os.chdir(home.parent)          # MLMD artifact URIs may be relative to where `tfxops run` ran
     try:
         start = time.perf_counter()
-        result = run.monitor_once(settings)
+        result = monitor.monitor_once(settings)
         monitor_seconds = time.perf_counter() - start
     finally:
         os.chdir(cwd)
@@ -93,11 +96,11 @@ def child(args) -> None:
     tfdv.generate_statistics_from_dataframe(frame)
     tfdv_seconds = time.perf_counter() - start
     print(json.dumps({"size": args.size, "files": files, "write_seconds": write_seconds,
-                      "monitor_seconds": monitor_seconds, "rows": result["rows"],
-                      "timings": result["timings"], "monitor_peak_rss_mb": monitor_rss,
+                      "monitor_seconds": monitor_seconds, "rows": result.rows,
+                      "timings": result.timings, "monitor_peak_rss_mb": monitor_rss,
                       "worker_peak_rss_mb": worker_rss,
                       "tfdv_dataframe_seconds": tfdv_seconds,
-                      "decision": result["decision"]["action"]}))
+                      "decision": result.decision.action}))
 
 
 def machine() -> str:
@@ -147,8 +150,8 @@ def main() -> None:
              f"Machine: {machine()}. Run: `.venv/bin/python bench/monitoring.py --home outputs` "
              f"({time.strftime('%Y-%m-%d')}).", "",
              "One taxi row per logged request (PredictionLog, `serving_default`, serialized "
-             "tf.Example), written by `serving/request_log.RequestLogger`, 10,000 records per file. "
-             "*monitor* is `monitoring.run.monitor_once` end to end: read + CRC-check + parse the "
+             "tf.Example), written by `serving/log_writer.RequestLogger`, 10,000 records per file. "
+             "*monitor* is `monitoring.monitor.monitor_once` end to end: read + CRC-check + parse the "
              "PredictionLogs, decode the tf.Examples to Arrow (tfx_bsl), TFDV statistics, schema "
              "validation, skew vs training, drift, prediction drift, MLMD record, JSON + HTML report. "
              "*TFDV floor*: `tfdv.generate_statistics_from_dataframe` on a pandas DataFrame of the "

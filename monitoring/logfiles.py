@@ -6,7 +6,7 @@ file it wrote is complete. Files that arrive otherwise (a log shipper, ``cp``,
 ``rsync --inplace``, a proxy on another host) can be seen half-written, and may
 grow after a run read them (``monitoring.window`` reads an analysed file on from
 the offset its analysed records end at). A run tells the cases apart by the
-framing of the part it reads (``serving.request_log.scan_frames``), whether the
+framing of the part it reads (``core.request_log.scan_frames``), whether the
 file still holds what was analysed, and the file's age:
 
 * **incomplete**: the file is empty, or the framing of the part ends in a record

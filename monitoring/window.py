@@ -23,16 +23,16 @@ every sync) is read on from the offset. A file whose size equals its offset is n
 looked at again (a same-size rewrite goes unnoticed until it grows). Entries of
 checkpoints written before offsets were recorded are never re-read.
 
-Decoding is the hot path (1M requests in seconds): the TFRecord framing is scanned
-by ``serving.request_log.scan_frames`` (CRCs checked: a cut, empty or corrupt part
+Decoding is the hot path: the TFRecord framing is scanned
+by ``core.request_log.scan_frames`` (CRCs checked: a cut, empty or corrupt part
 is detected before any of it is counted; ``monitoring.logfiles`` decides whether
 it is still being written, and retried by the next run, or corrupt, and
-quarantined), each record is parsed once as a ``PredictionLog``, and the
-serialized tf.Examples of a ``serving_default`` predict request are decoded in C++
-by tfx_bsl into an Arrow RecordBatch (types inferred, as StatisticsGen infers them
-from CsvExampleGen's examples). Other request forms (``serving_raw`` tensors,
-classify/regress) go through ``serving.request_log.to_logged_request``, the
-reference decoding.
+quarantined), each record is decoded once by ``core.request_log.decode_records``
+(the one reading of the format: the serialized tf.Examples of a ``serving_default``
+predict request as logged, other request forms (``serving_raw`` tensors,
+classify/regress, rejected calls) turned into tf.Examples), and the rows are
+decoded in C++ by tfx_bsl into an Arrow RecordBatch (types inferred, as
+StatisticsGen infers them from CsvExampleGen's examples).
 """
 import dataclasses
 import hashlib
@@ -40,12 +40,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import google_crc32c
 import numpy as np
 
-from serving import request_log
+from core import request_log
 
 STATE_VERSION = 1
 
@@ -100,6 +100,25 @@ class Checkpoint:
 
     def last_action(self) -> Optional[Dict]:
         return self.data["actions"][-1] if self.data["actions"] else None
+
+    def start_action(self, window_id: str, action: str, version: Optional[int]) -> None:
+        """Saved before the action starts: a window never acts twice, even after a crash."""
+        self.data["actions"].append({"window": window_id, "action": action, "time": time.time(),
+                                     "version": version, "state": "started"})
+        self.save()
+
+    def finish_action(self, window_id: str, ok: bool, outcome: Dict) -> None:
+        self.action_for_window(window_id).update(state="done" if ok else "failed", outcome=outcome)
+        self.save()
+
+    # drift baselines ---------------------------------------------------------
+    def previous_statistics(self, model_name: str) -> Optional[str]:
+        """The statistics file of the last committed window of ``model_name``'s served version."""
+        return self.data["previous_statistics"].get(model_name)
+
+    def set_previous_statistics(self, model_name: str, path: str) -> None:
+        """The next window's drift baseline (saved with the window's commit)."""
+        self.data["previous_statistics"][model_name] = path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +247,7 @@ class PartRead:
 
 
 def read_part(part: Part) -> PartRead:
-    """The records of ``part`` (framing scanned by ``serving.request_log.scan_frames``).
+    """The records of ``part`` (framing scanned by ``core.request_log.scan_frames``).
     Nothing of a bad part is returned: ``ReplacedLogError`` when the file no longer
     holds what was analysed of it; ``TruncatedLogError`` when it is empty or its
     framing ends in a cut (see ``scan_frames``); ``CorruptLogError`` when a checksum
@@ -299,14 +318,6 @@ class Rejected:
         self.timestamps.append(timestamp)
 
 
-ERROR_OUTPUT = request_log.ERROR_OUTPUT
-
-
-def _rejection(record) -> Tuple[str, str]:
-    """(code, message) of a logged rejected call (``serving.request_log``'s form)."""
-    return request_log.rejection(record) or ("UNKNOWN", "the logged error tensor is malformed")
-
-
 def _prediction_values(response, rows: int) -> List[float]:
     outputs = response.outputs
     if outputs:
@@ -334,90 +345,70 @@ def _scalar(prediction) -> float:
         return float("nan")
 
 
-def decode_file(path: Path) -> Tuple[List[Chunk], int]:
-    """A whole log file as chunks per (model, version); and its number of records.
-    Raises ``CorruptLogError`` for a file that cannot be read whole."""
-    raws = read_part(Part(Path(path))).records
-    return decode_records(raws), len(raws)
-
-
 def decode_records(raws: List[bytes]) -> List[Chunk]:
-    """Serialized PredictionLogs as chunks per (model, version). Raises
-    ``CorruptLogError`` for a record that is not one. A rejected call goes to its
-    chunk's ``rejected`` part whatever its request holds (nothing, bytes that are not
-    tf.Examples, hostile shapes): it never makes the file unreadable. A chunk counts
-    its answered rows per logged signature name (``monitoring.contract`` judges a
-    feature only in the rows of the signatures that take it).
+    """Serialized PredictionLogs (decoded by ``core.request_log.decode_records``) as
+    chunks per (model, version). Raises ``CorruptLogError`` for a record that is not
+    one. A rejected call goes to its chunk's ``rejected`` part whatever its request
+    holds (nothing, bytes that are not tf.Examples, hostile shapes): it never makes
+    the file unreadable. A chunk counts its answered rows per logged signature name
+    (``monitoring.contract`` judges a feature only in the rows of the signatures
+    that take it)."""
+    try:
+        return _chunks(request_log.decode_records(raws))
+    except request_log.UnreadableRecord as exc:
+        raise CorruptLogError(f"corrupt: {exc}") from None
 
-    The loop runs once per logged request, so it stays in plain Python lists:
+
+def _chunks(calls: Iterator[request_log.LoggedRequest]) -> List[Chunk]:
+    """The loop runs once per logged request, so it stays in plain Python lists:
     numpy per record would cost more than the parsing."""
-    from tensorflow.core.framework import types_pb2
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    DT_STRING = types_pb2.DT_STRING
     groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list, dict]] = {}
     rejected: Dict[Tuple[str, Optional[int]], Rejected] = {}
-    parse = prediction_log_pb2.PredictionLog.FromString
-    for index, raw in enumerate(raws):
-        try:
-            record = parse(raw)
-        except Exception as exc:  # noqa: BLE001 - a DecodeError: the file is corrupt
-            raise CorruptLogError(f"corrupt: record {index} is not a PredictionLog ({exc})") from None
-        meta = record.log_metadata
-        spec = meta.model_spec
-        version = spec.version.value if spec.HasField("version") else None
-        serialized = None
-        if record.HasField("predict_log"):
-            response = record.predict_log.response
-            outputs = response.outputs
-            if ERROR_OUTPUT in outputs:             # a rejected call
-                part = rejected.get((spec.name, version)) or rejected.setdefault((spec.name, version), Rejected())
-                part.add(*_rejection(record), meta.timestamp_secs,
-                         request_log.rejected_rows(record.predict_log.request, len(raw)), spec.signature_name)
-                continue
-            request = record.predict_log.request
-            inputs = request.inputs
-            if len(inputs) == 1 and request.model_spec.signature_name in ("", "serving_default"):
-                tensor = inputs["examples"] if "examples" in inputs else next(iter(inputs.values()))
-                if tensor.dtype == DT_STRING and tensor.string_val:
-                    serialized = tensor.string_val
-                    if response.model_spec.HasField("version"):
-                        version = response.model_spec.version.value
-                    values = outputs["probabilities"].float_val if "probabilities" in outputs else None
-                    predictions = values if values is not None and len(values) == len(serialized) \
-                        else _prediction_values(response, len(serialized))
-        if serialized is None:
-            try:
-                logged = request_log.to_logged_request(record)
-            except Exception as exc:  # noqa: BLE001
-                raise CorruptLogError(f"record {index}: cannot decode the request ({exc})") from None
-            version = logged.model_version
-            serialized = [e.SerializeToString() for e in logged.examples]
-            predictions = [_scalar(p) for p in logged.predictions]
-            if len(predictions) != len(serialized):
-                predictions = [float("nan")] * len(serialized)
-        group = groups.get((spec.name, version))
+    for call in calls:
+        key = (call.model_name, call.model_version)
+        if call.error is not None:
+            part = rejected.get(key) or rejected.setdefault(key, Rejected())
+            part.add(*call.error, call.timestamp, call.rows, call.signature_name)
+            continue
+        group = groups.get(key)
         if group is None:
-            group = groups[(spec.name, version)] = ([], [], [], [], [], {})
+            group = groups[key] = ([], [], [], [], [], {})
+        serialized = call.rows
         n = len(serialized)
-        counts, signature = group[5], spec.signature_name
+        counts, signature = group[5], call.signature_name
         counts[signature] = counts.get(signature, 0) + n
         group[0].extend(serialized)
-        group[1].extend(predictions)
+        group[1].extend(_scores(call, n))
         if n == 1:
-            group[2].append(meta.request_origin)
+            group[2].append(call.request_id)
             group[3].append(0)
-            group[4].append(meta.timestamp_secs)
+            group[4].append(call.timestamp)
         else:
-            group[2].extend([meta.request_origin] * n)
+            group[2].extend([call.request_id] * n)
             group[3].extend(range(n))
-            group[4].extend([meta.timestamp_secs] * n)
+            group[4].extend([call.timestamp] * n)
     for key in rejected.keys() - groups.keys():
         groups[key] = ([], [], [], [], [], {})
-    chunks = [Chunk(name, version, g[0], np.asarray(g[1], np.float32), g[2],
-                    np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)), g[5])
-              for (name, version), g in groups.items()]
-    return chunks
+    return [Chunk(name, version, g[0], np.asarray(g[1], np.float32), g[2],
+                  np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)), g[5])
+            for (name, version), g in groups.items()]
+
+
+def _scores(call: request_log.LoggedRequest, rows: int) -> Sequence[float]:
+    """One prediction score per row of an answered call (NaN when unknown): the
+    ``probabilities`` output of a ``serving_default`` predict call read as logged,
+    else a scalar of each row's prediction."""
+    if call.source == request_log.EXAMPLES:
+        response = call.record.predict_log.response
+        outputs = response.outputs
+        values = outputs["probabilities"].float_val if "probabilities" in outputs else None
+        return values if values is not None and len(values) == rows else _prediction_values(response, rows)
+    try:
+        predictions = [_scalar(p) for p in call.predictions]
+    except Exception as exc:  # noqa: BLE001 - outputs that are no tensors
+        raise CorruptLogError(f"corrupt: the response of request {call.request_id!r} cannot be decoded "
+                              f"({exc})") from None
+    return predictions if len(predictions) == rows else [float("nan")] * rows
 
 
 class NeedsInference(Exception):

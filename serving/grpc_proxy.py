@@ -13,7 +13,7 @@ in the trailing metadata, as ``tfxops serve`` does.
 Logging costs the request path one queue append: the request and response bytes
 are kept as they crossed the proxy, and the writer thread reads the model name
 and signature from the request, the version that answered from the response, and
-concatenates the record (``request_log.encode_log``).
+concatenates the record (``core.request_log.answered_record``).
 """
 import logging
 import time
@@ -21,11 +21,11 @@ from typing import Optional
 
 import grpc
 
+from core import request_log
+from core.request_log import new_request_id
 from serving import admission, metrics as M
-from serving import request_log
 from serving.errors import MAX_MESSAGE_CHARS
 from serving.grpc_service import REQUEST_ID_KEY
-from serving.request_log import new_request_id
 
 log = logging.getLogger("tfxops.serving")
 
@@ -58,9 +58,9 @@ def build_record(kind: str, request: bytes, response: bytes, request_id: str,
     if versions is not None and version is not None and (
             spec.name in versions or len(versions) < 64):
         versions[spec.name] = version
-    return request_log.encode_log(kind, spec.name, version,
-                                  answered.signature_name or spec.signature_name,
-                                  request_id, arrived, request, response)
+    return request_log.answered_record(kind, spec.name, version,
+                                       answered.signature_name or spec.signature_name,
+                                       request_id, arrived, request, response)
 
 
 class ProxyHandler(grpc.GenericRpcHandler):
@@ -187,9 +187,9 @@ def build_rejected(kind: str, request: bytes, request_id: str, arrived: float, c
     spec = parsed.model_spec
     version = spec.version.value if spec.HasField("version") else versions.get(spec.name)
     if kind != "predict":
-        from serving.grpc_service import serialized_input
-        request = request_log.examples_request(serialized_input(parsed.input))
-    return request_log.encode_rejected(spec.name, version, spec.signature_name, request_id,
+        from serving.api import serialized_examples
+        request = request_log.examples_request(serialized_examples(parsed.input))
+    return request_log.rejected_record(spec.name, version, spec.signature_name, request_id,
                                        arrived, code, message[:MAX_MESSAGE_CHARS], request)
 
 
@@ -197,7 +197,7 @@ def _safe_rejected(kind, request, rid, arrived, code, message, versions):
     try:
         return build_rejected(kind, request, rid, arrived, code, message, versions)
     except Exception:   # noqa: BLE001 - bytes that do not parse: logged without the request
-        return request_log.encode_rejected(model_name(request), None, "", rid, arrived, code,
+        return request_log.rejected_record(model_name(request), None, "", rid, arrived, code,
                                            message[:MAX_MESSAGE_CHARS], None)
 
 

@@ -24,10 +24,12 @@ import tornado.httpserver
 import tornado.web
 from tensorflow.core.framework import types_pb2
 
+from core import request_log
+from core.examples import json_body_rows, json_rows_to_examples
+from core.request_log import new_request_id
 from serving import admission, busy_poll, metrics as M
-from serving import request_log
 from serving.errors import MAX_MESSAGE_CHARS, ServingError, http_status_to_code
-from serving.request_log import RequestLogger, new_request_id
+from serving.log_writer import RequestLogger
 from serving.rest import (MAX_REQUEST_HEAD_BYTES, REQUEST_ID_HEADER, classify_input, dumps,
                           parse_json)
 from serving.tensors import json_to_ndarray, ndarray_to_proto
@@ -62,46 +64,63 @@ def _tensors_from_json(doc):
     return {"examples": json_to_ndarray(value, _infer_dtype(value))}
 
 
-def build_log(path: str, body: bytes, answer: bytes, request_id: str, arrived: float):
-    """A PredictionLog for a proxied call (None when it cannot be understood)."""
+def build_log(path: str, body: bytes, answer: bytes, request_id: str,
+              arrived: float) -> Optional[bytes]:
+    """The serialized PredictionLog of a proxied call (None when it cannot be understood)."""
     m = _CALL.match(path)
     if not m:
         return None
-    name, version, method = m.group(1), m.group(2), m.group(3)
+    name, version, method = m.group(1), int(m.group(2)) if m.group(2) else None, m.group(3)
     doc, out = parse_json(body), orjson.loads(answer)
     sig_name = doc.get("signature_name") or "serving_default"
-    record = request_log.new_log(name, int(version) if version else None, sig_name,
-                                 request_id, arrived)
     if method == "predict":
-        req, resp = record.predict_log.request, record.predict_log.response
-        for alias, array in _tensors_from_json(doc).items():
-            ndarray_to_proto(array, None if array.dtype != object else types_pb2.DT_STRING,
-                             req.inputs[alias])
-        values = out.get("predictions", out.get("outputs"))
-        if isinstance(values, dict):
-            for alias, v in values.items():
-                ndarray_to_proto(json_to_ndarray(v, _infer_dtype(v)), None, resp.outputs[alias])
-        elif values is not None:
-            ndarray_to_proto(np.asarray(values, dtype=np.float32), None,
-                             resp.outputs["probabilities" if sig_name.startswith("serving") else "outputs"])
+        request, response = _predict_messages(doc, out, sig_name)
     else:
-        target = record.classify_log if method == "classify" else record.regress_log
-        target.request.input.CopyFrom(classify_input(doc, method))
-        if method == "classify":
-            for row in out.get("results", []):
-                cls = target.response.result.classifications.add()
-                for label, score in row:
-                    c = cls.classes.add()
-                    c.label, c.score = str(label), float(score)
-        else:
-            for v in out.get("results", []):
-                target.response.result.regressions.add().value = float(v)
-        target.request.model_spec.CopyFrom(record.log_metadata.model_spec)
-        target.response.model_spec.CopyFrom(record.log_metadata.model_spec)
-    if method == "predict":
-        record.predict_log.request.model_spec.CopyFrom(record.log_metadata.model_spec)
-        record.predict_log.response.model_spec.CopyFrom(record.log_metadata.model_spec)
-    return record
+        request, response = _classify_or_regress_messages(doc, out, method)
+    for message in (request, response):
+        message.model_spec.name, message.model_spec.signature_name = name, sig_name
+        if version is not None:
+            message.model_spec.version.value = version
+    return request_log.answered_record(method, name, version, sig_name, request_id, arrived,
+                                       request, response)
+
+
+def _predict_messages(doc: dict, out: dict, sig_name: str):
+    """(PredictRequest, PredictResponse) of a proxied predict call, typed from JSON."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request, response = predict_pb2.PredictRequest(), predict_pb2.PredictResponse()
+    for alias, array in _tensors_from_json(doc).items():
+        ndarray_to_proto(array, None if array.dtype != object else types_pb2.DT_STRING,
+                         request.inputs[alias])
+    values = out.get("predictions", out.get("outputs"))
+    if isinstance(values, dict):
+        for alias, v in values.items():
+            ndarray_to_proto(json_to_ndarray(v, _infer_dtype(v)), None, response.outputs[alias])
+    elif values is not None:
+        ndarray_to_proto(np.asarray(values, dtype=np.float32), None,
+                         response.outputs["probabilities" if sig_name.startswith("serving") else "outputs"])
+    return request, response
+
+
+def _classify_or_regress_messages(doc: dict, out: dict, method: str):
+    """(request, response) of a proxied classify or regress call."""
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    if method == "classify":
+        request, response = classification_pb2.ClassificationRequest(), \
+            classification_pb2.ClassificationResponse()
+        for row in out.get("results", []):
+            cls = response.result.classifications.add()
+            for label, score in row:
+                c = cls.classes.add()
+                c.label, c.score = str(label), float(score)
+    else:
+        request, response = regression_pb2.RegressionRequest(), regression_pb2.RegressionResponse()
+        for v in out.get("results", []):
+            response.result.regressions.add().value = float(v)
+    request.input.CopyFrom(classify_input(doc, method))
+    return request, response
 
 
 class ProxyHandler(admission.GatedHandler, tornado.web.RequestHandler):
@@ -171,10 +190,10 @@ def build_rejected(path: str, body: bytes, status: int, answer: bytes, request_i
         doc = parse_json(body)
     except ServingError:
         doc = None
-    rows = request_log.json_body_rows(doc) if doc else []
-    examples = request_log.json_rows_to_examples(rows)
+    rows = json_body_rows(doc) if doc else []
+    examples = json_rows_to_examples(rows)
     sig_name = doc.get("signature_name") if doc else ""
-    return request_log.encode_rejected(
+    return request_log.rejected_record(
         m.group(1), int(m.group(2)) if m.group(2) else None,
         sig_name if isinstance(sig_name, str) else "", request_id, arrived,
         http_status_to_code(status), message[:MAX_MESSAGE_CHARS],

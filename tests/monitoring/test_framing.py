@@ -1,21 +1,22 @@
-"""One TFRecord framing scanner (``serving.request_log.scan_frames``) for the
+"""One TFRecord framing scanner (``core.request_log.scan_frames``) for the
 request-log writer's crash recovery and the monitor: what it finds in a file the
 real writer wrote, whole, cut, zero-filled or corrupt, and that both readers
 agree on it. No pipeline needed."""
 import google_crc32c
 import pytest
 
+from core import request_log
+from core.request_log import CLEAN, CORRUPT, CUT, scan_frames, tfrecord_frame
 from monitoring import window
-from serving import request_log
-from serving.request_log import CLEAN, CORRUPT, CUT, scan_frames, tfrecord_frame
+from serving.log_writer import RequestLogger
 
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
     """A file of 10 records of different lengths, from the real writer; its payloads."""
     payloads = [bytes([i]) * (50 + 37 * i) for i in range(10)]
-    logger = request_log.RequestLogger(tmp_path_factory.mktemp("logs"), rotate_records=100,
-                                       rotate_seconds=3600).start()
+    logger = RequestLogger(tmp_path_factory.mktemp("logs"), rotate_records=100,
+                           rotate_seconds=3600).start()
     for payload in payloads:
         assert logger.submit(payload)
     logger.close()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import requests
 
-from serving import client, request_log
+from core import request_log
+from serving import client
 
 PASSED_SETTINGS = ("serving_dir", "rest_port", "grpc_port", "request_log_dir",
                    "log_rotate_records", "log_rotate_seconds", "poll_seconds",
@@ -88,7 +89,7 @@ class ServeProcess:
 def logged_ids(directory) -> list:
     """The request ids in the closed log files of ``directory`` (one per record)."""
     files = request_log.closed_log_files(directory)
-    return [r.log_metadata.request_origin for r in request_log.read_prediction_logs(files)]
+    return [r.request_id for r in request_log.read_request_log(files)]
 
 
 def hidden_files(directory) -> list:

@@ -2,7 +2,8 @@
 (``tfxops_serving_request_log_records_total``) is in a closed, non-hidden log file
 after a restart; a torn last record is dropped and the rest kept; the open file
 of a live writer is never touched by a recovery."""
-from serving import client, metrics as M, request_log
+from core import request_log
+from serving import client, log_writer, metrics as M
 from tests.serving.conftest import copy_version, serving_settings
 from tests.serving.serve_proc import ServeProcess, hidden_files, logged_ids
 
@@ -79,8 +80,8 @@ def test_live_writers_temp_file_is_left_alone(tmp_path, pushed_model, rows):
         assert server.wait_counter(M.LOGGED, len(sent)) == len(sent)
         (open_file,) = hidden_files(logs)
         before = (logs / open_file).read_bytes()
-        assert request_log.recover_orphans(logs) == []     # another process: the test's
-        other = request_log.RequestLogger(logs).start()    # a second writer on the directory
+        assert log_writer.recover_orphans(logs) == []     # another process: the test's
+        other = log_writer.RequestLogger(logs).start()     # a second writer on the directory
         other.close()
         assert hidden_files(logs) == [open_file]
         assert (logs / open_file).read_bytes() == before
@@ -109,8 +110,7 @@ def test_orphans_that_cannot_be_recovered_are_named_and_skipped(tmp_path, pushed
     assert f"cannot recover {logs / orphan}" in said and f"cannot recover {not_a_file}" in said
     assert f"with the name {final.name} free" in said
     files = [p for p in request_log.closed_log_files(logs) if p.is_file()]   # not `final`
-    assert sorted(r.log_metadata.request_origin
-                  for r in request_log.read_prediction_logs(files)) == sorted(more)
+    assert sorted(r.request_id for r in request_log.read_request_log(files)) == sorted(more)
     (final / "in-the-way").rmdir()
     final.rmdir()                                          # the fix the error names
     with ServeProcess(settings, tmp_path) as server:       # recovers it on start

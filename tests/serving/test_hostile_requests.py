@@ -15,7 +15,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from core import features as F
-from serving import request_log
+from core import request_log
 from serving.client import predict_request, rest_body, serialize_rows
 from serving.errors import MAX_MESSAGE_CHARS
 from serving.server import BackgroundServer

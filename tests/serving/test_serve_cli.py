@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from serving import busy_poll, request_log
+from core import request_log
+from serving import busy_poll
 from serving import client
 from tests.serving.conftest import copy_version, serving_settings
 
