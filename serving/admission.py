@@ -183,7 +183,7 @@ class HTTPServer(tornado.httpserver.HTTPServer):
     until they are all written out, and so that stalled bodies are dropped:
     ``body_timeout`` is tornado's setting, but checked for all connections every
     ``BODY_SWEEP_SECONDS`` instead of with a timer per request (tornado's
-    ``gen.with_timeout``: about 15 us of CPU per request); a body is dropped
+    ``gen.with_timeout``, a cost on every request); a body is dropped
     between ``body_timeout`` and ``body_timeout`` + 2 sweeps after it started."""
 
     def initialize(self, *args, body_timeout: Optional[float] = None, **kwargs):

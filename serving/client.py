@@ -16,10 +16,8 @@ import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from core import features as F
-from serving.request_log import new_request_id
+from core.request_log import new_request_id
 from core.examples import row_to_example
-
-DEFAULT_SIGNATURE = "serving_default"
 
 
 def serialize_rows(rows: Iterable[Dict], columns: Optional[Sequence[str]] = None) -> List[bytes]:
@@ -28,7 +26,7 @@ def serialize_rows(rows: Iterable[Dict], columns: Optional[Sequence[str]] = None
 
 
 def predict_request(model_name: str, serialized: Sequence[bytes],
-                    signature_name: str = DEFAULT_SIGNATURE,
+                    signature_name: str = F.DEFAULT_SIGNATURE,
                     version: Optional[int] = None) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
@@ -57,7 +55,7 @@ def wait_listening(port: int, proc=None, host: str = "127.0.0.1", timeout: float
     raise RuntimeError(f"server did not listen on {host}:{port} within {timeout:g} s")
 
 
-def rest_body(serialized: Sequence[bytes], signature_name: str = DEFAULT_SIGNATURE) -> Dict:
+def rest_body(serialized: Sequence[bytes], signature_name: str = F.DEFAULT_SIGNATURE) -> Dict:
     return {"signature_name": signature_name,
             "instances": [{"b64": base64.b64encode(s).decode("ascii")} for s in serialized]}
 
@@ -110,7 +108,7 @@ class GrpcClient:
             response = self.stub.Predict(request, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise ServingError(exc.code().name, exc.details()) from None
-        return list(response.outputs["probabilities"].float_val)
+        return list(response.outputs[F.PREDICTION_KEY].float_val)
 
     def predict_rows(self, rows: Iterable[Dict], **kwargs) -> List[float]:
         return self.predict_serialized(serialize_rows(rows), **kwargs)

@@ -2,7 +2,8 @@
 unloading and status, as TF Serving's file-system source and manager do.
 
 * Versions are the numeric children of the push directory
-  (``settings.model_push_dir``); hidden ``.incoming-*`` staging copies are ignored.
+  (``settings.model_push_dir``, ``core.pushdir.existing_versions``); hidden
+  ``.incoming-*`` staging copies are ignored.
 * ``VersionPolicy``: ``latest`` (1), ``latest:N``, ``specific:V1,V2`` or ``all``.
 * A new version is loaded next to the served ones and becomes the one served for
   "latest" requests once it is AVAILABLE; only then are versions the policy no longer
@@ -29,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from core.pushdir import existing_versions
 from serving.errors import invalid, not_found
 
 log = logging.getLogger("tfxops.serving")
@@ -38,7 +40,6 @@ START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UN
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-DEFAULT_SIGNATURE = "serving_default"
 UNLOAD_WAIT_SECONDS = 60.0
 
 
@@ -113,7 +114,7 @@ class SessionThreads:
 
     The defaults (intra 1, inter -1) suit small models such as ours: TensorFlow's
     pools hand every op of a 1-row call to worker threads that then spin waiting for
-    more, which cost about 1 ms of CPU per request here (docs/bench-serving.md);
+    more, burning CPU a small model does not need (docs/bench-serving.md);
     parallelism comes from the batch threads instead. Raise them for big models on
     many cores."""
     intra_op: int = 1
@@ -174,7 +175,7 @@ class ModelVersion:
                 {k: _spec(k, v) for k, v in sig.inputs.items()},
                 {k: _spec(k, v) for k, v in sig.outputs.items()})
         self._callables: Dict[tuple, Callable] = {}
-        self.plans: Dict[tuple, tuple] = {}    # request shape -> checked plan (serving.service)
+        self.checked_runs: Dict[tuple, tuple] = {}   # request shape -> serving.service.CheckedRun
         self._lock = threading.Lock()
         self.refs = 0
         self.retired = False           # unloaded while calls still ran: closed by the last
@@ -216,7 +217,7 @@ class ModelVersion:
         """(callable, numpy dtype of each feed). The C++ ``Session::MakeCallable`` API
         (what Keras' TF1 backend uses): one C call per run, unlike
         ``Session.make_callable`` with feeds, which goes through ``Session.run`` and
-        its per-call feed/fetch processing (about 0.25 ms a call)."""
+        its per-call feed/fetch processing."""
         from serving.tensors import numpy_dtype
 
         fetches = [signature.outputs[a].tensor_name for a in output_aliases]
@@ -358,14 +359,6 @@ class ModelManager:
                 log.exception("model directory scan failed")
 
     # ------------------------------------------------ discovery and policy
-    def discover(self) -> List[int]:
-        try:
-            names = os.listdir(self.base_path)
-        except FileNotFoundError:
-            return []
-        return sorted(int(n) for n in names
-                      if n.isdigit() and os.path.isdir(os.path.join(self.base_path, n)))
-
     def _loadable(self, on_disk: List[int]) -> List[int]:
         """Versions on disk that have not failed to load in their current form."""
         out = []
@@ -382,7 +375,7 @@ class ModelManager:
 
     def poll_once(self) -> None:
         """One scan: load newly wanted versions, then unload the unwanted ones."""
-        on_disk = self.discover()
+        on_disk = existing_versions(self.base_path)
         wanted = self._load_wanted(on_disk)
         for version in list(self._loaded):
             if version not in wanted and (wanted & set(self._loaded)

@@ -11,11 +11,13 @@ answers ``predictions`` / ``outputs`` / ``results``, failures ``{"error": messag
 with the HTTP status of the error code. Bodies larger than ``max_request_bytes``
 are refused with 413 before they are read. ``X-Request-Id`` is accepted from the
 client (or made up) and always returned.
+
+What the calls do is ``serving/api.py``'s, shared with the gRPC API; this module
+reads and writes REST's JSON and HTTP statuses.
 """
 import base64
 import functools
 import json
-import re
 import sys
 import time
 from typing import Dict, List, Optional
@@ -46,13 +48,14 @@ except ImportError:   # pragma: no cover
     def _loads(body: bytes):
         return json.loads(body)
 
-from serving import admission, request_log
+from core import request_log
+from core.examples import json_body_rows, json_rows_to_examples
+from core.request_log import new_request_id
+from serving import admission
+from serving.api import (REST, Call, ServingApi, fill_model_spec, result_json, result_response,
+                         serialized_examples)
 from serving.errors import ServingError, internal_error, invalid
-from serving.grpc_service import (fill_classifications, model_metadata, model_status,
-                                  serialized_input)
-from serving.request_log import new_request_id
-from serving.service import Inference
-from serving.tensors import _short, json_to_ndarray, ndarray_to_json, ndarray_to_proto
+from serving.tensors import json_excerpt, json_to_ndarray, ndarray_to_json, ndarray_to_proto
 
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_REQUEST_HEAD_BYTES = 1 << 20   # request line + headers; tornado's default, 64 KiB,
@@ -70,14 +73,14 @@ def parse_json(body: bytes) -> dict:
     except RecursionError:
         raise invalid("JSON Parse error: the document nests arrays or objects too deeply") from None
     if not isinstance(doc, dict):
-        raise invalid(f"JSON Value: {_short(doc)} Is not object")
+        raise invalid(f"JSON Value: {json_excerpt(doc)} Is not object")
     return doc
 
 
 def _signature_name(doc: dict) -> str:
     name = doc.get("signature_name", "")
     if not isinstance(name, str):
-        raise invalid(f"JSON Value: {_short(doc)} not formatted correctly. 'signature_name' key "
+        raise invalid(f"JSON Value: {json_excerpt(doc)} not formatted correctly. 'signature_name' key "
                       f"must be a string value.")
     return name
 
@@ -145,9 +148,9 @@ def _stack(values: List, alias: str, dtype: int, objects: bool) -> np.ndarray:
 
 def instances_to_feeds(doc: dict, instances, sig) -> Dict[str, np.ndarray]:
     if not isinstance(instances, list):
-        raise invalid(f"JSON Value: {_short(doc)} Excepting 'instances' to be an list/array")
+        raise invalid(f"JSON Value: {json_excerpt(doc)} Excepting 'instances' to be an list/array")
     if not instances:
-        raise invalid(f"JSON Value: {_short(doc)} No values in 'instances' array")
+        raise invalid(f"JSON Value: {json_excerpt(doc)} No values in 'instances' array")
     inputs = sig.inputs
     objects = _is_object(instances[0])
     if not isinstance(instances[0], dict) and len(inputs) > 1:
@@ -174,7 +177,7 @@ def instances_to_feeds(doc: dict, instances, sig) -> Dict[str, np.ndarray]:
                                   f"list. Error: INVALID_ARGUMENT: JSON object: does not have "
                                   f"named input: {key}")
             raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                          f"{_short(elem)} keys must be equal to: {','.join(sorted(names))}")
+                          f"{json_excerpt(elem)} keys must be equal to: {','.join(sorted(names))}")
     feeds = {}
     for alias, spec in inputs.items():
         values = [elem[alias] for elem in instances]
@@ -202,7 +205,7 @@ def inputs_to_feeds(value, sig) -> Dict[str, np.ndarray]:
 def predict_feeds(doc: dict, sig):
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
-        raise invalid(f"JSON Value: {_short(doc)} Not formatted correctly expecting only one of "
+        raise invalid(f"JSON Value: {json_excerpt(doc)} Not formatted correctly expecting only one of "
                       f"'inputs' or 'instances' keys to exist ")
     if has_instances:
         return "row", instances_to_feeds(doc, doc["instances"], sig)
@@ -275,12 +278,12 @@ def classify_input(doc: dict, kind: str) -> input_pb2.Input:
         target = inp.example_list
     examples = doc.get("examples")
     if "examples" not in doc:
-        raise invalid(f"JSON Value: {_short(doc)} When method is {kind}, key 'examples' is "
+        raise invalid(f"JSON Value: {json_excerpt(doc)} When method is {kind}, key 'examples' is "
                       f"expected and was not found")
     if not isinstance(examples, list):
-        raise invalid(f"JSON Value: {_short(doc)} Expecting 'examples' value to be an list/array")
+        raise invalid(f"JSON Value: {json_excerpt(doc)} Expecting 'examples' value to be an list/array")
     if not examples:
-        raise invalid(f"JSON Value: {_short(doc)} 'examples' value is an empty array")
+        raise invalid(f"JSON Value: {json_excerpt(doc)} 'examples' value is an empty array")
     for value in examples:
         _example_from_json(value, target.examples.add())
     return inp
@@ -288,8 +291,8 @@ def classify_input(doc: dict, kind: str) -> input_pb2.Input:
 
 # ------------------------------------------------------------------ handlers
 class _Base(tornado.web.RequestHandler):
-    def initialize(self, inference: Inference, max_request_bytes: int):
-        self.inf = inference
+    def initialize(self, api: ServingApi, max_request_bytes: int):
+        self.api = api
         self.max_request_bytes = max_request_bytes
 
     def set_default_headers(self):
@@ -331,7 +334,7 @@ class StatusHandler(_Base):
     async def get(self, name, version, label, metadata):
         try:
             if metadata:
-                response = model_metadata(self.inf, name, _version(version), label)
+                response = self.api.model_metadata(name, _version(version), label)
                 body = json_format.MessageToDict(response, preserving_proto_field_name=True,
                                                  including_default_value_fields=True)
                 sig_map = json_format.MessageToDict(
@@ -339,7 +342,7 @@ class StatusHandler(_Base):
                     including_default_value_fields=True)
                 body["metadata"] = {"signature_def": sig_map}
             else:
-                response = model_status(self.inf, name, _version(version), label)
+                response = self.api.model_status(name, _version(version), label)
                 body = json_format.MessageToDict(response, preserving_proto_field_name=True,
                                                  including_default_value_fields=True)
         except ServingError as err:
@@ -367,8 +370,8 @@ class InferenceHandler(admission.GatedHandler, _Base):   # post() counted by the
             self.request.connection.set_max_body_size(sys.maxsize)
 
     def refused(self, refusal: ServingError):   # max_concurrent_requests, or shutting down
-        self.inf.record(self.path_args[0], self.path_args[3], "REST", time.perf_counter(),
-                        refusal.code)
+        self.api.rejected(Call(self.path_args[3], REST, self.request_id, self.path_args[0]),
+                          refusal)
 
     def _refuse(self):
         self._too_large = True
@@ -388,52 +391,67 @@ class InferenceHandler(admission.GatedHandler, _Base):   # post() counted by the
     async def post(self, name, version, label, method):
         if self._too_large:
             return
-        call = _RestCall(name, method, b"".join(self._chunks))
+        request = _RestRequest(Call(method, REST, self.request_id, name, label=label),
+                               b"".join(self._chunks))
         try:
-            answer, outputs = await self._answer(call, version, label)
+            answer, exchange = await self._answer(request, version)
         except ServingError as err:
-            self.inf.record(name, method, "REST", call.started, err.code)
+            self.api.rejected(request.call, err, request.received)
             self.send_error_json(err)
-            if request_log.logs_rejection(method, err.code) and self.inf.sampled():
-                self.inf.log(functools.partial(_rejected_log, call, self.request_id, err))
             return
         self.set_status(200)
         self.finish(_answer_bytes(answer))
-        self.inf.record(name, method, "REST", call.started)
-        if self.inf.sampled():
-            self.inf.log(functools.partial(_answered_log, call, self.request_id, outputs))
+        self.api.answered(request.call, exchange)
 
-    async def _answer(self, call: "_RestCall", version, label):
-        """(JSON answer, what the model returned) for the call; raises ServingError."""
-        if call.method not in request_log.LOGGED_CALLS:
+    async def _answer(self, request: "_RestRequest", version: Optional[str]):
+        """(JSON answer, the call's request and response for its log record);
+        raises ServingError."""
+        call = request.call
+        if call.api not in request_log.LOGGED_CALLS:
             raise invalid(f"Malformed request: POST {self.request.path[:200]}")
         try:
-            call.doc = parse_json(call.body)
-            sig_name = _signature_name(call.doc)
-            with self.inf.holding(call.name, _version(version), label) as loaded:
-                call.version = loaded.version
-                call.sig = self.inf.signature(loaded, sig_name, rest=True)
-                if call.method == "predict":
-                    call.fmt, call.feeds = predict_feeds(call.doc, call.sig)
-                    outputs = await self.inf.predict(loaded, call.sig, call.feeds)
-                    return format_predict(call.fmt, outputs), outputs
-                call.input = classify_input(call.doc, call.method)
-                result = await self.inf.classify_or_regress(
-                    loaded, call.sig, serialized_input(call.input), call.method)
-                return _format_results(call.method, result), result
+            request.doc = parse_json(request.body)
+            call.signature_name = _signature_name(request.doc)
+            call.version = _version(version)
+            if call.api == "predict":
+                outputs = await self.api.predict(call, request.feeds_for)
+                return (format_predict(request.fmt, outputs),
+                        functools.partial(_predict_exchange, request, outputs))
+            result = await self.api.classify_or_regress(call, request.examples)
+            return result_json(call.api, result), functools.partial(_result_exchange, request,
+                                                                    result)
         except ServingError:
             raise
         except Exception:   # noqa: BLE001 - never an HTML 500, never Python's text
             raise internal_error(f"answering POST {self.request.path[:200]}") from None
 
 
-class _RestCall:
-    """What is known of one REST inference call, for its answer and log record."""
+class _RestRequest:
+    """A REST inference call: its body, what was read of it, and its ``Call``."""
+    __slots__ = ("call", "body", "doc", "fmt", "feeds", "input")
 
-    def __init__(self, name: str, method: str, body: bytes):
-        self.name, self.method, self.body = name, method, body
-        self.started, self.arrived = time.perf_counter(), time.time()
-        self.doc = self.sig = self.version = self.fmt = self.feeds = self.input = None
+    def __init__(self, call: Call, body: bytes):
+        self.call, self.body = call, body
+        self.doc = self.fmt = self.feeds = self.input = None
+
+    def feeds_for(self, signature) -> Dict[str, np.ndarray]:
+        """The predict body's tensors (row or columnar format) for ``signature``."""
+        self.fmt, self.feeds = predict_feeds(self.doc, signature)
+        return self.feeds
+
+    def examples(self) -> List[bytes]:
+        """The classify/regress body's examples, serialized."""
+        self.input = classify_input(self.doc, self.call.api)
+        return serialized_examples(self.input)
+
+    def received(self):
+        """A rejected call's rows as logged: tf.Examples, typed by the signature
+        when the call got that far (None: no rows could be read)."""
+        signature = self.call.signature
+        dtypes = {a: spec.dtype for a, spec in signature.inputs.items()} if signature else None
+        rows = json_body_rows(self.doc) if isinstance(self.doc, dict) else []
+        examples = json_rows_to_examples(rows, dtypes)
+        return request_log.examples_request(examples) if examples else None
 
 
 def _answer_bytes(answer) -> bytes:
@@ -445,88 +463,36 @@ def _answer_bytes(answer) -> bytes:
     return body
 
 
-def _answered_log(call: _RestCall, request_id: str, outputs):
-    if call.method == "predict":
-        return _rest_predict_log(call.name, call.version, call.sig, call.feeds, outputs,
-                                 request_id, call.arrived)
-    return _rest_cr_log(call.method, call.name, call.version, call.sig.name, call.input,
-                        outputs, request_id, call.arrived)
-
-
-def _rejected_log(call: _RestCall, request_id: str, err: ServingError) -> bytes:
-    """The rejected call as logged (``request_log.encode_rejected``): its rows as
-    tf.Examples, typed by the signature when the call got that far."""
-    sig_name = call.sig.name if call.sig is not None else (
-        call.doc.get("signature_name", "") if isinstance(call.doc, dict) else "")
-    dtypes = {a: spec.dtype for a, spec in call.sig.inputs.items()} if call.sig else None
-    rows = request_log.json_body_rows(call.doc) if isinstance(call.doc, dict) else []
-    examples = request_log.json_rows_to_examples(rows, dtypes)
-    return request_log.encode_rejected(
-        call.name, call.version, sig_name if isinstance(sig_name, str) else "", request_id,
-        call.arrived, err.code, err.message,
-        request_log.examples_request(examples) if examples else None)
-
-
-def _format_results(method: str, result):
-    if method == "regress":
-        return {"results": [float(repr(v)) for v in np.asarray(result, np.float32)]}
-    classes, scores = result
-    n = len(classes) if classes is not None else len(scores)
-    out = []
-    for i in range(n):
-        k = classes.shape[1] if classes is not None else scores.shape[1]
-        row = []
-        for j in range(k):
-            label = classes[i, j] if classes is not None else b""
-            label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
-            score = float(repr(np.float32(scores[i, j]))) if scores is not None else 0.0
-            row.append([label, score])
-        out.append(row)
-    return {"results": out}
-
-
-def _rest_predict_log(name, version, sig, feeds, outputs, rid, arrived):
-    record = request_log.new_log(name, version, sig.name, rid, arrived)
-    req, resp = record.predict_log.request, record.predict_log.response
-    req.model_spec.name = name
-    req.model_spec.version.value = version
-    req.model_spec.signature_name = sig.name
-    for alias, array in feeds.items():
-        ndarray_to_proto(array, sig.inputs[alias].dtype, req.inputs[alias])
+def _predict_exchange(request: _RestRequest, outputs: Dict[str, np.ndarray]):
+    """An answered predict call as its gRPC equivalent (for the request log)."""
+    signature = request.call.signature
+    req, resp = predict_pb2.PredictRequest(), predict_pb2.PredictResponse()
+    fill_model_spec(req.model_spec, request.call)
+    for alias, array in request.feeds.items():
+        ndarray_to_proto(array, signature.inputs[alias].dtype, req.inputs[alias])
     resp.model_spec.CopyFrom(req.model_spec)
     for alias, array in outputs.items():
-        ndarray_to_proto(array, sig.outputs[alias].dtype, resp.outputs[alias])
-    return record
+        ndarray_to_proto(array, signature.outputs[alias].dtype, resp.outputs[alias])
+    return req, resp
 
 
-def _rest_cr_log(method, name, version, sig_name, inp, result, rid, arrived):
-    record = request_log.new_log(name, version, sig_name, rid, arrived)
-    if method == "classify":
-        req, resp = classification_pb2.ClassificationRequest(), classification_pb2.ClassificationResponse()
-        fill_classifications(resp.result, *result)
-        target = record.classify_log
-    else:
-        req, resp = regression_pb2.RegressionRequest(), regression_pb2.RegressionResponse()
-        for v in np.asarray(result).tolist():
-            resp.result.regressions.add().value = v
-        target = record.regress_log
-    req.model_spec.name = name
-    req.model_spec.version.value = version
-    req.model_spec.signature_name = sig_name
-    req.input.CopyFrom(inp)
-    resp.model_spec.CopyFrom(req.model_spec)
-    target.request.CopyFrom(req)
-    target.response.CopyFrom(resp)
-    return record
+def _result_exchange(request: _RestRequest, result):
+    """An answered classify/regress call as its gRPC equivalent (for the request log)."""
+    call = request.call
+    req = classification_pb2.ClassificationRequest() if call.api == "classify" \
+        else regression_pb2.RegressionRequest()
+    fill_model_spec(req.model_spec, call)
+    req.input.CopyFrom(request.input)
+    return req, result_response(call, result)
 
 
 class MetricsHandler(tornado.web.RequestHandler):
-    def initialize(self, inference: Inference, max_request_bytes: int):
-        self.inf = inference
+    def initialize(self, api: ServingApi, max_request_bytes: int):
+        self.api = api
 
     def get(self):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.finish(self.inf.metrics.render())
+        self.finish(self.api.metrics.render())
 
 
 class NotFoundHandler(_Base):
@@ -566,8 +532,8 @@ class _AccessLog:
                                        1000.0 * request.request_time())
 
 
-def make_app(inference: Inference, max_request_bytes: int) -> tornado.web.Application:
-    args = dict(inference=inference, max_request_bytes=max_request_bytes)
+def make_app(api: ServingApi, max_request_bytes: int) -> tornado.web.Application:
+    args = dict(api=api, max_request_bytes=max_request_bytes)
     return tornado.web.Application([
         (_MODEL + r"(/metadata)?", StatusHandler, args),
         (_MODEL + r":([A-Za-z]+)", InferenceHandler, args),
@@ -575,6 +541,3 @@ def make_app(inference: Inference, max_request_bytes: int) -> tornado.web.Applic
         (r".*", NotFoundHandler, args),
     ], compress_response=False, serve_traceback=False, log_function=_AccessLog())
 
-
-__all__ = ["make_app", "parse_json", "predict_feeds", "format_predict", "classify_input",
-           "REQUEST_ID_HEADER", "predict_pb2", "re"]

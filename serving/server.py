@@ -22,8 +22,9 @@ from core import config
 from serving import admission, busy_poll, metrics as M
 from serving.batching import Batcher
 from serving.models import ModelManager, SessionThreads, VersionPolicy, parse_labels
-from serving.request_log import RequestLogger
-from serving.service import Inference
+from serving.log_writer import RequestLogger
+from serving.api import GRPC, Call, ServingApi
+from serving.service import ModelRunner
 
 log = logging.getLogger("tfxops.serving")
 
@@ -66,8 +67,9 @@ class ModelServer:
             self.batcher = Batcher(settings.max_batch_size, settings.batch_timeout_micros,
                                    num_batch_threads or max(1, cpus // 2),
                                    on_batch=self._on_batch)
-        self.inference = Inference(self.manager, self.metrics, self.batcher, self.logger,
-                                   self.executor, settings.max_request_bytes)
+        self.api = ServingApi(ModelRunner(self.manager, self.batcher, self.executor,
+                                          settings.max_request_bytes),
+                              self.metrics, self.logger)
         self.gate = admission.Gate(settings.max_concurrent_requests)
         self.grpc_server = None
         self.http_server = None
@@ -83,8 +85,8 @@ class ModelServer:
     def _on_grpc_refused(self, method: str, request) -> None:
         """Count a gRPC call the gate refused (its model name read from the request)."""
         spec = getattr(request[0] if isinstance(request, tuple) else request, "model_spec", None)
-        self.inference.record(spec.name if spec is not None else "", method.lower(), "GRPC",
-                              time.perf_counter(), self.gate.refusal().code)
+        call = Call(method.lower(), GRPC, "", spec.name if spec is not None else "")
+        self.api.rejected(call, self.gate.refusal())
 
     def _on_batch(self, rows: int, requests: int):
         labels = (("model_name", self.settings.model_name),)
@@ -108,10 +110,10 @@ class ModelServer:
                    ("grpc.so_reuseport", 0)]
         self.grpc_server = grpc.aio.server(options=options, interceptors=[
             admission.GrpcGate(self.gate, self._on_grpc_refused)])
-        grpc_service.add_to_server(self.grpc_server, self.inference)
+        grpc_service.add_to_server(self.grpc_server, self.api)
         grpc_port = admission.bind_grpc(self.grpc_server, s.grpc_port, s.host)
         await self.grpc_server.start()
-        app = rest.make_app(self.inference, s.max_request_bytes)
+        app = rest.make_app(self.api, s.max_request_bytes)
         app.settings["gate"] = self.gate
         # The REST handlers check max_request_bytes themselves (413 with a JSON body).
         self.http_server = admission.HTTPServer(

@@ -1,8 +1,9 @@
-"""The API-independent core: find the version and signature a request names, check
-its tensors against the signature, run it (batched or not), and log it.
+"""Running a model version: check a request's tensors against the signature, run
+it (batched or not), and classify/regress with TF Serving's semantics.
 
-REST (``serving/rest.py``) and gRPC (``serving/grpc_service.py``) both parse their
-request into numpy arrays and call this; they only differ in wire formats.
+``serving/api.py`` (the per-API logic REST and gRPC share) resolves the version and
+signature a call names (``ModelRunner.use_version``, ``ModelRunner.signature``) and
+calls ``predict`` or ``classify_or_regress`` here.
 
 Classify and Regress over predict signatures (our model's case) — TF Serving runs
 them only on signatures whose method is ``tensorflow/serving/classify`` /
@@ -19,46 +20,53 @@ output of shape [batch] or [batch, 1] — a binary classifier's probability, lik
 Any other signature is refused with TF Serving's INVALID_ARGUMENT message.
 """
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from serving import metrics as M
 from serving.batching import Batcher, ModelFuture, batch_key
 from serving.errors import ServingError, from_tf_error, internal_error, invalid
-from serving.models import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD,
+from core.features import DEFAULT_SIGNATURE
+from serving.models import (CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD,
                             ModelManager, ModelVersion, Signature)
 from serving.tensors import dtype_name, shape_string, tensor_budget
 
 CLASSES = np.array([b"0", b"1"], dtype=object)
 
 
-class Inference:
-    def __init__(self, manager: ModelManager, metrics: M.Metrics,
-                 batcher: Optional[Batcher] = None, logger=None,
+class CheckedRun(NamedTuple):
+    """What checking a request against its signature decided."""
+    outputs: Tuple[str, ...]       # the output aliases to fetch
+    batch_key: Optional[tuple]     # the batch queue to join (None: run unbatched)
+
+
+class ModelRunner:
+    """Runs the versions ``manager`` serves, batched by ``batcher`` (None: unbatched)
+    or on ``executor``."""
+
+    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None,
                  executor: Optional[ThreadPoolExecutor] = None,
                  max_request_bytes: int = 10 * 1024 * 1024):
         self.manager = manager
-        self.metrics = metrics
         self.batcher = batcher
-        self.logger = logger
         self.max_tensor_bytes = tensor_budget(max_request_bytes)
         self.executor = executor or ThreadPoolExecutor(8, thread_name_prefix="model")
         import tensorflow as tf
         self._op_error = tf.errors.OpError
-        self._record_labels: Dict[tuple, tuple] = {}
 
     # ------------------------------------------------ lookup
-    def holding(self, name: str, version: Optional[int], label: Optional[str]) -> "_Holding":
-        """``with inf.holding(...) as loaded``: the requested version, kept loaded
-        for the duration of the block (raises ServingError when there is none)."""
-        return _Holding(self.manager, self.manager.acquire(name, version, label))
+    def use_version(self, name: str, version: Optional[int],
+                    label: Optional[str]) -> "VersionInUse":
+        """``with runner.use_version(...) as loaded``: the requested version, kept
+        loaded for the duration of the block (raises ServingError when there is none)."""
+        return VersionInUse(self.manager, self.manager.acquire(name, version, label))
 
     @staticmethod
     def signature(loaded: ModelVersion, name: str, rest: bool = False) -> Signature:
+        """The signature ``name`` ("": the default) of ``loaded``; when there is none,
+        TF Serving's error: its REST API's words when ``rest``, else its gRPC API's."""
         key = name or DEFAULT_SIGNATURE
         sig = loaded.signatures.get(key)
         if sig is None:
@@ -80,8 +88,7 @@ class Inference:
         rows = None
         for i, alias in enumerate(sorted(feeds)):
             array, spec = feeds[alias], sig.inputs[alias]
-            expected = _np_kind(spec.dtype)
-            if _array_kind(array) != expected:
+            if _array_dtype_name(array) != dtype_name(spec.dtype):
                 raise invalid(f"Expects arg[{i}] ({alias}) to be {dtype_name(spec.dtype)} but "
                               f"{_array_dtype_name(array)} is provided")
             if spec.shape is not None:
@@ -133,38 +140,37 @@ class Inference:
             raise internal_error(f"running signature {sig.name} of version {loaded.version}") \
                 from None
 
-    def plan(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
-             output_filter: Sequence[str] = ()) -> Tuple[Tuple[str, ...], Optional[tuple]]:
-        """Check ``feeds`` and ``output_filter`` against ``sig``; returns (output
-        aliases, batch queue key or None). The checks depend only on the inputs'
-        names, types and shapes beyond the batch dimension, so their outcome is kept
-        per version and signature: a repeated request shape costs one dict lookup
-        and the batch-size check."""
+    def checked_run(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
+                    output_filter: Sequence[str] = ()) -> CheckedRun:
+        """Check ``feeds`` and ``output_filter`` against ``sig``. The checks depend
+        only on the inputs' names, types and shapes beyond the batch dimension, so
+        their outcome is kept per version and signature (``loaded.checked_runs``): a
+        repeated request shape costs one dict lookup and the batch-size check."""
         struct = tuple((alias, a.dtype.str, a.ndim, a.shape[1:] if sig.batchable else a.shape)
                        for alias, a in sorted(feeds.items()))
         cache_key = (sig.name, struct, tuple(output_filter))
-        plan = loaded.plans.get(cache_key)
-        if plan is None:
+        checked = loaded.checked_runs.get(cache_key)
+        if checked is None:
             self.check_inputs(sig, feeds)
             outputs = self.check_outputs(sig, output_filter)
-            plan = (outputs, self._key(loaded, sig, feeds, outputs))
-            if len(loaded.plans) >= 256:   # request shapes come from clients: bounded
-                loaded.plans.clear()
-            loaded.plans[cache_key] = plan
+            checked = CheckedRun(outputs, self._batch_key(loaded, sig, feeds, outputs))
+            if len(loaded.checked_runs) >= 256:   # request shapes come from clients: bounded
+                loaded.checked_runs.clear()
+            loaded.checked_runs[cache_key] = checked
         elif sig.batchable:
             rows = {a.shape[0] for a in feeds.values()}
             if len(rows) != 1 or 0 in rows:
                 self.check_inputs(sig, feeds)   # raises TF Serving's message
-        return plan
+        return checked
 
-    def _key(self, loaded: ModelVersion, sig: Signature, feeds, outputs) -> Optional[tuple]:
+    def _batch_key(self, loaded: ModelVersion, sig: Signature, feeds, outputs) -> Optional[tuple]:
         if self.batcher is None or not sig.batchable:
             return None
         return batch_key(loaded, sig.name, feeds, outputs)
 
     async def predict(self, loaded: ModelVersion, sig: Signature, feeds: Dict[str, np.ndarray],
                       output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-        outputs, key = self.plan(loaded, sig, feeds, output_filter)
+        outputs, key = self.checked_run(loaded, sig, feeds, output_filter)
         return await self.run(loaded, sig, feeds, outputs, key)
 
     async def classify_or_regress(self, loaded: ModelVersion, sig: Signature,
@@ -182,14 +188,15 @@ class Inference:
             if kind == "regress":
                 feeds = {"inputs": examples}
                 out = await self.run(loaded, sig, feeds, ("outputs",),
-                                     self._key(loaded, sig, feeds, ("outputs",)))
+                                     self._batch_key(loaded, sig, feeds, ("outputs",)))
                 return out["outputs"].reshape(len(serialized), -1)[:, 0].astype(np.float32)
             names = tuple(n for n in ("classes", "scores") if n in sig.outputs)
             if not names:
                 raise invalid(f"Expected classification signature outputs classes or scores "
                               f"in signature {sig.name}")
             feeds = {"inputs": examples}
-            out = await self.run(loaded, sig, feeds, names, self._key(loaded, sig, feeds, names))
+            out = await self.run(loaded, sig, feeds, names,
+                                 self._batch_key(loaded, sig, feeds, names))
             scores = out.get("scores")
             classes = out.get("classes")
             n = len(serialized)
@@ -203,7 +210,7 @@ class Inference:
             (out_alias,) = sig.outputs
             feeds = {in_alias: examples}
             out = await self.run(loaded, sig, feeds, (out_alias,),
-                                 self._key(loaded, sig, feeds, (out_alias,)))
+                                 self._batch_key(loaded, sig, feeds, (out_alias,)))
             p = out[out_alias].reshape(len(serialized)).astype(np.float32)
             if kind == "regress":
                 return p
@@ -212,35 +219,9 @@ class Inference:
         raise invalid(f"Expected {'classification' if kind == 'classify' else 'regression'} "
                       f"signature method_name to be {method}. Was: {sig.method_name}")
 
-    # ------------------------------------------------ bookkeeping
-    def record(self, model_name: str, api: str, entrypoint: str, started: float,
-               status: str = "OK") -> None:
-        """Count a call and its latency. Label values callers choose (the model name,
-        the REST URL's method) are bounded: no call creates a series of its own."""
-        if model_name != self.manager.name:
-            model_name = M.UNKNOWN_MODEL
-        if api not in M.APIS:
-            api = M.OTHER_API
-        key = (model_name, api, entrypoint, status)
-        labels = self._record_labels.get(key)
-        if labels is None:
-            labels = self._record_labels[key] = (
-                (("model_name", model_name), ("status", status)),
-                (("model_name", model_name), ("API", api), ("entrypoint", entrypoint)))
-        self.metrics.count_and_observe(M.REQUEST_COUNT, labels[0], M.REQUEST_LATENCY, labels[1],
-                                       (time.perf_counter() - started) * 1e6,
-                                       M.LATENCY_BUCKETS_US)
-
-    def log(self, build) -> None:
-        """Queue a PredictionLog built lazily (on the writer thread) by ``build()``."""
-        if self.logger is not None:
-            self.logger.submit(build)
-
-    def sampled(self) -> bool:
-        return self.logger is not None and self.logger.sampled()
 
 
-class _Holding:
+class VersionInUse:
     """Releases a version acquired from the manager (a class, not a contextlib
     generator: this runs on every request)."""
     __slots__ = ("manager", "loaded")
@@ -263,20 +244,6 @@ def _is_probability_signature(sig: Signature) -> bool:
     return (spec_in.dtype == types_pb2.DT_STRING and spec_out.dtype in (
         types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE) and spec_out.shape is not None
         and (len(spec_out.shape) == 1 or (len(spec_out.shape) == 2 and spec_out.shape[1] == 1)))
-
-
-def _np_kind(dtype: int) -> str:
-    if dtype == types_pb2.DT_STRING:
-        return "string"
-    if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
-        return dtype_name(dtype)
-    return dtype_name(dtype)
-
-
-def _array_kind(array: np.ndarray) -> str:
-    if array.dtype == object or array.dtype.kind in "SU":
-        return "string"
-    return _array_dtype_name(array)
 
 
 def _array_dtype_name(array: np.ndarray) -> str:

@@ -185,16 +185,18 @@ def ndarray_to_proto(array: np.ndarray, dtype: int = None,
 
 
 # ---------------------------------------------------------------- JSON in
-def _decode_b64(value, where: str) -> bytes:
+def _decode_b64(value) -> bytes:
     if len(value) != 1 or not isinstance(value.get("b64"), str):
-        raise invalid(f"JSON Value: {_short(value)} not formatted correctly for base64 data")
+        raise invalid(f"JSON Value: {json_excerpt(value)} not formatted correctly for base64 data")
     try:
         return base64.b64decode(value["b64"], validate=True)
     except (ValueError, TypeError):
         raise invalid("Unable to base64 decode") from None
 
 
-def _short(value, limit: int = 200) -> str:
+def json_excerpt(value, limit: int = 200) -> str:
+    """``value`` as compact JSON, cut to ``limit`` characters (how error messages
+    quote what a caller sent)."""
     import json
     try:
         text = json.dumps(value, separators=(",", ":"))
@@ -220,7 +222,7 @@ def _json_type(value) -> str:
 
 
 def _type_error(value, dtype: int):
-    return invalid(f"JSON Value: {_short(value)} Type: {_json_type(value)} is not of "
+    return invalid(f"JSON Value: {json_excerpt(value)} Type: {_json_type(value)} is not of "
                    f"expected type: {dtype_name(dtype)}")
 
 
@@ -251,7 +253,7 @@ def json_to_ndarray(value, dtype: int) -> np.ndarray:
             if isinstance(v, str):
                 out[i] = v.encode("utf-8")
             elif isinstance(v, dict):
-                out[i] = _decode_b64(v, "")
+                out[i] = _decode_b64(v)
             else:
                 raise _type_error(v, dtype)
     else:
@@ -260,7 +262,7 @@ def json_to_ndarray(value, dtype: int) -> np.ndarray:
         try:
             out = np.asarray(flat, dtype=np_dtype)
         except OverflowError:
-            raise invalid(f"Cannot convert JSON value: {_short(flat)} to "
+            raise invalid(f"Cannot convert JSON value: {json_excerpt(flat)} to "
                           f"{dtype_name(dtype)} without loss of precision.") from None
     return out.reshape(shape)
 
@@ -284,7 +286,7 @@ def _check_scalar(value, dtype: int):
 def _flatten(value, level: int, shape: List[int], out: List[Any]):
     if not isinstance(value, list):
         if level != len(shape):
-            raise invalid(f"JSON Value: {_short(value)} found at incorrect level: {level + 1} "
+            raise invalid(f"JSON Value: {json_excerpt(value)} found at incorrect level: {level + 1} "
                           f"in the JSON DOM. Expected at level: {len(shape)}")
         out.append(value)
         return
@@ -336,12 +338,6 @@ def _nest(flat: List[Any], shape: List[int]):
         return flat
     step = int(np.prod(shape[1:])) if shape[1:] else 1
     return [_nest(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
-
-
-def rows_of(array: np.ndarray, name: str = "") -> List[Any]:
-    """The JSON value of each row (first dimension) of an output tensor."""
-    value = ndarray_to_json(array, name)
-    return value if isinstance(value, list) else [value]
 
 
 def shape_string(shape: List[int]) -> str:

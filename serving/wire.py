@@ -2,8 +2,9 @@
 
 The gRPC Predict response and the request-log record are built here as bytes:
 concatenating length-delimited fields costs less than filling a ``PredictResponse``
-message and serializing it with the protobuf runtime. The bytes parse to exactly the message the protobuf
-library would build (``tests/serving/test_wire.py`` checks it field by field).
+message and serializing it with the protobuf runtime. The bytes parse to exactly
+the message the protobuf library would build (``tests/serving/test_wire.py``
+checks it field by field).
 Field numbers are read from the messages' descriptors, not written down.
 """
 from typing import Dict, Iterable, Optional, Tuple

@@ -66,8 +66,8 @@ def test_hot_reload_under_load_and_corrupt_version(tmp_path, pushed_model, rows)
                      "the new version")
             wait_for(lambda: statuses(server)[1]["state"] == "END", "the old version unloaded")
             # answers now come from the new version
-            r = requests.post(f"http://127.0.0.1:{server.ports.rest}/v1/models/taxi:predict",
-                              json={"instances": [{"b64": ""}]}, timeout=30)
+            requests.post(f"http://127.0.0.1:{server.ports.rest}/v1/models/taxi:predict",
+                          json={"instances": [{"b64": ""}]}, timeout=30)
             gc = GrpcClient("127.0.0.1", server.ports.grpc, "taxi")
             from serving.client import predict_request
             resp = gc.stub.Predict(predict_request("taxi", serialized), timeout=30)

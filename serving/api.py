@@ -1,0 +1,230 @@
+"""The serving API both front ends call, as TF Serving keeps its ``*_impl``
+(predict, classify, regress, get_model_status, get_model_metadata) apart from its
+HTTP and gRPC handlers. ``serving/rest.py`` and ``serving/grpc_service.py`` read
+their wire format into a ``Call`` (and the call's tensors or examples), call this,
+and write the answer or the error in their own format:
+
+* ``ServingApi.predict`` / ``ServingApi.classify_or_regress``: resolve the model,
+  version (or label) and signature the call names, hold that version while the
+  model runs (``serving.service.ModelRunner``);
+* ``ServingApi.model_status`` / ``ServingApi.model_metadata``: GetModelStatus and
+  GetModelMetadata's answers (the REST API writes the same messages as JSON);
+* ``result_response`` / ``result_json``: a classify or regress result as
+  TF Serving's response message (gRPC, and the request log) or REST's JSON;
+* ``serialized_examples``: the tf.Examples of an ``Input``, context merged;
+* ``fill_model_spec``: the ModelSpec of the version and signature that answered;
+* ``ServingApi.answered`` / ``ServingApi.rejected``: the one place a call is
+  counted in the metrics and logged in the request log (``core.request_log``
+  builds the record, on the log writer's thread).
+"""
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, regression_pb2)
+
+from core import request_log
+from serving import metrics as M
+from serving.errors import ServingError, invalid
+from serving.models import ModelVersion, Signature
+from serving.service import ModelRunner
+
+REST, GRPC = "REST", "GRPC"        # the front ends (the metrics' ``entrypoint`` label)
+
+Exchange = Callable[[], Tuple[object, object]]
+"""An answered call's (request, response) messages (or their bytes), for its log record."""
+Received = Callable[[], object]
+"""What a rejected call sent, as a PredictRequest (or its bytes; None: nothing readable)."""
+
+
+@dataclass(eq=False)
+class Call:
+    """One call as far as it is known: what its front end read, then the version
+    and signature that answered it. Its metrics and its log record are made of this."""
+    api: str                        # predict | classify | regress | metadata | ... (URL's method)
+    entrypoint: str                 # REST | GRPC
+    request_id: str                 # the caller's, or made up ("": not read, never logged)
+    model_name: str = ""
+    version: Optional[int] = None   # as requested, then the version that answered
+    label: Optional[str] = None     # a version label, instead of a version
+    signature_name: str = ""        # as named ("": the default), then the one that answered
+    signature: Optional[Signature] = None        # once resolved
+    started: float = field(default_factory=time.perf_counter)   # for the latency
+    arrived: float = field(default_factory=time.time)           # the log's timestamp
+
+
+class ServingApi:
+    """The calls of TF Serving's PredictionService and ModelService, for any front end."""
+
+    def __init__(self, runner: ModelRunner, metrics: M.Metrics, logger=None):
+        self.runner = runner
+        self.metrics = metrics
+        self.logger = logger           # serving.log_writer.RequestLogger, or None
+        self._metric_labels: Dict[tuple, tuple] = {}
+
+    # ------------------------------------------------ inference
+    async def predict(self, call: Call, feeds_for: Callable[[Signature], Dict[str, np.ndarray]],
+                      output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+        """Run the signature the call names on ``feeds_for(signature)`` (the call's
+        tensors, read by the front end once the signature is known)."""
+        with self.runner.use_version(call.model_name, call.version, call.label) as loaded:
+            signature = self._resolve(call, loaded)
+            feeds = feeds_for(signature)
+            return await self.runner.predict(loaded, signature, feeds, output_filter)
+
+    async def classify_or_regress(self, call: Call, examples: Callable[[], List[bytes]]):
+        """Classify or regress (``call.api``) the serialized tf.Examples ``examples()``
+        returns (read by the front end once the signature is known): (classes,
+        scores) [n, k] each, or None when the signature has none; values [n]."""
+        with self.runner.use_version(call.model_name, call.version, call.label) as loaded:
+            signature = self._resolve(call, loaded)
+            return await self.runner.classify_or_regress(loaded, signature, examples(), call.api)
+
+    def _resolve(self, call: Call, loaded: ModelVersion) -> Signature:
+        call.version = loaded.version
+        signature = self.runner.signature(loaded, call.signature_name, call.entrypoint == REST)
+        call.signature, call.signature_name = signature, signature.name
+        return signature
+
+    # ------------------------------------------------ model service, metadata
+    def model_status(self, name: str, version: Optional[int],
+                     label: Optional[str]) -> get_model_status_pb2.GetModelStatusResponse:
+        from tensorflow.core.protobuf import error_codes_pb2
+
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in self.runner.manager.status(name, version, label):
+            item = response.model_version_status.add()
+            item.version = status.version
+            item.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
+            item.status.error_code = error_codes_pb2.Code.Value(status.error_code)
+            item.status.error_message = status.error_message
+        return response
+
+    def model_metadata(self, name: str, version: Optional[int], label: Optional[str],
+                       fields: Sequence[str] = ("signature_def",)
+                       ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        for requested in fields:
+            if requested != "signature_def":
+                raise invalid(f"Metadata field {requested} is not supported")
+        if not fields:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        with self.runner.use_version(name, version, label) as loaded:
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = name
+            response.model_spec.version.value = loaded.version
+            response.metadata["signature_def"].Pack(loaded.signature_def_map())
+            return response
+
+    # ------------------------------------------------ metrics and request log
+    def answered(self, call: Call, exchange: Optional[Exchange] = None) -> None:
+        """Count an answered call; log it (when sampled) if it is a predict,
+        classify or regress call: ``exchange()``, called on the log writer's
+        thread, gives its request and response."""
+        self._count(call, "OK")
+        if exchange is not None and self.logger is not None and self.logger.sampled():
+            self.logger.submit(functools.partial(_answered_record, call, exchange))
+
+    def rejected(self, call: Call, err: ServingError, received: Optional[Received] = None) -> None:
+        """Count a refused call; log it (when sampled) if the caller is at fault
+        (``core.request_log.logs_rejection``): ``received()``, called on the log
+        writer's thread, gives what the call sent."""
+        self._count(call, err.code)
+        if (request_log.logs_rejection(call.api, err.code) and self.logger is not None
+                and self.logger.sampled()):
+            self.logger.submit(functools.partial(_rejected_record, call, err, received))
+
+    def _count(self, call: Call, status: str) -> None:
+        """A call and its latency in the metrics. Label values callers choose (the
+        model name, the REST URL's method) are bounded: no call makes a series of its own."""
+        model = call.model_name if call.model_name == self.runner.manager.name \
+            else M.UNKNOWN_MODEL
+        api = call.api if call.api in M.APIS else M.OTHER_API
+        key = (model, api, call.entrypoint, status)
+        labels = self._metric_labels.get(key)
+        if labels is None:
+            labels = self._metric_labels[key] = (
+                (("model_name", model), ("status", status)),
+                (("model_name", model), ("API", api), ("entrypoint", call.entrypoint)))
+        self.metrics.count_and_observe(M.REQUEST_COUNT, labels[0], M.REQUEST_LATENCY, labels[1],
+                                       (time.perf_counter() - call.started) * 1e6,
+                                       M.LATENCY_BUCKETS_US)
+
+
+def _answered_record(call: Call, exchange: Exchange) -> bytes:
+    request, response = exchange()
+    return request_log.answered_record(call.api, call.model_name, call.version,
+                                       call.signature_name, call.request_id, call.arrived,
+                                       request, response)
+
+
+def _rejected_record(call: Call, err: ServingError, received: Optional[Received]) -> bytes:
+    return request_log.rejected_record(call.model_name, call.version, call.signature_name,
+                                       call.request_id, call.arrived, err.code, err.message,
+                                       received() if received is not None else None)
+
+
+# ------------------------------------------------------------------ examples and results
+def serialized_examples(inp) -> List[bytes]:
+    """An ``Input``'s example_list[_with_context] as serialized tf.Examples; the
+    context is merged by concatenation (the example's own features win, as in TF
+    Serving)."""
+    kind = inp.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in inp.example_list.examples]
+    if kind == "example_list_with_context":
+        context = inp.example_list_with_context.context.SerializeToString()
+        return [context + e.SerializeToString() for e in inp.example_list_with_context.examples]
+    raise invalid("Input is empty.")
+
+
+def result_response(call: Call, result):
+    """A classify or regress result (``call.api``) as TF Serving's response message."""
+    if call.api == "classify":
+        response = classification_pb2.ClassificationResponse()
+        classes, scores = result
+        for i in range(len(classes) if classes is not None else len(scores)):
+            row = response.result.classifications.add()
+            for j in range((classes if classes is not None else scores).shape[1]):
+                item = row.classes.add()
+                if classes is not None:
+                    item.label = _label_text(classes[i, j])
+                if scores is not None:
+                    item.score = float(scores[i, j])
+    else:
+        response = regression_pb2.RegressionResponse()
+        for value in np.asarray(result).tolist():
+            response.result.regressions.add().value = value
+    fill_model_spec(response.model_spec, call)
+    return response
+
+
+def fill_model_spec(spec, call: Call) -> None:
+    """A ModelSpec naming the model, version and signature that answered ``call``."""
+    spec.name = call.model_name
+    spec.version.value = call.version
+    spec.signature_name = call.signature_name
+
+
+def result_json(api: str, result) -> dict:
+    """A classify or regress result as TF Serving's REST API writes it: ``results``,
+    [[label, score], ...] per example, or one value per example; floats as the
+    shortest text of their float32."""
+    if api == "regress":
+        return {"results": [float(repr(v)) for v in np.asarray(result, np.float32)]}
+    classes, scores = result
+    rows = []
+    for i in range(len(classes) if classes is not None else len(scores)):
+        row = []
+        for j in range((classes if classes is not None else scores).shape[1]):
+            label = _label_text(classes[i, j]) if classes is not None else ""
+            score = float(repr(np.float32(scores[i, j]))) if scores is not None else 0.0
+            row.append([label, score])
+        rows.append(row)
+    return {"results": rows}
+
+
+def _label_text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
