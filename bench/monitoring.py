@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 def write_logs(directory: Path, n: int, version: int, rows) -> float:
     from tensorflow_serving.apis import predict_pb2
 
+    from core import features as F
     from core.request_log import answered_record
     from serving.client import predict_request, serialize_rows
     from serving.log_writer import RequestLogger
@@ -37,12 +38,12 @@ def write_logs(directory: Path, n: int, version: int, rows) -> float:
     templates = []
     for i, row in enumerate(rows):
         response = predict_pb2.PredictResponse()
-        out = response.outputs["probabilities"]
+        out = response.outputs[F.PREDICTION_KEY]
         out.dtype = 1
         out.tensor_shape.dim.add().size = 1
         out.float_val.append(0.1 + 0.8 * (i % 7) / 7)
         response.model_spec.version.value = version
-        templates.append(answered_record("predict", "taxi", version, "serving_default", f"bench-{i}",
+        templates.append(answered_record("predict", "taxi", version, F.DEFAULT_SIGNATURE, f"bench-{i}",
                                          time.time(), predict_request("taxi", serialize_rows([row])),
                                          response))
     start = time.perf_counter()

@@ -53,6 +53,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import google_crc32c
 
+from core.features import DEFAULT_SIGNATURE
 from core.protowire import length_delimited, tag, varint
 
 FILE_PREFIX = "requests-"
@@ -412,7 +413,7 @@ def _examples_tensor(request) -> Optional[Sequence[bytes]]:
     """The serialized tf.Examples of a ``serving_default`` predict request (its one
     string tensor, as logged: not parsed), None for any other request."""
     inputs = request.inputs
-    if len(inputs) != 1 or request.model_spec.signature_name not in ("", "serving_default"):
+    if len(inputs) != 1 or request.model_spec.signature_name not in ("", DEFAULT_SIGNATURE):
         return None
     tensor = inputs["examples"] if "examples" in inputs else next(iter(inputs.values()))
     if tensor.dtype == DT_STRING and tensor.string_val:
@@ -482,7 +483,7 @@ def _rejected_rows(request, logged_bytes: int) -> List[bytes]:
     if len(inputs) == 1:
         (name, tensor), = inputs.items()
         if tensor.dtype == types_pb2.DT_STRING and not tensor.tensor_content and (
-                name == "examples" or request.model_spec.signature_name in ("", "serving_default")):
+                name == "examples" or request.model_spec.signature_name in ("", DEFAULT_SIGNATURE)):
             return list(tensor.string_val)           # serialized tf.Examples, one per row
     if _declared_elements(inputs, logged_bytes) > logged_bytes:
         return []

@@ -45,7 +45,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import google_crc32c
 import numpy as np
 
-from core import request_log
+from core import features as F, request_log
 
 STATE_VERSION = 1
 
@@ -321,7 +321,7 @@ class Rejected:
 def _prediction_values(response, rows: int) -> List[float]:
     outputs = response.outputs
     if outputs:
-        tensor = outputs["probabilities"] if "probabilities" in outputs else outputs[sorted(outputs)[0]]
+        tensor = outputs[F.PREDICTION_KEY] if F.PREDICTION_KEY in outputs else outputs[sorted(outputs)[0]]
         values = tensor.float_val or tensor.double_val
         if len(values) == rows:
             return values
@@ -333,7 +333,7 @@ def _prediction_values(response, rows: int) -> List[float]:
 
 def _scalar(prediction) -> float:
     if isinstance(prediction, dict):
-        for key in ("probabilities", "1", b"1"):
+        for key in (F.PREDICTION_KEY, "1", b"1"):
             if key in prediction:
                 return _scalar(prediction[key])
         return _scalar(next(iter(prediction.values()))) if prediction else float("nan")
@@ -401,7 +401,7 @@ def _scores(call: request_log.LoggedRequest, rows: int) -> Sequence[float]:
     if call.source == request_log.EXAMPLES:
         response = call.record.predict_log.response
         outputs = response.outputs
-        values = outputs["probabilities"].float_val if "probabilities" in outputs else None
+        values = outputs[F.PREDICTION_KEY].float_val if F.PREDICTION_KEY in outputs else None
         return values if values is not None and len(values) == rows else _prediction_values(response, rows)
     try:
         predictions = [_scalar(p) for p in call.predictions]

@@ -24,7 +24,7 @@ import tornado.httpserver
 import tornado.web
 from tensorflow.core.framework import types_pb2
 
-from core import request_log
+from core import features as F, request_log
 from core.examples import json_body_rows, json_rows_to_examples
 from core.request_log import new_request_id
 from serving import admission, busy_poll, metrics as M
@@ -72,7 +72,7 @@ def build_log(path: str, body: bytes, answer: bytes, request_id: str,
         return None
     name, version, method = m.group(1), int(m.group(2)) if m.group(2) else None, m.group(3)
     doc, out = parse_json(body), orjson.loads(answer)
-    sig_name = doc.get("signature_name") or "serving_default"
+    sig_name = doc.get("signature_name") or F.DEFAULT_SIGNATURE
     if method == "predict":
         request, response = _predict_messages(doc, out, sig_name)
     else:
@@ -99,7 +99,7 @@ def _predict_messages(doc: dict, out: dict, sig_name: str):
             ndarray_to_proto(json_to_ndarray(v, _infer_dtype(v)), None, response.outputs[alias])
     elif values is not None:
         ndarray_to_proto(np.asarray(values, dtype=np.float32), None,
-                         response.outputs["probabilities" if sig_name.startswith("serving") else "outputs"])
+                         response.outputs[F.PREDICTION_KEY if sig_name.startswith("serving") else "outputs"])
     return request, response
 
 
