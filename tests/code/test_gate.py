@@ -2,7 +2,6 @@
 import pytest
 import tensorflow_data_validation as tfdv
 
-from core import features as F
 from pipeline.gate import describe
 from core import config
 from core.examples import row_to_example, write_tfrecord

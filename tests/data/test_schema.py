@@ -1,5 +1,4 @@
 """The curated schema, the feature module and the bundled data agree."""
-import os
 
 import pytest
 import tensorflow_data_validation as tfdv

@@ -1,6 +1,5 @@
 """`tfxops run` on unusable input: a clear message, exit code 2, and nothing written
 or pushed (these checks run before the pipeline starts)."""
-import os
 import subprocess
 import sys
 
