@@ -27,7 +27,7 @@ set_process_environment()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core import request_log  # noqa: E402
+from core import config, request_log  # noqa: E402
 from serving import client  # noqa: E402
 from serving.server import free_port  # noqa: E402
 from core.examples import read_csv_rows  # noqa: E402
@@ -60,7 +60,8 @@ def _send(protocol, port, rows, prefix, acked, stop):
 
 def run_once(model_dir: Path, rows, clients: int) -> dict:
     home = Path(tempfile.mkdtemp(prefix="crash-loss-"))
-    shutil.copytree(model_dir, home / "serving_model" / "taxi" / "1")
+    settings = config.load({"home": str(home)})
+    shutil.copytree(model_dir, settings.model_push_dir / "1")
     rest, grpc_port = free_port(), free_port()
     proc = _serve(home, rest, grpc_port)
     acked, stop = {}, threading.Event()
@@ -77,8 +78,7 @@ def run_once(model_dir: Path, rows, clients: int) -> dict:
     for t in threads:
         t.join(60)
     _serve(home, rest, grpc_port).terminate()      # restarts: recovers the killed file
-    logs = home / "request_logs"
-    found = {r.request_id for r in request_log.read_request_log(logs)}
+    found = {r.request_id for r in request_log.read_request_log(settings.request_logs_path)}
     lost = [rid for rid in acked if rid not in found]
     before_kill = sorted(round((killed - acked[rid]) * 1000) for rid in lost)
     shutil.rmtree(home, ignore_errors=True)
@@ -92,7 +92,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=4, help="per protocol")
     args = ap.parse_args()
-    push = REPO / "outputs" / "serving_model" / "taxi"
+    push = config.load({}).model_push_dir
     model_dir = Path(args.model_dir) if args.model_dir else push / str(newest_version(str(push)))
     rows = list(read_csv_rows(str(REPO / "data" / "taxi" / "data.csv")))[:200]
     for i in range(args.runs):

@@ -38,19 +38,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core import features as F  # noqa: E402
 from serving.client import wait_listening  # noqa: E402
 from serving.server import free_port  # noqa: E402
 
 
 NOOP_SERVER = r"""
 import asyncio, sys, grpc
+from core import features as F
 from serving import busy_poll
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 resp = predict_pb2.PredictResponse()
 resp.model_spec.name = "taxi"; resp.model_spec.version.value = 1
-resp.outputs["probabilities"].dtype = 1
-resp.outputs["probabilities"].tensor_shape.dim.add().size = 1
-resp.outputs["probabilities"].float_val.append(0.5)
+resp.outputs[F.PREDICTION_KEY].dtype = 1
+resp.outputs[F.PREDICTION_KEY].tensor_shape.dim.add().size = 1
+resp.outputs[F.PREDICTION_KEY].float_val.append(0.5)
 class S(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request, context):
         return resp
@@ -191,9 +193,9 @@ def batch_mean(before, after):
 
 def floor(mv, serialized, seconds, rows=1):
     """The in-process call of the signature, with the server's own session settings."""
-    sig = mv.signatures["serving_default"]
+    sig = mv.signatures[F.DEFAULT_SIGNATURE]
     feeds = {"examples": np.array((serialized[:1] * rows), dtype=object)}
-    return in_process(lambda: mv.run(sig, feeds, ("probabilities",)), seconds)
+    return in_process(lambda: mv.run(sig, feeds, (F.PREDICTION_KEY,)), seconds)
 
 
 def tf2_call(fn, serialized, seconds):
@@ -201,7 +203,7 @@ def tf2_call(fn, serialized, seconds):
     (``tf.saved_model.load``), TensorFlow's default threading."""
     import tensorflow as tf
     examples = tf.constant(serialized[:1])
-    return in_process(lambda: fn(examples=examples)["probabilities"].numpy(), seconds)
+    return in_process(lambda: fn(examples=examples)[F.PREDICTION_KEY].numpy(), seconds)
 
 
 def in_process(call, seconds):
@@ -253,17 +255,18 @@ def main():
     from serving.models import ModelVersion, SessionThreads
     from core import config
     from core.examples import read_csv_rows
+    from core.pushdir import newest_version
     import orjson
 
     settings = config.load({})
     model_dir = args.model_dir
     if not model_dir:
         push = settings.model_push_dir
-        versions = sorted(int(v) for v in os.listdir(push) if v.isdigit()) if push.is_dir() else []
-        if not versions:
+        newest = newest_version(str(push))
+        if newest is None:
             sys.exit(f"bench/serving.py: no pushed model under {push}; run `make run` first "
                      f"or pass --model-dir DIR (a pushed version directory)")
-        model_dir = str(push / str(versions[-1]))
+        model_dir = str(push / str(newest))
     rows = list(read_csv_rows(str(REPO / "data" / "taxi" / "data.csv")))[:1]
     serialized = serialize_rows(rows)
     request = predict_request("taxi", serialized)
@@ -274,7 +277,7 @@ def main():
     mv = ModelVersion("taxi", 1, model_dir,
                       SessionThreads(settings.intra_op_threads, settings.inter_op_threads))
     import tensorflow as tf
-    tf2_fn = tf.saved_model.load(model_dir).signatures["serving_default"]
+    tf2_fn = tf.saved_model.load(model_dir).signatures[F.DEFAULT_SIGNATURE]
 
     print("starting the servers ...", flush=True)
     noop_port = free_port()

@@ -328,13 +328,13 @@ def evaluation_predictions(model_path: str, eval_pattern: str, max_rows: int = 2
     if not files:
         return np.zeros(0, np.float32)
     model = tf.saved_model.load(model_path)
-    fn = model.signatures["serving_default"]
+    fn = model.signatures[F.DEFAULT_SIGNATURE]
     input_name = list(fn.structured_input_signature[1].keys())[0]
     outputs = []
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(max_rows).batch(1024)
     for batch in dataset:
         result = fn(**{input_name: batch})
-        tensor = result["probabilities"] if "probabilities" in result else result[sorted(result)[0]]
+        tensor = result[F.PREDICTION_KEY] if F.PREDICTION_KEY in result else result[sorted(result)[0]]
         values = tensor.numpy().reshape(batch.shape[0], -1)[:, -1]
         outputs.append(values.astype(np.float32))
     return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)

@@ -113,13 +113,13 @@ def log_records(rows, version, model_name="taxi", prefix="w"):
     for i, chunk in enumerate(rows):
         serialized = serialize_rows(chunk)
         response = predict_pb2.PredictResponse()
-        out = response.outputs["probabilities"]
+        out = response.outputs[F.PREDICTION_KEY]
         out.dtype = 1   # DT_FLOAT
         out.tensor_shape.dim.add().size = len(chunk)
         out.float_val.extend([0.2] * len(chunk))
         response.model_spec.version.value = int(version)
         records.append(prediction_log_pb2.PredictionLog.FromString(answered_record(
-            "predict", model_name, version, "serving_default", f"{prefix}-{i}", time.time(),
+            "predict", model_name, version, F.DEFAULT_SIGNATURE, f"{prefix}-{i}", time.time(),
             predict_request(model_name, serialized), response)))
     return records
 

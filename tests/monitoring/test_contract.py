@@ -121,7 +121,7 @@ def _raw_records(rows, version, per_request=10):
             request.inputs[name].CopyFrom(ndarray_to_proto(np.asarray([convert(r[name]) for r in chunk], dtype)))
         response.model_spec.name, response.model_spec.signature_name = "taxi", "serving_raw"
         response.model_spec.version.value = version
-        response.outputs["probabilities"].CopyFrom(ndarray_to_proto(np.full(len(chunk), 0.2, np.float32)))
+        response.outputs[F.PREDICTION_KEY].CopyFrom(ndarray_to_proto(np.full(len(chunk), 0.2, np.float32)))
         records.append(request_log.answered_record("predict", "taxi", version, "serving_raw", f"raw-{start}",
                                                    time.time(), request, response))
     return records
