@@ -52,6 +52,19 @@ def example_to_row(example: tf.train.Example) -> Dict[str, object]:
     return row
 
 
+def input_examples(inp) -> List[bytes]:
+    """The serialized tf.Examples of a classify/regress ``Input`` (``input_pb2.Input``),
+    each merged with the list's context as TF Serving merges it: by concatenation, so
+    the example's own features win. An empty ``Input`` has none."""
+    kind = inp.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in inp.example_list.examples]
+    if kind == "example_list_with_context":
+        context = inp.example_list_with_context.context.SerializeToString()
+        return [context + e.SerializeToString() for e in inp.example_list_with_context.examples]
+    return []
+
+
 def read_csv_rows(path: str) -> Iterator[Dict[str, str]]:
     with open(path, newline="") as handle:
         yield from csv.DictReader(handle)

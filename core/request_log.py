@@ -53,6 +53,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import google_crc32c
 
+from core.examples import input_examples
 from core.features import DEFAULT_SIGNATURE
 from core.protowire import length_delimited, tag, varint
 
@@ -395,7 +396,7 @@ def _logged_request(record, size: int) -> LoggedRequest:
                 rows, source = [e.SerializeToString() for e in _predict_request_examples(request)], TENSORS
     elif kind in ("classify_log", "regress_log"):
         log = getattr(record, kind)
-        rows, source, error = [e.SerializeToString() for e in _input_examples(log.request.input)], INPUT, None
+        rows, source, error = input_examples(log.request.input), INPUT, None
         response = log.response
     else:
         raise ValueError(f"unsupported PredictionLog type {kind!r}")
@@ -509,26 +510,6 @@ def _declared_elements(inputs, limit: int) -> int:
         if total > limit:
             return limit + 1
     return total
-
-
-def _input_examples(inp) -> List:
-    """The tf.Examples of a classify/regress ``Input``, each merged with its context."""
-    import tensorflow as tf
-
-    kind = inp.WhichOneof("kind")
-    if kind == "example_list":
-        return list(inp.example_list.examples)
-    if kind == "example_list_with_context":
-        context = inp.example_list_with_context.context
-        out = []
-        for e in inp.example_list_with_context.examples:
-            merged = tf.train.Example()
-            merged.CopyFrom(context)
-            for name, feature in e.features.feature.items():
-                merged.features.feature[name].CopyFrom(feature)
-            out.append(merged)
-        return out
-    return []
 
 
 MAX_LOGGED_ELEMENTS = 10 * 1024 * 1024    # a logged tensor declaring more is not read

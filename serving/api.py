@@ -27,6 +27,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, regression_pb2)
 
 from core import request_log
+from core.examples import input_examples
 from serving import metrics as M
 from serving.errors import ServingError, invalid
 from serving.models import ModelVersion, Signature
@@ -168,16 +169,11 @@ def _rejected_record(call: Call, err: ServingError, received: Optional[Received]
 
 # ------------------------------------------------------------------ examples and results
 def serialized_examples(inp) -> List[bytes]:
-    """An ``Input``'s example_list[_with_context] as serialized tf.Examples; the
-    context is merged by concatenation (the example's own features win, as in TF
-    Serving)."""
-    kind = inp.WhichOneof("kind")
-    if kind == "example_list":
-        return [e.SerializeToString() for e in inp.example_list.examples]
-    if kind == "example_list_with_context":
-        context = inp.example_list_with_context.context.SerializeToString()
-        return [context + e.SerializeToString() for e in inp.example_list_with_context.examples]
-    raise invalid("Input is empty.")
+    """An ``Input``'s examples, context merged (``core.examples.input_examples``);
+    an ``Input`` that holds no list is refused as TF Serving refuses it."""
+    if inp.WhichOneof("kind") is None:
+        raise invalid("Input is empty.")
+    return input_examples(inp)
 
 
 def result_response(call: Call, result):
