@@ -7,8 +7,6 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PIP_FLAGS ?= --disable-pip-version-check --no-input
-export TF_USE_LEGACY_KERAS := 1
-export PYTHONWARNINGS := ignore::FutureWarning
 
 # A Python 3.10 interpreter: $(PYTHON) if given, else python3.10 on PATH, else pyenv's.
 # Each candidate is run, so a pyenv shim that answers "command not found" is skipped.

@@ -37,7 +37,7 @@ from core import config  # noqa: E402
 from core import features as F  # noqa: E402
 from core.pushdir import newest_version  # noqa: E402
 PY = sys.executable
-ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONWARNINGS="ignore")
+ENV = dict(os.environ, PYTHONWARNINGS="ignore")   # os.environ: set_process_environment() above
 
 REFERENCE_DRIVER = textwrap.dedent("""
     import os, sys

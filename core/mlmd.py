@@ -332,6 +332,18 @@ def run_of_execution(store, execution_id: int) -> Optional[str]:
 
 
 # ------------------------------------------------------- who made, who read
+def artifact(store, artifact_id: int) -> Optional[metadata_store_pb2.Artifact]:
+    """The artifact with this id, or None."""
+    found = store.get_artifacts_by_id([int(artifact_id)])
+    return found[0] if found else None
+
+
+def execution(store, execution_id: int) -> Optional[metadata_store_pb2.Execution]:
+    """The execution with this id, or None."""
+    found = store.get_executions_by_id([int(execution_id)])
+    return found[0] if found else None
+
+
 def is_complete(execution: metadata_store_pb2.Execution) -> bool:
     """Ran to the end, or reused a cached result."""
     return execution.last_known_state in (STATE.COMPLETE, STATE.CACHED)

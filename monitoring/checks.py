@@ -31,7 +31,6 @@ from core import features as F
 UNWATCHED = 1e9          # a comparator threshold that never fires: distance only
 PREDICTION = "prediction"
 SERVING_ENV = "SERVING"
-REPORT_BINS = 20
 
 
 # ------------------------------------------------------------------ statistics

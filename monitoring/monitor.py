@@ -74,61 +74,62 @@ def _monitor_window(settings: Settings, dry_run: bool, print_line: PrintLine) ->
     checkpoint = window_lib.Checkpoint(settings.monitor_path)
     win = window_lib.open_window(checkpoint, settings.request_logs_path, settings.monitor_max_files,
                                  persist=not dry_run)
-    run = MonitorPass(settings, dry_run, print_line, checkpoint, win, time.time())
+    monitor_pass = MonitorPass(settings, dry_run, print_line, checkpoint, win, time.time())
     if not win.files:
-        return _no_new_requests(run)
+        return _no_new_requests(monitor_pass)
     print_line(f"window {win.id}: {len(win.files)} log file(s){' (resuming a crashed run)' if win.resumed else ''}")
-    traffic, files = _read(run)
+    traffic, files = _read(monitor_pass)
     if not traffic.versions and not traffic.unattributed.rejected and not files.quarantined:
-        return _nothing_complete(run, files)
-    timings = {"read_decode_statistics": time.time() - run.started}
+        return _nothing_complete(monitor_pass, files)
+    timings = {"read_decode_statistics": time.time() - monitor_pass.started}
     mark = time.time()
     if traffic.versions:    # MetadataError (exit 2) if there is no store: never create one
-        run.store = mlmd.open_store(settings, readonly=False, must_exist=True)
-    versions, not_judged = _judge_versions(run, traffic)
+        monitor_pass.store = mlmd.open_store(settings, readonly=False, must_exist=True)
+    versions, not_judged = _judge_versions(monitor_pass, traffic)
     timings["checks_and_actions"] = time.time() - mark
     mark = time.time()
-    result = _analysed(run, traffic, files, versions, not_judged)
-    _record(run, result)
+    result = _analysed(monitor_pass, traffic, files, versions, not_judged)
+    _record(monitor_pass, result)
     timings["record_and_report"] = time.time() - mark
     result.timings = {k: round(v, 3) for k, v in timings.items()}
     report.write(result)
     if not dry_run:         # a dry run only reports: the next real pass analyses the same requests
-        _commit(run, traffic, files, result)
+        _commit(monitor_pass, traffic, files, result)
     print_line(result.summary_line())
     return result
 
 
 # ------------------------------------------------------------------ 1. window
-def _read(run: MonitorPass) -> Tuple[WindowTraffic, logfiles.Triage]:
+def _read(monitor_pass: MonitorPass) -> Tuple[WindowTraffic, logfiles.Triage]:
     """The window's traffic per version, and its unreadable files sorted into
     incomplete (read again next pass) and quarantined (moved aside, never again)."""
-    settings = run.settings
-    traffic = read_window(run.window, load_feedback(settings.feedback_path),
-                          workers_for(settings, run.window.files), _decoding_schema(settings))
-    if not run.dry_run:
-        window_lib.fix_ends(run.checkpoint, run.window, traffic.ends())
-    files = logfiles.triage(traffic.unreadable, settings.request_logs_path, run.monitor_dir,
-                            settings.monitor_incomplete_grace_seconds, move=not run.dry_run)
+    settings = monitor_pass.settings
+    traffic = read_window(monitor_pass.window, load_feedback(settings.feedback_path),
+                          workers_for(settings, monitor_pass.window.files), _decoding_schema(settings))
+    if not monitor_pass.dry_run:
+        window_lib.fix_ends(monitor_pass.checkpoint, monitor_pass.window, traffic.ends())
+    files = logfiles.triage(traffic.unreadable, settings.request_logs_path, monitor_pass.monitor_dir,
+                            settings.monitor_incomplete_grace_seconds, move=not monitor_pass.dry_run)
     return traffic, files
 
 
-def _no_new_requests(run: MonitorPass) -> MonitorResult:
-    if run.window.id and not run.dry_run:       # an open window whose files were all removed
-        window_lib.commit_window(run.checkpoint, run.window, {})
-    log_dir = run.settings.request_logs_path
-    run.print_line(f"no new requests in {log_dir} since the last run; nothing to do")
+def _no_new_requests(monitor_pass: MonitorPass) -> MonitorResult:
+    if monitor_pass.window.id and not monitor_pass.dry_run:       # an open window whose files were all removed
+        window_lib.commit_window(monitor_pass.checkpoint, monitor_pass.window, {})
+    log_dir = monitor_pass.settings.request_logs_path
+    monitor_pass.print_line(f"no new requests in {log_dir} since the last run; nothing to do")
     return MonitorResult(NO_NEW_REQUESTS, log_dir=str(log_dir))
 
 
-def _nothing_complete(run: MonitorPass, files: logfiles.Triage) -> MonitorResult:
+def _nothing_complete(monitor_pass: MonitorPass, files: logfiles.Triage) -> MonitorResult:
     """Every file of the window is still being written: nothing is committed, and the
     next pass reads them again."""
-    if not run.dry_run:
-        window_lib.release_window(run.checkpoint)
-    result = MonitorResult(INCOMPLETE, window=run.window.id, files=[p.name for p in run.window.files],
-                           incomplete_files=files.incomplete, dry_run=run.dry_run)
-    run.print_line(result.summary_line())
+    if not monitor_pass.dry_run:
+        window_lib.release_window(monitor_pass.checkpoint)
+    window = monitor_pass.window
+    result = MonitorResult(INCOMPLETE, window=window.id, files=[p.name for p in window.files],
+                           incomplete_files=files.incomplete, dry_run=monitor_pass.dry_run)
+    monitor_pass.print_line(result.summary_line())
     return result
 
 
@@ -143,16 +144,16 @@ def _decoding_schema(settings: Settings):
 
 
 # ------------------------------------------------------------------ 2-4. analysis, decision, action
-def _judge_versions(run: MonitorPass, traffic: WindowTraffic) -> Tuple[List[VersionResult], List[NotJudged]]:
+def _judge_versions(monitor_pass: MonitorPass, traffic: WindowTraffic) -> Tuple[List[VersionResult], List[NotJudged]]:
     """Every version of the window with lineage in MLMD, by model name and version;
     those without are listed as not judged."""
-    served = pushdir.newest_version(str(run.settings.model_push_dir))
+    served = pushdir.newest_version(str(monitor_pass.settings.model_push_dir))
     versions, not_judged = [], []
     for version_traffic in traffic.in_order():
-        base = _baseline_or_none(run.store, version_traffic, not_judged)
+        base = _baseline_or_none(monitor_pass.store, version_traffic, not_judged)
         if base is not None:
             current = served is None or version_traffic.version == served
-            versions.append(_judge_version(run, version_traffic, base, current))
+            versions.append(_judge_version(monitor_pass, version_traffic, base, current))
     return versions, not_judged
 
 
@@ -168,24 +169,24 @@ def _baseline_or_none(store, traffic: VersionTraffic, not_judged: List[NotJudged
         return None
 
 
-def _judge_version(run: MonitorPass, traffic: VersionTraffic, base: baseline_lib.Baseline,
+def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: baseline_lib.Baseline,
                    current: bool) -> VersionResult:
     """Analysis -> decision -> action for one version; its statistics saved."""
-    settings, checkpoint = run.settings, run.checkpoint
-    found = analysis_lib.analyse(settings, traffic, base, current=current, monitor_dir=run.monitor_dir,
+    settings, checkpoint = monitor_pass.settings, monitor_pass.checkpoint
+    found = analysis_lib.analyse(settings, traffic, base, current=current, monitor_dir=monitor_pass.monitor_dir,
                                  previous_statistics=checkpoint.previous_statistics(traffic.model_name))
     reasons = policy.reasons_for(settings, features=found.features, prediction=found.prediction,
                                  quality=found.quality)
     candidates = []
     if policy.looks_for_reuse(settings, reasons=reasons, is_current=current):
-        candidates = reuse.candidates(run.store, base.model.id, found.stats, traffic.rows_by_signature())
+        candidates = reuse.candidates(monitor_pass.store, base.model.id, found.stats, traffic.rows_by_signature())
     decision = policy.decide(
-        settings, reasons=reasons, rows=traffic.rows, is_current=current and not run.acted,
-        window_action=checkpoint.action_for_window(run.window.id), last_action=checkpoint.last_action(),
-        dry_run=run.dry_run, reuse=reuse.best(candidates), labelled_rows=len(found.labelled_rows),
+        settings, reasons=reasons, rows=traffic.rows, is_current=current and not monitor_pass.acted,
+        window_action=checkpoint.action_for_window(monitor_pass.window.id), last_action=checkpoint.last_action(),
+        dry_run=monitor_pass.dry_run, reuse=reuse.best(candidates), labelled_rows=len(found.labelled_rows),
         alert=found.alert)
-    decision = _act(run, traffic, found, decision)
-    statistics = analysis_lib.save_statistics(found, run.version_dir(traffic.model_name, traffic.version))
+    decision = _act(monitor_pass, traffic, found, decision)
+    statistics = analysis_lib.save_statistics(found, monitor_pass.version_dir(traffic.model_name, traffic.version))
     return VersionResult(
         model_name=traffic.model_name, version=traffic.version, current=current, rows=traffic.rows,
         requests=traffic.all_requests, rejections=found.rejections, baseline=base, relaxed=found.relaxed,
@@ -194,61 +195,62 @@ def _judge_version(run: MonitorPass, traffic: VersionTraffic, base: baseline_lib
         distributions=analysis_lib.distributions(found))
 
 
-def _act(run: MonitorPass, traffic: VersionTraffic, found: analysis_lib.VersionAnalysis,
+def _act(monitor_pass: MonitorPass, traffic: VersionTraffic, found: analysis_lib.VersionAnalysis,
          decision: policy.Decision) -> policy.Decision:
     """Carry out a retrain or re-push; the checkpoint enters it before it starts (a
     window never acts twice, even after a crash). The decision with its outcome."""
     if decision.action not in policy.ACTIONS:
         return decision
-    run.checkpoint.start_action(run.window.id, decision.action, traffic.version)
-    run.print_line(f"acting: {decision.because}")
-    outcome = act.carry_out(run.settings, decision, monitor_dir=run.monitor_dir, window_id=run.window.id,
-                            labelled_rows=found.labelled_rows)
-    run.checkpoint.finish_action(run.window.id, outcome.ok, outcome.to_dict())
-    run.acted = True
-    run.print_line(f"outcome: {json.dumps(report.json_safe(outcome.to_dict()))}")
+    monitor_pass.checkpoint.start_action(monitor_pass.window.id, decision.action, traffic.version)
+    monitor_pass.print_line(f"acting: {decision.because}")
+    outcome = act.carry_out(monitor_pass.settings, decision, monitor_dir=monitor_pass.monitor_dir,
+                            window_id=monitor_pass.window.id, labelled_rows=found.labelled_rows)
+    monitor_pass.checkpoint.finish_action(monitor_pass.window.id, outcome.ok, outcome.to_dict())
+    monitor_pass.acted = True
+    monitor_pass.print_line(f"outcome: {json.dumps(report.json_safe(outcome.to_dict()))}")
     return dataclasses.replace(decision, outcome=outcome)
 
 
-def _analysed(run: MonitorPass, traffic: WindowTraffic, files: logfiles.Triage, versions: List[VersionResult],
-              not_judged: List[NotJudged]) -> MonitorResult:
+def _analysed(monitor_pass: MonitorPass, traffic: WindowTraffic, files: logfiles.Triage,
+              versions: List[VersionResult], not_judged: List[NotJudged]) -> MonitorResult:
     """The pass's result, with the window's decision (``policy.window_decision``) and
     where its report goes."""
     unattributed = None
     if traffic.unattributed.rejected:        # rejected calls that name no model version, of every request
         answered = sum(v.all_requests for v in traffic.versions.values())
         unattributed = rejections_lib.summarize(traffic.unattributed, answered, {})
-    decision = policy.window_decision(run.settings, versions=[(v.decision, v.current) for v in versions],
+    decision = policy.window_decision(monitor_pass.settings, versions=[(v.decision, v.current) for v in versions],
                                       unattributed=unattributed, any_not_judged=bool(not_judged),
-                                      dry_run=run.dry_run)
-    reports = run.monitor_dir / "reports"
+                                      dry_run=monitor_pass.dry_run)
+    reports = monitor_pass.monitor_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    finished = time.time()
+    window, started, finished = monitor_pass.window, monitor_pass.started, time.time()
     return MonitorResult(
-        ANALYSED, window=run.window.id, resumed=run.window.resumed, dry_run=run.dry_run,
-        started=_iso(run.started), finished=_iso(finished), seconds=round(finished - run.started, 2),
-        files=[p.name for p in run.window.files], quarantined_files=files.quarantined,
+        ANALYSED, window=window.id, resumed=window.resumed, dry_run=monitor_pass.dry_run,
+        started=_iso(started), finished=_iso(finished), seconds=round(finished - started, 2),
+        files=[p.name for p in window.files], quarantined_files=files.quarantined,
         incomplete_files=files.incomplete, rows=traffic.rows, not_judged=not_judged, requests=traffic.requests,
         unattributed_rejections=unattributed, decision=decision, versions=versions,
-        report=ReportPaths(json=str(reports / f"{run.window.id}.json"), html=str(reports / f"{run.window.id}.html")))
+        report=ReportPaths(json=str(reports / f"{window.id}.json"), html=str(reports / f"{window.id}.html")))
 
 
 # ------------------------------------------------------------------ 5. record, 7. commit
-def _record(run: MonitorPass, result: MonitorResult) -> None:
+def _record(monitor_pass: MonitorPass, result: MonitorResult) -> None:
     """One ``tfxops.Monitor`` execution per judged version (and a ``tfxops.Repush``
     for a re-push), once: a pass that resumes a window whose record was written
     before a crash finds it and writes none."""
     for version in result.versions:
-        found = None if run.dry_run else record.find_run(run.store, result.window, str(version.version))
+        found = None if monitor_pass.dry_run else \
+            record.find_run(monitor_pass.store, result.window, str(version.version))
         if found is not None:
             version.mlmd = {"execution_id": found.id, "recorded_before": True}
         else:
-            version.mlmd = _record_version(run, result, version)
+            version.mlmd = _record_version(monitor_pass, result, version)
 
 
-def _record_version(run: MonitorPass, result: MonitorResult, version: VersionResult) -> dict:
-    store, window = run.store, result.window
-    vdir = run.version_dir(version.model_name, version.version)
+def _record_version(monitor_pass: MonitorPass, result: MonitorResult, version: VersionResult) -> dict:
+    store, window = monitor_pass.store, result.window
+    vdir = monitor_pass.version_dir(version.model_name, version.version)
     stats_artifact = record.new_artifact(store, "ExampleStatistics", str(vdir / "statistics"),
                                          {"split_names": '["serving"]', "window": window})
     anomalies_artifact = record.new_artifact(store, "ExampleAnomalies", str(vdir / "anomalies"),
@@ -256,11 +258,11 @@ def _record_version(run: MonitorPass, result: MonitorResult, version: VersionRes
     report_artifact = record.new_artifact(store, record.REPORT_TYPE, result.report.html,
                                           {"json": result.report.json, "window": window})
     decision, rejected = version.decision, version.rejections.as_dict()
-    ids = record.record_run(store, run.settings.pipeline_name, {
+    ids = record.record_run(store, monitor_pass.settings.pipeline_name, {
         "window": window, "model_version": str(version.version), "rows": version.rows,
         "files_quarantined": len(result.quarantined_files), "files_incomplete": len(result.incomplete_files),
         "action": decision.action, "triggered": decision.triggered,
-        "because": decision.because, "reasons": decision.reasons, "dry_run": run.dry_run,
+        "because": decision.because, "reasons": decision.reasons, "dry_run": monitor_pass.dry_run,
         "flagged_features": version.flagged_features, "requests": version.requests,
         "relaxed": [r.line() for r in version.relaxed],
         "rejected_requests": rejected["rejected"], "rejection_rate": float(rejected["rate"]),
@@ -269,32 +271,33 @@ def _record_version(run: MonitorPass, result: MonitorResult, version: VersionRes
         inputs=[("pushed_model", version.baseline.pushed_model), ("model", version.baseline.model)],
         outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact), ("report", report_artifact)])
     if isinstance(decision.outcome, act.RepushOutcome):
-        ids["repush"] = _record_repush(run, window, version, ids["execution_id"])
+        ids["repush"] = _record_repush(monitor_pass, window, version, ids["execution_id"])
     return ids
 
 
-def _record_repush(run: MonitorPass, window: str, version: VersionResult, monitor_execution: int) -> dict:
+def _record_repush(monitor_pass: MonitorPass, window: str, version: VersionResult, monitor_execution: int) -> dict:
     """The re-push as its own execution, shaped like a Pusher's: the reused Model in,
     the new PushedModel out (so its version has lineage like any push)."""
     decision, outcome = version.decision, version.decision.outcome
-    pushed = record.new_artifact(run.store, "PushedModel", outcome.pushed_destination, {
+    pushed = record.new_artifact(monitor_pass.store, "PushedModel", outcome.pushed_destination, {
         "pushed": 1, "pushed_version": outcome.pushed_version, "pushed_destination": outcome.pushed_destination,
         "reused_model_id": outcome.model_id, "reason": decision.because})
-    reused = run.store.get_artifacts_by_id([outcome.model_id])[0]
+    reused = mlmd.artifact(monitor_pass.store, outcome.model_id)
     return record.record_run(
-        run.store, run.settings.pipeline_name,
+        monitor_pass.store, monitor_pass.settings.pipeline_name,
         {"window": window, "because": decision.because, "monitor_execution": monitor_execution,
          "replaced_version": str(version.version)},
         inputs=[("model", reused)], outputs=[("pushed_model", pushed)], execution_type=record.REPUSH_TYPE)
 
 
-def _commit(run: MonitorPass, traffic: WindowTraffic, files: logfiles.Triage, result: MonitorResult) -> None:
+def _commit(monitor_pass: MonitorPass, traffic: WindowTraffic, files: logfiles.Triage, result: MonitorResult) -> None:
     """These files are analysed (or quarantined); the served version's statistics are
     the next window's drift baseline."""
     for version in result.versions:
         if version.current or len(result.versions) == 1:
-            run.checkpoint.set_previous_statistics(version.model_name, version.statistics)
-    window_lib.commit_window(run.checkpoint, run.window, {**traffic.file_results, **files.file_results()})
+            monitor_pass.checkpoint.set_previous_statistics(version.model_name, version.statistics)
+    window_lib.commit_window(monitor_pass.checkpoint, monitor_pass.window,
+                             {**traffic.file_results, **files.file_results()})
 
 
 # ------------------------------------------------------------------ before the pass

@@ -130,12 +130,12 @@ def _killed_pusher(store, marker: Dict):
     execution_id = marker.get("execution_id")
     if store is None or not marker.get("pipeline_run_id") or not str(execution_id or "").isdigit():
         return None
-    for execution in store.get_executions_by_id([int(execution_id)]):
-        if execution.last_known_state not in (mlmd.STATE.RUNNING, mlmd.STATE.NEW):
-            continue
-        node_id, run_id = mlmd.node_and_run(store, execution.id, marker.get("pipeline_name"))
-        if run_id == marker["pipeline_run_id"] and node_id == marker.get("node_id"):
-            return execution
+    execution = mlmd.execution(store, int(execution_id))
+    if execution is None or execution.last_known_state not in (mlmd.STATE.RUNNING, mlmd.STATE.NEW):
+        return None
+    node_id, run_id = mlmd.node_and_run(store, execution.id, marker.get("pipeline_name"))
+    if run_id == marker["pipeline_run_id"] and node_id == marker.get("node_id"):
+        return execution
     return None
 
 

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -179,7 +179,6 @@ class ModelVersion:
         self._lock = threading.Lock()
         self.refs = 0
         self.retired = False           # unloaded while calls still ran: closed by the last
-        self.loaded_at = time.time()
 
     def signature_def_map(self):
         """The SignatureDefMap proto GetModelMetadata answers with."""
@@ -272,7 +271,6 @@ class VersionStatus:
     error_code: str = "OK"
     error_message: str = ""
     fingerprint: tuple = ()
-    changed_at: float = field(default_factory=time.time)
 
 
 def dir_fingerprint(path: str) -> tuple:

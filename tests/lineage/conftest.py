@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -149,6 +148,3 @@ def settings_args(settings) -> list:
     return args
 
 
-@pytest.fixture(scope="session")
-def store_path(e2e_settings) -> Path:
-    return Path(e2e_settings.metadata_file)

@@ -296,3 +296,34 @@ def test_rejected_calls_are_logged_with_what_was_sent(tmp_path, pushed_model, ro
     assert logged["unknown-model"].model_name == "nope" and logged["unknown-model"].model_version is None
     assert logged["bomb"].error[0] == "INVALID_ARGUMENT"
     assert logged["bomb"].examples == []     # logged as sent; a reader never expands it
+
+
+def test_rest_and_grpc_log_a_rejected_call_alike(tmp_path, pushed_model, rows):
+    """Both front ends log a refused call through one point (serving.api): under the
+    version the caller asked for (REST used to log none for an unknown version) and
+    the signature that would have answered (gRPC used to log "" when none was named)."""
+    settings = serving_settings(tmp_path)
+    copy_version(pushed_model, settings.model_push_dir, 3)
+    body = rest_body(serialize_rows(rows[:1]))
+    with BackgroundServer(settings) as server:
+        base = f"http://127.0.0.1:{server.ports.rest}/v1/models/taxi"
+        answer = requests.post(f"{base}/versions/99:predict", json=body, timeout=30,
+                               headers={"X-Request-Id": "rest-version"})
+        assert answer.status_code == 404
+        answer = requests.post(f"{base}:predict", json={"instances": [{"nope": 1.0}]}, timeout=30,
+                               headers={"X-Request-Id": "rest-signature"})
+        assert answer.status_code == 400
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.ports.grpc}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "taxi"                       # no signature named
+        request.inputs["nope"].CopyFrom(tf.make_tensor_proto([1.0]))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Predict(request, timeout=30, metadata=(("x-request-id", "grpc-signature"),))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        channel.close()
+    logged = {r.request_id: r for r in request_log.read_request_log(settings.request_logs_path)}
+    assert logged["rest-version"].error[0] == "NOT_FOUND" and logged["rest-version"].model_version == 99
+    for rid in ("rest-signature", "grpc-signature"):
+        assert logged[rid].error[0] == "INVALID_ARGUMENT"
+        assert logged[rid].model_version == 3 and logged[rid].signature_name == F.DEFAULT_SIGNATURE
