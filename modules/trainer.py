@@ -11,14 +11,17 @@ The exported SavedModel has three signatures (names in ``core.features``):
 """
 from typing import Dict, List
 
-import tensorflow as tf
-import tensorflow_transform as tft
-from tfx import v1 as tfx
-from tfx_bsl.public import tfxio
+from core.env import set_process_environment, skip_autograph_for_libraries
 
-from core import features as F
-from core.config import Settings
-from core.env import skip_autograph_for_libraries
+set_process_environment()   # this module is where a Beam worker enters tfxops code
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+from tfx_bsl.public import tfxio  # noqa: E402
+
+from core import features as F  # noqa: E402
+from core.config import Settings  # noqa: E402
 
 skip_autograph_for_libraries()
 

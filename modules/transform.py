@@ -2,11 +2,14 @@
 
 The feature lists come from ``core.features``; nothing here names a column.
 """
-import tensorflow as tf
-import tensorflow_transform as tft
+from core.env import set_process_environment, skip_autograph_for_libraries
 
-from core import features as F
-from core.env import skip_autograph_for_libraries
+set_process_environment()   # this module is where a Beam worker enters tfxops code
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+
+from core import features as F  # noqa: E402
 
 skip_autograph_for_libraries()
 
