@@ -67,7 +67,7 @@ def inference_service_schema(crd: Dict, source: str) -> Dict:
 
 def main(argv) -> int:
     if len(argv) != 2:
-        print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
+        print("usage: " + __doc__.split("\n\n")[1].strip(), file=sys.stderr)
         return 2
     crd_path, source = argv
     with open(crd_path) as handle:
