@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from core import config
+from serving.admission import GRACE_SECONDS
 from tests.conftest import REPO
 from tests.deploy.conftest import K8S_DIR
 
@@ -149,6 +150,18 @@ def test_probes_ask_for_the_model_on_declared_ports(manifests, settings):
         assert alive == {"path": liveness_path, "port": port}, name
         assert port in ports(c)
         assert {"requests", "limits"} <= set(c["resources"]), name
+
+
+def test_tf_serving_outlives_the_proxys_drain(manifests):
+    pod = serving_pod(manifests)
+
+    def pre_stop_sleep(name):
+        command = container(pod, name)["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep", command
+        return int(command[1])
+    proxy_done = pre_stop_sleep("logging-proxy") + GRACE_SECONDS   # then its calls in flight
+    assert pre_stop_sleep("tensorflow-serving") >= proxy_done
+    assert pod["spec"]["terminationGracePeriodSeconds"] > pre_stop_sleep("tensorflow-serving")
 
 
 def test_autoscaler_and_disruption_budget_select_the_serving_pods(manifests):
