@@ -6,6 +6,18 @@ Precedence (highest first): ``tfxops ... --set key=value`` on the command line,
 
 Relative paths are taken from the current directory; ``home`` (default
 ``./outputs``) holds everything a run writes.
+
+Paths and URIs. Every path setting takes a local path or a URI of any store
+TensorFlow's file system reaches (``gs://``, ``s3://``, ``hdfs://``,
+``file://``...). The derived paths (``pipeline_root_path``, ``model_push_dir``...)
+are a ``pathlib.Path`` for a local path, exactly as before, and the URI itself,
+a ``str`` with its ``//`` kept, for a URI (``core.storage.join``; ``pathlib``
+would turn ``gs://b/x`` into ``gs:/b/x``). A ``home`` URI puts every default
+under it. Code that may meet a URI reads and writes through ``core.storage``
+(``tf.io.gfile``). What works on a local disk only (the request-log writer's
+fsync and flock, the monitor's lock) asks for ``require_local``, which names the
+setting to change instead of failing later. The SQLite metadata file is local
+too; a store shared by machines is MySQL (``metadata_backend``).
 """
 import dataclasses
 import json
@@ -13,6 +25,9 @@ import os
 import typing
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from core import storage
+from core.storage import Location
 
 # The repository root (data/ and schema/ live beside the packages).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -137,40 +152,41 @@ class Settings:
     monitor_lock_wait_seconds: float = 0.0   # a second monitor waits this long for the lock, then exits 3
 
     # ------------------------------------------------------------ derived paths
-    def _under_home(self, value: str, default: str) -> Path:
-        return Path(value) if value else Path(self.home) / default
+    # A Path for a local path, the URI (str) for a URI: see the module docstring.
+    def _under_home(self, value: str, default: str) -> Location:
+        return storage.location(value) if value else storage.join(self.home, default)
 
     @property
-    def pipeline_root_path(self) -> Path:
+    def pipeline_root_path(self) -> Location:
         return self._under_home(self.pipeline_root, "pipeline_root")
 
     @property
-    def metadata_file(self) -> Path:
+    def metadata_file(self) -> Location:
         return self._under_home(self.metadata_path, "metadata.sqlite")
 
     @property
-    def serving_base(self) -> Path:
+    def serving_base(self) -> Location:
         return self._under_home(self.serving_dir, "serving_model")
 
     @property
-    def model_push_dir(self) -> Path:
+    def model_push_dir(self) -> Location:
         """Where versions of the model are pushed: <serving_dir>/<model_name>."""
-        return self.serving_base / self.model_name
+        return storage.join(self.serving_base, self.model_name)
 
     @property
-    def logs_path(self) -> Path:
+    def logs_path(self) -> Location:
         return self._under_home(self.log_dir, "logs")
 
     @property
-    def request_logs_path(self) -> Path:
+    def request_logs_path(self) -> Location:
         return self._under_home(self.request_log_dir, "request_logs")
 
     @property
-    def monitor_path(self) -> Path:
+    def monitor_path(self) -> Location:
         return self._under_home(self.monitor_dir, "monitoring")
 
     @property
-    def feedback_path(self) -> Path:
+    def feedback_path(self) -> Location:
         return self._under_home(self.feedback_dir, "feedback")
 
     def derived_paths(self) -> Dict[str, str]:
@@ -236,6 +252,17 @@ def load(overrides: Optional[Dict[str, str]] = None,
                 f"unknown setting '{name}'. Known settings: {', '.join(sorted(fields))}")
         values[key] = _parse(fields[key], raw) if isinstance(raw, str) else raw
     return Settings(**values)
+
+
+def require_local(setting: str, path: Location, needs: str) -> Path:
+    """``path`` (the value of ``setting``) as a local ``Path``; a ``ConfigError``
+    naming the setting if it is a URI. ``needs`` says what requires a local disk,
+    e.g. "the request-log writer fsyncs and locks its files"."""
+    if storage.is_uri(path):
+        raise ConfigError(
+            f"setting '{setting}' is {path}, a URI, but {needs}: set it to a directory on a local "
+            f"disk (--set {setting}=DIR) and copy what it holds to the store from there")
+    return Path(path)
 
 
 def parse_assignments(pairs: List[str]) -> Dict[str, str]:

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from core import storage
 from core.config import ConfigError, Settings
 from core.pushdir import version_order
 
@@ -403,8 +404,8 @@ class PushedModel:
 
     def is_in(self, push_directory) -> bool:
         """Whether it was pushed into ``push_directory`` (as a version directory of it)."""
-        return bool(self.destination) and (os.path.realpath(os.path.dirname(self.destination))
-                                           == os.path.realpath(str(push_directory)))
+        return bool(self.destination) and (storage.canonical(os.path.dirname(self.destination))
+                                           == storage.canonical(push_directory))
 
 
 def pushed_models(store) -> List[PushedModel]:

@@ -1,29 +1,47 @@
 """Publishing a model version into a serving directory, whole or not at all, and
-finding what a killed publisher left there. Filesystem only (no TFX, no MLMD), so
-monitoring, lineage and the server can import it.
+finding what a killed publisher left there. Files only (no TFX, no MLMD), so
+monitoring, lineage and the server can import it. The directory may be local or
+on a store TensorFlow reaches (``gs://``, ``s3://``...; ``core.storage``).
 
 ``publish_atomically`` makes ``<base>/.incoming-<version>-<pid>``, writes a push
-marker (``MARKER``) into it first, copies the model beside it, then renames the
-whole directory to ``<base>/<version>`` in one ``os.rename``. The marker stays
-inside the version: who pushed it (pid, host, process start time) and, when the
-caller says, which pipeline run, Pusher execution and model. A server ignores the
-extra file; ``pipeline/recovery.py`` reads it to match a version that has no MLMD
-record to the execution that pushed it.
+marker (``MARKER``) into it first, and copies the model beside it. The marker
+stays inside the version: who pushed it (pid, host, process start time) and,
+when the caller says, which pipeline run, Pusher execution and model.
+``pipeline/recovery.py`` reads it to match a version that has no MLMD record to
+the execution that pushed it. Then the version appears, by store:
 
-A ``kill -9`` leaves at most one of two things behind (``pipeline/recovery.py``
-deals with both): a staging directory, during the copy (never visible to a
-server: hidden, not numeric); or a whole version without its MLMD record, between
-the rename and the caller's record.
+* **Local disk** (a path or ``file://``): the staging directory is renamed to
+  ``<base>/<version>`` in one atomic rename. A numeric directory is always
+  complete; one without a marker is a version tfxops did not push, and is listed.
+* **Object stores** (``gs://``, ``s3://``, any other scheme: no directory rename):
+  the staged files are copied to ``<base>/<version>/`` and the marker is written
+  there LAST: it is the version's completion marker. Every reader here
+  (``existing_versions``, ``newest_version``, so the server's version discovery,
+  the monitor, lineage and recovery) lists only numeric directories that hold
+  it; a version whose copy is under way, or was cut short, is not there yet.
+  TF Serving does not check the marker: it loads a numeric directory as soon as
+  it sees one, so do not point TF Serving at an object-store push directory
+  (docs/storage.md says what to do instead). One writer per push directory on
+  an object store: the stores have no exclusive create, so two publishers could
+  pick the same version number.
+
+A ``kill -9`` leaves at most one of these behind (``pipeline/recovery.py`` deals
+with each): a staging directory, during the copy (never visible to a server:
+hidden, not numeric); on an object store, a numeric directory without its marker
+(invisible to our readers; removed with the staging directory of its dead
+writer, whose marker names it); or a whole version without its MLMD record,
+between the publication and the caller's record.
 """
 import datetime
 import json
 import os
 import re
-import shutil
 import socket
 import time
 from typing import Dict, List, Optional, Tuple
 
+from core import storage
+from core.storage import Location
 from core.owner import DEAD, Owner
 
 INCOMING_PREFIX = ".incoming-"          # staging: .incoming-<version>-<pid>
@@ -44,118 +62,206 @@ def version_order(version) -> Tuple[int, str]:
     return (int(text), text) if is_version_name(text) else (-1, text)
 
 
-def existing_versions(base_directory: str) -> List[int]:
-    """The version directories under ``base_directory`` (what servers load), ascending."""
-    if not os.path.isdir(base_directory):
+def _numbered_directories(base_directory: Location) -> List[int]:
+    """Every numeric directory under ``base_directory``, complete or not, ascending."""
+    if not storage.isdir(base_directory):
         return []
-    return sorted(int(name) for name in os.listdir(base_directory)
-                  if is_version_name(name) and os.path.isdir(os.path.join(base_directory, name)))
+    return sorted(int(name) for name in storage.listdir(base_directory)
+                  if is_version_name(name) and storage.isdir(storage.join(base_directory, name)))
 
 
-def newest_version(base_directory: str) -> Optional[int]:
+def is_complete(base_directory: Location, version) -> bool:
+    """Whether ``<base>/<version>`` is a whole version: always on a local disk (it
+    appeared by an atomic rename), only once its marker is written on an object store."""
+    return (storage.has_atomic_rename(base_directory)
+            or storage.exists(storage.join(base_directory, str(version), MARKER)))
+
+
+def existing_versions(base_directory: Location) -> List[int]:
+    """The complete version directories under ``base_directory`` (what servers load), ascending."""
+    return [version for version in _numbered_directories(base_directory)
+            if is_complete(base_directory, version)]
+
+
+def newest_version(base_directory: Location) -> Optional[int]:
     """The highest version under ``base_directory`` (what a ``latest`` server serves); None if none."""
     return max(existing_versions(base_directory), default=None)
 
 
-def next_version(base_directory: str, now: float = None) -> int:
-    newest = newest_version(base_directory) or 0
+def next_version(base_directory: Location, now: float = None) -> int:
+    """Unix seconds, past every numeric directory (a version still being copied included)."""
+    newest = max(_numbered_directories(base_directory), default=0)
     return max(int(now if now is not None else time.time()), newest + 1)
 
 
-def publish_atomically(model_path: str, base_directory: str, record: Optional[Dict] = None) -> str:
-    """Copy ``model_path`` to ``base_directory/<version>`` atomically; returns the version.
+def publish_atomically(model_path: Location, base_directory: Location, record: Optional[Dict] = None) -> str:
+    """Copy ``model_path`` to ``base_directory/<version>``, whole or not at all (see
+    the module docstring for what that means on each store); returns the version.
 
     ``record`` (JSON-able) goes into the version's push marker, beside the owner and
     the base directory (a copy of the version elsewhere is then known as a copy).
     """
-    os.makedirs(base_directory, exist_ok=True)
+    storage.makedirs(base_directory)
     version = next_version(base_directory)
-    staging = os.path.join(base_directory, f"{INCOMING_PREFIX}{version}-{os.getpid()}")
+    staging = storage.join(base_directory, f"{INCOMING_PREFIX}{version}-{os.getpid()}")
     try:
-        os.mkdir(staging)
-        write_marker(staging, dict(record or {}, base_directory=os.path.realpath(base_directory)))
-        shutil.copytree(model_path, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
-        version = _rename_to_free_version(staging, base_directory, version)
+        storage.make_new_dir(staging)
+        write_marker(staging, dict(record or {}, base_directory=storage.canonical(base_directory)))
+        storage.copy_tree(model_path, staging, skip=[MARKER])
+        if storage.has_atomic_rename(base_directory):
+            version = _rename_to_free_version(staging, base_directory, version)
+        else:
+            version = _copy_to_free_version(staging, base_directory, version)
     finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+        if storage.exists(staging):
+            storage.remove_tree(staging)
     return str(version)
 
 
-def _rename_to_free_version(staging: str, base_directory: str, version: int) -> int:
+def _rename_to_free_version(staging: Location, base_directory: Location, version: int) -> int:
     """A concurrent pusher may have taken the number meanwhile: rename fails on a
     non-empty target, so move on to the next free version."""
     while True:
-        target = os.path.join(base_directory, str(version))
+        target = storage.join(base_directory, str(version))
         try:
-            os.rename(staging, target)
+            storage.rename_dir(staging, target)
             return version
         except OSError:
-            if not os.path.exists(target):
+            if not storage.exists(target):
                 raise
             version += 1
 
 
+def _copy_to_free_version(staging: Location, base_directory: Location, version: int) -> int:
+    """No rename on this store: copy the staged files to the first free version, then
+    write the marker there last. The staging marker names the version first, so a
+    dead writer's half copy is known (``remove_stale_staging``)."""
+    while storage.exists(storage.join(base_directory, str(version))):
+        version += 1
+    target = storage.join(base_directory, str(version))
+    marker = dict(read_marker(staging) or {}, version=str(version))
+    _write_json(storage.join(staging, MARKER), marker)
+    try:
+        storage.copy_tree(staging, target, skip=[MARKER])
+        _write_json(storage.join(target, MARKER), marker)     # last: the version is complete
+    except BaseException:
+        storage.remove_tree(target)
+        raise
+    return version
+
+
+def mirror_versions(source_base: Location, target_base: Location) -> List[str]:
+    """Copy each complete version of ``source_base`` (an object store, say) that
+    ``target_base`` lacks into it, by an atomic rename of a staged copy, so that a
+    server that checks no marker (TF Serving) watching ``target_base`` only ever
+    sees whole versions; returns the versions copied. Additive: a version that
+    leaves the source (moved aside there) stays in the target."""
+    if not storage.has_atomic_rename(target_base):
+        raise ValueError(f"{target_base} has no atomic rename: mirror into a local directory")
+    storage.makedirs(target_base)
+    present = set(_numbered_directories(target_base))
+    copied = []
+    for version in existing_versions(source_base):
+        if version in present:
+            continue
+        staging = storage.join(target_base, f"{INCOMING_PREFIX}{version}-{os.getpid()}")
+        try:
+            storage.remove_tree(staging)          # a copy of an earlier process with this pid
+            storage.copy_tree(storage.join(source_base, str(version)), staging)
+            storage.rename_dir(staging, storage.join(target_base, str(version)))
+        finally:
+            storage.remove_tree(staging)
+        copied.append(str(version))
+    return copied
+
+
 # ------------------------------------------------------------------- markers
-def write_marker(directory: str, record: Optional[Dict] = None) -> None:
-    marker = {"owner": Owner.current().as_dict(),
-              "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              **(record or {})}
-    with open(os.path.join(directory, MARKER), "w") as handle:
-        json.dump(marker, handle, indent=1, default=str)
+def _write_json(path: Location, value: Dict) -> None:
+    storage.write_text(path, json.dumps(value, indent=1, default=str))
 
 
-def read_marker(directory: str) -> Optional[Dict]:
+def write_marker(directory: Location, record: Optional[Dict] = None) -> None:
+    _write_json(storage.join(directory, MARKER),
+                {"owner": Owner.current().as_dict(),
+                 "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 **(record or {})})
+
+
+def read_marker(directory: Location) -> Optional[Dict]:
     """The push marker inside a version or staging directory; None if absent or unreadable."""
     try:
-        with open(os.path.join(directory, MARKER)) as handle:
-            marker = json.load(handle)
+        marker = json.loads(storage.read_text(storage.join(directory, MARKER)))
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) else None
 
 
-def owner_of(directory: str) -> Optional[Owner]:
+def owner_of(directory: Location) -> Optional[Owner]:
     """Who writes (or wrote) this version or staging directory: the marker's owner,
     else the pid in a staging directory's name (this host); None if unknown."""
     marker = read_marker(directory) or {}
     owner = Owner.from_dict(marker.get("owner"))
     if owner is None:
-        match = _STAGING_NAME.fullmatch(os.path.basename(directory))
+        match = _STAGING_NAME.fullmatch(os.path.basename(str(directory)))
         owner = Owner(int(match.group(1)), socket.gethostname()) if match else None
     return owner
 
 
 # ------------------------------------------------------------ what is left
-def staging_directories(base_directory: str) -> List[str]:
+def staging_directories(base_directory: Location) -> List[Location]:
     """The ``.incoming-*`` directories under ``base_directory`` (copies under way, or
     cut short), as paths, by name."""
-    if not os.path.isdir(base_directory):
+    if not storage.isdir(base_directory):
         return []
-    return [os.path.join(base_directory, name) for name in sorted(os.listdir(base_directory))
-            if name.startswith(INCOMING_PREFIX) and os.path.isdir(os.path.join(base_directory, name))]
+    paths = [storage.join(base_directory, name) for name in sorted(storage.listdir(base_directory))
+             if name.startswith(INCOMING_PREFIX)]
+    return [str(path) for path in paths if storage.isdir(path)]
 
 
-def remove_stale_staging(base_directory: str) -> Tuple[List[str], List[str]]:
-    """Remove the ``.incoming-*`` directories whose writer is gone: (removed, kept).
-    A staging directory of a live process, of another host, or of an unknown
-    writer is kept."""
+def remove_stale_staging(base_directory: Location) -> Tuple[List[str], List[str]]:
+    """Remove the ``.incoming-*`` directories whose writer is gone, and on an object
+    store the unfinished version each was copying to: (removed, kept). A staging
+    directory of a live process, of another host, or of an unknown writer is kept."""
     removed, kept = [], []
     for path in staging_directories(base_directory):
         owner = owner_of(path)
         if owner is None or owner.state() != DEAD:
             kept.append(path)
             continue
-        shutil.rmtree(path, ignore_errors=True)
-        (kept if os.path.exists(path) else removed).append(path)
+        removed += _remove_unfinished_version(base_directory, read_marker(path))
+        storage.remove_tree(path)
+        (kept if storage.exists(path) else removed).append(path)
     return removed, kept
 
 
-def move_aside(base_directory: str, version: str) -> str:
-    """Rename ``<base>/<version>`` to ``<base>/.orphaned-<version>`` (servers no longer
-    see it; the files stay for a person to inspect); returns the new path."""
-    target = os.path.join(base_directory, f"{ORPHANED_PREFIX}{version}")
-    if os.path.exists(target):
+def _remove_unfinished_version(base_directory: Location, staging_marker: Optional[Dict]) -> List[str]:
+    """The version a dead writer was copying to without its marker (object stores), removed."""
+    version = str((staging_marker or {}).get("version", ""))
+    if not is_version_name(version) or is_complete(base_directory, version):
+        return []
+    target = storage.join(base_directory, version)
+    if not storage.exists(target):
+        return []
+    storage.remove_tree(target)
+    return [str(target)]
+
+
+def move_aside(base_directory: Location, version: str) -> str:
+    """Move ``<base>/<version>`` to ``<base>/.orphaned-<version>`` (servers no longer
+    see it; the files stay for a person to inspect); returns the new path. On an
+    object store the marker goes first (the version disappears at once), then the
+    files are copied and removed."""
+    source = storage.join(base_directory, str(version))
+    target = str(storage.join(base_directory, f"{ORPHANED_PREFIX}{version}"))
+    if storage.exists(target):
         target += f"-{int(time.time())}"
-    os.rename(os.path.join(base_directory, str(version)), target)
+    if storage.has_atomic_rename(base_directory):
+        storage.rename_dir(source, target)
+        return target
+    marker = read_marker(source)
+    storage.remove(storage.join(source, MARKER))
+    storage.copy_tree(source, target)
+    if marker is not None:
+        _write_json(storage.join(target, MARKER), marker)
+    storage.remove_tree(source)
     return target

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from core.config import require_local
+
 LOCK_FILE = "monitor.lock"
 POLL_SECONDS = 0.2
 _held_here = set()             # lock paths held by this process (POSIX locks are per process)
@@ -66,7 +68,8 @@ class MonitorLock:
     """``acquire`` / ``release`` of the lock on one monitor directory."""
 
     def __init__(self, directory):
-        self.path = Path(directory) / LOCK_FILE
+        self.path = require_local("monitor_dir", directory,
+                                  "the monitor's lock is a lock on a local file") / LOCK_FILE
         self._fd: Optional[int] = None
         self.stale: Optional[Holder] = None    # the previous holder, if it ended without releasing
 

@@ -4,12 +4,16 @@ and a push cut short by ``kill -9`` is recovered.
 TFX's filesystem Pusher copies the SavedModel straight into
 ``<base>/<unix seconds>``; a server polling ``<base>`` (TF Serving or ours) can
 find the numeric directory while files are still arriving. This executor copies
-into a hidden, non-numeric sibling (``.incoming-<version>-<pid>``), then renames it
-to ``<version>`` in one ``os.rename`` on the same filesystem
-(``core.pushdir.publish_atomically``). On any error the partial copy is
-removed and nothing appears under ``<base>``. The archive copy TFX keeps in the
-PushedModel's own uri is made before the rename, so the rename is the executor's
-last step.
+into a hidden, non-numeric sibling (``.incoming-<version>-<pid>``), then
+(``core.pushdir.publish_atomically``), on a local disk, renames it to
+``<version>`` in one atomic rename on the same filesystem; on an object store
+(``gs://``, ``s3://``: no rename), copies it to ``<version>`` and writes the push
+marker there last, and our readers list a version only once its marker is there
+(docs/storage.md). Every file goes through ``core.storage`` (``tf.io.gfile`` for
+a URI), so a ``gs://`` destination is written to the bucket, not to a local
+directory named ``gs:``. On any error the partial copy is removed and nothing
+appears under ``<base>``. The archive copy TFX keeps in the PushedModel's own uri
+is made before, so publishing the version is the executor's last step.
 
 Versions are unix seconds as in TFX, bumped past the newest existing version so
 two pushes in one second, or a clock step back, never collide.
@@ -45,7 +49,6 @@ blessed (the Pusher publishes only blessed models), and its marker names the run
 execution and model it came from; what is missing until the next run is the MLMD
 record only. ``tfxops lineage model <version>`` says so and names the fix.
 """
-import os
 from typing import Any, Dict, List
 
 from absl import logging
@@ -57,6 +60,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from core import storage
 from core.pushdir import publish_atomically
 
 
@@ -83,8 +87,8 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         # so that nothing is left to do after the version becomes visible.
         io_utils.copy_dir(model_path, model_push.uri)
         version = publish_atomically(model_path, base, self._push_record(input_dict, model_push))
-        serving_path = os.path.join(base, version)
-        logging.info("Model published atomically to %s.", serving_path)
+        serving_path = str(storage.join(base, version))
+        logging.info("Model published to %s.", serving_path)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
 
     def _push_record(self, input_dict, model_push: types.Artifact) -> Dict[str, Any]:

@@ -1,10 +1,12 @@
 """Recovering what a `kill -9` left in the push directory (see pipeline/pusher.py).
 
 ``recover(settings)`` runs at the start of every ``tfxops run``; a server, the
-monitor or an operator may call it too. Under an exclusive lock (flock) on the
-push directory, so two callers never judge the same version at once, it:
+monitor or an operator may call it too. Under an exclusive lock (flock) on a
+local push directory, so two callers never judge the same version at once (an
+object store has no lock: one pipeline per push directory there), it:
 
-* removes ``.incoming-*`` staging directories whose process is gone;
+* removes ``.incoming-*`` staging directories whose process is gone (and, on an
+  object store, the unfinished version each was copying to);
 * for each version directory with no PushedModel in MLMD:
   - its pusher still alive (or on another host): left alone, its record may be
     on its way;
@@ -25,7 +27,7 @@ import fcntl
 import os
 from typing import Dict, List, Optional, Set
 
-from core import mlmd, pushdir
+from core import mlmd, pushdir, storage
 from core.config import Settings
 from core.owner import ALIVE, DEAD, RECOVERED, RUN_ENDED, UNKNOWN, Owner
 
@@ -52,7 +54,7 @@ class Recovery:
 def recover(settings: Settings) -> Recovery:
     base = str(settings.model_push_dir)
     report = Recovery()
-    if not os.path.isdir(base):
+    if not storage.isdir(base):
         return report
     with _locked(base):
         report.removed_staging, kept = pushdir.remove_stale_staging(base)
@@ -67,7 +69,11 @@ def recover(settings: Settings) -> Recovery:
 
 @contextlib.contextmanager
 def _locked(base: str):
-    """An exclusive flock on the push directory itself (no lock file beside the versions)."""
+    """An exclusive flock on a local push directory itself (no lock file beside the
+    versions); nothing on a URI (object stores have no locks)."""
+    if storage.is_uri(base):
+        yield
+        return
     descriptor = os.open(base, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
@@ -103,13 +109,13 @@ def _recorded_versions(store, base: str) -> Set[str]:
 
 
 def _recover_version(settings: Settings, store, base: str, version: str, report: Recovery) -> None:
-    path = os.path.join(base, version)
+    path = str(storage.join(base, version))
     marker = pushdir.read_marker(path)
     if marker is None:
         report.left.append(f"version {version}: no record in ML Metadata and no push marker (not pushed "
                            f"by tfxops): left in place; lineage cannot trace it")
         return
-    if os.path.realpath(str(marker.get("base_directory"))) != os.path.realpath(base):
+    if storage.canonical(str(marker.get("base_directory"))) != storage.canonical(base):
         report.left.append(f"version {version}: a copy of a version pushed to {marker.get('base_directory')} "
                            f"(its push marker says so), not recorded here: left in place")
         return

@@ -3,7 +3,9 @@ import itertools
 import json
 import logging
 import sys
+import time
 
+from core import pushdir, storage
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
 
 
@@ -27,7 +29,7 @@ def cmd_serve(args) -> int:
         return EXIT_BAD_INPUT
     admission.raise_open_files_limit(settings.max_concurrent_requests)
     proxying = bool(settings.proxy_to or settings.proxy_grpc_to)
-    if not proxying and not settings.model_push_dir.is_dir():
+    if not proxying and not storage.isdir(settings.model_push_dir):
         print(f"tfxops serve: no model directory {settings.model_push_dir} "
               f"(run `tfxops run` first, or set serving_dir)", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -86,6 +88,30 @@ def cmd_predict(args) -> int:
     return EXIT_OK
 
 
+def cmd_sync_models(args) -> int:
+    """Mirror the complete versions of the push directory into a local directory
+    (docs/storage.md: TF Serving checks no completion marker)."""
+    settings = settings_from(args)
+    source = settings.model_push_dir
+    if not storage.has_atomic_rename(args.to):
+        print(f"tfxops sync-models: --to {args.to} must be a local directory (one rename makes a "
+              f"version appear there whole)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    while True:
+        try:
+            copied = pushdir.mirror_versions(source, args.to)
+        except OSError:
+            logging.exception("sync-models failed")
+            print(f"tfxops sync-models: cannot copy the versions of {source} into {args.to}: check that "
+                  f"both are reachable and {args.to} is writable", file=sys.stderr)
+            return EXIT_FAILED
+        for version in copied:
+            print(f"version {version}: copied from {source} to {args.to}", flush=True)
+        if args.once:
+            return EXIT_OK
+        time.sleep(settings.poll_seconds)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve pushed models with TF Serving's REST/gRPC APIs")
     add_common_options(p)
@@ -95,6 +121,14 @@ def register(subparsers) -> None:
     p.add_argument("--proxy-grpc-to", help="forward gRPC (on grpc_port) to TF Serving's gRPC "
                                            "API at host:port, logging requests")
     p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("sync-models", help="copy complete model versions from the push directory "
+                                                  "(an object store) into a local directory TF Serving watches")
+    add_common_options(p)
+    p.add_argument("--to", required=True, help="the local directory (TF Serving's model base path)")
+    p.add_argument("--once", action="store_true", help="copy what is there now and exit (default: keep "
+                                                       "polling every poll_seconds)")
+    p.set_defaults(func=cmd_sync_models)
 
     p = subparsers.add_parser("predict", help="send rows to a model server, print predictions")
     add_common_options(p)

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
+from core.config import require_local
 from core.request_log import FILE_PREFIX, FILE_SUFFIX, TMP_SUFFIX, complete_records, tfrecord_frame
 from serving import metrics as M
 
@@ -64,7 +65,8 @@ class RequestLogger:
                  queue_size: int = 10_000, metrics=None):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"log_sample_rate must be in [0, 1], got {sample_rate}")
-        self.directory = Path(directory)
+        self.directory = require_local("request_log_dir", directory,
+                                       "the request-log writer fsyncs and locks its files")
         self.sample_rate = sample_rate
         self.rotate_records = max(1, int(rotate_records))
         self.rotate_seconds = max(0.01, float(rotate_seconds))

@@ -3,7 +3,10 @@ unloading and status, as TF Serving's file-system source and manager do.
 
 * Versions are the numeric children of the push directory
   (``settings.model_push_dir``, ``core.pushdir.existing_versions``); hidden
-  ``.incoming-*`` staging copies are ignored.
+  ``.incoming-*`` staging copies are ignored. The directory may be a URI
+  (``gs://``, ``s3://``...): versions load through TensorFlow's file system, and
+  on a store without rename a version is discovered only once its completion
+  marker is written (``core.pushdir``), so no half-copied version is loaded.
 * ``VersionPolicy``: ``latest`` (1), ``latest:N``, ``specific:V1,V2`` or ``all``.
 * A new version is loaded next to the served ones and becomes the one served for
   "latest" requests once it is AVAILABLE; only then are versions the policy no longer

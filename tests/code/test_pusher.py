@@ -76,3 +76,39 @@ def test_a_failed_copy_leaves_nothing(tmp_path):
     with pytest.raises(OSError):
         publish_atomically(str(tmp_path / "missing-model"), str(base))
     assert staging_directories(str(base)) == [] and existing_versions(str(base)) == []
+
+
+@pytest.mark.parametrize("store", ["local", "ram"])
+def test_the_pusher_executor_publishes_to_the_destination_it_is_given(tmp_path, store):
+    """TFX's Pusher executor, with its artifacts, pushing to a local directory or to
+    a store without rename (``ram://``): the version lands there, whole, marker and all."""
+    import uuid
+
+    from tfx.proto import pusher_pb2
+    from tfx.types import standard_artifacts, standard_component_specs as spec
+    from tfx.utils import proto_utils
+
+    from core import pushdir, storage
+    from pipeline.pusher import AtomicPusherExecutor
+
+    model = standard_artifacts.Model()
+    model.uri = str(tmp_path / "trainer")
+    _model(tmp_path / "trainer", files=3).rename(tmp_path / "trainer" / "Format-Serving")
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp_path / "blessing")
+    blessing.set_int_custom_property("blessed", 1)
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / "pushed")
+    base = str(tmp_path / "serving") if store == "local" else f"ram://{uuid.uuid4().hex}/serving"
+    destination = pusher_pb2.PushDestination(
+        filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base))
+
+    AtomicPusherExecutor().Do(
+        {spec.MODEL_KEY: [model], spec.MODEL_BLESSING_KEY: [blessing]}, {spec.PUSHED_MODEL_KEY: [pushed]},
+        {spec.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(destination), spec.CUSTOM_CONFIG_KEY: None})
+    [version] = pushdir.existing_versions(base)
+    assert pushed.get_string_custom_property("pushed_destination") == f"{base}/{version}"
+    assert pushed.get_int_custom_property("pushed") == 1
+    assert sorted(storage.listdir(f"{base}/{version}")) == [pushdir.MARKER, "saved_model.pb", "variables"]
+    assert pushdir.read_marker(f"{base}/{version}")["pushed_model_uri"] == pushed.uri
+    assert not os.path.exists("ram:")        # nothing written to a local directory named after the scheme
