@@ -1,13 +1,13 @@
 """The tfxops TFX pipeline, wired in one function.
 
 CsvExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator
--> DataGate -> Transform -> Trainer -> Resolver (baseline model) -> Evaluator
--> AtomicPusher.
+-> DataGate -> Transform -> Trainer -> BaselineModelResolver (the served model to
+compare with) -> Evaluator -> AtomicPusher.
 
 ``create_pipeline`` takes explicit arguments, as TFX's templates do, so the same
-function builds the pipeline for any TFX orchestrator (LocalDagRunner here; Kubeflow
-or Dataflow with other Beam arguments and metadata); ``pipeline.runner`` maps the
-settings to them. Model code lives in ``modules/``.
+function builds the pipeline for any TFX orchestrator: LocalDagRunner
+(``pipeline.runner`` maps the settings to them) and, compiled by TFX's
+KubeflowV2DagRunner, Vertex AI and Kubeflow Pipelines (``pipeline.compile``). Model code lives in ``modules/``.
 """
 import hashlib
 import importlib.util
@@ -20,7 +20,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from core import features as F
-from pipeline.baseline import BaselineModelStrategy
+from pipeline.baseline import BaselineAwareEvaluator, BaselineModelResolver
 from pipeline.gate import DataGate
 from pipeline.pusher import AtomicPusher
 
@@ -114,17 +114,15 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
         hyperparameters)
     transform.add_upstream_node(data_gate)
 
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=BaselineModelStrategy,
-        candidate=trainer.outputs["model"],
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    model_resolver = BaselineModelResolver(
+        candidate=trainer.outputs["model"], serving_model_dir=serving_model_dir,
     ).with_id("baseline_model_resolver")
-    evaluator = tfx.components.Evaluator(
+    evaluator = BaselineAwareEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(min_auc, min_binary_accuracy, max_auc_drop, slice_features))
+        baseline_model=model_resolver.outputs["baseline"],
+        eval_config=eval_config(min_auc, min_binary_accuracy, max_auc_drop, slice_features),
+    ).with_id("Evaluator")
     pusher = AtomicPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],

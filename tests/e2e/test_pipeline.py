@@ -1,8 +1,10 @@
 """End to end: the whole pipeline on a 3,000-row sample, with few training steps.
 
-Runs in order: a first run (everything executes, a blessed model is pushed), a
-rerun (everything cached, nothing pushed again), and a run on data with
-anomalies (stops at DataGate, before Transform and Trainer; nothing pushed).
+Runs in order: a first run (everything executes, a blessed model is pushed; no
+baseline), a rerun (everything cached, nothing pushed again), a run on other rows
+(a new candidate, judged against the first run's served model, not itself), and a
+run on data with anomalies (stops at DataGate, before Transform and Trainer;
+nothing pushed).
 """
 import json
 import os
@@ -14,9 +16,11 @@ import pytest
 import tensorflow as tf
 
 from core import features as F
+from core.pushdir import write_marker
 from pipeline import runner
+from pipeline.baseline import BASELINE_SOURCE_URI, BASELINE_VERSION, served_baseline
 from core.pushdir import existing_versions
-from tests.conftest import E2E_OVERRIDES, REPO, write_rows
+from tests.conftest import E2E_OVERRIDES, REPO, SMALL_ROWS, write_rows
 from core import mlmd
 from core.examples import row_to_example
 
@@ -33,10 +37,20 @@ def _cli_run(settings, *args):
         capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
 
 
-def _states(settings, run_id=None):
+def _executions(settings, run_id=None):
     store = mlmd.open_store(settings)
     run = mlmd.find_run(store, settings.pipeline_name, run_id)
-    return {n.node_id: n.state for n in mlmd.run_executions(store, run, settings.pipeline_name)}
+    return {n.node_id: n for n in mlmd.run_executions(store, run, settings.pipeline_name, with_inputs=True)}
+
+
+def _states(settings, run_id=None):
+    return {node: n.state for node, n in _executions(settings, run_id).items()}
+
+
+def _summary(result) -> runner.RunSummary:
+    """The RunSummary `tfxops run --json` printed."""
+    document = json.loads(result.stdout)
+    return runner.RunSummary(**dict(document, nodes=[runner.NodeReport(**n) for n in document["nodes"]]))
 
 
 def test_first_run_executes_every_component_and_pushes_a_blessed_model(first_run, e2e_settings):
@@ -54,6 +68,10 @@ def test_first_run_executes_every_component_and_pushes_a_blessed_model(first_run
     assert existing_versions(str(e2e_settings.model_push_dir)) == [int(first_run.pushed_version)]
     # nothing half-written is left beside the versions
     assert os.listdir(e2e_settings.model_push_dir) == [first_run.pushed_version]
+    # nothing was served yet: no baseline, change thresholds skipped
+    [baseline] = _executions(e2e_settings, first_run.run_id)["Evaluator"].inputs["baseline_model"]
+    assert mlmd.custom(baseline, BASELINE_VERSION) == ""
+    assert all(metric["baseline"] is None for metric in first_run.metrics)
 
 
 def test_pushed_model_answers_on_both_signatures(first_run, small_data_dir, taxi_rows):
@@ -87,19 +105,57 @@ def test_rerun_on_unchanged_data_is_fully_cached(first_run, e2e_settings):
     that already holds this model."""
     result = _cli_run(e2e_settings, "--json")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    document = json.loads(result.stdout)
     assert "Pusher" in result.stderr and "cached" in result.stderr
-    summary = runner.RunSummary(**dict(document, nodes=[runner.NodeReport(**n) for n in document["nodes"]]))
+    summary = _summary(result)
     assert summary.ok
     states = _states(e2e_settings, summary.run_id)
     assert summary.run_id != first_run.run_id
-    not_cached = {n: s for n, s in states.items() if s != "CACHED" and n != "baseline_model_resolver"}
+    # the baseline resolver too: the served model is now the candidate itself,
+    # and it is not asked again
+    assert set(states) == PIPELINE_NODES
+    not_cached = {n: s for n, s in states.items() if s != "CACHED"}
     assert not not_cached, not_cached
     # the same model, not a second copy of it, and not reported as pushed
     assert existing_versions(str(e2e_settings.model_push_dir)) == [int(first_run.pushed_version)]
     assert summary.pushed is False and summary.pushed_version is None
     assert summary.cached_push_version == first_run.pushed_version
     assert f"pushed: nothing new (version {first_run.pushed_version} already serving)" in runner.render(summary)
+
+
+def test_a_new_candidate_is_judged_against_the_served_model_not_itself(
+        first_run, e2e_settings, taxi_rows, tmp_path):
+    write_rows(tmp_path / "other" / "data.csv", taxi_rows[SMALL_ROWS:2 * SMALL_ROWS], F.CSV_COLUMNS)
+    result = _cli_run(e2e_settings, "--data", str(tmp_path / "other"), "--json")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = _summary(result)
+    executions = _executions(e2e_settings, summary.run_id)
+    assert executions["Trainer"].state == "COMPLETE"       # a new candidate
+    [candidate] = executions["Trainer"].outputs["model"]
+    [baseline] = executions["Evaluator"].inputs["baseline_model"]
+    [first_model] = _executions(e2e_settings, first_run.run_id)["Trainer"].outputs["model"]
+    assert mlmd.custom(baseline, BASELINE_VERSION) == first_run.pushed_version
+    assert mlmd.custom(baseline, BASELINE_SOURCE_URI) == first_model.uri != candidate.uri
+    assert all(metric["baseline"] is not None for metric in summary.metrics), summary.metrics
+
+
+def test_the_baseline_is_the_newest_served_version_not_pushed_from_the_candidate(tmp_path):
+    served = tmp_path / "serving"
+    for version, model_uri in ((100, "/runs/Trainer/model/1"), (200, "/runs/Trainer/model/2"), (300, None)):
+        (served / str(version)).mkdir(parents=True)
+        if model_uri:
+            write_marker(str(served / str(version)), {"model_uri": model_uri})
+    assert served_baseline(str(served), "/runs/Trainer/model/3") == "300"   # no marker: not the candidate
+    (served / "300").rmdir()
+    assert served_baseline(str(served), "/runs/Trainer/model/2") == "100"
+    assert served_baseline(str(served), "/runs/Trainer/model/1") == "200"
+    (served / "200" / ".tfxops-push.json").unlink()
+    (served / "100").rename(served / ".orphaned-100")
+    assert served_baseline(str(served), "/runs/Trainer/model/2") == "200"
+    assert served_baseline(str(tmp_path / "nothing-served"), "/runs/Trainer/model/2") is None
+    only_the_candidate = tmp_path / "only" / "400"
+    only_the_candidate.mkdir(parents=True)
+    write_marker(str(only_the_candidate), {"model_uri": "/runs/Trainer/model/4"})
+    assert served_baseline(str(only_the_candidate.parent), "/runs/Trainer/model/4") is None
 
 
 @pytest.fixture
