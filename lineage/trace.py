@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from core import mlmd, pushdir
+from core import mlmd, pushdir, storage
 from core.config import Settings
 from core.owner import ALIVE, RECOVERED, Owner
 from lineage import graph as G
@@ -153,7 +153,9 @@ def execution_facts(g: G.Graph, eid: int, with_metrics: bool = True) -> Dict:
         evaluation = next((e for e in g.outputs(eid) if g.type_of(e.artifact_id) == mlmd.EVALUATION), None)
         if evaluation is not None and with_metrics:
             facts.update(read_metrics(g.artifacts[evaluation.artifact_id].uri, facts["thresholds"]))
-        baseline = [e.artifact_id for e in g.inputs(eid) if e.key in G.NOT_FOLLOWED_INPUTS]
+        # a baseline whose baseline_version is "" holds no model (pipeline/baseline.py)
+        baseline = [e.artifact_id for e in g.inputs(eid) if e.key in G.NOT_FOLLOWED_INPUTS
+                    and mlmd.custom(g.artifacts[e.artifact_id], "baseline_version") != ""]
         facts["baseline_model_id"] = baseline[0] if baseline else None
     return facts
 
@@ -304,10 +306,10 @@ def resolve_pushed(store, settings: Settings, version: Optional[str]) -> Tuple[m
 def _why_not_in_metadata(settings: Settings, version: str) -> Optional[str]:
     """What to say about a version that is in the push directory but not in MLMD,
     from its push marker (core/pushdir.py); None if there is no such directory."""
-    path = settings.model_push_dir / version
-    if not pushdir.is_version_name(version) or not path.is_dir():
+    path = storage.join(settings.model_push_dir, version)
+    if not pushdir.is_version_name(version) or not storage.isdir(path):
         return None
-    marker = pushdir.read_marker(str(path))
+    marker = pushdir.read_marker(path)
     if marker is None:
         return (f"version {version} in '{settings.model_push_dir}' has no record in ML Metadata and no "
                 f"push marker: it was not pushed by tfxops, so its lineage is unknown.")

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, TextIO
 
 from pipeline import preflight
-from core import mlmd
-from core.config import Settings
+from core import mlmd, storage
+from core.config import Settings, require_local
 from core.owner import RUN_ENDED, RUN_OWNER, Owner
 
 
@@ -323,9 +323,10 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
     preflight.check_data_dir(data_dir, settings.preflight_rows)
     out = out or sys.stdout
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_path = settings.logs_path / f"run-{stamp}.log"
-    settings.pipeline_root_path.mkdir(parents=True, exist_ok=True)
-    settings.metadata_file.parent.mkdir(parents=True, exist_ok=True)
+    log_path = require_local("log_dir", settings.logs_path, "the run log is a local file") / f"run-{stamp}.log"
+    storage.makedirs(settings.pipeline_root_path)
+    if not storage.is_uri(settings.metadata_file):
+        settings.metadata_file.parent.mkdir(parents=True, exist_ok=True)
 
     start = time.monotonic()
     with library_output_to(log_path) as console:

@@ -203,3 +203,13 @@ def test_sync_models_fills_a_local_directory_with_complete_versions_only(tmp_pat
     assert cli.main(argv) == 0 and capsys.readouterr().out == ""                 # nothing new
     assert cli.main(argv[:-3] + ["--to", "gs://bucket/x", "--once"]) == 2
     assert "must be a local directory" in capsys.readouterr().err
+
+
+def test_a_run_with_a_uri_home_names_the_local_only_setting_before_it_starts(tmp_path, capsys):
+    from pipeline import preflight
+    from tfxops import cli
+
+    assert preflight.check_data_dir("gs://bucket/data") == 0        # CsvExampleGen reads it where it runs
+    assert cli.main(["run", "--home", "gs://bucket/h"]) == 2
+    err = capsys.readouterr().err
+    assert "'log_dir' is gs://bucket/h/logs, a URI" in err and "Traceback" not in err
