@@ -19,11 +19,12 @@ PYTHON310 := $(shell for p in $(PYTHON) python3.10 python3 \
 
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run serve monitor test install bench bench-serving bench-monitoring lock clean help
+.PHONY: demo run serve monitor test test-slow install bench bench-serving bench-monitoring lock clean help
 
 help:
 	@echo "make demo    set up and run the whole loop (train, serve, watch, retrain) on the bundled data"
 	@echo "make test    set up and run the tests"
+	@echo "make test-slow   the slow contract tests (pytest marker 'slow'; not in make test)"
 	@echo "make run | serve | monitor   one piece: tfxops run / serve / monitor"
 	@echo "make bench | bench-serving | bench-monitoring   the benchmarks (bench/)"
 	@echo "make clean   remove outputs/ (runs, metadata, pushed models, logs)"
@@ -58,6 +59,9 @@ monitor: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -m slow tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/pipeline.py

@@ -2,6 +2,7 @@
 
     tfxops run [--data DIR] [--home DIR] [--set key=value ...] [--json]
     tfxops config [--set key=value ...]    (settings and every derived path)
+    tfxops compile --target vertex|kubeflow --image IMAGE --pipeline-root URI --output FILE
     tfxops serve | predict       (serving/cli.py)
     tfxops monitor               (monitoring/cli.py)
     tfxops lineage ...           (lineage/cli.py)
@@ -49,6 +50,24 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_compile(args) -> int:
+    from pipeline import compile as compile_spec
+
+    try:
+        compiled = compile_spec.compile_pipeline(
+            settings_from(args), target=args.target, image=args.image, pipeline_root=args.pipeline_root,
+            output=args.output, data_root=args.data, image_project_root=args.image_project_root)
+    except compile_spec.CompileError as exc:
+        print(f"tfxops compile: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"compiled for {compiled.target}: {compiled.output} ({len(compiled.tasks)} tasks, image {compiled.image})")
+    print(f"  pipeline root: {compiled.pipeline_root}")
+    print(f"  data (CSVs):   {compiled.data_root}")
+    print(f"  pushed models: {compiled.serving_model_dir}")
+    print(f"  schema:        {compiled.schema_path} (in the image)")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from tfxops import demo
 
@@ -63,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the TFX pipeline locally on Beam")
     add_common_options(run)
     run.add_argument("--data", help="directory of training CSV files (default: bundled taxi data)")
+    run.add_argument("--runner", choices=["local", "portable"],
+                     help="Beam runner of the Beam components (setting beam_runner; default local)")
     run.add_argument("--json", action="store_true",
                      help="print the summary as JSON on stdout (progress on stderr)")
     run.set_defaults(func=cmd_run)
@@ -70,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     show_config = commands.add_parser("config", help="print the effective settings and every derived path")
     add_common_options(show_config)
     show_config.set_defaults(func=cmd_config)
+
+    compile_spec = commands.add_parser(
+        "compile", help="the pipeline `tfxops run` runs, as a KFP v2 spec for Vertex AI or Kubeflow Pipelines")
+    add_common_options(compile_spec)
+    compile_spec.add_argument("--target", required=True, choices=["vertex", "kubeflow"],
+                              help="vertex: a PipelineJob for Vertex AI Pipelines; "
+                                   "kubeflow: a PipelineSpec for Kubeflow Pipelines v2")
+    compile_spec.add_argument("--image", required=True,
+                              help="the image every task runs (built from the project's Dockerfile)")
+    compile_spec.add_argument("--pipeline-root", required=True, metavar="URI",
+                              help="where runs write their artifacts, e.g. gs://bucket/tfxops")
+    compile_spec.add_argument("--output", required=True, metavar="FILE",
+                              help="the spec to write (.json, or .yaml/.yml)")
+    compile_spec.add_argument("--data", metavar="URI",
+                              help="the training CSVs (default: data_dir if a URI, else <pipeline-root>/data)")
+    compile_spec.add_argument("--image-project-root", default="/app", metavar="DIR",
+                              help="where the image holds the project (schema/, modules/); default /app")
+    compile_spec.set_defaults(func=cmd_compile)
 
     demo = commands.add_parser("demo", help="the whole loop: train, serve, watch, retrain (fresh <home>/demo)")
     add_common_options(demo)
