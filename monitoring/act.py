@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from core import features as F
+from core import storage
 from core.config import Settings
 from monitoring import policy
 
@@ -134,4 +135,4 @@ def repush(settings: Settings, model_path: str, model_id: int) -> RepushOutcome:
 
     version = publish_atomically(model_path, str(settings.model_push_dir))
     return RepushOutcome(ok=True, pushed=True, pushed_version=version,
-                         pushed_destination=str(Path(settings.model_push_dir) / version), model_id=model_id)
+                         pushed_destination=str(storage.join(settings.model_push_dir, version)), model_id=model_id)
