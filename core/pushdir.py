@@ -70,7 +70,7 @@ def _numbered_directories(base_directory: Location) -> List[int]:
                   if is_version_name(name) and storage.isdir(storage.join(base_directory, name)))
 
 
-def is_complete(base_directory: Location, version) -> bool:
+def is_complete_version(base_directory: Location, version) -> bool:
     """Whether ``<base>/<version>`` is a whole version: always on a local disk (it
     appeared by an atomic rename), only once its marker is written on an object store."""
     return (storage.has_atomic_rename(base_directory)
@@ -80,7 +80,7 @@ def is_complete(base_directory: Location, version) -> bool:
 def existing_versions(base_directory: Location) -> List[int]:
     """The complete version directories under ``base_directory`` (what servers load), ascending."""
     return [version for version in _numbered_directories(base_directory)
-            if is_complete(base_directory, version)]
+            if is_complete_version(base_directory, version)]
 
 
 def newest_version(base_directory: Location) -> Optional[int]:
@@ -237,7 +237,7 @@ def remove_stale_staging(base_directory: Location) -> Tuple[List[str], List[str]
 def _remove_unfinished_version(base_directory: Location, staging_marker: Optional[Dict]) -> List[str]:
     """The version a dead writer was copying to without its marker (object stores), removed."""
     version = str((staging_marker or {}).get("version", ""))
-    if not is_version_name(version) or is_complete(base_directory, version):
+    if not is_version_name(version) or is_complete_version(base_directory, version):
         return []
     target = storage.join(base_directory, version)
     if not storage.exists(target):
