@@ -61,6 +61,8 @@ def test_every_path_setting_keeps_a_uri_as_given(uri):
     assert settings.model_push_dir == f"{uri}/serving_dir/taxi"
     from_env = config.load({}, environ={"TFXOPS_SERVING_DIR": uri + "/s"})
     assert from_env.model_push_dir == uri + "/s/taxi"
+    inputs = config.load({"data_dir": uri + "/data", "schema_path": uri + "/schema.pbtxt"}, environ={})
+    assert (inputs.data_dir, inputs.schema_path) == (uri + "/data", uri + "/schema.pbtxt")
 
 
 def test_tfxops_config_prints_uris_with_their_slashes(capsys):
