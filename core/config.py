@@ -32,6 +32,7 @@ from core.storage import Location
 # The repository root (data/ and schema/ live beside the packages).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "TFXOPS_"
+MONITOR_ENGINES = ("local", "beam")    # Settings.monitor_engine
 
 
 class ConfigError(ValueError):
@@ -150,6 +151,9 @@ class Settings:
     # run) until it has not changed for this long; then it is corrupt and quarantined
     monitor_incomplete_grace_seconds: float = 600.0
     monitor_lock_wait_seconds: float = 0.0   # a second monitor waits this long for the lock, then exits 3
+    # how a window's logs are read into statistics: "local" (forked processes on this
+    # machine) or "beam" (a Beam job run with beam_args: DirectRunner by default)
+    monitor_engine: str = "local"
 
     # ------------------------------------------------------------ derived paths
     # A Path for a local path, the URI (str) for a URI: see the module docstring.
@@ -251,6 +255,9 @@ def load(overrides: Optional[Dict[str, str]] = None,
             raise ConfigError(
                 f"unknown setting '{name}'. Known settings: {', '.join(sorted(fields))}")
         values[key] = _parse(fields[key], raw) if isinstance(raw, str) else raw
+    if values.get("monitor_engine", "local") not in MONITOR_ENGINES:
+        raise ConfigError(f"setting 'monitor_engine' must be one of {', '.join(MONITOR_ENGINES)}, "
+                          f"got {values['monitor_engine']!r}")
     return Settings(**values)
 
 

@@ -4,7 +4,9 @@
 
 1. ``window``   the request-log files not yet analysed (a checkpoint in
                 ``<monitor_dir>/state.json`` makes every request count once, and a
-                crashed run resumes the same window), decoded to Arrow columns;
+                crashed run resumes the same window), decoded to Arrow columns
+                by the ``monitor_engine`` (``engine``: local processes, or a Beam
+                job, ``beam_engine``);
 2. ``baseline`` for each served model version, through MLMD: PushedModel ->
                 its producer -> Model -> Trainer -> Schema, and the Examples'
                 training statistics; the Evaluator's metrics; blessed models;

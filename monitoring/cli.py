@@ -1,6 +1,10 @@
 """``tfxops monitor`` (registered by tfxops.cli).
 
-    tfxops monitor [--dry-run] [--watch SECONDS] [--json] [--home DIR] [--set key=value ...]
+    tfxops monitor [--dry-run] [--watch SECONDS] [--json] [--engine local|beam] [--home DIR] [--set key=value ...]
+
+``--engine`` sets ``monitor_engine`` for this command: ``local`` (the default: this
+machine's processes) or ``beam`` (a Beam job run with ``beam_args``; see
+``monitoring/engine.py``).
 
 Exit codes: 0 analysed (whatever the decision, ``alert`` included: an alert is
 reported, in the summary line, the report and MLMD, not a failure of the run),
@@ -17,6 +21,7 @@ import sys
 import time
 
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
+from core.config import MONITOR_ENGINES
 
 EXIT_BUSY = 3          # another monitor holds the lock: nothing done
 
@@ -40,6 +45,8 @@ def _once(settings, args) -> int:
 
 
 def cmd_monitor(args) -> int:
+    if args.engine:
+        args.set = list(args.set or []) + [f"monitor_engine={args.engine}"]
     settings = settings_from(args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.watch:
@@ -69,4 +76,7 @@ def register(subparsers) -> None:
     p.add_argument("--watch", type=float, metavar="SECONDS",
                    help="run every SECONDS seconds until interrupted")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--engine", choices=MONITOR_ENGINES,
+                   help="how the window's logs are read: local processes (default) or a Beam job "
+                        "(beam_args); the setting monitor_engine")
     p.set_defaults(func=cmd_monitor)

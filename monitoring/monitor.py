@@ -22,11 +22,12 @@ from typing import Callable, List, Optional, Tuple
 
 from core import mlmd, pushdir
 from core.config import Settings
-from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, lock as lock_lib, logfiles
+from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, engine as engine_lib, lock as lock_lib
+from monitoring import logfiles
 from monitoring import policy, record, rejections as rejections_lib, report, reuse, window as window_lib
 from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
                                VersionResult)
-from monitoring.traffic import VersionTraffic, WindowTraffic, load_feedback, read_window, workers_for
+from monitoring.traffic import EngineError, VersionTraffic, WindowTraffic, load_feedback
 
 log = logging.getLogger("tfxops.monitoring")
 PrintLine = Callable[[str], None]
@@ -101,11 +102,16 @@ def _monitor_window(settings: Settings, dry_run: bool, print_line: PrintLine) ->
 
 # ------------------------------------------------------------------ 1. window
 def _read(monitor_pass: MonitorPass) -> Tuple[WindowTraffic, logfiles.Triage]:
-    """The window's traffic per version, and its unreadable files sorted into
-    incomplete (read again next pass) and quarantined (moved aside, never again)."""
+    """The window's traffic per version, read by the ``monitor_engine``, and its
+    unreadable files sorted into incomplete (read again next pass) and quarantined
+    (moved aside, never again)."""
     settings = monitor_pass.settings
-    traffic = read_window(monitor_pass.window, load_feedback(settings.feedback_path),
-                          workers_for(settings, monitor_pass.window.files), _decoding_schema(settings))
+    engine = engine_lib.for_settings(settings, monitor_pass.window.files)
+    try:
+        traffic = engine.read_window(monitor_pass.window, load_feedback(settings.feedback_path),
+                                     decoding_schema(settings))
+    except EngineError as exc:
+        raise MonitorError(str(exc)) from None
     if not monitor_pass.dry_run:
         window_lib.fix_ends(monitor_pass.checkpoint, monitor_pass.window, traffic.ends())
     files = logfiles.triage(traffic.unreadable, settings.request_logs_path, monitor_pass.monitor_dir,
@@ -133,7 +139,7 @@ def _nothing_complete(monitor_pass: MonitorPass, files: logfiles.Triage) -> Moni
     return result
 
 
-def _decoding_schema(settings: Settings):
+def decoding_schema(settings: Settings):
     """The schema whose types speed up decoding (a hint, never the baseline: the
     checks use the served model's schema from MLMD); None if it cannot be read."""
     try:

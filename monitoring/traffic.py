@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -22,6 +22,11 @@ DECODE_ROWS = 65_536          # rows per RecordBatch fed to the statistics
 WORKER_MIN_BYTES = 20 * 2**20  # below this many bytes of logs per worker, one process reads faster
 
 Feedback = Dict[Tuple[str, int], float]      # (request_id, row) -> tips
+
+
+class EngineError(RuntimeError):
+    """A window an engine (``monitoring.engine``) could not read: it stays open for
+    the next pass."""
 
 
 def load_feedback(directory: Path) -> Feedback:
@@ -44,12 +49,22 @@ def load_feedback(directory: Path) -> Feedback:
     return labels
 
 
+class Statistics(Protocol):
+    """A version's statistics as an engine produces them: fed batch by batch while
+    the window is read (``checks.StatsAccumulator``; ``add``), or computed elsewhere
+    and handed over (``beam_engine``)."""
+    rows: int
+
+    def result(self):
+        """The DatasetFeatureStatisticsList of the version's rows."""
+
+
 @dataclasses.dataclass
 class VersionTraffic:
     """What one model version served in the window (answered and rejected requests)."""
     model_name: str
     version: Optional[int]
-    stats: checks.StatsAccumulator
+    stats: Statistics
     pending: List[bytes] = dataclasses.field(default_factory=list)
     predictions: List[np.ndarray] = dataclasses.field(default_factory=list)
     requests: int = 0                      # answered requests
@@ -95,6 +110,20 @@ class VersionTraffic:
             out[name] = out.get(name, 0) + n
         return out
 
+    def counted(self) -> "VersionTraffic":
+        """What this version counted, as it travels between processes: without its
+        statistics (their rows: ``stats.rows``) and rows pending decoding."""
+        return dataclasses.replace(self, stats=None, pending=[], predictions=[self.served_outputs()], types={})
+
+    def merge(self, other: "VersionTraffic") -> None:
+        """Add what ``other`` (the same version, read elsewhere) counted; not its statistics."""
+        self.predictions.extend(other.predictions)
+        self.requests += other.requests
+        self.rows += other.rows
+        self.add_signatures(other.signatures)
+        self.labelled.extend(other.labelled)
+        self.rejections.merge(other.rejections)
+
 
 @dataclasses.dataclass
 class WindowTraffic:
@@ -105,11 +134,12 @@ class WindowTraffic:
     file_results: Dict[str, Dict] = dataclasses.field(default_factory=dict)
     unreadable: List[logfiles.Unreadable] = dataclasses.field(default_factory=list)
     unattributed: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
+    new_statistics: Callable[[], Statistics] = checks.StatsAccumulator    # a version's, when first seen
 
     def of(self, model_name: str, version: Optional[int]) -> VersionTraffic:
         key = (model_name, version)
         if key not in self.versions:
-            self.versions[key] = VersionTraffic(model_name, version, checks.StatsAccumulator())
+            self.versions[key] = VersionTraffic(model_name, version, self.new_statistics())
         return self.versions[key]
 
     def in_order(self) -> List[VersionTraffic]:
@@ -160,30 +190,49 @@ def _add_rejected(traffic: VersionTraffic, part: Optional[window_lib.Rejected], 
     return batch.num_rows
 
 
+@dataclasses.dataclass
+class Decoders:
+    """Examples -> Arrow: answered rows with ``schema``'s types (inferred without
+    one: ``window.ExampleDecoder``), rows of rejected requests with ``rows_schema``'s
+    (not read without one)."""
+    examples: window_lib.ExampleDecoder
+    rows: Optional[rejections_lib.RowsDecoder]
+
+    @classmethod
+    def of(cls, schema=None, rows_schema=None) -> "Decoders":
+        return cls(window_lib.ExampleDecoder(schema),
+                   rejections_lib.RowsDecoder(rows_schema) if rows_schema is not None else None)
+
+
+def add_part(read: WindowTraffic, decoded: window_lib.Decoded, decoders: Decoders, feedback: Feedback) -> None:
+    """One decoded part into ``read``: its rows per version, or the reason it could
+    not be read; raises ``window.NeedsInference`` when the examples do not fit the
+    decoding schema. Rows still pending decoding stay in their ``VersionTraffic``
+    (``flush``)."""
+    name = decoded.part.name
+    if decoded.error is not None:
+        log.warning("cannot read log file %s now: %s", name, decoded.error)
+        read.unreadable.append(logfiles.Unreadable.of(name, decoded.error))
+        return
+    rows = 0
+    for chunk in decoded.chunks:
+        if chunk.version is None and not chunk.serialized:     # refused before a version was chosen
+            read.unattributed.add(chunk.rejected, None)
+            continue
+        traffic = read.of(chunk.model_name, chunk.version)
+        rows += _add_answered(traffic, chunk, decoders.examples, feedback)
+        rows += _add_rejected(traffic, chunk.rejected, decoders.rows)
+    read.file_results[name] = _analysed(decoded.read, rows)
+
+
 def read_parts(parts: List[window_lib.Part], feedback: Feedback, schema=None, rows_schema=None) -> WindowTraffic:
-    """Decode and accumulate statistics for ``parts``, one at a time; raises
-    ``window.NeedsInference`` when the examples do not fit ``schema``. Rows of
-    rejected requests are read with ``rows_schema``'s types (not read without one)."""
-    decoder = window_lib.ExampleDecoder(schema)
-    rows_decoder = rejections_lib.RowsDecoder(rows_schema) if rows_schema is not None else None
+    """Decode and accumulate statistics for ``parts``, one at a time (``add_part``)."""
+    decoders = Decoders.of(schema, rows_schema)
     read = WindowTraffic()
     for decoded in window_lib.iter_parts(parts):
-        name = decoded.part.name
-        if decoded.error is not None:
-            log.warning("cannot read log file %s now: %s", name, decoded.error)
-            read.unreadable.append(logfiles.Unreadable.of(name, decoded.error))
-            continue
-        rows = 0
-        for chunk in decoded.chunks:
-            if chunk.version is None and not chunk.serialized:     # refused before a version was chosen
-                read.unattributed.add(chunk.rejected, None)
-                continue
-            traffic = read.of(chunk.model_name, chunk.version)
-            rows += _add_answered(traffic, chunk, decoder, feedback)
-            rows += _add_rejected(traffic, chunk.rejected, rows_decoder)
-        read.file_results[name] = _analysed(decoded.read, rows)
+        add_part(read, decoded, decoders, feedback)
     for traffic in read.versions.values():
-        traffic.flush(decoder, force=True)
+        traffic.flush(decoders.examples, force=True)
     return read
 
 
@@ -210,9 +259,7 @@ def _read_share(parts: List[window_lib.Part], feedback: Feedback, schema=None, r
     except window_lib.NeedsInference as exc:
         return str(exc)
     versions = {key: {"accumulators": t.stats.accumulators, "rows_in_stats": t.stats.rows,
-                      "predictions": t.served_outputs(), "requests": t.requests, "rows": t.rows,
-                      "labelled": t.labelled, "rejections": t.rejections, "signatures": t.signatures}
-                for key, t in read.versions.items()}
+                      "traffic": t.counted()} for key, t in read.versions.items()}
     return ShareRead(versions, read.file_results, read.unreadable, read.unattributed)
 
 
@@ -273,12 +320,7 @@ def _merged(shares: List[ShareRead]) -> WindowTraffic:
             traffic = read.of(*key)
             partial.setdefault(key, []).append(part["accumulators"])
             traffic.stats.rows += part["rows_in_stats"]
-            traffic.predictions.append(part["predictions"])
-            traffic.requests += part["requests"]
-            traffic.rows += part["rows"]
-            traffic.add_signatures(part["signatures"])
-            traffic.labelled.extend(part["labelled"])
-            traffic.rejections.merge(part["rejections"])
+            traffic.merge(part["traffic"])
     for key, traffic in read.versions.items():
         acc = traffic.stats
         acc.accumulators = [gen.merge_accumulators([a[i] for a in partial[key]])

@@ -1,0 +1,45 @@
+"""How a window's log files become traffic and statistics per served version: the
+seam between the monitor and the engine that reads them (``monitor_engine``).
+
+* ``local`` (the default, one machine): ``monitoring.traffic.read_window``, in this
+  process or forked workers whose TFDV accumulators are merged;
+* ``beam``: ``monitoring.beam_engine``, the same reading as a Beam job (per-file
+  reader, decoding by the schema, TFDV's ``GenerateStatistics`` sliced by model
+  version, the feedback join by request id), run with ``beam_args``.
+
+Both give a ``traffic.WindowTraffic`` (or raise ``traffic.EngineError``): the same counts, files read and unreadable
+files, and statistics per version; the window, baselines, checks, policy, actions,
+report and MLMD record stay in the monitor's process, whatever the engine.
+"""
+import dataclasses
+import os
+from typing import List, Protocol
+
+from core.config import Settings
+from monitoring import traffic as traffic_lib, window as window_lib
+
+LOCAL, BEAM = "local", "beam"
+
+
+class TrafficEngine(Protocol):
+    def read_window(self, win: window_lib.Window, feedback: traffic_lib.Feedback, schema) -> traffic_lib.WindowTraffic:
+        """Every part of ``win``, read and decoded (``schema``: the decoding hint of
+        ``traffic.read_window``), per served version, feedback labels joined."""
+
+
+@dataclasses.dataclass
+class LocalEngine:
+    """This machine: ``workers`` forked processes (1: this one)."""
+    workers: int
+
+    def read_window(self, win: window_lib.Window, feedback: traffic_lib.Feedback, schema) -> traffic_lib.WindowTraffic:
+        return traffic_lib.read_window(win, feedback, self.workers, schema)
+
+
+def for_settings(settings: Settings, files: List) -> TrafficEngine:
+    """The engine ``monitor_engine`` names, for a window of ``files``."""
+    if settings.monitor_engine == BEAM:
+        from monitoring.beam_engine import BeamEngine
+
+        return BeamEngine(list(settings.beam_args), os.path.join(str(settings.monitor_path), "beam"))
+    return LocalEngine(traffic_lib.workers_for(settings, files))
