@@ -16,10 +16,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> config.Settings:
-    """Settings with this command's --set, --home and --data applied."""
+    """Settings with this command's --set, --home, --data and --runner applied."""
     overrides = config.parse_assignments(getattr(args, "set", None))
     if getattr(args, "home", None):
         overrides["home"] = args.home
     if getattr(args, "data", None):
         overrides["data_dir"] = args.data
+    if getattr(args, "runner", None):
+        overrides["beam_runner"] = args.runner
     return config.load(overrides)

@@ -85,6 +85,12 @@ class Settings:
     # sdist of itself for remote workers in every Beam component.)
     # Dataflow: ["--runner=DataflowRunner", "--project=...", "--region=...", ...]
     beam_args: List[str] = dataclasses.field(default_factory=list)
+    # local: beam_args as they are; portable: Beam's PortableRunner against a job service
+    # with an EXTERNAL worker pool (pipeline/runner.py beam_arguments; beam_args follow, and win)
+    beam_runner: str = "local"
+    beam_job_endpoint: str = ""              # host:port of a Beam job service; empty: start one for the run
+    beam_worker_pool: str = ""               # host:port of an EXTERNAL worker pool; empty: start one for the run
+    beam_worker_image: str = "tfxops:latest" # the image Beam workers run (Dockerfile): --sdk_container_image
     preflight_rows: int = 100_000   # rows read by the CSV checks before a run
 
     # --- metadata store (MLMD): sqlite (metadata_path) or mysql

@@ -5,9 +5,17 @@ imported; a model built before that import would get Keras 3 and the Trainer fai
 with ``inputs not connected to outputs``. Setting the variable before TensorFlow
 is imported, in ``os.environ``, makes it hold here and in every child process
 (Beam workers, the server, tests) because children inherit the environment.
+
+A process that is not our child (a Beam worker on another host, a Kubeflow task)
+gets these variables from the image it runs: the Dockerfile sets
+``image_environment()`` (tests/code/test_images.py keeps the two equal), and a
+worker pool started here gets ``worker_environment()``, that and nothing else of
+ours but what locates this Python.
 """
 import os
+import sys
 import warnings
+from typing import Dict, Mapping, Optional
 
 REQUIRED = {
     "TF_USE_LEGACY_KERAS": "1",
@@ -29,6 +37,25 @@ def set_process_environment() -> None:
     # google-api-core warns on import that Python 3.10 support ends; harmless.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def image_environment() -> Dict[str, str]:
+    """The variables an image that runs tfxops code sets (the Dockerfile's ``ENV``)."""
+    return {**REQUIRED, **QUIET}
+
+
+def worker_environment(launcher: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The whole environment of a Beam worker pool started on this machine: what the
+    image would set, ``PATH`` with this interpreter's directory first (workers run
+    ``python`` from it, as in the image), and ``HOME``/``PYTHONPATH`` if the
+    launcher (default ``os.environ``) has them. Nothing else of the launcher's."""
+    launcher = os.environ if launcher is None else launcher
+    environment = image_environment()
+    environment["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
+    for key in ("HOME", "PYTHONPATH"):
+        if launcher.get(key):
+            environment[key] = launcher[key]
+    return environment
 
 
 def skip_autograph_for_libraries() -> None:

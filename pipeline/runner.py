@@ -11,6 +11,12 @@ its owner (pid, host, process start time: ``core.owner``) and, once it is over,
 that it ended; a run whose owner is gone before that is "abandoned" in
 ``tfxops lineage runs``. MLMD's own execution states are left as TFX writes them
 (a killed node's execution stays RUNNING, as TFX's LocalDagRunner leaves it).
+
+LocalDagRunner orchestrates; the Beam components (ExampleGen, StatisticsGen,
+Transform, Evaluator) run on the Beam runner ``beam_runner`` names: ``local``
+(``beam_args`` as they are: DirectRunner by default) or ``portable`` (Beam's
+PortableRunner with a job service and an EXTERNAL worker pool, ``pipeline.portable``).
+``beam_arguments`` is the one place that maps the one to the other.
 """
 import contextlib
 import dataclasses
@@ -22,11 +28,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, TextIO
+from typing import Dict, Iterator, List, Optional, TextIO
 
-from pipeline import preflight
+from pipeline import portable, preflight
 from core import mlmd, storage
-from core.config import Settings, require_local
+from core.config import ConfigError, Settings, require_local
 from core.owner import RUN_ENDED, RUN_OWNER, Owner
 
 
@@ -321,6 +327,7 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
     """
     data_dir = data_dir or settings.data_dir
     preflight.check_data_dir(data_dir, settings.preflight_rows)
+    check_runner(settings)
     out = out or sys.stdout
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_path = require_local("log_dir", settings.logs_path, "the run log is a local file") / f"run-{stamp}.log"
@@ -336,8 +343,13 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
 
         skip_autograph_for_libraries()
         progress = _Progress(console(out), len(NODE_ORDER))
-        recovered = _recover(settings, progress.out)
-        error = _run_on_local_dag_runner(settings, data_dir, progress)
+        recovered, error = {}, None
+        try:
+            with _beam_for_run(settings, log_path):
+                recovered = _recover(settings, progress.out)
+                error = _run_on_local_dag_runner(settings, data_dir, progress)
+        except portable.ServiceFailed as exc:
+            error = PipelineFailed(BEAM_SERVICES, str(exc))
         summary = summarize(settings, progress.nodes, time.monotonic() - start, error, log_path)
         summary.recovery = recovered
     summary_path = log_path.with_suffix(".json")
@@ -361,6 +373,71 @@ def _recover(settings: Settings, out: TextIO) -> Dict:
     return report.as_dict()
 
 
+# ----------------------------------------------------------------- Beam runners
+RUNNERS = ("local", "portable")          # Settings.beam_runner
+BEAM_SERVICES = "Beam services"          # the failed "node" when they did not start
+
+
+def check_runner(settings: Settings) -> None:
+    if settings.beam_runner not in RUNNERS:
+        raise ConfigError(f"setting 'beam_runner' must be one of {', '.join(RUNNERS)}, "
+                          f"got {settings.beam_runner!r}")
+
+
+# Where this run's services listen: in the launcher's environment while it runs, read
+# by TFX when a component starts (not in the cache key, unlike the arguments' text).
+JOB_ENDPOINT_VARIABLE = "TFXOPS_PORTABLE_JOB_ENDPOINT"
+WORKER_POOL_VARIABLE = "TFXOPS_PORTABLE_WORKER_POOL"
+
+
+def beam_arguments(settings: Settings) -> List:
+    """The one place ``beam_runner`` becomes Beam's arguments (``create_pipeline``'s
+    ``beam_pipeline_args``).
+
+    local: ``beam_args`` as they are (empty: DirectRunner in memory). portable:
+    PortableRunner submitting to the job service, its SDK workers from the EXTERNAL
+    worker pool, which runs ``beam_worker_image`` (``--sdk_container_image`` also
+    tells TFX its code is in the workers' image, so it builds no sdist of itself
+    per component); then ``beam_args``, which win as later flags: e.g.
+    ``--environment_type=DOCKER --environment_config=IMAGE`` for a cluster that
+    starts the containers itself. The two addresses are placeholders of the
+    environment variables ``_beam_for_run`` sets: TFX's cache key holds the
+    arguments' text, so a rerun through other ports is still fully cached.
+    """
+    if settings.beam_runner == "local":
+        return list(settings.beam_args)
+    from tfx.dsl.placeholder.placeholder import environment_variable
+
+    return ["--runner=PortableRunner",
+            "--job_endpoint=" + environment_variable(JOB_ENDPOINT_VARIABLE),
+            "--environment_type=EXTERNAL",
+            "--environment_config=" + environment_variable(WORKER_POOL_VARIABLE),
+            f"--sdk_container_image={settings.beam_worker_image}",
+            *settings.beam_args]
+
+
+@contextlib.contextmanager
+def _beam_for_run(settings: Settings, log_path: Path) -> Iterator[None]:
+    """For ``portable``, the job service and worker pool (``pipeline.portable``),
+    started or checked for the block and their addresses in the environment
+    ``beam_arguments`` reads; nothing for ``local``."""
+    if settings.beam_runner == "local":
+        yield
+        return
+    with portable.services(settings, log_path.with_suffix("")) as endpoints:
+        saved = {name: os.environ.get(name) for name in (JOB_ENDPOINT_VARIABLE, WORKER_POOL_VARIABLE)}
+        os.environ[JOB_ENDPOINT_VARIABLE] = endpoints.job_endpoint
+        os.environ[WORKER_POOL_VARIABLE] = endpoints.worker_pool
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
 def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
     """The settings as ``pipeline.pipeline.create_pipeline``'s arguments, the pipeline
     reading the CSVs in ``data_dir``."""
@@ -381,7 +458,7 @@ def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
         slice_features=list(settings.slice_features),
         serving_model_dir=str(settings.model_push_dir),
         metadata_connection_config=mlmd.connection_config(settings),
-        beam_pipeline_args=list(settings.beam_args),
+        beam_pipeline_args=beam_arguments(settings),
         enable_cache=settings.enable_cache)
 
 
@@ -394,7 +471,8 @@ def _run_on_local_dag_runner(settings: Settings, data_dir: str,
     record = _RunRecord()
     try:
         with _reporting_launcher(progress, record):
-            tfx.orchestration.LocalDagRunner().run(create_pipeline(**pipeline_arguments(settings, data_dir)))
+            tfx.orchestration.LocalDagRunner().run(
+                create_pipeline(**pipeline_arguments(settings, data_dir)))
     except Exception as exc:  # the failing component's own exception
         node = progress.nodes[-1].node_id if progress.nodes else "pipeline"
         logging.exception("pipeline failed at %s", node)

@@ -1,4 +1,5 @@
-"""docker-compose.yml agrees with core.config's defaults (no Docker engine needed)."""
+"""docker-compose.yml agrees with core.config's defaults and runs tfxops on the
+project's image (no Docker engine needed)."""
 import re
 
 import yaml
@@ -40,3 +41,15 @@ def test_compose_matches_settings():
     assert f"rest_port={s.rest_port}" in command and f"grpc_port={s.grpc_port}" in command
     assert "ports" not in serving      # TF Serving is reached through the proxy only
     assert {str(s.rest_port), str(s.grpc_port)} <= {str(p) for p in serving["expose"]}
+
+
+def test_compose_runs_the_tfxops_services_on_the_project_image():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    settings = config.load({}, environ={})
+    proxy, monitor = compose["services"]["proxy"], compose["services"]["monitor"]
+    assert (REPO / proxy["build"]["context"] / proxy["build"]["dockerfile"]).resolve() == REPO / "Dockerfile"
+    for service in (proxy, monitor):
+        assert service["image"] == settings.beam_worker_image
+        assert service["entrypoint"] == []                      # not Beam's worker boot
+        assert service["command"][0] == "tfxops"
+    assert not (REPO / "serving" / "Dockerfile").exists()       # one image

@@ -1,0 +1,28 @@
+# The tfxops image: one image for every place tfxops code runs off this machine.
+#   - Kubeflow / Vertex AI tasks: `tfxops compile --image IMAGE` (each task's command
+#     overrides the entrypoint);
+#   - Beam SDK workers: Beam's own SDK image underneath, so its entrypoint (/opt/apache/beam/boot)
+#     starts a worker (`--environment_type=DOCKER --environment_config=IMAGE`, or with
+#     `--worker_pool` an EXTERNAL worker pool for `tfxops run --runner portable`);
+#     `--sdk_container_image=IMAGE` for Dataflow;
+#   - docker-compose.yml's proxy and monitor, deploy/k8s/ (their `command` runs tfxops).
+# Build from the repository root: docker compose build, or docker build -t tfxops:latest .
+FROM apache/beam_python3.10_sdk:2.59.0
+
+# core/env.py image_environment(): what every tfxops process needs before TensorFlow is
+# imported, here for processes that are not children of a tfxops command (Beam workers,
+# pipeline tasks). tests/code/test_images.py keeps the two equal.
+ENV TF_USE_LEGACY_KERAS=1 \
+    TF_CPP_MIN_LOG_LEVEL=1 \
+    PYTHONWARNINGS=ignore::FutureWarning
+
+# The project at /app (pipeline/compile.py IMAGE_PROJECT_ROOT: schema/ and the model code).
+WORKDIR /app
+
+# Every dependency at the version constraints.txt pins, in a layer of its own: it is
+# rebuilt only when constraints.txt changes, not with every change to the code.
+COPY constraints.txt ./
+RUN pip install --no-cache-dir -r constraints.txt
+
+COPY . ./
+RUN pip install --no-cache-dir --no-deps -e .
