@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator, List, Union
+from typing import Iterable, Iterator, List, Tuple, Union
 
 # A local path (Path) or a URI (str): what a derived path setting is.
 Location = Union[Path, str]
@@ -104,6 +104,22 @@ def listdir(path: Location) -> List[str]:
         return os.listdir(path)
     with _store_errors():
         return [name.rstrip("/") for name in _gfile().listdir(str(path))]
+
+
+def entries(path: Location) -> List[Tuple[str, int, int]]:
+    """(name, size, modification time in ns) of each entry directly under ``path``,
+    by name (symbolic links not followed); ``OSError`` if ``path`` cannot be listed."""
+    if not is_uri(path):
+        return [(entry.name, stat.st_size, stat.st_mtime_ns)
+                for entry in sorted(os.scandir(path), key=lambda e: e.name)
+                for stat in [entry.stat(follow_symlinks=False)]]
+    gfile = _gfile()
+    with _store_errors():
+        out = []
+        for name in sorted(listdir(path)):
+            stat = gfile.stat(str(join(path, name)))
+            out.append((name, stat.length, stat.mtime_nsec))
+        return out
 
 
 def makedirs(path: Location) -> None:

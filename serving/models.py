@@ -33,6 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from core import storage
 from core.pushdir import existing_versions
 from serving.errors import invalid, not_found
 
@@ -280,11 +281,8 @@ def dir_fingerprint(path: str) -> tuple:
     """What changes when a push directory is written to (for retrying failed loads)."""
     parts = []
     for sub in ("", "variables", "assets"):
-        p = os.path.join(path, sub)
         try:
-            for entry in sorted(os.scandir(p), key=lambda e: e.name):
-                st = entry.stat(follow_symlinks=False)
-                parts.append((sub, entry.name, st.st_size, st.st_mtime_ns))
+            parts += [(sub, *entry) for entry in storage.entries(storage.join(path, sub) if sub else path)]
         except OSError:
             continue
     return tuple(parts)

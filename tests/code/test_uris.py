@@ -187,6 +187,19 @@ def test_the_server_discovers_and_loads_only_complete_versions_on_a_store(tmp_pa
         manager.stop(wait_seconds=0)
 
 
+def test_a_failed_load_on_a_store_is_retried_once_its_files_change(tmp_path):
+    from serving.models import END, ModelManager, dir_fingerprint
+
+    base = _ram_base()
+    version = int(pushdir.publish_atomically(str(_model(tmp_path)), base))   # not a SavedModel
+    manager = ModelManager("taxi", base)
+    manager.poll_once()
+    [status] = manager.status("taxi")
+    assert status.state == END and status.fingerprint == dir_fingerprint(f"{base}/{version}") != ()
+    storage.write_text(f"{base}/{version}/saved_model.pb", "a longer graph")
+    assert dir_fingerprint(f"{base}/{version}") != status.fingerprint            # so the next scan retries
+
+
 def test_sync_models_fills_a_local_directory_with_complete_versions_only(tmp_path, capsys):
     """What an operator points TF Serving at: TF Serving checks no marker, so it
     watches a local directory that ``tfxops sync-models`` fills, one rename per version."""
