@@ -32,11 +32,12 @@ read again with inferred types; one whose examples give a feature two types in
 different files cannot be summed by TFDV and fails with ``EngineError`` (the
 local engine leaves the later type out of its batch).
 """
+import contextlib
 import dataclasses
 import json
 import logging
 import pickle
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -274,6 +275,8 @@ class BeamEngine:
     under ``work_dir``; removed once read."""
     beam_args: List[str]
     work_dir: str
+    # the runner's own arguments, for as long as its services run (``engine.portable_runner``)
+    runner: Optional[Callable[[], ContextManager[List[str]]]] = None
 
     def output_dir(self, window_id: str) -> str:
         from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
@@ -297,7 +300,10 @@ class BeamEngine:
         _remove(out)
         FileSystems.mkdirs(out)
         try:
-            _run_job(self.beam_args, win.parts, feedback, schema, rows_schema, out)
+            with (self.runner() if self.runner else contextlib.nullcontext([])) as runner_args:
+                _run_job(runner_args + self.beam_args, win.parts, feedback, schema, rows_schema, out)
+        except traffic_lib.EngineError:
+            raise
         except Exception:  # noqa: BLE001 - any runner's failure: logged whole, reported briefly
             log.exception("the Beam job of window %s failed", win.id)
             raise traffic_lib.EngineError(

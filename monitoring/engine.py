@@ -5,15 +5,22 @@ seam between the monitor and the engine that reads them (``monitor_engine``).
   process or forked workers whose TFDV accumulators are merged;
 * ``beam``: ``monitoring.beam_engine``, the same reading as a Beam job (per-file
   reader, decoding by the schema, TFDV's ``GenerateStatistics`` sliced by model
-  version, the feedback join by request id), run with ``beam_args``.
+  version, the feedback join by request id), run with the pipeline's Beam
+  settings: ``beam_args`` (DirectRunner without any), and with
+  ``beam_runner=portable`` Beam's PortableRunner against the job service and
+  EXTERNAL worker pool of ``pipeline.portable`` (the settings' own, or started
+  for the pass), ``beam_args`` after them.
 
-Both give a ``traffic.WindowTraffic`` (or raise ``traffic.EngineError``): the same counts, files read and unreadable
-files, and statistics per version; the window, baselines, checks, policy, actions,
-report and MLMD record stay in the monitor's process, whatever the engine.
+Both give a ``traffic.WindowTraffic`` (or raise ``traffic.EngineError``): the same
+counts, files read and unreadable files, and statistics per version; the window,
+baselines, checks, policy, actions, report and MLMD record stay in the monitor's
+process, whatever the engine.
 """
+import contextlib
 import dataclasses
 import os
-from typing import List, Protocol
+from pathlib import Path
+from typing import Iterator, List, Protocol
 
 from core.config import Settings
 from monitoring import traffic as traffic_lib, window as window_lib
@@ -41,5 +48,26 @@ def for_settings(settings: Settings, files: List) -> TrafficEngine:
     if settings.monitor_engine == BEAM:
         from monitoring.beam_engine import BeamEngine
 
-        return BeamEngine(list(settings.beam_args), os.path.join(str(settings.monitor_path), "beam"))
+        work_dir = os.path.join(str(settings.monitor_path), "beam")
+        if settings.beam_runner == "portable":
+            return BeamEngine(list(settings.beam_args), work_dir,
+                              lambda: portable_runner(settings, Path(work_dir) / "services"))
+        return BeamEngine(list(settings.beam_args), work_dir)
     return LocalEngine(traffic_lib.workers_for(settings, files))
+
+
+@contextlib.contextmanager
+def portable_runner(settings: Settings, log_stem: Path) -> Iterator[List[str]]:
+    """Beam's arguments for the PortableRunner on ``pipeline.portable``'s services
+    (their output beside ``log_stem``), for as long as the block runs;
+    ``traffic.EngineError`` naming the service that does not answer or start."""
+    from core.config import ConfigError
+    from pipeline import portable
+
+    with contextlib.ExitStack() as stack:
+        try:
+            endpoints = stack.enter_context(portable.services(settings, log_stem))
+        except (ConfigError, portable.ServiceFailed) as exc:
+            raise traffic_lib.EngineError(f"the portable runner's services: {exc}") from None
+        yield ["--runner=PortableRunner", f"--job_endpoint={endpoints.job_endpoint}",
+               "--environment_type=EXTERNAL", f"--environment_config={endpoints.worker_pool}"]

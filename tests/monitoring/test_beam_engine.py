@@ -121,8 +121,8 @@ def _assert_same_traffic(local, beam):
         assert (theirs.requests, theirs.rows, theirs.all_requests) == (mine.requests, mine.rows, mine.all_requests)
         assert theirs.rows_by_signature() == mine.rows_by_signature()
         assert theirs.rejections == mine.rejections
-        assert list(theirs.served_outputs()) == list(mine.served_outputs())
-        assert [(s, p, t) for s, p, t in theirs.labelled] == [(s, p, t) for s, p, t in mine.labelled]
+        assert sorted(theirs.served_outputs()) == sorted(mine.served_outputs())
+        assert sorted(theirs.labelled) == sorted(mine.labelled)      # the local workers' order is theirs
         _assert_same_statistics(mine.stats.result(), theirs.stats.result(), key)
     assert beam.file_results == local.file_results
     assert [(u.file, u.kind) for u in beam.unreadable] == [(u.file, u.kind) for u in local.unreadable]
@@ -169,11 +169,26 @@ def test_the_beam_engine_on_the_portable_runner(window_settings):
     _assert_same_traffic(local, beam)
 
 
+def test_the_beam_engine_on_an_external_worker_pool(window_settings):
+    """``beam_runner=portable``: a job service and an EXTERNAL worker pool started
+    for the pass (``pipeline.portable``), whose workers have only the image's environment."""
+    import dataclasses
+
+    settings = dataclasses.replace(window_settings, monitor_engine="beam", beam_runner="portable")
+    win = window_lib.open_window(window_lib.Checkpoint(settings.monitor_path), settings.request_logs_path,
+                                 settings.monitor_max_files, persist=False)
+    local = _read(window_settings, engine_lib.LocalEngine(workers=1))
+    _assert_same_traffic(local, _read(settings, engine_lib.for_settings(settings, win.files)))
+
+
 def test_a_failing_runner_is_a_monitor_error(window_settings):
     import dataclasses
 
     settings = dataclasses.replace(window_settings, monitor_engine="beam", beam_args=["--runner=NoSuchRunner"])
     with pytest.raises(monitor.MonitorError, match="monitor_engine=local"):
+        monitor.monitor_once(settings, dry_run=True)
+    settings = dataclasses.replace(settings, beam_args=[], beam_runner="portable", beam_job_endpoint="localhost:1")
+    with pytest.raises(monitor.MonitorError, match="beam_job_endpoint"):
         monitor.monitor_once(settings, dry_run=True)
 
 
