@@ -19,7 +19,7 @@ from core import config, mlmd
 from core import features as F
 from core.env import worker_environment
 from core.pushdir import existing_versions
-from pipeline import portable
+from pipeline import portable, runner
 from tests.conftest import E2E_OVERRIDES, REPO, write_rows
 from tfxops import cli
 
@@ -84,6 +84,20 @@ def test_the_pipeline_on_the_portable_runner_pushes_a_blessed_model_and_reruns_c
     assert existing_versions(str(settings.model_push_dir)) == [int(summary["pushed_version"])]
 
 
+def test_the_runner_setting_is_mapped_to_beam_arguments_in_one_place():
+    local = config.load({"beam_args": '["--direct_num_workers=2"]'}, environ={})
+    assert runner.beam_arguments(local) == ["--direct_num_workers=2"]
+    remote = config.load({"beam_runner": "portable", "beam_worker_image": "registry/tfxops:1",
+                          "beam_args": '["--environment_type=DOCKER"]'}, environ={})
+    args = runner.beam_arguments(remote)
+    assert args[0] == "--runner=PortableRunner" and args[-1] == "--environment_type=DOCKER"   # beam_args win
+    assert "--sdk_container_image=registry/tfxops:1" in args
+    # the addresses are read from the environment when a component runs, not fixed in its spec
+    placeholders = [str(arg.encode()) for arg in args if not isinstance(arg, str)]
+    assert any(runner.JOB_ENDPOINT_VARIABLE in text for text in placeholders)
+    assert any(runner.WORKER_POOL_VARIABLE in text for text in placeholders)
+
+
 def test_the_worker_pool_runs_with_the_image_environment_only(tmp_path, monkeypatch):
     monkeypatch.setenv("TFXOPS_LAUNCHER_ONLY", "not for workers")
     settings = config.load({"home": str(tmp_path)}, environ={})
@@ -128,7 +142,7 @@ LAUNCHER = """
 import json, sys, time
 from pathlib import Path
 from core import config
-from pipeline import portable
+from pipeline import portable, runner
 settings = config.load({"home": sys.argv[1]}, environ={})
 with portable.services(settings, Path(sys.argv[1]) / "run") as endpoints:
     print(json.dumps([endpoints.job_endpoint, endpoints.worker_pool]), flush=True)
