@@ -71,7 +71,7 @@ def _judge_rejections(settings: Settings, traffic: VersionTraffic, schema, train
 def _prediction(settings: Settings, traffic: VersionTraffic, base: baseline_lib.Baseline, monitor_dir: Path) -> Dict:
     """Prediction drift, with the two output distributions for the report (the
     statistics themselves are not kept)."""
-    prediction = checks.prediction_drift(traffic.served_outputs(), _eval_prediction_stats(base, monitor_dir),
+    prediction = checks.prediction_drift(traffic.served_statistics(), _eval_prediction_stats(base, monitor_dir),
                                          settings.prediction_drift_threshold)
     baseline_stats, served_stats = prediction.pop("baseline_stats", None), prediction.pop("served_stats", None)
     if prediction.get("available"):

@@ -15,7 +15,9 @@ The job:
 2. **statistics**: every batch carries a ``SLICE_COLUMN`` naming its (model,
    version), and TFDV's ``GenerateStatistics`` computes the statistics per slice
    (``slicing_util.get_feature_value_slicer`` on that column); the slice column
-   and TFDV's all-examples slice are dropped from the result;
+   and TFDV's all-examples slice are dropped from the result; the same for the
+   served outputs (``checks.PREDICTION``, for the prediction drift), so they
+   never travel to the driver row by row;
 3. **feedback**: answered rows keyed by request id, joined with the labels that
    came back by ``CoGroupByKey`` (only when there are labels).
 
@@ -40,6 +42,7 @@ import pickle
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 
@@ -49,7 +52,7 @@ log = logging.getLogger("tfxops.monitoring")
 SLICE_COLUMN = "__tfxops_model_version__"    # (model, version) of a row, for the slicing function
 VERSION, FILE, UNREADABLE, UNATTRIBUTED, LABELLED, NEEDS_INFERENCE = (
     "version", "file", "unreadable", "unattributed", "labelled", "needs_inference")
-RESULTS, ANSWERED = "results", "answered"     # the ReadPart outputs besides the batches
+RESULTS, OUTPUTS, ANSWERED = "results", "outputs", "answered"     # the ReadPart outputs besides the batches
 Key = Tuple[str, Optional[int]]
 
 
@@ -102,7 +105,11 @@ def _read_part(index: int, part: window_lib.Part, decoders: traffic_lib.Decoders
     for key, traffic in read.versions.items():
         for batch in traffic.stats.batches:
             yield with_slice(batch, slice_value(key))
-        yield pvalue.TaggedOutput(RESULTS, (VERSION, key, traffic.counted(), traffic.stats.rows, index))
+        if traffic.predictions:
+            outputs = checks.columns_batch({checks.PREDICTION: traffic.served_outputs()})
+            yield pvalue.TaggedOutput(OUTPUTS, with_slice(outputs, slice_value(key)))
+        counted = dataclasses.replace(traffic.counted(), predictions=[])     # their statistics: OUTPUTS
+        yield pvalue.TaggedOutput(RESULTS, (VERSION, key, counted, traffic.stats.rows, index))
     for unreadable in read.unreadable:
         yield pvalue.TaggedOutput(RESULTS, (UNREADABLE, unreadable))
     for name, result in read.file_results.items():
@@ -130,13 +137,18 @@ def _labelled(joined) -> Iterator:
             yield LABELLED, key, order, (serialized, score, tips)
 
 
-def _sliced_statistics(batches):
+def _write_sliced_statistics(batches, path: str, name: str) -> None:
+    """TFDV's statistics of ``batches`` per ``SLICE_COLUMN`` value, written to ``path``."""
     import tensorflow_data_validation as tfdv
     from tensorflow_data_validation.utils import slicing_util
+    from tensorflow_metadata.proto.v0 import statistics_pb2
 
     options = tfdv.StatsOptions(
         experimental_slice_functions=[slicing_util.get_feature_value_slicer({SLICE_COLUMN: None})])
-    return batches | "Statistics" >> tfdv.GenerateStatistics(options)
+    _ = (batches
+         | f"{name}Statistics" >> tfdv.GenerateStatistics(options)
+         | f"Write{name}Statistics" >> beam.io.WriteToTFRecord(
+             path, shard_name_template="", coder=beam.coders.ProtoCoder(statistics_pb2.DatasetFeatureStatisticsList)))
 
 
 class ReadPart(beam.DoFn):
@@ -157,8 +169,10 @@ class ReadPart(beam.DoFn):
 
 @dataclasses.dataclass
 class JobOutput:
-    """What a job wrote: the sliced statistics and the pickled results."""
+    """What a job wrote: the sliced statistics of the rows and of the served outputs,
+    and the pickled results."""
     statistics: object                # DatasetFeatureStatisticsList, one dataset per slice
+    outputs: object                   # the same of the served outputs
     results: List[tuple]
 
     @property
@@ -170,7 +184,6 @@ def _run_job(beam_args: List[str], parts: List[window_lib.Part], feedback: traff
              schema, rows_schema, out: str) -> None:
     """The job, writing ``<out>/statistics`` and ``<out>/results``."""
     from apache_beam.options.pipeline_options import PipelineOptions
-    from tensorflow_metadata.proto.v0 import statistics_pb2
 
     join = bool(feedback)
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
@@ -178,11 +191,9 @@ def _run_job(beam_args: List[str], parts: List[window_lib.Part], feedback: traff
                 | "Parts" >> beam.Create(list(enumerate(parts)))
                 | "Spread" >> beam.Reshuffle()
                 | "ReadPart" >> beam.ParDo(ReadPart(schema, rows_schema, join)).with_outputs(
-                    RESULTS, ANSWERED, main="batches"))
-        _ = (_sliced_statistics(read.batches)
-             | "WriteStatistics" >> beam.io.WriteToTFRecord(
-                 FileSystems.join(out, "statistics"), shard_name_template="",
-                 coder=beam.coders.ProtoCoder(statistics_pb2.DatasetFeatureStatisticsList)))
+                    RESULTS, OUTPUTS, ANSWERED, main="batches"))
+        _write_sliced_statistics(read.batches, FileSystems.join(out, "statistics"), "Rows")
+        _write_sliced_statistics(read[OUTPUTS], FileSystems.join(out, "outputs"), "Outputs")
         results = [read[RESULTS]]
         if join:
             labels = pipeline | "Labels" >> beam.Create(
@@ -211,10 +222,12 @@ def _records(pattern: str) -> Iterator[bytes]:
 def _job_output(out: str) -> JobOutput:
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
-    statistics = statistics_pb2.DatasetFeatureStatisticsList()
+    statistics, outputs = statistics_pb2.DatasetFeatureStatisticsList(), statistics_pb2.DatasetFeatureStatisticsList()
     for record in _records(FileSystems.join(out, "statistics*")):
         statistics.MergeFromString(record)
-    return JobOutput(statistics, [pickle.loads(r) for r in _records(FileSystems.join(out, "results*"))])
+    for record in _records(FileSystems.join(out, "outputs*")):
+        outputs.MergeFromString(record)
+    return JobOutput(statistics, outputs, [pickle.loads(r) for r in _records(FileSystems.join(out, "results*"))])
 
 
 def _remove(directory: str) -> None:
@@ -222,15 +235,16 @@ def _remove(directory: str) -> None:
         FileSystems.delete([directory])
 
 
-def version_statistics(statistics, key: Key):
+def version_statistics(statistics, key: Key, empty):
     """The statistics of one (model, version) slice as the local engine gives them:
-    one unnamed dataset, without the slice column."""
+    one unnamed dataset, without the slice column; ``empty`` when no row of the
+    version reached them."""
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
     name = f"{SLICE_COLUMN}_{slice_value(key)}"
     found = next((d for d in statistics.datasets if d.name == name), None)
-    if found is None:                     # no row of this version reached the statistics
-        return checks.StatsAccumulator().result()
+    if found is None:
+        return empty
     dataset = statistics_pb2.DatasetFeatureStatistics()
     dataset.CopyFrom(found)
     dataset.name = ""
@@ -259,8 +273,12 @@ def assemble(output: JobOutput) -> traffic_lib.WindowTraffic:
             read.unattributed.merge(item[1])
         elif item[0] == LABELLED:
             labelled.setdefault(item[1], []).append((item[2], item[3]))
+    no_rows = checks.StatsAccumulator().result()
+    no_outputs = checks.statistics_of({checks.PREDICTION: np.zeros(0, np.float32)})
     for key, traffic in read.versions.items():
-        traffic.stats = ComputedStatistics(version_statistics(output.statistics, key), rows_in_statistics[key])
+        traffic.stats = ComputedStatistics(version_statistics(output.statistics, key, no_rows),
+                                           rows_in_statistics[key])
+        traffic.output_stats = version_statistics(output.outputs, key, no_outputs)
         traffic.labelled = [row for _, row in sorted(labelled.get(key, []), key=lambda x: x[0])]
     read.unreadable.sort(key=lambda u: u.file)
     read.file_results = dict(sorted(read.file_results.items()))

@@ -56,8 +56,8 @@ class StatsAccumulator:
         return self._impl.extract_statistics_output(self.accumulators, self.generators)
 
 
-def statistics_of(columns: Dict[str, np.ndarray]):
-    """Statistics of in-memory columns (one value per row; NaN = missing)."""
+def columns_batch(columns: Dict[str, np.ndarray]):
+    """In-memory columns (one float per row; NaN = missing) as an Arrow RecordBatch."""
     import pyarrow as pa
 
     arrays, names = [], []
@@ -66,8 +66,13 @@ def statistics_of(columns: Dict[str, np.ndarray]):
         offsets = np.concatenate([[0], np.cumsum(~np.isnan(values))]).astype(np.int64)
         arrays.append(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values[~np.isnan(values)])))
         names.append(name)
+    return pa.RecordBatch.from_arrays(arrays, names)
+
+
+def statistics_of(columns: Dict[str, np.ndarray]):
+    """Statistics of in-memory columns (one value per row; NaN = missing)."""
     acc = StatsAccumulator()
-    acc.add(pa.RecordBatch.from_arrays(arrays, names))
+    acc.add(columns_batch(columns))
     return acc.result()
 
 
@@ -298,16 +303,17 @@ def _common(feature):
 
 
 # ------------------------------------------------------------------ prediction drift
-def prediction_drift(served: np.ndarray, baseline_stats, threshold: float) -> Dict:
-    """JS divergence between the served outputs and the evaluation set's."""
+def prediction_drift(served_stats, baseline_stats, threshold: float) -> Dict:
+    """JS divergence between the served outputs (``served_stats``: their statistics
+    as a ``PREDICTION`` feature) and the evaluation set's."""
     import tensorflow_data_validation as tfdv
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    served = served[~np.isnan(served)]
-    if served.size == 0 or baseline_stats is None:
-        return {"available": False, "reason": "no predictions logged" if served.size == 0
-                else "no evaluation-set predictions for this model"}
-    served_stats = statistics_of({PREDICTION: served})
+    served = feature_stats(served_stats, PREDICTION) if served_stats.datasets else None
+    served = served.num_stats if served is not None and served.WhichOneof("stats") == "num_stats" else None
+    if served is None or not served.common_stats.num_non_missing or baseline_stats is None:
+        return {"available": False, "reason": "no predictions logged" if served is None
+                or not served.common_stats.num_non_missing else "no evaluation-set predictions for this model"}
     schema = schema_pb2.Schema()
     feature = schema.feature.add(name=PREDICTION, type=schema_pb2.FLOAT)
     feature.skew_comparator.jensen_shannon_divergence.threshold = threshold
@@ -315,7 +321,7 @@ def prediction_drift(served: np.ndarray, baseline_stats, threshold: float) -> Di
     distance = _measurements(result, "skew").get(PREDICTION, {}).get("distance")
     return {"available": True, "distance": distance, "threshold": threshold,
             "over": distance is not None and distance > threshold,
-            "served_mean": float(served.mean()), "served_stats": served_stats,
+            "served_mean": float(served.mean), "served_stats": served_stats,
             "baseline_stats": baseline_stats}
 
 

@@ -73,6 +73,7 @@ class VersionTraffic:
     rejections: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
     types: Dict = dataclasses.field(default_factory=dict)      # column -> Arrow type fed so far
     signatures: Dict[str, int] = dataclasses.field(default_factory=dict)   # answered rows per logged signature
+    output_stats: object = None            # statistics of the served outputs, when an engine computed them
 
     def flush(self, decoder, force: bool = False) -> None:
         while self.pending and (force or len(self.pending) >= DECODE_ROWS):
@@ -98,6 +99,13 @@ class VersionTraffic:
 
     def served_outputs(self) -> np.ndarray:
         return np.concatenate(self.predictions) if self.predictions else np.zeros(0, np.float32)
+
+    def served_statistics(self):
+        """Statistics of the served outputs, a ``checks.PREDICTION`` feature (NaN:
+        missing): as an engine computed them, else of ``served_outputs``."""
+        if self.output_stats is not None:
+            return self.output_stats
+        return checks.statistics_of({checks.PREDICTION: self.served_outputs()})
 
     def add_signatures(self, rows: Dict[str, int]) -> None:
         for name, n in rows.items():

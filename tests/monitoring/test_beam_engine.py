@@ -5,12 +5,13 @@ without), rejected calls, one corrupt file and labels for part of the requests.
 Tolerances (also in docs/architecture.md):
 * counts are exact: requests, rows, rows per signature, rejections, labelled rows,
   files read and their offsets, unreadable files, and per feature of each
-  version's statistics ``num_examples``, ``num_non_missing``, ``num_missing``,
+  version's statistics (of its rows and of its served outputs) ``num_examples``, ``num_non_missing``, ``num_missing``,
   ``min``/``max``, the string features' ``unique`` and top values;
 * numeric ``mean`` and ``std_dev``: relative 1e-6 (float sums in another order);
-* quantile-based figures (the JS skew and drift of numeric features, read from
-  TFDV's quantiles sketches, approximate and merged in another order): 0.02
-  absolute; the L-infinity skew of string features (exact counts): 1e-9;
+* quantile-based figures (the JS skew and drift of numeric features and the
+  prediction drift, read from TFDV's quantiles sketches, approximate and merged
+  in another order): 0.02 absolute; the L-infinity skew of string features
+  (exact counts): 1e-9;
 * the decision (action, triggered, reasons) is the same.
 """
 import csv
@@ -121,9 +122,9 @@ def _assert_same_traffic(local, beam):
         assert (theirs.requests, theirs.rows, theirs.all_requests) == (mine.requests, mine.rows, mine.all_requests)
         assert theirs.rows_by_signature() == mine.rows_by_signature()
         assert theirs.rejections == mine.rejections
-        assert sorted(theirs.served_outputs()) == sorted(mine.served_outputs())
         assert sorted(theirs.labelled) == sorted(mine.labelled)      # the local workers' order is theirs
         _assert_same_statistics(mine.stats.result(), theirs.stats.result(), key)
+        _assert_same_statistics(mine.served_statistics(), theirs.served_statistics(), (key, "outputs"))
     assert beam.file_results == local.file_results
     assert [(u.file, u.kind) for u in beam.unreadable] == [(u.file, u.kind) for u in local.unreadable]
     assert beam.unreadable and beam.unattributed == local.unattributed
@@ -139,6 +140,10 @@ def _assert_same_judgement(local, beam):
     assert (beam.decision.action, beam.decision.triggered) == (local.decision.action, local.decision.triggered)
     assert theirs.quality.get("labelled_rows") == mine.quality.get("labelled_rows") > 0
     assert theirs.quality.get("auc") == pytest.approx(mine.quality.get("auc"))
+    assert theirs.prediction["available"] == mine.prediction["available"]
+    assert theirs.prediction.get("distance") == pytest.approx(mine.prediction.get("distance"), abs=QUANTILE_DISTANCE)
+    assert theirs.prediction.get("served_mean") == pytest.approx(mine.prediction.get("served_mean"),
+                                                                 rel=MEAN_RELATIVE)
     features = {f.name: f for f in theirs.features}
     for feature in mine.features:
         other = features[feature.name]
