@@ -20,7 +20,7 @@ import time
 import pytest
 
 from core import features as F, request_log
-from monitoring import engine as engine_lib, monitor, traffic as traffic_lib, window as window_lib
+from monitoring import checks, engine as engine_lib, monitor, traffic as traffic_lib, window as window_lib
 from monitoring.beam_engine import BeamEngine
 from tests.monitoring.conftest import log_records, monitor_settings, write_logs
 from tests.conftest import SMALL_ROWS
@@ -210,3 +210,27 @@ def test_the_engine_setting_and_flag(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["monitor", "--engine", "spark", "--home", str(tmp_path)])
     assert "invalid choice: 'spark' (choose from 'local', 'beam')" in capsys.readouterr().err
+
+
+def test_examples_off_the_schema_are_read_with_inferred_types_by_both(tmp_path, e2e_settings, first_run, taxi_rows):
+    """A feature the schema does not know: both engines read the window again with
+    inferred types, so its statistics hold what was logged."""
+    import tensorflow as tf
+
+    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    records = log_records(_requests(taxi_rows[SMALL_ROWS:SMALL_ROWS + 300]), int(first_run.pushed_version))
+    for record in records[::2]:
+        tensor = record.predict_log.request.inputs["examples"]
+        examples = [tf.train.Example.FromString(s) for s in tensor.string_val]
+        for example in examples:
+            example.features.feature["surge_multiplier"].float_list.value.append(1.5)
+        del tensor.string_val[:]
+        tensor.string_val.extend(e.SerializeToString() for e in examples)
+    write_logs(settings.request_logs_path, records, rotate_records=50)
+    local = _read(settings, engine_lib.LocalEngine(workers=1))
+    beam = _read(settings, BeamEngine([], str(tmp_path / "beam")))
+    ((key, mine),) = local.versions.items()
+    theirs = beam.versions[key]
+    assert checks.feature_stats(theirs.stats.result(), "surge_multiplier") is not None
+    _assert_same_statistics(mine.stats.result(), theirs.stats.result(), key)
+    assert (theirs.rows, theirs.requests) == (mine.rows, mine.requests) == (300, len(records))
