@@ -29,6 +29,7 @@ import posixpath
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from core import storage
 from core.config import PROJECT_ROOT, Settings
 
 TARGETS = ("vertex", "kubeflow")
@@ -53,19 +54,10 @@ class CompiledPipeline:
     tasks: List[str]
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """``base``/``parts`` with the URI's ``//`` kept (``pathlib`` would collapse it)."""
-    return "/".join([base.rstrip("/"), *parts])
-
-
 def image_schema_path(schema_path: str, image_project_root: str) -> str:
     """The schema inside the image: the settings' file at the same place under the
     image's project root; a URI stays as it is."""
-    if is_uri(schema_path):
+    if storage.is_uri(schema_path):
         return schema_path
     try:
         relative = Path(schema_path).resolve().relative_to(PROJECT_ROOT)
@@ -83,15 +75,17 @@ def compiled_arguments(settings: Settings, pipeline_root: str, data_root: Option
     pipeline root, data root, serving directory and schema a cluster reaches."""
     from pipeline.runner import pipeline_arguments
 
-    data_root = data_root or (settings.data_dir if is_uri(settings.data_dir) else join_uri(pipeline_root, "data"))
-    serving_base = settings.serving_dir if is_uri(settings.serving_dir) else join_uri(pipeline_root, "serving_model")
+    data_root = data_root or (settings.data_dir if storage.is_uri(settings.data_dir)
+                              else storage.join(pipeline_root, "data"))
+    serving_model_dir = (settings.model_push_dir if storage.is_uri(settings.model_push_dir)
+                         else storage.join(pipeline_root, "serving_model", settings.model_name))
     for name, value in (("--pipeline-root", pipeline_root), ("--data", data_root)):
-        if not is_uri(value):
+        if not storage.is_uri(value):
             raise CompileError(f"{name} must be a URI the cluster reaches (gs://bucket/path, s3://...), "
                                f"not a path on this machine: {value}")
     arguments = pipeline_arguments(settings, data_root)
     arguments.update(pipeline_root=pipeline_root, data_root=data_root,
-                     serving_model_dir=join_uri(serving_base, settings.model_name),
+                     serving_model_dir=serving_model_dir,
                      schema_path=image_schema_path(settings.schema_path, image_project_root))
     return arguments
 
@@ -140,7 +134,7 @@ def _write(document: Dict, output: str) -> None:
     import yaml
     from tfx.dsl.io import fileio
 
-    parent = posixpath.dirname(output) if is_uri(output) else str(Path(output).resolve().parent)
+    parent = posixpath.dirname(output) if storage.is_uri(output) else str(Path(output).resolve().parent)
     if parent and not fileio.exists(parent):
         fileio.makedirs(parent)
     with fileio.open(output, "w") as handle:

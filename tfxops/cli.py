@@ -23,6 +23,7 @@ from core import config  # noqa: E402
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from  # noqa: E402
 from lineage import cli as lineage_cli  # noqa: E402
 from monitoring import cli as monitoring_cli  # noqa: E402
+from pipeline import compile as pipeline_compile  # noqa: E402
 from serving import cli as serving_cli  # noqa: E402
 
 
@@ -51,13 +52,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from pipeline import compile as compile_spec
-
     try:
-        compiled = compile_spec.compile_pipeline(
+        compiled = pipeline_compile.compile_pipeline(
             settings_from(args), target=args.target, image=args.image, pipeline_root=args.pipeline_root,
             output=args.output, data_root=args.data, image_project_root=args.image_project_root)
-    except compile_spec.CompileError as exc:
+    except pipeline_compile.CompileError as exc:
         print(f"tfxops compile: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"compiled for {compiled.target}: {compiled.output} ({len(compiled.tasks)} tasks, image {compiled.image})")
@@ -95,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_spec = commands.add_parser(
         "compile", help="the pipeline `tfxops run` runs, as a KFP v2 spec for Vertex AI or Kubeflow Pipelines")
     add_common_options(compile_spec)
-    compile_spec.add_argument("--target", required=True, choices=["vertex", "kubeflow"],
+    compile_spec.add_argument("--target", required=True, choices=pipeline_compile.TARGETS,
                               help="vertex: a PipelineJob for Vertex AI Pipelines; "
                                    "kubeflow: a PipelineSpec for Kubeflow Pipelines v2")
     compile_spec.add_argument("--image", required=True,
@@ -106,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="the spec to write (.json, or .yaml/.yml)")
     compile_spec.add_argument("--data", metavar="URI",
                               help="the training CSVs (default: data_dir if a URI, else <pipeline-root>/data)")
-    compile_spec.add_argument("--image-project-root", default="/app", metavar="DIR",
-                              help="where the image holds the project (schema/, modules/); default /app")
+    image_root = pipeline_compile.IMAGE_PROJECT_ROOT
+    compile_spec.add_argument("--image-project-root", default=image_root, metavar="DIR",
+                              help=f"where the image holds the project (schema/, modules/); default {image_root}")
     compile_spec.set_defaults(func=cmd_compile)
 
     demo = commands.add_parser("demo", help="the whole loop: train, serve, watch, retrain (fresh <home>/demo)")

@@ -1,8 +1,14 @@
 """`tfxops compile`: the pipeline `tfxops run` runs, as a KFP v2 spec for Vertex AI
-and Kubeflow Pipelines, with no path of this machine in it."""
+and Kubeflow Pipelines, with no path of this machine in it.
+
+The slow contract test (`make test-slow`) executes the compiled container commands
+locally, in dependency order, twice: the first job pushes a model, the second
+judges its new candidate against it."""
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -12,8 +18,12 @@ from google.cloud import aiplatform
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from core import features as F
 from core.config import PROJECT_ROOT
+from core.pushdir import existing_versions
+from pipeline.baseline import BASELINE_SOURCE_URI, BASELINE_VERSION
 from pipeline.pipeline import NODE_ORDER
+from tests.conftest import E2E_OVERRIDES, REPO, SMALL_ROWS, write_rows
 from tfxops import cli
 
 IMAGE = "europe-west4-docker.pkg.dev/tfxops-test/pipelines/tfxops:1.0"
@@ -138,3 +148,88 @@ def test_errors_a_user_can_act_on_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert "Traceback" not in err and not output.exists()
+
+
+# ------------------------------------------------- the compiled commands, executed
+# A local stand-in for what a KFP launcher does with each task: the executor input
+# (the `{{$}}` of the container arguments) from the task's parameters and its
+# producers' output artifacts, the ExampleGen driver (`preCacheCheck`) first, then
+# the container command; tasks in dependency order. The bucket is a local directory
+# and the image's /app the repository (as a bind mount would make them).
+def _in_dependency_order(tasks) -> list:
+    done, order = set(), []
+    while len(order) < len(tasks):
+        ready = sorted(t for t in tasks if t not in done and set(tasks[t].get("dependentTasks", [])) <= done)
+        assert ready, "the DAG has a cycle"
+        order += ready
+        done |= set(ready)
+    return order
+
+
+def _executor_input(spec, task, produced, task_root) -> dict:
+    task_spec = spec["root"]["dag"]["tasks"][task]
+    component = spec["components"][task_spec["componentRef"]["name"]]
+    parameters = {k: v["runtimeValue"]["constant"] for k, v in task_spec["inputs"].get("parameters", {}).items()}
+    inputs = {k: {"artifacts": [produced[(a["taskOutputArtifact"]["producerTask"],
+                                          a["taskOutputArtifact"]["outputArtifactKey"])]]}
+              for k, a in task_spec["inputs"].get("artifacts", {}).items()}
+    outputs = {k: {"artifacts": [{"name": f"{task}-{k}", "uri": f"{task_root}/{k}", "type": d["artifactType"],
+                                  "metadata": {}}]}
+               for k, d in component.get("outputDefinitions", {}).get("artifacts", {}).items()}
+    return {"inputs": {"parameterValues": parameters, "artifacts": inputs},
+            "outputs": {"artifacts": outputs, "outputFile": f"{task_root}/executor_output.json"}}
+
+
+def _execute(container, executor_input, log) -> None:
+    for step in ([container["lifecycle"]["preCacheCheck"]] if "lifecycle" in container else []) + [container]:
+        command = [sys.executable if part == "python" else part for part in step["command"]]
+        args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in step["args"]]
+        result = subprocess.run(command + args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, TF_USE_LEGACY_KERAS="1"), timeout=900)
+        assert result.returncode == 0, f"{' '.join(command)} failed: see {log.name}"
+
+
+def _run_compiled(spec, root) -> dict:
+    """Every task of ``spec`` in dependency order; the artifacts they produced."""
+    produced = {}
+    os.makedirs(root)
+    with open(os.path.join(root, "tasks.log"), "w") as log:
+        for task in _in_dependency_order(spec["root"]["dag"]["tasks"]):
+            executor_input = _executor_input(spec, task, produced, f"{root}/tasks/{task}")
+            label = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]]["executorLabel"]
+            _execute(spec["deploymentSpec"]["executors"][label]["container"], executor_input, log)
+            with open(executor_input["outputs"]["outputFile"]) as handle:
+                written = json.load(handle).get("artifacts", {})
+            for key, declared in executor_input["outputs"]["artifacts"].items():
+                # the launcher keeps the declared name, type and uri; the executor adds metadata
+                [artifact] = declared["artifacts"]
+                for update in written.get(key, {}).get("artifacts", []):
+                    artifact["metadata"].update(update.get("metadata", {}))
+                produced[(task, key)] = artifact
+    return produced
+
+
+@pytest.mark.slow
+def test_the_compiled_commands_run_in_dependency_order_and_push_a_model(tmp_path, taxi_rows):
+    bucket = tmp_path / "bucket"
+    write_rows(bucket / "data" / "data.csv", taxi_rows[:SMALL_ROWS], F.CSV_COLUMNS)
+    output = tmp_path / "pipeline.json"
+    code = _compile(tmp_path, "--target", "kubeflow", "--image", IMAGE, "--pipeline-root", "gs://bucket/root",
+                    "--data", "gs://bucket/data", "--output", str(output), "--set", "serving_dir=gs://bucket/serving",
+                    *[f"--set={k}={v}" for k, v in E2E_OVERRIDES.items()])
+    assert code == 0
+    spec = json.loads(output.read_text().replace("gs://bucket/", f"{bucket}/").replace('"/app/', f'"{REPO}/'))
+    produced = _run_compiled(spec, str(tmp_path / "first"))
+
+    assert produced[("baseline_model_resolver", "baseline")]["metadata"][BASELINE_VERSION] == ""
+    blessing = produced[("Evaluator", "blessing")]
+    assert blessing["metadata"].get("blessed") == 1, blessing
+    [version] = existing_versions(str(bucket / "serving" / "taxi"))
+    assert (bucket / "serving" / "taxi" / str(version) / "saved_model.pb").is_file()
+    assert produced[("Pusher", "pushed_model")]["metadata"].get("pushed") == 1
+
+    # a second job (its own task directories, so a new candidate): judged against the served model
+    produced = _run_compiled(spec, str(tmp_path / "second"))
+    baseline = produced[("baseline_model_resolver", "baseline")]["metadata"]
+    assert baseline[BASELINE_VERSION] == str(version)
+    assert baseline[BASELINE_SOURCE_URI] == f"{tmp_path}/first/tasks/Trainer/model"
