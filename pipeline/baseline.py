@@ -33,18 +33,16 @@ root (lineage sees the copy, whose custom properties name the version and the
 model it came from); and the push directory must be readable from the
 component's container (a ``gs://`` URI on Vertex and Kubeflow).
 """
-import os
-import re
 from typing import Optional
 
 from tfx import types
 from tfx import v1 as tfx
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import executor_spec
-from tfx.dsl.io import fileio
 from tfx.types import standard_component_specs
-from tfx.utils import io_utils, path_utils
+from tfx.utils import path_utils
 
+from core import storage
 from core.pushdir import MARKER, existing_versions, read_marker
 
 # Custom properties of the baseline artifact.
@@ -57,7 +55,7 @@ def served_baseline(serving_model_dir: str, candidate_uri: str) -> Optional[str]
     ``candidate_uri`` (its push marker names another model, or it has none); None if
     there is none."""
     for version in sorted(existing_versions(serving_model_dir), reverse=True):
-        marker = read_marker(os.path.join(serving_model_dir, str(version))) or {}
+        marker = read_marker(storage.join(serving_model_dir, str(version))) or {}
         if marker.get("model_uri") != candidate_uri:
             return str(version)
     return None
@@ -66,7 +64,7 @@ def served_baseline(serving_model_dir: str, candidate_uri: str) -> Optional[str]
 def holds_model(model: types.Artifact) -> bool:
     """Whether a Model artifact holds a SavedModel (a baseline with no version has none)."""
     path = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-    return fileio.exists(os.path.join(path, "saved_model.pb"))
+    return storage.exists(storage.join(path, "saved_model.pb"))
 
 
 @tfx.dsl.components.component
@@ -80,11 +78,10 @@ def BaselineModelResolver(
     baseline.set_string_custom_property(BASELINE_VERSION, version or "")
     if version is None:
         return
-    source = os.path.join(serving_model_dir, version)
+    source = storage.join(serving_model_dir, version)
     baseline.set_string_custom_property(
         BASELINE_SOURCE_URI, str((read_marker(source) or {}).get("model_uri") or ""))
-    io_utils.copy_dir(source, path_utils.serving_model_dir(baseline.uri),
-                      deny_regex_patterns=[re.escape(MARKER) + "$"])
+    storage.copy_tree(source, path_utils.serving_model_dir(baseline.uri), skip=[MARKER])
 
 
 class BaselineAwareEvaluatorExecutor(evaluator_executor.Executor):
