@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from core import config, request_log  # noqa: E402
 from serving import client  # noqa: E402
-from serving.server import free_port  # noqa: E402
+from core.ports import free_port  # noqa: E402
 from core.examples import read_csv_rows  # noqa: E402
 from core.pushdir import newest_version  # noqa: E402
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from core import features as F  # noqa: E402
 from serving.client import wait_listening  # noqa: E402
-from serving.server import free_port  # noqa: E402
+from core.ports import free_port  # noqa: E402
 
 
 NOOP_SERVER = r"""

@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Callable, Dict, Iterator, List
 
 from core.config import ConfigError, Settings
 from core.env import worker_environment
+from core.ports import free_port
 
 START_SECONDS = 120.0     # a service started here must answer within this long
 ANSWER_SECONDS = 10.0     # a service the settings name must answer within this long
@@ -85,7 +85,7 @@ def _started(name: str, module_args: List[str], environment: Dict[str, str], log
              answers: Callable[[str, float], bool]) -> Iterator[str]:
     """``python -m <module_args> <free port>`` in its own process group, until the
     block ends; yields its ``localhost:port`` once ``answers`` says it does."""
-    port = _free_port()
+    port = free_port()
     address = f"localhost:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -125,13 +125,6 @@ def _stop_process_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-def _free_port() -> int:
-    """A TCP port nothing listens on now (the OS's choice)."""
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
 
 
 _PR_SET_PDEATHSIG = 1

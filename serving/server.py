@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +26,6 @@ from serving.api import GRPC, Call, ServingApi
 from serving.service import ModelRunner
 
 log = logging.getLogger("tfxops.serving")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -181,7 +181,7 @@ def _loop(settings: Settings, work: Path, printer: StepPrinter) -> Dict:
 def _demo_settings(settings: Settings, work: Path, data: DemoData) -> Settings:
     """Everything under ``work``, fresh ports, a request log that closes its files
     fast, no cool-down."""
-    from serving.server import free_port
+    from core.ports import free_port
 
     return dataclasses.replace(
         settings, home=str(work), data_dir=str(data.train_dir), pipeline_root="", metadata_path="",

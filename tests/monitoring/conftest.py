@@ -11,7 +11,7 @@ import requests
 
 from core import features as F
 from core.request_log import new_request_id
-from serving.server import free_port
+from core.ports import free_port
 from tests.conftest import SMALL_ROWS
 from core import config
 

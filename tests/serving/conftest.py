@@ -6,7 +6,8 @@ import grpc
 import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving.server import BackgroundServer, free_port
+from core.ports import free_port
+from serving.server import BackgroundServer
 from core import config
 from core.examples import read_csv_rows
 

@@ -22,7 +22,8 @@ import requests
 
 from serving import admission, grpc_proxy, metrics as M
 from serving.client import rest_body, serialize_rows
-from serving.server import BackgroundServer, free_port
+from core.ports import free_port
+from serving.server import BackgroundServer
 from tests.serving.conftest import copy_version, serving_settings, waiter_settings
 from tests.serving.serve_proc import (PREDICT_PATH as PREDICT, WAITER_PATH, ServeProcess,
                                       answer, connection_refused, hold, logged_ids, post,

@@ -15,7 +15,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
 from core import request_log
 from serving import proxy
 from serving.client import predict_request, rest_body, serialize_rows
-from serving.server import free_port
+from core.ports import free_port
 from tests.serving.conftest import serving_settings
 
 
