@@ -8,6 +8,7 @@ nothing pushed).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core import config
 from core import features as F
 from core.pushdir import write_marker
 from pipeline import runner
@@ -124,11 +126,15 @@ def test_rerun_on_unchanged_data_is_fully_cached(first_run, e2e_settings):
 
 def test_a_new_candidate_is_judged_against_the_served_model_not_itself(
         first_run, e2e_settings, taxi_rows, tmp_path):
+    # A copy of the shared home (its store and pushes): the lineage tests read the
+    # shared one's push history and must not see this run's push.
+    settings = config.load(dict(E2E_OVERRIDES, home=str(tmp_path / "home"), data_dir=str(e2e_settings.data_dir)))
+    shutil.copytree(e2e_settings.home, settings.home)
     write_rows(tmp_path / "other" / "data.csv", taxi_rows[SMALL_ROWS:2 * SMALL_ROWS], F.CSV_COLUMNS)
-    result = _cli_run(e2e_settings, "--data", str(tmp_path / "other"), "--json")
+    result = _cli_run(settings, "--data", str(tmp_path / "other"), "--json")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = _summary(result)
-    executions = _executions(e2e_settings, summary.run_id)
+    executions = _executions(settings, summary.run_id)
     assert executions["Trainer"].state == "COMPLETE"       # a new candidate
     [candidate] = executions["Trainer"].outputs["model"]
     [baseline] = executions["Evaluator"].inputs["baseline_model"]
