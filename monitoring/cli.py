@@ -21,7 +21,7 @@ import sys
 import time
 
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
-from core.config import MONITOR_ENGINES
+from core.config import MONITOR_ENGINES, ConfigError
 
 EXIT_BUSY = 3          # another monitor holds the lock: nothing done
 
@@ -36,7 +36,7 @@ def _once(settings, args) -> int:
     except lock.LockBusy as exc:
         print(f"tfxops monitor: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except (monitor.MonitorError, MetadataError, lock.LockError) as exc:
+    except (monitor.MonitorError, MetadataError, lock.LockError, ConfigError) as exc:
         print(f"tfxops monitor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:

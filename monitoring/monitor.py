@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from core import mlmd, pushdir
-from core.config import Settings
+from core.config import Settings, require_local
 from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, engine as engine_lib, lock as lock_lib
 from monitoring import logfiles
 from monitoring import policy, record, rejections as rejections_lib, report, reuse, window as window_lib
 from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
                                VersionResult)
-from monitoring.traffic import EngineError, VersionTraffic, WindowTraffic, load_feedback
+from monitoring.traffic import FEEDBACK_NEEDS_LOCAL, EngineError, VersionTraffic, WindowTraffic, load_feedback
 
 log = logging.getLogger("tfxops.monitoring")
 PrintLine = Callable[[str], None]
@@ -64,7 +64,8 @@ def monitor_once(settings: Settings, dry_run: bool = False, out: Optional[PrintL
     ``MonitorError`` for a request-log directory that does not exist; ``lock.LockBusy``
     when another monitor holds the lock longer than ``monitor_lock_wait_seconds``."""
     print_line = out or _silent
-    _check_log_dir(settings.request_logs_path)
+    require_local_dirs(settings)
+    _check_log_dir(Path(settings.request_logs_path))
     with lock_lib.hold(settings.monitor_path, settings.monitor_lock_wait_seconds, print_line):
         if not dry_run:
             _recover_orphans(settings.request_logs_path, print_line)
@@ -321,6 +322,16 @@ def _recover_orphans(log_dir: Path, print_line: PrintLine) -> None:
     for item in recovered:
         print_line(f"recovered {item.path.name} from a request-log writer that died: {item.records} record(s)"
                    + (f", {item.dropped_bytes} bytes of a torn record dropped" if item.dropped_bytes else ""))
+
+
+def require_local_dirs(settings: Settings) -> None:
+    """``ConfigError`` naming the setting if request_log_dir, monitor_dir or
+    feedback_dir is a URI: the monitor lists, moves and locks files there."""
+    require_local("request_log_dir", settings.request_logs_path,
+                  "the monitor lists, renames and quarantines the request-log files in place")
+    require_local("monitor_dir", settings.monitor_path,
+                  "the monitor locks its directory and replaces its checkpoint atomically")
+    require_local("feedback_dir", settings.feedback_path, FEEDBACK_NEEDS_LOCAL)
 
 
 def _check_log_dir(log_dir: Path) -> None:

@@ -14,7 +14,8 @@ from typing import Callable, Dict, List, Optional, Protocol, Tuple
 import numpy as np
 
 from core import features as F
-from core.config import Settings
+from core.config import Settings, require_local
+from core.storage import Location
 from monitoring import checks, logfiles, rejections as rejections_lib, window as window_lib
 
 log = logging.getLogger("tfxops.monitoring")
@@ -22,6 +23,7 @@ DECODE_ROWS = 65_536          # rows per RecordBatch fed to the statistics
 WORKER_MIN_BYTES = 20 * 2**20  # below this many bytes of logs per worker, one process reads faster
 
 Feedback = Dict[Tuple[str, int], float]      # (request_id, row) -> tips
+FEEDBACK_NEEDS_LOCAL = "the monitor lists and reads the feedback CSVs on a local disk"
 
 
 class EngineError(RuntimeError):
@@ -29,9 +31,11 @@ class EngineError(RuntimeError):
     the next pass."""
 
 
-def load_feedback(directory: Path) -> Feedback:
-    """``(request_id, row) -> tips`` from every CSV in ``directory`` (columns
-    ``request_id``, ``tips``, optional ``row``, default 0); later files win."""
+def load_feedback(feedback_dir: Location) -> Feedback:
+    """``(request_id, row) -> tips`` from every CSV in ``feedback_dir`` (columns
+    ``request_id``, ``tips``, optional ``row``, default 0); later files win. The
+    directory must be on a local disk: a URI is a ``ConfigError`` naming feedback_dir."""
+    directory = require_local("feedback_dir", feedback_dir, FEEDBACK_NEEDS_LOCAL)
     labels: Feedback = {}
     if not directory.is_dir():
         return labels
