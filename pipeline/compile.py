@@ -15,7 +15,12 @@ in place of this machine's:
   the Dockerfile installs the project), the model code the importable names
   ``preprocessing_fn``/``run_fn`` (the project is installed in the image);
 * metadata: the orchestrator's own store (Vertex ML Metadata, Kubeflow's MLMD);
-  the settings' metadata connection does not enter the spec.
+  the settings' metadata connection does not enter the spec;
+* Beam: the local runner's arguments, i.e. ``beam_args`` as they are (a compiled
+  pipeline's Beam runner comes from its own ``beam_args``, e.g.
+  ``--runner=DataflowRunner``); ``beam_runner=portable`` starts services on this
+  machine and does not apply. A ``beam_args`` value that is a local absolute path
+  is refused: a cluster cannot reach it.
 
 Targets: ``vertex`` writes a PipelineJob (the spec and its runtime config, the
 pipeline root as ``gcsOutputDirectory``), what ``aiplatform.PipelineJob``
@@ -83,7 +88,8 @@ def compiled_arguments(settings: Settings, pipeline_root: str, data_root: Option
         if not storage.is_uri(value):
             raise CompileError(f"{name} must be a URI the cluster reaches (gs://bucket/path, s3://...), "
                                f"not a path on this machine: {value}")
-    arguments = pipeline_arguments(settings, data_root)
+    _check_beam_args(settings.beam_args)
+    arguments = pipeline_arguments(dataclasses.replace(settings, beam_runner="local"), data_root)
     arguments.update(pipeline_root=pipeline_root, data_root=data_root,
                      serving_model_dir=serving_model_dir,
                      schema_path=image_schema_path(settings.schema_path, image_project_root))
@@ -120,6 +126,15 @@ def pipeline_job(arguments: Dict, image: str) -> Dict:
     return runner.run(create_pipeline(**arguments), write_out=False)
 
 
+def _check_beam_args(beam_args: List[str]) -> None:
+    """No ``beam_args`` value may be a path on this machine (``--temp_location=/tmp/x``)."""
+    for argument in beam_args:
+        name, equals, value = str(argument).partition("=")
+        if equals and value.startswith("/"):
+            raise CompileError(f"beam_args {name}={value} is a path on this machine, which the cluster "
+                               f"does not reach: give a URI ({name}=gs://bucket/path)")
+
+
 def _check_target(target: str, image: str, pipeline_root: str) -> None:
     if target not in TARGETS:
         raise CompileError(f"unknown target '{target}': choose one of {', '.join(TARGETS)}")
@@ -131,14 +146,21 @@ def _check_target(target: str, image: str, pipeline_root: str) -> None:
 
 
 def _write(document: Dict, output: str) -> None:
+    """``document`` to ``output``; a ``CompileError`` naming the file when it cannot
+    be written (TFX's file layer raises TensorFlow's ``OpError``, a local disk ``OSError``)."""
+    import tensorflow as tf
     import yaml
     from tfx.dsl.io import fileio
 
     parent = posixpath.dirname(output) if storage.is_uri(output) else str(Path(output).resolve().parent)
-    if parent and not fileio.exists(parent):
-        fileio.makedirs(parent)
-    with fileio.open(output, "w") as handle:
-        if output.endswith((".yaml", ".yml")):
-            yaml.safe_dump(document, handle, sort_keys=True)
-        else:
-            json.dump(document, handle, indent=1, sort_keys=True)
+    try:
+        if parent and not fileio.exists(parent):
+            fileio.makedirs(parent)
+        with fileio.open(output, "w") as handle:
+            if output.endswith((".yaml", ".yml")):
+                yaml.safe_dump(document, handle, sort_keys=True)
+            else:
+                json.dump(document, handle, indent=1, sort_keys=True)
+    except (OSError, tf.errors.OpError) as exc:
+        reason = getattr(exc, "message", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise CompileError(f"cannot write the spec to --output {output}: {reason}") from None

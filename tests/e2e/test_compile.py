@@ -138,6 +138,8 @@ def test_defaults_come_from_the_pipeline_root(tmp_path, capsys):
     (["--target", "vertex", "--image", IMAGE, "--pipeline-root", ROOT, "--data", "/tmp/data"], "--data must be a URI"),
     (["--target", "vertex", "--image", IMAGE, "--pipeline-root", ROOT, "--set", "schema_path=/etc/schema.pbtxt"],
      "outside the project"),
+    (["--target", "vertex", "--image", IMAGE, "--pipeline-root", ROOT,
+      "--set", 'beam_args=["--temp_location=/tmp/x"]'], "beam_args --temp_location=/tmp/x is a path on this machine"),
 ])
 def test_errors_a_user_can_act_on_exit_2(tmp_path, capsys, args, message):
     output = tmp_path / "spec.json"
@@ -148,6 +150,41 @@ def test_errors_a_user_can_act_on_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert "Traceback" not in err and not output.exists()
+
+
+def test_an_output_that_cannot_be_written_exits_2_naming_it(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    for output in (tmp_path / "a-file" / "spec.json", tmp_path):   # under a file; a directory
+        code = _compile(tmp_path, "--target", "kubeflow", "--image", IMAGE, "--pipeline-root", ROOT,
+                        "--output", str(output))
+        err = capsys.readouterr().err
+        assert code == 2 and f"cannot write the spec to --output {output}" in err, err
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["--set", "environment"])
+def test_the_portable_runner_setting_compiles_with_the_pipelines_own_beam_args(tmp_path, capsys, monkeypatch, how):
+    """beam_runner=portable starts services on this machine: the spec gets beam_args as they are."""
+    output = tmp_path / "spec.json"
+    runner = ["--set", "beam_runner=portable"] if how == "--set" else []
+    if how == "environment":
+        monkeypatch.setenv("TFXOPS_BEAM_RUNNER", "portable")
+    code = _compile(tmp_path, "--target", "kubeflow", "--image", IMAGE, "--pipeline-root", ROOT,
+                    "--output", str(output), "--set", 'beam_args=["--runner=DataflowRunner"]', *runner)
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    text = output.read_text()
+    assert "--runner=DataflowRunner" in text
+    assert "PortableRunner" not in text and "TFXOPS_PORTABLE" not in text
+
+
+def test_a_uri_home_compiles(tmp_path, capsys):
+    """compile discards the metadata connection, so a gs:// home (SQLite's file a URI) is fine."""
+    output = tmp_path / "spec.json"
+    code = cli.main(["compile", "--home", "gs://tfxops-test-bucket/home", "--target", "kubeflow", "--image", IMAGE,
+                     "--pipeline-root", ROOT, "--output", str(output)])
+    assert code == 0, capsys.readouterr().err
+    assert "metadata.sqlite" not in output.read_text()
 
 
 # ------------------------------------------------- the compiled commands, executed
