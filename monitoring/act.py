@@ -7,7 +7,8 @@ the repository's data/):
     <monitor_dir>/spans/span-<window>.csv     labelled requests of one window,
                                               CsvExampleGen's columns
     <monitor_dir>/retrain_data/               what the rerun's CsvExampleGen reads:
-        original-<name>.csv -> <data_dir>/<name>.csv   (retrain_include_original)
+        original-<name>.csv -> <data_dir>/<name>.csv   (retrain_include_original; a copy
+                                              when data_dir is a URI)
         span-<window>.csv   -> ../spans/span-<window>.csv
 """
 import csv
@@ -20,6 +21,7 @@ from typing import Dict, List, Optional, Union
 
 from core import features as F
 from core import storage
+from core.storage import Location
 from core.config import Settings
 from monitoring import policy
 
@@ -72,10 +74,16 @@ def carry_out(settings: Settings, decision: policy.Decision, *, monitor_dir: Pat
     ``retrain_with_feedback`` first adds the window's labelled rows as a data span."""
     if decision.action == policy.REPUSH:
         return repush(settings, decision.reuse.model_path, decision.reuse.model_id)
-    span, data_dir = None, Path(settings.data_dir)
+    span, data_dir = None, settings.data_dir
     if settings.retrain_with_feedback:
         span = write_span(labelled_rows, monitor_dir / "spans", window_id)
-        data_dir = retrain_data_dir(settings, monitor_dir)
+        try:
+            data_dir = retrain_data_dir(settings, monitor_dir)
+        except OSError as exc:
+            return RetrainOutcome(
+                ok=False, span=str(span) if span else None, span_rows=len(labelled_rows),
+                error=f"cannot read the original CSVs in data_dir {settings.data_dir} ({exc}): set data_dir to "
+                      f"the training data, or retrain_include_original=false to retrain on the spans only")
     outcome = retrain(settings, data_dir)
     outcome.span, outcome.span_rows = (str(span) if span else None), len(labelled_rows)
     return outcome
@@ -103,19 +111,32 @@ def retrain_data_dir(settings: Settings, monitor_dir: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    sources = []
     if settings.retrain_include_original:
-        sources += [(f"original-{p.name}", p) for p in sorted(Path(settings.data_dir).glob("*.csv"))]
-    sources += [(p.name, p) for p in sorted((monitor_dir / "spans").glob("span-*.csv"))]
-    for name, source in sources:
-        try:
-            os.symlink(source.resolve(), target / name)
-        except OSError:
-            shutil.copyfile(source, target / name)
+        _add_original_csvs(settings.data_dir, target)
+    for span in sorted((monitor_dir / "spans").glob("span-*.csv")):
+        _link_or_copy(span, target / span.name)
     return target
 
 
-def retrain(settings: Settings, data_dir: Path, out=None) -> RetrainOutcome:
+def _add_original_csvs(data_dir: Location, target: Path) -> None:
+    """``data_dir``'s CSVs into ``target`` as ``original-<name>``: linked when
+    ``data_dir`` is local, copied through ``core.storage`` when it is a URI."""
+    for name in sorted(n for n in storage.listdir(data_dir) if n.endswith(".csv")):
+        source = storage.join(data_dir, name)
+        if storage.is_uri(source):
+            (target / f"original-{name}").write_text(storage.read_text(source))
+        else:
+            _link_or_copy(Path(source), target / f"original-{name}")
+
+
+def _link_or_copy(source: Path, link: Path) -> None:
+    try:
+        os.symlink(source.resolve(), link)
+    except OSError:
+        shutil.copyfile(source, link)
+
+
+def retrain(settings: Settings, data_dir: Location, out=None) -> RetrainOutcome:
     """Rerun the whole pipeline on ``data_dir``; what it did."""
     from pipeline import preflight, runner
 

@@ -1,0 +1,51 @@
+"""A retrain's data directory: the original CSVs of data_dir (local, file:// or an
+object store, here TensorFlow's ram://) beside the monitor's spans."""
+import uuid
+
+import tensorflow as tf
+
+from core.config import Settings
+from monitoring import act, policy
+
+HEADER = "trip_miles,tips\n"
+
+
+def _spans(monitor_dir):
+    spans = monitor_dir / "spans"
+    spans.mkdir(parents=True)
+    (spans / "span-w1.csv").write_text(HEADER + "2.0,1.0\n")
+
+
+def _assert_originals_and_span(target, original_text):
+    assert sorted(p.name for p in target.iterdir()) == ["original-a.csv", "span-w1.csv"]
+    assert (target / "original-a.csv").read_text() == original_text
+
+
+def test_retrain_data_includes_the_original_csvs_of_a_ram_uri(tmp_path):
+    data_dir = f"ram://tfxops-{uuid.uuid4().hex}/data"
+    tf.io.gfile.makedirs(data_dir)
+    with tf.io.gfile.GFile(f"{data_dir}/a.csv", "w") as handle:
+        handle.write(HEADER + "1.0,0.5\n")
+    with tf.io.gfile.GFile(f"{data_dir}/notes.txt", "w") as handle:
+        handle.write("not a CSV")
+    _spans(tmp_path / "monitoring")
+    target = act.retrain_data_dir(Settings(home=str(tmp_path), data_dir=data_dir), tmp_path / "monitoring")
+    _assert_originals_and_span(target, HEADER + "1.0,0.5\n")
+
+
+def test_retrain_data_includes_the_original_csvs_of_a_file_uri(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.csv").write_text(HEADER + "3.0,0.1\n")
+    _spans(tmp_path / "monitoring")
+    settings = Settings(home=str(tmp_path), data_dir=f"file://{tmp_path / 'data'}")
+    _assert_originals_and_span(act.retrain_data_dir(settings, tmp_path / "monitoring"), HEADER + "3.0,0.1\n")
+
+
+def test_retrain_with_a_missing_data_dir_fails_naming_the_setting(tmp_path):
+    settings = Settings(home=str(tmp_path), data_dir=str(tmp_path / "missing"), retrain_with_feedback=True)
+    decision = policy.Decision(action=policy.RETRAIN, triggered=True, reasons=["drift"], because="test")
+    outcome = act.carry_out(settings, decision, monitor_dir=tmp_path / "monitoring", window_id="w1",
+                            labelled_rows=[{"trip_miles": 1.0, "tips": 0.5}])
+    assert not outcome.ok and outcome.run_id is None
+    assert "data_dir" in outcome.error and "retrain_include_original=false" in outcome.error
+    assert outcome.span and outcome.span_rows == 1
