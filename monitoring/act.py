@@ -24,6 +24,7 @@ from core import storage
 from core.storage import Location
 from core.config import Settings
 from monitoring import policy
+from monitoring.reuse import ReuseCandidate
 
 
 @dataclasses.dataclass
@@ -73,7 +74,7 @@ def carry_out(settings: Settings, decision: policy.Decision, *, monitor_dir: Pat
     """Do what ``decision`` (a ``retrain`` or ``repush``) says. A retrain with
     ``retrain_with_feedback`` first adds the window's labelled rows as a data span."""
     if decision.action == policy.REPUSH:
-        return repush(settings, decision.reuse.model_path, decision.reuse.model_id)
+        return repush(settings, decision.reuse)
     span, data_dir = None, settings.data_dir
     if settings.retrain_with_feedback:
         span = write_span(labelled_rows, monitor_dir / "spans", window_id)
@@ -150,10 +151,12 @@ def retrain(settings: Settings, data_dir: Location, out=None) -> RetrainOutcome:
                           error=None if summary.ok else f"{summary.failed_node}: {summary.error}")
 
 
-def repush(settings: Settings, model_path: str, model_id: int) -> RepushOutcome:
-    """Publish a previously blessed model again, atomically, as a new version."""
+def repush(settings: Settings, candidate: ReuseCandidate) -> RepushOutcome:
+    """Publish a previously blessed model again, atomically, as a new version; its
+    push marker names the model (``model_uri``, as the pipeline's pushes do)."""
     from core.pushdir import publish_atomically
 
-    version = publish_atomically(model_path, str(settings.model_push_dir))
-    return RepushOutcome(ok=True, pushed=True, pushed_version=version,
-                         pushed_destination=str(storage.join(settings.model_push_dir, version)), model_id=model_id)
+    record = {"model_uri": candidate.model_uri, "model_artifact_id": candidate.model_id}
+    version = publish_atomically(candidate.model_path, str(settings.model_push_dir), record)
+    return RepushOutcome(ok=True, pushed=True, pushed_version=version, model_id=candidate.model_id,
+                         pushed_destination=str(storage.join(settings.model_push_dir, version)))

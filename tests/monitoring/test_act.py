@@ -49,3 +49,20 @@ def test_retrain_with_a_missing_data_dir_fails_naming_the_setting(tmp_path):
     assert not outcome.ok and outcome.run_id is None
     assert "data_dir" in outcome.error and "retrain_include_original=false" in outcome.error
     assert outcome.span and outcome.span_rows == 1
+
+
+def test_repush_marker_names_the_model(tmp_path):
+    from core.pushdir import read_marker
+    from monitoring.reuse import ReuseCandidate
+
+    model = tmp_path / "Trainer" / "model" / "7" / "Format-Serving"
+    model.mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"model")
+    candidate = ReuseCandidate(model_id=7, model_uri=str(tmp_path / "Trainer" / "model" / "7"),
+                               model_path=str(model), over=[], errors=0, matches=True, score=0.0, why="test")
+    settings = Settings(home=str(tmp_path))
+    outcome = act.repush(settings, candidate)
+    pushed = settings.model_push_dir / outcome.pushed_version
+    assert (pushed / "saved_model.pb").read_bytes() == b"model"
+    marker = read_marker(pushed)
+    assert marker["model_uri"] == candidate.model_uri and marker["model_artifact_id"] == 7

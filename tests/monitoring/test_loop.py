@@ -10,6 +10,7 @@ from serving.server import BackgroundServer
 from tests.monitoring.conftest import (drifted, monitor_settings, scaled, send, wait_for_version,
                                        write_feedback)
 from core import mlmd
+from core.pushdir import read_marker
 
 
 def test_held_out_traffic_raises_no_alarm(tmp_path, e2e_settings, first_run, held_out_rows):
@@ -112,6 +113,8 @@ def test_old_traffic_returning_repushes_the_old_model(tmp_path, e2e_settings, fi
     assert candidates.get(reused) is True and reused != new_model_id
     repushed = int(decision.outcome.pushed_version)
     assert (settings.model_push_dir / str(repushed) / "saved_model.pb").is_file()
+    # its push marker names the model, as the pipeline's pushes do (pipeline.baseline reads it)
+    assert read_marker(settings.model_push_dir / str(repushed))["model_uri"] == decision.reuse.model_uri
     # the re-pushed version has lineage: back to the reused model's Trainer
     store = mlmd.open_store(settings)
     assert baseline.for_version(store, repushed).model.id == reused
