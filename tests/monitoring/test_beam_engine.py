@@ -169,9 +169,15 @@ def test_both_engines_judge_the_window_alike(window_settings):
 
 
 def test_the_beam_engine_on_the_portable_runner(window_settings):
+    import dataclasses
+
     local = _read(window_settings, engine_lib.LocalEngine(workers=1))
     beam = _read(window_settings, BeamEngine(PORTABLE, str(window_settings.monitor_path / "beam")))
     _assert_same_traffic(local, beam)
+    # the whole pass on the portable runner: the same judgement and decision
+    on_portable = dataclasses.replace(window_settings, monitor_engine="beam", beam_args=PORTABLE)
+    _assert_same_judgement(monitor.monitor_once(window_settings, dry_run=True),
+                           monitor.monitor_once(on_portable, dry_run=True))
 
 
 def test_the_beam_engine_on_an_external_worker_pool(window_settings):
