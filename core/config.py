@@ -33,6 +33,7 @@ from core.storage import Location
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "TFXOPS_"
 MONITOR_ENGINES = ("local", "beam")    # Settings.monitor_engine
+BEAM_RUNNERS = ("local", "portable")    # Settings.beam_runner
 
 
 class ConfigError(ValueError):
@@ -261,9 +262,9 @@ def load(overrides: Optional[Dict[str, str]] = None,
             raise ConfigError(
                 f"unknown setting '{name}'. Known settings: {', '.join(sorted(fields))}")
         values[key] = _parse(fields[key], raw) if isinstance(raw, str) else raw
-    if values.get("monitor_engine", "local") not in MONITOR_ENGINES:
-        raise ConfigError(f"setting 'monitor_engine' must be one of {', '.join(MONITOR_ENGINES)}, "
-                          f"got {values['monitor_engine']!r}")
+    for name, choices in (("monitor_engine", MONITOR_ENGINES), ("beam_runner", BEAM_RUNNERS)):
+        if values.get(name, "local") not in choices:
+            raise ConfigError(f"setting '{name}' must be one of {', '.join(choices)}, got {values[name]!r}")
     return Settings(**values)
 
 

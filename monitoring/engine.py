@@ -69,5 +69,4 @@ def portable_runner(settings: Settings, log_stem: Path) -> Iterator[List[str]]:
             endpoints = stack.enter_context(portable.services(settings, log_stem))
         except (ConfigError, portable.ServiceFailed) as exc:
             raise traffic_lib.EngineError(f"the portable runner's services: {exc}") from None
-        yield ["--runner=PortableRunner", f"--job_endpoint={endpoints.job_endpoint}",
-               "--environment_type=EXTERNAL", f"--environment_config={endpoints.worker_pool}"]
+        yield portable.runner_arguments(endpoints.job_endpoint, endpoints.worker_pool, settings.beam_worker_image)

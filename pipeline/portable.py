@@ -2,7 +2,10 @@
 worker pool (the worker protocol of Flink, Spark and Kubernetes sidecars).
 
 ``beam_job_endpoint`` / ``beam_worker_pool`` name running ones (``host:port``);
-left empty, ``services`` starts them here for the run, each on a free port:
+left empty, ``services`` starts them here for the run, each on a free port
+(a worker pool only for a job service started here: a remote job service cannot
+reach this machine's ``localhost``, so it needs ``beam_worker_pool`` or an
+``--environment_type`` of its own in ``beam_args``):
 
     python -m apache_beam.runners.portability.local_job_service_main --port P
     python -m apache_beam.runners.worker.worker_pool_main --service_port Q
@@ -64,6 +67,7 @@ def services(settings: Settings, log_stem: Path) -> Iterator[Endpoints]:
     pool beside each task manager at ``localhost:50000``.
     """
     if settings.beam_job_endpoint:
+        _check_remote_workers(settings)
         _check_answers("beam_job_endpoint", settings.beam_job_endpoint, _job_service_answers)
     elif settings.beam_worker_pool:
         _check_answers("beam_worker_pool", settings.beam_worker_pool, _worker_pool_answers)
@@ -73,10 +77,39 @@ def services(settings: Settings, log_stem: Path) -> Iterator[Endpoints]:
         job = settings.beam_job_endpoint or stack.enter_context(_started(
             "job service", [JOB_SERVICE, "--staging_dir", staging, "--port"], dict(os.environ),
             Path(f"{log_stem}-job-service.log"), _job_service_answers))
-        pool = settings.beam_worker_pool or stack.enter_context(_started(
-            "worker pool", [WORKER_POOL, "--service_port"], worker_environment(),
-            Path(f"{log_stem}-worker-pool.log"), _worker_pool_answers))
+        if settings.beam_worker_pool or settings.beam_job_endpoint:
+            pool = settings.beam_worker_pool    # empty: the workers' environment is in beam_args
+        else:
+            pool = stack.enter_context(_started(
+                "worker pool", [WORKER_POOL, "--service_port"], worker_environment(),
+                Path(f"{log_stem}-worker-pool.log"), _worker_pool_answers))
         yield Endpoints(job_endpoint=job, worker_pool=pool)
+
+
+def runner_arguments(job_endpoint, worker_pool, worker_image: str) -> List:
+    """Beam's arguments for the PortableRunner: submitting to the job service at
+    ``job_endpoint``, its SDK workers from the EXTERNAL worker pool at ``worker_pool``,
+    which runs ``worker_image`` (``--sdk_container_image`` also tells TFX its code is
+    in the workers' image, so it builds no sdist of itself per component). The
+    addresses are strings or TFX placeholders; ``beam_args`` go after these, and win."""
+    return ["--runner=PortableRunner",
+            "--job_endpoint=" + job_endpoint,
+            "--environment_type=EXTERNAL",
+            "--environment_config=" + worker_pool,
+            "--sdk_container_image=" + worker_image]
+
+
+def _check_remote_workers(settings: Settings) -> None:
+    """A remote job service needs workers it reaches: a worker pool started here
+    would be this machine's ``localhost``."""
+    if settings.beam_worker_pool or any(str(argument).startswith("--environment_type")
+                                        for argument in settings.beam_args):
+        return
+    raise ConfigError(
+        f"beam_job_endpoint={settings.beam_job_endpoint!r} is a job service elsewhere, which cannot reach a "
+        "worker pool on this machine: set beam_worker_pool (host:port of a pool the job service reaches, "
+        "e.g. localhost:50000 for a pool beside each task manager) or give the workers' environment in "
+        "beam_args (--environment_type=DOCKER --environment_config=IMAGE)")
 
 
 # ------------------------------------------------------------------ start and stop

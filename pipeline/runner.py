@@ -32,7 +32,7 @@ from typing import Dict, Iterator, List, Optional, TextIO
 
 from pipeline import portable, preflight
 from core import mlmd, storage
-from core.config import ConfigError, Settings, require_local
+from core.config import Settings, require_local
 from core.owner import RUN_ENDED, RUN_OWNER, Owner
 
 
@@ -327,10 +327,10 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
     """
     data_dir = data_dir or settings.data_dir
     preflight.check_data_dir(data_dir, settings.preflight_rows)
-    check_runner(settings)
     out = out or sys.stdout
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_path = require_local("log_dir", settings.logs_path, "the run log is a local file") / f"run-{stamp}.log"
+    _check_metadata_store(settings)
     storage.makedirs(settings.pipeline_root_path)
     if not storage.is_uri(settings.metadata_file):
         settings.metadata_file.parent.mkdir(parents=True, exist_ok=True)
@@ -357,6 +357,15 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
     return summary
 
 
+def _check_metadata_store(settings: Settings) -> None:
+    """SQLite opens a file on a local disk: a URI ``metadata_path`` (e.g. under a
+    gs:// home) is a ``ConfigError`` before anything is written."""
+    if mlmd.connection_config(settings).HasField("sqlite"):
+        require_local("metadata_path", settings.metadata_file,
+                      "the SQLite metadata store is a file on a local disk (a store shared by machines "
+                      "is MySQL: metadata_backend=mysql)")
+
+
 def _recover(settings: Settings, out: TextIO) -> Dict:
     """pipeline.recovery before the run; its findings on ``out``. A failure is
     reported and the run goes on (recovery is retried by the next run)."""
@@ -374,14 +383,7 @@ def _recover(settings: Settings, out: TextIO) -> Dict:
 
 
 # ----------------------------------------------------------------- Beam runners
-RUNNERS = ("local", "portable")          # Settings.beam_runner
 BEAM_SERVICES = "Beam services"          # the failed "node" when they did not start
-
-
-def check_runner(settings: Settings) -> None:
-    if settings.beam_runner not in RUNNERS:
-        raise ConfigError(f"setting 'beam_runner' must be one of {', '.join(RUNNERS)}, "
-                          f"got {settings.beam_runner!r}")
 
 
 # Where this run's services listen: in the launcher's environment while it runs, read
@@ -395,10 +397,7 @@ def beam_arguments(settings: Settings) -> List:
     ``beam_pipeline_args``).
 
     local: ``beam_args`` as they are (empty: DirectRunner in memory). portable:
-    PortableRunner submitting to the job service, its SDK workers from the EXTERNAL
-    worker pool, which runs ``beam_worker_image`` (``--sdk_container_image`` also
-    tells TFX its code is in the workers' image, so it builds no sdist of itself
-    per component); then ``beam_args``, which win as later flags: e.g.
+    ``portable.runner_arguments`` then ``beam_args``, which win as later flags: e.g.
     ``--environment_type=DOCKER --environment_config=IMAGE`` for a cluster that
     starts the containers itself. The two addresses are placeholders of the
     environment variables ``_beam_for_run`` sets: TFX's cache key holds the
@@ -408,11 +407,9 @@ def beam_arguments(settings: Settings) -> List:
         return list(settings.beam_args)
     from tfx.dsl.placeholder.placeholder import environment_variable
 
-    return ["--runner=PortableRunner",
-            "--job_endpoint=" + environment_variable(JOB_ENDPOINT_VARIABLE),
-            "--environment_type=EXTERNAL",
-            "--environment_config=" + environment_variable(WORKER_POOL_VARIABLE),
-            f"--sdk_container_image={settings.beam_worker_image}",
+    return [*portable.runner_arguments(environment_variable(JOB_ENDPOINT_VARIABLE),
+                                       environment_variable(WORKER_POOL_VARIABLE),
+                                       settings.beam_worker_image),
             *settings.beam_args]
 
 

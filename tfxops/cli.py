@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the TFX pipeline locally on Beam")
     add_common_options(run)
     run.add_argument("--data", help="directory of training CSV files (default: bundled taxi data)")
-    run.add_argument("--runner", choices=["local", "portable"],
+    run.add_argument("--runner", choices=config.BEAM_RUNNERS,
                      help="Beam runner of the Beam components (setting beam_runner; default local)")
     run.add_argument("--json", action="store_true",
                      help="print the summary as JSON on stdout (progress on stderr)")

@@ -29,6 +29,13 @@ def test_lists_parse_from_commas_or_json():
     assert settings.hparams["hidden_units"] == [8, 4]
 
 
+@pytest.mark.parametrize("overrides, environ", [({"beam_runner": "flink"}, {}),
+                                                ({}, {"TFXOPS_BEAM_RUNNER": "flink"})])
+def test_an_unknown_beam_runner_is_refused_when_the_settings_load(overrides, environ):
+    with pytest.raises(config.ConfigError, match="'beam_runner' must be one of local, portable, got 'flink'"):
+        config.load(overrides, environ=environ)
+
+
 def test_bad_settings_name_the_setting():
     with pytest.raises(config.ConfigError, match="unknown setting 'nope'"):
         config.load({"nope": "1"}, environ={})

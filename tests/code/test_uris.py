@@ -228,3 +228,13 @@ def test_a_run_with_a_uri_home_names_the_local_only_setting_before_it_starts(tmp
     assert cli.main(["run", "--home", "gs://bucket/h"]) == 2
     err = capsys.readouterr().err
     assert "'log_dir' is gs://bucket/h/logs, a URI" in err and "Traceback" not in err
+
+
+def test_a_run_with_sqlite_on_a_uri_names_metadata_path_before_it_writes_anything(tmp_path, capsys):
+    from tfxops import cli
+
+    assert cli.main(["run", "--home", str(tmp_path / "home"),
+                     "--set", "metadata_path=gs://bucket/h/metadata.sqlite"]) == 2
+    err = capsys.readouterr().err
+    assert "'metadata_path' is gs://bucket/h/metadata.sqlite, a URI" in err and "metadata_backend=mysql" in err
+    assert "Traceback" not in err and not (tmp_path / "home").exists()

@@ -96,6 +96,10 @@ def test_the_runner_setting_is_mapped_to_beam_arguments_in_one_place():
     placeholders = [str(arg.encode()) for arg in args if not isinstance(arg, str)]
     assert any(runner.JOB_ENDPOINT_VARIABLE in text for text in placeholders)
     assert any(runner.WORKER_POOL_VARIABLE in text for text in placeholders)
+    # the monitor's Beam engine: the same arguments, the services' addresses filled in
+    assert portable.runner_arguments("localhost:1", "localhost:2", "registry/tfxops:1") == [
+        "--runner=PortableRunner", "--job_endpoint=localhost:1", "--environment_type=EXTERNAL",
+        "--environment_config=localhost:2", "--sdk_container_image=registry/tfxops:1"]
 
 
 def test_the_worker_pool_runs_with_the_image_environment_only(tmp_path, monkeypatch):
@@ -121,14 +125,40 @@ def test_an_endpoint_that_does_not_answer_is_a_settings_error(setting, tmp_path,
         silent.bind(("localhost", 0))
         silent.listen()
         address = f"localhost:{silent.getsockname()[1]}"
+        # a job service of the settings needs workers it reaches: a pool beside it (not asked from here)
+        pool = ["--set", "beam_worker_pool=localhost:50000"] if setting == "beam_job_endpoint" else []
         code = cli.main(["run", "--runner", "portable", "--home", str(tmp_path), "--data", str(portable_data),
-                         "--set", f"{setting}={address}"])
+                         "--set", f"{setting}={address}", *pool])
     err = capsys.readouterr().err
     assert code == 2
     assert f"no Beam {'job service' if setting == 'beam_job_endpoint' else 'worker pool'} answers " \
            f"at {setting}={address!r}" in err
     assert f"leave {setting} empty" in err and "Traceback" not in err
     assert not (tmp_path / "serving_model").exists()
+
+
+def test_a_remote_job_service_without_workers_it_reaches_is_a_settings_error(tmp_path, portable_data, capsys):
+    """A worker pool started here would be this machine's localhost, which a remote job service cannot reach."""
+    code = cli.main(["run", "--runner", "portable", "--home", str(tmp_path), "--data", str(portable_data),
+                     "--set", "beam_job_endpoint=flink-jobserver.example:8099"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "beam_job_endpoint='flink-jobserver.example:8099'" in err and "set beam_worker_pool" in err
+    assert "--environment_type" in err
+    assert not list(tmp_path.glob("logs/*worker-pool.log"))
+
+
+def test_a_remote_job_service_gets_no_worker_pool_from_here(tmp_path):
+    """With beam_job_endpoint and the workers' environment in beam_args, no pool starts here."""
+    with portable.services(config.load({"home": str(tmp_path)}, environ={}), tmp_path / "first") as first:
+        before = {p.pid for p in psutil.Process().children()}
+        remote = config.load({"home": str(tmp_path), "beam_runner": "portable",
+                              "beam_job_endpoint": first.job_endpoint,
+                              "beam_args": '["--environment_type=DOCKER"]'}, environ={})
+        with portable.services(remote, tmp_path / "second") as endpoints:
+            assert endpoints == portable.Endpoints(job_endpoint=first.job_endpoint, worker_pool="")
+            assert {p.pid for p in psutil.Process().children()} == before
+    assert not (tmp_path / "second-worker-pool.log").exists()
 
 
 def test_an_unknown_runner_is_a_settings_error(tmp_path, portable_data, capsys):
