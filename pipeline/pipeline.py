@@ -36,8 +36,10 @@ def eval_config(min_auc: float, min_binary_accuracy: float, max_auc_drop: float,
     """TFMA: AUC, binary accuracy and example count, overall and per slice.
 
     Blessing looks at the overall slice only: a value threshold on AUC and
-    accuracy, and a change threshold against the baseline (the latest blessed
-    model; skipped when there is none yet). Per-slice metrics are reported.
+    accuracy, and a change threshold against the baseline (the served model:
+    the newest version in the push directory not pushed from the candidate,
+    ``pipeline.baseline``; skipped when there is none). Per-slice metrics are
+    reported.
     """
     overall = [tfma.SlicingSpec()]
 
