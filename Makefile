@@ -19,14 +19,14 @@ PYTHON310 := $(shell for p in $(PYTHON) python3.10 python3 \
 
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run serve monitor test test-slow install bench bench-serving bench-monitoring lock clean help
+.PHONY: demo run serve monitor test test-slow install bench bench-serving bench-monitoring bench-scale lock clean help
 
 help:
 	@echo "make demo    set up and run the whole loop (train, serve, watch, retrain) on the bundled data"
 	@echo "make test    set up and run the tests"
 	@echo "make test-slow   the slow contract tests (pytest marker 'slow'; not in make test)"
 	@echo "make run | serve | monitor   one piece: tfxops run / serve / monitor"
-	@echo "make bench | bench-serving | bench-monitoring   the benchmarks (bench/)"
+	@echo "make bench | bench-serving | bench-monitoring | bench-scale   the benchmarks (bench/)"
 	@echo "make clean   remove outputs/ (runs, metadata, pushed models, logs)"
 
 install: $(STAMP)
@@ -71,6 +71,9 @@ bench-serving: $(STAMP)
 
 bench-monitoring: $(STAMP)
 	$(VENV)/bin/python bench/monitoring.py
+
+bench-scale: $(STAMP)
+	$(VENV)/bin/python bench/scale.py
 
 # Re-resolve the whole environment after a dependency change (needs the network).
 lock: $(STAMP)
