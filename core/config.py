@@ -76,6 +76,17 @@ class Settings:
     slice_features: List[str] = dataclasses.field(
         default_factory=lambda: ["trip_start_hour", "payment_type"])
 
+    # --- fairness gate (issue 15; pipeline/fairness.py): only lines of that work here
+    sensitive_features: List[str] = dataclasses.field(
+        default_factory=lambda: ["payment_type", "pickup_community_area"])
+    decision_threshold: float = 0.5          # a score at or above this is a positive prediction (Evaluator and monitor)
+    # a slice of a sensitive feature is gated when its evaluation examples hold at least this
+    # many of EACH label (AUC, FPR and FNR need both); smaller slices are reported, not gated
+    fairness_min_examples_per_class: int = 50
+    fairness_min_slice_auc: float = 0.60     # no gated slice's AUC below this
+    fairness_max_fpr_gap: float = 0.25       # largest false positive rate minus smallest, over a feature's gated slices
+    fairness_max_fnr_gap: float = 0.25       # the same for the false negative rate
+
     # --- the data gate: stop before Transform/Trainer on anomalies of these severities
     gate_severities: List[str] = dataclasses.field(default_factory=lambda: ["ERROR"])
 
@@ -161,6 +172,29 @@ class Settings:
     # how a window's logs are read into statistics: "local" (forked processes on this
     # machine) or "beam" (a Beam job run with beam_args: DirectRunner by default)
     monitor_engine: str = "local"
+
+    # --- bias and attribution drift (issue 15; monitoring/bias.py, monitoring/attribution_drift.py)
+    # bias drift: each sensitive slice's figures in a window vs the Evaluator's for the served model
+    bias_min_slice_rows: int = 100           # fewer window rows (labelled rows) or evaluation examples: shown, not judged
+    bias_max_rate_change: float = 0.10       # a slice's positive rate, accuracy, FPR or FNR moved by more than this
+    bias_max_auc_drop: float = 0.05          # a slice's AUC this much below the Evaluator's
+    bias_max_gap_change: float = 0.10        # the largest gap between a feature's slices moved by more than this
+    bias_significance: float = 0.01          # ... and a two-sided z-test says the move is not noise at this level
+    trigger_on_bias_drift: bool = False      # on: a reason to act like the other checks; off: an alert, never acted on
+    # attribution drift: sampled Shapley attributions (core/attribution.py) at push time vs on the served rows
+    attribution_rows: int = 200              # rows explained: of the evaluation split at push, of each window's served rows (0: off)
+    attribution_background_rows: int = 50    # training rows that stand for an absent feature (drawn at push, reused per window)
+    attribution_samples: int = 8             # permutations per explained row (cost: rows x samples x (features + 1) model rows)
+    attribution_min_ndcg: float = 0.90       # flag when the NDCG of the window's ranking vs the push-time one is below (SageMaker's)
+    trigger_on_attribution_drift: bool = False   # on: a reason to act like the other checks; off: an alert, never acted on
+
+    # --- model card (issue 15; pipeline/model_card.py)
+
+    # --- audit trail (issue 15; core/audit.py)
+    audit_path: str = ""                     # default: <home>/audit/audit.jsonl (a local file: appends are locked)
+    # entries are signed with HMAC-SHA256 when the environment variable named here holds
+    # a key (the key itself is never stored); `tfxops audit --verify` then checks the signatures
+    audit_key_env: str = "TFXOPS_AUDIT_KEY"
 
     # ------------------------------------------------------------ derived paths
     # A Path for a local path, the URI (str) for a URI: see the module docstring.

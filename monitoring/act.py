@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from core import audit
 from core import features as F
 from core import storage
 from core.storage import Location
 from core.config import Settings
+from core.pushdir import newest_version
 from monitoring import policy
 from monitoring.reuse import ReuseCandidate
 
@@ -72,7 +74,36 @@ Outcome = Union[RetrainOutcome, RepushOutcome]
 def carry_out(settings: Settings, decision: policy.Decision, *, monitor_dir: Path, window_id: str,
               labelled_rows: List[Dict]) -> Outcome:
     """Do what ``decision`` (a ``retrain`` or ``repush``) says. A retrain with
-    ``retrain_with_feedback`` first adds the window's labelled rows as a data span."""
+    ``retrain_with_feedback`` first adds the window's labelled rows as a data span.
+    The decision and what came of it go into the audit trail (``core.audit``)."""
+    served = newest_version(settings.model_push_dir)
+    audit.record(settings, audit.MONITOR_DECISION,
+                 f"window {window_id}: {decision.action}: {'; '.join(decision.reasons)}; {decision.because}",
+                 audit.version_evidence(settings.model_push_dir, served) if served is not None else {},
+                 model_version=served, actor=audit.actor_name("monitor"))
+    outcome = _carry_out(settings, decision, monitor_dir, window_id, labelled_rows)
+    _audit_outcome(settings, window_id, served, outcome)
+    return outcome
+
+
+def _audit_outcome(settings: Settings, window_id: str, served, outcome: Outcome) -> None:
+    """The retrain or re-push of a window in the audit trail, with what came of it."""
+    replaced = f"window {window_id}, served version {served}"
+    if isinstance(outcome, RepushOutcome):
+        audit.record(settings, audit.REPUSH,
+                     f"{replaced}: blessed model {outcome.model_id} re-pushed as version {outcome.pushed_version}",
+                     {"model_artifact_id": outcome.model_id}, model_version=outcome.pushed_version,
+                     actor=audit.actor_name("monitor"))
+        return
+    result = (f"run {outcome.run_id}: " + ("blessed" if outcome.blessed else "not blessed")
+              + (f", pushed version {outcome.pushed_version}" if outcome.pushed else ", nothing pushed")
+              if outcome.ok else f"failed: {outcome.error}")
+    audit.record(settings, audit.RETRAIN, f"{replaced}: retrained on {outcome.data_dir or settings.data_dir}: {result}",
+                 model_version=outcome.pushed_version, actor=audit.actor_name("monitor"))
+
+
+def _carry_out(settings: Settings, decision: policy.Decision, monitor_dir: Path, window_id: str,
+               labelled_rows: List[Dict]) -> Outcome:
     if decision.action == policy.REPUSH:
         return repush(settings, decision.reuse)
     span, data_dir = None, settings.data_dir

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, TextIO
 
-from pipeline import portable, preflight
+from pipeline import portable, preflight, run_audit
 from core import mlmd, storage
 from core.config import Settings, require_local
 from core.owner import RUN_ENDED, RUN_OWNER, Owner
@@ -70,6 +70,7 @@ class RunSummary:
     metadata_path: str = ""
     log_path: str = ""
     pipeline_root: str = ""
+    audit_error: Optional[str] = None           # the audit trail could not be written (core.audit)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -303,6 +304,8 @@ def render(summary: RunSummary) -> str:
     lines.append(f"  metadata (MLMD): {summary.metadata_path}")
     lines.append(f"  pipeline root:   {summary.pipeline_root}")
     lines.append(f"  full log:        {summary.log_path}")
+    if summary.audit_error:
+        lines.append(f"  AUDIT TRAIL NOT WRITTEN: {summary.audit_error}")
     return "\n".join(lines)
 
 
@@ -331,6 +334,7 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_path = require_local("log_dir", settings.logs_path, "the run log is a local file") / f"run-{stamp}.log"
     _check_metadata_store(settings)
+    audit_writes = [run_audit.started(settings, data_dir)]
     storage.makedirs(settings.pipeline_root_path)
     if not storage.is_uri(settings.metadata_file):
         settings.metadata_file.parent.mkdir(parents=True, exist_ok=True)
@@ -352,6 +356,7 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
             error = PipelineFailed(BEAM_SERVICES, str(exc))
         summary = summarize(settings, progress.nodes, time.monotonic() - start, error, log_path)
         summary.recovery = recovered
+    summary.audit_error = run_audit.failures(audit_writes + run_audit.outcome(settings, summary))
     summary_path = log_path.with_suffix(".json")
     summary_path.write_text(summary.to_json())
     return summary
@@ -454,6 +459,8 @@ def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
         max_auc_drop=settings.max_auc_drop,
         slice_features=list(settings.slice_features),
         serving_model_dir=str(settings.model_push_dir),
+        attribution=dict(rows=settings.attribution_rows, background_rows=settings.attribution_background_rows,
+                         samples=settings.attribution_samples, seed=settings.seed),
         metadata_connection_config=mlmd.connection_config(settings),
         beam_pipeline_args=beam_arguments(settings),
         enable_cache=settings.enable_cache)

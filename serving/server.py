@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-from core import config
+from core import audit, config
 
 from serving import admission, busy_poll, metrics as M
 from serving.batching import Batcher
-from serving.models import ModelManager, SessionThreads, VersionPolicy, parse_labels
+from serving.models import AVAILABLE, END, ModelManager, SessionThreads, VersionPolicy, parse_labels
 from serving.log_writer import RequestLogger
 from serving.api import GRPC, Call, ServingApi
 from serving.service import ModelRunner
@@ -74,6 +74,19 @@ class ModelServer:
                                             ("state", state)))
         self.metrics.set(M.VERSIONS_AVAILABLE, (("model_name", self.settings.model_name),),
                          len(self.manager.available_versions()))
+        self._audit_version_event(state, version, message)
+
+    def _audit_version_event(self, state: str, version: int, message: str) -> None:
+        """A version that starts or stops being served, in the audit trail (a failed
+        load, state END with its error message, changes nothing served)."""
+        if state == AVAILABLE or (state == END and not message):
+            s = self.settings
+            what = "loaded: now served" if state == AVAILABLE else "unloaded: no longer served"
+            audit.record(s, audit.SERVED_VERSION_CHANGED,
+                         f"model {s.model_name} version {version} {what} (policy {s.model_version_policy}; "
+                         f"served versions now {self.manager.available_versions()})",
+                         audit.version_evidence(s.model_push_dir, version), model_version=version,
+                         actor=audit.actor_name("server"))
 
     def _on_grpc_refused(self, method: str, request) -> None:
         """Count a gRPC call the gate refused (its model name read from the request)."""

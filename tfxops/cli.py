@@ -6,6 +6,7 @@
     tfxops serve | predict       (serving/cli.py)
     tfxops monitor               (monitoring/cli.py)
     tfxops lineage ...           (lineage/cli.py)
+    tfxops audit [--verify]      (tfxops/audit_cli.py)
     tfxops demo
 
 Exit codes: 0 success, 1 the pipeline failed, 2 bad input or settings (nothing
@@ -25,6 +26,7 @@ from lineage import cli as lineage_cli  # noqa: E402
 from monitoring import cli as monitoring_cli  # noqa: E402
 from pipeline import compile as pipeline_compile  # noqa: E402
 from serving import cli as serving_cli  # noqa: E402
+from tfxops import audit_cli  # noqa: E402
 
 
 def cmd_config(args) -> int:
@@ -48,6 +50,9 @@ def cmd_run(args) -> int:
     print(summary.to_json() if args.json else runner.render(summary))
     if not summary.ok:
         return EXIT_BAD_INPUT if summary.failed_node == "DataGate" else EXIT_FAILED
+    if summary.audit_error:
+        print(f"tfxops run: {summary.audit_error}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -114,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(demo)
     demo.set_defaults(func=cmd_demo)
 
-    for stage_cli in (serving_cli, monitoring_cli, lineage_cli):
+    for stage_cli in (serving_cli, monitoring_cli, lineage_cli, audit_cli):
         stage_cli.register(commands)
     return parser
 

@@ -1,0 +1,290 @@
+"""The audit trail: every state change of tfxops, appended to one JSON-lines file
+(``audit_path``, default ``<home>/audit/audit.jsonl``), tamper-evident.
+
+Each line is one entry: ``seq`` (1, 2, ...), ``time`` (UTC), ``actor`` (user@host,
+prefixed by the role when a component acts on its own: ``monitor:``, ``server:``),
+``action`` (one of ``ACTIONS``), ``reason`` in words, ``model_version``,
+``evidence`` (MLMD ids, by what they are), ``prev_hash`` (the previous entry's
+``hash``; ``GENESIS`` for the first), ``hash`` (SHA-256 of the entry's canonical
+JSON without ``hash`` and ``signature``) and, when the environment variable that
+``audit_key_env`` names holds a key, ``signature`` (HMAC-SHA256 of the same bytes
+under that key). The key is never written anywhere.
+
+Writers are the pipeline run, the monitor and the server, possibly at once: an
+append takes an exclusive ``flock`` on the file, reads the last entry, writes the
+new line and fsyncs, all under the lock, so the chain never forks.
+
+``record`` never raises: a failed write is logged at ERROR level and returned as
+a ``Written`` whose ``error`` says what happened; the action it records stands
+(``tfxops run`` then exits non-zero at the end, naming the file).
+
+``verify`` walks the chain and names the first bad line: edited (its hash no
+longer matches), deleted or reordered (its ``seq`` and ``prev_hash`` do not follow
+the line before), a bad or missing signature (with the key), or not an entry at
+all. What a chain cannot show: a cut at the very end (the last entries removed)
+leaves a valid, shorter chain; compare ``seq`` and the last ``hash`` with a copy
+kept elsewhere, and set a key, without which a person able to rewrite the file
+can also rewrite every hash after an edit.
+"""
+import dataclasses
+import datetime
+import fcntl
+import getpass
+import hashlib
+import hmac
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from core import pushdir, storage
+from core.config import Settings, require_local
+
+log = logging.getLogger("tfxops.audit")
+
+# The vocabulary of actions.
+RUN_STARTED, RUN_ENDED = "run_started", "run_ended"
+GATE_STOPPED, BLESSING_REFUSED, PUSHED = "gate_stopped", "blessing_refused", "pushed"
+MONITOR_DECISION, RETRAIN, REPUSH = "monitor_decision", "retrain", "repush"
+PROMOTE, ROLLBACK = "promote", "rollback"      # no command does these yet
+SERVED_VERSION_CHANGED = "served_version_changed"
+ACTIONS = (RUN_STARTED, RUN_ENDED, GATE_STOPPED, BLESSING_REFUSED, PUSHED, MONITOR_DECISION,
+           RETRAIN, REPUSH, PROMOTE, ROLLBACK, SERVED_VERSION_CHANGED)
+
+GENESIS = "0" * 64          # prev_hash of the first entry
+_UNSIGNED = ("hash", "signature")
+
+
+class AuditError(RuntimeError):
+    """The audit file cannot be read (missing, unreadable); the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What ``record`` did: the entry appended, or why not (already logged)."""
+    path: str
+    entry: Optional[Dict] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    line: int                # 1-based line of the file
+    what: str                # in words
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    path: str
+    entries: int             # lines read
+    signatures_checked: bool
+    problem: Optional[Problem] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+# ------------------------------------------------------------------ where, who, key
+def audit_file(settings: Settings) -> Path:
+    """The audit file of these settings (local: it is locked while appending)."""
+    path = storage.location(settings.audit_path) if settings.audit_path else \
+        storage.join(settings.home, "audit", "audit.jsonl")
+    return require_local("audit_path", path, "appends to the audit trail lock the file")
+
+
+def actor_name(role: Optional[str] = None) -> str:
+    """``user@host``, or ``<role>:user@host`` for a component acting on its own."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    who = f"{user}@{socket.gethostname()}"
+    return f"{role}:{who}" if role else who
+
+
+def signing_key(settings: Settings) -> Optional[bytes]:
+    """The HMAC key from the environment variable ``audit_key_env`` names; None if unset."""
+    value = os.environ.get(settings.audit_key_env, "") if settings.audit_key_env else ""
+    return value.encode() if value else None
+
+
+# ------------------------------------------------------------------ hashing
+def canonical(entry: Dict) -> bytes:
+    """The bytes hashed and signed: the entry without ``hash`` and ``signature``, as
+    JSON with sorted keys and no spaces."""
+    body = {k: v for k, v in entry.items() if k not in _UNSIGNED}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry_hash(entry: Dict) -> str:
+    return hashlib.sha256(canonical(entry)).hexdigest()
+
+
+def signature(entry: Dict, key: bytes) -> str:
+    return hmac.new(key, canonical(entry), hashlib.sha256).hexdigest()
+
+
+# ------------------------------------------------------------------ appending
+def record(settings: Settings, action: str, reason: str, evidence: Optional[Dict[str, int]] = None,
+           model_version=None, actor: Optional[str] = None) -> Written:
+    """Append one entry. Never raises: a failure is logged and returned."""
+    where = ""
+    try:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown audit action {action!r}")
+        path = audit_file(settings)
+        where = str(path)
+        entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
+                 "actor": actor or actor_name(), "action": action, "reason": reason,
+                 "model_version": None if model_version is None else str(model_version),
+                 "evidence": {k: int(v) for k, v in (evidence or {}).items() if v is not None}}
+        return Written(where, _append(path, entry, signing_key(settings)))
+    except Exception as exc:  # noqa: BLE001 - the action this records must stand
+        where = where or str(settings.audit_path or "<home>/audit/audit.jsonl")
+        message = f"could not append '{action}' to the audit trail {where}: {exc}"
+        log.error("AUDIT TRAIL NOT WRITTEN: %s (reason: %s; evidence: %s)", message, reason, evidence)
+        return Written(where, None, message)
+
+
+def _append(path: Path, entry: Dict, key: Optional[bytes]) -> Dict:
+    """Chain ``entry`` to the file's last entry and append it, under an exclusive lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            last, torn = _last_entry(handle)
+            entry = dict(entry, seq=(last or {}).get("seq", 0) + 1,
+                         prev_hash=(last or {}).get("hash", GENESIS))
+            entry["hash"] = entry_hash(entry)
+            if key is not None:
+                entry["signature"] = signature(entry, key)
+            line = json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n"
+            handle.write((b"\n" if torn else b"") + line.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    if created:
+        _fsync_directory(path.parent)
+    return entry
+
+
+def _last_entry(handle) -> Tuple[Optional[Dict], bool]:
+    """The last complete entry of the file (None if none) and whether the file ends
+    in a torn line (a writer died mid-write: the next line starts afresh)."""
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    if size == 0:
+        return None, False
+    handle.seek(size - 1)
+    torn = handle.read(1) != b"\n"
+    chunk = 4096
+    while True:
+        start = max(0, size - chunk)
+        handle.seek(start)
+        lines = handle.read(size - start).split(b"\n")
+        complete = lines if start == 0 else lines[1:]     # the first may start mid-line
+        for raw in reversed(complete):
+            found = _parse(raw)
+            if found is not None:
+                return found, torn
+        if start == 0:
+            return None, torn
+        chunk *= 4
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# ------------------------------------------------------------------ reading
+def read_lines(path: Path) -> List[str]:
+    """The file's lines; ``AuditError`` naming the file if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read().splitlines()
+    except FileNotFoundError:
+        raise AuditError(f"no audit trail at {path}: nothing has been recorded under this home yet "
+                         f"(or set audit_path to where it is)") from None
+    except OSError as exc:
+        raise AuditError(f"cannot read the audit trail {path}: {exc.strerror}") from None
+
+
+def entries(path: Path) -> Iterator[Dict]:
+    """Every line that parses as an entry, in file order."""
+    for line in read_lines(path):
+        found = _parse(line)
+        if found is not None:
+            yield found
+
+
+# ------------------------------------------------------------------ verifying
+def verify(path: Path, key: Optional[bytes]) -> Verification:
+    """Walk the chain; the first bad line, if any (see the module docstring)."""
+    lines = read_lines(path)
+    parsed = [_parse(line) for line in lines]
+    last_line_of = {e.get("seq"): number for number, e in enumerate(parsed, start=1) if e}
+    previous = {"seq": 0, "hash": GENESIS}
+    for number, entry in enumerate(parsed, start=1):
+        what = _line_problem(entry, previous, last_line_of.get(previous["seq"] + 1, 0) > number, key)
+        if what:
+            return Verification(str(path), len(lines), key is not None, Problem(number, what))
+        previous = entry
+    return Verification(str(path), len(lines), key is not None)
+
+
+def _parse(line) -> Optional[Dict]:
+    """An entry from a line (str or bytes); None if the line is not one."""
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) and "hash" in found else None
+
+
+def _line_problem(entry: Optional[Dict], previous: Dict, expected_comes_later: bool,
+                  key: Optional[bytes]) -> str:
+    """What is wrong with one entry given the one before it (and whether the entry
+    expected here is further down the file); "" if nothing."""
+    if entry is None:
+        return "not an audit entry (edited, or a write was cut short)"
+    seq, expected = entry.get("seq"), previous["seq"] + 1
+    if entry_hash(entry) != entry.get("hash"):
+        return f"entry {seq} was edited: its content no longer matches its hash"
+    if isinstance(seq, int) and seq > expected:
+        if expected_comes_later:
+            return f"entry {seq} comes where entry {expected} belongs: the entries were reordered"
+        missing = f"entry {expected} was" if seq == expected + 1 else f"entries {expected}-{seq - 1} were"
+        return f"entry {seq} comes where entry {expected} belongs: {missing} deleted"
+    if seq != expected:
+        return f"entry {seq} comes after entry {previous['seq']}: the entries were reordered or duplicated"
+    if entry.get("prev_hash") != previous["hash"]:
+        return (f"entry {seq} does not chain to the line before it (its prev_hash is not that entry's hash): "
+                f"an entry was edited and re-hashed, or replaced")
+    if key is not None:
+        if "signature" not in entry:
+            return f"entry {seq} is not signed (written without the key)"
+        if not hmac.compare_digest(str(entry["signature"]), signature(entry, key)):
+            return f"entry {seq} has a bad signature (a different key, or edited and re-hashed)"
+    return ""
+
+
+# ------------------------------------------------------------------ evidence
+def version_evidence(push_directory, version) -> Dict[str, int]:
+    """The MLMD ids a pushed version's push marker names (``core.pushdir``): the
+    Model and the execution that pushed it; {} for a version without a marker."""
+    marker = pushdir.read_marker(storage.join(push_directory, str(version))) or {}
+    ids = {"model_artifact_id": marker.get("model_artifact_id"), "pusher_execution_id": marker.get("execution_id")}
+    return {k: int(v) for k, v in ids.items() if isinstance(v, int) or (isinstance(v, str) and v.isdigit())}
