@@ -2,7 +2,8 @@
 
 CsvExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator
 -> DataGate -> Transform -> Trainer -> BaselineModelResolver (the served model to
-compare with) -> Evaluator -> AtomicPusher.
+compare with) -> Evaluator -> AtomicPusher, which also waits for FeatureAttributor
+(the candidate's per-feature attributions, ``pipeline.attribution``).
 
 ``create_pipeline`` takes explicit arguments, as TFX's templates do, so the same
 function builds the pipeline for any TFX orchestrator: LocalDagRunner
@@ -20,6 +21,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from core import features as F
+from pipeline.attribution import FeatureAttributor
 from pipeline.baseline import BaselineAwareEvaluator, BaselineModelResolver
 from pipeline.gate import DataGate
 from pipeline.pusher import AtomicPusher
@@ -27,7 +29,7 @@ from pipeline.pusher import AtomicPusher
 # Node ids, used by the runner's progress display and by lineage.
 NODE_ORDER = [
     "CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
-    "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "Pusher",
+    "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "FeatureAttributor", "Pusher",
 ]
 
 
@@ -96,12 +98,13 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
                     preprocessing_fn: str, run_fn: str, train_steps: int, eval_steps: int,
                     hyperparameters: Dict, gate_severities: List[str], min_auc: float,
                     min_binary_accuracy: float, max_auc_drop: float, slice_features: List[str],
-                    serving_model_dir: str,
+                    serving_model_dir: str, attribution: Dict[str, int],
                     metadata_connection_config: metadata_store_pb2.ConnectionConfig,
                     beam_pipeline_args: List[str], enable_cache: bool) -> tfx.dsl.Pipeline:
     """The pipeline over the CSVs in ``data_root``; blessed models are pushed to
     ``serving_model_dir``/<version>. ``preprocessing_fn`` and ``run_fn`` are
-    importable paths of the model code."""
+    importable paths of the model code; ``attribution`` holds ``FeatureAttributor``'s
+    parameters (rows, background_rows, samples, seed)."""
     example_gen = tfx.components.CsvExampleGen(input_base=data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
@@ -131,12 +134,17 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=serving_model_dir))).with_id("Pusher")
+    attributor = FeatureAttributor(
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        code_fingerprint=code_fingerprint([], shared_modules=["core.attribution", "pipeline.attribution"]),
+        **attribution).with_id("FeatureAttributor")
+    pusher.add_upstream_node(attributor)   # a model is pushed with its attributions or not at all
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate,
-                    transform, trainer, model_resolver, evaluator, pusher],
+                    transform, trainer, model_resolver, evaluator, attributor, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args)
