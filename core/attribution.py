@@ -47,7 +47,7 @@ from core import mlmd, storage
 from core.storage import Location
 
 METHOD = "sampled-shapley"
-ARTIFACT_TYPE = "FeatureAttributions"
+ARTIFACT_TYPE = "tfxops.FeatureAttributions"   # KFP v2 wants a custom type name "<namespace>.<Name>"
 FILE_NAME = "attributions.json"
 BATCH_ROWS = 8192            # rows of model input per call of the signature
 
