@@ -13,6 +13,7 @@ as a failure on the cross slice (highest, lowest) whose value is the gap. Every
 reader of the validation result (``core.mlmd.validation_failures``, lineage) sees them.
 """
 import dataclasses
+import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -97,15 +98,23 @@ def _candidate_values(per_slice) -> Dict[str, float]:
 
 
 def _slice(feature: str, value: str, metrics: Dict[str, float], min_examples: int) -> SliceMetrics:
+    """A slice's metrics; None where undefined: AUC without both labels, FPR without
+    negatives, FNR without positives (TFMA reports 0 or NaN there)."""
     count = int(round(metrics.get(EXAMPLE_COUNT, 0)))
     positives = int(round(metrics.get(LABEL_RATE, 0.0) * count))
+    negatives = count - positives
+
+    def measured(name: str, defined: bool = True) -> Optional[float]:
+        value = metrics.get(name)
+        return value if defined and value is not None and not math.isnan(value) else None
+
     return SliceMetrics(
         feature=feature, value=value, example_count=count, positives=positives,
-        auc=metrics.get(AUC), accuracy=metrics.get(ACCURACY),
-        false_positive_rate=metrics.get(FALSE_POSITIVE_RATE),
-        false_negative_rate=metrics.get(FALSE_NEGATIVE_RATE),
-        positive_rate=metrics.get(POSITIVE_RATE),
-        gated=bool(feature) and min(positives, count - positives) >= min_examples)
+        auc=measured(AUC, positives > 0 and negatives > 0), accuracy=measured(ACCURACY),
+        false_positive_rate=measured(FALSE_POSITIVE_RATE, negatives > 0),
+        false_negative_rate=measured(FALSE_NEGATIVE_RATE, positives > 0),
+        positive_rate=measured(POSITIVE_RATE),
+        gated=bool(feature) and min(positives, negatives) >= min_examples)
 
 
 def slice_metrics(evaluation_uri: str, features: Sequence[str], min_examples: int) -> List[SliceMetrics]:

@@ -483,10 +483,14 @@ def validation_failures(evaluation_uri: str) -> List[str]:
     reasons = []
     validation = tfma.load_validation_result(evaluation_uri)
     for per_slice in validation.metric_validations_per_slice:
+        where, cross = _slice_name(per_slice.slice_key), per_slice.HasField("cross_slice_key")
+        if cross:   # e.g. the fairness gate's gaps (core.evaluation)
+            pair = per_slice.cross_slice_key
+            where = f"{_slice_name(pair.baseline_slice_key)} vs {_slice_name(pair.comparison_slice_key)}"
         for failure in per_slice.failures:
             reasons.append(
-                f"{_slice_name(per_slice.slice_key)}: {failure.metric_key.name}"
-                f"{' change' if failure.metric_key.is_diff else ''} = "
+                f"{where}: {failure.metric_key.name}"
+                f"{' change' if failure.metric_key.is_diff else ''}{' difference' if cross else ''} = "
                 f"{failure.metric_value.double_value.value:.4f}, needs "
                 f"{_threshold_text(failure.metric_threshold)}")
     return reasons

@@ -2,8 +2,9 @@
 
 CsvExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator
 -> DataGate -> Transform -> Trainer -> BaselineModelResolver (the served model to
-compare with) -> Evaluator -> AtomicPusher, which also waits for FeatureAttributor
-(the candidate's per-feature attributions, ``pipeline.attribution``).
+compare with) -> Evaluator (with the fairness gate, ``pipeline.fairness``) -> AtomicPusher,
+which also waits for FeatureAttributor (the candidate's per-feature attributions, ``pipeline.attribution``)
+and writes the version's model card (ModelCardGenerator, ``pipeline.model_card``) into it.
 
 ``create_pipeline`` takes explicit arguments, as TFX's templates do, so the same
 function builds the pipeline for any TFX orchestrator: LocalDagRunner
@@ -22,26 +23,32 @@ from tfx import v1 as tfx
 
 from core import features as F
 from pipeline.attribution import FeatureAttributor
-from pipeline.baseline import BaselineAwareEvaluator, BaselineModelResolver
+from pipeline.baseline import BaselineModelResolver
+from pipeline.fairness import FairnessGate, FairnessGatedEvaluator, rate_metrics
 from pipeline.gate import DataGate
+from pipeline.model_card import ModelCardGenerator
 from pipeline.pusher import AtomicPusher
 
 # Node ids, used by the runner's progress display and by lineage.
 NODE_ORDER = [
     "CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
-    "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "FeatureAttributor", "Pusher",
+    "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "FeatureAttributor",
+    "ModelCardGenerator", "Pusher",
 ]
 
 
 def eval_config(min_auc: float, min_binary_accuracy: float, max_auc_drop: float,
-                slice_features: Sequence[str]) -> tfma.EvalConfig:
-    """TFMA: AUC, binary accuracy and example count, overall and per slice.
+                slice_features: Sequence[str], fairness: FairnessGate) -> tfma.EvalConfig:
+    """TFMA: example count, AUC, binary accuracy and (``pipeline.fairness``) false
+    positive, false negative, positive-prediction and positive-label rates at the
+    decision threshold, overall, per slice of ``slice_features`` and per slice of
+    each sensitive feature.
 
-    Blessing looks at the overall slice only: a value threshold on AUC and
+    TFMA's thresholds look at the overall slice only: a value threshold on AUC and
     accuracy, and a change threshold against the baseline (the served model:
     the newest version in the push directory not pushed from the candidate,
-    ``pipeline.baseline``; skipped when there is none). Per-slice metrics are
-    reported.
+    ``pipeline.baseline``; skipped when there is none). The fairness gate judges
+    the sensitive features' slices (``pipeline.fairness``, in the Evaluator).
     """
     overall = [tfma.SlicingSpec()]
 
@@ -62,12 +69,15 @@ def eval_config(min_auc: float, min_binary_accuracy: float, max_auc_drop: float,
             preprocessing_function_names=[F.TRANSFORM_SIGNATURE],
             # whole batches instead of Beam's batch sizes growing from 1
             inference_batch_size=1024)],
-        slicing_specs=overall + [tfma.SlicingSpec(feature_keys=[key]) for key in slice_features],
+        slicing_specs=overall + [tfma.SlicingSpec(feature_keys=[key])
+                                 for key in dict.fromkeys([*slice_features, *fairness.features])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
             tfma.MetricConfig(class_name="AUC", per_slice_thresholds=on_overall_slice(auc)),
             tfma.MetricConfig(class_name="BinaryAccuracy",
+                              config=json.dumps({"threshold": fairness.decision_threshold}),
                               per_slice_thresholds=on_overall_slice(accuracy)),
+            *rate_metrics(fairness.decision_threshold),
         ])],
         # Only the metrics above: not the model's compiled Keras metrics too.
         options=tfma.Options(include_default_metrics={"value": False}))
@@ -98,13 +108,14 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
                     preprocessing_fn: str, run_fn: str, train_steps: int, eval_steps: int,
                     hyperparameters: Dict, gate_severities: List[str], min_auc: float,
                     min_binary_accuracy: float, max_auc_drop: float, slice_features: List[str],
-                    serving_model_dir: str, attribution: Dict[str, int],
-                    metadata_connection_config: metadata_store_pb2.ConnectionConfig,
+                    fairness: FairnessGate, serving_model_dir: str, attribution: Dict[str, int],
+                    model_card: Dict, metadata_connection_config: metadata_store_pb2.ConnectionConfig,
                     beam_pipeline_args: List[str], enable_cache: bool) -> tfx.dsl.Pipeline:
     """The pipeline over the CSVs in ``data_root``; blessed models are pushed to
     ``serving_model_dir``/<version>. ``preprocessing_fn`` and ``run_fn`` are
     importable paths of the model code; ``attribution`` holds ``FeatureAttributor``'s
-    parameters (rows, background_rows, samples, seed)."""
+    parameters (rows, background_rows, samples, seed); ``model_card`` the model card's
+    settings (``pipeline.model_card.card_config``)."""
     example_gen = tfx.components.CsvExampleGen(input_base=data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
@@ -122,32 +133,47 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
     model_resolver = BaselineModelResolver(
         candidate=trainer.outputs["model"], serving_model_dir=serving_model_dir,
     ).with_id("baseline_model_resolver")
-    evaluator = BaselineAwareEvaluator(
+    evaluator = FairnessGatedEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["baseline"],
-        eval_config=eval_config(min_auc, min_binary_accuracy, max_auc_drop, slice_features),
+        eval_config=eval_config(min_auc, min_binary_accuracy, max_auc_drop, slice_features, fairness),
+        gate=fairness,
     ).with_id("Evaluator")
-    pusher = AtomicPusher(
-        model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=serving_model_dir))).with_id("Pusher")
     attributor = FeatureAttributor(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         code_fingerprint=code_fingerprint([], shared_modules=["core.attribution", "pipeline.attribution"]),
         **attribution).with_id("FeatureAttributor")
+    card = _model_card_generator(trainer, evaluator, example_gen, statistics_gen, attributor,
+                                 dict(model_card, code_fingerprint=code_fingerprint(
+                                     [preprocessing_fn, run_fn], shared_modules=[F.__name__])))
+    pusher = AtomicPusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model_card=card.outputs["model_card"],
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=serving_model_dir))).with_id("Pusher")
     pusher.add_upstream_node(attributor)   # a model is pushed with its attributions or not at all
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate,
-                    transform, trainer, model_resolver, evaluator, attributor, pusher],
+                    transform, trainer, model_resolver, evaluator, attributor, card, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args)
+
+
+def _model_card_generator(trainer, evaluator, example_gen, statistics_gen, attributor, card_settings: Dict):
+    """ModelCardGenerator over the candidate's artifacts; the fingerprint of the card's
+    own code is among its settings, so a change to that code renews the card."""
+    card_code = code_fingerprint([], shared_modules=["pipeline.model_card", "core.evaluation"])
+    return ModelCardGenerator(
+        model=trainer.outputs["model"], evaluation=evaluator.outputs["evaluation"],
+        blessing=evaluator.outputs["blessing"], examples=example_gen.outputs["examples"],
+        statistics=statistics_gen.outputs["statistics"], attributions=attributor.outputs["attributions"],
+        card_settings=json.dumps(dict(card_settings, card_code_fingerprint=card_code), sort_keys=True),
+    ).with_id("ModelCardGenerator")
 
 
 def _transform_and_trainer(example_gen, schema_gen, preprocessing_fn: str, run_fn: str,

@@ -59,6 +59,11 @@ class RunSummary:
     blessed: Optional[bool] = None
     blessing_reasons: List[str] = dataclasses.field(default_factory=list)
     metrics: List[Dict] = dataclasses.field(default_factory=list)
+    # the fairness gate (pipeline.fairness): its settings as the Evaluator applied them, every
+    # slice of the sensitive features (core.evaluation.SliceMetrics) and the gate's failures
+    fairness_gate: Dict = dataclasses.field(default_factory=dict)
+    fairness: List[Dict] = dataclasses.field(default_factory=list)
+    fairness_failures: List[Dict] = dataclasses.field(default_factory=list)
     pushed: bool = False                        # a new version was pushed by this run
     pushed_version: Optional[str] = None
     pushed_path: Optional[str] = None
@@ -252,8 +257,25 @@ def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
             metric["threshold"] = thresholds.get(metric["metric"], "")
         summary.metrics = metrics
         summary.blessing_reasons = reasons if not summary.blessed else []
+        _fairness_results(summary, evaluator)
     _push_outcome(summary, executions.get("Pusher"), settings)
     return summary
+
+
+def _fairness_results(summary: RunSummary, evaluator: mlmd.NodeExecution) -> None:
+    """The fairness gate's settings (the Evaluator's ``fairness_gate`` property), the
+    sensitive features' slices and the gate's failures."""
+    from core import evaluation
+
+    gate = mlmd.properties(evaluator.execution).get("fairness_gate")
+    if not gate:
+        return
+    summary.fairness_gate = json.loads(gate) if isinstance(gate, str) else gate
+    uri = evaluator.outputs["evaluation"][0].uri
+    slices = evaluation.slice_metrics(uri, summary.fairness_gate["features"],
+                                      summary.fairness_gate["min_examples_per_class"])
+    summary.fairness = [s.as_dict() for s in slices if s.feature]
+    summary.fairness_failures = [f.as_dict() for f in evaluation.fairness_failures(uri)]
 
 
 def _push_outcome(summary: RunSummary, pusher: Optional[mlmd.NodeExecution], settings: Settings) -> None:
@@ -289,6 +311,7 @@ def render(summary: RunSummary) -> str:
         for metric in summary.metrics:
             lines.append(f"    {metric['metric']:<24} {_number(metric['value']):>10} "
                          f"{_number(metric['baseline']):>11}   {metric['threshold']}")
+    lines += _render_fairness(summary)
     if summary.blessed is not None:
         lines.append(f"  blessed: {'yes' if summary.blessed else 'no'}")
         for reason in summary.blessing_reasons:
@@ -307,6 +330,43 @@ def render(summary: RunSummary) -> str:
     if summary.audit_error:
         lines.append(f"  AUDIT TRAIL NOT WRITTEN: {summary.audit_error}")
     return "\n".join(lines)
+
+
+def _render_fairness(summary: RunSummary) -> List[str]:
+    """Per sensitive feature, its slices' metrics and whether the gate judged them;
+    then the gate's verdict (its failures are among the blessing's reasons, which
+    name the slice, the metric and the bound)."""
+    gate = summary.fairness_gate
+    if not gate:
+        return []
+    lines = [f"  fairness gate (slices with >= {gate['min_examples_per_class']} examples of each label; "
+             f"rates at score >= {gate['decision_threshold']:g}): AUC >= {gate['min_slice_auc']:g}, "
+             f"FPR gap <= {gate['max_fpr_gap']:g}, FNR gap <= {gate['max_fnr_gap']:g}"]
+    for feature in gate["features"]:
+        lines.append(f"    {feature:<24} {'examples':>8} {'pos':>6} {'AUC':>7} {'acc':>7} {'FPR':>7} "
+                     f"{'FNR':>7} {'pos.rate':>8}")
+        rows = [r for r in summary.fairness if r["feature"] == feature]
+        shown = [r for r in rows if r["gated"]] + [r for r in rows if not r["gated"]][:SMALL_SLICES_SHOWN]
+        for row in sorted(shown, key=rows.index):
+            lines.append(f"      {row['value'][:22]:<22} {row['example_count']:>8} {row['positives']:>6} "
+                         + " ".join(f"{_rate(row[key]):>7}" for key in
+                                    ("auc", "accuracy", "false_positive_rate", "false_negative_rate"))
+                         + f" {_rate(row['positive_rate']):>8}   {'gated' if row['gated'] else 'not gated'}")
+        if len(rows) > len(shown):
+            rest = [r for r in rows if r not in shown]
+            lines.append(f"      ... {len(rest)} more slices, {sum(r['example_count'] for r in rest)} "
+                         f"examples, not gated (all in --json)")
+    failures = len(summary.fairness_failures)
+    lines.append("  fairness: passed" if not failures else
+                 f"  fairness: FAILED ({failures} {'failure' if failures == 1 else 'failures'}, under 'blessed: no')")
+    return lines
+
+
+SMALL_SLICES_SHOWN = 5    # slices not gated shown per feature in the text summary (all in --json)
+
+
+def _rate(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _number(value: Optional[float]) -> str:
@@ -440,9 +500,22 @@ def _beam_for_run(settings: Settings, log_path: Path) -> Iterator[None]:
                     os.environ[name] = value
 
 
+def fairness_gate(settings: Settings):
+    """The settings of ``pipeline.fairness.FairnessGate``."""
+    from pipeline.fairness import FairnessGate
+
+    return FairnessGate(
+        features=list(settings.sensitive_features), decision_threshold=settings.decision_threshold,
+        min_examples_per_class=settings.fairness_min_examples_per_class,
+        min_slice_auc=settings.fairness_min_slice_auc, max_fpr_gap=settings.fairness_max_fpr_gap,
+        max_fnr_gap=settings.fairness_max_fnr_gap)
+
+
 def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
     """The settings as ``pipeline.pipeline.create_pipeline``'s arguments, the pipeline
     reading the CSVs in ``data_dir``."""
+    from pipeline.model_card import card_config
+
     return dict(
         pipeline_name=settings.pipeline_name,
         pipeline_root=str(settings.pipeline_root_path),
@@ -458,9 +531,11 @@ def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
         min_binary_accuracy=settings.min_binary_accuracy,
         max_auc_drop=settings.max_auc_drop,
         slice_features=list(settings.slice_features),
+        fairness=fairness_gate(settings),
         serving_model_dir=str(settings.model_push_dir),
         attribution=dict(rows=settings.attribution_rows, background_rows=settings.attribution_background_rows,
                          samples=settings.attribution_samples, seed=settings.seed),
+        model_card=card_config(settings),
         metadata_connection_config=mlmd.connection_config(settings),
         beam_pipeline_args=beam_arguments(settings),
         enable_cache=settings.enable_cache)
