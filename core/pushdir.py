@@ -38,7 +38,7 @@ import os
 import re
 import socket
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from core import storage
 from core.storage import Location
@@ -94,12 +94,20 @@ def next_version(base_directory: Location, now: float = None) -> int:
     return max(int(now if now is not None else time.time()), newest + 1)
 
 
-def publish_atomically(model_path: Location, base_directory: Location, record: Optional[Dict] = None) -> str:
+# Writes files that name the version into the staged copy: (staging directory, version).
+Stager = Callable[[Location, int], None]
+
+
+def publish_atomically(model_path: Location, base_directory: Location, record: Optional[Dict] = None,
+                       stage: Optional[Stager] = None) -> str:
     """Copy ``model_path`` to ``base_directory/<version>``, whole or not at all (see
     the module docstring for what that means on each store); returns the version.
 
     ``record`` (JSON-able) goes into the version's push marker, beside the owner and
     the base directory (a copy of the version elsewhere is then known as a copy).
+    ``stage``, when given, writes files of its own into the staged copy for the
+    version it is about to become (called again if a concurrent pusher took that
+    number), so they appear with the version (e.g. its model card).
     """
     storage.makedirs(base_directory)
     version = next_version(base_directory)
@@ -108,21 +116,23 @@ def publish_atomically(model_path: Location, base_directory: Location, record: O
         storage.make_new_dir(staging)
         write_marker(staging, dict(record or {}, base_directory=storage.canonical(base_directory)))
         storage.copy_tree(model_path, staging, skip=[MARKER])
+        stage = stage or (lambda directory, number: None)
         if storage.has_atomic_rename(base_directory):
-            version = _rename_to_free_version(staging, base_directory, version)
+            version = _rename_to_free_version(staging, base_directory, version, stage)
         else:
-            version = _copy_to_free_version(staging, base_directory, version)
+            version = _copy_to_free_version(staging, base_directory, version, stage)
     finally:
         if storage.exists(staging):
             storage.remove_tree(staging)
     return str(version)
 
 
-def _rename_to_free_version(staging: Location, base_directory: Location, version: int) -> int:
+def _rename_to_free_version(staging: Location, base_directory: Location, version: int, stage: Stager) -> int:
     """A concurrent pusher may have taken the number meanwhile: rename fails on a
     non-empty target, so move on to the next free version."""
     while True:
         target = storage.join(base_directory, str(version))
+        stage(staging, version)
         try:
             storage.rename_dir(staging, target)
             return version
@@ -132,13 +142,14 @@ def _rename_to_free_version(staging: Location, base_directory: Location, version
             version += 1
 
 
-def _copy_to_free_version(staging: Location, base_directory: Location, version: int) -> int:
+def _copy_to_free_version(staging: Location, base_directory: Location, version: int, stage: Stager) -> int:
     """No rename on this store: copy the staged files to the first free version, then
     write the marker there last. The staging marker names the version first, so a
     dead writer's half copy is known (``remove_stale_staging``)."""
     while storage.exists(storage.join(base_directory, str(version))):
         version += 1
     target = storage.join(base_directory, str(version))
+    stage(staging, version)
     marker = dict(read_marker(staging) or {}, version=str(version))
     _write_json(storage.join(staging, MARKER), marker)
     try:

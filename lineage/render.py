@@ -125,6 +125,8 @@ def tree_text(report: Dict) -> str:
               f"pushed by {by.get('node_id')} #{by.get('execution_id')}" if by else "producer not recorded")
     lines = [f"Model version {report['version']}{serving}, {source}",
              f"store {report['store']}", ""]
+    if report.get("model_card"):
+        lines[-1:-1] = [f"model card {report['model_card']} (and model_card.html beside it)"]
 
     def emit(node: Dict, prefix: str, last: bool, root: bool = False) -> None:
         head, details = (_artifact_lines(node) if node["kind"] == "artifact" else _execution_lines(node))

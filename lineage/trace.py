@@ -339,6 +339,7 @@ def model_report(store, settings: Settings, version: Optional[str] = None,
         "version": pushed.version, "serving_now": pushed.version == serving, "serving_version": serving,
         "push_dir": str(settings.model_push_dir), "store": mlmd.describe_store(settings),
         "run_id": run_id,
+        "model_card": mlmd.custom(pushed.artifact, "model_card"),    # pipeline.model_card, in the version
         "pushed_by": {"execution_id": pusher, "node_id": g.execution_name(pusher)} if pusher else None,
         "summary": _summarize(tree), "tree": tree,
         "downstream": [_downstream_json(later, eid) for eid in later.topological_executions()],

@@ -13,6 +13,7 @@ the repository's data/):
 """
 import csv
 import dataclasses
+import logging
 import os
 import shutil
 import sys
@@ -27,6 +28,8 @@ from core.config import Settings
 from core.pushdir import newest_version
 from monitoring import policy
 from monitoring.reuse import ReuseCandidate
+
+log = logging.getLogger("tfxops.monitoring")
 
 
 @dataclasses.dataclass
@@ -184,10 +187,27 @@ def retrain(settings: Settings, data_dir: Location, out=None) -> RetrainOutcome:
 
 def repush(settings: Settings, candidate: ReuseCandidate) -> RepushOutcome:
     """Publish a previously blessed model again, atomically, as a new version; its
-    push marker names the model (``model_uri``, as the pipeline's pushes do)."""
+    push marker names the model (``model_uri``, as the pipeline's pushes do), and
+    its model card (``pipeline.model_card``), when the model has one, is the card
+    written when the model was built, with the new version."""
     from core.pushdir import publish_atomically
 
     record = {"model_uri": candidate.model_uri, "model_artifact_id": candidate.model_id}
-    version = publish_atomically(candidate.model_path, str(settings.model_push_dir), record)
+    version = publish_atomically(candidate.model_path, str(settings.model_push_dir), record,
+                                 stage=_model_card_stager(settings, candidate.model_id))
     return RepushOutcome(ok=True, pushed=True, pushed_version=version, model_id=candidate.model_id,
                          pushed_destination=str(storage.join(settings.model_push_dir, version)))
+
+
+def _model_card_stager(settings: Settings, model_id: int):
+    """Writes the model's card into the re-pushed version; None if it has none."""
+    from core import mlmd
+    from pipeline import model_card
+
+    try:
+        found = model_card.artifact_for_model(mlmd.open_store(settings), model_id)
+        return None if found is None else model_card.stager(
+            model_card.read(found.uri), settings.model_push_dir, {"artifact:model_card": found.id})
+    except (mlmd.MetadataError, model_card.ModelCardError) as exc:
+        log.warning("the re-pushed model %s gets no model card: %s", model_id, exc)
+        return None

@@ -22,6 +22,12 @@ The PushedModel artifact gets TFX's custom properties (``pushed``,
 ``pushed_destination``, ``pushed_version``), so TFX's resolvers and our lineage
 read it like any Pusher output.
 
+With a ``model_card`` input (``pipeline.model_card.ModelCardGenerator``), the
+card of the version (its number, path and this push's MLMD ids added) is written
+into the staged copy, ``<version>/assets.extra/model_card/``, so it appears with
+the version in the same publish; the PushedModel's custom property
+``model_card`` names the JSON file.
+
 Killed mid-push. TFX records the PushedModel in MLMD only after ``Do`` returns,
 so a ``kill -9`` between the rename and that record leaves a whole, blessed,
 servable version with no lineage (TFX's own Pusher has the same gap, plus
@@ -49,19 +55,23 @@ blessed (the Pusher publishes only blessed models), and its marker names the run
 execution and model it came from; what is missing until the next run is the MLMD
 record only. ``tfxops lineage model <version>`` says so and names the fix.
 """
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from tfx import types
 from tfx.components.pusher import component as pusher_component
-from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.types import artifact_utils, channel, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter
+from tfx.utils import io_utils, json_utils, proto_utils
 
 from core import storage
 from core.pushdir import publish_atomically
+from pipeline import model_card as card_lib
+
+MODEL_CARD_KEY = "model_card"
+from tfx.components.pusher import executor as pusher_executor
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):
@@ -86,10 +96,24 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         # The archive copy inside the pipeline root, as TFX's Pusher keeps it; first,
         # so that nothing is left to do after the version becomes visible.
         io_utils.copy_dir(model_path, model_push.uri)
-        version = publish_atomically(model_path, base, self._push_record(input_dict, model_push))
+        record = self._push_record(input_dict, model_push)
+        card = self._card_stager(input_dict, base, model_push, record)
+        version = publish_atomically(model_path, base, record, stage=card)
         serving_path = str(storage.join(base, version))
         logging.info("Model published to %s.", serving_path)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
+        if card is not None:
+            model_push.set_string_custom_property(
+                MODEL_CARD_KEY, str(storage.join(serving_path, card_lib.CARD_DIR, card_lib.CARD_JSON)))
+
+    def _card_stager(self, input_dict, base: str, model_push: types.Artifact, record: Dict):
+        """Writes the version's model card into the staged copy; None without a card input."""
+        found = input_dict.get(MODEL_CARD_KEY) or []
+        if not found:
+            return None
+        return card_lib.stager(card_lib.read(found[0].uri), base, {
+            "artifact:model_card": found[0].id, "artifact:pushed_model": model_push.id,
+            "execution:pusher": record.get("execution_id")})
 
     def _push_record(self, input_dict, model_push: types.Artifact) -> Dict[str, Any]:
         """What the push marker says about this push (pipeline.recovery matches it)."""
@@ -105,7 +129,22 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         return record
 
 
-class AtomicPusher(pusher_component.Pusher):
-    """``tfx.components.Pusher`` with ``AtomicPusherExecutor``."""
+class AtomicPusherSpec(standard_component_specs.PusherSpec):
+    """TFX's Pusher spec plus the optional model card written into the version."""
+    INPUTS = dict(standard_component_specs.PusherSpec.INPUTS,
+                  **{MODEL_CARD_KEY: ChannelParameter(type=card_lib.ModelCard, optional=True)})
 
+
+class AtomicPusher(pusher_component.Pusher):
+    """``tfx.components.Pusher`` with ``AtomicPusherExecutor`` and a ``model_card`` input."""
+
+    SPEC_CLASS = AtomicPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(AtomicPusherExecutor)
+
+    def __init__(self, model: channel.BaseChannel, model_blessing: channel.BaseChannel,
+                 push_destination: pusher_pb2.PushDestination,
+                 model_card: Optional[channel.BaseChannel] = None):
+        spec = AtomicPusherSpec(model=model, model_blessing=model_blessing, push_destination=push_destination,
+                                custom_config=json_utils.dumps(None), model_card=model_card,
+                                pushed_model=channel.Channel(type=standard_artifacts.PushedModel))
+        super(pusher_component.Pusher, self).__init__(spec=spec)
