@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Tuple
 from core import mlmd, pushdir
 from core.config import Settings, require_local
 from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, engine as engine_lib, lock as lock_lib
-from monitoring import logfiles
+from monitoring import attribution_drift, logfiles
 from monitoring import policy, record, rejections as rejections_lib, report, reuse, window as window_lib
 from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
                                VersionResult)
@@ -182,8 +182,10 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
     settings, checkpoint = monitor_pass.settings, monitor_pass.checkpoint
     found = analysis_lib.analyse(settings, traffic, base, current=current, monitor_dir=monitor_pass.monitor_dir,
                                  previous_statistics=checkpoint.previous_statistics(traffic.model_name))
+    attribution = attribution_drift.judge(settings, monitor_pass.store, base.model.id, base.model_path,
+                                          traffic.sample.rows)
     reasons = policy.reasons_for(settings, features=found.features, prediction=found.prediction,
-                                 quality=found.quality)
+                                 quality=found.quality, attribution=attribution)
     candidates = []
     if policy.looks_for_reuse(settings, reasons=reasons, is_current=current):
         candidates = reuse.candidates(monitor_pass.store, base.model.id, found.stats, traffic.rows_by_signature())
@@ -191,7 +193,7 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
         settings, reasons=reasons, rows=traffic.rows, is_current=current and not monitor_pass.acted,
         window_action=checkpoint.action_for_window(monitor_pass.window.id), last_action=checkpoint.last_action(),
         dry_run=monitor_pass.dry_run, reuse=reuse.best(candidates), labelled_rows=len(found.labelled_rows),
-        alert=found.alert)
+        alert=found.alert, attribution=attribution)
     decision = _act(monitor_pass, traffic, found, decision)
     statistics = analysis_lib.save_statistics(found, monitor_pass.version_dir(traffic.model_name, traffic.version))
     return VersionResult(
@@ -199,7 +201,7 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
         requests=traffic.all_requests, rejections=found.rejections, baseline=base, relaxed=found.relaxed,
         features=found.features, prediction=found.prediction, quality=found.quality,
         reuse_candidates=candidates, decision=decision, statistics=str(statistics),
-        distributions=analysis_lib.distributions(found))
+        distributions=analysis_lib.distributions(found), attribution=attribution)
 
 
 def _act(monitor_pass: MonitorPass, traffic: VersionTraffic, found: analysis_lib.VersionAnalysis,
@@ -274,8 +276,10 @@ def _record_version(monitor_pass: MonitorPass, result: MonitorResult, version: V
         "relaxed": [r.line() for r in version.relaxed],
         "rejected_requests": rejected["rejected"], "rejection_rate": float(rejected["rate"]),
         "rejections": {k: v for k, v in rejected.items() if k in ("line", "causes", "missing_features")},
-        "not_judged": [v.version for v in result.not_judged]},
-        inputs=[("pushed_model", version.baseline.pushed_model), ("model", version.baseline.model)],
+        "not_judged": [v.version for v in result.not_judged],
+        "attribution_ndcg": version.attribution.ndcg if version.attribution is not None else None},
+        inputs=[("pushed_model", version.baseline.pushed_model), ("model", version.baseline.model),
+                ("attributions", attribution_drift.push_time_artifact(store, version.attribution))],
         outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact), ("report", report_artifact)])
     if isinstance(decision.outcome, act.RepushOutcome):
         ids["repush"] = _record_repush(monitor_pass, window, version, ids["execution_id"])

@@ -22,6 +22,14 @@ previously blessed model's training data matches the window
 and no labelled request came back (a rerun on unchanged data trains for
 nothing). A ``--dry-run`` says what it would do and does nothing. Every decision
 carries its reasons in words.
+
+Feature attribution drift (``monitoring.attribution_drift``) is one of the
+reasons with ``trigger_on_attribution_drift``. Off (the default), a window whose
+only finding is attribution drift gets an ``alert``: reported, never acted on.
+Attributions say which features move the output on the served rows, not whether
+the output is right: a retrain needs labels that say so (the quality check), and
+a shift of the inputs behind it shows in the skew and drift checks, which
+trigger on their own.
 """
 import dataclasses
 import time
@@ -57,7 +65,8 @@ class Decision:
                 "outcome": self.outcome.to_dict() if self.outcome is not None else None}
 
 
-def reasons_for(settings: Settings, *, features, prediction: Dict, quality: Dict) -> List[str]:
+def reasons_for(settings: Settings, *, features, prediction: Dict, quality: Dict,
+                attribution=None) -> List[str]:
     """The findings of one version's window that call for an action, in words."""
     reasons = []
     errors = [(f.name, a["short"]) for f in features for a in f.anomalies
@@ -81,6 +90,8 @@ def reasons_for(settings: Settings, *, features, prediction: Dict, quality: Dict
         reasons.append(f"AUC {quality['auc']:.3f} on {quality['labelled_rows']} labelled requests is "
                        f"{quality['auc_drop']:.3f} below the Evaluator's {quality['evaluator_auc']:.3f} "
                        f"(policy: drop > {settings.trigger_quality_drop:g})")
+    if settings.trigger_on_attribution_drift and attribution is not None and attribution.drifted:
+        reasons.append(attribution.finding())
     return reasons
 
 
@@ -101,7 +112,7 @@ def rejection_alert(settings: Settings, summary: Optional[Summary], scope: str =
 def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: bool,
            window_action: Optional[Dict], last_action: Optional[Dict], dry_run: bool,
            reuse: Optional[ReuseCandidate] = None, labelled_rows: int = 0, alert: Optional[Alert] = None,
-           now: Optional[float] = None) -> Decision:
+           now: Optional[float] = None, attribution=None) -> Decision:
     """One version's decision. ``is_current``: the version is the one served now
     (and no other version of the window was acted on); ``window_action``: the action
     this window already took (a resumed run), ``last_action``: the newest action
@@ -111,6 +122,8 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     if alert is not None:
         return alert_decision(alert, reasons, dry_run)
     if not reasons:
+        if attribution is not None and attribution.drifted:     # trigger_on_attribution_drift off
+            return attribution_alert(attribution, dry_run)
         return Decision(NONE, False, [], "no trigger: every check is within the policy", dry_run)
     held = _held_back(settings, rows, is_current, window_action, last_action, now)
     if held:
@@ -156,6 +169,13 @@ def alert_decision(alert: Alert, reasons: List[str], dry_run: bool) -> Decision:
         f"a feature (or sends what the server refuses): fix the client, or the signature it calls"
         + ("; the window's other findings include the rows of those requests" if reasons else "")),
         dry_run)
+
+
+def attribution_alert(attribution, dry_run: bool) -> Decision:
+    """Attribution drift with ``trigger_on_attribution_drift`` off: reported, never acted on."""
+    return Decision(ALERT, True, [attribution.finding()], (
+        "alert, not acted on: feature attribution drift (trigger_on_attribution_drift is off): the served "
+        "rows sit where other features decide; a person judges whether the inputs or a client changed"), dry_run)
 
 
 def window_decision(settings: Settings, *, versions: List[Tuple[Decision, bool]],

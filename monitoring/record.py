@@ -1,7 +1,8 @@
 """A monitor run in MLMD: an execution of type ``tfxops.Monitor``.
 
 Inputs: the PushedModel and Model it monitored (event keys ``pushed_model``,
-``model``). Outputs: the window's ExampleStatistics (``statistics``, split
+``model``) and the push-time attributions the window was compared with
+(``attributions``, ``monitoring.attribution_drift``). Outputs: the window's ExampleStatistics (``statistics``, split
 ``serving``), ExampleAnomalies (``anomalies``), the report
 (``tfxops.MonitorReport``, ``report``). A re-push of a blessed model is its own
 execution, ``tfxops.Repush`` (input ``model``: the re-pushed Model; output

@@ -252,8 +252,8 @@ def _version_html(group: Dict) -> str:
                    + "".join(f"<li>{_e(r['line'])}</li>" for r in group["relaxed"]) + "</ul>")
     features = group.get("features", [])
     order = sorted(features, key=lambda f: (not f["flagged"], -(f["skew"] or 0) / (f["skew_threshold"] or 10)))
-    out += [_features_html(order), _prediction_quality_html(group), _reuse_html(group),
-            _distributions_html(group, order)]
+    out += [_features_html(order), _prediction_quality_html(group), _attribution_html(group.get("attribution")),
+            _reuse_html(group), _distributions_html(group, order)]
     return "".join(out)
 
 
@@ -290,6 +290,36 @@ def _prediction_quality_html(group: Dict) -> str:
                    f"<td>{_fmt(quality.get('evaluator_auc'))}{' <b class=bad>drop</b>' if quality.get('over') else ''}</td></tr>"
                    f"<tr><td>accuracy: window vs Evaluator</td><td class='num'>{_fmt(quality.get('accuracy'))}</td>"
                    f"<td>{_fmt(quality.get('evaluator_accuracy'))}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _attribution_html(drift: Optional[Dict]) -> str:
+    """Feature attribution drift: the NDCG against its threshold, then every feature's
+    share of the attributions at push and in the window, the top movers first."""
+    if not drift:
+        return ""
+    out = ["<h3>Feature attribution drift: served rows vs at push</h3>"]
+    if not drift["available"]:
+        return "".join(out) + f"<div class='muted'>not judged: {_e(drift['reason'])}</div>"
+    cost = drift["cost"]
+    meter = _meter(1 - drift["ndcg"], 1 - drift["threshold"])      # 1 - NDCG against 1 - threshold
+    out.append(f"<div>NDCG of the window's ranking against the push-time one {meter} "
+               f"<b{' class=bad' if drift['drifted'] else ''}>{drift['ndcg']:.3f}</b> (flagged below "
+               f"{drift['threshold']:g}) · sampled Shapley values of {drift['rows']} served rows vs "
+               f"{drift['push_rows']} evaluation rows at push · {cost.get('seconds', 0):.1f} s, "
+               f"{cost.get('model_calls', 0)} model calls on {cost.get('model_rows', 0)} rows</div>")
+    out.append("<table><tr><th>feature</th><th class='num'>share at push</th><th class='num'>share in the window"
+               "</th><th class='num'>change</th><th></th><th class='num'>rank at push → window</th></tr>")
+    top = set(drift["top_movers"])
+    for f in drift["features"]:
+        bars = (f"<svg width='120' height='14'><rect width='{120 * f['push_share']:.1f}' height='6' "
+                f"fill='{TRAIN_COLOR}'/><rect y='7' width='{120 * f['window_share']:.1f}' height='6' "
+                f"fill='{SERVE_COLOR}'/></svg>")
+        out.append(f"<tr><td{' class=bad' if f['name'] in top and drift['drifted'] else ''}>{_e(f['name'])}"
+                   f"{' (top mover)' if f['name'] in top else ''}</td><td class='num'>{f['push_share']:.3f}</td>"
+                   f"<td class='num'>{f['window_share']:.3f}</td><td class='num'>{f['change']:+.3f}</td>"
+                   f"<td>{bars}</td><td class='num'>{f['push_rank']} → {f['window_rank']}</td></tr>")
     out.append("</table>")
     return "".join(out)
 

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 
 from monitoring import baseline as baseline_lib, checks, contract as contract_lib, policy, report
 from monitoring import rejections as rejections_lib
+from monitoring.attribution_drift import AttributionDrift
 from monitoring.reuse import ReuseCandidate
 
 ANALYSED, INCOMPLETE, NO_NEW_REQUESTS = "analysed", "incomplete", "no_new_requests"
@@ -43,6 +44,7 @@ class VersionResult:
     statistics: str                        # the window's statistics file
     distributions: Dict[str, Optional[Dict]]
     mlmd: Optional[Dict] = None            # the ids of the MLMD record (``monitor.record``)
+    attribution: Optional[AttributionDrift] = None   # the features it relies on vs at push (``monitoring.attribution_drift``)
 
     @property
     def flagged_features(self) -> List[str]:
@@ -71,7 +73,8 @@ class VersionResult:
             "prediction": self.prediction, "quality": self.quality,
             "reuse_candidates": [c.to_dict(with_path=False) for c in self.reuse_candidates],
             "decision": self.decision.to_dict(), "statistics": self.statistics,
-            "distributions": self.distributions, "mlmd": self.mlmd}
+            "distributions": self.distributions, "mlmd": self.mlmd,
+            "attribution": self.attribution.as_dict() if self.attribution is not None else None}
 
 
 @dataclasses.dataclass
@@ -149,6 +152,9 @@ class MonitorResult:
         return (f"window {self.window}: {self.rows} rows, {self._files_line()}; "
                 + "".join(f"{line}; " for line in rejected)
                 + (f"not judged (no lineage): {unjudged}; " if unjudged else "")
+                + "".join(f"attribution drift (version {v.version}): NDCG {v.attribution.ndcg:.3f} < "
+                          f"{v.attribution.threshold:g}; " for v in self.versions
+                          if v.attribution is not None and v.attribution.drifted)
                 + f"flagged: {', '.join(flagged) or 'none'}; decision: {self.decision.action} "
                 f"({self.decision.because}); report: {self.report.html}")
 

@@ -17,6 +17,7 @@ from core import features as F
 from core.config import Settings, require_local
 from core.storage import Location
 from monitoring import checks, logfiles, rejections as rejections_lib, window as window_lib
+from monitoring.sample import RowSample
 
 log = logging.getLogger("tfxops.monitoring")
 DECODE_ROWS = 65_536          # rows per RecordBatch fed to the statistics
@@ -78,6 +79,7 @@ class VersionTraffic:
     types: Dict = dataclasses.field(default_factory=dict)      # column -> Arrow type fed so far
     signatures: Dict[str, int] = dataclasses.field(default_factory=dict)   # answered rows per logged signature
     output_stats: object = None            # statistics of the served outputs, when an engine computed them
+    sample: RowSample = dataclasses.field(default_factory=RowSample)   # answered rows the attribution check explains
 
     def flush(self, decoder, force: bool = False) -> None:
         while self.pending and (force or len(self.pending) >= DECODE_ROWS):
@@ -135,6 +137,7 @@ class VersionTraffic:
         self.add_signatures(other.signatures)
         self.labelled.extend(other.labelled)
         self.rejections.merge(other.rejections)
+        self.sample.merge(other.sample)
 
 
 @dataclasses.dataclass
@@ -178,6 +181,7 @@ def _add_answered(traffic: VersionTraffic, chunk: window_lib.Chunk, decoder, fee
     decoder.check(chunk.serialized)
     traffic.pending.extend(chunk.serialized)
     traffic.predictions.append(chunk.predictions)
+    traffic.sample.add(chunk.serialized, chunk.request_ids, chunk.row_in_request)
     traffic.requests += int((chunk.row_in_request == 0).sum())
     traffic.rows += len(chunk.serialized)
     traffic.add_signatures(chunk.signatures)
