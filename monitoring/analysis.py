@@ -9,7 +9,7 @@ import numpy as np
 
 from core import features as F
 from core.config import Settings
-from monitoring import baseline as baseline_lib, checks, contract as contract_lib, policy
+from monitoring import baseline as baseline_lib, bias as bias_lib, checks, contract as contract_lib, policy
 from monitoring import rejections as rejections_lib, report
 from monitoring.traffic import VersionTraffic
 
@@ -29,6 +29,7 @@ class VersionAnalysis:
     prediction: Dict                       # ``checks.prediction_drift`` and its distribution
     quality: Dict                          # ``checks.quality``
     labelled_rows: List[Dict]              # raw rows whose labels came back (a data span)
+    bias: Optional[bias_lib.BiasDrift] = None   # the sensitive slices vs the Evaluator's (``monitoring.bias``)
 
 
 def analyse(settings: Settings, traffic: VersionTraffic, base: baseline_lib.Baseline, *, current: bool,
@@ -50,8 +51,12 @@ def analyse(settings: Settings, traffic: VersionTraffic, base: baseline_lib.Base
     labels, scores, labelled_rows = _labelled_arrays(traffic.labelled)
     quality = checks.quality(labels, scores, base.evaluation_metrics(), settings.monitor_min_labelled,
                              settings.trigger_quality_drop)
+    evaluation = base.evaluation_artifact.uri if base.evaluation_artifact is not None else None
+    bias = bias_lib.drift(settings, traffic.slices, labels, scores, labelled_rows,
+                          bias_lib.evaluator_slices(settings, evaluation))
     return VersionAnalysis(traffic, base, current, stats, train_stats, contract.relaxed, validation["features"],
-                           validation["anomalies_proto"], rejected, alert, prediction, quality, labelled_rows)
+                           validation["anomalies_proto"], rejected, alert, prediction, quality, labelled_rows,
+                           bias=bias)
 
 
 def _judge_rejections(settings: Settings, traffic: VersionTraffic, schema, train_stats, validation: Dict,

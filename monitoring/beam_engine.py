@@ -46,7 +46,7 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 
-from monitoring import checks, traffic as traffic_lib, window as window_lib
+from monitoring import bias as bias_lib, checks, traffic as traffic_lib, window as window_lib
 
 log = logging.getLogger("tfxops.monitoring")
 SLICE_COLUMN = "__tfxops_model_version__"    # (model, version) of a row, for the slicing function
@@ -90,10 +90,12 @@ def with_slice(batch, value: str):
     return pa.RecordBatch.from_arrays(list(batch.columns) + [column], list(batch.schema.names) + [SLICE_COLUMN])
 
 
-def _read_part(index: int, part: window_lib.Part, decoders: traffic_lib.Decoders, join: bool) -> Iterator:
+def _read_part(index: int, part: window_lib.Part, decoders: traffic_lib.Decoders, join: bool,
+               slicing: Optional[bias_lib.SliceSpec] = None) -> Iterator:
     """``ReadPart``'s work on the window's ``index``-th part: its batches (each with
-    its slice column) and its tagged results."""
-    read = traffic_lib.WindowTraffic(new_statistics=CollectedBatches)
+    its slice column) and its tagged results (the counts with the sensitive slices'
+    tallies, ``slicing``)."""
+    read = traffic_lib.WindowTraffic(new_statistics=CollectedBatches, slicing=slicing)
     (decoded,) = window_lib.iter_parts([part])
     try:
         traffic_lib.add_part(read, decoded, decoders, {})
@@ -155,16 +157,16 @@ class ReadPart(beam.DoFn):
     """The per-file reader: (index, part) -> its batches and tagged results; the
     decoders built once per worker."""
 
-    def __init__(self, schema, rows_schema, join: bool):
+    def __init__(self, schema, rows_schema, join: bool, slicing: Optional[bias_lib.SliceSpec] = None):
         super().__init__()
-        self.schema, self.rows_schema, self.join = schema, rows_schema, join
+        self.schema, self.rows_schema, self.join, self.slicing = schema, rows_schema, join, slicing
         self.decoders = None
 
     def setup(self):
         self.decoders = traffic_lib.Decoders.of(self.schema, self.rows_schema)
 
     def process(self, indexed_part):
-        yield from _read_part(*indexed_part, self.decoders, self.join)
+        yield from _read_part(*indexed_part, self.decoders, self.join, self.slicing)
 
 
 @dataclasses.dataclass
@@ -181,7 +183,7 @@ class JobOutput:
 
 
 def _run_job(beam_args: List[str], parts: List[window_lib.Part], feedback: traffic_lib.Feedback,
-             schema, rows_schema, out: str) -> None:
+             schema, rows_schema, out: str, slicing: Optional[bias_lib.SliceSpec] = None) -> None:
     """The job, writing ``<out>/statistics`` and ``<out>/results``."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -190,7 +192,7 @@ def _run_job(beam_args: List[str], parts: List[window_lib.Part], feedback: traff
         read = (pipeline
                 | "Parts" >> beam.Create(list(enumerate(parts)))
                 | "Spread" >> beam.Reshuffle()
-                | "ReadPart" >> beam.ParDo(ReadPart(schema, rows_schema, join)).with_outputs(
+                | "ReadPart" >> beam.ParDo(ReadPart(schema, rows_schema, join, slicing)).with_outputs(
                     RESULTS, OUTPUTS, ANSWERED, main="batches"))
         _write_sliced_statistics(read.batches, FileSystems.join(out, "statistics"), "Rows")
         _write_sliced_statistics(read[OUTPUTS], FileSystems.join(out, "outputs"), "Outputs")
@@ -295,6 +297,7 @@ class BeamEngine:
     work_dir: str
     # the runner's own arguments, for as long as its services run (``engine.portable_runner``)
     runner: Optional[Callable[[], ContextManager[List[str]]]] = None
+    slicing: Optional[bias_lib.SliceSpec] = None     # the sensitive slices each version tallies
 
     def output_dir(self, window_id: str) -> str:
         from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
@@ -319,7 +322,7 @@ class BeamEngine:
         FileSystems.mkdirs(out)
         try:
             with (self.runner() if self.runner else contextlib.nullcontext([])) as runner_args:
-                _run_job(runner_args + self.beam_args, win.parts, feedback, schema, rows_schema, out)
+                _run_job(runner_args + self.beam_args, win.parts, feedback, schema, rows_schema, out, self.slicing)
         except traffic_lib.EngineError:
             raise
         except Exception:  # noqa: BLE001 - any runner's failure: logged whole, reported briefly

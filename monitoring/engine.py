@@ -20,10 +20,10 @@ import contextlib
 import dataclasses
 import os
 from pathlib import Path
-from typing import Iterator, List, Protocol
+from typing import Iterator, List, Optional, Protocol
 
 from core.config import Settings
-from monitoring import traffic as traffic_lib, window as window_lib
+from monitoring import bias as bias_lib, traffic as traffic_lib, window as window_lib
 
 LOCAL, BEAM = "local", "beam"
 
@@ -36,24 +36,27 @@ class TrafficEngine(Protocol):
 
 @dataclasses.dataclass
 class LocalEngine:
-    """This machine: ``workers`` forked processes (1: this one)."""
+    """This machine: ``workers`` forked processes (1: this one); ``slicing``: the
+    sensitive slices each version tallies (``monitoring.bias``)."""
     workers: int
+    slicing: Optional[bias_lib.SliceSpec] = None
 
     def read_window(self, win: window_lib.Window, feedback: traffic_lib.Feedback, schema) -> traffic_lib.WindowTraffic:
-        return traffic_lib.read_window(win, feedback, self.workers, schema)
+        return traffic_lib.read_window(win, feedback, self.workers, schema, self.slicing)
 
 
 def for_settings(settings: Settings, files: List) -> TrafficEngine:
     """The engine ``monitor_engine`` names, for a window of ``files``."""
+    slicing = bias_lib.SliceSpec.of(settings)
     if settings.monitor_engine == BEAM:
         from monitoring.beam_engine import BeamEngine
 
         work_dir = os.path.join(str(settings.monitor_path), "beam")
         if settings.beam_runner == "portable":
             return BeamEngine(list(settings.beam_args), work_dir,
-                              lambda: portable_runner(settings, Path(work_dir) / "services"))
-        return BeamEngine(list(settings.beam_args), work_dir)
-    return LocalEngine(traffic_lib.workers_for(settings, files))
+                              lambda: portable_runner(settings, Path(work_dir) / "services"), slicing)
+        return BeamEngine(list(settings.beam_args), work_dir, slicing=slicing)
+    return LocalEngine(traffic_lib.workers_for(settings, files), slicing)
 
 
 @contextlib.contextmanager

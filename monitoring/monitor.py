@@ -185,7 +185,7 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
     attribution = attribution_drift.judge(settings, monitor_pass.store, base.model.id, base.model_path,
                                           traffic.sample.rows)
     reasons = policy.reasons_for(settings, features=found.features, prediction=found.prediction,
-                                 quality=found.quality, attribution=attribution)
+                                 quality=found.quality, bias=found.bias, attribution=attribution)
     candidates = []
     if policy.looks_for_reuse(settings, reasons=reasons, is_current=current):
         candidates = reuse.candidates(monitor_pass.store, base.model.id, found.stats, traffic.rows_by_signature())
@@ -193,7 +193,7 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
         settings, reasons=reasons, rows=traffic.rows, is_current=current and not monitor_pass.acted,
         window_action=checkpoint.action_for_window(monitor_pass.window.id), last_action=checkpoint.last_action(),
         dry_run=monitor_pass.dry_run, reuse=reuse.best(candidates), labelled_rows=len(found.labelled_rows),
-        alert=found.alert, attribution=attribution)
+        alert=found.alert, bias=found.bias, attribution=attribution)
     decision = _act(monitor_pass, traffic, found, decision)
     statistics = analysis_lib.save_statistics(found, monitor_pass.version_dir(traffic.model_name, traffic.version))
     return VersionResult(
@@ -201,7 +201,7 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
         requests=traffic.all_requests, rejections=found.rejections, baseline=base, relaxed=found.relaxed,
         features=found.features, prediction=found.prediction, quality=found.quality,
         reuse_candidates=candidates, decision=decision, statistics=str(statistics),
-        distributions=analysis_lib.distributions(found), attribution=attribution)
+        distributions=analysis_lib.distributions(found), bias=found.bias, attribution=attribution)
 
 
 def _act(monitor_pass: MonitorPass, traffic: VersionTraffic, found: analysis_lib.VersionAnalysis,

@@ -23,13 +23,19 @@ and no labelled request came back (a rerun on unchanged data trains for
 nothing). A ``--dry-run`` says what it would do and does nothing. Every decision
 carries its reasons in words.
 
-Feature attribution drift (``monitoring.attribution_drift``) is one of the
-reasons with ``trigger_on_attribution_drift``. Off (the default), a window whose
-only finding is attribution drift gets an ``alert``: reported, never acted on.
-Attributions say which features move the output on the served rows, not whether
-the output is right: a retrain needs labels that say so (the quality check), and
-a shift of the inputs behind it shows in the skew and drift checks, which
-trigger on their own.
+Bias drift (``monitoring.bias``) is one of the reasons with ``trigger_on_bias_drift``.
+Off (the default), a window whose only finding is bias drift gets an ``alert``:
+reported, never acted on. A group whose predictions or errors moved calls for a
+person: its inputs may have changed (a retrain on them learns the change), or its
+labels (a retrain learns them, whether they are right or not); the fairness gate
+judges any retrained model anyway.
+
+Feature attribution drift (``monitoring.attribution_drift``) likewise: a reason
+with ``trigger_on_attribution_drift``, else (the default) an ``alert`` when it is
+the window's only finding. Attributions say which features move the output on
+the served rows, not whether the output is right: a retrain needs labels that
+say so (the quality check), and a shift of the inputs behind it shows in the skew
+and drift checks, which trigger on their own.
 """
 import dataclasses
 import time
@@ -65,7 +71,7 @@ class Decision:
                 "outcome": self.outcome.to_dict() if self.outcome is not None else None}
 
 
-def reasons_for(settings: Settings, *, features, prediction: Dict, quality: Dict,
+def reasons_for(settings: Settings, *, features, prediction: Dict, quality: Dict, bias=None,
                 attribution=None) -> List[str]:
     """The findings of one version's window that call for an action, in words."""
     reasons = []
@@ -90,9 +96,33 @@ def reasons_for(settings: Settings, *, features, prediction: Dict, quality: Dict
         reasons.append(f"AUC {quality['auc']:.3f} on {quality['labelled_rows']} labelled requests is "
                        f"{quality['auc_drop']:.3f} below the Evaluator's {quality['evaluator_auc']:.3f} "
                        f"(policy: drop > {settings.trigger_quality_drop:g})")
+    if settings.trigger_on_bias_drift and bias is not None and bias.flagged:
+        reasons.append(bias_reason(bias))
     if settings.trigger_on_attribution_drift and attribution is not None and attribution.drifted:
         reasons.append(attribution.finding())
     return reasons
+
+
+def bias_reason(bias) -> str:
+    """A ``bias.BiasDrift``'s flagged moves, in words (the first five)."""
+    findings = bias.findings()
+    more = f"; and {len(findings) - 5} more" if len(findings) > 5 else ""
+    return f"bias drift in {', '.join(bias.flagged_slices) or 'the gaps between slices'}: " + \
+        "; ".join(findings[:5]) + more
+
+
+def bias_alert(bias, dry_run: bool) -> Decision:
+    """Bias drift with ``trigger_on_bias_drift`` off: reported, never acted on."""
+    return Decision(ALERT, True, [bias_reason(bias)], (
+        "alert, not acted on: bias drift (trigger_on_bias_drift is off): a person judges whether the group's "
+        "inputs or labels changed before any retrain"), dry_run)
+
+
+def attribution_alert(attribution, dry_run: bool) -> Decision:
+    """Attribution drift with ``trigger_on_attribution_drift`` off: reported, never acted on."""
+    return Decision(ALERT, True, [attribution.finding()], (
+        "alert, not acted on: feature attribution drift (trigger_on_attribution_drift is off): the served "
+        "rows sit where other features decide; a person judges whether the inputs or a client changed"), dry_run)
 
 
 def looks_for_reuse(settings: Settings, *, reasons: List[str], is_current: bool) -> bool:
@@ -112,7 +142,7 @@ def rejection_alert(settings: Settings, summary: Optional[Summary], scope: str =
 def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: bool,
            window_action: Optional[Dict], last_action: Optional[Dict], dry_run: bool,
            reuse: Optional[ReuseCandidate] = None, labelled_rows: int = 0, alert: Optional[Alert] = None,
-           now: Optional[float] = None, attribution=None) -> Decision:
+           now: Optional[float] = None, bias=None, attribution=None) -> Decision:
     """One version's decision. ``is_current``: the version is the one served now
     (and no other version of the window was acted on); ``window_action``: the action
     this window already took (a resumed run), ``last_action``: the newest action
@@ -122,6 +152,8 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     if alert is not None:
         return alert_decision(alert, reasons, dry_run)
     if not reasons:
+        if bias is not None and bias.flagged:       # trigger_on_bias_drift off (else it is a reason)
+            return bias_alert(bias, dry_run)
         if attribution is not None and attribution.drifted:     # trigger_on_attribution_drift off
             return attribution_alert(attribution, dry_run)
         return Decision(NONE, False, [], "no trigger: every check is within the policy", dry_run)
@@ -169,13 +201,6 @@ def alert_decision(alert: Alert, reasons: List[str], dry_run: bool) -> Decision:
         f"a feature (or sends what the server refuses): fix the client, or the signature it calls"
         + ("; the window's other findings include the rows of those requests" if reasons else "")),
         dry_run)
-
-
-def attribution_alert(attribution, dry_run: bool) -> Decision:
-    """Attribution drift with ``trigger_on_attribution_drift`` off: reported, never acted on."""
-    return Decision(ALERT, True, [attribution.finding()], (
-        "alert, not acted on: feature attribution drift (trigger_on_attribution_drift is off): the served "
-        "rows sit where other features decide; a person judges whether the inputs or a client changed"), dry_run)
 
 
 def window_decision(settings: Settings, *, versions: List[Tuple[Decision, bool]],

@@ -252,8 +252,8 @@ def _version_html(group: Dict) -> str:
                    + "".join(f"<li>{_e(r['line'])}</li>" for r in group["relaxed"]) + "</ul>")
     features = group.get("features", [])
     order = sorted(features, key=lambda f: (not f["flagged"], -(f["skew"] or 0) / (f["skew_threshold"] or 10)))
-    out += [_features_html(order), _prediction_quality_html(group), _attribution_html(group.get("attribution")),
-            _reuse_html(group), _distributions_html(group, order)]
+    out += [_features_html(order), _prediction_quality_html(group), _bias_html(group.get("bias")),
+            _attribution_html(group.get("attribution")), _reuse_html(group), _distributions_html(group, order)]
     return "".join(out)
 
 
@@ -292,6 +292,47 @@ def _prediction_quality_html(group: Dict) -> str:
                    f"<td>{_fmt(quality.get('evaluator_accuracy'))}</td></tr>")
     out.append("</table>")
     return "".join(out)
+
+
+def _bias_html(bias: Optional[Dict]) -> str:
+    """Bias drift: each sensitive slice's figures, window / Evaluator (z), and the gaps between slices."""
+    if not bias:
+        return ""
+    out = [f"<h3>Bias drift: sensitive slices vs the Evaluator</h3><div class='muted'>positive: score &ge; "
+           f"{bias['threshold']:g}; judged with &ge; {bias['min_rows']} rows on both sides; flagged: moved past "
+           f"its bound and |z| past the two-sided {bias['significance']:g} level. {_e(bias['reason'])}</div>"]
+    if bias["slices"]:
+        metrics = [m for m in ("positive_rate", "accuracy", "false_positive_rate", "false_negative_rate", "auc")
+                   if any(c["metric"] == m for s in bias["slices"] for c in s["comparisons"])]
+        out.append("<table><tr><th>slice</th><th class='num'>rows</th><th class='num'>labelled</th>"
+                   "<th class='num'>evaluation examples</th>" + "".join(
+                       f"<th>{_e(m.replace('_', ' '))}: window / Evaluator (z)</th>" for m in metrics) + "</tr>")
+        for item in bias["slices"]:
+            cells = {c["metric"]: c for c in item["comparisons"]}
+            out.append(f"<tr><td{' class=bad' if any(c['flagged'] for c in cells.values()) else ''}>"
+                       f"{_e(item['feature'])}={_e(item['value'])}</td><td class='num'>{item['rows']}</td>"
+                       f"<td class='num'>{item['labelled']}</td><td class='num'>"
+                       f"{_e(item['evaluation_examples'] if item['evaluation_examples'] is not None else '–')}</td>"
+                       + "".join(_bias_cell(cells.get(m)) for m in metrics) + "</tr>")
+        out.append("</table>")
+    if bias["gaps"]:
+        out.append("<table><tr><th>feature</th><th>metric</th><th>gap in the window</th><th>gap at evaluation"
+                   "</th><th class='num'>change</th><th class='num'>z</th></tr>" + "".join(
+                       f"<tr><td{' class=bad' if g['flagged'] else ''}>{_e(g['feature'])}</td>"
+                       f"<td>{_e(g['metric'].replace('_', ' '))}</td><td>{_fmt(g['window_gap'])} "
+                       f"({_e(' vs '.join(g['window_between']))})</td><td>{_fmt(g['evaluation_gap'])} "
+                       f"({_e(' vs '.join(g['evaluation_between']))})</td><td class='num'>{g['change']:+.3f}</td>"
+                       f"<td class='num'>{_fmt(g['z'], 1)}</td></tr>" for g in bias["gaps"]) + "</table>")
+    return "".join(out)
+
+
+def _bias_cell(comparison: Optional[Dict]) -> str:
+    if comparison is None:
+        return "<td></td>"
+    z = "" if comparison["z"] is None else f" ({comparison['z']:+.1f})"
+    note = f"<br><span class='muted'>{_e(comparison['note'])}</span>" if comparison["note"] else ""
+    return (f"<td{' class=bad' if comparison['flagged'] else ''}>{_fmt(comparison['window'])} / "
+            f"{_fmt(comparison['evaluation'])}{z}{note}</td>")
 
 
 def _attribution_html(drift: Optional[Dict]) -> str:

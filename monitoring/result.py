@@ -5,8 +5,9 @@ import json
 from typing import Dict, List, Optional
 
 from monitoring import baseline as baseline_lib, checks, contract as contract_lib, policy, report
-from monitoring import rejections as rejections_lib
+from monitoring.bias import BiasDrift
 from monitoring.attribution_drift import AttributionDrift
+from monitoring import rejections as rejections_lib
 from monitoring.reuse import ReuseCandidate
 
 ANALYSED, INCOMPLETE, NO_NEW_REQUESTS = "analysed", "incomplete", "no_new_requests"
@@ -44,6 +45,7 @@ class VersionResult:
     statistics: str                        # the window's statistics file
     distributions: Dict[str, Optional[Dict]]
     mlmd: Optional[Dict] = None            # the ids of the MLMD record (``monitor.record``)
+    bias: Optional[BiasDrift] = None       # the sensitive slices vs the Evaluator's (``monitoring.bias``)
     attribution: Optional[AttributionDrift] = None   # the features it relies on vs at push (``monitoring.attribution_drift``)
 
     @property
@@ -74,6 +76,7 @@ class VersionResult:
             "reuse_candidates": [c.to_dict(with_path=False) for c in self.reuse_candidates],
             "decision": self.decision.to_dict(), "statistics": self.statistics,
             "distributions": self.distributions, "mlmd": self.mlmd,
+            "bias": self.bias.to_dict() if self.bias is not None else None,
             "attribution": self.attribution.as_dict() if self.attribution is not None else None}
 
 
@@ -149,9 +152,11 @@ class MonitorResult:
         if self.unattributed_rejections:
             rejected.append(f"no model version: {self.unattributed_rejections.line()}")
         unjudged = ", ".join(f"version {v.version} ({v.rows} rows)" for v in self.not_judged)
+        biased = sorted({s for v in self.versions if v.bias is not None for s in v.bias.flagged_slices})
         return (f"window {self.window}: {self.rows} rows, {self._files_line()}; "
                 + "".join(f"{line}; " for line in rejected)
                 + (f"not judged (no lineage): {unjudged}; " if unjudged else "")
+                + (f"bias drift: {', '.join(biased)}; " if biased else "")
                 + "".join(f"attribution drift (version {v.version}): NDCG {v.attribution.ndcg:.3f} < "
                           f"{v.attribution.threshold:g}; " for v in self.versions
                           if v.attribution is not None and v.attribution.drifted)

@@ -16,7 +16,7 @@ import numpy as np
 from core import features as F
 from core.config import Settings, require_local
 from core.storage import Location
-from monitoring import checks, logfiles, rejections as rejections_lib, window as window_lib
+from monitoring import bias as bias_lib, checks, logfiles, rejections as rejections_lib, window as window_lib
 from monitoring.sample import RowSample
 
 log = logging.getLogger("tfxops.monitoring")
@@ -79,12 +79,15 @@ class VersionTraffic:
     types: Dict = dataclasses.field(default_factory=dict)      # column -> Arrow type fed so far
     signatures: Dict[str, int] = dataclasses.field(default_factory=dict)   # answered rows per logged signature
     output_stats: object = None            # statistics of the served outputs, when an engine computed them
+    slices: bias_lib.SliceTally = dataclasses.field(default_factory=bias_lib.SliceTally)   # sensitive slices
     sample: RowSample = dataclasses.field(default_factory=RowSample)   # answered rows the attribution check explains
 
     def flush(self, decoder, force: bool = False) -> None:
         while self.pending and (force or len(self.pending) >= DECODE_ROWS):
             batch, self.pending = self.pending[:DECODE_ROWS], self.pending[DECODE_ROWS:]
-            self.add_batch(decoder.decode(batch))
+            decoded = decoder.decode(batch)
+            self.slices.add(decoded)
+            self.add_batch(decoded)
 
     def add_batch(self, batch) -> None:
         """Into the statistics, without a column whose type differs from what was fed
@@ -137,6 +140,7 @@ class VersionTraffic:
         self.add_signatures(other.signatures)
         self.labelled.extend(other.labelled)
         self.rejections.merge(other.rejections)
+        self.slices.merge(other.slices)
         self.sample.merge(other.sample)
 
 
@@ -150,11 +154,13 @@ class WindowTraffic:
     unreadable: List[logfiles.Unreadable] = dataclasses.field(default_factory=list)
     unattributed: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
     new_statistics: Callable[[], Statistics] = checks.StatsAccumulator    # a version's, when first seen
+    slicing: Optional[bias_lib.SliceSpec] = None                          # what each version's tally counts
 
     def of(self, model_name: str, version: Optional[int]) -> VersionTraffic:
         key = (model_name, version)
         if key not in self.versions:
-            self.versions[key] = VersionTraffic(model_name, version, self.new_statistics())
+            self.versions[key] = VersionTraffic(model_name, version, self.new_statistics(),
+                                                slices=bias_lib.SliceTally(self.slicing))
         return self.versions[key]
 
     def in_order(self) -> List[VersionTraffic]:
@@ -181,6 +187,7 @@ def _add_answered(traffic: VersionTraffic, chunk: window_lib.Chunk, decoder, fee
     decoder.check(chunk.serialized)
     traffic.pending.extend(chunk.serialized)
     traffic.predictions.append(chunk.predictions)
+    traffic.slices.queue(chunk.predictions)
     traffic.sample.add(chunk.serialized, chunk.request_ids, chunk.row_in_request)
     traffic.requests += int((chunk.row_in_request == 0).sum())
     traffic.rows += len(chunk.serialized)
@@ -241,10 +248,11 @@ def add_part(read: WindowTraffic, decoded: window_lib.Decoded, decoders: Decoder
     read.file_results[name] = _analysed(decoded.read, rows)
 
 
-def read_parts(parts: List[window_lib.Part], feedback: Feedback, schema=None, rows_schema=None) -> WindowTraffic:
+def read_parts(parts: List[window_lib.Part], feedback: Feedback, schema=None, rows_schema=None,
+               slicing: Optional[bias_lib.SliceSpec] = None) -> WindowTraffic:
     """Decode and accumulate statistics for ``parts``, one at a time (``add_part``)."""
     decoders = Decoders.of(schema, rows_schema)
-    read = WindowTraffic()
+    read = WindowTraffic(slicing=slicing)
     for decoded in window_lib.iter_parts(parts):
         add_part(read, decoded, decoders, feedback)
     for traffic in read.versions.values():
@@ -267,11 +275,11 @@ class ShareRead:
     unattributed: rejections_lib.Tally
 
 
-def _read_share(parts: List[window_lib.Part], feedback: Feedback, schema=None, rows_schema=None):
+def _read_share(parts: List[window_lib.Part], feedback: Feedback, schema=None, rows_schema=None, slicing=None):
     """``read_parts`` in a worker process: a ``ShareRead``, or the reason to decode
     with inferred types (``window.NeedsInference``'s text)."""
     try:
-        read = read_parts(parts, feedback, schema, rows_schema)
+        read = read_parts(parts, feedback, schema, rows_schema, slicing)
     except window_lib.NeedsInference as exc:
         return str(exc)
     versions = {key: {"accumulators": t.stats.accumulators, "rows_in_stats": t.stats.rows,
@@ -299,28 +307,30 @@ def workers_for(settings: Settings, files: List[Path]) -> int:
     return max(1, min(wanted, len(files), total // WORKER_MIN_BYTES + 1))
 
 
-def read_window(win: window_lib.Window, feedback: Feedback, workers: int = 1, schema=None) -> WindowTraffic:
+def read_window(win: window_lib.Window, feedback: Feedback, workers: int = 1, schema=None,
+                slicing: Optional[bias_lib.SliceSpec] = None) -> WindowTraffic:
     """All files of the window; with ``workers`` > 1, split across forked processes
     (decoding is Python- and C++-bound per record) and their TFDV accumulators merged.
     ``schema`` only speeds decoding up: examples that do not fit it are decoded
     again with inferred types (see ``window.ExampleDecoder``); rows of rejected
-    requests are always read with its types."""
+    requests are always read with its types. ``slicing``: the sensitive slices each
+    version tallies (``monitoring.bias``; None: none)."""
     if workers <= 1:
         try:
-            return read_parts(win.parts, feedback, schema, schema)
+            return read_parts(win.parts, feedback, schema, schema, slicing)
         except window_lib.NeedsInference as exc:
             if schema is None:
                 raise
             log.info("decoding with inferred types: %s", exc)
-            return read_parts(win.parts, feedback, None, schema)
+            return read_parts(win.parts, feedback, None, schema, slicing)
     import multiprocessing
 
     shares = _split(win.parts, workers)
     with multiprocessing.get_context("fork").Pool(len(shares)) as pool:
-        results = pool.starmap(_read_share, [(share, feedback, schema, schema) for share in shares])
+        results = pool.starmap(_read_share, [(share, feedback, schema, schema, slicing) for share in shares])
         if any(isinstance(r, str) for r in results):
             log.info("decoding with inferred types: %s", next(r for r in results if isinstance(r, str)))
-            results = pool.starmap(_read_share, [(share, feedback, None, schema) for share in shares])
+            results = pool.starmap(_read_share, [(share, feedback, None, schema, slicing) for share in shares])
     return _merged(results)
 
 

@@ -139,6 +139,7 @@ def _assert_same_judgement(local, beam):
         (mine.decision.action, mine.decision.triggered, mine.decision.reasons)
     assert (beam.decision.action, beam.decision.triggered) == (local.decision.action, local.decision.triggered)
     assert theirs.quality.get("labelled_rows") == mine.quality.get("labelled_rows") > 0
+    assert theirs.bias == mine.bias and mine.bias.slices      # the sensitive slices' tallies and labels
     assert theirs.quality.get("auc") == pytest.approx(mine.quality.get("auc"))
     assert theirs.prediction["available"] == mine.prediction["available"]
     assert theirs.prediction.get("distance") == pytest.approx(mine.prediction.get("distance"), abs=QUANTILE_DISTANCE)

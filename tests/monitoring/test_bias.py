@@ -1,0 +1,135 @@
+"""Bias drift in the monitor (``monitoring.bias``): held-out rows scored by the real
+served model stay quiet; a window in which one group's served predictions move
+(Credit Card trips logged with five times their fare: the model predicts a big
+tip for far fewer of them) flags that group, and one in which the labels of a
+group come back flipped flags its accuracy; the policy alerts with
+``trigger_on_bias_drift`` off and acts with it on; both engines tally the slices alike.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from monitoring import bias, engine as engine_lib, monitor, policy, traffic as traffic_lib, window as window_lib
+from monitoring.beam_engine import BeamEngine
+from serving.server import BackgroundServer
+from tests.monitoring.conftest import monitor_settings, send, write_feedback
+
+CARD, CASH = "payment_type=Credit Card", "payment_type=Cash"
+
+
+def _fare_times_five(row):
+    return dict(row, fare=str(float(row["fare"]) * 5)) if row["fare"] else row
+
+
+def _window(tmp_path_factory, e2e_settings, first_run, rows, name):
+    """A home whose request logs hold ``rows`` served by the real model; the requests sent."""
+    settings = monitor_settings(tmp_path_factory.mktemp(name), e2e_settings, first_run)
+    with BackgroundServer(settings) as server:
+        sent = send(server, rows, prefix=name)
+    return settings, sent
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory, e2e_settings, first_run, held_out_rows):
+    settings, sent = _window(tmp_path_factory, e2e_settings, first_run, held_out_rows, "healthy")
+    write_feedback(settings, sent)
+    return settings, monitor.monitor_once(settings, dry_run=True), sent
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory, e2e_settings, first_run, held_out_rows):
+    rows = [_fare_times_five(r) if r["payment_type"] == "Credit Card" else r for r in held_out_rows]
+    settings, _ = _window(tmp_path_factory, e2e_settings, first_run, rows, "shifted")
+    return settings, monitor.monitor_once(settings, dry_run=True)
+
+
+def _slice(result, name):
+    (version,) = result.versions
+    return next(s for s in version.bias.slices if s.name == name)
+
+
+def _comparison(result, name, metric):
+    return next(c for c in _slice(result, name).comparisons if c.metric == metric)
+
+
+def test_healthy_traffic_flags_no_bias_drift(healthy):
+    settings, result, _ = healthy
+    (version,) = result.versions
+    drift = version.bias
+    assert drift.available and drift.flagged_slices == [] and not any(g.flagged for g in drift.gaps)
+    assert result.decision.action == "none" and not result.decision.triggered
+    card = _comparison(result, CARD, bias.POSITIVE_RATE)
+    assert card.evaluation is not None and card.window_count >= settings.bias_min_slice_rows and not card.note
+    assert abs(card.change) < settings.bias_max_rate_change
+    for metric in (bias.ACCURACY, bias.AUC):       # labels came back for every row
+        assert _comparison(result, CARD, metric).window is not None
+    assert any(g.feature == "payment_type" and g.metric == bias.POSITIVE_RATE for g in drift.gaps)
+    document = json.loads(Path(result.report.json).read_text())
+    assert document["versions"][0]["bias"]["flagged"] is False
+    assert "Bias drift" in Path(result.report.html).read_text()
+
+
+def test_one_groups_shifted_predictions_flag_that_group_and_alert(shifted):
+    settings, result = shifted
+    (version,) = result.versions
+    drift = version.bias
+    assert CARD in drift.flagged_slices and CASH not in drift.flagged_slices
+    card = _comparison(result, CARD, bias.POSITIVE_RATE)
+    assert card.flagged and card.change < -settings.bias_max_rate_change
+    assert card.z < -bias.critical_z(settings.bias_significance)
+    (gap,) = [g for g in drift.gaps if g.feature == "payment_type" and g.metric == bias.POSITIVE_RATE]
+    assert gap.flagged and gap.window_between == ("Credit Card", "Cash")
+    # a slice below the minimum count on either side is shown, never flagged
+    small = [c for s in drift.slices for c in s.comparisons if c.note.startswith("fewer than")]
+    assert small and not any(c.flagged for c in small)
+    # trigger_on_bias_drift off (the default): an alert naming the group, nothing done
+    assert result.decision.action == policy.ALERT and CARD in result.decision.reasons[0]
+    assert f"bias drift: {CARD}" in result.summary_line()
+    assert "payment_type=Credit Card" in Path(result.report.html).read_text()
+
+
+def test_with_the_trigger_on_bias_drift_acts(shifted):
+    settings, alerted = shifted
+    (version,) = alerted.versions
+    on = dataclasses.replace(settings, trigger_on_bias_drift=True, retrain_with_feedback=False)
+    reasons = policy.reasons_for(on, features=version.features, prediction=version.prediction,
+                                 quality=version.quality, bias=version.bias)
+    assert [r for r in reasons if r.startswith(f"bias drift in {CARD}")] == reasons
+    decision = policy.decide(on, reasons=reasons, rows=version.rows, is_current=True, window_action=None,
+                             last_action=None, dry_run=False, bias=version.bias)
+    assert decision.action == policy.RETRAIN and decision.reasons == reasons
+    off = policy.decide(settings, reasons=[], rows=version.rows, is_current=True, window_action=None,
+                        last_action=None, dry_run=False, bias=version.bias)
+    assert off.action == policy.ALERT and off.action not in policy.ACTIONS
+
+
+def test_flipped_labels_of_one_group_flag_its_accuracy(healthy, tmp_path):
+    """The healthy window's requests, the Credit Card trips' labels come back flipped to no tip."""
+    settings, _, sent = healthy
+    flipped = dataclasses.replace(settings, feedback_dir=str(tmp_path / "feedback"),
+                                  monitor_dir=str(tmp_path / "monitoring"))
+    write_feedback(flipped, [(rid, [dict(r, tips="0") if r["payment_type"] == "Credit Card" else r for r in chunk])
+                             for rid, chunk in sent])
+    result = monitor.monitor_once(flipped, dry_run=True)
+    accuracy = _comparison(result, CARD, bias.ACCURACY)
+    assert accuracy.flagged and accuracy.change < -flipped.bias_max_rate_change
+    assert not _comparison(result, CARD, bias.POSITIVE_RATE).flagged    # the predictions did not move
+    assert not _slice(result, CASH).flagged
+
+
+def test_both_engines_tally_the_slices_alike(shifted):
+    settings, _ = shifted
+    slicing = bias.SliceSpec.of(settings)
+    win = window_lib.open_window(window_lib.Checkpoint(settings.monitor_path), settings.request_logs_path,
+                                 settings.monitor_max_files, persist=False)
+    tallies = []
+    for engine in (engine_lib.LocalEngine(1, slicing), engine_lib.LocalEngine(2, slicing),
+                   BeamEngine([], str(settings.monitor_path / "beam"), slicing=slicing)):
+        read = engine.read_window(win, traffic_lib.load_feedback(settings.feedback_path),
+                                  monitor.decoding_schema(settings))
+        (traffic,) = read.versions.values()
+        tallies.append(traffic.slices)
+    assert tallies[0].counts[("payment_type", "Credit Card")].rows > 0
+    assert tallies[1] == tallies[0] and tallies[2] == tallies[0]
