@@ -114,7 +114,10 @@ def test_the_dag_keeps_the_gate_the_baseline_and_the_push_edges(compiled, target
     assert serving["runtimeValue"]["constant"] == f"{SERVING}/taxi"
     assert f"{SERVING}/taxi" in json.dumps(tasks["Pusher"]["inputs"]["parameters"]["push_destination"])
     assert producer("Evaluator", "baseline_model") == "baseline_model_resolver"
-    assert executor_class("Evaluator") == "pipeline.baseline.BaselineAwareEvaluatorExecutor"
+    # the Evaluator: TFX's with the empty-baseline rule and the fairness gate, whose settings it carries
+    assert executor_class("Evaluator") == "pipeline.fairness.FairnessGatedEvaluatorExecutor"
+    gate = tasks["Evaluator"]["inputs"]["parameters"]["fairness_gate"]["runtimeValue"]["constant"]
+    assert json.loads(gate)["features"] == ["payment_type", "pickup_community_area"]
     assert not [label for label, e in executors.items() if "resolver" in e and "container" not in e]
 
 
