@@ -191,7 +191,7 @@ class Settings:
     # --- model card (issue 15; pipeline/model_card.py): written into every pushed version
     # owners as "name <contact>" (the contact part optional)
     model_card_owners: List[str] = dataclasses.field(
-        default_factory=lambda: ["tfxops maintainers <https://github.com/tfxops>"])
+        default_factory=lambda: ["tfxops maintainers <the project's issue tracker>"])
     model_card_overview: str = ("Predicts whether a Chicago taxi trip's tip is more than 20% of its fare "
                                 "(the probability), from what is known of the trip when it ends.")
     model_card_users: List[str] = dataclasses.field(default_factory=lambda: [

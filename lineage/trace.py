@@ -24,7 +24,7 @@ from lineage import graph as G
 
 SERVING = "serving"
 # Order in which an execution's inputs are shown (others follow, by name).
-INPUT_ORDER = ["model_blessing", "model", "baseline_model", "transform_graph", "schema",
+INPUT_ORDER = ["model_blessing", "model_card", "model", "baseline_model", "transform_graph", "schema",
                "examples", "statistics", "anomalies"]
 # Properties that name model code, as the components record them.
 CODE_KEYS = ("code_fingerprint", "module_file", "module_path", "run_fn", "trainer_fn",
@@ -468,3 +468,8 @@ def _add_num_examples(tree: Dict, data: Dict) -> None:
         for output in check["outputs"]:
             if output["type"] == mlmd.STATISTICS:
                 data["num_examples"] = output["facts"].get("num_examples")
+    if "num_examples" not in data:     # the statistics are in the tree itself (the model card read them)
+        statistics = next((n for n in walk(tree) if n["kind"] == "artifact" and n["type"] == mlmd.STATISTICS
+                           and (n.get("facts") or {}).get("num_examples")), None)
+        if statistics is not None:
+            data["num_examples"] = statistics["facts"]["num_examples"]

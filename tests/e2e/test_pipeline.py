@@ -27,7 +27,8 @@ from core import mlmd
 from core.examples import row_to_example
 
 PIPELINE_NODES = {"CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
-                  "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "Pusher"}
+                  "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "FeatureAttributor",
+                  "ModelCardGenerator", "Pusher"}
 
 
 def _cli_run(settings, *args):
