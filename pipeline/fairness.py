@@ -10,9 +10,11 @@ Chicago neighbourhood the trip starts in, a proxy for the rider's neighbourhood 
 so, in a segregated city, for income and race). For your own data, set
 ``sensitive_features`` to the columns that name or stand for protected groups
 (age band, sex, postcode or region, language...), as raw CSV columns of integer or
-string type; each becomes a TFMA slicing spec, and the gate judges every slice of
-each. Set ``fairness_min_examples_per_class`` so that a gated slice's rates are not
-noise at your data's size, and the floor and gaps to what your use case accepts.
+string type; each becomes a TFMA slicing spec, and the gate judges each of its
+slices that has enough examples. Set ``decision_threshold`` to the score at which
+your application acts, ``fairness_min_examples_per_class`` so that a gated slice's
+rates are not noise at your data's size, and the floor and gaps to what your use
+case accepts.
 
 What is measured (TFMA's metrics, ``eval_config``): per slice of each sensitive
 feature, the example count, AUC, accuracy, false positive rate (``FallOut``), false
