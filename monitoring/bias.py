@@ -108,6 +108,8 @@ class SliceTally:
 
     def add(self, batch) -> None:
         """A decoded batch of the next queued rows."""
+        import pyarrow.compute as pc
+
         scores = self._take(batch.num_rows)
         if self.spec is None:
             return
@@ -120,11 +122,12 @@ class SliceTally:
             rows, values = _first_values(batch.column(names.index(feature)))
             if rows.size == 0:
                 continue
-            uniques, inverse = np.unique(values, return_inverse=True)
-            per_value = (np.bincount(inverse, minlength=uniques.size),
-                         np.bincount(inverse, weights=scored[rows], minlength=uniques.size),
-                         np.bincount(inverse, weights=positive[rows], minlength=uniques.size))
-            for i, value in enumerate(uniques.tolist()):
+            encoded = pc.dictionary_encode(values)
+            uniques, inverse = encoded.dictionary.to_pylist(), encoded.indices.to_numpy()
+            per_value = (np.bincount(inverse, minlength=len(uniques)),
+                         np.bincount(inverse, weights=scored[rows], minlength=len(uniques)),
+                         np.bincount(inverse, weights=positive[rows], minlength=len(uniques)))
+            for i, value in enumerate(uniques):
                 count = self.counts.setdefault((feature, value_text(value)), SliceCount())
                 count.rows += int(per_value[0][i])
                 count.scored += int(per_value[1][i])
@@ -140,17 +143,16 @@ class SliceTally:
             mine.positives += theirs.positives
 
 
-def _first_values(column) -> Tuple[np.ndarray, np.ndarray]:
-    """The rows of a list column that hold a value, and each one's first value."""
+def _first_values(column):
+    """The rows of a list column that hold a value, and each one's first value (Arrow)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    parents = np.asarray(pc.list_parent_indices(column))
-    if parents.size == 0:
-        return parents, parents
-    rows, first = np.unique(parents, return_index=True)
-    values = column.flatten().take(pa.array(first)).to_numpy(zero_copy_only=False)
-    return rows, values
+    parents, values = np.asarray(pc.list_parent_indices(column)), column.flatten()
+    if parents.size and np.any(np.diff(parents) == 0):        # a multivalent row: its first value
+        parents, first = np.unique(parents, return_index=True)
+        values = values.take(pa.array(first))
+    return parents, values
 
 
 # ------------------------------------------------------------------ figures

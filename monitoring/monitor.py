@@ -277,7 +277,8 @@ def _record_version(monitor_pass: MonitorPass, result: MonitorResult, version: V
         "rejected_requests": rejected["rejected"], "rejection_rate": float(rejected["rate"]),
         "rejections": {k: v for k, v in rejected.items() if k in ("line", "causes", "missing_features")},
         "not_judged": [v.version for v in result.not_judged],
-        "attribution_ndcg": version.attribution.ndcg if version.attribution is not None else None},
+        "attribution_ndcg": version.attribution.ndcg if version.attribution is not None else None,
+        "bias_flagged_slices": version.bias.flagged_slices if version.bias is not None else []},
         inputs=[("pushed_model", version.baseline.pushed_model), ("model", version.baseline.model),
                 ("attributions", attribution_drift.push_time_artifact(store, version.attribution))],
         outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact), ("report", report_artifact)])

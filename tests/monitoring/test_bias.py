@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core import mlmd
 from monitoring import bias, engine as engine_lib, monitor, policy, traffic as traffic_lib, window as window_lib
 from monitoring.beam_engine import BeamEngine
 from serving.server import BackgroundServer
@@ -88,6 +89,8 @@ def test_one_groups_shifted_predictions_flag_that_group_and_alert(shifted):
     assert result.decision.action == policy.ALERT and CARD in result.decision.reasons[0]
     assert f"bias drift: {CARD}" in result.summary_line()
     assert "payment_type=Credit Card" in Path(result.report.html).read_text()
+    execution = mlmd.execution(mlmd.open_store(settings), version.mlmd["execution_id"])   # the pass's record
+    assert CARD in json.loads(execution.custom_properties["bias_flagged_slices"].string_value)
 
 
 def test_with_the_trigger_on_bias_drift_acts(shifted):
@@ -133,3 +136,40 @@ def test_both_engines_tally_the_slices_alike(shifted):
         tallies.append(traffic.slices)
     assert tallies[0].counts[("payment_type", "Credit Card")].rows > 0
     assert tallies[1] == tallies[0] and tallies[2] == tallies[0]
+
+
+def test_the_tally_counts_each_slice_of_the_decoded_batches(taxi_rows):
+    """Real examples decoded as the monitor decodes them; scores queued in other
+    chunks than the batches take them; rows without the feature are in no slice."""
+    import numpy as np
+
+    from serving.client import serialize_rows
+
+    rows = [dict(r) for r in taxi_rows[:500]]
+    rows[7]["payment_type"] = ""                       # not sent: in no payment_type slice
+    scores = np.linspace(0, 1, len(rows))
+    scores[11] = np.nan                                # a row without a served score
+    tally = bias.SliceTally(bias.SliceSpec(("payment_type", "pickup_community_area"), 0.5))
+    for start in range(0, len(rows), 120):
+        tally.queue(scores[start:start + 120])
+    decoder = window_lib.ExampleDecoder()
+    for start in range(0, len(rows), 200):
+        tally.add(decoder.decode(serialize_rows(rows[start:start + 200])))
+    for feature in ("payment_type", "pickup_community_area"):
+        for value in {r[feature] for r in rows if r[feature] != ""}:
+            index = [i for i, r in enumerate(rows) if r[feature] == value]
+            scored = [scores[i] for i in index if not np.isnan(scores[i])]
+            expected = bias.SliceCount(len(index), len(scored), sum(s >= 0.5 for s in scored))
+            assert tally.counts[(feature, value)] == expected, (feature, value)
+    assert sum(c.rows for (f, _), c in tally.counts.items() if f == "payment_type") == len(rows) - 1
+    assert not tally.queued
+
+
+def test_a_rate_change_z_is_the_two_proportion_test():
+    from scipy.stats import chi2_contingency
+
+    window, evaluation = bias.Figure(80 / 298, 298), bias.Figure(269 / 350, 350)
+    z = bias.z_score(bias.POSITIVE_RATE, window, evaluation)
+    chi2, *_ = chi2_contingency([[80, 298 - 80], [269, 350 - 269]], correction=False)
+    assert z < 0 and z * z == pytest.approx(chi2)
+    assert bias.critical_z(0.01) == pytest.approx(2.5758, abs=1e-4)
