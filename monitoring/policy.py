@@ -147,7 +147,8 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     (and no other version of the window was acted on); ``window_action``: the action
     this window already took (a resumed run), ``last_action``: the newest action
     (checkpoint entries); ``reuse``: the best matching blessed model;
-    ``labelled_rows``: the window's rows whose labels came back."""
+    ``labelled_rows``: the window's rows whose labels came back; ``bias``: the
+    version's ``bias.BiasDrift`` (an alert when it is flagged and nothing else fired)."""
     now = time.time() if now is None else now
     if alert is not None:
         return alert_decision(alert, reasons, dry_run)
