@@ -21,19 +21,22 @@ window against the Evaluator's ``q`` on ``m`` examples moved when both
 
 (the pooled two-proportion z-test: the move is not the sampling noise of two
 finite samples; the bound alone flags small slices on noise, the test alone flags
-negligible moves on big windows). AUC: a drop of more than ``bias_max_auc_drop``
+negligible moves on big windows. SageMaker Clarify's bias drift compares the live
+metric with a bound and nothing else; a window is far smaller than its data). AUC: a drop of more than ``bias_max_auc_drop``
 with ``z = (q - p) / sqrt(se(p)^2 + se(q)^2)`` by Hanley and McNeil's standard
 error. Accuracy, FPR, FNR and AUC flag only when they worsen; the positive rate
 either way. ``m`` for FPR and FNR is the Evaluator's count of negative or positive
 examples (``core.evaluation.SliceMetrics``).
 
-Per feature and metric, the cross-slice gap (highest minus lowest slice, over the
-slices judged on both sides) in the window against the same slices' gap at
-evaluation: flagged when it moved by more than ``bias_max_gap_change`` and its z
-(the two extreme slices' variances summed on each side) passes the same test.
+Per feature and rate, the cross-slice gap (highest minus lowest slice, over the
+slices judged on both sides: demographic parity for the positive rate, equalized
+odds for FPR and FNR) in the window against the same slices' gap at evaluation:
+flagged when it moved by more than ``bias_max_gap_change`` and its z (the two
+extreme slices' variances summed on each side) passes the same test.
 
-A slice with fewer than ``bias_min_slice_rows`` rows (labelled rows for the label
-metrics) in the window, or examples at evaluation, is shown and never flagged.
+A figure measured on fewer than ``bias_min_slice_rows`` rows (its denominator:
+rows, labelled rows, labelled negatives for FPR, positives for FNR) in the window,
+or examples at evaluation, is shown and never flagged.
 Rows without the feature are in no slice of it (as TFMA slices); a multivalent
 feature is sliced by its first value.
 """
@@ -51,7 +54,6 @@ from monitoring import checks
 POSITIVE_RATE, ACCURACY, FPR, FNR, AUC = (
     "positive_rate", "accuracy", "false_positive_rate", "false_negative_rate", "auc")
 METRICS = (POSITIVE_RATE, ACCURACY, FPR, FNR, AUC)
-LABEL_METRICS = (ACCURACY, FPR, FNR, AUC)
 WORSE_IF_LOWER = (ACCURACY, AUC)          # the others worsen upwards (the positive rate: either way)
 SliceKey = Tuple[str, str]                # (feature, value as text)
 
@@ -365,6 +367,7 @@ def drift(settings: Settings, tally: SliceTally, labels: np.ndarray, scores: np.
             for gap in [_gap(settings, feature, metric, slices)] if gap is not None]
     compared = any(c.evaluation is not None for s in slices for c in s.comparisons)
     reason = "" if compared else (
+        "no sensitive_features set" if not spec.features else
         "no answered rows in the window carry a sensitive feature" if not mine else
         f"the Evaluator has no per-slice figures of {', '.join(spec.features)} for this model"
         if not theirs else "no slice of the window is among the Evaluator's")
