@@ -82,3 +82,25 @@ def test_the_server_records_the_versions_it_serves(first_run, e2e_settings, tmp_
     assert loaded["actor"].startswith("server:")
     _assert_ids_exist(mlmd.open_store(e2e_settings), loaded["evidence"])
     assert set(loaded["evidence"]) == {"model_artifact_id", "pusher_execution_id"}
+
+
+def test_a_run_whose_audit_write_fails_keeps_its_result_and_exits_1(first_run, e2e_settings, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import E2E_OVERRIDES, REPO
+
+    home = tmp_path / "home"
+    shutil.copytree(e2e_settings.home, home)
+    (tmp_path / "not-a-directory").write_text("")
+    audit_path = tmp_path / "not-a-directory" / "audit.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "tfxops", "run", "--data", str(e2e_settings.data_dir), "--home", str(home),
+         f"--set=audit_path={audit_path}", *[f"--set={k}={v}" for k, v in E2E_OVERRIDES.items()]],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=900)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "succeeded" in result.stdout and f"AUDIT TRAIL NOT WRITTEN: could not append 'run_started' to the " \
+                                             f"audit trail {audit_path}" in result.stdout
+    assert f"tfxops run: could not append 'run_started' to the audit trail {audit_path}" in result.stderr
+    assert "Traceback" not in result.stderr
