@@ -4,9 +4,11 @@ window are those it relied on at push time.
 At push, the pipeline's ``FeatureAttributor`` stored the model's attributions on
 a sample of its evaluation split (``core.attribution``, found through MLMD: an
 output of an execution that read the Model). Per window, the same method explains
-a sample of the rows the version served (``monitoring.sample``, at most
-``attribution_rows``), against the same background rows with the same number of
-permutations and seed, so the two differ only by the rows explained.
+a sample of the rows the version served (``monitoring.sample``: ``attribution_rows``
+of them, at most ``sample.SAMPLE_ROWS``), against the same background rows with
+the same number of permutations and seed, so the two differ only by the rows
+explained. Its cost per version and window: loading the SavedModel, and
+``rows * samples * (features + 1)`` rows of model input (``AttributionDrift.cost``).
 
 The two are compared as SageMaker Model Monitor compares global SHAP values
 between training and live data, by the NDCG of the live ranking against the

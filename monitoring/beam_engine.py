@@ -19,7 +19,10 @@ The job:
    served outputs (``checks.PREDICTION``, for the prediction drift), so they
    never travel to the driver row by row;
 3. **feedback**: answered rows keyed by request id, joined with the labels that
-   came back by ``CoGroupByKey`` (only when there are labels).
+   came back by ``CoGroupByKey`` (only when there are labels);
+4. **row sample**: each part's sample of served rows (``monitoring.sample``, for the
+   attribution drift check) combined per version by ``CombinePerKey``: at most
+   ``sample.SAMPLE_ROWS`` rows per version reach the driver.
 
 The statistics, and the counts, files and labelled rows as pickled records, are
 written by the job under ``--temp_location`` when ``beam_args`` give one, else
@@ -47,12 +50,14 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 
 from monitoring import bias as bias_lib, checks, traffic as traffic_lib, window as window_lib
+from monitoring.sample import RowSample
 
 log = logging.getLogger("tfxops.monitoring")
 SLICE_COLUMN = "__tfxops_model_version__"    # (model, version) of a row, for the slicing function
 VERSION, FILE, UNREADABLE, UNATTRIBUTED, LABELLED, NEEDS_INFERENCE = (
     "version", "file", "unreadable", "unattributed", "labelled", "needs_inference")
 RESULTS, OUTPUTS, ANSWERED = "results", "outputs", "answered"     # the ReadPart outputs besides the batches
+SAMPLES, SAMPLE = "samples", "sample"     # each part's row samples, combined per version in the job
 Key = Tuple[str, Optional[int]]
 
 
@@ -110,8 +115,10 @@ def _read_part(index: int, part: window_lib.Part, decoders: traffic_lib.Decoders
         if traffic.predictions:
             outputs = checks.columns_batch({checks.PREDICTION: traffic.served_outputs()})
             yield pvalue.TaggedOutput(OUTPUTS, with_slice(outputs, slice_value(key)))
-        counted = dataclasses.replace(traffic.counted(), predictions=[])     # their statistics: OUTPUTS
+        counted = dataclasses.replace(traffic.counted(), predictions=[],     # their statistics: OUTPUTS
+                                      sample=RowSample(capacity=0))           # its rows: SAMPLES
         yield pvalue.TaggedOutput(RESULTS, (VERSION, key, counted, traffic.stats.rows, index))
+        yield pvalue.TaggedOutput(SAMPLES, (key, traffic.sample))
     for unreadable in read.unreadable:
         yield pvalue.TaggedOutput(RESULTS, (UNREADABLE, unreadable))
     for name, result in read.file_results.items():
@@ -193,10 +200,11 @@ def _run_job(beam_args: List[str], parts: List[window_lib.Part], feedback: traff
                 | "Parts" >> beam.Create(list(enumerate(parts)))
                 | "Spread" >> beam.Reshuffle()
                 | "ReadPart" >> beam.ParDo(ReadPart(schema, rows_schema, join, slicing)).with_outputs(
-                    RESULTS, OUTPUTS, ANSWERED, main="batches"))
+                    RESULTS, OUTPUTS, ANSWERED, SAMPLES, main="batches"))
         _write_sliced_statistics(read.batches, FileSystems.join(out, "statistics"), "Rows")
         _write_sliced_statistics(read[OUTPUTS], FileSystems.join(out, "outputs"), "Outputs")
-        results = [read[RESULTS]]
+        results = [read[RESULTS], read[SAMPLES] | "CombineSamples" >> beam.CombinePerKey(RowSample.merged)
+                   | "Samples" >> beam.MapTuple(lambda key, sample: (SAMPLE, key, sample))]
         if join:
             labels = pipeline | "Labels" >> beam.Create(
                 [(rid, (row, tips)) for (rid, row), tips in feedback.items()])
@@ -275,6 +283,8 @@ def assemble(output: JobOutput) -> traffic_lib.WindowTraffic:
             read.unattributed.merge(item[1])
         elif item[0] == LABELLED:
             labelled.setdefault(item[1], []).append((item[2], item[3]))
+        elif item[0] == SAMPLE:
+            read.of(*item[1]).sample.merge(item[2])
     no_rows = checks.StatsAccumulator().result()
     no_outputs = checks.statistics_of({checks.PREDICTION: np.zeros(0, np.float32)})
     for key, traffic in read.versions.items():

@@ -12,7 +12,7 @@ bottom-``k`` sample itself, for any ``k`` up to the capacity.
 """
 import dataclasses
 import zlib
-from typing import List, Sequence
+from typing import Iterable, List, Sequence
 
 import numpy as np
 
@@ -54,6 +54,14 @@ class RowSample:
         """Add the rows of a sample of other rows (another worker's, another file's)."""
         self.capacity = max(self.capacity, other.capacity)
         self._keep(other.keys, other.rows)
+
+    @classmethod
+    def merged(cls, samples: Iterable["RowSample"]) -> "RowSample":
+        """One sample of the rows of ``samples`` (a Beam combiner: associative and commutative)."""
+        out = cls(capacity=0)
+        for sample in samples:
+            out.merge(sample)
+        return out
 
     def _keep(self, keys: np.ndarray, rows: List[bytes]) -> None:
         keys = np.concatenate([self.keys, keys])

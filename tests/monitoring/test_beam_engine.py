@@ -123,6 +123,7 @@ def _assert_same_traffic(local, beam):
         assert theirs.rows_by_signature() == mine.rows_by_signature()
         assert theirs.rejections == mine.rejections
         assert sorted(theirs.labelled) == sorted(mine.labelled)      # the local workers' order is theirs
+        assert theirs.sample.rows == mine.sample.rows and mine.sample.rows    # attribution drift's rows
         _assert_same_statistics(mine.stats.result(), theirs.stats.result(), key)
         _assert_same_statistics(mine.served_statistics(), theirs.served_statistics(), (key, "outputs"))
     assert beam.file_results == local.file_results
@@ -140,6 +141,8 @@ def _assert_same_judgement(local, beam):
     assert (beam.decision.action, beam.decision.triggered) == (local.decision.action, local.decision.triggered)
     assert theirs.quality.get("labelled_rows") == mine.quality.get("labelled_rows") > 0
     assert theirs.bias == mine.bias and mine.bias.slices      # the sensitive slices' tallies and labels
+    assert (theirs.attribution.ndcg, theirs.attribution.shifts) == (mine.attribution.ndcg, mine.attribution.shifts)
+    assert mine.attribution.available
     assert theirs.quality.get("auc") == pytest.approx(mine.quality.get("auc"))
     assert theirs.prediction["available"] == mine.prediction["available"]
     assert theirs.prediction.get("distance") == pytest.approx(mine.prediction.get("distance"), abs=QUANTILE_DISTANCE)
