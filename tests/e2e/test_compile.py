@@ -119,6 +119,12 @@ def test_the_dag_keeps_the_gate_the_baseline_and_the_push_edges(compiled, target
     gate = tasks["Evaluator"]["inputs"]["parameters"]["fairness_gate"]["runtimeValue"]["constant"]
     assert json.loads(gate)["features"] == ["payment_type", "pickup_community_area"]
     assert not [label for label, e in executors.items() if "resolver" in e and "container" not in e]
+    # the attributions: of the Trainer's model on CsvExampleGen's examples, a custom type, waited for by the Pusher
+    assert (producer("FeatureAttributor", "model"), producer("FeatureAttributor", "examples")) == \
+        ("Trainer", "CsvExampleGen")
+    assert "FeatureAttributor" in tasks["Pusher"]["dependentTasks"]
+    outputs = spec["components"][tasks["FeatureAttributor"]["componentRef"]["name"]]["outputDefinitions"]
+    assert "tfxops.FeatureAttributions" in outputs["artifacts"]["attributions"]["artifactType"]["instanceSchema"]
 
 
 def test_defaults_come_from_the_pipeline_root(tmp_path, capsys):

@@ -75,6 +75,23 @@ def test_the_sample_does_not_depend_on_the_reading_order_or_the_split_into_parts
     assert small.rows == whole.rows[:10]             # the first k rows are the bottom-k sample
 
 
+# ------------------------------------------------------------------ at push: the pipeline's FeatureAttributor
+def test_the_pipeline_records_the_attributions_of_the_model_it_pushed(e2e_settings, first_run):
+    store = mlmd.open_store(e2e_settings)
+    pushed = mlmd.pushed_model_for_version(store, first_run.pushed_version)
+    (model,) = mlmd.input_artifacts(store, mlmd.producer(store, pushed.artifact.id).id)["model"]
+    artifact = attribution.artifact_for_model(store, model.id)
+    assert mlmd.node_and_run(store, mlmd.producer(store, artifact.id).id, e2e_settings.pipeline_name)[0] \
+        == "FeatureAttributor"
+    found = attribution.for_model(store, model.id)
+    assert found.method == attribution.METHOD and found.rows == e2e_settings.attribution_rows
+    assert len(found.background) == e2e_settings.attribution_background_rows
+    assert sorted(found.mean_abs) == sorted(F.MODEL_FEATURES)       # the raw signature's inputs
+    assert found.cost["model_rows"] == found.rows * found.samples * (len(F.MODEL_FEATURES) + 1)
+    assert mlmd.custom(artifact, "ranking").split(",") == found.ranking()
+    assert found.shares()[found.ranking()[0]] > found.shares()[found.ranking()[-1]] >= 0
+
+
 # ------------------------------------------------------------------ the monitor, on a real model
 @pytest.fixture(scope="module")
 def attribution_home(tmp_path_factory, e2e_settings, first_run):
