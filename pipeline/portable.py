@@ -37,6 +37,10 @@ from core.ports import free_port
 START_SECONDS = 120.0     # a service started here must answer within this long
 ANSWER_SECONDS = 10.0     # a service the settings name must answer within this long
 STOP_SECONDS = 10.0       # SIGTERM, then SIGKILL after this long
+# Beam's PortableRunner opens the job's state and message streams with its
+# --job_server_timeout (60 s by default) as their gRPC deadline, so a job running
+# longer fails with DEADLINE_EXCEEDED: the deadline is set past any job's length.
+JOB_STREAM_SECONDS = 7 * 24 * 3600
 JOB_SERVICE = "apache_beam.runners.portability.local_job_service_main"
 WORKER_POOL = "apache_beam.runners.worker.worker_pool_main"
 
@@ -90,13 +94,15 @@ def runner_arguments(job_endpoint, worker_pool, worker_image: str) -> List:
     """Beam's arguments for the PortableRunner: submitting to the job service at
     ``job_endpoint``, its SDK workers from the EXTERNAL worker pool at ``worker_pool``,
     which runs ``worker_image`` (``--sdk_container_image`` also tells TFX its code is
-    in the workers' image, so it builds no sdist of itself per component). The
-    addresses are strings or TFX placeholders; ``beam_args`` go after these, and win."""
+    in the workers' image, so it builds no sdist of itself per component), and a
+    job service timeout no job outlasts (``JOB_STREAM_SECONDS``). The addresses are
+    strings or TFX placeholders; ``beam_args`` go after these, and win."""
     return ["--runner=PortableRunner",
             "--job_endpoint=" + job_endpoint,
             "--environment_type=EXTERNAL",
             "--environment_config=" + worker_pool,
-            "--sdk_container_image=" + worker_image]
+            "--sdk_container_image=" + worker_image,
+            f"--job_server_timeout={JOB_STREAM_SECONDS}"]
 
 
 def _check_remote_workers(settings: Settings) -> None:

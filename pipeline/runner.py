@@ -566,5 +566,6 @@ def _innermost_message(exc: BaseException) -> str:
     seen = exc
     while seen.__cause__ is not None:
         seen = seen.__cause__
-    text = str(seen) or type(seen).__name__
-    return text
+    if callable(getattr(seen, "code", None)) and callable(getattr(seen, "details", None)):   # grpc.RpcError
+        return f"a Beam service call failed: {seen.code().name}: {seen.details()}"
+    return str(seen) or type(seen).__name__

@@ -10,8 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
@@ -99,7 +101,30 @@ def test_the_runner_setting_is_mapped_to_beam_arguments_in_one_place():
     # the monitor's Beam engine: the same arguments, the services' addresses filled in
     assert portable.runner_arguments("localhost:1", "localhost:2", "registry/tfxops:1") == [
         "--runner=PortableRunner", "--job_endpoint=localhost:1", "--environment_type=EXTERNAL",
-        "--environment_config=localhost:2", "--sdk_container_image=registry/tfxops:1"]
+        "--environment_config=localhost:2", "--sdk_container_image=registry/tfxops:1",
+        f"--job_server_timeout={portable.JOB_STREAM_SECONDS}"]
+
+
+def _job_sleeping(seconds: int, arguments) -> None:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    with beam.Pipeline(options=PipelineOptions(arguments)) as pipeline:
+        _ = pipeline | beam.Create([seconds]) | beam.Map(time.sleep)
+
+
+def test_a_job_longer_than_beams_job_server_timeout_finishes(tmp_path):
+    """Beam's PortableRunner gives the job's state stream its --job_server_timeout as
+    a deadline (60 s by default): a longer job failed with DEADLINE_EXCEEDED (1.5M
+    rows, CsvExampleGen). Reproduced with a 3 s timeout and an 8 s job; tfxops'
+    arguments let the same job finish."""
+    settings = config.load({"home": str(tmp_path)}, environ={})
+    with portable.services(settings, tmp_path / "run") as endpoints:
+        arguments = portable.runner_arguments(endpoints.job_endpoint, endpoints.worker_pool, "tfxops:test")
+        with pytest.raises(grpc.RpcError) as failed:
+            _job_sleeping(8, [*arguments, "--job_server_timeout=3"])
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _job_sleeping(8, arguments)
 
 
 def test_the_worker_pool_runs_with_the_image_environment_only(tmp_path, monkeypatch):
