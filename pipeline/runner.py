@@ -311,7 +311,7 @@ def render(summary: RunSummary) -> str:
         for metric in summary.metrics:
             lines.append(f"    {metric['metric']:<24} {_number(metric['value']):>10} "
                          f"{_number(metric['baseline']):>11}   {metric['threshold']}")
-    lines += _render_fairness(summary)
+    lines += render_fairness(summary)
     if summary.blessed is not None:
         lines.append(f"  blessed: {'yes' if summary.blessed else 'no'}")
         for reason in summary.blessing_reasons:
@@ -332,7 +332,7 @@ def render(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def _render_fairness(summary: RunSummary) -> List[str]:
+def render_fairness(summary: RunSummary) -> List[str]:
     """Per sensitive feature, its slices' metrics and whether the gate judged them;
     then the gate's verdict (its failures are among the blessing's reasons, which
     name the slice, the metric and the bound)."""

@@ -1,13 +1,16 @@
 """``tfxops demo``: the whole loop on the bundled data, in a few minutes.
 
-1. train on the early trips (before 2015), push a blessed model;
+1. train on the early trips (before 2015), push a blessed model that passed the
+   fairness gate (its per-slice results printed) with its model card;
 2. serve it (REST + gRPC, embedded server) in the background;
 3. replay held-out early trips as live traffic (healthy), then later trips after a
    fare increase (fares and tips x1.5: a price change), with labels fed back;
 4. monitor: the healthy window stays quiet; the shifted one raises skew and triggers
    a retrain that includes the new, labelled span; the new model is judged against
    the old, pushed, and the server switches to it without a restart;
-5. print the served model's lineage and where the reports are; stop the server.
+   each window also reports bias drift and feature attribution drift;
+5. print the served model's lineage, its model card, the audit trail (verified)
+   and where the reports are; stop the server.
 
 Every run starts from a fresh ``<home>/demo`` (the previous one is removed).
 """
@@ -18,7 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, TextIO
+from typing import Dict, List, Optional, TextIO, Tuple
 
 from core import features as F
 from core.config import Settings
@@ -169,13 +172,15 @@ def _loop(settings: Settings, work: Path, printer: StepPrinter) -> Dict:
     watched = _serve_and_watch(demo, data, first, printer)
     if watched is None:
         return {"ok": False, "step": "serve"}
-    printer.step(7, "where the served model came from")
-    graph = _print_lineage(demo, printer)
-    ok = _print_summary(demo, first, watched, graph, printer)
+    printer.step(7, "where the served model came from, and its model card")
+    graph, card = _print_lineage(demo, printer)
+    printer.step(8, "the audit trail (tfxops audit)")
+    trail_intact = _print_audit(demo, printer)
+    ok = _print_summary(demo, first, watched, graph, card, printer) and trail_intact
     return {"ok": ok, "home": str(work), "first_version": first.pushed_version, "healthy": watched.healthy,
             "shifted": watched.shifted, "quiet": watched.quiet, "loud": watched.loud,
             "new_version": watched.new_version, "switched": watched.switched, "lineage_graph": str(graph),
-            "settings": demo}
+            "model_card": card, "audit_trail_intact": trail_intact, "settings": demo}
 
 
 def _demo_settings(settings: Settings, work: Path, data: DemoData) -> Settings:
@@ -202,6 +207,8 @@ def _train(demo: Settings, data: DemoData, printer: StepPrinter):
         return first
     auc = next((m["value"] for m in first.metrics if m["metric"] == "auc"), None)
     printer.line(f"blessed (AUC {auc:.4f}) and pushed: version {first.pushed_version}")
+    for line in runner.render_fairness(first):
+        printer.line(line.strip() if line.startswith("  fairness") else line)
     return first
 
 
@@ -228,12 +235,16 @@ def _serve_and_watch(demo: Settings, data: DemoData, first, printer: StepPrinter
         printer.step(4, "monitor the first window")
         quiet = monitor_once(demo)
         printer.line(quiet.summary_line())
+        for line in responsible_ai_lines(quiet):
+            printer.line(line)
 
         printer.step(5, f"live traffic, part 2: 2015-2016 trips after a x{PRICE_CHANGE} fare increase")
         shifted = replay(client, data.shifted, printer, "shifted traffic", feedback_dir / "shifted.csv")
         time.sleep(demo.log_rotate_seconds + 1.0)
         printer.step(6, "monitor the second window (it retrains when the policy says so)")
         loud = monitor_once(demo, out=printer.line)
+        for line in responsible_ai_lines(loud):
+            printer.line(line)
         new_version, switched = _follow_new_version(client, loud, data, printer)
         client.close()
     return Watched(healthy, shifted, quiet, loud, new_version, switched)
@@ -254,10 +265,11 @@ def _follow_new_version(client, loud: MonitorResult, data: DemoData, printer: St
     return new_version, switched
 
 
-def _print_summary(demo: Settings, first, watched: Watched, graph: Path, printer: StepPrinter) -> bool:
-    """Step 8; whether the loop went as expected (a quiet healthy window, a retrain on
+def _print_summary(demo: Settings, first, watched: Watched, graph: Path, card: Optional[str],
+                   printer: StepPrinter) -> bool:
+    """Step 9; whether the loop went as expected (a quiet healthy window, a retrain on
     the shifted one, the new version served, no failed request)."""
-    printer.step(8, "summary")
+    printer.step(9, "summary")
     quiet_triggered = bool(watched.quiet.decision is not None and watched.quiet.decision.triggered)
     decision = watched.loud.decision
     printer.line(f"model v1: {first.pushed_version}, trained on 2013-2014 trips")
@@ -269,6 +281,7 @@ def _print_summary(demo: Settings, first, watched: Watched, graph: Path, printer
                  f"{'yes' if watched.switched else 'no'}")
     printer.line(f"monitoring reports: {_report_html(watched.quiet)}, {_report_html(watched.loud)}")
     printer.line(f"lineage graph of the served model: {graph}")
+    printer.line(f"model card of the served model: {card or '-'}")
     printer.line(f"everything is under {demo.home}")
     ok = (not quiet_triggered and decision is not None and decision.action == "retrain" and watched.switched
           and watched.healthy["failed"] == 0 and watched.shifted["failed"] == 0)
@@ -277,12 +290,46 @@ def _print_summary(demo: Settings, first, watched: Watched, graph: Path, printer
     return ok
 
 
+def responsible_ai_lines(result: MonitorResult) -> List[str]:
+    """Each judged version's bias drift and feature attribution drift, in words."""
+    lines = []
+    for version in result.versions:
+        bias, attribution = version.bias, version.attribution
+        if bias is not None:
+            verdict = ("; ".join(bias.findings()) if bias.flagged else
+                       f"no slice of {', '.join(bias.features)} moved" if bias.available else
+                       f"not judged ({bias.reason})")
+            lines.append(f"bias drift, version {version.version}: {verdict}")
+        if attribution is not None:
+            verdict = (attribution.finding() if attribution.drifted else
+                       f"none: NDCG {attribution.ndcg:.3f} >= {attribution.threshold:g}; top movers: "
+                       + ", ".join(shift.line() for shift in attribution.top_movers()[:3])
+                       if attribution.available else f"not judged ({attribution.reason})")
+            lines.append(f"attribution drift, version {version.version}: {verdict}")
+    return lines
+
+
 def _report_html(result: MonitorResult) -> Optional[str]:
     return result.report.html if result.report is not None else None
 
 
-def _print_lineage(settings: Settings, printer: StepPrinter) -> Path:
-    """The served model's lineage as a tree here, and as an HTML graph file."""
+def _print_audit(settings: Settings, printer: StepPrinter) -> bool:
+    """The whole trail as ``tfxops audit`` prints it, then ``--verify``'s verdict."""
+    from core import audit
+    from tfxops.audit_cli import entry_text
+
+    path = audit.audit_file(settings)
+    for entry in audit.entries(path):
+        printer.stream.write(entry_text(entry) + "\n")
+    result = audit.verify(path, audit.signing_key(settings))
+    printer.line(f"audit trail {path}: {result.entries} entries, hash chain "
+                 + ("intact" if result.ok else f"BROKEN at line {result.problem.line}: {result.problem.what}"))
+    return result.ok
+
+
+def _print_lineage(settings: Settings, printer: StepPrinter) -> Tuple[Path, Optional[str]]:
+    """The served model's lineage as a tree here, and as an HTML graph file; the
+    path of its model card."""
     from lineage import render
     from lineage.model import model_lineage
 
@@ -290,4 +337,4 @@ def _print_lineage(settings: Settings, printer: StepPrinter) -> Path:
     printer.stream.write(render.model_text(report) + "\n")
     page = Path(settings.home) / "lineage-serving.html"
     page.write_text(render.model_html(report, graph) + "\n")
-    return page
+    return page, report.get("model_card")

@@ -14,7 +14,7 @@ def test_the_loop_trains_serves_watches_and_retrains(tmp_path, capfd):
     result = demo.run_demo(settings)
     text = capfd.readouterr().out
     assert result["ok"], text
-    assert "== 8. summary" in text and "model v2:" in text
+    assert "== 9. summary" in text and "model v2:" in text
 
     # 1. a model pushed; 2-3. traffic served without failures
     first = int(result["first_version"])
@@ -42,3 +42,10 @@ def test_the_loop_trains_serves_watches_and_retrains(tmp_path, capfd):
     assert pushed_first and pushed_first[0].id in inputs
     assert os.path.getsize(result["lineage_graph"]) > 1000
     assert "Changes since the previous pushed version" in text
+    # issue 15: the fairness gate's results, both drifts per window, the card, the audit trail
+    assert "fairness: passed" in text and "pickup_community_area" in text
+    assert text.count("bias drift, version") >= 2 and text.count("attribution drift, version") >= 2
+    assert result["model_card"] and os.path.exists(result["model_card"])
+    assert result["audit_trail_intact"] and "hash chain intact" in text
+    for action in ("run_started", "pushed", "monitor_decision", "retrain", "served_version_changed"):
+        assert action in text, action
