@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from core import storage
+from core.features import RAW_FEATURE_TYPES
 from core.storage import Location
 
 # The repository root (data/ and schema/ live beside the packages).
@@ -79,7 +80,7 @@ class Settings:
     # --- fairness gate (issue 15; pipeline/fairness.py): only lines of that work here
     sensitive_features: List[str] = dataclasses.field(
         default_factory=lambda: ["payment_type", "pickup_community_area"])
-    decision_threshold: float = 0.5          # a score at or above this is a positive prediction (Evaluator and monitor)
+    decision_threshold: float = 0.5          # a score above this is a positive prediction (Evaluator and monitor)
     # a slice of a sensitive feature is gated when its evaluation examples hold at least this
     # many of EACH label (AUC, FPR and FNR need both); smaller slices are reported, not gated
     fairness_min_examples_per_class: int = 50
@@ -317,6 +318,10 @@ def load(overrides: Optional[Dict[str, str]] = None,
     for name, choices in (("monitor_engine", MONITOR_ENGINES), ("beam_runner", BEAM_RUNNERS)):
         if values.get(name, "local") not in choices:
             raise ConfigError(f"setting '{name}' must be one of {', '.join(choices)}, got {values[name]!r}")
+    unknown = [name for name in values.get("sensitive_features", []) if name not in RAW_FEATURE_TYPES]
+    if unknown:
+        raise ConfigError(f"setting 'sensitive_features' names {', '.join(unknown)}, not a raw feature; "
+                          f"raw features: {', '.join(sorted(RAW_FEATURE_TYPES))}")
     return Settings(**values)
 
 

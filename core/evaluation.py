@@ -27,9 +27,11 @@ FALSE_POSITIVE_RATE = "false_positive_rate"
 FALSE_NEGATIVE_RATE = "false_negative_rate"
 POSITIVE_RATE = "positive_rate"        # share of examples predicted positive
 LABEL_RATE = "mean_label"              # share of examples whose label is positive
+CLASS_EXAMPLES = "min_examples_per_class"   # a feature's largest slice count of its rarer label (no slice gated)
 
 VALIDATIONS_FILE = "validations.tfrecord"   # TFMA's validation result in an evaluation
 GATE_MESSAGE = "fairness gate"              # ValidationFailure.message of the gate's failures
+FAIRNESS_GATE_KEY = "fairness_gate"         # the Evaluator's execution property: the gate's settings (JSON)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +62,7 @@ class SliceMetrics:
 @dataclasses.dataclass(frozen=True)
 class FairnessFailure:
     feature: str
-    slices: Tuple[str, ...]       # the slice's value (a floor), or (highest, lowest) (a gap)
+    slices: Tuple[str, ...]       # the slice's value (a floor), (highest, lowest) (a gap), () (no slice gated)
     metric: str
     value: float                  # the slice's metric, or the gap
     bound: float                  # the floor (value must be >=) or the largest gap allowed (<=)
@@ -70,6 +72,9 @@ class FairnessFailure:
         return len(self.slices) == 2
 
     def describe(self) -> str:
+        if not self.slices:
+            return (f"{self.feature}: no slice with >= {self.bound:g} examples of each label to judge "
+                    f"(the most any slice has: {self.value:g})")
         if self.is_gap:
             high, low = self.slices
             return (f"{self.feature}: {self.metric} gap = {self.value:.4f} between {self.feature}={high} "
@@ -136,6 +141,20 @@ def slice_metrics(evaluation_uri: str, features: Sequence[str], min_examples: in
     return sorted(found.values(), key=lambda s: (order[s.feature], -s.example_count, s.value))
 
 
+def recorded_gate(execution) -> Optional[Dict]:
+    """The fairness gate's settings an Evaluator execution (MLMD) recorded: its
+    ``fairness_gate`` property (features, decision_threshold, min_examples_per_class,
+    ...); None for an Evaluator without the gate."""
+    import json
+
+    from core import mlmd
+
+    recorded = mlmd.properties(execution).get(FAIRNESS_GATE_KEY)
+    if not recorded:
+        return None
+    return json.loads(recorded) if isinstance(recorded, str) else dict(recorded)
+
+
 def fairness_failures(evaluation_uri: str) -> List[FairnessFailure]:
     """The fairness gate's failures recorded in the evaluation's validation result."""
     import tensorflow_model_analysis as tfma
@@ -153,7 +172,8 @@ def fairness_failures(evaluation_uri: str) -> List[FairnessFailure]:
                 feature = high.column
             else:
                 key = per_slice.slice_key.single_slice_keys[0]
-                slices, bound, feature = (_key_value(key),), bounds.lower_bound.value, key.column
+                slices = (_key_value(key),) if key.WhichOneof("kind") else ()
+                bound, feature = bounds.lower_bound.value, key.column
             failures.append(FairnessFailure(feature, slices, failure.metric_key.name,
                                             failure.metric_value.double_value.value, bound))
     return failures
@@ -180,8 +200,10 @@ def _validation_for(failure: FairnessFailure):
     if failure.is_gap:
         entry.cross_slice_key.baseline_slice_key.CopyFrom(_single_key(failure.feature, failure.slices[0]))
         entry.cross_slice_key.comparison_slice_key.CopyFrom(_single_key(failure.feature, failure.slices[1]))
-    else:
+    elif failure.slices:
         entry.slice_key.CopyFrom(_single_key(failure.feature, failure.slices[0]))
+    else:       # no slice gated: the feature's key without a value
+        entry.slice_key.single_slice_keys.add(column=failure.feature)
     item = entry.failures.add(message=GATE_MESSAGE)
     item.metric_key.name = failure.metric
     item.metric_value.double_value.value = failure.value

@@ -19,14 +19,17 @@ case accepts.
 What is measured (TFMA's metrics, ``eval_config``): per slice of each sensitive
 feature, the example count, AUC, accuracy, false positive rate (``FallOut``), false
 negative rate (``MissRate``) and positive-prediction rate (``PredictedPositiveRate``)
-at ``decision_threshold``, and the share of positive labels (``MeanLabel``).
+at ``decision_threshold`` (a score above it is a positive prediction, as TFMA's
+confusion matrices count), and the share of positive labels (``MeanLabel``).
 TFMA 0.47.1 does not ship a ``FairnessIndicators`` metric (it is in the separate
 ``fairness-indicators`` package, whose metric is these same rates computed from
 TFMA's binary confusion matrices).
 
 Which slices are gated: those with at least ``fairness_min_examples_per_class``
 examples of each label (AUC needs both, FPR's denominator is the negatives, FNR's
-the positives). Smaller slices are reported, not gated. In the taxi data, the tips
+the positives). Smaller slices are reported, not gated. A sensitive feature with no
+gated slice fails the gate: there is nothing to judge it by (lower the minimum or
+evaluate on more data). In the taxi data, the tips
 of cash trips are not recorded, so the Cash slice has almost no positive labels: it
 is reported and not gated.
 
@@ -46,7 +49,7 @@ are the Evaluator's ``fairness_gate`` execution property (JSON, recorded in MLMD
 """
 import dataclasses
 import json
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import tensorflow_model_analysis as tfma
 import tensorflow as tf
@@ -57,9 +60,10 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ExecutionParameter
 
 from core import evaluation as E
+from core.config import Settings
 from pipeline.baseline import BaselineAwareEvaluator, BaselineAwareEvaluatorExecutor
 
-FAIRNESS_GATE_KEY = "fairness_gate"     # the Evaluator's execution property
+FAIRNESS_GATE_KEY = E.FAIRNESS_GATE_KEY     # the Evaluator's execution property
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +82,30 @@ class FairnessGate:
     def from_json(cls, text: str) -> "FairnessGate":
         return cls(**json.loads(text))
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FairnessGate":
+        return cls(features=list(settings.sensitive_features), decision_threshold=settings.decision_threshold,
+                   min_examples_per_class=settings.fairness_min_examples_per_class,
+                   min_slice_auc=settings.fairness_min_slice_auc, max_fpr_gap=settings.fairness_max_fpr_gap,
+                   max_fnr_gap=settings.fairness_max_fnr_gap)
+
+    @classmethod
+    def of_evaluator(cls, execution) -> Optional["FairnessGate"]:
+        """The gate an Evaluator execution (MLMD) applied (None: an Evaluator without the gate)."""
+        recorded = E.recorded_gate(execution)
+        return cls(**recorded) if recorded else None
+
     def failures(self, slices: Sequence[E.SliceMetrics]) -> List[E.FairnessFailure]:
         """Each gated slice whose AUC is below the floor; per feature and rate, the
-        gap between its highest and lowest gated slice when above the bound."""
+        gap between its highest and lowest gated slice when above the bound; a
+        feature with no gated slice (nothing to judge) fails."""
         found = []
         for feature in self.features:
             gated = [s for s in slices if s.feature == feature and s.gated]
+            if not gated:
+                most = max((min(s.positives, s.negatives) for s in slices if s.feature == feature), default=0)
+                found.append(E.FairnessFailure(feature, (), E.CLASS_EXAMPLES, most, self.min_examples_per_class))
+                continue
             found += [E.FairnessFailure(feature, (s.value,), E.AUC, s.auc, self.min_slice_auc)
                       for s in gated if s.auc is not None and s.auc < self.min_slice_auc]
             for metric, bound in ((E.FALSE_POSITIVE_RATE, self.max_fpr_gap),

@@ -26,6 +26,7 @@ The card's inputs are artifacts and settings only (no clock): a rerun on
 unchanged data, code and settings reuses it from the cache, and the Pusher,
 whose inputs are then unchanged too, writes nothing new.
 """
+import dataclasses
 import datetime
 import html
 import json
@@ -63,19 +64,19 @@ class ModelCard(tfx.dsl.Artifact):
 def card_config(settings: config.Settings) -> Dict:
     """What the card takes from the settings (``pipeline.pipeline`` adds the model
     code's fingerprint and passes it to ``ModelCardGenerator`` as ``card_settings``)."""
+    from pipeline.fairness import FairnessGate
+
+    gate = dataclasses.asdict(FairnessGate.from_settings(settings))
     return {"model_name": settings.model_name, "owners": list(settings.model_card_owners),
             "overview": settings.model_card_overview, "users": list(settings.model_card_users),
             "use_cases": list(settings.model_card_use_cases),
             "limitations": list(settings.model_card_limitations),
             "hyperparameters": settings.hparams, "train_steps": settings.train_steps,
             "eval_steps": settings.eval_steps,
-            "sensitive_features": list(settings.sensitive_features),
             "slice_features": list(settings.slice_features),
-            "decision_threshold": settings.decision_threshold,
-            "fairness": {"min_examples_per_class": settings.fairness_min_examples_per_class,
-                         "min_slice_auc": settings.fairness_min_slice_auc,
-                         "max_fpr_gap": settings.fairness_max_fpr_gap,
-                         "max_fnr_gap": settings.fairness_max_fnr_gap}}
+            # the gate's settings: its features and threshold, then the rest ({min_examples_per_class, ...})
+            "sensitive_features": gate.pop("features"), "decision_threshold": gate.pop("decision_threshold"),
+            "fairness": gate}
 
 
 # ------------------------------------------------------------------ schema
@@ -147,8 +148,8 @@ def _documentation(cfg: Dict, blessing) -> str:
                 "No model was served when it was evaluated: it was judged by the value thresholds alone.")
     return (f"A Keras DNN on Transform's features ({', '.join(F.MODEL_FEATURES)}), trained by the tfxops "
             f"pipeline and pushed only after the data gate, the Evaluator's thresholds and the fairness "
-            f"gate passed. {compared} A prediction is positive at a score of "
-            f"{cfg['decision_threshold']:g} or more.")
+            f"gate passed. {compared} A prediction is positive at a score above "
+            f"{cfg['decision_threshold']:g}.")
 
 
 def _parameters(cfg: Dict, examples, statistics) -> Dict:

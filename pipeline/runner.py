@@ -266,11 +266,12 @@ def _fairness_results(summary: RunSummary, evaluator: mlmd.NodeExecution) -> Non
     """The fairness gate's settings (the Evaluator's ``fairness_gate`` property), the
     sensitive features' slices and the gate's failures."""
     from core import evaluation
+    from pipeline.fairness import FairnessGate
 
-    gate = mlmd.properties(evaluator.execution).get("fairness_gate")
-    if not gate:
+    gate = FairnessGate.of_evaluator(evaluator.execution)
+    if gate is None:
         return
-    summary.fairness_gate = json.loads(gate) if isinstance(gate, str) else gate
+    summary.fairness_gate = dataclasses.asdict(gate)
     uri = evaluator.outputs["evaluation"][0].uri
     slices = evaluation.slice_metrics(uri, summary.fairness_gate["features"],
                                       summary.fairness_gate["min_examples_per_class"])
@@ -340,7 +341,7 @@ def render_fairness(summary: RunSummary) -> List[str]:
     if not gate:
         return []
     lines = [f"  fairness gate (slices with >= {gate['min_examples_per_class']} examples of each label; "
-             f"rates at score >= {gate['decision_threshold']:g}): AUC >= {gate['min_slice_auc']:g}, "
+             f"rates at a score above {gate['decision_threshold']:g}): AUC >= {gate['min_slice_auc']:g}, "
              f"FPR gap <= {gate['max_fpr_gap']:g}, FNR gap <= {gate['max_fnr_gap']:g}"]
     for feature in gate["features"]:
         lines.append(f"    {feature:<24} {'examples':>8} {'pos':>6} {'AUC':>7} {'acc':>7} {'FPR':>7} "
@@ -504,11 +505,7 @@ def fairness_gate(settings: Settings):
     """The settings of ``pipeline.fairness.FairnessGate``."""
     from pipeline.fairness import FairnessGate
 
-    return FairnessGate(
-        features=list(settings.sensitive_features), decision_threshold=settings.decision_threshold,
-        min_examples_per_class=settings.fairness_min_examples_per_class,
-        min_slice_auc=settings.fairness_min_slice_auc, max_fpr_gap=settings.fairness_max_fpr_gap,
-        max_fnr_gap=settings.fairness_max_fnr_gap)
+    return FairnessGate.from_settings(settings)
 
 
 def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:

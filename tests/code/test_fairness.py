@@ -120,3 +120,69 @@ def test_gate_failures_are_recorded_in_tfmas_validation_result(evaluation_uri):
     assert any(r.startswith("payment_type=Cash vs payment_type=Card: false_positive_rate difference = ")
                and r.endswith("needs <= 0.2") for r in reasons)
     assert any(r.startswith("payment_type=Cash: auc = ") and r.endswith("needs >= 0.65") for r in reasons)
+
+
+def test_a_feature_with_no_gated_slice_fails_the_gate():
+    slices = [_slice("payment_type", "Card", 500, 300, 0.80, 0.10, 0.20),
+              _slice("payment_type", "Cash", 900, 10, 0.60, 0.35, 0.25),       # 10 positives: not gated
+              _slice("pickup_community_area", "8", 40, 12, 0.70, 0.20, 0.20)]  # 40 examples: not gated
+    failures = GATE.failures([s for s in slices if s.value != "Card"])
+    assert [(f.feature, f.slices, f.metric, f.value, f.bound) for f in failures] == [
+        ("payment_type", (), E.CLASS_EXAMPLES, 10, 30), ("pickup_community_area", (), E.CLASS_EXAMPLES, 12, 30)]
+    assert failures[0].describe() == ("payment_type: no slice with >= 30 examples of each label to judge "
+                                      "(the most any slice has: 10)")
+    assert [f.feature for f in GATE.failures(slices)] == ["pickup_community_area"]
+    # a feature absent from the evaluation (no slice at all) fails too
+    assert [f.slices for f in GATE.failures([])] == [(), ()]
+
+
+def test_a_no_gated_slice_failure_is_recorded_and_read_back(evaluation_uri, tmp_path):
+    import shutil
+
+    uri = str(tmp_path / "evaluation")
+    shutil.copytree(evaluation_uri, uri)
+    strict = FairnessGate(**dict(GATE.__dict__, min_examples_per_class=2000))
+    failures = strict.failures(E.slice_metrics(uri, strict.features, strict.min_examples_per_class))
+    assert [(f.feature, f.slices) for f in failures] == [("payment_type", ()), ("pickup_community_area", ())]
+    recorded = len(E.fairness_failures(uri))      # what an earlier test recorded in the shared evaluation
+    E.record_fairness_failures(uri, failures)
+    assert E.fairness_failures(uri)[recorded:] == failures
+    assert not tfma.load_validation_result(uri).validation_ok
+
+
+def test_config_rejects_a_sensitive_feature_that_is_not_a_raw_feature(tmp_path):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load({"home": str(tmp_path), "sensitive_features": "payment_type,pickup_comunity_area"},
+                    environ={})
+    message = str(raised.value)
+    assert "'sensitive_features'" in message and "pickup_comunity_area" in message
+    assert "pickup_community_area" in message and "payment_type" in message     # the valid names
+    with pytest.raises(config.ConfigError):
+        config.load({"home": str(tmp_path)}, environ={"TFXOPS_SENSITIVE_FEATURES": '["tips"]'})
+
+
+def test_the_gate_has_one_source_for_its_settings(tmp_path):
+    from pipeline.model_card import card_config
+
+    settings = config.load({"home": str(tmp_path), "decision_threshold": "0.3",
+                            "fairness_max_fnr_gap": "0.4"}, environ={})
+    gate = FairnessGate.from_settings(settings)
+    card = card_config(settings)
+    assert (card["sensitive_features"], card["decision_threshold"]) == (gate.features, 0.3)
+    assert card["fairness"] == {"min_examples_per_class": gate.min_examples_per_class,
+                                "min_slice_auc": gate.min_slice_auc, "max_fpr_gap": gate.max_fpr_gap,
+                                "max_fnr_gap": 0.4}
+
+
+def test_the_cli_refuses_a_misspelt_sensitive_feature_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run([sys.executable, "-m", "tfxops.cli", "run", "--home", str(tmp_path / "home"),
+                             "--set", "sensitive_features=payment_typ"],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "'sensitive_features' names payment_typ" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "home").exists()
