@@ -3,8 +3,11 @@ started; then, from its record in MLMD, a data gate stop, a refused blessing, a
 push, and its end, each with the MLMD ids that are its evidence (the nodes'
 execution ids and the ids of the artifacts they read and wrote, by event key).
 
-A cached Pusher pushed nothing new, so a fully cached rerun appends its start and
-end only.
+Only what this run did is recorded: the ids come from this run's own
+``pipeline_run`` context (none when it failed before its first node: then
+``summary.run_id`` is "-"), and a push or a refused blessing only when that
+run's Pusher or Evaluator executed rather than being CACHED. A fully cached rerun
+appends its start and end only.
 """
 from typing import Dict, List, Optional
 
@@ -22,22 +25,23 @@ def outcome(settings: Settings, summary) -> List[audit.Written]:
     stop, refused blessing or push, then its end."""
     nodes: Dict[str, mlmd.NodeExecution] = {}
     run_context: Optional[int] = None
-    try:
-        store = mlmd.open_store(settings)
-        run = mlmd.find_run(store, settings.pipeline_name, summary.run_id if summary.run_id != "-" else None)
-        run_context = run.id
-        nodes = {n.node_id: n for n in mlmd.run_executions(store, run, settings.pipeline_name, with_inputs=True)}
-    except mlmd.MetadataError:    # stopped before it recorded anything: the entries say so, without ids
-        pass
+    if summary.run_id != "-":     # else it stopped before it recorded anything: the entries say so, without ids
+        try:
+            store = mlmd.open_store(settings)
+            run = mlmd.find_run(store, settings.pipeline_name, summary.run_id)
+            run_context = run.id
+            nodes = {n.node_id: n for n in mlmd.run_executions(store, run, settings.pipeline_name, with_inputs=True)}
+        except mlmd.MetadataError:
+            pass
     written = []
     if summary.failed_node == "DataGate":
         written.append(audit.record(settings, audit.GATE_STOPPED, f"the data gate stopped the run: {summary.error}",
                                     evidence(nodes.get("DataGate"))))
-    if summary.blessed is False:
+    if summary.blessed is False and _executed(nodes.get("Evaluator")):
         reasons = "; ".join(summary.blessing_reasons) or "the Evaluator did not bless it"
         written.append(audit.record(settings, audit.BLESSING_REFUSED, f"candidate model not blessed: {reasons}",
                                     evidence(nodes.get("Evaluator"))))
-    if summary.pushed:
+    if summary.pushed and _executed(nodes.get("Pusher")):
         written.append(audit.record(
             settings, audit.PUSHED, f"blessed model pushed to {summary.pushed_path}",
             evidence(nodes.get("Pusher")), model_version=summary.pushed_version))
@@ -47,6 +51,11 @@ def outcome(settings: Settings, summary) -> List[audit.Written]:
                                 dict(pipeline_run_context_id=run_context),
                                 model_version=summary.pushed_version))
     return written
+
+
+def _executed(node: Optional[mlmd.NodeExecution]) -> bool:
+    """The node ran in this run (its execution is in this run's context, not CACHED)."""
+    return node is not None and node.state != "CACHED"
 
 
 def evidence(node: Optional[mlmd.NodeExecution]) -> Dict[str, int]:

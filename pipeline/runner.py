@@ -232,7 +232,11 @@ def _stream_to(descriptor: int) -> TextIO:
 
 # ------------------------------------------------------------------------ summary
 def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
-              error: Optional[PipelineFailed], log_path: Path) -> RunSummary:
+              error: Optional[PipelineFailed], log_path: Path, started_ms: int) -> RunSummary:
+    """The run's summary from its record in MLMD: the newest run, if its context was
+    created at or after ``started_ms`` (epoch milliseconds, when this run started);
+    else this run recorded nothing (it failed before its first node) and the summary
+    takes nothing from an earlier run."""
     summary = RunSummary(run_id="-", ok=error is None, wall_seconds=round(wall, 1),
                          nodes=progress_nodes, metadata_path=str(settings.metadata_file),
                          log_path=str(log_path), pipeline_root=str(settings.pipeline_root_path))
@@ -242,6 +246,8 @@ def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
         store = mlmd.open_store(settings)
         run = mlmd.find_run(store, settings.pipeline_name)
     except mlmd.MetadataError:   # the run failed before it recorded anything
+        return summary
+    if run.create_time_since_epoch < started_ms:     # an earlier run's: this one recorded nothing
         return summary
     summary.run_id = run.name
     executions = {n.node_id: n for n in mlmd.run_executions(store, run, settings.pipeline_name)}
@@ -281,7 +287,8 @@ def _fairness_results(summary: RunSummary, evaluator: mlmd.NodeExecution) -> Non
 
 def _push_outcome(summary: RunSummary, pusher: Optional[mlmd.NodeExecution], settings: Settings) -> None:
     """Pushed (a new version), or cached: the Pusher's output is then the earlier
-    push of the same model, which this run did not make."""
+    push of the same model, which this run did not make; or not pushed because the
+    model is already the newest version's (``cached_push_version`` names it too)."""
     from core.pushdir import newest_version
 
     newest = newest_version(str(settings.model_push_dir))
@@ -290,6 +297,10 @@ def _push_outcome(summary: RunSummary, pusher: Optional[mlmd.NodeExecution], set
         return
     pushed = pusher.outputs["pushed_model"][0]
     if not int(mlmd.custom(pushed, "pushed", 0) or 0):
+        from pipeline.pusher import ALREADY_PUSHED_KEY    # the Pusher found the model already pushed
+
+        already = mlmd.custom(pushed, ALREADY_PUSHED_KEY)
+        summary.cached_push_version = None if already is None else str(already)
         return
     if pusher.state == "CACHED":
         summary.cached_push_version = str(mlmd.custom(pushed, "pushed_version"))
@@ -392,6 +403,7 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
     data_dir = data_dir or settings.data_dir
     preflight.check_data_dir(data_dir, settings.preflight_rows)
     out = out or sys.stdout
+    started_ms = int(time.time() * 1000)      # MLMD's clock: a context created by this run is not older
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_path = require_local("log_dir", settings.logs_path, "the run log is a local file") / f"run-{stamp}.log"
     _check_metadata_store(settings)
@@ -415,7 +427,7 @@ def run_pipeline(settings: Settings, out: TextIO = None, data_dir: Optional[str]
                 error = _run_on_local_dag_runner(settings, data_dir, progress)
         except portable.ServiceFailed as exc:
             error = PipelineFailed(BEAM_SERVICES, str(exc))
-        summary = summarize(settings, progress.nodes, time.monotonic() - start, error, log_path)
+        summary = summarize(settings, progress.nodes, time.monotonic() - start, error, log_path, started_ms)
         summary.recovery = recovered
     summary.audit_error = run_audit.failures(audit_writes + run_audit.outcome(settings, summary))
     summary_path = log_path.with_suffix(".json")

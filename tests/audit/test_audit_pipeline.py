@@ -104,3 +104,32 @@ def test_a_run_whose_audit_write_fails_keeps_its_result_and_exits_1(first_run, e
                                              f"audit trail {audit_path}" in result.stdout
     assert f"tfxops run: could not append 'run_started' to the audit trail {audit_path}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_that_fails_before_recording_anything_takes_nothing_from_the_run_before(
+        first_run, e2e_settings, tmp_path, monkeypatch):
+    """After a successful run in the same home, a run on the portable runner whose
+    local Beam job service exits at start (its Python finds no standard library under
+    PYTHONHOME) stops before its first node: no push, no run id, no ids of the run
+    before it."""
+    import dataclasses
+    import io
+
+    from pipeline import runner
+
+    home = tmp_path / "home"
+    shutil.copytree(e2e_settings.home, home)
+    settings = dataclasses.replace(e2e_settings, home=str(home), beam_runner="portable")
+    before = len(list(audit.entries(audit.audit_file(settings))))
+    monkeypatch.setenv("PYTHONHOME", str(tmp_path / "no-python-here"))
+    summary = runner.run_pipeline(settings, out=io.StringIO())
+    monkeypatch.delenv("PYTHONHOME")
+    assert not summary.ok and summary.failed_node == runner.BEAM_SERVICES, summary.error
+    assert "exited at start" in summary.error
+    assert summary.run_id == "-" and not summary.pushed and summary.blessed is None
+    assert first_run.run_id not in summary.to_json()
+    entries = list(audit.entries(audit.audit_file(settings)))[before:]
+    assert [e["action"] for e in entries] == ["run_started", "run_ended"]
+    assert first_run.run_id not in entries[1]["reason"] and "failed at Beam services" in entries[1]["reason"]
+    assert entries[1]["evidence"] == {} and entries[1]["model_version"] is None
+    assert audit.verify(audit.audit_file(settings), None).ok
