@@ -25,7 +25,6 @@ from core import features as F
 from core import storage
 from core.storage import Location
 from core.config import Settings
-from core.pushdir import newest_version
 from monitoring import policy
 from monitoring.reuse import ReuseCandidate
 
@@ -75,14 +74,15 @@ Outcome = Union[RetrainOutcome, RepushOutcome]
 
 
 def carry_out(settings: Settings, decision: policy.Decision, *, monitor_dir: Path, window_id: str,
-              labelled_rows: List[Dict]) -> Outcome:
+              labelled_rows: List[Dict], judged_version) -> Outcome:
     """Do what ``decision`` (a ``retrain`` or ``repush``) says. A retrain with
     ``retrain_with_feedback`` first adds the window's labelled rows as a data span.
-    The decision and what came of it go into the audit trail (``core.audit``)."""
-    served = newest_version(settings.model_push_dir)
+    The decision and what came of it go into the audit trail (``core.audit``),
+    about ``judged_version``: the served version whose traffic the decision judged."""
+    served = str(judged_version)
     audit.record(settings, audit.MONITOR_DECISION,
                  f"window {window_id}: {decision.action}: {'; '.join(decision.reasons)}; {decision.because}",
-                 audit.version_evidence(settings.model_push_dir, served) if served is not None else {},
+                 audit.version_evidence(settings.model_push_dir, served),
                  model_version=served, actor=audit.actor_name("monitor"))
     outcome = _carry_out(settings, decision, monitor_dir, window_id, labelled_rows)
     _audit_outcome(settings, window_id, served, outcome)

@@ -213,7 +213,8 @@ def _act(monitor_pass: MonitorPass, traffic: VersionTraffic, found: analysis_lib
     monitor_pass.checkpoint.start_action(monitor_pass.window.id, decision.action, traffic.version)
     monitor_pass.print_line(f"acting: {decision.because}")
     outcome = act.carry_out(monitor_pass.settings, decision, monitor_dir=monitor_pass.monitor_dir,
-                            window_id=monitor_pass.window.id, labelled_rows=found.labelled_rows)
+                            window_id=monitor_pass.window.id, labelled_rows=found.labelled_rows,
+                            judged_version=traffic.version)
     monitor_pass.checkpoint.finish_action(monitor_pass.window.id, outcome.ok, outcome.to_dict())
     monitor_pass.acted = True
     monitor_pass.print_line(f"outcome: {json.dumps(report.json_safe(outcome.to_dict()))}")

@@ -54,12 +54,14 @@ def test_a_monitor_repush_records_its_decision_and_the_new_version(first_run, e2
                                                         first_run.pushed_version)["model_artifact_id"])
     settings = config.load({"home": str(tmp_path)})
     shutil.copytree(served.destination, settings.model_push_dir / first_run.pushed_version)
+    newer = str(int(first_run.pushed_version) + 5)     # a version pushed after the judged one
+    shutil.copytree(served.destination, settings.model_push_dir / newer)
     reuse = ReuseCandidate(model_id=model.id, model_uri=model.uri, model_path=f"{model.uri}/Format-Serving",
                            over=[], errors=0, matches=True, score=0.0, why="test")
     decision = policy.Decision(action=policy.REPUSH, triggered=True, reasons=["2 features over their skew threshold"],
                                because="re-push blessed model", reuse=reuse)
     outcome = act.carry_out(settings, decision, monitor_dir=tmp_path / "monitoring", window_id="w1",
-                            labelled_rows=[])
+                            labelled_rows=[], judged_version=first_run.pushed_version)
     decided, repushed = list(audit.entries(audit.audit_file(settings)))
     assert decided["action"] == "monitor_decision" and decided["actor"].startswith("monitor:")
     assert decided["model_version"] == first_run.pushed_version and "skew threshold" in decided["reason"]

@@ -45,7 +45,7 @@ def test_retrain_with_a_missing_data_dir_fails_naming_the_setting(tmp_path):
     settings = Settings(home=str(tmp_path), data_dir=str(tmp_path / "missing"), retrain_with_feedback=True)
     decision = policy.Decision(action=policy.RETRAIN, triggered=True, reasons=["drift"], because="test")
     outcome = act.carry_out(settings, decision, monitor_dir=tmp_path / "monitoring", window_id="w1",
-                            labelled_rows=[{"trip_miles": 1.0, "tips": 0.5}])
+                            labelled_rows=[{"trip_miles": 1.0, "tips": 0.5}], judged_version=1)
     assert not outcome.ok and outcome.run_id is None
     assert "data_dir" in outcome.error and "retrain_include_original=false" in outcome.error
     assert outcome.span and outcome.span_rows == 1
