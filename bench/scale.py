@@ -264,6 +264,9 @@ def render(r: Dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}; "
         f"measured {m['date']} by `bench/scale.py` (all runs below in one session, sizes in order, the "
         "set-ups of one size one after the other).", "",
+        *[f"Rerun at {x['when']} in the same session, replacing the first run's rows: pipeline "
+          f"`{x['pipeline'] or '-'}`, monitor `{x['monitor'] or '-'}`, sizes `{x['sizes']}` (why: below)."
+          for x in r.get("reruns", [])], "",
         "Rows: the bundled taxi sample and jittered copies of it (`bench/scale.py` says how). Pipeline: "
         "`tfxops run`, cold, in a fresh home per run, 600 training steps whatever the size (the reference: "
         "1000), so the Trainer is a fixed cost. *cpu s* counts the whole process tree (Beam workers and "
@@ -376,32 +379,43 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout-minutes", type=float, default=40.0, help="a run longer than this is stopped")
     parser.add_argument("--work", default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--out", default=str(REPO / "docs" / "bench-scale.md"))
+    parser.add_argument("--merge", help="results.json of an earlier run: these runs replace or join its own")
+    parser.add_argument("--monitor-home", help="the home whose pushed model the monitor runs watch "
+                        "(default: the first size's in_process run)")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="tfxops-bench-scale-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     timeout = args.timeout_minutes * 60
     results = {"machine": machine(), "sizes": [], "pipeline": {}, "monitor": {}}
+    if args.merge:
+        results = json.loads(Path(args.merge).read_text())
+        results.setdefault("reruns", []).append({"when": time.strftime("%H:%M UTC", time.gmtime()),
+                                                 "pipeline": args.pipeline, "monitor": args.monitor,
+                                                 "sizes": args.sizes})
     pipeline_modes = [m for m in args.pipeline.split(",") if m]
     monitor_modes = [m for m in args.monitor.split(",") if m]
     for copies in [int(c) for c in args.sizes.split(",")]:
         data_dir = work / f"data-{copies}"
         rows = make_data(copies, data_dir)
         print(f"== {rows:,} rows in {data_dir}", flush=True)
-        results["sizes"].append(rows)
+        if rows not in results["sizes"]:
+            results["sizes"].append(rows)
         runs = results["pipeline"].setdefault(str(rows), {})
         for mode in pipeline_modes:
             runs[mode] = run_pipeline(mode, data_dir, work / f"pipeline-{rows}", timeout)
             print(f"   pipeline {mode}: {runs[mode]['wall_s']} s, exit {runs[mode]['exit']}", flush=True)
             save(results, work, Path(args.out))
         if monitor_modes:
-            _monitor_size(results, rows, monitor_modes, work, timeout, Path(args.out))
+            source = Path(args.monitor_home) if args.monitor_home else \
+                work / f"pipeline-{results['sizes'][0]}" / "in_process"
+            _monitor_size(results, rows, monitor_modes, source, work, timeout, Path(args.out))
         shutil.rmtree(data_dir, ignore_errors=True)
     print(f"wrote {args.out}; raw results and logs in {work}")
     return 0
 
 
-def _monitor_size(results: Dict, rows: int, modes: List[str], work: Path, timeout: float, out: Path) -> None:
-    source = work / f"pipeline-{results['sizes'][0]}" / "in_process"
+def _monitor_size(results: Dict, rows: int, modes: List[str], source: Path, work: Path, timeout: float,
+                  out: Path) -> None:
     if not config.load({"home": str(source)}).metadata_file.exists():
         print("   monitor: no pushed model from the first in_process run; skipped", flush=True)
         return
