@@ -14,6 +14,16 @@ Writers are the pipeline run, the monitor and the server, possibly at once: an
 append takes an exclusive ``flock`` on the file, reads the last entry, writes the
 new line and fsyncs, all under the lock, so the chain never forks.
 
+A writer that dies mid-append leaves a torn last line (no newline). The next
+append starts on a fresh line and first chains a ``torn_line`` entry naming that
+line and the SHA-256 of its bytes, so ``verify`` accepts the torn line (and only
+that one, unchanged); a torn LAST line, with nothing after it yet, is a warning
+of ``verify``, not a break. A writer without the key appending after signed
+entries logs at ERROR level naming the environment variable; ``verify`` with the
+key reports that unsigned entry.
+
+Readers take a shared ``flock`` while they read, so they never see half a line.
+
 ``record`` never raises: a failed write is logged at ERROR level and returned as
 a ``Written`` whose ``error`` says what happened; the action it records stands
 (``tfxops run`` then exits non-zero at the end, naming the file).
@@ -21,10 +31,11 @@ a ``Written`` whose ``error`` says what happened; the action it records stands
 ``verify`` walks the chain and names the first bad line: edited (its hash no
 longer matches), deleted or reordered (its ``seq`` and ``prev_hash`` do not follow
 the line before), a bad or missing signature (with the key), or not an entry at
-all. What a chain cannot show: a cut at the very end (the last entries removed)
-leaves a valid, shorter chain; compare ``seq`` and the last ``hash`` with a copy
-kept elsewhere, and set a key, without which a person able to rewrite the file
-can also rewrite every hash after an edit.
+all, or an entry whose fields are not of their types (hand-edited). What a chain
+cannot show: a cut at the very end (the last entries removed) leaves a valid,
+shorter chain, undetectable from the file alone; compare ``seq`` and the last
+``hash`` with a copy of the head kept elsewhere. And set a key, without which a
+person able to rewrite the file can also rewrite every hash after an edit.
 """
 import dataclasses
 import datetime
@@ -50,8 +61,9 @@ GATE_STOPPED, BLESSING_REFUSED, PUSHED = "gate_stopped", "blessing_refused", "pu
 MONITOR_DECISION, RETRAIN, REPUSH = "monitor_decision", "retrain", "repush"
 PROMOTE, ROLLBACK = "promote", "rollback"      # no command does these yet
 SERVED_VERSION_CHANGED = "served_version_changed"
+TORN_LINE = "torn_line"     # the line before it is a write cut short (the appender notes it)
 ACTIONS = (RUN_STARTED, RUN_ENDED, GATE_STOPPED, BLESSING_REFUSED, PUSHED, MONITOR_DECISION,
-           RETRAIN, REPUSH, PROMOTE, ROLLBACK, SERVED_VERSION_CHANGED)
+           RETRAIN, REPUSH, PROMOTE, ROLLBACK, SERVED_VERSION_CHANGED, TORN_LINE)
 
 GENESIS = "0" * 64          # prev_hash of the first entry
 _UNSIGNED = ("hash", "signature")
@@ -80,11 +92,18 @@ class Problem:
 
 
 @dataclasses.dataclass(frozen=True)
+class TornLine:
+    line: int        # 1-based line number
+    sha256: str      # of its bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class Verification:
     path: str
     entries: int             # lines read
     signatures_checked: bool
     problem: Optional[Problem] = None
+    warnings: List[Problem] = dataclasses.field(default_factory=list)   # not breaks: e.g. a torn last line
 
     @property
     def ok(self) -> bool:
@@ -145,41 +164,89 @@ def record(settings: Settings, action: str, reason: str, evidence: Optional[Dict
                  "actor": actor or actor_name(), "action": action, "reason": reason,
                  "model_version": None if model_version is None else str(model_version),
                  "evidence": {k: int(v) for k, v in (evidence or {}).items() if v is not None}}
-        return Written(where, _append(path, entry, signing_key(settings)))
+        return Written(where, _append(path, entry, signing_key(settings), settings.audit_key_env))
     except Exception as exc:  # noqa: BLE001 - the action this records must stand
         where = where or str(settings.audit_path or "<home>/audit/audit.jsonl")
-        message = f"could not append '{action}' to the audit trail {where}: {exc}"
+        message = f"could not append '{action}' to the audit trail {where}: {_why(exc)}"
         log.error("AUDIT TRAIL NOT WRITTEN: %s (reason: %s; evidence: %s)", message, reason, evidence)
         return Written(where, None, message)
 
 
-def _append(path: Path, entry: Dict, key: Optional[bytes]) -> Dict:
-    """Chain ``entry`` to the file's last entry and append it, under an exclusive lock."""
+def _why(exc: Exception) -> str:
+    """An append's failure in words (an OS error as its reason and file)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, (AuditError, ValueError)):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}"
+
+
+def _append(path: Path, entry: Dict, key: Optional[bytes], key_env: str) -> Dict:
+    """Chain ``entry`` to the file's last entry and append it, under an exclusive lock
+    (after a ``torn_line`` note if the file ends in a torn line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     created = not path.exists()
     with open(path, "a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             last, torn = _last_entry(handle)
-            entry = dict(entry, seq=(last or {}).get("seq", 0) + 1,
-                         prev_hash=(last or {}).get("hash", GENESIS))
-            entry["hash"] = entry_hash(entry)
-            if key is not None:
-                entry["signature"] = signature(entry, key)
-            line = json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n"
-            handle.write((b"\n" if torn else b"") + line.encode())
+            if last is not None and "signature" in last and key is None:
+                log.error("audit entry %s appended UNSIGNED after signed entries: the environment variable %s "
+                          "(setting audit_key_env) is not set in this process", last["seq"] + 1,
+                          key_env or "(audit_key_env is empty)")
+            lines = []
+            if torn is not None:
+                last = _chained(_torn_note(torn), last, key)
+                lines.append(last)
+            lines.append(_chained(entry, last, key))
+            text = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in lines)
+            handle.write((b"\n" if torn is not None else b"") + text.encode())
             handle.flush()
             os.fsync(handle.fileno())
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     if created:
         _fsync_directory(path.parent)
+    return lines[-1]
+
+
+def _chained(entry: Dict, last: Optional[Dict], key: Optional[bytes]) -> Dict:
+    """``entry`` with its ``seq``, ``prev_hash``, ``hash`` (and ``signature``) after ``last``."""
+    entry = dict(entry, seq=(last or {}).get("seq", 0) + 1, prev_hash=(last or {}).get("hash", GENESIS))
+    entry["hash"] = entry_hash(entry)
+    if key is not None:
+        entry["signature"] = signature(entry, key)
     return entry
 
 
-def _last_entry(handle) -> Tuple[Optional[Dict], bool]:
-    """The last complete entry of the file (None if none) and whether the file ends
-    in a torn line (a writer died mid-write: the next line starts afresh)."""
+def _torn_note(torn: TornLine) -> Dict:
+    return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
+            "actor": actor_name(), "action": TORN_LINE, "model_version": None,
+            "reason": f"line {torn.line} is a write cut short (not an entry); its bytes' sha256 is {torn.sha256}",
+            "evidence": {"line": torn.line}}
+
+
+def _torn_line_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _last_entry(handle) -> Tuple[Optional[Dict], Optional[TornLine]]:
+    """The last complete entry of the file (None if none) and, if the file ends in a
+    torn line (a writer died mid-write), that line. ``AuditError`` if the last
+    entry was edited into something that cannot be chained to."""
+    last, torn = _last_parsed(handle)
+    if last is not None and not (_is_int(last.get("seq")) and isinstance(last.get("hash"), str)):
+        raise AuditError("its last entry has no valid seq and hash (edited by hand?): "
+                         "`tfxops audit --verify` names the line")
+    if not torn:
+        return last, None
+    handle.seek(0)
+    content = handle.read()
+    start = content.rfind(b"\n") + 1
+    return last, TornLine(content.count(b"\n") + 1, _torn_line_hash(content[start:]))
+
+
+def _last_parsed(handle) -> Tuple[Optional[Dict], bool]:
     handle.seek(0, os.SEEK_END)
     size = handle.tell()
     if size == 0:
@@ -210,39 +277,122 @@ def _fsync_directory(directory: Path) -> None:
 
 
 # ------------------------------------------------------------------ reading
-def read_lines(path: Path) -> List[str]:
-    """The file's lines; ``AuditError`` naming the file if it cannot be read."""
+def read_lines(path: Path) -> List[bytes]:
+    """The file's lines (bytes, without their newline), read under a shared lock so
+    that no half-written line is seen; ``AuditError`` naming the file if it cannot be
+    read."""
+    lines = _read(path).split(b"\n")
+    return lines[:-1] if lines[-1] == b"" else lines
+
+
+def _read(path: Path) -> bytes:
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read().splitlines()
+        with open(path, "rb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+            try:
+                content = handle.read()
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     except FileNotFoundError:
         raise AuditError(f"no audit trail at {path}: nothing has been recorded under this home yet "
                          f"(or set audit_path to where it is)") from None
     except OSError as exc:
         raise AuditError(f"cannot read the audit trail {path}: {exc.strerror}") from None
+    return content
+
+
+def numbered_entries(path: Path) -> Iterator[Tuple[int, Dict]]:
+    """Every line that parses as an entry, with its 1-based line number, in file order."""
+    for number, line in enumerate(read_lines(path), start=1):
+        found = _parse(line)
+        if found is not None:
+            yield number, found
 
 
 def entries(path: Path) -> Iterator[Dict]:
     """Every line that parses as an entry, in file order."""
-    for line in read_lines(path):
-        found = _parse(line)
-        if found is not None:
-            yield found
+    return (entry for _, entry in numbered_entries(path))
+
+
+def malformed(entry: Dict) -> str:
+    """Which field of a parsed entry is not of its type (a hand edit); "" if none."""
+    types = {"seq": "an integer", "time": "an ISO time", "actor": "a string", "action": "a known action",
+             "reason": "a string", "evidence": "an object of integers", "prev_hash": "a string"}
+    checks = {"seq": _is_int(entry.get("seq")), "time": _is_time(entry.get("time")),
+              "actor": isinstance(entry.get("actor"), str), "action": entry.get("action") in ACTIONS,
+              "reason": isinstance(entry.get("reason"), str),
+              "evidence": isinstance(entry.get("evidence"), dict)
+              and all(_is_int(v) for v in entry["evidence"].values()),
+              "prev_hash": isinstance(entry.get("prev_hash"), str)}
+    bad = [f"{field} is not {types[field]}" for field, ok in checks.items() if not ok]
+    if entry.get("model_version") is not None and not isinstance(entry.get("model_version"), str):
+        bad.append("model_version is not a string")
+    return "; ".join(bad)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_time(value) -> bool:
+    try:
+        return isinstance(value, str) and bool(datetime.datetime.fromisoformat(value))
+    except ValueError:
+        return False
 
 
 # ------------------------------------------------------------------ verifying
 def verify(path: Path, key: Optional[bytes]) -> Verification:
-    """Walk the chain; the first bad line, if any (see the module docstring)."""
-    lines = read_lines(path)
+    """Walk the chain; the first bad line, if any, and the warnings (see the module
+    docstring)."""
+    content = _read(path)
+    lines = content.split(b"\n")
+    lines = lines[:-1] if lines[-1] == b"" else lines
+    torn_last = bool(content) and not content.endswith(b"\n")
     parsed = [_parse(line) for line in lines]
-    last_line_of = {e.get("seq"): number for number, e in enumerate(parsed, start=1) if e}
-    previous = {"seq": 0, "hash": GENESIS}
+    last_line_of = {e["seq"]: number for number, e in enumerate(parsed, start=1) if e and _is_int(e.get("seq"))}
+    previous, signed, warnings = {"seq": 0, "hash": GENESIS}, False, []
     for number, entry in enumerate(parsed, start=1):
-        what = _line_problem(entry, previous, last_line_of.get(previous["seq"] + 1, 0) > number, key)
+        if entry is None and _torn_line_accepted(lines, parsed, number, torn_last, warnings):
+            continue
+        what = _line_problem(entry, previous, last_line_of.get(previous["seq"] + 1, 0) > number, key) or \
+            _signing_problem(entry, signed, key, number, warnings)
         if what:
-            return Verification(str(path), len(lines), key is not None, Problem(number, what))
-        previous = entry
-    return Verification(str(path), len(lines), key is not None)
+            return Verification(str(path), len(lines), key is not None, Problem(number, what), warnings)
+        previous, signed = entry, signed or "signature" in entry
+    return Verification(str(path), len(lines), key is not None, None, warnings)
+
+
+def _torn_line_accepted(lines: List[bytes], parsed: List[Optional[Dict]], number: int, torn_last: bool,
+                        warnings: List[Problem]) -> bool:
+    """A line that is no entry is accepted when it is the torn last line (no newline
+    after it: a warning) or the line the next line's ``torn_line`` note names, with
+    the same bytes."""
+    if number == len(lines):
+        if not torn_last:
+            return False
+        warnings.append(Problem(number, "the last line is a write cut short (a writer died mid-append); "
+                                        "the next append records it"))
+        return True
+    note = parsed[number]      # the line after it
+    return bool(note and note.get("action") == TORN_LINE and note.get("evidence") == {"line": number}
+                and isinstance(note.get("reason"), str)
+                and note["reason"].endswith(_torn_line_hash(lines[number - 1])))
+
+
+def _signing_problem(entry: Dict, signed_before: bool, key: Optional[bytes], number: int,
+                     warnings: List[Problem]) -> str:
+    """An unsigned entry: with the key a break, without it a warning if signed ones
+    came before it."""
+    if "signature" in entry:
+        return ""
+    if key is not None:
+        return f"entry {entry['seq']} " + ("is an unsigned entry after signed ones (appended without the key)"
+                                          if signed_before else "is not signed (written without the key)")
+    if not signed_before:
+        return ""
+    warnings.append(Problem(number, f"entry {entry['seq']} is unsigned after signed ones (give the key to check)"))
+    return ""
 
 
 def _parse(line) -> Optional[Dict]:
@@ -263,7 +413,9 @@ def _line_problem(entry: Optional[Dict], previous: Dict, expected_comes_later: b
     seq, expected = entry.get("seq"), previous["seq"] + 1
     if entry_hash(entry) != entry.get("hash"):
         return f"entry {seq} was edited: its content no longer matches its hash"
-    if isinstance(seq, int) and seq > expected:
+    if malformed(entry):
+        return f"entry {seq} is malformed ({malformed(entry)}): edited and re-hashed"
+    if seq > expected:
         if expected_comes_later:
             return f"entry {seq} comes where entry {expected} belongs: the entries were reordered"
         missing = f"entry {expected} was" if seq == expected + 1 else f"entries {expected}-{seq - 1} were"
@@ -273,10 +425,8 @@ def _line_problem(entry: Optional[Dict], previous: Dict, expected_comes_later: b
     if entry.get("prev_hash") != previous["hash"]:
         return (f"entry {seq} does not chain to the line before it (its prev_hash is not that entry's hash): "
                 f"an entry was edited and re-hashed, or replaced")
-    if key is not None:
-        if "signature" not in entry:
-            return f"entry {seq} is not signed (written without the key)"
-        if not hmac.compare_digest(str(entry["signature"]), signature(entry, key)):
+    if key is not None and "signature" in entry:
+        if not hmac.compare_digest(str(entry["signature"]).encode(), signature(entry, key).encode()):
             return f"entry {seq} has a bad signature (a different key, or edited and re-hashed)"
     return ""
 

@@ -93,7 +93,7 @@ def test_cli_verify_and_print(settings, tmp_path):
     path = _fill(settings)
     env = dict(os.environ, **{KEY_ENV: "the right key"})
     good = _tfxops("--home", str(tmp_path), "--set", f"audit_key_env={KEY_ENV}", "--verify", env=env)
-    assert good.returncode == 0 and "5 entries, chain and signatures intact" in good.stdout, good.stderr
+    assert good.returncode == 0 and "5 entries, hash chain and signatures intact" in good.stdout, good.stderr
     wrong = _tfxops("--home", str(tmp_path), "--set", f"audit_key_env={KEY_ENV}", "--verify",
                     env=dict(env, **{KEY_ENV: "a wrong key"}))
     assert wrong.returncode == 1
@@ -110,6 +110,7 @@ def test_a_failed_write_is_reported_not_raised(tmp_path):
     (tmp_path / "audit").write_text("a file where the directory should be")
     written = audit.record(config.load({"home": str(tmp_path)}), audit.RUN_STARTED, "a run")
     assert not written.ok and str(tmp_path / "audit" / "audit.jsonl") in written.error
+    assert "[Errno" not in written.error and f"File exists: {tmp_path / 'audit'}" in written.error
 
 
 def _append_many(home, count):
@@ -130,3 +131,111 @@ def test_concurrent_writers_keep_one_chain(tmp_path):
     result = audit.verify(path, None)
     assert result.ok, result.problem
     assert [e["seq"] for e in audit.entries(path)] == list(range(1, 161))
+
+
+def test_a_torn_last_line_is_a_warning_then_recorded_by_the_next_append(settings, tmp_path):
+    import os
+
+    path = _fill(settings, 3)
+    with open(path, "ab") as handle:
+        handle.write(b'{"action": "pushed", "seq": 4, "rea')          # a writer died mid-append
+    result = audit.verify(path, audit.signing_key(settings))
+    assert result.ok and [(w.line, "cut short" in w.what) for w in result.warnings] == [(4, True)]
+    env = dict(os.environ, **{KEY_ENV: "the right key"})
+    shown = _tfxops("--home", str(tmp_path), "--set", f"audit_key_env={KEY_ENV}", "--verify", env=env)
+    assert shown.returncode == 0 and "warning: line 4: the last line is a write cut short" in shown.stdout
+    assert audit.record(settings, audit.RUN_STARTED, "after the crash").ok
+    note, after = list(audit.entries(path))[3:]
+    assert note["action"] == "torn_line" and note["evidence"] == {"line": 4} and note["seq"] == 4
+    assert after["seq"] == 5 and after["prev_hash"] == note["hash"]
+    result = audit.verify(path, audit.signing_key(settings))
+    assert result.ok and not result.warnings and result.entries == 6
+    _rewrite(path, lambda lines: lines.__setitem__(3, lines[3].replace("rea", "REA")))   # the torn bytes edited
+    result = audit.verify(path, audit.signing_key(settings))
+    assert result.problem.line == 4 and "not an audit entry" in result.problem.what
+
+
+def test_an_unsigned_append_after_signed_entries_is_logged_and_found(settings, monkeypatch, caplog):
+    path = _fill(settings, 2)
+    monkeypatch.delenv(KEY_ENV)
+    with caplog.at_level("ERROR", logger="tfxops.audit"):
+        assert audit.record(settings, audit.RUN_STARTED, "a writer without the key").ok
+    assert KEY_ENV in caplog.text and "UNSIGNED after signed entries" in caplog.text
+    result = audit.verify(path, b"the right key")
+    assert result.problem.line == 3 and "unsigned entry after signed ones" in result.problem.what
+    result = audit.verify(path, None)
+    assert result.ok and "unsigned after signed ones" in result.warnings[0].what
+
+
+def _set_field(line_index, field, value, rehash=False):
+    def change(lines):
+        entry = json.loads(lines[line_index])
+        entry[field] = value
+        if rehash:
+            entry["hash"] = audit.entry_hash(entry)
+        lines[line_index] = json.dumps(entry, ensure_ascii=False)
+    return change
+
+
+@pytest.mark.parametrize("field, value", [
+    ("seq", [3]), ("time", 5), ("evidence", "execution_id=12"), ("evidence", [1, 2])])
+def test_hand_edited_values_are_named_by_line_without_a_traceback(settings, tmp_path, field, value):
+    import os
+
+    path = _fill(settings, 4)
+    _rewrite(path, _set_field(2, field, value))
+    env = dict(os.environ, **{KEY_ENV: "the right key"})
+    home = ["--home", str(tmp_path), "--set", f"audit_key_env={KEY_ENV}"]
+    verified = _tfxops(*home, "--verify", env=env)
+    assert verified.returncode == 1 and f"{path}: line 3: entry" in verified.stderr
+    shown = _tfxops(*home, env=env)
+    assert shown.returncode == 1 and f"{path}: line 3: not shown, malformed ({field} is not" in shown.stderr
+    assert "3 entries" in shown.stdout
+    assert "Traceback" not in verified.stderr + shown.stderr
+
+
+def test_a_rehashed_malformed_last_entry_fails_verify_and_stops_appends(settings):
+    path = _fill(settings, 3)
+    _rewrite(path, _set_field(2, "seq", [3], rehash=True))
+    result = audit.verify(path, None)
+    assert result.problem.line == 3 and "malformed (seq is not an integer)" in result.problem.what
+    written = audit.record(settings, audit.RUN_STARTED, "after the edit")
+    assert not written.ok and "its last entry has no valid seq and hash" in written.error
+
+
+def test_a_non_ascii_signature_is_a_bad_signature(settings):
+    path = _fill(settings, 3)
+    _rewrite(path, _set_field(1, "signature", "é" * 64))
+    result = audit.verify(path, audit.signing_key(settings))
+    assert result.problem.line == 2 and "bad signature" in result.problem.what
+
+
+def test_cli_since_with_z_and_verify_refuses_filters(settings, tmp_path):
+    import os
+
+    _fill(settings, 2)
+    env = dict(os.environ, **{KEY_ENV: "the right key"})
+    since = _tfxops("--home", str(tmp_path), "--since", "2000-01-01T20:00Z", "--json", env=env)
+    assert since.returncode == 0 and len(json.loads(since.stdout)) == 2, since.stderr
+    future = _tfxops("--home", str(tmp_path), "--since", "2999-01-01T00:00Z", "--json", env=env)
+    assert future.returncode == 0 and json.loads(future.stdout) == []
+    refused = _tfxops("--home", str(tmp_path), "--verify", "--version", "1000", env=env)
+    assert refused.returncode == 2 and "--verify checks the whole file and takes no filters: drop --version" \
+        in refused.stderr
+
+
+def test_readers_wait_for_a_writer_lock(settings):
+    import fcntl
+    import threading
+
+    path = _fill(settings, 2)
+    done = []
+    with open(path, "ab") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+        reader = threading.Thread(target=lambda: done.append(audit.verify(path, None)))
+        reader.start()
+        reader.join(0.5)
+        assert not done                         # blocked while the writer holds the lock
+        fcntl.flock(writer.fileno(), fcntl.LOCK_UN)
+    reader.join(10)
+    assert done and done[0].ok
