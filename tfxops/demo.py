@@ -316,14 +316,14 @@ def _report_html(result: MonitorResult) -> Optional[str]:
 def _print_audit(settings: Settings, printer: StepPrinter) -> bool:
     """The whole trail as ``tfxops audit`` prints it, then ``--verify``'s verdict."""
     from core import audit
-    from tfxops.audit_cli import entry_text
+    from tfxops.audit_cli import entry_text, verdict
 
     path = audit.audit_file(settings)
     for entry in audit.entries(path):
         printer.stream.write(entry_text(entry) + "\n")
     result = audit.verify(path, audit.signing_key(settings))
-    printer.line(f"audit trail {path}: {result.entries} entries, hash chain "
-                 + ("intact" if result.ok else f"BROKEN at line {result.problem.line}: {result.problem.what}"))
+    for line in verdict(path, result, settings.audit_key_env).splitlines():
+        printer.line(line)
     return result.ok
 
 
