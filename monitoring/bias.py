@@ -4,14 +4,18 @@ for the same model on the same groups.
 
 Per slice, in the window:
 
-* the positive-prediction rate (served score >= ``decision_threshold``) and the row
-  count, from every answered row: tallied while the window is read
+* the positive-prediction rate (served score above the decision threshold, as TFMA
+  counts) and the row count, from every answered row: tallied while the window is read
   (``SliceTally``, fed each decoded batch with its served scores), by both engines
   with the same code (``traffic.add_part``), merged across workers;
 * where feedback labels came back: accuracy, false positive rate, false negative
   rate (at the same threshold) and AUC, from the labelled rows.
 
-Each figure is compared with the Evaluator's for the slice (``core.evaluation``).
+The sensitive features and the decision threshold are those the served model was
+evaluated with (its Evaluator's recorded fairness gate, ``served_gate``), the
+settings' only when it recorded none: the window's rates are measured as the
+Evaluator's were. Each figure is compared with the Evaluator's for the slice
+(``core.evaluation``).
 A rate ``p`` (positive rate, accuracy, FPR, FNR) measured on ``n`` rows in the
 window against the Evaluator's ``q`` on ``m`` examples moved when both
 
@@ -28,11 +32,12 @@ error. Accuracy, FPR, FNR and AUC flag only when they worsen; the positive rate
 either way. ``m`` for FPR and FNR is the Evaluator's count of negative or positive
 examples (``core.evaluation.SliceMetrics``).
 
-Per feature and rate, the cross-slice gap (highest minus lowest slice, over the
-slices judged on both sides: demographic parity for the positive rate, equalized
-odds for FPR and FNR) in the window against the same slices' gap at evaluation:
+Per feature and rate, the cross-slice gap (demographic parity for the positive
+rate, equalized odds for FPR and FNR): the Evaluator's highest and lowest slice
+(over the slices judged on both sides), their gap in the window against their gap at
+evaluation (the same two slices on both sides, chosen before the window is seen):
 flagged when it moved by more than ``bias_max_gap_change`` and its z (the two
-extreme slices' variances summed on each side) passes the same test.
+slices' variances summed on each side) passes the same test.
 
 A figure measured on fewer than ``bias_min_slice_rows`` rows (its denominator:
 rows, labelled rows, labelled negatives for FPR, positives for FNR) in the window,
@@ -48,6 +53,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from core import evaluation as E
+from core import features as F
 from core.config import Settings
 from monitoring import checks
 
@@ -78,14 +84,34 @@ class SliceSpec:
 
     @classmethod
     def of(cls, settings: Settings) -> "SliceSpec":
-        return cls(tuple(settings.sensitive_features), float(settings.decision_threshold))
+        """The features and threshold the served model was evaluated with (``served_gate``);
+        the settings' when its Evaluator recorded no fairness gate."""
+        gate = served_gate(settings)
+        if gate is None:
+            return cls(tuple(settings.sensitive_features), float(settings.decision_threshold))
+        return cls(tuple(gate["features"]), float(gate["decision_threshold"]))
+
+
+def served_gate(settings: Settings) -> Optional[Dict]:
+    """The fairness gate recorded by the Evaluator of the served model (the push
+    directory's newest version; ``core.evaluation.recorded_gate``), None without one."""
+    from core import mlmd, pushdir
+    from monitoring import baseline as baseline_lib
+
+    try:
+        store = mlmd.open_store(settings, must_exist=True)
+        base = baseline_lib.for_version(store, pushdir.newest_version(str(settings.model_push_dir)))
+    except (mlmd.MetadataError, baseline_lib.NoLineageError):
+        return None
+    evaluator = mlmd.producer(store, base.evaluation_artifact.id) if base.evaluation_artifact else None
+    return E.recorded_gate(evaluator) if evaluator is not None else None
 
 
 @dataclasses.dataclass
 class SliceCount:
     rows: int = 0          # answered rows with the value
     scored: int = 0        # ... with a served score
-    positives: int = 0     # ... scored at or above the threshold
+    positives: int = 0     # ... scored above the threshold
 
 
 @dataclasses.dataclass
@@ -116,7 +142,7 @@ class SliceTally:
         if self.spec is None:
             return
         scored = ~np.isnan(scores)
-        positive = scored & (np.nan_to_num(scores, nan=-np.inf) >= self.spec.threshold)
+        positive = scored & (np.nan_to_num(scores, nan=-np.inf) > self.spec.threshold)
         names = batch.schema.names
         for feature in self.spec.features:
             if feature not in names:
@@ -193,7 +219,7 @@ def label_figures(labels: np.ndarray, scores: np.ndarray, threshold: float) -> D
     """Accuracy, FPR, FNR at ``threshold`` and AUC of scored, labelled rows."""
     keep = ~np.isnan(scores)
     labels, scores = labels[keep].astype(bool), scores[keep]
-    predicted = scores >= threshold
+    predicted = scores > threshold
     positives, negatives = int(labels.sum()), int((~labels).sum())
 
     def rate(hits: np.ndarray, count: int) -> Figure:
@@ -219,10 +245,11 @@ def evaluator_figures(slice_metrics: Sequence[E.SliceMetrics]) -> Figures:
 
 
 def evaluator_slices(settings: Settings, evaluation_uri: Optional[str]) -> List[E.SliceMetrics]:
-    """The Evaluator's per-slice figures of the sensitive features ([] without an evaluation)."""
+    """The Evaluator's per-slice figures of every feature it sliced ([] without an
+    evaluation); ``drift`` compares those of the features the window tallied."""
     if not evaluation_uri:
         return []
-    return E.slice_metrics(evaluation_uri, settings.sensitive_features, settings.fairness_min_examples_per_class)
+    return E.slice_metrics(evaluation_uri, list(F.RAW_FEATURE_TYPES), settings.fairness_min_examples_per_class)
 
 
 # ------------------------------------------------------------------ the statistic
@@ -305,17 +332,16 @@ class GapDrift:
     feature: str
     metric: str
     slices: List[str]                  # the values judged on both sides
-    window_gap: float
-    window_between: Tuple[str, str]    # its highest and lowest slice in the window
-    evaluation_gap: float
-    evaluation_between: Tuple[str, str]
+    between: Tuple[str, str]           # the Evaluator's highest and lowest of them
+    window_gap: float                  # the first's figure minus the second's, in the window
+    evaluation_gap: float              # ... at evaluation
     change: float
     z: float
     bound: float
     flagged: bool
 
     def line(self) -> str:
-        high, low = self.window_between
+        high, low = self.between
         return (f"{self.feature} {self.metric} gap between slices {self.window_gap:.3f} ({high} vs {low}) vs "
                 f"{self.evaluation_gap:.3f} at evaluation (change {self.change:+.3f}, z {self.z:+.1f}; "
                 f"bound {self.bound:g})")
@@ -358,7 +384,7 @@ def drift(settings: Settings, tally: SliceTally, labels: np.ndarray, scores: np.
     """The window's sensitive slices (``tally``; the labelled ``rows`` with their
     ``labels`` and served ``scores``) against the Evaluator's ``evaluation``
     (``core.evaluation.SliceMetrics`` of the served model)."""
-    spec = SliceSpec.of(settings)
+    spec = tally.spec or SliceSpec.of(settings)
     mine, theirs = window_figures(tally, labels, scores, rows, spec), evaluator_figures(evaluation)
     order = {feature: i for i, feature in enumerate(spec.features)}
     keys = sorted(mine, key=lambda k: (order.get(k[0], len(order)), -_rows(tally, k), k[1]))
@@ -414,17 +440,15 @@ def _gap(settings: Settings, feature: str, metric: str, slices: List[SliceDrift]
               if c.metric == metric and c.change is not None and not c.note]
     if len(judged) < 2:
         return None
-    by_window = sorted(judged, key=lambda vc: vc[1].window)
     by_evaluation = sorted(judged, key=lambda vc: vc[1].evaluation)
-    (w_low, w_low_c), (w_high, w_high_c) = by_window[0], by_window[-1]
-    (e_low, e_low_c), (e_high, e_high_c) = by_evaluation[0], by_evaluation[-1]
-    window_gap, evaluation_gap = w_high_c.window - w_low_c.window, e_high_c.evaluation - e_low_c.evaluation
+    (low, low_c), (high, high_c) = by_evaluation[0], by_evaluation[-1]
+    window_gap, evaluation_gap = high_c.window - low_c.window, high_c.evaluation - low_c.evaluation
     change = window_gap - evaluation_gap
-    variance = sum(rate_variance(c.window, c.window_count) for c in (w_high_c, w_low_c)) + \
-        sum(rate_variance(c.evaluation, c.evaluation_count) for c in (e_high_c, e_low_c))
+    variance = sum(rate_variance(c.window, c.window_count) + rate_variance(c.evaluation, c.evaluation_count)
+                   for c in (high_c, low_c))
     z = change / math.sqrt(variance) if variance > 0 else (0.0 if change == 0 else math.copysign(math.inf, change))
     bound = settings.bias_max_gap_change
-    return GapDrift(feature, metric, sorted(v for v, _ in judged), window_gap, (w_high, w_low), evaluation_gap,
-                    (e_high, e_low), change, z, bound,
+    return GapDrift(feature, metric, sorted(v for v, _ in judged), (high, low), window_gap, evaluation_gap,
+                    change, z, bound,
                     abs(change) > bound and abs(z) > critical_z(settings.bias_significance))
 

@@ -25,7 +25,8 @@ carries its reasons in words.
 
 Bias drift (``monitoring.bias``) is one of the reasons with ``trigger_on_bias_drift``.
 Off (the default), a window whose only finding is bias drift gets an ``alert``:
-reported, never acted on. A group whose predictions or errors moved calls for a
+reported, never acted on; with other findings, it is listed among the decision's
+reasons, marked not acted on. A group whose predictions or errors moved calls for a
 person: its inputs may have changed (a retrain on them learns the change), or its
 labels (a retrain learns them, whether they are right or not); the fairness gate
 judges any retrained model anyway.
@@ -111,18 +112,20 @@ def bias_reason(bias) -> str:
         "; ".join(findings[:5]) + more
 
 
-def bias_alert(bias, dry_run: bool) -> Decision:
-    """Bias drift with ``trigger_on_bias_drift`` off: reported, never acted on."""
-    return Decision(ALERT, True, [bias_reason(bias)], (
-        "alert, not acted on: bias drift (trigger_on_bias_drift is off): a person judges whether the group's "
-        "inputs or labels changed before any retrain"), dry_run)
+BIAS_ALERT = ("bias drift (trigger_on_bias_drift is off): a person judges whether the group's inputs or "
+              "labels changed before any retrain")
+ATTRIBUTION_ALERT = ("feature attribution drift (trigger_on_attribution_drift is off): the served rows sit "
+                     "where other features decide; a person judges whether the inputs or a client changed")
 
 
-def attribution_alert(attribution, dry_run: bool) -> Decision:
-    """Attribution drift with ``trigger_on_attribution_drift`` off: reported, never acted on."""
-    return Decision(ALERT, True, [attribution.finding()], (
-        "alert, not acted on: feature attribution drift (trigger_on_attribution_drift is off): the served "
-        "rows sit where other features decide; a person judges whether the inputs or a client changed"), dry_run)
+def not_acted_on(settings: Settings, bias, attribution) -> List[Tuple[str, str]]:
+    """The flagged findings whose trigger is off, each as (finding, why it is not acted on)."""
+    found = []
+    if bias is not None and bias.flagged and not settings.trigger_on_bias_drift:
+        found.append((bias_reason(bias), BIAS_ALERT))
+    if attribution is not None and attribution.drifted and not settings.trigger_on_attribution_drift:
+        found.append((attribution.finding(), ATTRIBUTION_ALERT))
+    return found
 
 
 def looks_for_reuse(settings: Settings, *, reasons: List[str], is_current: bool) -> bool:
@@ -148,16 +151,18 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     this window already took (a resumed run), ``last_action``: the newest action
     (checkpoint entries); ``reuse``: the best matching blessed model;
     ``labelled_rows``: the window's rows whose labels came back; ``bias``: the
-    version's ``bias.BiasDrift`` (an alert when it is flagged and nothing else fired)."""
+    version's ``bias.BiasDrift``, ``attribution`` its attribution drift: flagged with
+    their trigger off, they are among the reasons, an alert when nothing else fired."""
     now = time.time() if now is None else now
+    alerts = not_acted_on(settings, bias, attribution)
     if alert is not None:
-        return alert_decision(alert, reasons, dry_run)
+        return alert_decision(alert, reasons + [finding for finding, _ in alerts], dry_run)
     if not reasons:
-        if bias is not None and bias.flagged:       # trigger_on_bias_drift off (else it is a reason)
-            return bias_alert(bias, dry_run)
-        if attribution is not None and attribution.drifted:     # trigger_on_attribution_drift off
-            return attribution_alert(attribution, dry_run)
+        if alerts:
+            return Decision(ALERT, True, [finding for finding, _ in alerts],
+                            "alert, not acted on: " + "; ".join(why for _, why in alerts), dry_run)
         return Decision(NONE, False, [], "no trigger: every check is within the policy", dry_run)
+    reasons = reasons + [f"{finding} (not acted on: its trigger is off)" for finding, _ in alerts]
     held = _held_back(settings, rows, is_current, window_action, last_action, now)
     if held:
         return Decision(NONE, True, reasons, f"not acted on: {held}", dry_run)

@@ -298,8 +298,9 @@ def _bias_html(bias: Optional[Dict]) -> str:
     """Bias drift: each sensitive slice's figures, window / Evaluator (z), and the gaps between slices."""
     if not bias:
         return ""
-    out = [f"<h3>Bias drift: sensitive slices vs the Evaluator</h3><div class='muted'>positive: score &ge; "
-           f"{bias['threshold']:g}; judged with &ge; {bias['min_rows']} rows on both sides; flagged: moved past "
+    out = [f"<h3>Bias drift: sensitive slices vs the Evaluator</h3><div class='muted'>positive: score above "
+           f"{bias['threshold']:g} (the served model's Evaluator's); judged with &ge; {bias['min_rows']} rows "
+           f"on both sides; flagged: moved past "
            f"its bound and |z| past the two-sided {bias['significance']:g} level. {_e(bias['reason'])}</div>"]
     if bias["slices"]:
         metrics = [m for m in ("positive_rate", "accuracy", "false_positive_rate", "false_negative_rate", "auc")
@@ -320,8 +321,8 @@ def _bias_html(bias: Optional[Dict]) -> str:
                    "</th><th class='num'>change</th><th class='num'>z</th></tr>" + "".join(
                        f"<tr><td{' class=bad' if g['flagged'] else ''}>{_e(g['feature'])}</td>"
                        f"<td>{_e(g['metric'].replace('_', ' '))}</td><td>{_fmt(g['window_gap'])} "
-                       f"({_e(' vs '.join(g['window_between']))})</td><td>{_fmt(g['evaluation_gap'])} "
-                       f"({_e(' vs '.join(g['evaluation_between']))})</td><td class='num'>{g['change']:+.3f}</td>"
+                       f"({_e(' vs '.join(g['between']))})</td><td>{_fmt(g['evaluation_gap'])} "
+                       f"({_e(' vs '.join(g['between']))})</td><td class='num'>{g['change']:+.3f}</td>"
                        f"<td class='num'>{_fmt(g['z'], 1)}</td></tr>" for g in bias["gaps"]) + "</table>")
     return "".join(out)
 

@@ -152,11 +152,13 @@ class MonitorResult:
         if self.unattributed_rejections:
             rejected.append(f"no model version: {self.unattributed_rejections.line()}")
         unjudged = ", ".join(f"version {v.version} ({v.rows} rows)" for v in self.not_judged)
-        biased = sorted({s for v in self.versions if v.bias is not None for s in v.bias.flagged_slices})
+        biased = [f"bias drift (version {v.version}): "
+                  f"{', '.join(v.bias.flagged_slices) or 'the gaps between slices'}"
+                  for v in self.versions if v.bias is not None and v.bias.flagged]
         return (f"window {self.window}: {self.rows} rows, {self._files_line()}; "
                 + "".join(f"{line}; " for line in rejected)
                 + (f"not judged (no lineage): {unjudged}; " if unjudged else "")
-                + (f"bias drift: {', '.join(biased)}; " if biased else "")
+                + "".join(f"{line}; " for line in biased)
                 + "".join(f"attribution drift (version {v.version}): NDCG {v.attribution.ndcg:.3f} < "
                           f"{v.attribution.threshold:g}; " for v in self.versions
                           if v.attribution is not None and v.attribution.drifted)

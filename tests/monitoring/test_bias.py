@@ -81,13 +81,20 @@ def test_one_groups_shifted_predictions_flag_that_group_and_alert(shifted):
     assert card.flagged and card.change < -settings.bias_max_rate_change
     assert card.z < -bias.critical_z(settings.bias_significance)
     (gap,) = [g for g in drift.gaps if g.feature == "payment_type" and g.metric == bias.POSITIVE_RATE]
-    assert gap.flagged and gap.window_between == ("Credit Card", "Cash")
+    # the gap between the Evaluator's highest and lowest judged slice, those two measured in the window
+    judged = {s.value: c for s in drift.slices if s.feature == "payment_type" for c in s.comparisons
+              if c.metric == bias.POSITIVE_RATE and c.change is not None and not c.note}
+    high, low = max(judged, key=lambda v: judged[v].evaluation), min(judged, key=lambda v: judged[v].evaluation)
+    assert gap.between == (high, low) == ("Credit Card", "Cash")
+    assert gap.window_gap == pytest.approx(judged[high].window - judged[low].window)
+    assert gap.evaluation_gap == pytest.approx(judged[high].evaluation - judged[low].evaluation)
+    assert gap.flagged and gap.change < -settings.bias_max_gap_change
     # a slice below the minimum count on either side is shown, never flagged
     small = [c for s in drift.slices for c in s.comparisons if c.note.startswith("fewer than")]
     assert small and not any(c.flagged for c in small)
     # trigger_on_bias_drift off (the default): an alert naming the group, nothing done
     assert result.decision.action == policy.ALERT and CARD in result.decision.reasons[0]
-    assert f"bias drift: {CARD}" in result.summary_line()
+    assert f"bias drift (version {version.version}): {CARD}" in result.summary_line()
     assert "payment_type=Credit Card" in Path(result.report.html).read_text()
     execution = mlmd.execution(mlmd.open_store(settings), version.mlmd["execution_id"])   # the pass's record
     assert CARD in json.loads(execution.custom_properties["bias_flagged_slices"].string_value)
@@ -149,6 +156,7 @@ def test_the_tally_counts_each_slice_of_the_decoded_batches(taxi_rows):
     rows[7]["payment_type"] = ""                       # not sent: in no payment_type slice
     scores = np.linspace(0, 1, len(rows))
     scores[11] = np.nan                                # a row without a served score
+    scores[3] = 0.5                                    # at the threshold: not positive (TFMA counts score > t)
     tally = bias.SliceTally(bias.SliceSpec(("payment_type", "pickup_community_area"), 0.5))
     for start in range(0, len(rows), 120):
         tally.queue(scores[start:start + 120])
@@ -159,7 +167,7 @@ def test_the_tally_counts_each_slice_of_the_decoded_batches(taxi_rows):
         for value in {r[feature] for r in rows if r[feature] != ""}:
             index = [i for i, r in enumerate(rows) if r[feature] == value]
             scored = [scores[i] for i in index if not np.isnan(scores[i])]
-            expected = bias.SliceCount(len(index), len(scored), sum(s >= 0.5 for s in scored))
+            expected = bias.SliceCount(len(index), len(scored), sum(s > 0.5 for s in scored))
             assert tally.counts[(feature, value)] == expected, (feature, value)
     assert sum(c.rows for (f, _), c in tally.counts.items() if f == "payment_type") == len(rows) - 1
     assert not tally.queued
@@ -173,3 +181,37 @@ def test_a_rate_change_z_is_the_two_proportion_test():
     chi2, *_ = chi2_contingency([[80, 298 - 80], [269, 350 - 269]], correction=False)
     assert z < 0 and z * z == pytest.approx(chi2)
     assert bias.critical_z(0.01) == pytest.approx(2.5758, abs=1e-4)
+
+
+def test_the_monitor_judges_with_the_served_models_recorded_gate(healthy):
+    """Settings changed since the served model was evaluated: the monitor tallies at
+    the threshold and features its Evaluator recorded, not today's."""
+    settings, result, _ = healthy
+    changed = dataclasses.replace(settings, decision_threshold=0.9, sensitive_features=["company"])
+    recorded = bias.served_gate(changed)
+    assert recorded["decision_threshold"] == 0.5 and recorded["features"] == list(settings.sensitive_features)
+    assert bias.SliceSpec.of(changed) == bias.SliceSpec(tuple(settings.sensitive_features), 0.5)
+    unrecorded = dataclasses.replace(changed, metadata_path=str(Path(settings.home) / "no-such-store.sqlite"))
+    assert bias.SliceSpec.of(unrecorded) == bias.SliceSpec(("company",), 0.9)
+    (version,) = result.versions
+    assert version.bias.threshold == 0.5
+
+
+def test_every_flagged_finding_is_among_the_decisions_reasons(shifted):
+    from monitoring.attribution_drift import AttributionDrift
+
+    settings, alerted = shifted
+    (version,) = alerted.versions
+    attribution = AttributionDrift(True, ndcg=0.5, threshold=settings.attribution_min_ndcg, rows=200, push_rows=200)
+    both = policy.decide(settings, reasons=[], rows=version.rows, is_current=True, window_action=None,
+                         last_action=None, dry_run=False, bias=version.bias, attribution=attribution)
+    assert both.action == policy.ALERT and len(both.reasons) == 2
+    assert both.reasons[0].startswith("bias drift in") and both.reasons[1].startswith("feature attribution drift")
+    assert "bias drift" in both.because and "attribution drift" in both.because
+    other = "AUC 0.600 on 500 labelled requests is 0.200 below the Evaluator's 0.800 (policy: drop > 0.05)"
+    for dry_run in (False, True):
+        acted = policy.decide(dataclasses.replace(settings, retrain_with_feedback=False), reasons=[other],
+                              rows=version.rows, is_current=True, window_action=None, last_action=None,
+                              dry_run=dry_run, bias=version.bias, attribution=attribution)
+        assert acted.reasons[0] == other and len(acted.reasons) == 3
+        assert all(r.endswith("(not acted on: its trigger is off)") for r in acted.reasons[1:])
