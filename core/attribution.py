@@ -114,7 +114,8 @@ def sampled_shapley(predict: Predict, rows: Columns, background: Columns, *, sam
     features = sorted(rows)
     n, m, b = len(rows[features[0]]), len(features), len(background[features[0]])
     if n == 0 or b == 0:
-        raise AttributionError(f"nothing to attribute: {n} row(s) to explain, {b} background row(s)")
+        raise AttributionError(f"nothing to attribute: {n} row(s) to explain, {b} background row(s) "
+                               "(setting attribution_background_rows)")
     rng = np.random.default_rng(seed)
     pairs = max(1, (samples + 1) // 2)
     order = np.argsort(rng.random((n, pairs, m)), axis=2)
@@ -228,30 +229,31 @@ def save(attributions: Attributions, uri: Location) -> None:
 
 
 def load(uri: Location) -> Attributions:
-    """The attributions saved under ``uri``; ``AttributionError`` naming the file otherwise."""
+    """The attributions saved under ``uri``; ``AttributionError`` naming the file and
+    what is wrong with it otherwise."""
     path = storage.join(uri, FILE_NAME)
+    rerun = "rerun the pipeline (its FeatureAttributor writes them)"
     try:
-        return Attributions.from_dict(json.loads(storage.read_text(path)))
+        data = json.loads(storage.read_text(path))
     except OSError as exc:
-        raise AttributionError(f"cannot read the attributions at {path}: {exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AttributionError(f"the attributions at {path} are not readable ({type(exc).__name__}: {exc})") from None
+        raise AttributionError(f"cannot read the attributions at {path} ({exc.strerror or 'unreadable'}); "
+                               f"{rerun}") from None
+    except ValueError:
+        raise AttributionError(f"the attributions at {path} are not valid JSON; {rerun}") from None
+    missing = [key for key in ("method", "rows", "mean_abs") if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise AttributionError(f"the attributions at {path} have no {', '.join(missing)} field(s); {rerun}")
+    try:
+        return Attributions.from_dict(data)
+    except (ValueError, TypeError, AttributeError):
+        raise AttributionError(f"the attributions at {path} are malformed: 'rows' must be a number and "
+                               f"'mean_abs' a mapping of feature to number; {rerun}") from None
 
 
 def artifact_for_model(store, model_id: int):
     """The newest ``FeatureAttributions`` artifact an execution that read the Model
     artifact ``model_id`` wrote (completed or cached); None if there is none."""
-    from ml_metadata import errors
-
-    try:
-        type_id = store.get_artifact_type(ARTIFACT_TYPE).id
-    except errors.NotFoundError:
-        return None
-    found = [artifact
-             for execution in mlmd.consumers(store, int(model_id), "model") if mlmd.is_complete(execution)
-             for artifacts in mlmd.output_artifacts(store, execution.id).values()
-             for artifact in artifacts if artifact.type_id == type_id]
-    return max(found, key=lambda artifact: artifact.id, default=None)
+    return mlmd.newest_output_for_model(store, model_id, ARTIFACT_TYPE)
 
 
 def for_model(store, model_id: int) -> Optional[Attributions]:

@@ -380,6 +380,22 @@ def consumers(store, artifact_id: int, key: Optional[str] = None) -> List[metada
     return store.get_executions_by_id(sorted({e.execution_id for e in events}))
 
 
+def newest_output_for_model(store, model_id: int, type_name: str) -> Optional[metadata_store_pb2.Artifact]:
+    """The newest artifact of type ``type_name`` that an execution which read the Model
+    artifact ``model_id`` (input ``model``) wrote, completed or cached; None if none."""
+    from ml_metadata import errors
+
+    try:
+        type_id = store.get_artifact_type(type_name).id
+    except errors.NotFoundError:
+        return None
+    found = [artifact
+             for execution in consumers(store, int(model_id), "model") if is_complete(execution)
+             for artifacts in output_artifacts(store, execution.id).values()
+             for artifact in artifacts if artifact.type_id == type_id]
+    return max(found, key=lambda artifact: artifact.id, default=None)
+
+
 # ------------------------------------------------- blessed and pushed models
 def blessed_model_artifacts(store) -> List[metadata_store_pb2.Artifact]:
     """Every Model an Evaluator blessed (a ModelBlessing with ``blessed`` = 1 names

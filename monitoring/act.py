@@ -65,6 +65,8 @@ class RepushOutcome:
     pushed_version: str
     pushed_destination: str
     model_id: int
+    model_card_id: Optional[int] = None     # the ModelCard artifact written into the version
+    model_card: Optional[str] = None        # its JSON file in the version
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)
@@ -192,22 +194,28 @@ def repush(settings: Settings, candidate: ReuseCandidate) -> RepushOutcome:
     written when the model was built, with the new version."""
     from core.pushdir import publish_atomically
 
+    from pipeline import model_card
+
     record = {"model_uri": candidate.model_uri, "model_artifact_id": candidate.model_id}
-    version = publish_atomically(candidate.model_path, str(settings.model_push_dir), record,
-                                 stage=_model_card_stager(settings, candidate.model_id))
+    card_id, stage = _model_card_stager(settings, candidate.model_id)
+    version = publish_atomically(candidate.model_path, str(settings.model_push_dir), record, stage=stage)
+    destination = str(storage.join(settings.model_push_dir, version))
     return RepushOutcome(ok=True, pushed=True, pushed_version=version, model_id=candidate.model_id,
-                         pushed_destination=str(storage.join(settings.model_push_dir, version)))
+                         pushed_destination=destination, model_card_id=card_id,
+                         model_card=None if card_id is None else str(
+                             storage.join(destination, model_card.CARD_DIR, model_card.CARD_JSON)))
 
 
 def _model_card_stager(settings: Settings, model_id: int):
-    """Writes the model's card into the re-pushed version; None if it has none."""
+    """The model's ModelCard artifact id and the stager that writes the card into the
+    re-pushed version; (None, None) if it has none."""
     from core import mlmd
     from pipeline import model_card
 
     try:
         found = model_card.artifact_for_model(mlmd.open_store(settings), model_id)
-        return None if found is None else model_card.stager(
-            model_card.read(found.uri), settings.model_push_dir, {"artifact:model_card": found.id})
+        return (None, None) if found is None else (found.id, model_card.stager(
+            model_card.read(found.uri), settings.model_push_dir, {"artifact:model_card": found.id}))
     except (mlmd.MetadataError, model_card.ModelCardError) as exc:
         log.warning("the re-pushed model %s gets no model card: %s", model_id, exc)
-        return None
+        return None, None

@@ -284,23 +284,28 @@ def _record_version(monitor_pass: MonitorPass, result: MonitorResult, version: V
                 ("attributions", attribution_drift.push_time_artifact(store, version.attribution))],
         outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact), ("report", report_artifact)])
     if isinstance(decision.outcome, act.RepushOutcome):
-        ids["repush"] = _record_repush(monitor_pass, window, version, ids["execution_id"])
+        ids["repush"] = record_repush(store, monitor_pass.settings.pipeline_name, decision.outcome,
+                                      window=window, because=decision.because, replaced_version=version.version,
+                                      monitor_execution=ids["execution_id"])
     return ids
 
 
-def _record_repush(monitor_pass: MonitorPass, window: str, version: VersionResult, monitor_execution: int) -> dict:
-    """The re-push as its own execution, shaped like a Pusher's: the reused Model in,
-    the new PushedModel out (so its version has lineage like any push)."""
-    decision, outcome = version.decision, version.decision.outcome
-    pushed = record.new_artifact(monitor_pass.store, "PushedModel", outcome.pushed_destination, {
+def record_repush(store, pipeline_name: str, outcome: act.RepushOutcome, *, window: str, because: str,
+                  replaced_version, monitor_execution: int) -> dict:
+    """The re-push as its own execution, shaped like a Pusher's: the reused Model and
+    its ModelCard in, the new PushedModel (``model_card`` naming the card in the
+    version) out, so its version has lineage like any push."""
+    card = {} if outcome.model_card is None else {"model_card": outcome.model_card}
+    pushed = record.new_artifact(store, "PushedModel", outcome.pushed_destination, {
         "pushed": 1, "pushed_version": outcome.pushed_version, "pushed_destination": outcome.pushed_destination,
-        "reused_model_id": outcome.model_id, "reason": decision.because})
-    reused = mlmd.artifact(monitor_pass.store, outcome.model_id)
+        "reused_model_id": outcome.model_id, "reason": because, **card})
+    card_artifact = None if outcome.model_card_id is None else mlmd.artifact(store, outcome.model_card_id)
     return record.record_run(
-        monitor_pass.store, monitor_pass.settings.pipeline_name,
-        {"window": window, "because": decision.because, "monitor_execution": monitor_execution,
-         "replaced_version": str(version.version)},
-        inputs=[("model", reused)], outputs=[("pushed_model", pushed)], execution_type=record.REPUSH_TYPE)
+        store, pipeline_name,
+        {"window": window, "because": because, "monitor_execution": monitor_execution,
+         "replaced_version": str(replaced_version)},
+        inputs=[("model", mlmd.artifact(store, outcome.model_id)), ("model_card", card_artifact)],
+        outputs=[("pushed_model", pushed)], execution_type=record.REPUSH_TYPE)
 
 
 def _commit(monitor_pass: MonitorPass, traffic: WindowTraffic, files: logfiles.Triage, result: MonitorResult) -> None:

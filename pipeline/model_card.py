@@ -346,16 +346,7 @@ def stager(card: Dict, base_directory: Location, links: Dict[str, Optional[int]]
 
 def artifact_for_model(store, model_id: int):
     """The newest ModelCard artifact written from the Model artifact ``model_id``; None if none."""
-    from ml_metadata import errors
-
-    try:
-        type_id = store.get_artifact_type(ARTIFACT_TYPE).id
-    except errors.NotFoundError:
-        return None
-    cards = [artifact for execution in mlmd.consumers(store, int(model_id), "model") if mlmd.is_complete(execution)
-             for artifacts in mlmd.output_artifacts(store, execution.id).values() for artifact in artifacts
-             if artifact.type_id == type_id]
-    return max(cards, key=lambda artifact: artifact.id, default=None)
+    return mlmd.newest_output_for_model(store, model_id, ARTIFACT_TYPE)
 
 
 def read(uri: Location) -> Dict:
@@ -363,8 +354,12 @@ def read(uri: Location) -> Dict:
     path = storage.join(uri, CARD_JSON)
     try:
         return json.loads(storage.read_text(path))
-    except (OSError, ValueError) as exc:
-        raise ModelCardError(f"cannot read the model card {path}: {exc}") from None
+    except OSError as exc:
+        raise ModelCardError(f"cannot read the model card {path} ({exc.strerror or 'unreadable'}); "
+                             "rerun the pipeline (its ModelCardGenerator writes it)") from None
+    except ValueError:
+        raise ModelCardError(f"the model card {path} is not valid JSON; "
+                             "rerun the pipeline (its ModelCardGenerator writes it)") from None
 
 
 def write(directory: Location, card: Dict) -> str:

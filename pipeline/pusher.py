@@ -28,6 +28,14 @@ into the staged copy, ``<version>/assets.extra/model_card/``, so it appears with
 the version in the same publish; the PushedModel's custom property
 ``model_card`` names the JSON file.
 
+A Model that is already the newest version's (its push marker names the same
+Model artifact: e.g. a rerun whose only change is the card's text or code, which
+makes a new ModelCard and so a new Pusher input) is not pushed again: the
+PushedModel is marked not pushed, its custom property ``already_pushed_version``
+names that version and ``not_pushed_reason`` says "model already pushed as version
+N". That version keeps the card it was published with: publishing an updated card
+for a version already pushed is out of scope.
+
 Killed mid-push. TFX records the PushedModel in MLMD only after ``Do`` returns,
 so a ``kill -9`` between the rename and that record leaves a whole, blessed,
 servable version with no lineage (TFX's own Pusher has the same gap, plus
@@ -60,6 +68,7 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 from tfx import types
 from tfx.components.pusher import component as pusher_component
+from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, channel, standard_artifacts, standard_component_specs
@@ -67,11 +76,12 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 
 from core import storage
-from core.pushdir import publish_atomically
+from core.pushdir import newest_version, publish_atomically, read_marker
 from pipeline import model_card as card_lib
 
 MODEL_CARD_KEY = "model_card"
-from tfx.components.pusher import executor as pusher_executor
+ALREADY_PUSHED_KEY = "already_pushed_version"   # PushedModel: the version that already holds the model
+NOT_PUSHED_REASON_KEY = "not_pushed_reason"
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):
@@ -93,6 +103,14 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         if destination.WhichOneof("destination") != "filesystem":
             raise NotImplementedError("AtomicPusher pushes to a filesystem destination only")
         base = destination.filesystem.base_directory
+        already = already_pushed_version(input_dict, base)
+        if already is not None:
+            reason = f"model already pushed as version {already}"
+            logging.info("Not pushed: %s.", reason)
+            self._MarkNotPushed(model_push)
+            model_push.set_string_custom_property(ALREADY_PUSHED_KEY, str(already))
+            model_push.set_string_custom_property(NOT_PUSHED_REASON_KEY, reason)
+            return
         # The archive copy inside the pipeline root, as TFX's Pusher keeps it; first,
         # so that nothing is left to do after the version becomes visible.
         io_utils.copy_dir(model_path, model_push.uri)
@@ -127,6 +145,18 @@ class AtomicPusherExecutor(pusher_executor.Executor):
                           node_id=context.pipeline_node.node_info.id if context.pipeline_node else None,
                           execution_id=int(unique_id) if unique_id.isdigit() else None)
         return record
+
+
+def already_pushed_version(input_dict: Dict[str, List[types.Artifact]], base: str) -> Optional[int]:
+    """The newest version under ``base`` when its push marker names the input Model
+    artifact (its uri, and its id when the marker has one); None otherwise."""
+    model = (input_dict.get(standard_component_specs.MODEL_KEY) or [None])[0]
+    newest = newest_version(base)
+    if model is None or newest is None:
+        return None
+    marker = read_marker(storage.join(base, str(newest))) or {}
+    same = marker.get("model_uri") == model.uri and marker.get("model_artifact_id") in (None, model.id)
+    return newest if same else None
 
 
 class AtomicPusherSpec(standard_component_specs.PusherSpec):

@@ -54,6 +54,8 @@ def test_several_background_rows_average_and_a_seed_repeats_the_draws():
 def test_nothing_to_explain_is_an_error_that_says_so():
     with pytest.raises(attribution.AttributionError, match="0 row"):
         attribution.sampled_shapley(_linear({"a": 1}), {"a": np.zeros(0)}, {"a": np.zeros(1)}, samples=2, seed=0)
+    with pytest.raises(attribution.AttributionError, match="0 background row.*attribution_background_rows"):
+        attribution.sampled_shapley(_linear({"a": 1}), {"a": np.zeros(1)}, {"a": np.zeros(0)}, samples=2, seed=0)
 
 
 def test_raw_rows_become_the_signatures_columns_with_missing_values_filled_in():
@@ -90,3 +92,19 @@ def test_saved_attributions_load_back_the_same(tmp_path, where):
 def test_reading_attributions_that_are_not_there_names_the_file(tmp_path):
     with pytest.raises(attribution.AttributionError, match="attributions.json"):
         attribution.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("content, says", [
+    ('{"rows": 3, "mean_abs": {}}', "have no method field"),
+    ('{"method": "sampled_shapley"}', "have no rows, mean_abs field"),
+    ('[1, 2]', "have no method, rows, mean_abs field"),
+    ('{"method": "m", "rows": 3, "mean_abs": [1]}', "'mean_abs' a mapping of feature to number"),
+    ('{"method": ', "not valid JSON"),
+])
+def test_a_broken_attributions_file_is_named_with_what_is_wrong(tmp_path, content, says):
+    (tmp_path / attribution.FILE_NAME).write_text(content)
+    with pytest.raises(attribution.AttributionError) as raised:
+        attribution.load(str(tmp_path))
+    message = str(raised.value)
+    assert str(tmp_path / attribution.FILE_NAME) in message and says in message
+    assert "Error" not in message and "rerun the pipeline" in message

@@ -2,20 +2,23 @@
 real pipeline run: where it is, that it follows the vendored Model Card Toolkit
 schema, that it carries the version, the Evaluator's metrics and MLMD ids that
 exist, that the HTML page stands alone, and that a re-push carries the card."""
+import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from core import config, mlmd
+from core.pushdir import existing_versions
 from lineage.model import model_lineage
 from lineage.render import model_text
-from monitoring import act
+from monitoring import act, monitor
 from monitoring.reuse import ReuseCandidate
-from pipeline import model_card
-from tests.conftest import REPO
+from pipeline import model_card, runner
+from tests.conftest import E2E_OVERRIDES, REPO
 
 SCHEMA = REPO / "third_party" / "model_card_toolkit" / "model_card.schema.json"
 
@@ -109,7 +112,54 @@ def test_a_repush_carries_the_models_card(card, first_run, e2e_settings, store, 
     outcome = act.repush(settings, ReuseCandidate(model_id=model.id, model_uri=model.uri,
                                                   model_path=f"{model.uri}/Format-Serving", over=[], errors=0,
                                                   matches=True, score=0.0, why="test"))
-    repushed = json.loads((_card_dir(outcome.pushed_destination) / "model_card.json").read_text())
+    card_file = str(_card_dir(outcome.pushed_destination) / "model_card.json")
+    repushed = json.loads(Path(card_file).read_text())
     assert repushed["model_details"]["version"]["name"] == outcome.pushed_version
     assert repushed["quantitative_analysis"] == card["quantitative_analysis"]
     model_card.validate(repushed)
+    card_artifact = {r["role"]: r for r in model_card.references(card)}["model_card"]
+    assert (outcome.model_card_id, outcome.model_card) == (card_artifact["id"], card_file)
+
+    # the monitor records the re-push: the version's lineage names its card, an input of the re-push
+    writer = mlmd.open_store(settings, readonly=False, must_exist=True)
+    ids = monitor.record_repush(writer, settings.pipeline_name, outcome, window="test", because="test",
+                                replaced_version=first_run.pushed_version, monitor_execution=0)
+    report, _ = model_lineage(settings, outcome.pushed_version, with_metrics=False)
+    assert report["model_card"] == card_file and f"model card {card_file}" in model_text(report)
+    reread = mlmd.open_store(settings)
+    assert [a.id for a in mlmd.input_artifacts(reread, ids["execution_id"])["model_card"]] == [card_artifact["id"]]
+
+
+def test_a_missing_or_broken_card_is_named_with_the_fix(tmp_path):
+    path = str(tmp_path / model_card.CARD_JSON)
+    with pytest.raises(model_card.ModelCardError) as missing:
+        model_card.read(str(tmp_path))
+    (tmp_path / model_card.CARD_JSON).write_text('{"model_details": ')
+    with pytest.raises(model_card.ModelCardError) as broken:
+        model_card.read(str(tmp_path))
+    assert str(missing.value).startswith(f"cannot read the model card {path} (No such file or directory)")
+    assert str(broken.value).startswith(f"the model card {path} is not valid JSON")
+    for raised in (missing, broken):
+        assert "Errno" not in str(raised.value) and "rerun the pipeline" in str(raised.value)
+
+
+def test_a_rerun_that_changes_only_the_card_pushes_no_new_version(first_run, e2e_settings, tmp_path):
+    """Other owners make a new ModelCard, so a new Pusher input: the Pusher runs, finds
+    the model already the newest version's, and pushes nothing; the summary names that
+    version. (A copy of the shared home: the other tests must not see this run.)"""
+    settings = config.load(dict(E2E_OVERRIDES, home=str(tmp_path / "home"), data_dir=str(e2e_settings.data_dir),
+                                model_card_owners=["someone else <elsewhere>"]))
+    shutil.copytree(e2e_settings.home, settings.home)
+    summary = runner.run_pipeline(settings, out=io.StringIO())
+    assert summary.ok, summary.error
+    store = mlmd.open_store(settings)
+    run = mlmd.find_run(store, settings.pipeline_name, summary.run_id)
+    executions = {n.node_id: n for n in mlmd.run_executions(store, run, settings.pipeline_name)}
+    assert executions["Trainer"].state == "CACHED"
+    assert executions["ModelCardGenerator"].state == executions["Pusher"].state == "COMPLETE"
+    [pushed] = executions["Pusher"].outputs["pushed_model"]
+    assert mlmd.custom(pushed, "pushed") == 0
+    assert mlmd.custom(pushed, "not_pushed_reason") == f"model already pushed as version {first_run.pushed_version}"
+    assert existing_versions(str(settings.model_push_dir)) == [int(first_run.pushed_version)]
+    assert summary.pushed is False and summary.cached_push_version == first_run.pushed_version
+    assert f"pushed: nothing new (version {first_run.pushed_version} already serving)" in runner.render(summary)
