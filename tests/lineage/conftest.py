@@ -69,7 +69,9 @@ class _Reader(threading.Thread):
 @pytest.fixture(scope="session")
 def other_data_run(cached_rerun, first_run, e2e_settings, taxi_rows, tmp_path_factory):
     """The pipeline on a different 3,000-row slice, in a separate process, with the
-    lineage read in a loop while it writes to the same store."""
+    lineage read in a loop while it writes to the same store. It pushes into a push
+    directory of its own: the session's home keeps serving the first run's version
+    only, whichever tests run after this one (tests/e2e/test_pipeline.py)."""
     data_dir = tmp_path_factory.mktemp("other_data")
     from core import features as F
     write_rows(data_dir / "data.csv", taxi_rows[OTHER_ROWS], F.CSV_COLUMNS)
@@ -78,7 +80,7 @@ def other_data_run(cached_rerun, first_run, e2e_settings, taxi_rows, tmp_path_fa
     del store
 
     command = [sys.executable, "-m", "tfxops.cli", "run", "--home", str(e2e_settings.home),
-               "--data", str(data_dir)]
+               "--data", str(data_dir), "--set", f"serving_dir={tmp_path_factory.mktemp('other_serving')}"]
     for key, value in E2E_OVERRIDES.items():
         command += ["--set", f"{key}={value}"]
     reader = _Reader(e2e_settings, first_run.pushed_version)

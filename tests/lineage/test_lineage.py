@@ -251,7 +251,9 @@ def test_diff_of_runs_on_different_data_reports_the_data_fingerprint(first_run, 
     assert fingerprint["a"] != fingerprint["b"]
     assert data["CsvExampleGen.input_base"]["b"] == str(other_data_run["data_dir"])
     assert "code" in diff["unchanged"] and "schema" in diff["unchanged"]
-    assert "configuration" in diff["unchanged"]
+    # the other run pushes into a push directory of its own (conftest.other_data_run): its only other setting
+    assert {c["key"] for c in diff["changes"].get("configuration", [])} == {
+        "Pusher.push_destination.filesystem.base_directory", "baseline_model_resolver.serving_model_dir"}
     assert "metrics" in diff["changes"]      # another model on other data
     code, text, _ = lineage_cli("diff", first_run.run_id, other_data_run["run_id"],
                                 *settings_args(e2e_settings))
