@@ -37,7 +37,9 @@ def portable_data(tmp_path_factory, taxi_rows):
 
 
 def _cli_run(home: Path, data: Path, *args: str) -> subprocess.CompletedProcess:
-    overrides = [f"--set={k}={v}" for k, v in E2E_OVERRIDES.items()]
+    # 1,000 rows: no sensitive slice holds enough examples of each label for the fairness
+    # gate to judge (which fails it); this test is about the runner
+    overrides = [f"--set={k}={v}" for k, v in E2E_OVERRIDES.items()] + ["--set=sensitive_features="]
     return subprocess.run(
         [sys.executable, "-m", "tfxops.cli", "run", "--runner", "portable", "--json",
          "--home", str(home), "--data", str(data), *overrides, *args],
@@ -130,8 +132,9 @@ def test_a_job_longer_than_beams_job_server_timeout_finishes(tmp_path):
 def test_the_worker_pool_runs_with_the_image_environment_only(tmp_path, monkeypatch):
     monkeypatch.setenv("TFXOPS_LAUNCHER_ONLY", "not for workers")
     settings = config.load({"home": str(tmp_path)}, environ={})
+    before = {p.pid for p in psutil.Process().children()}      # not this test's (e.g. another test's)
     with portable.services(settings, tmp_path / "run") as endpoints:
-        started = {p.pid: p for p in psutil.Process().children()}
+        started = {p.pid: p for p in psutil.Process().children() if p.pid not in before}
         [pool] = [p for p in started.values() if portable.WORKER_POOL in p.cmdline()]
         assert pool.environ() == worker_environment()
         assert pool.cmdline()[0] == sys.executable
