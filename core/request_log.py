@@ -8,6 +8,9 @@ of TF Serving) does, in the record format TF Serving would use:
 * ``log_metadata.timestamp_secs``: when the request arrived (unix seconds);
 * ``log_metadata.request_origin``: the request id (``X-Request-Id``; LogMetadata
   has no id field, this is the free-form one that fits);
+* ``log_metadata.dc``: the client that sent the call: the name of its bearer token
+  when the server authenticates, else its address (``serving.clients``); LogMetadata
+  has no client field, and ``dc`` is its other free-form string ("" in older logs);
 * ``predict_log`` / ``classify_log`` / ``regress_log``: request and response.
 
 REST JSON is logged as the equivalent gRPC request, so logs are uniform: a
@@ -31,12 +34,12 @@ Building a record (every front end: REST, gRPC and both proxies; the writer thre
 calls the builder, the request path only queues it):
 
 * ``answered_record(kind, model_name, version, signature_name, request_id, timestamp,
-  request, response) -> bytes``: an answered call; ``kind`` is predict | classify |
+  request, response, client="") -> bytes``: an answered call; ``kind`` is predict | classify |
   regress, ``request``/``response`` the call's request and response messages (or
   their serialized bytes), ``version`` the one that answered (None: unknown),
   ``timestamp`` unix seconds of arrival;
 * ``rejected_record(model_name, version, signature_name, request_id, timestamp, code,
-  message, request=None) -> bytes``: a refused call; ``code`` a
+  message, request=None, client="") -> bytes``: a refused call; ``code`` a
   ``tensorflow.error.Code`` name, ``request`` a PredictRequest (or its bytes) of
   what was received, None when nothing could be decoded.
 
@@ -179,7 +182,7 @@ def logs_rejection(call: str, code: str) -> bool:
 
 
 def _metadata(model_name: str, version: Optional[int], signature_name: str,
-              request_id: str, timestamp: float):
+              request_id: str, timestamp: float, client: str = ""):
     """A record's ``log_metadata`` (a LogMetadata message)."""
     from tensorflow_serving.apis import logging_pb2
 
@@ -190,6 +193,7 @@ def _metadata(model_name: str, version: Optional[int], signature_name: str,
     meta.model_spec.signature_name = signature_name or ""
     meta.timestamp_secs = int(timestamp)
     meta.request_origin = request_id or ""
+    meta.dc = client or ""
     meta.saved_model_tags.append("serve")
     return meta
 
@@ -214,44 +218,48 @@ _META_PREFIXES: dict = {}
 
 
 def _metadata_bytes(model_name: str, version: Optional[int], signature_name: str,
-                    request_id: str, timestamp: float) -> bytes:
+                    request_id: str, timestamp: float, client: str = "") -> bytes:
     """``_metadata(...)`` serialized: the part shared by every request of a version
     (model spec, tags) is serialized once, the per-request fields (timestamp,
-    request origin; higher field numbers) are appended."""
+    client, request origin; higher field numbers, in order) are appended."""
     key = (model_name, version, signature_name)
     cached = _META_PREFIXES.get(key)
     if cached is None:
         meta = _metadata(model_name, version, signature_name, "", 0)
         fields = meta.DESCRIPTOR.fields_by_name
-        ts, origin = fields["timestamp_secs"].number, fields["request_origin"].number
-        if any(f.number >= ts for f, _ in meta.ListFields()) or origin < ts:
+        ts, dc = fields["timestamp_secs"].number, fields["dc"].number
+        origin = fields["request_origin"].number
+        if any(f.number >= ts for f, _ in meta.ListFields()) or not ts < dc < origin:
             cached = None         # unexpected layout: no shortcut
         else:
-            cached = (meta.SerializeToString(), tag(ts, 0), ts, origin)
+            cached = (meta.SerializeToString(), tag(ts, 0), dc, origin)
         if len(_META_PREFIXES) > 1000:
             _META_PREFIXES.clear()
         _META_PREFIXES[key] = cached or ()
     if not cached:
-        return _metadata(model_name, version, signature_name, request_id, timestamp).SerializeToString()
-    prefix, ts_tag, _, origin = cached
+        return _metadata(model_name, version, signature_name, request_id, timestamp,
+                         client).SerializeToString()
+    prefix, ts_tag, dc, origin = cached
     out = prefix
     seconds = int(timestamp)
     if seconds:
         out += ts_tag + varint(seconds & 0xFFFFFFFFFFFFFFFF)
+    if client:
+        out += length_delimited(dc, client.encode("utf-8"))
     if request_id:
         out += length_delimited(origin, request_id.encode("utf-8"))
     return out
 
 
 def answered_record(kind: str, model_name: str, version: Optional[int], signature_name: str,
-                    request_id: str, timestamp: float, request, response) -> bytes:
+                    request_id: str, timestamp: float, request, response, client: str = "") -> bytes:
     """A serialized PredictionLog of an answered call (``kind``: predict | classify |
     regress) from its request and response, each a message or its serialized bytes
     (e.g. the request exactly as it came off the wire, the response exactly as it
     was sent). Wire-format concatenation: parses to the same record as building it
     with CopyFrom, without copying or re-serializing either message."""
     log_number, request_number, response_number = _log_field_numbers(kind)
-    meta = _metadata_bytes(model_name, version, signature_name, request_id, timestamp)
+    meta = _metadata_bytes(model_name, version, signature_name, request_id, timestamp, client)
     if not isinstance(request, bytes):
         request = request.SerializeToString()
     if not isinstance(response, bytes):
@@ -263,7 +271,7 @@ def answered_record(kind: str, model_name: str, version: Optional[int], signatur
 
 def rejected_record(model_name: str, version: Optional[int], signature_name: str,
                     request_id: str, timestamp: float, code: str, message: str,
-                    request=None) -> bytes:
+                    request=None, client: str = "") -> bytes:
     """A serialized PredictionLog of a rejected call. ``request``: a PredictRequest
     (or its bytes) of what was received, None when nothing could be decoded; one
     larger than ``REJECTED_REQUEST_MAX_BYTES`` is logged without its inputs."""
@@ -287,7 +295,8 @@ def rejected_record(model_name: str, version: Optional[int], signature_name: str
     error.dtype = types_pb2.DT_STRING
     error.tensor_shape.dim.add().size = 2
     error.string_val.extend([code.encode(), message.encode("utf-8", "replace")])
-    return answered_record("predict", name, version, signature, request_id, timestamp, out, response)
+    return answered_record("predict", name, version, signature, request_id, timestamp, out, response,
+                           client)
 
 
 def examples_request(serialized: List[bytes]):
@@ -320,7 +329,7 @@ class UnreadableRecord(ValueError):
 class LoggedRequest:
     """One logged call: its metadata and its rows as serialized tf.Examples."""
     __slots__ = ("request_id", "model_name", "model_version", "signature_name", "timestamp",
-                 "kind", "rows", "source", "record", "error")
+                 "kind", "rows", "source", "record", "error", "client")
     request_id: str
     model_name: str
     model_version: Optional[int]  # the version that answered (or was asked for); None: unknown
@@ -331,6 +340,7 @@ class LoggedRequest:
     source: str                   # EXAMPLES | TENSORS | INPUT | REJECTED: where ``rows`` come from
     record: object                # the PredictionLog
     error: Optional[Tuple[str, str]]   # (code, message) of a rejected call
+    client: str                   # who sent it: token name or address ("": not recorded)
 
     @property
     def examples(self) -> List:
@@ -404,7 +414,7 @@ def _logged_request(record, size: int) -> LoggedRequest:
     version = answered.version.value if answered.HasField("version") else (
         spec.version.value if spec.HasField("version") else None)
     return LoggedRequest(meta.request_origin, spec.name, version, spec.signature_name,
-                         meta.timestamp_secs, kind[:-4], rows, source, record, error)
+                         meta.timestamp_secs, kind[:-4], rows, source, record, error, meta.dc)
 
 
 DT_STRING = 7     # tensorflow DataType DT_STRING: a wire constant of types.proto

@@ -53,6 +53,7 @@ class Call:
     label: Optional[str] = None     # a version label, instead of a version
     signature_name: str = ""        # as named ("": the default), then the one that answered
     signature: Optional[Signature] = None        # once resolved
+    client: str = ""                # who sent it: token name or address (serving.clients)
     started: float = field(default_factory=time.perf_counter)   # for the latency
     arrived: float = field(default_factory=time.time)           # the log's timestamp
 
@@ -158,13 +159,13 @@ def _answered_record(call: Call, exchange: Exchange) -> bytes:
     request, response = exchange()
     return request_log.answered_record(call.api, call.model_name, call.version,
                                        call.signature_name, call.request_id, call.arrived,
-                                       request, response)
+                                       request, response, call.client)
 
 
 def _rejected_record(call: Call, err: ServingError, received: Optional[Received]) -> bytes:
     return request_log.rejected_record(call.model_name, call.version, call.signature_name,
                                        call.request_id, call.arrived, err.code, err.message,
-                                       received() if received is not None else None)
+                                       received() if received is not None else None, call.client)
 
 
 # ------------------------------------------------------------------ examples and results
