@@ -19,10 +19,21 @@ ENV TF_USE_LEGACY_KERAS=1 \
 # The project at /app (pipeline/compile.py IMAGE_PROJECT_ROOT: schema/ and the model code).
 WORKDIR /app
 
-# Every dependency at the version constraints.txt pins, in a layer of its own: it is
-# rebuilt only when constraints.txt changes, not with every change to the code.
-COPY constraints.txt ./
-RUN pip install --no-cache-dir -r constraints.txt
+# pip, setuptools and wheel, then every dependency at the version the locks pin, each file
+# checked against the SHA-256 the lock gives (hash-checking mode: make lock writes them), in a
+# layer of its own: rebuilt only when a lock changes, not with every change to the code. The
+# locks' sdists and the project build with the pinned setuptools (no build isolation, whose
+# build dependencies would arrive unhashed).
+COPY requirements-bootstrap.txt constraints.txt ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements-bootstrap.txt \
+ && pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation -r constraints.txt
 
 COPY . ./
-RUN pip install --no-cache-dir --no-deps -e .
+RUN pip install --no-cache-dir --no-build-isolation --no-deps -e . \
+ && useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin tfxops
+
+# Every process of the image runs as user tfxops (uid 1000, as deploy/k8s/ runs it): the code and
+# the installed packages belong to root and cannot be changed by what runs here. Mounted
+# directories it writes (request logs, outputs) must be writable by uid 1000
+# (docker-compose.yml: TFXOPS_UID / TFXOPS_GID for another host user).
+USER 1000:1000

@@ -1,8 +1,8 @@
 # tfxops: two commands do all the set-up on a fresh machine with Python 3.10.
-#   make demo   create .venv, install (pinned by constraints.txt), run the whole loop
+#   make demo   create .venv, install (pinned and hashed by constraints.txt), run the whole loop
 #   make test   the same set-up, then the test suite
-# Both are idempotent: the install step reruns only when pyproject.toml or
-# constraints.txt change.
+# Both are idempotent: the install step reruns only when pyproject.toml or a lock file
+# (constraints.txt, requirements-bootstrap.txt) changes.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -18,8 +18,11 @@ PYTHON310 := $(shell for p in $(PYTHON) python3.10 python3 \
 	    && { "$$p" -c 'import sys; print(sys.executable)'; break; }; done)
 
 STAMP := $(VENV)/.installed
+# The locks: every package at one version with the SHA-256 of each of its files (make lock).
+LOCK := constraints.txt
+BOOTSTRAP_LOCK := requirements-bootstrap.txt
 
-.PHONY: demo run serve monitor test test-slow install bench bench-serving bench-monitoring bench-scale lock clean help
+.PHONY: demo run serve monitor test test-slow install bench bench-serving bench-monitoring bench-scale lock sbom pin-images clean help
 
 help:
 	@echo "make demo    set up and run the whole loop (train, serve, watch, retrain) on the bundled data"
@@ -27,12 +30,15 @@ help:
 	@echo "make test-slow   the slow contract tests (pytest marker 'slow'; not in make test)"
 	@echo "make run | serve | monitor   one piece: tfxops run / serve / monitor"
 	@echo "make bench | bench-serving | bench-monitoring | bench-scale   the benchmarks (bench/)"
+	@echo "make lock    rehash the locks from the installed environment (after a dependency change)"
+	@echo "make sbom    a CycloneDX SBOM of the installed environment: outputs/sbom.cdx.json (SBOM=path)"
+	@echo "make pin-images   pin the images of docker-compose.yml, Dockerfile, deploy/k8s by digest"
 	@echo "make clean   remove outputs/ (runs, metadata, pushed models, logs)"
 
 install: $(STAMP)
 
 # A new top-level package (a new */__init__.py) needs the editable install redone.
-$(STAMP): pyproject.toml constraints.txt $(wildcard */__init__.py)
+$(STAMP): pyproject.toml $(LOCK) $(BOOTSTRAP_LOCK) $(wildcard */__init__.py)
 	@if [ -z "$(PYTHON310)" ]; then \
 	  echo "error: tfxops needs Python 3.10 (TFX 1.16 supports Python < 3.11) and none was found." >&2; \
 	  echo "       Tried: python3.10, python3, pyenv's versions/3.10.*. Install Python 3.10" >&2; \
@@ -41,8 +47,15 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard */__init__.py)
 	@if [ ! -x $(VENV)/bin/python ] || ! $(VENV)/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then \
 	  echo "== creating $(VENV) with $(PYTHON310)"; rm -rf $(VENV); $(PYTHON310) -m venv $(VENV); fi
 	@echo "== installing tfxops and its pinned dependencies (first time: a few minutes, ~3.3 GB)"
-	$(VENV)/bin/pip install $(PIP_FLAGS) -q --upgrade "pip>=23,<25" "setuptools>=64,<76" wheel
-	$(VENV)/bin/pip install $(PIP_FLAGS) -q -c constraints.txt -e '.[test]'
+	@# Hash-checking mode: a file whose SHA-256 is not in the lock is refused. pip, setuptools
+	@# and wheel first, from their own lock; they build the project (editable: no single file
+	@# to hash) and the few sdists of the lock in place (no build isolation, whose build
+	@# dependencies pip would fetch unhashed). --no-deps: the lock is the whole environment;
+	@# pip check proves it complete.
+	$(VENV)/bin/pip install $(PIP_FLAGS) -q --require-hashes --no-deps -r $(BOOTSTRAP_LOCK)
+	$(VENV)/bin/pip install $(PIP_FLAGS) -q --require-hashes --no-deps --no-build-isolation -r $(LOCK)
+	$(VENV)/bin/pip install $(PIP_FLAGS) -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip check
 	@touch $@
 
 demo: $(STAMP)
@@ -75,10 +88,34 @@ bench-monitoring: $(STAMP)
 bench-scale: $(STAMP)
 	$(VENV)/bin/python bench/scale.py
 
-# Re-resolve the whole environment after a dependency change (needs the network).
+# Rewrite the locks from the environment after a dependency change (needs the network):
+# change pyproject.toml, install the new resolution into $(VENV) (pip install -e .
+# without -c), then make lock: every installed version with the hashes of all its files.
 lock: $(STAMP)
-	( sed -n '1,3p' constraints.txt; $(VENV)/bin/pip freeze --exclude-editable | grep -v '^tfxops' ) > constraints.txt.new
-	mv constraints.txt.new constraints.txt
+	$(VENV)/bin/pip freeze --all --exclude-editable > $(VENV)/freeze.txt
+	$(VENV)/bin/python tools/lock.py $(VENV)/freeze.txt $(LOCK) --bootstrap $(BOOTSTRAP_LOCK)
+
+# A CycloneDX SBOM of $(VENV) (cyclonedx-py in a tools venv of its own, hashed pins).
+SBOM_VENV := .cache/tools-venv-sbom
+SBOM_LOCK := tools/sbom-requirements.txt
+$(SBOM_VENV)/.installed: $(SBOM_LOCK) $(BOOTSTRAP_LOCK)
+	@if [ -z "$(PYTHON310)" ]; then echo "error: no Python 3.10 found (make PYTHON=/path/to/python3.10 sbom)" >&2; exit 1; fi
+	rm -rf $(SBOM_VENV) && $(PYTHON310) -m venv $(SBOM_VENV)
+	$(SBOM_VENV)/bin/pip install $(PIP_FLAGS) -q --require-hashes --no-deps -r $(BOOTSTRAP_LOCK)
+	$(SBOM_VENV)/bin/pip install $(PIP_FLAGS) -q --require-hashes --no-deps -r $(SBOM_LOCK)
+	@touch $@
+
+SBOM ?= outputs/sbom.cdx.json
+sbom: $(STAMP) $(SBOM_VENV)/.installed
+	@mkdir -p $(dir $(SBOM))
+	$(SBOM_VENV)/bin/cyclonedx-py environment --pyproject pyproject.toml --output-reproducible \
+	  --of JSON -o $(SBOM) $(VENV)/bin/python
+	@echo "== $(SBOM): CycloneDX, every package installed in $(VENV)"
+
+# Pin every image by digest (needs Docker and the registry): each image: / FROM of
+# docker-compose.yml, Dockerfile and deploy/k8s gets the digest its tag has today.
+pin-images:
+	tools/pin_images.sh docker-compose.yml Dockerfile deploy/k8s/*.yaml
 
 clean:
 	rm -rf outputs

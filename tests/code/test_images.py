@@ -65,9 +65,9 @@ def ignored(path: str, patterns: List[str]) -> bool:
 
 def test_the_image_is_beams_sdk_image_of_our_python_and_beam():
     [(_, base)] = [i for i in instructions(DOCKERFILE.read_text()) if i[0] == "FROM"]
+    base = base.split("@sha256:")[0]                          # make pin-images adds a digest
     assert base == "apache/beam_python3.10_sdk:2.59.0"
-    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    pins = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", (REPO / "constraints.txt").read_text(), re.M))
     assert pins["apache-beam"] == base.rsplit(":", 1)[1]      # workers and launcher: one Beam
     assert f"python{sys.version_info.major}.{sys.version_info.minor}_sdk" in base
 
@@ -88,6 +88,7 @@ def test_the_image_installs_the_pinned_project_where_compile_expects_it():
     steps = instructions(DOCKERFILE.read_text())
     runs = [rest for keyword, rest in steps if keyword == "RUN"]
     assert any("-r constraints.txt" in run for run in runs)           # every pin, one layer
+    assert all("--require-hashes" in run for run in runs if " -r " in run)   # hash-checking mode
     assert any("--no-deps -e ." in run for run in runs)               # then the project
     assert all("--no-cache-dir" in run for run in runs if "pip install" in run)
     workdirs = [rest for keyword, rest in steps if keyword == "WORKDIR"]
@@ -101,8 +102,8 @@ def test_dockerignore_keeps_out_outputs_environments_and_caches_only():
                  "outputs/metadata.sqlite"):
         assert ignored(path, patterns), path
     packages = [p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name != "tests"]
-    needed = ["Dockerfile", "constraints.txt", "pyproject.toml", "README.md", "schema/schema.pbtxt",
-              "data/taxi/data.csv", *(f"{package}/__init__.py" for package in packages)]
+    needed = ["Dockerfile", "constraints.txt", "requirements-bootstrap.txt", "pyproject.toml", "README.md",
+              "schema/schema.pbtxt", "data/taxi/data.csv", *(f"{package}/__init__.py" for package in packages)]
     for path in needed:
         assert (REPO / path).exists(), path
         assert not ignored(path, patterns), path
