@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import jsonschema
 import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
@@ -247,6 +248,16 @@ def test_make_sbom_lists_every_locked_package_as_cyclonedx(sbom):
 # ------------------------------------------------------------------------------ images
 def compose_services() -> Dict[str, dict]:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+
+
+def test_the_compose_file_is_valid_compose():
+    """No Docker engine here: the Compose Specification's schema stands in for `docker compose config`."""
+    schema = json.loads((REPO / "third_party" / "compose_spec" / "compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert [error.message for error in validator.iter_errors(compose)] == []
+    compose["services"]["serving"]["security_opts"] = compose["services"]["serving"].pop("security_opt")
+    assert any("security_opts" in error.message for error in validator.iter_errors(compose))
 
 
 def test_every_compose_service_runs_unprivileged_as_a_user_other_than_root():
