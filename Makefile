@@ -94,6 +94,7 @@ bench-scale: $(STAMP)
 lock: $(STAMP)
 	$(VENV)/bin/pip freeze --all --exclude-editable > $(VENV)/freeze.txt
 	$(VENV)/bin/python tools/lock.py $(VENV)/freeze.txt $(LOCK) --bootstrap $(BOOTSTRAP_LOCK)
+	@rm -f $(VENV)/freeze.txt
 
 # A CycloneDX SBOM of $(VENV) (cyclonedx-py in a tools venv of its own, hashed pins).
 SBOM_VENV := .cache/tools-venv-sbom
