@@ -218,18 +218,70 @@ class Settings:
     audit_key_env: str = "TFXOPS_AUDIT_KEY"
 
     # --- model integrity (issue 16 part 1; core/integrity.py): only lines of that work here
+    # before the server loads a version it checks the version's manifest (every file's SHA-256,
+    # written at push): "verify" refuses a mismatch and serves a version without a manifest with
+    # a warning, "require" also refuses a version without one, "off" checks nothing
+    model_integrity: str = "verify"
+    # the environment variable holding the manifests' HMAC-SHA256 key (never stored): when it
+    # holds one, pushes sign their manifests and the server refuses an unsigned or badly signed one
+    model_integrity_key_env: str = "TFXOPS_MODEL_KEY"
 
     # --- inference access: tokens, TLS, rate limits (issue 16 part 2; serving/access.py): only lines of that work here
+    auth_tokens_file: str = ""               # lines "NAME TOKEN" (# comments), owner-only file; set: calls need a token
+    auth_token_env: str = ""                 # an environment variable holding one more token (its client name: the variable's)
+    auth_metrics: bool = False               # the metrics pages need a token too (default: open to scrapers)
+    proxy_forward_token: bool = False        # the logging proxy passes the caller's Authorization on to TF Serving
+    tls_cert_file: str = ""                  # PEM certificate (chain): REST and gRPC over TLS (with tls_key_file)
+    tls_key_file: str = ""                   # its PEM private key (owner-only file)
+    rate_limit_per_second: float = 0.0       # calls per second per client (token name, else IP address); 0: off
+    rate_limit_burst: int = 0                # calls a client may make at once beyond that rate (needed with a rate)
+    rate_limit_max_clients: int = 10_000     # clients tracked at once: the longest idle are forgotten first
 
     # --- extraction and probing signals (issue 16 part 3; monitoring/probing.py): only lines of that work here
+    probing_alert: bool = True               # a client flagged as probing makes the window an alert (never a retrain)
+    probing_top_clients: int = 10            # clients listed by query volume, per version, in the report
+    probing_min_rows: int = 100              # a client's answered rows needed before it is judged
+    probing_boundary_margin: float = 0.05    # near the boundary: |served score - decision_threshold| <= this
+    probing_ratio: float = 2.0               # flagged when a statistic is this many times the other traffic's ...
+    probing_min_boundary_share: float = 0.2  # ... and its near-boundary share at least this (absolute floor)
+    probing_min_sweep: float = 0.35          # ... or its sweep statistic (mean total variation, 0..1) at least this
 
     # --- out-of-domain inputs (issue 16 part 4; core/domain.py): only lines of that work here
+    # what the server does with a request whose values fall outside the pushed version's input
+    # domain (core/domain.py): "log" counts it per feature and marks its log record, "reject"
+    # answers INVALID_ARGUMENT before the model runs, "off" does not look
+    out_of_domain_action: str = "log"
+    # numeric domains: the training [min, max] widened on each side by this fraction of its width
+    out_of_domain_range_margin: float = 0.25
+    # the monitor alerts (never retrains) when a feature's out-of-domain rate in a window reaches
+    # this fraction of its requests (0: no alert; the rate is reported either way)
+    alert_out_of_domain_rate: float = 0.0
 
     # --- feedback poisoning guard (issue 16 part 5; monitoring/poisoning.py): only lines of that work here
+    # a new span of labelled requests is checked before an automatic retrain uses it; a span that
+    # fails a check waits in <monitor_dir>/spans/pending for `tfxops approve WINDOW` (a bound of 1: off)
+    retrain_requires_approval: bool = False          # every span waits for approval, whatever the checks say
+    poisoning_max_label_rate_change: float = 0.15    # the span's big-tipper rate vs the training history's
+    poisoning_max_slice_label_rate_change: float = 0.25   # ... per slice of sensitive_features + slice_features
+    poisoning_significance: float = 0.01             # ... and a two-sided z-test says the move is not noise
+    poisoning_min_slice_rows: int = 100              # fewer rows in the span or the history: the slice is not judged
+    poisoning_max_feature_distance: float = 0.25     # a model input's JS divergence / L-infinity vs the history's
+    # model inputs whose distribution is not judged: a window covers weeks, the training history years
+    poisoning_unjudged_features: List[str] = dataclasses.field(default_factory=lambda: ["trip_start_month"])
 
     # --- trusted holdout (issue 16 part 5; pipeline/holdout.py): only lines of that work here
+    # curated CSVs no served traffic reaches; the eval split of their hash split is the holdout
+    # ("": data_dir's CSVs, which a retrain reads beside the spans of labelled requests)
+    trusted_holdout_dir: str = ""
+    # the candidate's AUC on the holdout may be at most this below the served model's (with no
+    # served model: at least min_auc); a candidate that loses more is not pushed
+    holdout_max_auc_drop: float = 0.02
+    holdout_min_examples: int = 200          # fewer examples in the holdout: the gate refuses
 
     # --- request logs as sensitive data (issue 16 part 6; core/redact.py): only lines of that work here
+    log_drop_features: List[str] = dataclasses.field(default_factory=list)   # raw features never logged
+    log_hash_features: List[str] = dataclasses.field(default_factory=list)   # raw features logged as salted HMAC-SHA256
+    log_hash_salt_env: str = "TFXOPS_LOG_SALT"   # the environment variable holding that salt (never stored)
 
     # ------------------------------------------------------------ derived paths
     # A Path for a local path, the URI (str) for a URI: see the module docstring.
@@ -338,7 +390,57 @@ def load(overrides: Optional[Dict[str, str]] = None,
     if unknown:
         raise ConfigError(f"setting 'sensitive_features' names {', '.join(unknown)}, not a raw feature; "
                           f"raw features: {', '.join(sorted(RAW_FEATURE_TYPES))}")
+    from core.domain import settings_problem      # the out-of-domain settings (issue 16 part 4)
+    if settings_problem(values):
+        raise ConfigError(settings_problem(values))
+    from core.integrity import settings_problem as integrity_problem   # issue 16 part 1
+    if integrity_problem(values):
+        raise ConfigError(integrity_problem(values))
+    _check_access_settings(values)                # inference access (issue 16 part 2)
+    from core.holdout import settings_problem as holdout_problem      # trusted holdout (issue 16 part 5b)
+    if holdout_problem(values):
+        raise ConfigError(holdout_problem(values))
+    _check_poisoning_settings(values)             # feedback poisoning guard (issue 16 part 5a)
+    from core.redact import settings_problem as redaction_problem    # request-log redaction (issue 16 part 6)
+    if redaction_problem(values):
+        raise ConfigError(redaction_problem(values))
     return Settings(**values)
+
+
+def _check_access_settings(values: Dict) -> None:
+    """Inference access settings that cannot work together (issue 16 part 2)."""
+    def value(name):
+        return values.get(name, getattr(Settings, name))
+    if bool(value("tls_cert_file")) != bool(value("tls_key_file")):
+        raise ConfigError("settings 'tls_cert_file' and 'tls_key_file' go together: set both "
+                          "(a PEM certificate and its private key), or neither for plain text")
+    rate, burst = value("rate_limit_per_second"), value("rate_limit_burst")
+    if rate < 0 or burst < 0 or value("rate_limit_max_clients") < 1:
+        raise ConfigError("settings 'rate_limit_per_second' and 'rate_limit_burst' must be at least 0 "
+                          "and 'rate_limit_max_clients' at least 1")
+    if (rate > 0) != (burst > 0):
+        raise ConfigError(f"settings 'rate_limit_per_second' ({rate:g}) and 'rate_limit_burst' ({burst}) "
+                          f"go together: a rate needs a burst of at least 1 (calls a client may make "
+                          f"at once); both 0 turn the limit off")
+
+
+def _check_poisoning_settings(values: Dict) -> None:
+    """The poisoning guard's bounds (issue 16 part 5a): rates and distances in [0, 1]."""
+    for name in ("poisoning_max_label_rate_change", "poisoning_max_slice_label_rate_change",
+                 "poisoning_max_feature_distance"):
+        if not 0 <= values.get(name, getattr(Settings, name)) <= 1:
+            raise ConfigError(f"setting '{name}' must be between 0 and 1 (1: never holds a span), "
+                              f"got {values[name]}")
+    if not 0 < values.get("poisoning_significance", Settings.poisoning_significance) < 1:
+        raise ConfigError(f"setting 'poisoning_significance' must be between 0 and 1 (exclusive), "
+                          f"got {values['poisoning_significance']}")
+    unknown = [name for name in values.get("poisoning_unjudged_features", []) if name not in RAW_FEATURE_TYPES]
+    if unknown:
+        raise ConfigError(f"setting 'poisoning_unjudged_features' names {', '.join(unknown)}, not a raw feature; "
+                          f"raw features: {', '.join(sorted(RAW_FEATURE_TYPES))}")
+    if values.get("poisoning_min_slice_rows", Settings.poisoning_min_slice_rows) < 1:
+        raise ConfigError(f"setting 'poisoning_min_slice_rows' must be at least 1, "
+                          f"got {values['poisoning_min_slice_rows']}")
 
 
 def require_local(setting: str, path: Location, needs: str) -> Path:

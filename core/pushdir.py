@@ -8,7 +8,10 @@ marker (``MARKER``) into it first, and copies the model beside it. The marker
 stays inside the version: who pushed it (pid, host, process start time) and,
 when the caller says, which pipeline run, Pusher execution and model.
 ``pipeline/recovery.py`` reads it to match a version that has no MLMD record to
-the execution that pushed it. Then the version appears, by store:
+the execution that pushed it. After the stagers (model card, input domain), the
+version's manifest (``core.integrity.MANIFEST_NAME``: every other file's SHA-256,
+HMAC-signed when a key is configured) is written beside it; the server checks it
+before loading the version. Then the version appears, by store:
 
 * **Local disk** (a path or ``file://``): the staging directory is renamed to
   ``<base>/<version>`` in one atomic rename. A numeric directory is always
@@ -40,7 +43,8 @@ import socket
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from core import storage
+from core import integrity, storage
+from core.config import Settings
 from core.storage import Location
 from core.owner import DEAD, Owner
 
@@ -99,7 +103,8 @@ Stager = Callable[[Location, int], None]
 
 
 def publish_atomically(model_path: Location, base_directory: Location, record: Optional[Dict] = None,
-                       stage: Optional[Stager] = None) -> str:
+                       stage: Optional[Stager] = None,
+                       integrity_key_env: str = Settings.model_integrity_key_env) -> str:
     """Copy ``model_path`` to ``base_directory/<version>``, whole or not at all (see
     the module docstring for what that means on each store); returns the version.
 
@@ -107,7 +112,10 @@ def publish_atomically(model_path: Location, base_directory: Location, record: O
     the base directory (a copy of the version elsewhere is then known as a copy).
     ``stage``, when given, writes files of its own into the staged copy for the
     version it is about to become (called again if a concurrent pusher took that
-    number), so they appear with the version (e.g. its model card).
+    number), so they appear with the version (e.g. its model card). Then the
+    version's manifest (``core.integrity``) is written into the staged copy, signed
+    with the key in the environment variable ``integrity_key_env`` when it holds one:
+    it covers every file but the marker.
     """
     storage.makedirs(base_directory)
     version = next_version(base_directory)
@@ -116,7 +124,7 @@ def publish_atomically(model_path: Location, base_directory: Location, record: O
         storage.make_new_dir(staging)
         write_marker(staging, dict(record or {}, base_directory=storage.canonical(base_directory)))
         storage.copy_tree(model_path, staging, skip=[MARKER])
-        stage = stage or (lambda directory, number: None)
+        stage = _sealed(stage, integrity.integrity_key(integrity_key_env))
         if storage.has_atomic_rename(base_directory):
             version = _rename_to_free_version(staging, base_directory, version, stage)
         else:
@@ -125,6 +133,16 @@ def publish_atomically(model_path: Location, base_directory: Location, record: O
         if storage.exists(staging):
             storage.remove_tree(staging)
     return str(version)
+
+
+def _sealed(stage: Optional[Stager], key: Optional[bytes]) -> Stager:
+    """``stage``, then the manifest of everything staged (the marker left out: the
+    object-store path rewrites it, and it is written last there)."""
+    def stage_and_seal(directory: Location, version: int) -> None:
+        if stage is not None:
+            stage(directory, version)
+        integrity.write_manifest(directory, key, uncovered=[MARKER])
+    return stage_and_seal
 
 
 def _rename_to_free_version(staging: Location, base_directory: Location, version: int, stage: Stager) -> int:

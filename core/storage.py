@@ -215,3 +215,14 @@ def write_text(path: Location, text: str) -> None:
     with _store_errors():
         with _gfile().GFile(str(path), "w") as handle:
             handle.write(text)
+
+
+def read_chunks(path: Location, size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of the file ``path``, at most ``size`` at a time."""
+    if not is_uri(path):
+        with open(path, "rb") as handle:
+            yield from iter(lambda: handle.read(size), b"")
+        return
+    with _store_errors():
+        with _gfile().GFile(str(path), "rb") as handle:
+            yield from iter(lambda: handle.read(size), b"")

@@ -4,7 +4,9 @@ CsvExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleVal
 -> DataGate -> Transform -> Trainer -> BaselineModelResolver (the served model to
 compare with) -> Evaluator (with the fairness gate, ``pipeline.fairness``) -> AtomicPusher,
 which also waits for FeatureAttributor (the candidate's per-feature attributions, ``pipeline.attribution``)
-and writes the version's model card (ModelCardGenerator, ``pipeline.model_card``) into it.
+and writes the version's model card (ModelCardGenerator, ``pipeline.model_card``) and its
+input domain (InputDomainGen, ``pipeline.domain``) into it. It pushes only what the trusted
+holdout also blesses (TrustedHoldoutExampleGen -> HoldoutEvaluator, ``pipeline.holdout``).
 
 ``create_pipeline`` takes explicit arguments, as TFX's templates do, so the same
 function builds the pipeline for any TFX orchestrator: LocalDagRunner
@@ -23,9 +25,11 @@ from tfx import v1 as tfx
 
 from core import features as F
 from pipeline.attribution import FeatureAttributor
+from pipeline.domain import InputDomainGen
 from pipeline.baseline import BaselineModelResolver
 from pipeline.fairness import FairnessGate, FairnessGatedEvaluator, rate_metrics
 from pipeline.gate import DataGate
+from pipeline.holdout import HoldoutGate, holdout_components
 from pipeline.model_card import ModelCardGenerator
 from pipeline.pusher import AtomicPusher
 
@@ -33,7 +37,7 @@ from pipeline.pusher import AtomicPusher
 NODE_ORDER = [
     "CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
     "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "FeatureAttributor",
-    "ModelCardGenerator", "Pusher",
+    "ModelCardGenerator", "InputDomainGen", "TrustedHoldoutExampleGen", "HoldoutEvaluator", "Pusher",
 ]
 
 
@@ -108,14 +112,17 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
                     preprocessing_fn: str, run_fn: str, train_steps: int, eval_steps: int,
                     hyperparameters: Dict, gate_severities: List[str], min_auc: float,
                     min_binary_accuracy: float, max_auc_drop: float, slice_features: List[str],
-                    fairness: FairnessGate, serving_model_dir: str, attribution: Dict[str, int],
-                    model_card: Dict, metadata_connection_config: metadata_store_pb2.ConnectionConfig,
+                    fairness: FairnessGate, trusted_holdout_dir: str, holdout: HoldoutGate, serving_model_dir: str, attribution: Dict[str, int],
+                    model_card: Dict, out_of_domain_range_margin: float, model_integrity_key_env: str,
+                    metadata_connection_config: metadata_store_pb2.ConnectionConfig,
                     beam_pipeline_args: List[str], enable_cache: bool) -> tfx.dsl.Pipeline:
     """The pipeline over the CSVs in ``data_root``; blessed models are pushed to
     ``serving_model_dir``/<version>. ``preprocessing_fn`` and ``run_fn`` are
     importable paths of the model code; ``attribution`` holds ``FeatureAttributor``'s
     parameters (rows, background_rows, samples, seed); ``model_card`` the model card's
-    settings (``pipeline.model_card.card_config``)."""
+    settings (``pipeline.model_card.card_config``); ``out_of_domain_range_margin`` widens
+    the numeric ranges of the input domain pushed with the model (``pipeline.domain``);
+    ``holdout`` the gate of the trusted holdout in ``trusted_holdout_dir`` (``pipeline.holdout``)."""
     example_gen = tfx.components.CsvExampleGen(input_base=data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
@@ -130,16 +137,10 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
         hyperparameters)
     transform.add_upstream_node(data_gate)
 
-    model_resolver = BaselineModelResolver(
-        candidate=trainer.outputs["model"], serving_model_dir=serving_model_dir,
-    ).with_id("baseline_model_resolver")
-    evaluator = FairnessGatedEvaluator(
-        examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["baseline"],
-        eval_config=eval_config(min_auc, min_binary_accuracy, max_auc_drop, slice_features, fairness),
-        gate=fairness,
-    ).with_id("Evaluator")
+    model_resolver, evaluator, holdout_examples, holdout_evaluator = _evaluators(
+        example_gen, trainer, serving_model_dir,
+        eval_config(min_auc, min_binary_accuracy, max_auc_drop, slice_features, fairness), fairness,
+        trusted_holdout_dir, holdout)
     attributor = FeatureAttributor(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         code_fingerprint=code_fingerprint([], shared_modules=["core.attribution", "pipeline.attribution"]),
@@ -147,9 +148,12 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
     card = _model_card_generator(trainer, evaluator, example_gen, statistics_gen, attributor,
                                  dict(model_card, code_fingerprint=code_fingerprint(
                                      [preprocessing_fn, run_fn], shared_modules=[F.__name__])))
+    input_domain = _input_domain_gen(statistics_gen, schema_gen, out_of_domain_range_margin)
     pusher = AtomicPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        model_card=card.outputs["model_card"],
+        model_card=card.outputs["model_card"], input_domain=input_domain.outputs["input_domain"],
+        holdout_blessing=holdout_evaluator.outputs["blessing"],
+        integrity_key_env=model_integrity_key_env,
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=serving_model_dir))).with_id("Pusher")
     pusher.add_upstream_node(attributor)   # a model is pushed with its attributions or not at all
@@ -158,10 +162,36 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate,
-                    transform, trainer, model_resolver, evaluator, attributor, card, pusher],
+                    transform, trainer, model_resolver, evaluator, attributor, card, input_domain,
+                    holdout_examples, holdout_evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args)
+
+
+def _input_domain_gen(statistics_gen, schema_gen, margin: float):
+    """InputDomainGen over the training statistics and the curated schema; the
+    fingerprint of its code is among its parameters, so a change to that code renews it."""
+    return InputDomainGen(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"], margin=margin,
+        code_fingerprint=code_fingerprint([], shared_modules=["core.domain", "pipeline.domain"]),
+    ).with_id("InputDomainGen")
+
+
+def _evaluators(example_gen, trainer, serving_model_dir: str, evaluation: tfma.EvalConfig,
+                fairness: FairnessGate, holdout_dir: str, holdout: HoldoutGate):
+    """The served model to compare with (BaselineModelResolver), the Evaluator (with the
+    fairness gate) and the trusted holdout's ExampleGen and Evaluator (``pipeline.holdout``)."""
+    model_resolver = BaselineModelResolver(
+        candidate=trainer.outputs["model"], serving_model_dir=serving_model_dir,
+    ).with_id("baseline_model_resolver")
+    evaluator = FairnessGatedEvaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["baseline"], eval_config=evaluation, gate=fairness,
+    ).with_id("Evaluator")
+    holdout_examples, holdout_evaluator = holdout_components(
+        holdout_dir, holdout, trainer.outputs["model"], model_resolver.outputs["baseline"], evaluation.model_specs[0])
+    return model_resolver, evaluator, holdout_examples, holdout_evaluator
 
 
 def _model_card_generator(trainer, evaluator, example_gen, statistics_gen, attributor, card_settings: Dict):

@@ -26,7 +26,19 @@ With a ``model_card`` input (``pipeline.model_card.ModelCardGenerator``), the
 card of the version (its number, path and this push's MLMD ids added) is written
 into the staged copy, ``<version>/assets.extra/model_card/``, so it appears with
 the version in the same publish; the PushedModel's custom property
-``model_card`` names the JSON file.
+``model_card`` names the JSON file. Likewise an ``input_domain`` input
+(``pipeline.domain.InputDomainGen``) is written to ``<version>/core.domain.DOMAIN_FILE``
+and named by the custom property ``input_domain``.
+
+With a ``holdout_blessing`` input (``pipeline.holdout.HoldoutEvaluator``'s blessing),
+a model is pushed only if that blessing is there, blessed, and judged this model;
+else the PushedModel is marked not pushed and ``not_pushed_reason`` says why
+(e.g. "trusted holdout: AUC 0.61 vs served 0.74, drop 0.13 > holdout_max_auc_drop 0.02").
+
+Every version carries its manifest (``core.integrity``, written by
+``publish_atomically`` after the card and domain), signed with the key in the
+environment variable the exec property ``integrity_key_env`` names (setting
+``model_integrity_key_env``) when the executor's environment holds one.
 
 A Model that is already the newest version's (its push marker names the same
 Model artifact: e.g. a rerun whose only change is the card's text or code, which
@@ -72,14 +84,19 @@ from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, channel, standard_artifacts, standard_component_specs
-from tfx.types.component_spec import ChannelParameter
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 
 from core import storage
+from core.config import Settings
+from core.domain import DOMAIN_FILE
 from core.pushdir import newest_version, publish_atomically, read_marker
+from pipeline import domain as domain_lib
+from pipeline import holdout as holdout_lib
 from pipeline import model_card as card_lib
 
 MODEL_CARD_KEY = "model_card"
+INTEGRITY_KEY_ENV_KEY = "integrity_key_env"   # exec property: the variable holding the manifest's key
 ALREADY_PUSHED_KEY = "already_pushed_version"   # PushedModel: the version that already holds the model
 NOT_PUSHED_REASON_KEY = "not_pushed_reason"
 
@@ -93,6 +110,12 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         self._log_startup(input_dict, output_dict, exec_properties)
         model_push = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        refused = holdout_lib.pusher_refusal(input_dict)
+        if refused is not None:
+            logging.info("Not pushed: %s.", refused)
+            self._MarkNotPushed(model_push)
+            model_push.set_string_custom_property(NOT_PUSHED_REASON_KEY, refused)
+            return
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
             return
@@ -116,13 +139,24 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         io_utils.copy_dir(model_path, model_push.uri)
         record = self._push_record(input_dict, model_push)
         card = self._card_stager(input_dict, base, model_push, record)
-        version = publish_atomically(model_path, base, record, stage=card)
+        domain = self._domain_stager(input_dict)
+        version = publish_atomically(model_path, base, record, stage=domain_lib.combined(card, domain),
+                                     integrity_key_env=exec_properties.get(INTEGRITY_KEY_ENV_KEY)
+                                     or Settings.model_integrity_key_env)
         serving_path = str(storage.join(base, version))
         logging.info("Model published to %s.", serving_path)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
         if card is not None:
             model_push.set_string_custom_property(
                 MODEL_CARD_KEY, str(storage.join(serving_path, card_lib.CARD_DIR, card_lib.CARD_JSON)))
+        if domain is not None:
+            model_push.set_string_custom_property(
+                domain_lib.PUSHER_INPUT_KEY, str(storage.join(serving_path, DOMAIN_FILE)))
+
+    def _domain_stager(self, input_dict):
+        """Writes the input domain (``pipeline.domain``) into the staged copy; None without one."""
+        found = input_dict.get(domain_lib.PUSHER_INPUT_KEY) or []
+        return domain_lib.stager(domain_lib.read(found[0].uri)) if found else None
 
     def _card_stager(self, input_dict, base: str, model_push: types.Artifact, record: Dict):
         """Writes the version's model card into the staged copy; None without a card input."""
@@ -162,7 +196,13 @@ def already_pushed_version(input_dict: Dict[str, List[types.Artifact]], base: st
 class AtomicPusherSpec(standard_component_specs.PusherSpec):
     """TFX's Pusher spec plus the optional model card written into the version."""
     INPUTS = dict(standard_component_specs.PusherSpec.INPUTS,
-                  **{MODEL_CARD_KEY: ChannelParameter(type=card_lib.ModelCard, optional=True)})
+                  **{MODEL_CARD_KEY: ChannelParameter(type=card_lib.ModelCard, optional=True),
+                     domain_lib.PUSHER_INPUT_KEY: ChannelParameter(type=domain_lib.InputDomainArtifact,
+                                                                   optional=True),
+                     holdout_lib.HOLDOUT_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing,
+                                                                        optional=True)})
+    PARAMETERS = dict(standard_component_specs.PusherSpec.PARAMETERS,
+                      **{INTEGRITY_KEY_ENV_KEY: ExecutionParameter(type=str, optional=True)})
 
 
 class AtomicPusher(pusher_component.Pusher):
@@ -173,8 +213,13 @@ class AtomicPusher(pusher_component.Pusher):
 
     def __init__(self, model: channel.BaseChannel, model_blessing: channel.BaseChannel,
                  push_destination: pusher_pb2.PushDestination,
-                 model_card: Optional[channel.BaseChannel] = None):
+                 model_card: Optional[channel.BaseChannel] = None,
+                 input_domain: Optional[channel.BaseChannel] = None,
+                 holdout_blessing: Optional[channel.BaseChannel] = None,
+                 integrity_key_env: str = Settings.model_integrity_key_env):
         spec = AtomicPusherSpec(model=model, model_blessing=model_blessing, push_destination=push_destination,
                                 custom_config=json_utils.dumps(None), model_card=model_card,
+                                input_domain=input_domain, holdout_blessing=holdout_blessing,
+                                integrity_key_env=integrity_key_env,
                                 pushed_model=channel.Channel(type=standard_artifacts.PushedModel))
         super(pusher_component.Pusher, self).__init__(spec=spec)

@@ -64,6 +64,9 @@ class RunSummary:
     fairness_gate: Dict = dataclasses.field(default_factory=dict)
     fairness: List[Dict] = dataclasses.field(default_factory=list)
     fairness_failures: List[Dict] = dataclasses.field(default_factory=list)
+    # the trusted holdout (pipeline.holdout): its gate's settings and verdict (passed, AUCs, examples, reason)
+    holdout: Dict = dataclasses.field(default_factory=dict)
+    not_pushed_reason: Optional[str] = None     # the Pusher's reason for not pushing, when it gave one
     pushed: bool = False                        # a new version was pushed by this run
     pushed_version: Optional[str] = None
     pushed_path: Optional[str] = None
@@ -264,6 +267,9 @@ def summarize(settings: Settings, progress_nodes: List[NodeReport], wall: float,
         summary.metrics = metrics
         summary.blessing_reasons = reasons if not summary.blessed else []
         _fairness_results(summary, evaluator)
+    from pipeline.holdout import recorded_result
+
+    summary.holdout = recorded_result(executions)
     _push_outcome(summary, executions.get("Pusher"), settings)
     return summary
 
@@ -297,9 +303,10 @@ def _push_outcome(summary: RunSummary, pusher: Optional[mlmd.NodeExecution], set
         return
     pushed = pusher.outputs["pushed_model"][0]
     if not int(mlmd.custom(pushed, "pushed", 0) or 0):
-        from pipeline.pusher import ALREADY_PUSHED_KEY    # the Pusher found the model already pushed
+        from pipeline.pusher import ALREADY_PUSHED_KEY, NOT_PUSHED_REASON_KEY    # e.g. the model already pushed
 
         already = mlmd.custom(pushed, ALREADY_PUSHED_KEY)
+        summary.not_pushed_reason = mlmd.custom(pushed, NOT_PUSHED_REASON_KEY)
         summary.cached_push_version = None if already is None else str(already)
         return
     if pusher.state == "CACHED":
@@ -324,6 +331,7 @@ def render(summary: RunSummary) -> str:
             lines.append(f"    {metric['metric']:<24} {_number(metric['value']):>10} "
                          f"{_number(metric['baseline']):>11}   {metric['threshold']}")
     lines += render_fairness(summary)
+    lines += render_holdout(summary.holdout)
     if summary.blessed is not None:
         lines.append(f"  blessed: {'yes' if summary.blessed else 'no'}")
         for reason in summary.blessing_reasons:
@@ -332,6 +340,8 @@ def render(summary: RunSummary) -> str:
         lines.append(f"  pushed: version {summary.pushed_version} -> {summary.pushed_path}")
     elif summary.cached_push_version:
         lines.append(f"  pushed: {_nothing_new(summary)}")
+    elif summary.not_pushed_reason:
+        lines.append(f"  pushed: nothing ({summary.not_pushed_reason})")
     elif summary.ok:
         lines.append("  pushed: nothing (the model was not blessed)")
     else:
@@ -372,6 +382,19 @@ def render_fairness(summary: RunSummary) -> List[str]:
     lines.append("  fairness: passed" if not failures else
                  f"  fairness: FAILED ({failures} {'failure' if failures == 1 else 'failures'}, under 'blessed: no')")
     return lines
+
+
+def render_holdout(holdout: Dict) -> List[str]:
+    """The trusted holdout's verdict (``pipeline.holdout``): the candidate's AUC, the
+    served model's and the bound, or why it was refused."""
+    if not holdout:
+        return []
+    served = holdout["baseline_auc"]
+    bound = (f"vs served {_number(served)}, drop at most {holdout['max_auc_drop']:g}" if served is not None
+             else f"at least min_auc {holdout['min_auc']:g} (no served model)")
+    return [f"  trusted holdout ({holdout['holdout_dir']}, eval split, {holdout['examples']} examples): "
+            f"AUC {_number(holdout['auc'])} {bound}: "
+            + ("passed" if holdout["passed"] else f"REFUSED ({holdout['reason']})")]
 
 
 SMALL_SLICES_SHOWN = 5    # slices not gated shown per feature in the text summary (all in --json)
@@ -520,6 +543,20 @@ def fairness_gate(settings: Settings):
     return FairnessGate.from_settings(settings)
 
 
+def holdout_gate(settings: Settings):
+    """The settings of ``pipeline.holdout.HoldoutGate``."""
+    from pipeline.holdout import holdout_gate as gate
+
+    return gate(settings)
+
+
+def trusted_holdout_dir(settings: Settings) -> str:
+    """The trusted holdout's directory (``pipeline.holdout``)."""
+    from pipeline.holdout import trusted_holdout_dir as holdout_dir
+
+    return holdout_dir(settings)
+
+
 def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
     """The settings as ``pipeline.pipeline.create_pipeline``'s arguments, the pipeline
     reading the CSVs in ``data_dir``."""
@@ -541,10 +578,14 @@ def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
         max_auc_drop=settings.max_auc_drop,
         slice_features=list(settings.slice_features),
         fairness=fairness_gate(settings),
+        trusted_holdout_dir=trusted_holdout_dir(settings),
+        holdout=holdout_gate(settings),
         serving_model_dir=str(settings.model_push_dir),
         attribution=dict(rows=settings.attribution_rows, background_rows=settings.attribution_background_rows,
                          samples=settings.attribution_samples, seed=settings.seed),
         model_card=card_config(settings),
+        model_integrity_key_env=settings.model_integrity_key_env,
+        out_of_domain_range_margin=settings.out_of_domain_range_margin,
         metadata_connection_config=mlmd.connection_config(settings),
         beam_pipeline_args=beam_arguments(settings),
         enable_cache=settings.enable_cache)

@@ -145,6 +145,9 @@ LOG_ERRORS = "tfxops_serving_request_log_write_errors_total"
 BATCH_REQUESTS = "tfxops_serving_batch_requests"
 VERSION_EVENTS = "tfxops_serving_model_version_events_total"
 VERSIONS_AVAILABLE = "tfxops_serving_model_versions_available"
+INTEGRITY_FAILURES = ":tensorflow:serving:tfxops_model_integrity_failures"   # core/integrity.py (issue 16 part 1)
+OUT_OF_DOMAIN_COUNT = ":tensorflow:serving:tfxops_out_of_domain_count"   # serving/domain_check.py (issue 16 part 4)
+ACCESS_DENIED = "tfxops_serving_access_denied_total"     # serving/access.py (issue 16 part 2)
 
 
 def new_metrics() -> Metrics:
@@ -160,4 +163,10 @@ def new_metrics() -> Metrics:
     m.describe(LOG_ERRORS, "counter", "Errors writing request logs.")
     m.describe(VERSION_EVENTS, "counter", "Model version state changes, by state.")
     m.describe(VERSIONS_AVAILABLE, "gauge", "Model versions currently AVAILABLE.")
+    m.describe(INTEGRITY_FAILURES, "counter", "Model versions refused before loading: their files differ "
+                                              "from their manifest, or its signature is bad or missing.")
+    m.describe(OUT_OF_DOMAIN_COUNT, "counter", "Calls with a value of the feature outside the answering "
+                                               "version's input domain (answered and marked, or refused).")
+    m.describe(ACCESS_DENIED, "counter", "Calls refused for a missing or wrong token "
+                                         "(UNAUTHENTICATED) or a client's rate (RESOURCE_EXHAUSTED).")
     return m

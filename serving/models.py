@@ -18,6 +18,10 @@ unloading and status, as TF Serving's file-system source and manager do.
   broken newest version at start-up means the newest loadable one is served from
   the first request (TF Serving instead refuses to start: "Some models did not
   become available").
+* Before a version loads, its files are checked against its manifest
+  (``core.integrity``, setting ``model_integrity``): a version that fails is not
+  loaded (state END, FAILED_PRECONDITION, the files named; ``on_refused`` is told)
+  and, like any failed load, the versions already served keep serving.
 
 Each version is loaded with TensorFlow's SavedModel loader into its own graph and
 session (what TF Serving does in C++): signatures run as ``Session`` callables,
@@ -34,6 +38,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from core import storage
+from core.domain import read_domain
+from core.integrity import FIX as INTEGRITY_FIX, IntegrityPolicy, VersionIntegrity
 from core.pushdir import existing_versions
 from serving.errors import invalid, not_found
 
@@ -159,6 +165,7 @@ class ModelVersion:
         import tensorflow as tf
 
         self.name, self.version, self.path = name, version, path
+        self.domain = read_domain(path)    # its input domain (core.domain); None: pushed without one
         self.graph = tf.Graph()
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         (threads or SessionThreads()).apply(config)
@@ -316,8 +323,11 @@ class ModelManager:
     def __init__(self, name: str, base_path: str, policy: VersionPolicy = VersionPolicy("latest"),
                  labels: Optional[Dict[str, int]] = None, poll_seconds: float = 1.0,
                  listener: Optional[Callable[[str, int, str], None]] = None,
-                 threads: Optional[SessionThreads] = None):
+                 threads: Optional[SessionThreads] = None, integrity: Optional[IntegrityPolicy] = None,
+                 on_refused: Optional[Callable[[int, VersionIntegrity], None]] = None):
         self.name = name
+        self.integrity = integrity or IntegrityPolicy()
+        self.on_refused = on_refused
         self.threads = threads or SessionThreads()
         self.base_path = str(base_path)
         self.policy = policy
@@ -413,6 +423,8 @@ class ModelManager:
         fingerprint = dir_fingerprint(path)
         self._set(version, LOADING)
         started = time.time()
+        if not self._passes_integrity(version, path, fingerprint):
+            return
         try:
             loaded = ModelVersion(self.name, version, path, self.threads)
             loaded.warm_up()
@@ -428,6 +440,29 @@ class ModelManager:
         self._set(version, AVAILABLE)
         log.info("model %s version %d AVAILABLE (loaded in %.1f s)", self.name, version,
                  time.time() - started)
+
+    def _passes_integrity(self, version: int, path: str, fingerprint: tuple) -> bool:
+        """Check the version's files against its manifest; a failing version is
+        reported (state END, FAILED_PRECONDITION naming the files) and not loaded."""
+        started = time.time()
+        checked = self.integrity.check(path)
+        if checked is None:
+            return True
+        if checked.ok:
+            if checked.has_manifest:
+                log.info("model %s version %d matches its manifest (checked in %.3f s)", self.name, version,
+                         time.time() - started)
+            else:
+                log.warning("model %s version %d has no integrity manifest (pushed before manifests or by "
+                            "another tool): served unverified; push it again to cover it", self.name, version)
+            return True
+        message = (f"version {version} of model {self.name} failed its integrity check and is not loaded: "
+                   f"{checked.summary()}. Fix: {INTEGRITY_FIX}")
+        log.error("model %s version %d REFUSED: %s", self.name, version, message)
+        self._set(version, END, "FAILED_PRECONDITION", message, fingerprint)
+        if self.on_refused is not None:
+            self.on_refused(version, checked)
+        return False
 
     def _unload(self, version: int, wait_seconds: float = UNLOAD_WAIT_SECONDS) -> None:
         """Stop serving ``version``; close it once the calls holding it are done

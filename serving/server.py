@@ -3,8 +3,8 @@ gRPC and REST APIs onto one asyncio loop, and shuts down cleanly on SIGTERM/SIGI
 stop accepting, answer every request in flight (REST and gRPC, up to
 ``admission.GRACE_SECONDS``; requests arriving meanwhile get UNAVAILABLE), close the
 connections, flush the request log, exit 0. At most ``max_concurrent_requests``
-inference requests are in flight; more are answered UNAVAILABLE at once
-(``serving/admission.py``).
+inference requests are in flight; more are answered RESOURCE_EXHAUSTED at once
+(``serving/admission.py``). Tokens, rate limits and TLS: ``serving/access.py``.
 """
 import asyncio
 import logging
@@ -16,13 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-from core import audit, config
+from core import audit, config, integrity
 
-from serving import admission, busy_poll, metrics as M
+from serving import access, admission, busy_poll, metrics as M
 from serving.batching import Batcher
 from serving.models import AVAILABLE, END, ModelManager, SessionThreads, VersionPolicy, parse_labels
 from serving.log_writer import RequestLogger
+from core.redact import Redaction
 from serving.api import GRPC, Call, ServingApi
+from serving.domain_check import DomainCheck
 from serving.service import ModelRunner
 
 log = logging.getLogger("tfxops.serving")
@@ -42,17 +44,22 @@ class ModelServer:
         self.settings = settings
         self.freeze_gc = freeze_gc     # the process is ours alone (tfxops serve): see _freeze_gc
         self.metrics = M.new_metrics()
+        self.tls = access.load_tls(settings)      # before any model loads: AccessError
+        self.access = access.Access.from_settings(settings, self.metrics)
         self.manager = ModelManager(
             settings.model_name, str(settings.model_push_dir),
             VersionPolicy.parse(settings.model_version_policy),
             parse_labels(settings.version_labels), settings.poll_seconds,
             listener=self._on_version_event,
-            threads=SessionThreads(settings.intra_op_threads, settings.inter_op_threads))
+            threads=SessionThreads(settings.intra_op_threads, settings.inter_op_threads),
+            integrity=integrity.IntegrityPolicy(settings.model_integrity,
+                                                integrity.integrity_key(settings.model_integrity_key_env)),
+            on_refused=self._on_integrity_refusal)
         self.logger = None
         if enable_logging and settings.log_sample_rate > 0:
             self.logger = RequestLogger(settings.request_logs_path, settings.log_sample_rate,
                                         settings.log_rotate_records, settings.log_rotate_seconds,
-                                        metrics=self.metrics)
+                                        metrics=self.metrics, redaction=Redaction.from_settings(settings))
         cpus = os.cpu_count() or 1
         self.executor = ThreadPoolExecutor(max(4, 2 * cpus), thread_name_prefix="model")
         self.batcher = None
@@ -62,7 +69,8 @@ class ModelServer:
                                    on_batch=self._on_batch)
         self.api = ServingApi(ModelRunner(self.manager, self.batcher, self.executor,
                                           settings.max_request_bytes),
-                              self.metrics, self.logger)
+                              self.metrics, self.logger,
+                              DomainCheck(settings.out_of_domain_action, self.metrics, settings.model_name))
         self.gate = admission.Gate(settings.max_concurrent_requests)
         self.grpc_server = None
         self.http_server = None
@@ -88,11 +96,23 @@ class ModelServer:
                          audit.version_evidence(s.model_push_dir, version), model_version=version,
                          actor=audit.actor_name("server"))
 
-    def _on_grpc_refused(self, method: str, request) -> None:
-        """Count a gRPC call the gate refused (its model name read from the request)."""
+    def _on_integrity_refusal(self, version: int, checked: integrity.VersionIntegrity) -> None:
+        """A version refused for its files (``core.integrity``): counted and audited."""
+        s = self.settings
+        self.metrics.inc(M.INTEGRITY_FAILURES, (("model_name", s.model_name),))
+        audit.record(s, audit.MODEL_REFUSED,
+                     f"model {s.model_name} version {version} not loaded: it failed its integrity check: "
+                     f"{checked.summary()} (served versions still {self.manager.available_versions()})",
+                     audit.version_evidence(s.model_push_dir, version), model_version=version,
+                     actor=audit.actor_name("server"))
+
+    def _on_grpc_refused(self, method: str, request, refusal, client: str) -> None:
+        """Count a gRPC call the gate or access refused (its model name read from the request)."""
+        if method not in admission.GATED_METHODS:
+            return
         spec = getattr(request[0] if isinstance(request, tuple) else request, "model_spec", None)
-        call = Call(method.lower(), GRPC, "", spec.name if spec is not None else "")
-        self.api.rejected(call, self.gate.refusal())
+        call = Call(method.lower(), GRPC, "", spec.name if spec is not None else "", client=client)
+        self.api.rejected(call, refusal)
 
     def _on_batch(self, rows: int, requests: int):
         labels = (("model_name", self.settings.model_name),)
@@ -114,22 +134,27 @@ class ModelServer:
         options = [("grpc.max_receive_message_length", s.max_request_bytes),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
                    ("grpc.so_reuseport", 0)]
-        self.grpc_server = grpc.aio.server(options=options, interceptors=[
+        guard = [access.GrpcGuard(self.access, self._on_grpc_refused)] if self.access else []
+        self.grpc_server = grpc.aio.server(options=options, interceptors=guard + [
             admission.GrpcGate(self.gate, self._on_grpc_refused)])
         grpc_service.add_to_server(self.grpc_server, self.api)
-        grpc_port = admission.bind_grpc(self.grpc_server, s.grpc_port, s.host)
+        grpc_port = admission.bind_grpc(self.grpc_server, s.grpc_port, s.host,
+                                        self.tls.grpc_credentials() if self.tls else None)
         await self.grpc_server.start()
-        app = rest.make_app(self.api, s.max_request_bytes)
+        app = rest.make_app(self.api, s.max_request_bytes, self.access)
         app.settings["gate"] = self.gate
         # The REST handlers check max_request_bytes themselves (413 with a JSON body).
         self.http_server = admission.HTTPServer(
             app, max_body_size=s.max_request_bytes + 1, xheaders=False, idle_connection_timeout=300,
-            max_header_size=rest.MAX_REQUEST_HEAD_BYTES, body_timeout=admission.body_timeout(s))
+            max_header_size=rest.MAX_REQUEST_HEAD_BYTES, body_timeout=admission.body_timeout(s),
+            ssl_options=self.tls.ssl_context() if self.tls else None)
         rest_port = admission.bind(self.http_server, s.rest_port, s.host)
         self.ports = Ports(rest_port, grpc_port)
         self._stopped = asyncio.Event()
-        log.info("serving model %s from %s: REST http://%s:%d, gRPC %s:%d", s.model_name,
-                 s.model_push_dir, s.host, rest_port, s.host, grpc_port)
+        log.info("serving model %s from %s: REST %s://%s:%d, gRPC %s:%d%s", s.model_name,
+                 s.model_push_dir, "https" if self.tls else "http", s.host, rest_port, s.host,
+                 grpc_port, " (TLS)" if self.tls else "")
+        access.warn_if_exposed(s.host, self.access, self.tls, "tfxops serve")
         return self.ports
 
     async def stop(self, grace: float = admission.GRACE_SECONDS) -> None:

@@ -4,6 +4,7 @@
     tfxops config [--set key=value ...]    (settings and every derived path)
     tfxops compile --target vertex|kubeflow --image IMAGE --pipeline-root URI --output FILE
     tfxops serve | predict       (serving/cli.py)
+    tfxops verify [VERSION]      (serving/verify_cli.py)
     tfxops monitor               (monitoring/cli.py)
     tfxops lineage ...           (lineage/cli.py)
     tfxops audit [--verify]      (tfxops/audit_cli.py)
@@ -26,6 +27,7 @@ from lineage import cli as lineage_cli  # noqa: E402
 from monitoring import cli as monitoring_cli  # noqa: E402
 from pipeline import compile as pipeline_compile  # noqa: E402
 from serving import cli as serving_cli  # noqa: E402
+from serving import verify_cli  # noqa: E402
 from tfxops import audit_cli  # noqa: E402
 
 
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(demo)
     demo.set_defaults(func=cmd_demo)
 
-    for stage_cli in (serving_cli, monitoring_cli, lineage_cli, audit_cli):
+    for stage_cli in (serving_cli, verify_cli, monitoring_cli, lineage_cli, audit_cli):
         stage_cli.register(commands)
     return parser
 

@@ -88,7 +88,7 @@ def test_the_pusher_executor_publishes_to_the_destination_it_is_given(tmp_path, 
     from tfx.types import standard_artifacts, standard_component_specs as spec
     from tfx.utils import proto_utils
 
-    from core import pushdir, storage
+    from core import integrity, pushdir, storage
     from pipeline.pusher import AtomicPusherExecutor
 
     model = standard_artifacts.Model()
@@ -109,6 +109,8 @@ def test_the_pusher_executor_publishes_to_the_destination_it_is_given(tmp_path, 
     [version] = pushdir.existing_versions(base)
     assert pushed.get_string_custom_property("pushed_destination") == f"{base}/{version}"
     assert pushed.get_int_custom_property("pushed") == 1
-    assert sorted(storage.listdir(f"{base}/{version}")) == [pushdir.MARKER, "saved_model.pb", "variables"]
+    assert sorted(storage.listdir(f"{base}/{version}")) == sorted(
+        [integrity.MANIFEST_NAME, pushdir.MARKER, "saved_model.pb", "variables"])
+    assert integrity.verify_version(f"{base}/{version}", None, require_manifest=True).ok
     assert pushdir.read_marker(f"{base}/{version}")["pushed_model_uri"] == pushed.uri
     assert not os.path.exists("ram:")        # nothing written to a local directory named after the scheme

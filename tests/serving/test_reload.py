@@ -29,7 +29,9 @@ def statuses(server):
 
 
 def test_hot_reload_under_load_and_corrupt_version(tmp_path, pushed_model, rows):
-    settings = serving_settings(tmp_path)
+    # integrity checks off: this is TensorFlow's own failure on a torn graph (with the
+    # check on, the version's manifest refuses it first: tests/security/test_integrity.py)
+    settings = serving_settings(tmp_path, model_integrity="off")
     push_dir = settings.model_push_dir
     copy_version(pushed_model, push_dir, 1)
     serialized = serialize_rows(rows[:1])
