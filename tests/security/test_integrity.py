@@ -62,6 +62,42 @@ def test_the_pipelines_push_carries_a_manifest_of_every_file(pushed_model):
     assert integrity.verify_version(version, None, require_manifest=True).ok
 
 
+def test_the_pusher_signs_with_the_key_of_the_variable_model_integrity_key_env_names(tmp_path, monkeypatch):
+    """``--set model_integrity_key_env=VAR`` reaches the AtomicPusher (exec property),
+    whose executor signs the version with VAR's key: the server holding that key
+    accepts it, another key refuses it."""
+    from tfx.proto import pusher_pb2
+    from tfx.types import standard_artifacts, standard_component_specs as spec
+    from tfx.utils import proto_utils
+
+    from pipeline.pipeline import create_pipeline
+    from pipeline.pusher import INTEGRITY_KEY_ENV_KEY, AtomicPusherExecutor
+    from pipeline.runner import pipeline_arguments
+
+    settings = config.load({"home": str(tmp_path), "model_integrity_key_env": "TFXOPS_TEST_PUSH_KEY"}, environ={})
+    [pusher] = [n for n in create_pipeline(**pipeline_arguments(settings, "/data")).components if n.id == "Pusher"]
+    assert pusher.exec_properties[INTEGRITY_KEY_ENV_KEY] == "TFXOPS_TEST_PUSH_KEY"
+
+    monkeypatch.setenv("TFXOPS_TEST_PUSH_KEY", "the pusher's key")
+    model, blessing, pushed = standard_artifacts.Model(), standard_artifacts.ModelBlessing(), \
+        standard_artifacts.PushedModel()
+    model.uri, blessing.uri, pushed.uri = str(tmp_path / "trainer"), str(tmp_path / "blessing"), str(tmp_path / "pushed")
+    (tmp_path / "trainer" / "Format-Serving" / "variables").mkdir(parents=True)
+    (tmp_path / "trainer" / "Format-Serving" / "saved_model.pb").write_bytes(b"a graph")
+    (tmp_path / "trainer" / "Format-Serving" / "variables" / "variables.index").write_bytes(b"an index")
+    blessing.set_int_custom_property("blessed", 1)
+    destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(
+        base_directory=str(tmp_path / "serving")))
+    AtomicPusherExecutor().Do(
+        {spec.MODEL_KEY: [model], spec.MODEL_BLESSING_KEY: [blessing]}, {spec.PUSHED_MODEL_KEY: [pushed]},
+        {spec.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(destination), spec.CUSTOM_CONFIG_KEY: None,
+         INTEGRITY_KEY_ENV_KEY: "TFXOPS_TEST_PUSH_KEY"})
+    version = pushed.get_string_custom_property("pushed_destination")
+    checked = integrity.verify_version(version, b"the pusher's key", require_manifest=True)
+    assert checked.ok and checked.signed
+    assert not integrity.verify_version(version, b"another key", require_manifest=True).ok
+
+
 # ------------------------------------------------------------------ a real server
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, pushed_model):
