@@ -11,10 +11,13 @@ more may start, and a shutdown that answers every request already accepted.
   cancellation through only once the model returned). A client still sending
   its body holds a connection, not a slot, and is dropped after
   ``request_body_timeout_seconds``.
-  Beyond ``max_concurrent_requests`` a call is answered at once with UNAVAILABLE
-  (REST 503 ``{"error": ...}``), the code TF Serving answers a full batch queue
-  with, and a message naming the setting; a burst never becomes connection
-  resets. Status, metadata and metrics are not counted: they stay answerable.
+  Beyond ``max_concurrent_requests`` a call is answered at once with
+  RESOURCE_EXHAUSTED (REST 429 ``{"error": ...}``) and ``Retry-After: 1`` (gRPC
+  trailing metadata ``retry-after``), as the per-client rate limit answers
+  (``serving/access.py``), and a message naming the setting; a burst never
+  becomes connection resets. Status, metadata and metrics are not counted: they
+  stay answerable. A shutdown's refusals stay UNAVAILABLE (503): another replica
+  may answer at once.
 * ``drain_and_close``: stop listening, answer new requests on open connections
   with 503 (and ``Connection: close``), wait up to the grace period until the
   calls in flight are answered, the bodies still arriving are read and answered
@@ -39,7 +42,7 @@ import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 
-from serving.errors import ServingError
+from serving.access import Refusal, grpc_client
 
 log = logging.getLogger("tfxops.serving")
 
@@ -66,7 +69,7 @@ class Gate:
         self.limit = self.configured = int(limit)
         self.active = 0
 
-    def enter(self) -> Optional[ServingError]:
+    def enter(self) -> Optional[Refusal]:
         """Count a call in (until ``leave``), or the error to answer it with when
         it may not start (then it is not counted)."""
         if self.active >= self.limit:
@@ -85,14 +88,15 @@ class Gate:
     def draining(self) -> bool:
         return self.limit == 0
 
-    def refusal(self) -> ServingError:
+    def refusal(self) -> Refusal:
         """The error a request that may not start is answered with."""
         if self.draining:
-            return ServingError("UNAVAILABLE", "The server is shutting down; retry the request "
-                                               "(another replica will answer it)")
-        return ServingError("UNAVAILABLE", f"Too many requests in flight: the server takes at "
-                                           f"most {self.configured} at once "
-                                           f"(max_concurrent_requests); retry later")
+            return Refusal("UNAVAILABLE", "The server is shutting down; retry the request "
+                                          "(another replica will answer it)")
+        return Refusal("RESOURCE_EXHAUSTED", f"Too many requests in flight: the server takes at "
+                                             f"most {self.configured} at once "
+                                             f"(max_concurrent_requests); retry later",
+                       retry_after=1)
 
 
 class GatedHandler:
@@ -100,16 +104,20 @@ class GatedHandler:
     proxy's): the ``post`` a subclass defines is counted by the application's
     ``gate`` from when it starts (tornado calls it once the body is read) until
     it returns, its answer written, also when the client left meanwhile (the
-    model still runs). A call the gate refuses gets its 503 instead of ``post``:
-    after its body was read, so a client still sending sees the answer, not a
-    reset. ``refused`` is called for it first."""
+    model still runs). A call the gate refuses gets its 429 (503 when shutting
+    down) instead of ``post``: after its body was read, so a client still
+    sending sees the answer, not a reset; so does a call whose ``prepare`` set
+    ``denied`` (``serving.access``: no token, over its rate), which takes no slot.
+    ``refused`` is called for it first."""
+
+    denied: Optional[Refusal] = None     # set by prepare() when access refuses the call
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "post" in vars(cls):
             cls.post = _counted(vars(cls)["post"])
 
-    def refused(self, refusal: ServingError) -> None:
+    def refused(self, refusal: Refusal) -> None:
         """A call the gate refused, before its answer is sent (e.g. to count it)."""
 
 
@@ -118,6 +126,8 @@ def _counted(post):
     async def counted(self, *args, **kwargs):
         if self._finished:       # answered while its body was read (413)
             return None
+        if self.denied is not None:
+            return _answer_refused(self, self.denied, False)
         gate = self.application.settings["gate"]
         refusal = gate.enter()
         if refusal is not None:
@@ -129,10 +139,12 @@ def _counted(post):
     return counted
 
 
-def _answer_refused(handler, refusal: ServingError, draining: bool) -> None:
+def _answer_refused(handler, refusal: Refusal, draining: bool) -> None:
     handler.refused(refusal)
     if draining:
         handler.set_header("Connection", "close")
+    for name, value in refusal.headers:
+        handler.set_header(name, value)
     handler.set_header("Content-Type", "application/json")
     handler.set_status(refusal.http_status)
     handler.finish(json.dumps({"error": refusal.message}).encode())
@@ -146,7 +158,7 @@ class GrpcGate(grpc.aio.ServerInterceptor):
 
     def __init__(self, gate: Gate, on_refused=None):
         self.gate = gate
-        self.on_refused = on_refused        # (method, request) of a refused call
+        self.on_refused = on_refused        # (method, request, refusal, client) of a refused call
         self._handlers = {}                 # full method name -> gated handler
 
     async def intercept_service(self, continuation, details):
@@ -168,8 +180,9 @@ class GrpcGate(grpc.aio.ServerInterceptor):
             refusal = gate.enter()
             if refusal is not None:
                 if on_refused is not None:
-                    on_refused(method, request)
-                await context.abort(refusal.grpc_code, refusal.message)
+                    on_refused(method, request, refusal, grpc_client(context))
+                await context.abort(refusal.grpc_code, refusal.message,
+                                    trailing_metadata=refusal.trailing_metadata())
             try:     # a caller that leaves cancels this only once the model returned
                 return await behavior(request, context)   # (serving.batching.ModelFuture)
             finally:
@@ -270,11 +283,13 @@ def bind(server: HTTPServer, port: int, host: str) -> int:
     return sockets[0].getsockname()[1]
 
 
-def bind_grpc(server, port: int, host: str) -> int:
-    """``server.add_insecure_port``; OSError naming the port and the setting when it
-    cannot be bound (grpc raises RuntimeError, or returns 0 in older versions)."""
+def bind_grpc(server, port: int, host: str, credentials=None) -> int:
+    """``server.add_insecure_port`` (``add_secure_port`` with TLS ``credentials``);
+    OSError naming the port and the setting when it cannot be bound (grpc raises
+    RuntimeError, or returns 0 in older versions)."""
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_insecure_port(f"{host}:{port}") if credentials is None else \
+            server.add_secure_port(f"{host}:{port}", credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:

@@ -4,9 +4,13 @@
 Rows are dicts of raw values (CSV strings or typed values); they are sent as
 serialized tf.Examples (``core.examples.row_to_example``, CsvExampleGen's
 encoding) to ``serving_default`` — over gRPC as a PredictRequest, over REST as
-``{"instances": [{"b64": ...}]}``.
+``{"instances": [{"b64": ...}]}``. For a secured server (``serving/access.py``):
+``token`` (sent as ``Authorization: Bearer``, gRPC metadata ``authorization``; read
+it with ``read_token``, never from a command line) and ``ca_file`` (TLS, the CA
+that signed the server's certificate).
 """
 import base64
+import os
 import socket
 import time
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -66,10 +70,34 @@ class ServingError(RuntimeError):
         self.status, self.message = status, message
 
 
+def read_token(token_file: Optional[str] = None, token_env: Optional[str] = None) -> Optional[str]:
+    """A client's token: the first line of ``token_file`` (a file only its owner may
+    write), else the environment variable ``token_env``; None when neither is given.
+    ValueError naming the file or variable when it holds none."""
+    if token_file:
+        from serving.access import check_private_file
+        check_private_file(token_file, "--token-file")
+        lines = [line.strip() for line in open(token_file, encoding="utf-8").read().splitlines()]
+        token = next((line for line in lines if line and not line.startswith("#")), "")
+        if not token:
+            raise ValueError(f"{token_file} holds no token (one line: the token)")
+        return token
+    if token_env:
+        token = os.environ.get(token_env, "").strip()
+        if not token:
+            raise ValueError(f"the environment variable {token_env} holds no token: export it")
+        return token
+    return None
+
+
 class RestClient:
-    def __init__(self, host: str, port: int, model_name: str, timeout: float = 30.0):
-        self.base = f"http://{host}:{port}/v1/models/{model_name}"
+    def __init__(self, host: str, port: int, model_name: str, timeout: float = 30.0,
+                 token: Optional[str] = None, ca_file: Optional[str] = None):
+        self.base = f"{'https' if ca_file else 'http'}://{host}:{port}/v1/models/{model_name}"
         self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.verify = ca_file or True      # per request: a session's is overridden by REQUESTS_CA_BUNDLE
         self.timeout = timeout
 
     def predict_serialized(self, serialized: Sequence[bytes], version: Optional[int] = None,
@@ -77,8 +105,11 @@ class RestClient:
         url = self.base + (f"/versions/{version}" if version is not None else "") + ":predict"
         headers = {"X-Request-Id": request_id or new_request_id()}
         r = self.session.post(url, json=rest_body(serialized), headers=headers,
-                              timeout=self.timeout)
-        body = r.json()
+                              timeout=self.timeout, verify=self.verify)
+        try:
+            body = r.json()
+        except ValueError:
+            raise ServingError(r.status_code, r.text[:1000]) from None
         if r.status_code != 200:
             raise ServingError(r.status_code, body.get("error", r.text))
         return body["predictions"]
@@ -87,23 +118,30 @@ class RestClient:
         return self.predict_serialized(serialize_rows(rows), **kwargs)
 
     def status(self) -> Dict:
-        return self.session.get(self.base, timeout=self.timeout).json()
+        return self.session.get(self.base, timeout=self.timeout, verify=self.verify).json()
 
     def close(self):
         self.session.close()
 
 
 class GrpcClient:
-    def __init__(self, host: str, port: int, model_name: str, timeout: float = 30.0):
-        self.channel = grpc.insecure_channel(f"{host}:{port}")
+    def __init__(self, host: str, port: int, model_name: str, timeout: float = 30.0,
+                 token: Optional[str] = None, ca_file: Optional[str] = None):
+        if ca_file:
+            with open(ca_file, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self.channel = grpc.secure_channel(f"{host}:{port}", credentials)
+        else:
+            self.channel = grpc.insecure_channel(f"{host}:{port}")
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_name = model_name
         self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def predict_serialized(self, serialized: Sequence[bytes], version: Optional[int] = None,
                            request_id: Optional[str] = None) -> List[float]:
         request = predict_request(self.model_name, serialized, version=version)
-        metadata = (("x-request-id", request_id or new_request_id()),)
+        metadata = (("x-request-id", request_id or new_request_id()),) + self.metadata
         try:
             response = self.stub.Predict(request, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as exc:
@@ -117,5 +155,7 @@ class GrpcClient:
         self.channel.close()
 
 
-def make_client(protocol: str, host: str, port: int, model_name: str):
-    return (GrpcClient if protocol == "grpc" else RestClient)(host, port, model_name)
+def make_client(protocol: str, host: str, port: int, model_name: str,
+                token: Optional[str] = None, ca_file: Optional[str] = None):
+    return (GrpcClient if protocol == "grpc" else RestClient)(host, port, model_name,
+                                                             token=token, ca_file=ca_file)

@@ -14,6 +14,10 @@ Logging costs the request path one queue append: the request and response bytes
 are kept as they crossed the proxy, and the writer thread reads the model name
 and signature from the request, the version that answered from the response, and
 concatenates the record (``core.request_log.answered_record``).
+
+With ``serving.access`` checks, ``access.GrpcGuard`` refuses calls before they are
+forwarded, and the caller's ``authorization`` metadata is not passed on unless
+``proxy_forward_token``; records name the client (token name, else address).
 """
 import logging
 import time
@@ -23,7 +27,7 @@ import grpc
 
 from core import request_log
 from core.request_log import new_request_id
-from serving import admission, metrics as M
+from serving import access as A, admission, metrics as M
 from serving.errors import MAX_MESSAGE_CHARS
 from serving.grpc_service import REQUEST_ID_KEY
 
@@ -47,7 +51,7 @@ def _request_classes():
 
 
 def build_record(kind: str, request: bytes, response: bytes, request_id: str,
-                 arrived: float, versions: Optional[dict] = None) -> bytes:
+                 arrived: float, versions: Optional[dict] = None, client: str = "") -> bytes:
     """The serialized PredictionLog of one proxied call (run on the writer thread);
     ``versions`` (model name -> version) learns the version that answered."""
     request_type, response_type = _request_classes()[kind]
@@ -60,14 +64,16 @@ def build_record(kind: str, request: bytes, response: bytes, request_id: str,
         versions[spec.name] = version
     return request_log.answered_record(kind, spec.name, version,
                                        answered.signature_name or spec.signature_name,
-                                       request_id, arrived, request, response)
+                                       request_id, arrived, request, response, client)
 
 
 class ProxyHandler(grpc.GenericRpcHandler):
     """Forwards every unary method of TF Serving's services to ``upstream``."""
 
-    def __init__(self, upstream: str, logger, metrics: M.Metrics, max_message_bytes: int):
+    def __init__(self, upstream: str, logger, metrics: M.Metrics, max_message_bytes: int,
+                 drop_token: bool = False):
         self.upstream = upstream
+        self.drop_token = drop_token      # the caller's authorization stays here
         self.logger = logger
         self.metrics = metrics
         options = [("grpc.max_send_message_length", max_message_bytes),
@@ -98,6 +104,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_KEY:
                 rid = str(value)[:128]
+            elif key == A.AUTHORIZATION and self.drop_token:
+                continue
             elif key not in _HOP_BY_HOP and not key.startswith("grpc-"):
                 metadata.append((key, value))
         returned = ((REQUEST_ID_KEY, rid),) if rid else ()
@@ -105,12 +113,12 @@ class ProxyHandler(grpc.GenericRpcHandler):
         metadata.append((REQUEST_ID_KEY, rid))
         remaining = context.time_remaining()
         timeout = UPSTREAM_TIMEOUT_SECONDS if remaining is None else remaining
-        kind = LOGGED.get(method)
+        kind, client = LOGGED.get(method), A.grpc_client(context)
         try:
             response = await call(request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             self._record(kind, request, started, err.code().name)
-            self._log_rejected(kind, request, rid, arrived, err)
+            self._log_rejected(kind, request, rid, arrived, err, client)
             details = err.details() or ""
             if err.code() == grpc.StatusCode.UNAVAILABLE and "connect" in details:
                 details = f"upstream {self.upstream} unavailable: {details}"   # not TF Serving's
@@ -122,17 +130,17 @@ class ProxyHandler(grpc.GenericRpcHandler):
         if kind is not None and self.logger is not None and self.logger.sampled():
             versions = self._answered_versions
             self.logger.submit(lambda: _safe_record(kind, request, response, rid, arrived,
-                                                    versions))
+                                                    versions, client))
         return response
 
     def _log_rejected(self, kind: Optional[str], request: bytes, rid: str, arrived: float,
-                      err: grpc.aio.AioRpcError) -> None:
+                      err: grpc.aio.AioRpcError, client: str) -> None:
         code = err.code().name
         if request_log.logs_rejection(kind, code) and self.logger is not None and \
                 self.logger.sampled():
             details, versions = err.details() or "", self._answered_versions
             self.logger.submit(lambda: _safe_rejected(kind, request, rid, arrived, code, details,
-                                                      versions))
+                                                      versions, client))
 
     def _record(self, kind: Optional[str], request: bytes, started: float, status: str) -> None:
         if kind is None:
@@ -178,7 +186,7 @@ def _returned(metadata) -> tuple:
 
 
 def build_rejected(kind: str, request: bytes, request_id: str, arrived: float, code: str,
-                   message: str, versions: dict) -> bytes:
+                   message: str, versions: dict, client: str = "") -> bytes:
     """The rejected-call record of a call TF Serving refused. Its version: the one
     the call asked for, else the one that answered the model's last successful
     call (what TF Serving would have run, unless it swapped versions meanwhile)."""
@@ -190,35 +198,44 @@ def build_rejected(kind: str, request: bytes, request_id: str, arrived: float, c
         from serving.api import serialized_examples
         request = request_log.examples_request(serialized_examples(parsed.input))
     return request_log.rejected_record(spec.name, version, spec.signature_name, request_id,
-                                       arrived, code, message[:MAX_MESSAGE_CHARS], request)
+                                       arrived, code, message[:MAX_MESSAGE_CHARS], request, client)
 
 
-def _safe_rejected(kind, request, rid, arrived, code, message, versions):
+def _safe_rejected(kind, request, rid, arrived, code, message, versions, client):
     try:
-        return build_rejected(kind, request, rid, arrived, code, message, versions)
+        return build_rejected(kind, request, rid, arrived, code, message, versions, client)
     except Exception:   # noqa: BLE001 - bytes that do not parse: logged without the request
         return request_log.rejected_record(model_name(request), None, "", rid, arrived, code,
-                                           message[:MAX_MESSAGE_CHARS], None)
+                                           message[:MAX_MESSAGE_CHARS], None, client)
 
 
-def _safe_record(kind, request, response, rid, arrived, versions=None):
+def _safe_record(kind, request, response, rid, arrived, versions=None, client=""):
     try:
-        return build_record(kind, request, response, rid, arrived, versions)
+        return build_record(kind, request, response, rid, arrived, versions, client)
     except Exception as exc:   # noqa: BLE001 - an unreadable call is not logged, not fatal
         log.warning("proxy: could not log a gRPC %s call: %s", kind, exc)
         return None
 
 
-async def start(settings, logger, metrics: M.Metrics, gate=None):
-    """The proxy's gRPC server on ``settings.grpc_port``, its Predict/Classify/Regress
-    calls counted by ``gate`` (serving.admission.Gate); returns (server, handler, port)."""
-    handler = ProxyHandler(settings.proxy_grpc_to, logger, metrics, settings.max_request_bytes)
+async def start(settings, logger, metrics: M.Metrics, gate=None,
+                access: Optional[A.Access] = None, tls: Optional[A.Tls] = None):
+    """The proxy's gRPC server on ``settings.grpc_port``, its calls checked by
+    ``access`` (serving.access.Access, or None) and its Predict/Classify/Regress
+    calls counted by ``gate`` (serving.admission.Gate); TLS with ``tls``; returns
+    (server, handler, port)."""
+    drop_token = access is not None and access.tokens is not None and \
+        not settings.proxy_forward_token
+    handler = ProxyHandler(settings.proxy_grpc_to, logger, metrics, settings.max_request_bytes,
+                           drop_token)
+    interceptors = ([A.GrpcGuard(access)] if access is not None else []) + (
+        [admission.GrpcGate(gate)] if gate is not None else [])
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)],
-        interceptors=[admission.GrpcGate(gate)] if gate is not None else None)
+        interceptors=interceptors or None)
     server.add_generic_rpc_handlers((handler,))
-    port = admission.bind_grpc(server, settings.grpc_port, settings.host)
+    port = admission.bind_grpc(server, settings.grpc_port, settings.host,
+                               tls.grpc_credentials() if tls else None)
     await server.start()
     log.info("proxy on grpc %s:%d -> %s", settings.host, port, settings.proxy_grpc_to)
     return server, handler, port

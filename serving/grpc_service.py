@@ -10,7 +10,8 @@ gets TF Serving's exact answer, no extra metadata: sending back a made-up id
 would cost every such call CPU time for an id its caller does not read.
 
 What the calls do is ``serving/api.py``'s, shared with the REST API; this module
-reads and writes gRPC's messages and errors.
+reads and writes gRPC's messages and errors. Each ``Call`` names its client
+(``serving.access.grpc_client``: the token's name, else the peer's address).
 """
 import functools
 from typing import Callable, Optional, Tuple
@@ -23,6 +24,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from core import request_log
 from core.request_log import new_request_id
 from serving import wire
+from serving.access import grpc_client
 from serving.api import (GRPC, Call, Received, ServingApi, result_response,
                          serialized_examples)
 from serving.errors import ServingError, internal_error, invalid
@@ -55,7 +57,7 @@ def _start(api: str, request, context) -> Tuple[Call, Optional[str]]:
     sent = _sent_request_id(context)
     name, version, label = _spec(request.model_spec)
     return Call(api, GRPC, sent or new_request_id(), name, version, label,
-                request.model_spec.signature_name), sent
+                request.model_spec.signature_name, client=grpc_client(context)), sent
 
 
 async def _abort_rejected(api: ServingApi, context, call: Call, err: ServingError,
@@ -198,7 +200,8 @@ def _guarded(method: Callable, name: str, counted_by: Optional[ServingApi]) -> C
             err = invalid(f"Could not parse the request: its bytes are not a "
                           f"{request.type_name}")
             if counted_by is not None:
-                call = Call(name, GRPC, _sent_request_id(context) or new_request_id())
+                call = Call(name, GRPC, _sent_request_id(context) or new_request_id(),
+                            client=grpc_client(context))
                 return await _abort_rejected(counted_by, context, call, err)
             await context.abort(err.grpc_code, err.message)
         try:

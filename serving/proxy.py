@@ -9,6 +9,11 @@ are written as PredictionLog records by the same ``RequestLogger`` the embedded
 server uses. Without the model's signature at hand, JSON predict tensors are typed
 from JSON itself: strings and ``{"b64"}`` -> DT_STRING, integers -> DT_INT64,
 other numbers -> DT_FLOAT. The version is the one in the URL, else left unset.
+
+With ``serving.access`` checks (tokens, rate limit, TLS) the proxy answers refused
+calls itself (401 / 429) and forwards nothing of them; the caller's
+``Authorization`` is not passed on unless ``proxy_forward_token``. Records name
+the client (token name, else address).
 """
 import asyncio
 import logging
@@ -27,9 +32,10 @@ from tensorflow.core.framework import types_pb2
 from core import features as F, request_log
 from core.examples import json_body_rows, json_rows_to_examples
 from core.request_log import new_request_id
-from serving import admission, busy_poll, metrics as M
+from serving import access as A, admission, busy_poll, metrics as M
 from serving.errors import MAX_MESSAGE_CHARS, ServingError, http_status_to_code
 from serving.log_writer import RequestLogger
+from core.redact import Redaction
 from serving.rest import (MAX_REQUEST_HEAD_BYTES, REQUEST_ID_HEADER, classify_input, dumps,
                           parse_json)
 from serving.tensors import json_to_ndarray, ndarray_to_proto
@@ -65,7 +71,7 @@ def _tensors_from_json(doc):
 
 
 def build_log(path: str, body: bytes, answer: bytes, request_id: str,
-              arrived: float) -> Optional[bytes]:
+              arrived: float, client: str = "") -> Optional[bytes]:
     """The serialized PredictionLog of a proxied call (None when it cannot be understood)."""
     m = _CALL.match(path)
     if not m:
@@ -82,7 +88,7 @@ def build_log(path: str, body: bytes, answer: bytes, request_id: str,
         if version is not None:
             message.model_spec.version.value = version
     return request_log.answered_record(method, name, version, sig_name, request_id, arrived,
-                                       request, response)
+                                       request, response, client)
 
 
 def _predict_messages(doc: dict, out: dict, sig_name: str):
@@ -124,10 +130,20 @@ def _classify_or_regress_messages(doc: dict, out: dict, method: str):
 
 
 class ProxyHandler(admission.GatedHandler, tornado.web.RequestHandler):
-    def initialize(self, upstream, logger, metrics, max_request_bytes, names: M.ModelNames):
+    def initialize(self, upstream, logger, metrics, max_request_bytes, names: M.ModelNames,
+                   access: Optional[A.Access], forward_token: bool):
         self.upstream, self.logger, self.metrics = upstream, logger, metrics
         self.max_request_bytes = max_request_bytes
         self.names = names
+        self.access, self.forward_token = access, forward_token
+
+    def prepare(self):     # the body is read by now (not streamed)
+        self.client = self.request.remote_ip
+        if self.access is not None and self.access.guards(self.request.path):
+            self.client, refusal = self.access.admit(
+                self.request.headers.get(A.AUTHORIZATION), self.request.remote_ip)
+            if refusal is not None:
+                _send_refusal(self, refusal)
 
     async def _forward(self):
         started, arrived = time.perf_counter(), time.time()
@@ -136,12 +152,13 @@ class ProxyHandler(admission.GatedHandler, tornado.web.RequestHandler):
         if body is not None and len(body) > self.max_request_bytes:
             self.set_status(413)
             return self.finish(dumps({"error": "Request body is larger than max_request_bytes"}))
-        client = tornado.httpclient.AsyncHTTPClient()
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: rid}
+        if self.forward_token and A.AUTHORIZATION in self.request.headers:
+            headers["Authorization"] = self.request.headers[A.AUTHORIZATION]
         try:
-            resp = await client.fetch(
+            resp = await tornado.httpclient.AsyncHTTPClient().fetch(
                 f"http://{self.upstream}{self.request.uri}", method=self.request.method, body=body,
-                headers={"Content-Type": "application/json", REQUEST_ID_HEADER: rid},
-                raise_error=False, request_timeout=60)
+                headers=headers, raise_error=False, request_timeout=60)
         except OSError as exc:
             self.set_status(503)
             return self.finish(dumps({"error": f"upstream {self.upstream} unavailable: {exc}"}))
@@ -155,8 +172,9 @@ class ProxyHandler(admission.GatedHandler, tornado.web.RequestHandler):
             logged = resp.code == 200 or request_log.logs_rejection(
                 m.group(3), http_status_to_code(resp.code))
             if logged and self.logger is not None and self.logger.sampled():
-                path, answer, code = self.request.path, resp.body, resp.code
-                self.logger.submit(lambda: _safe_build(path, body, code, answer, rid, arrived))
+                path, answer, code, client = self.request.path, resp.body, resp.code, self.client
+                self.logger.submit(lambda: _safe_build(path, body, code, answer, rid, arrived,
+                                                       client))
 
     def _record(self, name: str, method: str, code: int, started: float) -> None:
         if code == 200:
@@ -174,8 +192,16 @@ class ProxyHandler(admission.GatedHandler, tornado.web.RequestHandler):
         return None
 
 
+def _send_refusal(handler: tornado.web.RequestHandler, refusal: A.Refusal) -> None:
+    for name, value in refusal.headers:
+        handler.set_header(name, value)
+    handler.set_header("Content-Type", "application/json")
+    handler.set_status(refusal.http_status)
+    handler.finish(dumps({"error": refusal.message}))
+
+
 def build_rejected(path: str, body: bytes, status: int, answer: bytes, request_id: str,
-                   arrived: float) -> Optional[bytes]:
+                   arrived: float, client: str = "") -> Optional[bytes]:
     """The rejected-call record of a proxied call the upstream refused (its
     ``{"error": ...}`` and status), rows typed from JSON: the proxy does not
     know the signature."""
@@ -197,22 +223,29 @@ def build_rejected(path: str, body: bytes, status: int, answer: bytes, request_i
         m.group(1), int(m.group(2)) if m.group(2) else None,
         sig_name if isinstance(sig_name, str) else "", request_id, arrived,
         http_status_to_code(status), message[:MAX_MESSAGE_CHARS],
-        request_log.examples_request(examples) if examples else None)
+        request_log.examples_request(examples) if examples else None, client)
 
 
-def _safe_build(path, body, status, answer, rid, arrived):
+def _safe_build(path, body, status, answer, rid, arrived, client):
     try:
         if status != 200:
-            return build_rejected(path, body, status, answer, rid, arrived)
-        return build_log(path, body, answer, rid, arrived)
+            return build_rejected(path, body, status, answer, rid, arrived, client)
+        return build_log(path, body, answer, rid, arrived, client)
     except (ServingError, ValueError, KeyError, TypeError) as exc:
         log.warning("proxy: could not log a request: %s", exc)
         return None
 
 
 class MetricsHandler(tornado.web.RequestHandler):
-    def initialize(self, metrics):
-        self.metrics = metrics
+    def initialize(self, metrics, access: Optional[A.Access]):
+        self.metrics, self.access = metrics, access
+
+    def prepare(self):
+        if self.access is not None and self.access.guards(self.request.path):
+            refusal = self.access.admit(self.request.headers.get(A.AUTHORIZATION),
+                                        self.request.remote_ip)[1]
+            if refusal is not None:
+                _send_refusal(self, refusal)
 
     def get(self):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -227,28 +260,24 @@ async def run_proxy(settings, ready=None, stop_event=None):
     from serving import grpc_proxy
 
     metrics = M.new_metrics()
+    tls = A.load_tls(settings)
+    access = A.Access.from_settings(settings, metrics)
     logger = RequestLogger(settings.request_logs_path, settings.log_sample_rate,
                            settings.log_rotate_records, settings.log_rotate_seconds,
-                           metrics=metrics).start()
+                           metrics=metrics, redaction=Redaction.from_settings(settings)).start()
     ports = {"rest": None, "grpc": None}
     gate = admission.Gate(settings.max_concurrent_requests)
     server = grpc_server = grpc_handler = None
     try:
         if settings.proxy_to:
-            args = dict(upstream=settings.proxy_to, logger=logger, metrics=metrics,
-                        max_request_bytes=settings.max_request_bytes, names=M.ModelNames())
-            app = tornado.web.Application([
-                (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics)),
-                (r".*", ProxyHandler, args)], gate=gate)
-            server = admission.HTTPServer(app, max_body_size=settings.max_request_bytes + 1,
-                                          max_header_size=MAX_REQUEST_HEAD_BYTES,
-                                          body_timeout=admission.body_timeout(settings))
+            server = _rest_server(settings, logger, metrics, gate, access, tls)
             ports["rest"] = admission.bind(server, settings.rest_port, settings.host)
-            log.info("proxy on http://%s:%d -> http://%s", settings.host, ports["rest"],
-                     settings.proxy_to)
+            log.info("proxy on %s://%s:%d -> http://%s", "https" if tls else "http",
+                     settings.host, ports["rest"], settings.proxy_to)
         if settings.proxy_grpc_to:
             grpc_server, grpc_handler, ports["grpc"] = await grpc_proxy.start(
-                settings, logger, metrics, gate)
+                settings, logger, metrics, gate, access, tls)
+        A.warn_if_exposed(settings.host, access, tls, "tfxops serve (proxy)")
         log.info("proxy request logs in %s", settings.request_logs_path)
         stop_event = stop_event or asyncio.Event()
         if ready is not None:
@@ -264,6 +293,20 @@ async def run_proxy(settings, ready=None, stop_event=None):
             await grpc_server.stop(max(0.1, deadline - loop.time()))
             await grpc_handler.close()
         await asyncio.get_running_loop().run_in_executor(None, logger.close)
+
+
+def _rest_server(settings, logger, metrics, gate, access, tls) -> admission.HTTPServer:
+    """The proxy's REST server (not listening yet)."""
+    args = dict(upstream=settings.proxy_to, logger=logger, metrics=metrics,
+                max_request_bytes=settings.max_request_bytes, names=M.ModelNames(),
+                access=access, forward_token=settings.proxy_forward_token)
+    app = tornado.web.Application([
+        (r"/monitoring/tfxops/metrics", MetricsHandler, dict(metrics=metrics, access=access)),
+        (r".*", ProxyHandler, args)], gate=gate)
+    return admission.HTTPServer(app, max_body_size=settings.max_request_bytes + 1,
+                                max_header_size=MAX_REQUEST_HEAD_BYTES,
+                                body_timeout=admission.body_timeout(settings),
+                                ssl_options=tls.ssl_context() if tls else None)
 
 
 def serve(settings) -> None:

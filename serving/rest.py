@@ -10,7 +10,9 @@ define them: ``instances`` (row) or ``inputs`` (columnar), ``{"b64": ...}`` stri
 answers ``predictions`` / ``outputs`` / ``results``, failures ``{"error": message}``
 with the HTTP status of the error code. Bodies larger than ``max_request_bytes``
 are refused with 413 before they are read. ``X-Request-Id`` is accepted from the
-client (or made up) and always returned.
+client (or made up) and always returned. With ``serving.access`` checks (tokens,
+rate limit), a refused call gets 401 or 429 ``{"error": ...}``; the client of each
+call (token name, else address) is in its ``Call``.
 
 What the calls do is ``serving/api.py``'s, shared with the gRPC API; this module
 reads and writes REST's JSON and HTTP statuses.
@@ -51,7 +53,7 @@ except ImportError:   # pragma: no cover
 from core import request_log
 from core.examples import json_body_rows, json_rows_to_examples
 from core.request_log import new_request_id
-from serving import admission
+from serving import access as A, admission
 from serving.api import (REST, Call, ServingApi, fill_model_spec, result_json, result_response,
                          serialized_examples)
 from serving.errors import ServingError, internal_error, invalid
@@ -291,9 +293,10 @@ def classify_input(doc: dict, kind: str) -> input_pb2.Input:
 
 # ------------------------------------------------------------------ handlers
 class _Base(tornado.web.RequestHandler):
-    def initialize(self, api: ServingApi, max_request_bytes: int):
+    def initialize(self, api: ServingApi, max_request_bytes: int, access: Optional[A.Access]):
         self.api = api
         self.max_request_bytes = max_request_bytes
+        self.access = access
 
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json")
@@ -306,6 +309,17 @@ class _Base(tornado.web.RequestHandler):
 
     def send_error_json(self, err: ServingError):
         self.send_json({"error": err.message}, err.http_status)
+
+    def admit(self) -> Optional[A.Refusal]:
+        """``access``'s refusal of this request (None: it may run); sets ``client``."""
+        self.client, refusal = self.access.admit(self.request.headers.get(A.AUTHORIZATION),
+                                                 self.request.remote_ip)
+        return refusal
+
+    def send_refusal(self, refusal: A.Refusal):
+        for name, value in refusal.headers:
+            self.set_header(name, value)
+        self.send_error_json(refusal)
 
     def write_error(self, status_code, **kwargs):   # tornado's own errors (405, 400...)
         self.finish(dumps({"error": self._reason}))
@@ -331,6 +345,12 @@ def _version(v: Optional[str]) -> Optional[int]:
 
 
 class StatusHandler(_Base):
+    def prepare(self):
+        if self.access is not None:
+            refusal = self.admit()
+            if refusal is not None:
+                self.send_refusal(refusal)
+
     async def get(self, name, version, label, metadata):
         try:
             if metadata:
@@ -363,15 +383,21 @@ class InferenceHandler(admission.GatedHandler, _Base):   # post() counted by the
         self._chunks: List[bytes] = []
         self._size = 0
         self._too_large = False
+        if self.access is None:
+            self.client = self.request.remote_ip
+        else:     # a refused call's body is read (at most max_request_bytes) and dropped
+            self.denied = self.admit()
+            if self.denied is not None:
+                return
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
             self._refuse()
         else:   # counted in data_received: tornado's own limit would answer a bare 400
             self.request.connection.set_max_body_size(sys.maxsize)
 
-    def refused(self, refusal: ServingError):   # max_concurrent_requests, or shutting down
-        self.api.rejected(Call(self.path_args[3], REST, self.request_id, self.path_args[0]),
-                          refusal)
+    def refused(self, refusal: ServingError):   # access, max_concurrent_requests, shutting down
+        self.api.rejected(Call(self.path_args[3], REST, self.request_id, self.path_args[0],
+                               client=self.client), refusal)
 
     def _refuse(self):
         self._too_large = True
@@ -380,7 +406,7 @@ class InferenceHandler(admission.GatedHandler, _Base):   # post() counted by the
                                  f"{self.max_request_bytes} bytes (max_request_bytes)"}, 413)
 
     def data_received(self, chunk: bytes):
-        if self._too_large:
+        if self._too_large or self.denied is not None:
             return
         self._size += len(chunk)
         if self._size > self.max_request_bytes:
@@ -391,8 +417,8 @@ class InferenceHandler(admission.GatedHandler, _Base):   # post() counted by the
     async def post(self, name, version, label, method):
         if self._too_large:
             return
-        request = _RestRequest(Call(method, REST, self.request_id, name, label=label),
-                               b"".join(self._chunks))
+        request = _RestRequest(Call(method, REST, self.request_id, name, label=label,
+                                    client=self.client), b"".join(self._chunks))
         try:
             answer, exchange = await self._answer(request, version)
         except ServingError as err:
@@ -486,9 +512,12 @@ def _result_exchange(request: _RestRequest, result):
     return req, result_response(call, result)
 
 
-class MetricsHandler(tornado.web.RequestHandler):
-    def initialize(self, api: ServingApi, max_request_bytes: int):
-        self.api = api
+class MetricsHandler(_Base):
+    def prepare(self):
+        if self.access is not None and self.access.guards(self.request.path):
+            refusal = self.admit()
+            if refusal is not None:
+                self.send_refusal(refusal)
 
     def get(self):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -504,36 +533,41 @@ class NotFoundHandler(_Base):
     get = post = put = delete = patch = head = _malformed
 
 
+REFUSALS = (401, 429, 503)    # answers that come in floods (no token, overload, shutdown)
+
+
 class _AccessLog:
     """Tornado's access log for failed requests, with the URI cut short (callers
-    choose it) and at most one line per second for refusals (503), which come in
-    floods under overload: that line says how many there were."""
+    choose it) and at most one line per second for each kind of refusal
+    (``REFUSALS``), which come in floods: that line says how many there were."""
 
     def __init__(self):
-        self.refused, self.next_refusal_line = 0, 0.0
+        self.refused = dict.fromkeys(REFUSALS, 0)
+        self.next_refusal_line = dict.fromkeys(REFUSALS, 0.0)
 
     def __call__(self, handler: tornado.web.RequestHandler) -> None:
         status, request = handler.get_status(), handler.request
         if status < 400:
             return
-        if status == 503:
-            self.refused += 1
+        if status in self.refused:
+            self.refused[status] += 1
             now = time.monotonic()
-            if now < self.next_refusal_line:
+            if now < self.next_refusal_line[status]:
                 return
-            self.next_refusal_line = now + 1.0
-            tornado.log.access_log.warning("503 refused %d request(s) in the last second, "
-                                           "e.g. %s %.200s", self.refused, request.method,
-                                           request.uri)
-            self.refused = 0
+            self.next_refusal_line[status] = now + 1.0
+            tornado.log.access_log.warning("%d refused %d request(s) in the last second, "
+                                           "e.g. %s %.200s (%s)", status, self.refused[status],
+                                           request.method, request.uri, request.remote_ip)
+            self.refused[status] = 0
             return
         tornado.log.access_log.warning("%d %s %.200s (%s) %.2fms", status, request.method,
                                        request.uri, request.remote_ip,
                                        1000.0 * request.request_time())
 
 
-def make_app(api: ServingApi, max_request_bytes: int) -> tornado.web.Application:
-    args = dict(api=api, max_request_bytes=max_request_bytes)
+def make_app(api: ServingApi, max_request_bytes: int,
+             access: Optional[A.Access] = None) -> tornado.web.Application:
+    args = dict(api=api, max_request_bytes=max_request_bytes, access=access)
     return tornado.web.Application([
         (_MODEL + r"(/metadata)?", StatusHandler, args),
         (_MODEL + r":([A-Za-z]+)", InferenceHandler, args),

@@ -157,7 +157,7 @@ def test_while_draining_new_calls_get_503_or_unavailable_and_those_received_thei
         assert session.post(url, data=now, timeout=60).status_code == 200
         assert waiter_grpc(settings.grpc_port, waiting_model / "saved_model.pb")[0] == "OK"
         computing = post(port, waiter_body(go), WAITER_PATH)  # computed at the signal
-        until(lambda: rest_status(port, now)[0] == 503, "the computed call takes the only slot")
+        until(lambda: rest_status(port, now)[0] == 429, "the computed call takes the only slot")
         uploading = hold(port, now, WAITER_PATH)              # half sent at the signal
         server.proc.send_signal(signal.SIGTERM)
         until(lambda: connection_refused(port), "REST stops listening")

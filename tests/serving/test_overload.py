@@ -1,6 +1,7 @@
-"""Overload: a burst of 2,000 concurrent REST requests gets answers (200, or 503
+"""Overload: a burst of 2,000 concurrent REST requests gets answers (200, or 429
 with a JSON error), never connection resets; beyond ``max_concurrent_requests``
-calls in flight, REST answers 503 and gRPC UNAVAILABLE at once, naming the
+calls in flight, REST answers 429 and gRPC RESOURCE_EXHAUSTED at once (with a
+Retry-After: issue 16; they were 503 / UNAVAILABLE, now a shutdown's only), naming the
 setting. A call counts while the server works on it: a client still sending its
 body holds no slot (and is dropped after ``request_body_timeout_seconds``), a
 client that left holds its slot until the model returns. ``tfxops serve`` raises
@@ -85,9 +86,9 @@ def test_burst_of_2000_rest_requests_gets_answers_never_resets(tmp_path, pushed_
         assert server.terminate() == 0
     counts = collections.Counter(a[0] for a in answers)
     print(f"burst of {BURST}: {dict(counts)}")
-    assert set(counts) <= {200, 503} and sum(counts.values()) == BURST, counts
+    assert set(counts) <= {200, 429} and sum(counts.values()) == BURST, counts
     assert all(len(a[1]["predictions"]) == 1 for a in answers if a[0] == 200)
-    assert all("max_concurrent_requests" in a[1]["error"] for a in answers if a[0] == 503)
+    assert all("max_concurrent_requests" in a[1]["error"] for a in answers if a[0] == 429)
 
 
 def _waiter(tmp_path, waiting_model, **overrides):
@@ -102,9 +103,9 @@ def _now(waiting_model) -> Path:
 
 
 def _refused(port: int, body: bytes):
-    """The JSON body of the answer to a POST to the waiting model if it is a 503."""
+    """The JSON body of the answer to a POST to the waiting model if it is a 429."""
     status, answer_body = rest_status(port, body)
-    return answer_body if status == 503 else None
+    return answer_body if status == 429 else None
 
 
 def test_beyond_max_concurrent_requests_rest_and_grpc_are_refused_and_the_count_recovers(
@@ -113,10 +114,10 @@ def test_beyond_max_concurrent_requests_rest_and_grpc_are_refused_and_the_count_
     port, now, go = settings.rest_port, waiter_body(_now(waiting_model)), tmp_path / "go"
     with ServeProcess(settings, tmp_path) as server:
         computing = post(port, waiter_body(go), WAITER_PATH)        # takes the only slot
-        refused = until(lambda: _refused(port, now), "a call refused with 503")
+        refused = until(lambda: _refused(port, now), "a call refused with 429")
         assert "max_concurrent_requests" in refused["error"]
         code, details = waiter_grpc(settings.grpc_port, _now(waiting_model))
-        assert code == "UNAVAILABLE" and "max_concurrent_requests" in details
+        assert code == "RESOURCE_EXHAUSTED" and "max_concurrent_requests" in details
         status = requests.get(f"http://127.0.0.1:{port}/v1/models/waiter", timeout=60)
         assert status.status_code == 200                         # status is never refused
         go.touch()                                               # the model returns
@@ -128,7 +129,7 @@ def test_beyond_max_concurrent_requests_rest_and_grpc_are_refused_and_the_count_
 
 def test_half_sent_bodies_hold_no_slot(tmp_path, waiting_model):
     """Before: a request took its slot when its head came, so
-    max_concurrent_requests + 1 half-sent bodies made every call 503 / UNAVAILABLE
+    max_concurrent_requests + 1 half-sent bodies made every call refused
     for as long as their clients kept them."""
     settings = _waiter(tmp_path, waiting_model, max_concurrent_requests=2)
     port, now = settings.rest_port, waiter_body(_now(waiting_model))
@@ -180,14 +181,14 @@ def test_a_call_whose_client_left_keeps_its_slot_until_the_model_returns(
     with _front(tmp_path, waiting_model, front, max_concurrent_requests=1) as server:
         port, grpc_port = server.settings.rest_port, server.settings.grpc_port
         left = post(port, waiter_body(first), WAITER_PATH)
-        until(lambda: rest_status(port, now)[0] == 503, "the call takes the only slot")
+        until(lambda: rest_status(port, now)[0] == 429, "the call takes the only slot")
         left.close()                                    # the client leaves, the model runs on
-        assert [rest_status(port, now)[0] for _ in range(10)] == [503] * 10
-        assert waiter_grpc(grpc_port, _now(waiting_model))[0] == "UNAVAILABLE"
+        assert [rest_status(port, now)[0] for _ in range(10)] == [429] * 10
+        assert waiter_grpc(grpc_port, _now(waiting_model))[0] == "RESOURCE_EXHAUSTED"
         first.touch()                                   # the model returns
         until(lambda: rest_status(port, now)[0] == 200, "the slot free once the model returned")
         left = post(port, waiter_body(second), WAITER_PATH, request_id="left-at-sigterm")
-        until(lambda: rest_status(port, now)[0] == 503, "the call takes the only slot")
+        until(lambda: rest_status(port, now)[0] == 429, "the call takes the only slot")
         left.close()
         server.proc.send_signal(signal.SIGTERM)
         until(lambda: connection_refused(port), "REST stops listening")
@@ -207,7 +208,7 @@ def test_a_grpc_call_past_its_deadline_keeps_its_slot_until_the_model_returns(
     port, now, go = settings.rest_port, waiter_body(_now(waiting_model)), tmp_path / "go"
     with ServeProcess(settings, tmp_path) as server:
         assert waiter_grpc(settings.grpc_port, go, timeout=1)[0] == "DEADLINE_EXCEEDED"
-        assert [rest_status(port, now)[0] for _ in range(10)] == [503] * 10
+        assert [rest_status(port, now)[0] for _ in range(10)] == [429] * 10
         go.touch()                                      # the model returns
         until(lambda: rest_status(port, now)[0] == 200, "the slot free once the model returned")
         assert server.terminate() == 0
