@@ -11,6 +11,11 @@ of TF Serving) does, in the record format TF Serving would use:
 * ``log_metadata.dc``: the client that sent the call: the name of its bearer token
   when the server authenticates, else its address (``serving.clients``); LogMetadata
   has no client field, and ``dc`` is its other free-form string ("" in older logs);
+* ``log_metadata.saved_model_tags``: "serve", then, for a call whose rows had values
+  outside the answering version's input domain (``core.domain``; marked by the server
+  when ``out_of_domain_action`` is log or reject), ``OUT_OF_DOMAIN_TAG`` followed by
+  the features, comma-separated (``tfxops:out_of_domain=payment_type,trip_miles``);
+  LogMetadata has no field for it, and this repeated string is free-form;
 * ``predict_log`` / ``classify_log`` / ``regress_log``: request and response.
 
 REST JSON is logged as the equivalent gRPC request, so logs are uniform: a
@@ -34,12 +39,12 @@ Building a record (every front end: REST, gRPC and both proxies; the writer thre
 calls the builder, the request path only queues it):
 
 * ``answered_record(kind, model_name, version, signature_name, request_id, timestamp,
-  request, response, client="") -> bytes``: an answered call; ``kind`` is predict | classify |
-  regress, ``request``/``response`` the call's request and response messages (or
-  their serialized bytes), ``version`` the one that answered (None: unknown),
-  ``timestamp`` unix seconds of arrival;
+  request, response, client="", out_of_domain=()) -> bytes``: an answered call; ``kind`` is
+  predict | classify | regress, ``request``/``response`` the call's request and response
+  messages (or their serialized bytes), ``version`` the one that answered (None: unknown),
+  ``timestamp`` unix seconds of arrival, ``out_of_domain`` the features marked;
 * ``rejected_record(model_name, version, signature_name, request_id, timestamp, code,
-  message, request=None, client="") -> bytes``: a refused call; ``code`` a
+  message, request=None, client="", out_of_domain=()) -> bytes``: a refused call; ``code`` a
   ``tensorflow.error.Code`` name, ``request`` a PredictRequest (or its bytes) of
   what was received, None when nothing could be decoded.
 
@@ -174,6 +179,7 @@ DEADLINE_EXCEEDED, CANCELLED) are counted in the metrics but not logged: the mon
 would read an outage as clients sending bad requests."""
 REJECTED_REQUEST_MAX_BYTES = 1 << 20     # larger rejected requests: logged without inputs
 MAX_NAME_CHARS = 256                     # model and signature names come from callers
+OUT_OF_DOMAIN_TAG = "tfxops:out_of_domain="   # a saved_model_tags entry: the features out of domain
 
 
 def logs_rejection(call: str, code: str) -> bool:
@@ -181,8 +187,12 @@ def logs_rejection(call: str, code: str) -> bool:
     return call in LOGGED_CALLS and code in CALLER_FAULTS
 
 
+def _out_of_domain_tag(features: Sequence[str]) -> str:
+    return OUT_OF_DOMAIN_TAG + ",".join(features)
+
+
 def _metadata(model_name: str, version: Optional[int], signature_name: str,
-              request_id: str, timestamp: float, client: str = ""):
+              request_id: str, timestamp: float, client: str = "", out_of_domain: Sequence[str] = ()):
     """A record's ``log_metadata`` (a LogMetadata message)."""
     from tensorflow_serving.apis import logging_pb2
 
@@ -195,6 +205,8 @@ def _metadata(model_name: str, version: Optional[int], signature_name: str,
     meta.request_origin = request_id or ""
     meta.dc = client or ""
     meta.saved_model_tags.append("serve")
+    if out_of_domain:
+        meta.saved_model_tags.append(_out_of_domain_tag(out_of_domain))
     return meta
 
 
@@ -218,29 +230,32 @@ _META_PREFIXES: dict = {}
 
 
 def _metadata_bytes(model_name: str, version: Optional[int], signature_name: str,
-                    request_id: str, timestamp: float, client: str = "") -> bytes:
+                    request_id: str, timestamp: float, client: str = "",
+                    out_of_domain: Sequence[str] = ()) -> bytes:
     """``_metadata(...)`` serialized: the part shared by every request of a version
-    (model spec, tags) is serialized once, the per-request fields (timestamp,
-    client, request origin; higher field numbers, in order) are appended."""
+    (model spec, tags) is serialized once, the per-request fields (an out-of-domain
+    tag, timestamp, client, request origin; in field order) are appended."""
     key = (model_name, version, signature_name)
     cached = _META_PREFIXES.get(key)
     if cached is None:
         meta = _metadata(model_name, version, signature_name, "", 0)
         fields = meta.DESCRIPTOR.fields_by_name
         ts, dc = fields["timestamp_secs"].number, fields["dc"].number
-        origin = fields["request_origin"].number
-        if any(f.number >= ts for f, _ in meta.ListFields()) or not ts < dc < origin:
+        origin, tags = fields["request_origin"].number, fields["saved_model_tags"].number
+        if any(f.number >= ts for f, _ in meta.ListFields()) or not tags < ts < dc < origin:
             cached = None         # unexpected layout: no shortcut
         else:
-            cached = (meta.SerializeToString(), tag(ts, 0), dc, origin)
+            cached = (meta.SerializeToString(), tag(ts, 0), dc, origin, tags)
         if len(_META_PREFIXES) > 1000:
             _META_PREFIXES.clear()
         _META_PREFIXES[key] = cached or ()
     if not cached:
         return _metadata(model_name, version, signature_name, request_id, timestamp,
-                         client).SerializeToString()
-    prefix, ts_tag, dc, origin = cached
+                         client, out_of_domain).SerializeToString()
+    prefix, ts_tag, dc, origin, tags = cached
     out = prefix
+    if out_of_domain:
+        out += length_delimited(tags, _out_of_domain_tag(out_of_domain).encode("utf-8"))
     seconds = int(timestamp)
     if seconds:
         out += ts_tag + varint(seconds & 0xFFFFFFFFFFFFFFFF)
@@ -252,14 +267,15 @@ def _metadata_bytes(model_name: str, version: Optional[int], signature_name: str
 
 
 def answered_record(kind: str, model_name: str, version: Optional[int], signature_name: str,
-                    request_id: str, timestamp: float, request, response, client: str = "") -> bytes:
+                    request_id: str, timestamp: float, request, response, client: str = "",
+                    out_of_domain: Sequence[str] = ()) -> bytes:
     """A serialized PredictionLog of an answered call (``kind``: predict | classify |
     regress) from its request and response, each a message or its serialized bytes
     (e.g. the request exactly as it came off the wire, the response exactly as it
     was sent). Wire-format concatenation: parses to the same record as building it
     with CopyFrom, without copying or re-serializing either message."""
     log_number, request_number, response_number = _log_field_numbers(kind)
-    meta = _metadata_bytes(model_name, version, signature_name, request_id, timestamp, client)
+    meta = _metadata_bytes(model_name, version, signature_name, request_id, timestamp, client, out_of_domain)
     if not isinstance(request, bytes):
         request = request.SerializeToString()
     if not isinstance(response, bytes):
@@ -271,8 +287,9 @@ def answered_record(kind: str, model_name: str, version: Optional[int], signatur
 
 def rejected_record(model_name: str, version: Optional[int], signature_name: str,
                     request_id: str, timestamp: float, code: str, message: str,
-                    request=None, client: str = "") -> bytes:
-    """A serialized PredictionLog of a rejected call. ``request``: a PredictRequest
+                    request=None, client: str = "", out_of_domain: Sequence[str] = ()) -> bytes:
+    """A serialized PredictionLog of a rejected call (``out_of_domain``: the features
+    outside the input domain, when that was the reason). ``request``: a PredictRequest
     (or its bytes) of what was received, None when nothing could be decoded; one
     larger than ``REJECTED_REQUEST_MAX_BYTES`` is logged without its inputs."""
     from tensorflow_serving.apis import predict_pb2
@@ -296,7 +313,7 @@ def rejected_record(model_name: str, version: Optional[int], signature_name: str
     error.tensor_shape.dim.add().size = 2
     error.string_val.extend([code.encode(), message.encode("utf-8", "replace")])
     return answered_record("predict", name, version, signature, request_id, timestamp, out, response,
-                           client)
+                           client, out_of_domain)
 
 
 def examples_request(serialized: List[bytes]):
@@ -329,7 +346,7 @@ class UnreadableRecord(ValueError):
 class LoggedRequest:
     """One logged call: its metadata and its rows as serialized tf.Examples."""
     __slots__ = ("request_id", "model_name", "model_version", "signature_name", "timestamp",
-                 "kind", "rows", "source", "record", "error", "client")
+                 "kind", "rows", "source", "record", "error", "client", "out_of_domain")
     request_id: str
     model_name: str
     model_version: Optional[int]  # the version that answered (or was asked for); None: unknown
@@ -341,6 +358,7 @@ class LoggedRequest:
     record: object                # the PredictionLog
     error: Optional[Tuple[str, str]]   # (code, message) of a rejected call
     client: str                   # who sent it: token name or address ("": not recorded)
+    out_of_domain: Tuple[str, ...]   # features the server marked out of its input domain
 
     @property
     def examples(self) -> List:
@@ -414,7 +432,16 @@ def _logged_request(record, size: int) -> LoggedRequest:
     version = answered.version.value if answered.HasField("version") else (
         spec.version.value if spec.HasField("version") else None)
     return LoggedRequest(meta.request_origin, spec.name, version, spec.signature_name,
-                         meta.timestamp_secs, kind[:-4], rows, source, record, error, meta.dc)
+                         meta.timestamp_secs, kind[:-4], rows, source, record, error, meta.dc,
+                         _marked_out_of_domain(meta.saved_model_tags))
+
+
+def _marked_out_of_domain(tags) -> Tuple[str, ...]:
+    """The features an ``OUT_OF_DOMAIN_TAG`` among a record's tags names; () when none."""
+    for text in tags:
+        if text.startswith(OUT_OF_DOMAIN_TAG):
+            return tuple(name for name in text[len(OUT_OF_DOMAIN_TAG):].split(",") if name)
+    return ()
 
 
 DT_STRING = 7     # tensorflow DataType DT_STRING: a wire constant of types.proto

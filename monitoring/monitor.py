@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Tuple
 from core import mlmd, pushdir
 from core.config import Settings, require_local
 from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, engine as engine_lib, lock as lock_lib
-from monitoring import attribution_drift, logfiles
+from monitoring import attribution_drift, logfiles, out_of_domain
 from monitoring import policy, record, rejections as rejections_lib, report, reuse, window as window_lib
 from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
                                VersionResult)
@@ -88,6 +88,7 @@ def _monitor_window(settings: Settings, dry_run: bool, print_line: PrintLine) ->
     if traffic.versions:    # MetadataError (exit 2) if there is no store: never create one
         monitor_pass.store = mlmd.open_store(settings, readonly=False, must_exist=True)
     versions, not_judged = _judge_versions(monitor_pass, traffic)
+    out_of_domain.judge(settings, win, versions)     # out-of-domain rates per version (issue 16 part 4)
     timings["checks_and_actions"] = time.time() - mark
     mark = time.time()
     result = _analysed(monitor_pass, traffic, files, versions, not_judged)

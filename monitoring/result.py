@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 from monitoring import baseline as baseline_lib, checks, contract as contract_lib, policy, report
 from monitoring.bias import BiasDrift
 from monitoring.attribution_drift import AttributionDrift
+from monitoring.out_of_domain import OutOfDomainRates
 from monitoring import rejections as rejections_lib
 from monitoring.reuse import ReuseCandidate
 
@@ -47,6 +48,7 @@ class VersionResult:
     mlmd: Optional[Dict] = None            # the ids of the MLMD record (``monitor.record``)
     bias: Optional[BiasDrift] = None       # the sensitive slices vs the Evaluator's (``monitoring.bias``)
     attribution: Optional[AttributionDrift] = None   # the features it relies on vs at push (``monitoring.attribution_drift``)
+    out_of_domain: Optional[OutOfDomainRates] = None  # requests marked out of its input domain (``monitoring.out_of_domain``)
 
     @property
     def flagged_features(self) -> List[str]:
@@ -77,7 +79,8 @@ class VersionResult:
             "decision": self.decision.to_dict(), "statistics": self.statistics,
             "distributions": self.distributions, "mlmd": self.mlmd,
             "bias": self.bias.to_dict() if self.bias is not None else None,
-            "attribution": self.attribution.as_dict() if self.attribution is not None else None}
+            "attribution": self.attribution.as_dict() if self.attribution is not None else None,
+            "out_of_domain": self.out_of_domain.as_dict() if self.out_of_domain is not None else None}
 
 
 @dataclasses.dataclass

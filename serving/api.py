@@ -15,7 +15,9 @@ and write the answer or the error in their own format:
 * ``fill_model_spec``: the ModelSpec of the version and signature that answered;
 * ``ServingApi.answered`` / ``ServingApi.rejected``: the one place a call is
   counted in the metrics and logged in the request log (``core.request_log``
-  builds the record, on the log writer's thread).
+  builds the record, on the log writer's thread);
+* the out-of-domain check (``serving.domain_check``): with ``reject`` before the
+  model runs, with ``log`` on the log writer's thread as the record is built.
 """
 import functools
 import time
@@ -28,7 +30,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from core import request_log
 from core.examples import input_examples
+from core.domain import OFF, InputDomain
 from serving import metrics as M
+from serving.domain_check import DomainCheck, OutOfDomain
 from serving.errors import ServingError, invalid
 from serving.models import ModelVersion, Signature
 from serving.service import ModelRunner
@@ -54,6 +58,7 @@ class Call:
     signature_name: str = ""        # as named ("": the default), then the one that answered
     signature: Optional[Signature] = None        # once resolved
     client: str = ""                # who sent it: token name or address (serving.clients)
+    domain: Optional[InputDomain] = None     # to check on the log writer's thread (out_of_domain_action log)
     started: float = field(default_factory=time.perf_counter)   # for the latency
     arrived: float = field(default_factory=time.time)           # the log's timestamp
 
@@ -61,10 +66,14 @@ class Call:
 class ServingApi:
     """The calls of TF Serving's PredictionService and ModelService, for any front end."""
 
-    def __init__(self, runner: ModelRunner, metrics: M.Metrics, logger=None):
+    def __init__(self, runner: ModelRunner, metrics: M.Metrics, logger=None,
+                 domain_check: Optional[DomainCheck] = None):
         self.runner = runner
         self.metrics = metrics
         self.logger = logger           # serving.log_writer.RequestLogger, or None
+        self.domain_check = domain_check or DomainCheck(OFF, metrics, runner.manager.name)
+        self._rejects_out_of_domain = self.domain_check.rejects
+        self._logs_out_of_domain = self.domain_check.logs and logger is not None
         self._metric_labels: Dict[tuple, tuple] = {}
 
     # ------------------------------------------------ inference
@@ -75,6 +84,8 @@ class ServingApi:
         with self.runner.use_version(call.model_name, call.version, call.label) as loaded:
             signature = self._resolve(call, loaded)
             feeds = feeds_for(signature)
+            if self._rejects_out_of_domain and loaded.domain is not None:
+                self.domain_check.check_feeds(loaded.domain, feeds)
             return await self.runner.predict(loaded, signature, feeds, output_filter)
 
     async def classify_or_regress(self, call: Call, examples: Callable[[], List[bytes]]):
@@ -83,12 +94,17 @@ class ServingApi:
         scores) [n, k] each, or None when the signature has none; values [n]."""
         with self.runner.use_version(call.model_name, call.version, call.label) as loaded:
             signature = self._resolve(call, loaded)
-            return await self.runner.classify_or_regress(loaded, signature, examples(), call.api)
+            rows = examples()
+            if self._rejects_out_of_domain and loaded.domain is not None:
+                self.domain_check.check_examples(loaded.domain, rows)
+            return await self.runner.classify_or_regress(loaded, signature, rows, call.api)
 
     def _resolve(self, call: Call, loaded: ModelVersion) -> Signature:
         call.version = loaded.version
         signature = self.runner.signature(loaded, call.signature_name, call.entrypoint == REST)
         call.signature, call.signature_name = signature, signature.name
+        if self._logs_out_of_domain:
+            call.domain = loaded.domain
         return signature
 
     # ------------------------------------------------ model service, metadata
@@ -127,7 +143,7 @@ class ServingApi:
         thread, gives its request and response."""
         self._count(call, "OK")
         if exchange is not None and self.logger is not None and self.logger.sampled():
-            self.logger.submit(functools.partial(_answered_record, call, exchange))
+            self.logger.submit(functools.partial(_answered_record, call, exchange, self.domain_check))
 
     def rejected(self, call: Call, err: ServingError, received: Optional[Received] = None) -> None:
         """Count a refused call; log it (when sampled) if the caller is at fault
@@ -155,17 +171,19 @@ class ServingApi:
                                        M.LATENCY_BUCKETS_US)
 
 
-def _answered_record(call: Call, exchange: Exchange) -> bytes:
+def _answered_record(call: Call, exchange: Exchange, check: DomainCheck) -> bytes:
     request, response = exchange()
+    marked = () if call.domain is None else check.logged(call.domain, call.api, request)
     return request_log.answered_record(call.api, call.model_name, call.version,
                                        call.signature_name, call.request_id, call.arrived,
-                                       request, response, call.client)
+                                       request, response, call.client, marked)
 
 
 def _rejected_record(call: Call, err: ServingError, received: Optional[Received]) -> bytes:
     return request_log.rejected_record(call.model_name, call.version, call.signature_name,
                                        call.request_id, call.arrived, err.code, err.message,
-                                       received() if received is not None else None, call.client)
+                                       received() if received is not None else None, call.client,
+                                       err.features if isinstance(err, OutOfDomain) else ())
 
 
 # ------------------------------------------------------------------ examples and results

@@ -125,6 +125,10 @@ def test_the_dag_keeps_the_gate_the_baseline_and_the_push_edges(compiled, target
     assert "FeatureAttributor" in tasks["Pusher"]["dependentTasks"]
     outputs = spec["components"][tasks["FeatureAttributor"]["componentRef"]["name"]]["outputDefinitions"]
     assert "tfxops.FeatureAttributions" in outputs["artifacts"]["attributions"]["artifactType"]["instanceSchema"]
+    # the input domain: from the training statistics and the curated schema, a custom type, read by the Pusher
+    assert (producer("InputDomainGen", "statistics"), producer("InputDomainGen", "schema")) == \
+        ("StatisticsGen", "ImportSchemaGen")
+    assert producer("Pusher", "input_domain") == "InputDomainGen"
 
 
 def test_defaults_come_from_the_pipeline_root(tmp_path, capsys):

@@ -28,7 +28,8 @@ from core.examples import row_to_example
 
 PIPELINE_NODES = {"CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
                   "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "FeatureAttributor",
-                  "ModelCardGenerator", "Pusher"}
+                  "ModelCardGenerator", "InputDomainGen", "TrustedHoldoutExampleGen", "HoldoutEvaluator",
+                  "Pusher"}
 
 
 def _cli_run(settings, *args):

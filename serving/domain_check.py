@@ -1,0 +1,171 @@
+"""The server's out-of-domain check (``out_of_domain_action``): the rows of a call
+against the input domain of the version that answers it (``core.domain``, loaded
+with the version by ``serving.models``).
+
+* ``reject``: on the request path, before the model runs (``DomainCheck.check_feeds``,
+  ``check_examples``): a call with a value outside the domain is refused with
+  ``OutOfDomain``, INVALID_ARGUMENT (HTTP 400) naming the feature, the value (bounded)
+  and the allowed domain; the refusal is counted per feature and logged as rejected,
+  its record marked with the features (``core.request_log``).
+* ``log``: on the log writer's thread, as the record is built (``DomainCheck.logged``):
+  the logged request's rows are checked, each feature out of domain is counted and
+  the record is marked. The request path does not look at any row. Only the calls
+  the log samples are checked (``log_sample_rate``), none when the log is off.
+* ``off``: nothing is checked.
+
+A version pushed without a domain (before the pipeline wrote one) is not checked.
+Rows that are not tf.Examples are left to the model to refuse.
+
+Metric: ``OUT_OF_DOMAIN_COUNT{model_name,feature}``: calls with a value of
+``feature`` outside the domain (answered and marked, or refused).
+"""
+import functools
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from tensorflow.core.example import example_pb2
+
+from core import domain as domain_lib
+from core.domain import InputDomain, Violation
+from core.examples import input_examples
+from serving import metrics as M
+from serving.errors import ServingError
+
+COLUMNAR_MIN_ROWS = 12      # from this many rows, decoding them column-wise costs less
+DT_FLOAT, DT_DOUBLE, DT_INT32, DT_STRING, DT_INT64 = 1, 2, 3, 7, 9     # tensorflow DataType wire values
+_VALUE_FIELDS = {DT_FLOAT: "float_val", DT_DOUBLE: "double_val", DT_INT32: "int_val",
+                 DT_STRING: "string_val", DT_INT64: "int64_val"}
+
+
+class OutOfDomain(ServingError):
+    """INVALID_ARGUMENT: a call with values outside the version's input domain;
+    ``features`` names every feature out of domain."""
+
+    def __init__(self, violations: Sequence[Violation]):
+        first = violations[0]
+        others = [v.feature for v in violations[1:]]
+        super().__init__("INVALID_ARGUMENT", (
+            f"{first.feature} value {first.value} is outside the input domain of the model version "
+            f"(the values it was trained on); allowed: {first.allowed}"
+            + (f"; also out of domain: {', '.join(others)}" if others else "")
+            + ". Send values within the domain, or retrain the model on data that has them."))
+        self.features: Tuple[str, ...] = tuple(v.feature for v in violations)
+
+
+class DomainCheck:
+    """What ``out_of_domain_action`` asks of the server, and its counter."""
+
+    def __init__(self, action: str, metrics: M.Metrics, model_name: str):
+        self.rejects = action == domain_lib.REJECT
+        self.logs = action == domain_lib.LOG
+        self.metrics = metrics
+        self.model_name = model_name
+
+    def check_feeds(self, found: InputDomain, feeds: Mapping[str, Iterable]) -> None:
+        """``OutOfDomain`` when a predict call's tensors hold a value outside ``found``."""
+        self._refuse(feed_violations(found, feeds))
+
+    def check_examples(self, found: InputDomain, serialized: Sequence[bytes]) -> None:
+        """``OutOfDomain`` when a classify/regress call's tf.Examples hold one."""
+        self._refuse(row_violations(found, serialized))
+
+    def _refuse(self, violations: List[Violation]) -> None:
+        if violations:
+            self.count(v.feature for v in violations)
+            raise OutOfDomain(violations)
+
+    def logged(self, found: InputDomain, kind: str, request) -> Tuple[str, ...]:
+        """The features of an answered call's ``request`` (a predict, classify or regress
+        request, or its bytes) outside ``found``, counted (the log writer's thread)."""
+        features = tuple(v.feature for v in request_violations(found, kind, request))
+        self.count(features)
+        return features
+
+    def count(self, features: Iterable[str]) -> None:
+        for feature in features:
+            self.metrics.inc(M.OUT_OF_DOMAIN_COUNT, (("model_name", self.model_name), ("feature", feature)))
+
+
+# ------------------------------------------------------------------ rows of a call
+def row_violations(found: InputDomain, serialized: Sequence[bytes]) -> List[Violation]:
+    """One ``Violation`` per feature out of domain in any of the serialized tf.Examples:
+    from ``COLUMNAR_MIN_ROWS`` rows decoded column-wise by tfx_bsl's decoder, else (or
+    when the decoder refuses the rows) one parsed tf.Example at a time."""
+    if len(serialized) >= COLUMNAR_MIN_ROWS:
+        columns = _decoded_columns(found, serialized)
+        if columns is not None:
+            return found.column_violations(columns)
+    parse, by_feature = example_pb2.Example.FromString, {}
+    for row in serialized:
+        try:
+            example = parse(row)
+        except Exception:  # noqa: BLE001 - not a tf.Example (or not bytes): the model refuses it
+            continue
+        for violation in found.violations(example):
+            by_feature.setdefault(violation.feature, violation)
+    if len(by_feature) < 2:
+        return list(by_feature.values())
+    return [by_feature[name] for name in found.names if name in by_feature]
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder():
+    from tfx_bsl.coders import example_coder
+
+    return example_coder.ExamplesToRecordBatchDecoder()
+
+
+def _decoded_columns(found: InputDomain, serialized: Sequence[bytes]) -> Optional[Dict[str, Sequence]]:
+    """The values of each of ``found``'s features in the rows, flat; None when the rows
+    do not decode together (not tf.Examples, a feature of two types)."""
+    import pyarrow as pa
+
+    try:
+        batch = _decoder().DecodeBatch(list(serialized))
+    except Exception:  # noqa: BLE001 - checked one row at a time instead
+        return None
+    columns = {}
+    for name, column in zip(batch.schema.names, batch.columns):
+        if name in found.strings or name in found.ranges:
+            values = column.flatten()
+            numeric = pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
+            columns[name] = values.to_numpy(zero_copy_only=False) if numeric else values.to_pylist()
+    return columns
+
+
+def feed_violations(found: InputDomain, feeds: Mapping[str, Iterable]) -> List[Violation]:
+    """A predict call's tensors (alias -> values): one tensor per feature (``serving_raw``)
+    checked as columns, one string tensor as serialized tf.Examples."""
+    if any(alias in found.strings or alias in found.ranges for alias in feeds):
+        return found.column_violations(feeds)
+    if len(feeds) == 1:
+        (values,) = feeds.values()
+        rows = values.ravel().tolist() if hasattr(values, "ravel") else list(values)
+        if rows and isinstance(rows[0], bytes):
+            return row_violations(found, rows)
+    return []
+
+
+def request_violations(found: InputDomain, kind: str, request) -> List[Violation]:
+    """The violations of a logged request message (or its bytes) of ``kind``."""
+    if isinstance(request, bytes):
+        request = _request_type(kind).FromString(request)
+    if kind != "predict":
+        return row_violations(found, input_examples(request.input))
+    return feed_violations(found, {alias: _tensor_values(tensor) for alias, tensor in request.inputs.items()})
+
+
+def _request_type(kind: str):
+    from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
+
+    return {"predict": predict_pb2.PredictRequest, "classify": classification_pb2.ClassificationRequest,
+            "regress": regression_pb2.RegressionRequest}[kind]
+
+
+def _tensor_values(tensor) -> Sequence:
+    """A TensorProto's values, flat: its typed repeated field, or its decoded content."""
+    if tensor.tensor_content or tensor.dtype not in _VALUE_FIELDS:
+        import tensorflow as tf
+
+        return tf.make_ndarray(tensor).ravel()
+    return getattr(tensor, _VALUE_FIELDS[tensor.dtype])
+
