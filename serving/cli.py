@@ -10,7 +10,7 @@ from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_option
 
 
 def cmd_serve(args) -> int:
-    from serving import admission, models
+    from serving import access, admission, models
 
     settings = settings_from(args)
     if args.proxy_to:
@@ -24,6 +24,8 @@ def cmd_serve(args) -> int:
         models.parse_labels(settings.version_labels)
         admission.Gate(settings.max_concurrent_requests)
         admission.body_timeout(settings)
+        access.load_tls(settings)                 # AccessError (a ValueError) naming the file
+        access.Access.from_settings(settings)
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -68,7 +70,13 @@ def cmd_predict(args) -> int:
         print("tfxops predict: no rows to send", file=sys.stderr)
         return EXIT_BAD_INPUT
     port = args.port or (settings.grpc_port if args.protocol == "grpc" else settings.rest_port)
-    c = client.make_client(args.protocol, args.host or settings.host, port, settings.model_name)
+    try:
+        token = client.read_token(args.token_file, args.token_env or settings.auth_token_env)
+    except (OSError, ValueError) as exc:
+        print(f"tfxops predict: no token: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    c = client.make_client(args.protocol, args.host or settings.host, port, settings.model_name,
+                           token=token, ca_file=args.ca_file)
     request_id = args.request_id or client.new_request_id()
     try:
         predictions = c.predict_rows(rows, version=args.version, request_id=request_id)
@@ -144,6 +152,12 @@ def register(subparsers) -> None:
                                         "a new random one; --output json prints it), for "
                                         "feedback CSVs")
     p.add_argument("--output", choices=["text", "json"], default="text")
+    p.add_argument("--token-file", help="a file holding the bearer token for a server that "
+                                        "asks for one (owner-only permissions)")
+    p.add_argument("--token-env", help="an environment variable holding the token (default: "
+                                       "the auth_token_env setting)")
+    p.add_argument("--ca-file", help="talk TLS (https), trusting the CA certificate in this "
+                                     "PEM file (for a self-signed server: its certificate)")
 
     def _default_csv(args):
         if not args.json and not args.csv:
