@@ -399,13 +399,21 @@ def newest_output_for_model(store, model_id: int, type_name: str) -> Optional[me
 # ------------------------------------------------- blessed and pushed models
 def blessed_model_artifacts(store) -> List[metadata_store_pb2.Artifact]:
     """Every Model an Evaluator blessed (a ModelBlessing with ``blessed`` = 1 names
-    it as ``current_model_id``), newest first."""
-    ids = set()
+    it as ``current_model_id``) and the trusted holdout did not refuse (its blessing
+    carries ``core.holdout.BLESSING_MARK``), newest first."""
+    from core.holdout import BLESSING_MARK
+
+    ids, refused = set(), set()
     for blessing in store.get_artifacts_by_type(BLESSING):
-        if int(custom(blessing, "blessed", 0) or 0):
-            model_id = custom(blessing, "current_model_id")
-            if model_id is not None:
+        model_id, blessed = custom(blessing, "current_model_id"), int(custom(blessing, "blessed", 0) or 0)
+        if model_id is None:
+            continue
+        if custom(blessing, BLESSING_MARK) is None:        # an Evaluator's own blessing
+            if blessed:
                 ids.add(int(model_id))
+        elif not blessed:                                   # refused on the trusted holdout
+            refused.add(int(model_id))
+    ids -= refused
     return sorted(store.get_artifacts_by_id(sorted(ids)), key=lambda a: -a.id)
 
 

@@ -9,7 +9,8 @@ in place of this machine's:
 * the pipeline root is the URI given (``gs://`` for Vertex);
 * the data root and the serving directory are the settings' URIs
   (``--data``/``data_dir``, ``serving_dir``), else ``<pipeline root>/data`` and
-  ``<pipeline root>/serving_model``;
+  ``<pipeline root>/serving_model``; the trusted holdout (``pipeline.holdout``) is
+  ``trusted_holdout_dir`` (a URI), else the data root;
 * the schema and the model code travel in the image: the schema is the settings'
   file at the same place under the image's project root (``/app`` by default, as
   the Dockerfile installs the project), the model code the importable names
@@ -93,7 +94,18 @@ def compiled_arguments(settings: Settings, pipeline_root: str, data_root: Option
     arguments.update(pipeline_root=pipeline_root, data_root=data_root,
                      serving_model_dir=serving_model_dir,
                      schema_path=image_schema_path(settings.schema_path, image_project_root))
+    arguments["trusted_holdout_dir"] = _holdout_root(settings, data_root)
     return arguments
+
+
+def _holdout_root(settings: Settings, data_root: str) -> str:
+    """The trusted holdout a cluster reads: ``trusted_holdout_dir`` (a URI), else the data root."""
+    if not settings.trusted_holdout_dir:
+        return data_root
+    if not storage.is_uri(settings.trusted_holdout_dir):
+        raise CompileError(f"trusted_holdout_dir must be a URI the cluster reaches (gs://bucket/path), "
+                           f"not a path on this machine: {settings.trusted_holdout_dir}")
+    return settings.trusted_holdout_dir
 
 
 def compile_pipeline(settings: Settings, *, target: str, image: str, pipeline_root: str, output: str,

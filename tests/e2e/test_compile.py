@@ -129,6 +129,12 @@ def test_the_dag_keeps_the_gate_the_baseline_and_the_push_edges(compiled, target
     assert (producer("InputDomainGen", "statistics"), producer("InputDomainGen", "schema")) == \
         ("StatisticsGen", "ImportSchemaGen")
     assert producer("Pusher", "input_domain") == "InputDomainGen"
+    # the trusted holdout: its own ExampleGen over the data root, judged against the served model, read by the Pusher
+    assert tasks["TrustedHoldoutExampleGen"]["inputs"]["parameters"]["input_base"]["runtimeValue"]["constant"] == DATA
+    assert (producer("HoldoutEvaluator", "examples"), producer("HoldoutEvaluator", "baseline_model")) == \
+        ("TrustedHoldoutExampleGen", "baseline_model_resolver")
+    assert executor_class("HoldoutEvaluator") == "pipeline.holdout.HoldoutEvaluatorExecutor"
+    assert producer("Pusher", "holdout_blessing") == "HoldoutEvaluator"
 
 
 def test_defaults_come_from_the_pipeline_root(tmp_path, capsys):
