@@ -385,16 +385,17 @@ def render_fairness(summary: RunSummary) -> List[str]:
 
 
 def render_holdout(holdout: Dict) -> List[str]:
-    """The trusted holdout's verdict (``pipeline.holdout``): the candidate's AUC, the
-    served model's and the bound, or why it was refused."""
+    """The trusted holdout's verdict (``pipeline.holdout``): the candidate's AUC against
+    the served model's and the bound, or why it was refused."""
     if not holdout:
         return []
+    where = f"  trusted holdout ({holdout['holdout_dir']}, eval split, {holdout['examples']} examples): "
+    if not holdout["passed"]:
+        return [where + "REFUSED: " + holdout["reason"].removeprefix("trusted holdout: ")]
     served = holdout["baseline_auc"]
-    bound = (f"vs served {_number(served)}, drop at most {holdout['max_auc_drop']:g}" if served is not None
-             else f"at least min_auc {holdout['min_auc']:g} (no served model)")
-    return [f"  trusted holdout ({holdout['holdout_dir']}, eval split, {holdout['examples']} examples): "
-            f"AUC {_number(holdout['auc'])} {bound}: "
-            + ("passed" if holdout["passed"] else f"REFUSED ({holdout['reason']})")]
+    return [where + f"passed: AUC {_number(holdout['auc'])} " + (
+        f"vs served {_number(served)} (drop at most {holdout['max_auc_drop']:g})" if served is not None
+        else f">= min_auc {holdout['min_auc']:g} (no served model)")]
 
 
 SMALL_SLICES_SHOWN = 5    # slices not gated shown per feature in the text summary (all in --json)
