@@ -10,7 +10,7 @@ import numpy as np
 from core import features as F
 from core.config import Settings
 from monitoring import baseline as baseline_lib, bias as bias_lib, checks, contract as contract_lib, policy
-from monitoring import rejections as rejections_lib, report
+from monitoring import redacted, rejections as rejections_lib, report
 from monitoring.traffic import VersionTraffic
 
 
@@ -38,8 +38,7 @@ def analyse(settings: Settings, traffic: VersionTraffic, base: baseline_lib.Base
     file, for drift)."""
     import tensorflow_data_validation as tfdv
 
-    stats = traffic.stats.result()
-    schema = base.load_schema()
+    stats, schema = redacted.left_out(settings, traffic.stats.result(), base.load_schema())   # issue 16 part 6
     train_stats = base.load_statistics("train")
     previous = (tfdv.load_stats_binary(previous_statistics)
                 if previous_statistics and Path(previous_statistics).is_file() else None)

@@ -22,8 +22,9 @@ from typing import Callable, List, Optional, Tuple
 
 from core import mlmd, pushdir
 from core.config import Settings, require_local
+from core.redact import redacted_features
 from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, engine as engine_lib, lock as lock_lib
-from monitoring import attribution_drift, logfiles, out_of_domain
+from monitoring import attribution_drift, logfiles, out_of_domain, probing, redacted
 from monitoring import policy, record, rejections as rejections_lib, report, reuse, window as window_lib
 from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
                                VersionResult)
@@ -146,7 +147,7 @@ def decoding_schema(settings: Settings):
     checks use the served model's schema from MLMD); None if it cannot be read."""
     try:
         import tensorflow_data_validation as tfdv
-        return tfdv.load_schema_text(settings.schema_path)
+        return redacted.decoding_schema(settings, tfdv.load_schema_text(settings.schema_path))
     except Exception:  # noqa: BLE001 - decoding then infers types
         return None
 
@@ -183,8 +184,9 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
     settings, checkpoint = monitor_pass.settings, monitor_pass.checkpoint
     found = analysis_lib.analyse(settings, traffic, base, current=current, monitor_dir=monitor_pass.monitor_dir,
                                  previous_statistics=checkpoint.previous_statistics(traffic.model_name))
-    attribution = attribution_drift.judge(settings, monitor_pass.store, base.model.id, base.model_path,
-                                          traffic.sample.rows)
+    attribution = redacted.attribution_not_judged(settings) or attribution_drift.judge(
+        settings, monitor_pass.store, base.model.id, base.model_path, traffic.sample.rows)
+    probes = probing.judge(settings, traffic.clients, found.train_stats, redacted_features(settings))
     reasons = policy.reasons_for(settings, features=found.features, prediction=found.prediction,
                                  quality=found.quality, bias=found.bias, attribution=attribution)
     candidates = []
@@ -194,7 +196,7 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
         settings, reasons=reasons, rows=traffic.rows, is_current=current and not monitor_pass.acted,
         window_action=checkpoint.action_for_window(monitor_pass.window.id), last_action=checkpoint.last_action(),
         dry_run=monitor_pass.dry_run, reuse=reuse.best(candidates), labelled_rows=len(found.labelled_rows),
-        alert=found.alert, bias=found.bias, attribution=attribution)
+        alert=found.alert, bias=found.bias, attribution=attribution, probing=probes)
     decision = _act(monitor_pass, traffic, found, decision)
     statistics = analysis_lib.save_statistics(found, monitor_pass.version_dir(traffic.model_name, traffic.version))
     return VersionResult(
@@ -202,7 +204,8 @@ def _judge_version(monitor_pass: MonitorPass, traffic: VersionTraffic, base: bas
         requests=traffic.all_requests, rejections=found.rejections, baseline=base, relaxed=found.relaxed,
         features=found.features, prediction=found.prediction, quality=found.quality,
         reuse_candidates=candidates, decision=decision, statistics=str(statistics),
-        distributions=analysis_lib.distributions(found), bias=found.bias, attribution=attribution)
+        distributions=analysis_lib.distributions(found), bias=found.bias, attribution=attribution,
+        probing=probes, redaction=redacted.summary(settings))
 
 
 def _act(monitor_pass: MonitorPass, traffic: VersionTraffic, found: analysis_lib.VersionAnalysis,
@@ -280,7 +283,8 @@ def _record_version(monitor_pass: MonitorPass, result: MonitorResult, version: V
         "rejections": {k: v for k, v in rejected.items() if k in ("line", "causes", "missing_features")},
         "not_judged": [v.version for v in result.not_judged],
         "attribution_ndcg": version.attribution.ndcg if version.attribution is not None else None,
-        "bias_flagged_slices": version.bias.flagged_slices if version.bias is not None else []},
+        "bias_flagged_slices": version.bias.flagged_slices if version.bias is not None else [],
+        "probing_flagged_clients": [c.client for c in version.probing.flagged] if version.probing is not None else []},
         inputs=[("pushed_model", version.baseline.pushed_model), ("model", version.baseline.model),
                 ("attributions", attribution_drift.push_time_artifact(store, version.attribution))],
         outputs=[("statistics", stats_artifact), ("anomalies", anomalies_artifact), ("report", report_artifact)])

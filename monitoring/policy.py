@@ -31,6 +31,11 @@ person: its inputs may have changed (a retrain on them learns the change), or it
 labels (a retrain learns them, whether they are right or not); the fairness gate
 judges any retrained model anyway.
 
+Clients whose queries look like model extraction or membership-inference probing
+(``monitoring.probing``) are never a reason to act: with ``probing_alert`` (the
+default) a window whose only finding they are gets an ``alert``, and beside other
+findings they are listed among the reasons, not acted on.
+
 Feature attribution drift (``monitoring.attribution_drift``) likewise: a reason
 with ``trigger_on_attribution_drift``, else (the default) an ``alert`` when it is
 the window's only finding. Attributions say which features move the output on
@@ -118,9 +123,16 @@ ATTRIBUTION_ALERT = ("feature attribution drift (trigger_on_attribution_drift is
                      "where other features decide; a person judges whether the inputs or a client changed")
 
 
-def not_acted_on(settings: Settings, bias, attribution) -> List[Tuple[str, str]]:
-    """The flagged findings whose trigger is off, each as (finding, why it is not acted on)."""
+PROBING_ALERT = ("a client's queries look like model extraction or membership-inference probing (probing_alert): "
+                 "a person judges the client (its token, its address) and its access; a retrain changes nothing")
+
+
+def not_acted_on(settings: Settings, bias, attribution, probing=None) -> List[Tuple[str, str]]:
+    """The flagged findings whose trigger is off, each as (finding, why it is not acted on);
+    clients flagged as probing (``monitoring.probing``) are never a reason to act."""
     found = []
+    if probing is not None and probing.flagged and settings.probing_alert:
+        found.append((probing.finding(), PROBING_ALERT))
     if bias is not None and bias.flagged and not settings.trigger_on_bias_drift:
         found.append((bias_reason(bias), BIAS_ALERT))
     if attribution is not None and attribution.drifted and not settings.trigger_on_attribution_drift:
@@ -145,16 +157,17 @@ def rejection_alert(settings: Settings, summary: Optional[Summary], scope: str =
 def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: bool,
            window_action: Optional[Dict], last_action: Optional[Dict], dry_run: bool,
            reuse: Optional[ReuseCandidate] = None, labelled_rows: int = 0, alert: Optional[Alert] = None,
-           now: Optional[float] = None, bias=None, attribution=None) -> Decision:
+           now: Optional[float] = None, bias=None, attribution=None, probing=None) -> Decision:
     """One version's decision. ``is_current``: the version is the one served now
     (and no other version of the window was acted on); ``window_action``: the action
     this window already took (a resumed run), ``last_action``: the newest action
     (checkpoint entries); ``reuse``: the best matching blessed model;
     ``labelled_rows``: the window's rows whose labels came back; ``bias``: the
     version's ``bias.BiasDrift``, ``attribution`` its attribution drift: flagged with
-    their trigger off, they are among the reasons, an alert when nothing else fired."""
+    their trigger off, they are among the reasons, an alert when nothing else fired; so are
+    the clients ``probing`` flags (``probing_alert``)."""
     now = time.time() if now is None else now
-    alerts = not_acted_on(settings, bias, attribution)
+    alerts = not_acted_on(settings, bias, attribution, probing)
     if alert is not None:
         return alert_decision(alert, reasons + [finding for finding, _ in alerts], dry_run)
     if not reasons:

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from monitoring import out_of_domain
+from monitoring import probing, redacted
 
 TRAIN_COLOR, SERVE_COLOR = "#4C78A8", "#F58518"
 
@@ -256,6 +257,7 @@ def _version_html(group: Dict) -> str:
     order = sorted(features, key=lambda f: (not f["flagged"], -(f["skew"] or 0) / (f["skew_threshold"] or 10)))
     out += [_features_html(order), _prediction_quality_html(group), _bias_html(group.get("bias")),
             _attribution_html(group.get("attribution")), out_of_domain.render_html(group.get("out_of_domain")),
+            probing.render_html(group.get("probing")), redacted.render_html(group.get("redaction")),
             _reuse_html(group), _distributions_html(group, order)]
     return "".join(out)
 

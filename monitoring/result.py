@@ -8,6 +8,7 @@ from monitoring import baseline as baseline_lib, checks, contract as contract_li
 from monitoring.bias import BiasDrift
 from monitoring.attribution_drift import AttributionDrift
 from monitoring.out_of_domain import OutOfDomainRates
+from monitoring.probing import Probing
 from monitoring import rejections as rejections_lib
 from monitoring.reuse import ReuseCandidate
 
@@ -49,6 +50,8 @@ class VersionResult:
     bias: Optional[BiasDrift] = None       # the sensitive slices vs the Evaluator's (``monitoring.bias``)
     attribution: Optional[AttributionDrift] = None   # the features it relies on vs at push (``monitoring.attribution_drift``)
     out_of_domain: Optional[OutOfDomainRates] = None  # requests marked out of its input domain (``monitoring.out_of_domain``)
+    probing: Optional[Probing] = None      # per-client volume and probing signals (``monitoring.probing``)
+    redaction: Optional[Dict] = None       # features the logs do not hold as sent (``monitoring.redacted``)
 
     @property
     def flagged_features(self) -> List[str]:
@@ -80,7 +83,8 @@ class VersionResult:
             "distributions": self.distributions, "mlmd": self.mlmd,
             "bias": self.bias.to_dict() if self.bias is not None else None,
             "attribution": self.attribution.as_dict() if self.attribution is not None else None,
-            "out_of_domain": self.out_of_domain.as_dict() if self.out_of_domain is not None else None}
+            "out_of_domain": self.out_of_domain.as_dict() if self.out_of_domain is not None else None,
+            "probing": self.probing.as_dict() if self.probing is not None else None, "redaction": self.redaction}
 
 
 @dataclasses.dataclass
@@ -162,6 +166,9 @@ class MonitorResult:
                 + "".join(f"{line}; " for line in rejected)
                 + (f"not judged (no lineage): {unjudged}; " if unjudged else "")
                 + "".join(f"{line}; " for line in biased)
+                + "".join(f"possible probing (version {v.version}): client(s) "
+                          f"{', '.join(c.client for c in v.probing.flagged)}; " for v in self.versions
+                          if v.probing is not None and v.probing.flagged)
                 + "".join(f"attribution drift (version {v.version}): NDCG {v.attribution.ndcg:.3f} < "
                           f"{v.attribution.threshold:g}; " for v in self.versions
                           if v.attribution is not None and v.attribution.drifted)

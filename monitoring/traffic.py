@@ -16,7 +16,7 @@ import numpy as np
 from core import features as F
 from core.config import Settings, require_local
 from core.storage import Location
-from monitoring import bias as bias_lib, checks, logfiles, rejections as rejections_lib, window as window_lib
+from monitoring import bias as bias_lib, checks, logfiles, probing, rejections as rejections_lib, window as window_lib
 from monitoring.sample import RowSample
 
 log = logging.getLogger("tfxops.monitoring")
@@ -81,6 +81,7 @@ class VersionTraffic:
     output_stats: object = None            # statistics of the served outputs, when an engine computed them
     slices: bias_lib.SliceTally = dataclasses.field(default_factory=bias_lib.SliceTally)   # sensitive slices
     sample: RowSample = dataclasses.field(default_factory=RowSample)   # answered rows the attribution check explains
+    clients: probing.ClientTally = dataclasses.field(default_factory=probing.ClientTally)   # per client (issue 16 part 3)
 
     def flush(self, decoder, force: bool = False) -> None:
         while self.pending and (force or len(self.pending) >= DECODE_ROWS):
@@ -142,6 +143,7 @@ class VersionTraffic:
         self.rejections.merge(other.rejections)
         self.slices.merge(other.slices)
         self.sample.merge(other.sample)
+        self.clients.merge(other.clients)
 
 
 @dataclasses.dataclass
@@ -189,6 +191,7 @@ def _add_answered(traffic: VersionTraffic, chunk: window_lib.Chunk, decoder, fee
     traffic.predictions.append(chunk.predictions)
     traffic.slices.queue(chunk.predictions)
     traffic.sample.add(chunk.serialized, chunk.request_ids, chunk.row_in_request)
+    traffic.clients.add(chunk)
     traffic.requests += int((chunk.row_in_request == 0).sum())
     traffic.rows += len(chunk.serialized)
     traffic.add_signatures(chunk.signatures)
@@ -205,6 +208,7 @@ def _add_rejected(traffic: VersionTraffic, part: Optional[window_lib.Rejected], 
     """Rejected requests: counted, and what their clients sent joins the statistics."""
     if part is None:
         return 0
+    traffic.clients.add_rejected(part)
     batch = traffic.rejections.add(part, rows_decoder)
     if batch is None or not batch.num_rows:
         return 0

@@ -295,6 +295,7 @@ class Chunk:
     timestamps: np.ndarray            # int64 per row
     rejected: Optional["Rejected"] = None   # the requests refused for this (model, version)
     signatures: Dict[str, int] = dataclasses.field(default_factory=dict)   # rows per logged signature name
+    clients: List[str] = dataclasses.field(default_factory=list)   # per row: who sent it (``monitoring.probing``)
 
 
 @dataclasses.dataclass
@@ -308,6 +309,7 @@ class Rejected:
     messages: List[str] = dataclasses.field(default_factory=list)
     timestamps: List[int] = dataclasses.field(default_factory=list)
     signatures: List[str] = dataclasses.field(default_factory=list)
+    clients: List[str] = dataclasses.field(default_factory=list)       # per request: who sent it
 
     def add(self, code: str, message: str, timestamp: int, rows: List[bytes], signature: str) -> None:
         self.rows.extend(rows)
@@ -362,17 +364,18 @@ def decode_records(raws: List[bytes]) -> List[Chunk]:
 def _chunks(calls: Iterator[request_log.LoggedRequest]) -> List[Chunk]:
     """The loop runs once per logged request, so it stays in plain Python lists:
     numpy per record would cost more than the parsing."""
-    groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list, dict]] = {}
+    groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list, dict, list]] = {}
     rejected: Dict[Tuple[str, Optional[int]], Rejected] = {}
     for call in calls:
         key = (call.model_name, call.model_version)
         if call.error is not None:
             part = rejected.get(key) or rejected.setdefault(key, Rejected())
             part.add(*call.error, call.timestamp, call.rows, call.signature_name)
+            part.clients.append(call.client)
             continue
         group = groups.get(key)
         if group is None:
-            group = groups[key] = ([], [], [], [], [], {})
+            group = groups[key] = ([], [], [], [], [], {}, [])
         serialized = call.rows
         n = len(serialized)
         counts, signature = group[5], call.signature_name
@@ -383,14 +386,16 @@ def _chunks(calls: Iterator[request_log.LoggedRequest]) -> List[Chunk]:
             group[2].append(call.request_id)
             group[3].append(0)
             group[4].append(call.timestamp)
+            group[6].append(call.client)
         else:
             group[2].extend([call.request_id] * n)
             group[3].extend(range(n))
             group[4].extend([call.timestamp] * n)
+            group[6].extend([call.client] * n)
     for key in rejected.keys() - groups.keys():
-        groups[key] = ([], [], [], [], [], {})
+        groups[key] = ([], [], [], [], [], {}, [])
     return [Chunk(name, version, g[0], np.asarray(g[1], np.float32), g[2],
-                  np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)), g[5])
+                  np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)), g[5], g[6])
             for (name, version), g in groups.items()]
 
 

@@ -7,6 +7,7 @@ import time
 
 from core import pushdir, storage
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
+from core.redact import Redaction
 
 
 def cmd_serve(args) -> int:
@@ -26,6 +27,7 @@ def cmd_serve(args) -> int:
         admission.body_timeout(settings)
         access.load_tls(settings)                 # AccessError (a ValueError) naming the file
         access.Access.from_settings(settings)
+        Redaction.from_settings(settings)         # RedactionError (a ValueError) naming the salt's variable
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

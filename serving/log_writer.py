@@ -34,6 +34,13 @@ What a crash can lose (the flush policy):
   of a live writer, in this process or another one sharing the directory (flock
   locks belong to the open file, so two loggers of one process exclude each
   other too; on NFS, Linux emulates flock with POSIX byte-range locks).
+
+Request logs hold what clients sent: the directory is made owner-only (0700) and
+every file is created 0600, whatever the umask (``core.redact.private_dir`` /
+``open_private``); a recovered orphan is set to 0600 too. With a ``redaction``
+(``core.redact.Redaction``: ``log_drop_features`` / ``log_hash_features``), each
+record is redacted on the writer thread before it is framed, so every front end
+and both proxies are covered; without one the writer does nothing more.
 """
 import fcntl
 import logging
@@ -48,6 +55,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 from core.config import require_local
+from core.redact import FILE_MODE, Redaction, open_private, private_dir
 from core.request_log import FILE_PREFIX, FILE_SUFFIX, TMP_SUFFIX, complete_records, tfrecord_frame
 from serving import metrics as M
 
@@ -62,7 +70,7 @@ class RequestLogger:
 
     def __init__(self, directory: Union[str, Path], sample_rate: float = 1.0,
                  rotate_records: int = 10_000, rotate_seconds: float = 60.0,
-                 queue_size: int = 10_000, metrics=None):
+                 queue_size: int = 10_000, metrics=None, redaction: Optional[Redaction] = None):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"log_sample_rate must be in [0, 1], got {sample_rate}")
         self.directory = require_local("request_log_dir", directory,
@@ -71,6 +79,7 @@ class RequestLogger:
         self.rotate_records = max(1, int(rotate_records))
         self.rotate_seconds = max(0.01, float(rotate_seconds))
         self.metrics = metrics
+        self.redaction = redaction          # features dropped or hashed in each record (None: none)
         self._items: deque = deque()
         self._queue_size = max(1, int(queue_size))
         self._wake = threading.Event()
@@ -91,7 +100,7 @@ class RequestLogger:
     # ------------------------------------------------ request side (never blocks)
     def start(self) -> "RequestLogger":
         """Recover the files of killed writers (``recover_orphans``), then write."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         recover_orphans(self.directory)
         self._thread = threading.Thread(target=self._run, name="request-log-writer", daemon=True)
         self._thread.start()
@@ -167,7 +176,8 @@ class RequestLogger:
             record = item() if callable(item) else item
             if record is None:
                 return None
-            return record if isinstance(record, bytes) else record.SerializeToString()
+            data = record if isinstance(record, bytes) else record.SerializeToString()
+            return data if self.redaction is None else self.redaction.record(data)
         except Exception:   # noqa: BLE001 - a bad record must not stop the writer
             log.exception("request log: could not encode a record")
             if self.metrics is not None:
@@ -216,7 +226,7 @@ class RequestLogger:
             # pid + a per-logger token + sequence: two loggers never share a name
             name = f"{FILE_PREFIX}{stamp}-{os.getpid()}-{self._token}-{self._seq:06d}{FILE_SUFFIX}"
             tmp = self.directory / f".{name}{TMP_SUFFIX}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            fd = open_private(tmp, os.O_WRONLY | os.O_EXCL | os.O_APPEND)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if _is_open_as(tmp, fd):
@@ -318,6 +328,7 @@ def _recover(tmp: Path) -> Optional[Recovered]:
             os.unlink(tmp)
             return Recovered(tmp, 0, len(data))
         os.ftruncate(fd, end)
+        os.fchmod(fd, FILE_MODE)
         os.fsync(fd)
         os.replace(tmp, final)
         return Recovered(final, records, len(data) - end)
