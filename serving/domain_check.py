@@ -14,22 +14,31 @@ with the version by ``serving.models``).
 * ``off``: nothing is checked.
 
 A version pushed without a domain (before the pipeline wrote one) is not checked.
+
+Behind the logging proxy (``serving.grpc_proxy``), TF Serving loads the versions and
+the proxy marks its gRPC records as ``log`` does (``VersionDomains``: the domain of the
+version that answered, read once from the push directory when the proxy can see it);
+the proxy never refuses a call, and its REST half does not mark (TF Serving's REST
+answer does not say which version answered).
 Rows that are not tf.Examples are left to the model to refuse.
 
 Metric: ``OUT_OF_DOMAIN_COUNT{model_name,feature}``: calls with a value of
 ``feature`` outside the domain (answered and marked, or refused).
 """
 import functools
+import logging
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from tensorflow.core.example import example_pb2
 
 from core import domain as domain_lib
-from core.domain import InputDomain, Violation
+from core import storage
+from core.domain import DomainError, InputDomain, Violation, read_domain
 from core.examples import input_examples
 from serving import metrics as M
 from serving.errors import ServingError
 
+log = logging.getLogger("tfxops.serving")
 COLUMNAR_MIN_ROWS = 12      # from this many rows, decoding them column-wise costs less
 DT_FLOAT, DT_DOUBLE, DT_INT32, DT_STRING, DT_INT64 = 1, 2, 3, 7, 9     # tensorflow DataType wire values
 _VALUE_FIELDS = {DT_FLOAT: "float_val", DT_DOUBLE: "double_val", DT_INT32: "int_val",
@@ -83,6 +92,35 @@ class DomainCheck:
     def count(self, features: Iterable[str]) -> None:
         for feature in features:
             self.metrics.inc(M.OUT_OF_DOMAIN_COUNT, (("model_name", self.model_name), ("feature", feature)))
+
+
+class VersionDomains:
+    """The input domains of a push directory's versions, each read once (kept for the
+    last ``MAX_VERSIONS`` versions asked about), for the proxy's log writer thread."""
+    MAX_VERSIONS = 16
+
+    def __init__(self, check: DomainCheck, model_name: str, base_path: str):
+        self.check, self.model_name, self.base_path = check, model_name, base_path
+        self._found: Dict[int, Optional[InputDomain]] = {}
+
+    def marked(self, kind: str, model_name: str, version: Optional[int], request) -> Tuple[str, ...]:
+        """The features of an answered ``request`` outside the domain of the version
+        that answered it, counted; () when not checked (another model, no domain)."""
+        if not self.check.logs or model_name != self.model_name or version is None:
+            return ()
+        if version not in self._found:
+            if len(self._found) >= self.MAX_VERSIONS:
+                self._found.clear()
+            self._found[version] = self._read(version)
+        found = self._found[version]
+        return () if found is None else self.check.logged(found, kind, request)
+
+    def _read(self, version: int) -> Optional[InputDomain]:
+        try:
+            return read_domain(storage.join(self.base_path, str(version)))
+        except (DomainError, OSError) as exc:
+            log.warning("version %s is not checked for out-of-domain inputs: %s", version, exc)
+            return None
 
 
 # ------------------------------------------------------------------ rows of a call

@@ -13,7 +13,9 @@ in the trailing metadata, as ``tfxops serve`` does.
 Logging costs the request path one queue append: the request and response bytes
 are kept as they crossed the proxy, and the writer thread reads the model name
 and signature from the request, the version that answered from the response, and
-concatenates the record (``core.request_log.answered_record``).
+concatenates the record (``core.request_log.answered_record``), marking the rows
+outside the input domain of the version that answered when the proxy sees the push
+directory (``serving.domain_check.VersionDomains``; ``out_of_domain_action`` not off).
 
 With ``serving.access`` checks, ``access.GrpcGuard`` refuses calls before they are
 forwarded, and the caller's ``authorization`` metadata is not passed on unless
@@ -27,7 +29,9 @@ import grpc
 
 from core import request_log
 from core.request_log import new_request_id
+from core.domain import LOG, OFF
 from serving import access as A, admission, metrics as M
+from serving.domain_check import DomainCheck, VersionDomains
 from serving.errors import MAX_MESSAGE_CHARS
 from serving.grpc_service import REQUEST_ID_KEY
 
@@ -51,9 +55,11 @@ def _request_classes():
 
 
 def build_record(kind: str, request: bytes, response: bytes, request_id: str,
-                 arrived: float, versions: Optional[dict] = None, client: str = "") -> bytes:
+                 arrived: float, versions: Optional[dict] = None, client: str = "",
+                 domains: Optional[VersionDomains] = None) -> bytes:
     """The serialized PredictionLog of one proxied call (run on the writer thread);
-    ``versions`` (model name -> version) learns the version that answered."""
+    ``versions`` (model name -> version) learns the version that answered; ``domains``
+    marks the rows outside its input domain (``serving.domain_check``)."""
     request_type, response_type = _request_classes()[kind]
     spec = request_type.FromString(request).model_spec
     answered = response_type.FromString(response).model_spec
@@ -62,17 +68,19 @@ def build_record(kind: str, request: bytes, response: bytes, request_id: str,
     if versions is not None and version is not None and (
             spec.name in versions or len(versions) < 64):
         versions[spec.name] = version
+    marked = () if domains is None else domains.marked(kind, spec.name, version, request)
     return request_log.answered_record(kind, spec.name, version,
                                        answered.signature_name or spec.signature_name,
-                                       request_id, arrived, request, response, client)
+                                       request_id, arrived, request, response, client, marked)
 
 
 class ProxyHandler(grpc.GenericRpcHandler):
     """Forwards every unary method of TF Serving's services to ``upstream``."""
 
     def __init__(self, upstream: str, logger, metrics: M.Metrics, max_message_bytes: int,
-                 drop_token: bool = False):
+                 drop_token: bool = False, domains: Optional[VersionDomains] = None):
         self.upstream = upstream
+        self.domains = domains            # out-of-domain marks (serving.domain_check)
         self.drop_token = drop_token      # the caller's authorization stays here
         self.logger = logger
         self.metrics = metrics
@@ -128,9 +136,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
             context.set_trailing_metadata(returned)
         self._record(kind, request, started, "OK")
         if kind is not None and self.logger is not None and self.logger.sampled():
-            versions = self._answered_versions
+            versions, domains = self._answered_versions, self.domains
             self.logger.submit(lambda: _safe_record(kind, request, response, rid, arrived,
-                                                    versions, client))
+                                                    versions, client, domains))
         return response
 
     def _log_rejected(self, kind: Optional[str], request: bytes, rid: str, arrived: float,
@@ -209,12 +217,20 @@ def _safe_rejected(kind, request, rid, arrived, code, message, versions, client)
                                            message[:MAX_MESSAGE_CHARS], None, client)
 
 
-def _safe_record(kind, request, response, rid, arrived, versions=None, client=""):
+def _safe_record(kind, request, response, rid, arrived, versions=None, client="", domains=None):
     try:
-        return build_record(kind, request, response, rid, arrived, versions, client)
+        return build_record(kind, request, response, rid, arrived, versions, client, domains)
     except Exception as exc:   # noqa: BLE001 - an unreadable call is not logged, not fatal
         log.warning("proxy: could not log a gRPC %s call: %s", kind, exc)
         return None
+
+
+def proxy_domains(settings, metrics: M.Metrics) -> VersionDomains:
+    """The input domains of the versions TF Serving answers with, from the push directory
+    (``model_push_dir``); the proxy marks (never refuses) unless out_of_domain_action is off."""
+    action = OFF if settings.out_of_domain_action == OFF else LOG
+    return VersionDomains(DomainCheck(action, metrics, settings.model_name), settings.model_name,
+                          str(settings.model_push_dir))
 
 
 async def start(settings, logger, metrics: M.Metrics, gate=None,
@@ -226,7 +242,7 @@ async def start(settings, logger, metrics: M.Metrics, gate=None,
     drop_token = access is not None and access.tokens is not None and \
         not settings.proxy_forward_token
     handler = ProxyHandler(settings.proxy_grpc_to, logger, metrics, settings.max_request_bytes,
-                           drop_token)
+                           drop_token, proxy_domains(settings, metrics))
     interceptors = ([A.GrpcGuard(access)] if access is not None else []) + (
         [admission.GrpcGate(gate)] if gate is not None else [])
     server = grpc.aio.server(options=[

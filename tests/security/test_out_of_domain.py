@@ -20,6 +20,7 @@ from core import config, domain as domain_lib, request_log
 from core import features as F
 from core.examples import row_to_example
 from core.ports import free_port
+from core.pushdir import newest_version
 from serving.client import predict_request, serialize_rows
 from serving.server import BackgroundServer
 from tests.monitoring.conftest import monitor_settings
@@ -64,8 +65,9 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def counted(settings, feature) -> float:
-    text = requests.get(f"http://127.0.0.1:{settings.rest_port}/monitoring/prometheus/metrics", timeout=10).text
+def counted(settings, feature, path="/monitoring/prometheus/metrics") -> float:
+    """The out-of-domain counter of ``feature`` on the metrics page at ``path``."""
+    text = requests.get(f"http://127.0.0.1:{settings.rest_port}{path}", timeout=10).text
     line = next((line for line in text.splitlines()
                  if line.startswith(METRIC + "{") and f'feature="{feature}"' in line), None)
     return float(line.rsplit(" ", 1)[1]) if line else 0.0
@@ -201,6 +203,39 @@ def _deadline():
 def _before(deadline) -> bool:
     time.sleep(0.05)
     return time.time() < deadline
+
+
+# ------------------------------------------------------------------ behind the logging proxy
+def test_the_grpc_proxy_marks_what_the_version_behind_it_answered(home, tmp_path, normal_rows, pushed_domain):
+    """Our server stands in for TF Serving (no binary here), its own marks and log off."""
+    from tests.serving.test_proxy import RunningProxy
+
+    upstream = dataclasses.replace(home, out_of_domain_action=domain_lib.OFF, log_sample_rate=0.0,
+                                   rest_port=free_port(), grpc_port=free_port())
+    with BackgroundServer(upstream) as server:
+        settings = dataclasses.replace(home, rest_port=free_port(), grpc_port=free_port(),
+                                       request_log_dir=str(tmp_path / "proxy_logs"),
+                                       proxy_to=f"127.0.0.1:{server.ports.rest}",
+                                       proxy_grpc_to=f"127.0.0.1:{server.ports.grpc}")
+        proxy = RunningProxy(settings).start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{proxy.ports['grpc']}") as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                for rows in ([crafted(normal_rows[0], pushed_domain)], normal_rows[1:3]):
+                    stub.Predict(predict_request(settings.model_name, serialize_rows(rows)), timeout=60)
+            page = "/monitoring/tfxops/metrics"
+            deadline = _deadline()
+            while counted(settings, "trip_miles", page) < 1 and _before(deadline):
+                pass
+            assert counted(settings, "trip_miles", page) == counted(settings, "payment_type", page) == 1
+        finally:
+            proxy.stop()
+        metrics = requests.get(f"http://127.0.0.1:{server.ports.rest}/monitoring/prometheus/metrics", timeout=10)
+        assert METRIC not in metrics.text          # the upstream did not look: the proxy did
+    records = list(request_log.read_request_log(settings.request_logs_path))
+    assert sorted(r.out_of_domain for r in records) == [(), ("trip_miles", "payment_type")]
+    assert {r.model_version for r in records} == {newest_version(str(home.model_push_dir))}
+
 
 
 # ------------------------------------------------------------------ a monitoring re-push
