@@ -169,10 +169,15 @@ def accept_span(span: Path, monitor_dir: Path) -> Path:
 
 
 def training_history(settings: Settings, monitor_dir: Path) -> List[Location]:
-    """What a retrain reads besides a new span: data_dir's CSVs (with
-    ``retrain_include_original``) and the spans accepted before."""
-    originals = [storage.join(settings.data_dir, name) for name in _original_csvs(settings.data_dir)] \
-        if settings.retrain_include_original else []
+    """What a new span is compared with: data_dir's CSVs (the curated training data,
+    read even with ``retrain_include_original`` off when they can be) and the spans
+    accepted before. ``OSError`` when data_dir cannot be read and the retrain needs it."""
+    try:
+        originals = [storage.join(settings.data_dir, name) for name in _original_csvs(settings.data_dir)]
+    except OSError:
+        if settings.retrain_include_original:
+            raise
+        originals = []
     return originals + sorted((monitor_dir / "spans").glob("span-*.csv"))
 
 

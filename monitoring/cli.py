@@ -1,4 +1,4 @@
-"""``tfxops monitor`` (registered by tfxops.cli).
+"""``tfxops monitor`` and ``tfxops approve`` (registered by tfxops.cli).
 
     tfxops monitor [--dry-run] [--watch SECONDS] [--json] [--engine local|beam] [--home DIR] [--set key=value ...]
 
@@ -15,6 +15,17 @@ locked, bad settings; 3 another monitor holds the lock on the monitor directory
 (longer than ``monitor_lock_wait_seconds``): this run did nothing, the message
 names the holder. With ``--watch`` each run takes the lock, and a busy or failed
 run is reported and the next one runs on schedule.
+
+    tfxops approve WINDOW | --list | --reject WINDOW [--home DIR] [--set key=value ...]
+
+A span of labelled requests that the poisoning guard held (``monitoring.poisoning``)
+waits in ``<monitor_dir>/spans/pending``. ``approve WINDOW`` releases it: the span
+joins the training spans and the pipeline reruns now, under the monitor lock, its
+summary printed; ``--reject`` discards it; ``--list`` shows what waits, and why. Each
+is audited with the person who ran it. Exit codes: 0 done (released and the rerun
+succeeded, rejected, listed); 1 the rerun failed (the span stays among the training
+spans: the next retrain uses it); 2 bad input: no span of that window waits (unknown,
+or already approved or rejected), bad settings; 3 a monitor holds the lock.
 """
 import logging
 import sys
@@ -67,6 +78,41 @@ def cmd_monitor(args) -> int:
         time.sleep(max(0.0, args.watch - (time.monotonic() - started)))
 
 
+def cmd_approve(args) -> int:
+    from core import audit
+    from monitoring import act, approval, lock
+
+    settings = settings_from(args)
+    if bool(args.list) == bool(args.window):
+        print("tfxops approve: name a WINDOW (from `tfxops approve --list`), or --list", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        with lock.hold(settings.monitor_path, settings.monitor_lock_wait_seconds, print):
+            if args.list:
+                return _list_held(approval.held(settings.monitor_path))
+            if args.reject:
+                entry = act.discard(settings, args.window, audit.actor_name())
+                print(f"window {entry.window}: span of {entry.rows} rows rejected and discarded")
+                return EXIT_OK
+            outcome = act.release(settings, args.window, audit.actor_name(), out=sys.stdout)
+    except lock.LockBusy as exc:
+        print(f"tfxops approve: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except (approval.ApprovalError, lock.LockError) as exc:
+        print(f"tfxops approve: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(outcome.summary_text or f"retrain on the released span: {outcome.error}")
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _list_held(entries) -> int:
+    if not entries:
+        print("no span waits for approval")
+    for entry in entries:
+        print(entry.line())
+    return EXIT_OK
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "monitor", help="compare served requests with the training data; report; retrigger the pipeline")
@@ -80,3 +126,11 @@ def register(subparsers) -> None:
                    help="how the window's logs are read: local processes (default) or a Beam job "
                         "(beam_args); the setting monitor_engine")
     p.set_defaults(func=cmd_monitor)
+
+    approve = subparsers.add_parser(
+        "approve", help="release (or reject) a span of labelled requests the poisoning guard held from a retrain")
+    add_common_options(approve)
+    approve.add_argument("window", nargs="?", help="the window whose span to release (see --list)")
+    approve.add_argument("--list", action="store_true", help="show the windows whose spans wait, and why")
+    approve.add_argument("--reject", action="store_true", help="discard the window's span instead")
+    approve.set_defaults(func=cmd_approve)

@@ -222,7 +222,7 @@ def _act(monitor_pass: MonitorPass, traffic: VersionTraffic, found: analysis_lib
     monitor_pass.checkpoint.finish_action(monitor_pass.window.id, outcome.ok, outcome.to_dict())
     monitor_pass.acted = True
     monitor_pass.print_line(f"outcome: {json.dumps(report.json_safe(outcome.to_dict()))}")
-    return dataclasses.replace(decision, outcome=outcome)
+    return policy.with_outcome(decision, outcome, monitor_pass.window.id)   # held for approval: an alert
 
 
 def _analysed(monitor_pass: MonitorPass, traffic: WindowTraffic, files: logfiles.Triage,

@@ -67,8 +67,8 @@ class Decision:
 
     @property
     def failed(self) -> bool:
-        """An action was taken and did not succeed."""
-        return self.outcome is not None and not self.outcome.ok
+        """An action was taken and did not succeed (a retrain held for approval did not fail)."""
+        return self.outcome is not None and not self.outcome.ok and not getattr(self.outcome, "held", "")
 
     def to_dict(self) -> Dict:
         return {"action": self.action, "triggered": self.triggered, "reasons": list(self.reasons),
@@ -193,6 +193,17 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     if dry_run:
         return Decision(NONE, True, reasons, f"dry run: would {because}", True, reuse)
     return Decision(action, True, reasons, because, False, reuse)
+
+
+def with_outcome(decision: Decision, outcome, window_id: str) -> Decision:
+    """The decision with what its action did. A retrain the poisoning guard held
+    (``monitoring.poisoning``) is an alert: its ``because`` says why it waits and how to
+    release it, the window exits 0, and nothing is trained until a person approves."""
+    held = getattr(outcome, "held", "")
+    because = decision.because if not held else (
+        f"ALERT: {held}; release the span with `tfxops approve {window_id}`, discard it with "
+        f"`tfxops approve --reject {window_id}` (the policy would {decision.because})")
+    return dataclasses.replace(decision, outcome=outcome, because=because)
 
 
 def _held_back(settings: Settings, rows: int, is_current: bool, window_action: Optional[Dict],

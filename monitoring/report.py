@@ -13,6 +13,7 @@ import numpy as np
 
 from monitoring import out_of_domain
 from monitoring import probing, redacted
+from monitoring import poisoning
 
 TRAIN_COLOR, SERVE_COLOR = "#4C78A8", "#F58518"
 
@@ -173,6 +174,7 @@ def render_html(result: Dict) -> str:
     if decision.get("outcome"):
         out.append(f"<div>Outcome: <code>{_e(json.dumps(json_safe(decision['outcome'])))}</code></div>")
     out.append("</div>")
+    out.append(poisoning.held_html(decision.get("outcome"), str(result.get("window"))))   # issue 16 part 5a
     out.append(_files_html(result))
     for item in result.get("not_judged") or []:
         out.append(f"<div class='box warn'><b>Model {_e(item['model_name'])} version {_e(item['version'])}: "

@@ -7,12 +7,14 @@ severity listed in ``severities``, naming each feature and the reason.
 """
 import json
 import os
-from typing import Dict, List
+from typing import Dict
 
 from tfx import v1 as tfx
 from tfx.types import standard_artifact_utils
 from tfx.utils import io_utils
 from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from core.anomalies import describe
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 
@@ -31,25 +33,6 @@ def read_anomalies(anomalies) -> Dict[str, anomalies_pb2.Anomalies]:
         proto.ParseFromString(io_utils.read_bytes_file(path))
         result[split] = proto
     return result
-
-
-def describe(anomalies_by_split: Dict[str, anomalies_pb2.Anomalies],
-             severities: List[str]) -> List[str]:
-    """One line per blocking anomaly: 'split: feature: SEVERITY: reason'."""
-    lines = []
-    for split, anomalies in sorted(anomalies_by_split.items()):
-        for feature, info in sorted(anomalies.anomaly_info.items()):
-            severity = anomalies_pb2.AnomalyInfo.Severity.Name(info.severity)
-            if severity not in severities:
-                continue
-            reason = info.description or info.short_description
-            lines.append(f"{split}: feature '{feature}': {severity}: {reason}")
-        if anomalies.HasField("dataset_anomaly_info"):
-            info = anomalies.dataset_anomaly_info
-            severity = anomalies_pb2.AnomalyInfo.Severity.Name(info.severity)
-            if severity in severities:
-                lines.append(f"{split}: dataset: {severity}: {info.description}")
-    return lines
 
 
 @tfx.dsl.components.component
