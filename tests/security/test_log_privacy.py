@@ -167,3 +167,16 @@ def test_labelled_spans_are_owner_only(tmp_path):
         os.umask(previous)
     assert stat.S_IMODE(os.stat(span).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "spans").st_mode) == 0o700
+
+
+def test_a_recovered_orphan_is_owner_only(tmp_path):
+    """A temp file left by a writer that died (created before files were owner-only)
+    is renamed by recovery with mode 0600."""
+    from serving.log_writer import recover_orphans
+
+    orphan = tmp_path / f".{request_log.FILE_PREFIX}20260101T000000-1-abcdef-000001{request_log.FILE_SUFFIX}" \
+                        f"{request_log.TMP_SUFFIX}"
+    orphan.write_bytes(request_log.tfrecord_frame(b"a record"))
+    os.chmod(orphan, 0o644)
+    (recovered,) = recover_orphans(tmp_path)
+    assert recovered.records == 1 and stat.S_IMODE(os.stat(recovered.path).st_mode) == 0o600
