@@ -5,7 +5,8 @@ Settings (``core.config``, issue 16 part 6):
 
 * ``log_drop_features``: raw features removed from every logged row: the feature
   of each tf.Example, the input tensor of that name (``serving_raw``), the model
-  output derived from it (``<name>_xf`` of ``transform_features``);
+  output derived from it (``<name>_xf`` of ``transform_features``), its name in the
+  record's out-of-domain mark (``core.request_log.OUT_OF_DOMAIN_TAG``);
 * ``log_hash_features``: raw features whose values are replaced by
   ``HMAC-SHA256(salt, value)``'s first ``HASH_HEX_CHARS`` hex digits (a string:
   equal values stay equal, so counts and joins by value still work; a value
@@ -152,12 +153,25 @@ class Redaction:
         from tensorflow_serving.apis import prediction_log_pb2
 
         log = prediction_log_pb2.PredictionLog.FromString(data)
+        self._out_of_domain_mark(log.log_metadata.saved_model_tags)
         kind = log.WhichOneof("log_type")
         if kind == "predict_log":
             self._predict(log.predict_log.request, log.predict_log.response)
         elif kind in ("classify_log", "regress_log"):
             self._input(getattr(log, kind).request.input)
         return log.SerializeToString()
+
+    def _out_of_domain_mark(self, tags) -> None:
+        """The out-of-domain mark (``core.request_log.OUT_OF_DOMAIN_TAG``) without the dropped features."""
+        from core.request_log import OUT_OF_DOMAIN_TAG
+
+        for i in reversed(range(len(tags))):
+            if tags[i].startswith(OUT_OF_DOMAIN_TAG) and self.drop:
+                kept = [f for f in tags[i][len(OUT_OF_DOMAIN_TAG):].split(",") if f and f not in self.drop]
+                if kept:
+                    tags[i] = OUT_OF_DOMAIN_TAG + ",".join(kept)
+                else:
+                    del tags[i]
 
     def _predict(self, request, response) -> None:
         from core.request_log import ERROR_OUTPUT

@@ -180,3 +180,19 @@ def test_a_recovered_orphan_is_owner_only(tmp_path):
     os.chmod(orphan, 0o644)
     (recovered,) = recover_orphans(tmp_path)
     assert recovered.records == 1 and stat.S_IMODE(os.stat(recovered.path).st_mode) == 0o600
+
+
+def test_the_out_of_domain_mark_does_not_name_a_dropped_feature(taxi_rows):
+    """A record the server marked out of its input domain for the dropped feature and
+    another: redacted, the mark names only the other (and the bytes never the dropped one)."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from core.redact import Redaction
+
+    record = request_log.answered_record(
+        "predict", "taxi", 1, F.DEFAULT_SIGNATURE, "r-1", 0, predict_request("taxi", serialize_rows(taxi_rows[:2])),
+        predict_pb2.PredictResponse(), out_of_domain=(DROPPED, "fare"))
+    redacted = Redaction(frozenset([DROPPED]), frozenset()).record(record)
+    assert DROPPED.encode() in record and DROPPED.encode() not in redacted
+    (call,) = request_log.decode_records([redacted])
+    assert call.out_of_domain == ("fare",) and len(call.rows) == 2
