@@ -161,9 +161,10 @@ def judge(settings: Settings, tally: ClientTally, train_stats, left_out=frozense
     features = tuple(f for f in GRID_FEATURES if f not in left_out)
     grid = Grid.of(train_stats, features)
     counts = {client_name(c): n for c, n in tally.clients.items()}
-    scores = {c: n.all_scores() for c, n in counts.items()}
-    cells = {c: grid.cells(n.sample.rows) for c, n in counts.items()} if len(counts) > 1 else {}
-    figures = [_judged(settings, client, count, counts, scores, cells, grid) for client, count in counts.items()]
+    summaries = {c: Summary.of(settings, n, grid) for c, n in counts.items()} if len(counts) > 1 else {}
+    total = Summary.total(summaries.values(), grid)
+    figures = [_judged(settings, client, count, summaries.get(client), total, grid)
+               for client, count in counts.items()]
     top = sorted(figures, key=lambda c: (-c.rows, c.client))
     shown = top[:max(0, settings.probing_top_clients)] + [c for c in top[settings.probing_top_clients:] if c.flagged]
     note = "" if len(counts) > 1 else "one client in the window: no other traffic to compare with"
@@ -171,25 +172,56 @@ def judge(settings: Settings, tally: ClientTally, train_stats, left_out=frozense
                    settings.probing_ratio, grid.features, note)
 
 
-def _judged(settings: Settings, client: str, count: ClientCount, counts: Dict[str, ClientCount],
-            scores: Dict[str, np.ndarray], cells: Dict[str, Optional[np.ndarray]], grid: "Grid") -> ClientFigures:
-    """One client's figures against the others' pooled."""
+@dataclasses.dataclass
+class Summary:
+    """What the statistics need of some traffic: answered rows, scored rows, scored
+    rows near the boundary, and its sampled rows per input and bin."""
+    rows: int
+    scored: int
+    near: int
+    bins: np.ndarray                       # [inputs, bins]: sampled rows (``Grid.counts``)
+
+    @classmethod
+    def of(cls, settings: Settings, count: ClientCount, grid: "Grid") -> "Summary":
+        scores = count.all_scores()
+        scored = scores[~np.isnan(scores)]
+        near = np.abs(scored - settings.decision_threshold) <= settings.probing_boundary_margin
+        return cls(count.rows, int(scored.size), int(near.sum()), grid.counts(grid.cells(count.sample.rows)))
+
+    @classmethod
+    def total(cls, summaries, grid: "Grid") -> "Summary":
+        out = cls(0, 0, 0, grid.counts(None))
+        for s in summaries:
+            out = out.plus(s, 1)
+        return out
+
+    def plus(self, other: "Summary", sign: int) -> "Summary":
+        return Summary(self.rows + sign * other.rows, self.scored + sign * other.scored,
+                       self.near + sign * other.near, self.bins + sign * other.bins)
+
+    @property
+    def near_share(self) -> Optional[float]:
+        return self.near / self.scored if self.scored else None
+
+
+def _judged(settings: Settings, client: str, count: ClientCount, mine: Optional[Summary], total: Summary,
+            grid: "Grid") -> ClientFigures:
+    """One client's figures against the other traffic's (the total without its own)."""
     plain = ClientFigures(client, count.requests, count.rows, count.rejected)
-    others = [c for c in counts if c != client]
-    other_rows = sum(counts[c].rows for c in others)
-    if count.rows < settings.probing_min_rows or other_rows < settings.probing_min_rows:
+    if mine is None:
         return plain
-    mine, theirs = scores[client], np.concatenate([scores[c] for c in others])
-    share, other_share = _near(settings, mine), _near(settings, theirs)
+    theirs = total.plus(mine, -1)
+    if mine.rows < settings.probing_min_rows or theirs.rows < settings.probing_min_rows:
+        return plain
+    share, other_share = mine.near_share, theirs.near_share
     findings = []
     if share is not None and other_share is not None and _over(share, other_share, settings.probing_ratio,
                                                                   settings.probing_min_boundary_share):
-        findings.append(f"client {client}: {share:.0%} of its {_scored(mine)} rows within "
+        findings.append(f"client {client}: {share:.0%} of its {mine.scored} rows within "
                         f"{settings.probing_boundary_margin:g} of the decision threshold "
                         f"{settings.decision_threshold:g} vs {other_share:.1%} of the other traffic's "
-                        f"{_scored(theirs)} (a boundary search)")
-    sweep = grid.distance(cells.get(client))
-    other_sweep = grid.distance(_stack([cells.get(c) for c in others]))
+                        f"{theirs.scored} (a boundary search)")
+    sweep, other_sweep = grid.distance(mine.bins), grid.distance(theirs.bins)
     if sweep is not None and other_sweep is not None and _over(sweep, other_sweep, settings.probing_ratio,
                                                                 settings.probing_min_sweep):
         findings.append(f"client {client}: its rows lie over the training deciles of {', '.join(grid.features)} "
@@ -198,24 +230,8 @@ def _judged(settings: Settings, client: str, count: ClientCount, counts: Dict[st
     return dataclasses.replace(plain, boundary_share=share, sweep=sweep, findings=tuple(findings))
 
 
-def _near(settings: Settings, scores: np.ndarray) -> Optional[float]:
-    scored = scores[~np.isnan(scores)]
-    if not scored.size:
-        return None
-    return float(np.mean(np.abs(scored - settings.decision_threshold) <= settings.probing_boundary_margin))
-
-
-def _scored(scores: np.ndarray) -> int:
-    return int((~np.isnan(scores)).sum())
-
-
 def _over(value: float, others: float, ratio: float, floor: float) -> bool:
     return value >= floor and value >= ratio * others
-
-
-def _stack(cells: List[Optional[np.ndarray]]) -> Optional[np.ndarray]:
-    present = [c for c in cells if c is not None and len(c)]
-    return np.concatenate(present) if present else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,15 +279,25 @@ class Grid:
             return len(self.edges[j]) + 1           # missing
         return int(np.searchsorted(self.edges[j], float(values[0]), side="left"))
 
-    def distance(self, cells: Optional[np.ndarray]) -> Optional[float]:
+    @property
+    def width(self) -> int:
+        return max((len(r) for r in self.reference), default=0)
+
+    def counts(self, cells: Optional[np.ndarray]) -> np.ndarray:
+        """Rows per input and bin ([inputs, width], zeros past an input's bins)."""
+        out = np.zeros((len(self.features), self.width), np.int64)
+        for j in range(len(self.features)) if cells is not None else ():
+            out[j] = np.bincount(cells[:, j], minlength=self.width)[:self.width]
+        return out
+
+    def distance(self, counts: np.ndarray) -> Optional[float]:
         """Mean over the inputs of the total variation between the rows' bins and training's."""
-        if cells is None or not len(cells):
+        rows = counts.sum(axis=1)
+        if not len(rows) or rows[0] <= 0:
             return None
-        distances = []
-        for j, reference in enumerate(self.reference):
-            observed = np.bincount(cells[:, j], minlength=len(reference)) / len(cells)
-            distances.append(0.5 * float(np.abs(observed - reference).sum()))
-        return float(np.mean(distances)) if distances else None
+        distances = [0.5 * float(np.abs(counts[j, :len(ref)] / rows[j] - ref).sum())
+                     for j, ref in enumerate(self.reference)]
+        return float(np.mean(distances))
 
 
 # ------------------------------------------------------------------ the report
