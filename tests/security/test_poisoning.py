@@ -159,3 +159,12 @@ def test_approval_required_holds_a_clean_span(tmp_path, small_data_dir, held_out
     assert entry["actor"] == audit.actor_name()
     assert json.loads((settings.monitor_path / "spans" / "decided" / "span-w-clean.json").read_text())[
         "decided_by"] == audit.actor_name()
+
+
+def test_bounds_out_of_range_are_refused_naming_the_setting():
+    from core import config
+
+    for name, value in (("poisoning_max_slice_label_rate_change", "1.5"), ("poisoning_significance", "0"),
+                        ("poisoning_min_slice_rows", "0"), ("poisoning_unjudged_features", "trip_month")):
+        with pytest.raises(config.ConfigError, match=name):
+            config.load({name: value}, environ={})
