@@ -24,7 +24,7 @@ from lineage import graph as G
 
 SERVING = "serving"
 # Order in which an execution's inputs are shown (others follow, by name).
-INPUT_ORDER = ["model_blessing", "model_card", "model", "baseline_model", "transform_graph", "schema",
+INPUT_ORDER = ["model_blessing", "holdout_blessing", "model_card", "model", "baseline_model", "transform_graph", "schema",
                "examples", "statistics", "anomalies"]
 # Properties that name model code, as the components record them.
 CODE_KEYS = ("code_fingerprint", "module_file", "module_path", "run_fn", "trainer_fn",

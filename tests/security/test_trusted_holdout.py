@@ -5,9 +5,11 @@ passes it and is pushed.
 
 Real pipeline runs (LocalDagRunner, TFMA, MLMD) on the small sample, through the
 retrain path: ``monitoring.act.retrain_data_dir`` builds the directory of the
-original CSVs plus the spans, ``pipeline.runner.run_pipeline`` runs on it.
+original CSVs plus the spans, ``pipeline.runner.run_pipeline`` runs on it, in a copy
+of the session's trained home (tests/conftest.py's ``first_run``).
 """
 import json
+import shutil
 
 import pytest
 from tfx.types import standard_artifacts
@@ -32,28 +34,26 @@ def flipped(row):
 
 
 @pytest.fixture(scope="module")
-def holdout_settings(tmp_path_factory, small_data_dir):
-    home = tmp_path_factory.mktemp("holdout_home")
-    return config.load(dict(E2E_OVERRIDES, home=str(home), data_dir=str(small_data_dir)), environ={})
+def holdout_settings(tmp_path_factory, e2e_settings, first_run):
+    """A copy of the session's trained home (its store and served version): the retrains
+    here push into the copy, never into the home other tests read."""
+    assert first_run.ok and first_run.pushed, first_run.error
+    home = tmp_path_factory.mktemp("holdout") / "home"
+    shutil.copytree(e2e_settings.home, home)
+    return config.load(dict(E2E_OVERRIDES, home=str(home), data_dir=str(e2e_settings.data_dir)), environ={})
 
 
 @pytest.fixture(scope="module")
-def clean_first_run(holdout_settings):
-    summary = runner.run_pipeline(holdout_settings, out=_Sink())
-    assert summary.ok and summary.pushed, summary.error or runner.render(summary)
-    return summary
-
-
-@pytest.fixture(scope="module")
-def poisoned_retrain(holdout_settings, clean_first_run, taxi_rows):
+def poisoned_retrain(holdout_settings, first_run, taxi_rows):
     """A retrain whose span holds every row of one company twice, labels flipped (the
     feedback an attacker who sent those requests would give)."""
     group = [r for r in taxi_rows[:SMALL_ROWS] if r["company"] == POISONED_COMPANY]
     spans = holdout_settings.monitor_path / "spans"
     write_rows(spans / "span-poisoned.csv", [flipped(r) for r in group for _ in range(COPIES)], F.CSV_COLUMNS)
+    served = newest_version(str(holdout_settings.model_push_dir))
     summary = runner.run_pipeline(holdout_settings, out=_Sink(),
                                   data_dir=str(act.retrain_data_dir(holdout_settings, holdout_settings.monitor_path)))
-    return summary, len(group) * COPIES
+    return summary, len(group) * COPIES, served
 
 
 @pytest.fixture(scope="module")
@@ -72,30 +72,31 @@ class _Sink:
         pass
 
 
-def test_a_first_run_is_judged_on_the_holdout_against_min_auc(clean_first_run, holdout_settings):
-    result = clean_first_run.holdout
+def test_a_first_run_is_judged_on_the_holdout_against_min_auc(first_run, holdout_settings):
+    assert first_run.ok and first_run.pushed
+    result = first_run.holdout
     assert result["passed"] and result["baseline_auc"] is None
     assert result["auc"] >= holdout_settings.min_auc and result["examples"] >= holdout_settings.holdout_min_examples
     assert result["holdout_dir"] == str(holdout_settings.data_dir)
-    assert "trusted holdout" in runner.render(clean_first_run) and "no served model" in runner.render(clean_first_run)
+    assert "trusted holdout" in runner.render(first_run) and "no served model" in runner.render(first_run)
 
 
-def test_flipped_labels_in_a_span_are_refused_by_the_trusted_holdout(poisoned_retrain, clean_first_run,
+def test_flipped_labels_in_a_span_are_refused_by_the_trusted_holdout(poisoned_retrain, first_run,
                                                                      holdout_settings):
-    summary, span_rows = poisoned_retrain
+    summary, span_rows, served = poisoned_retrain
     assert summary.ok, summary.error
     result = summary.holdout
     # the holdout saw none of the span: the same curated rows' eval split as the first run,
     # all of them in the retrain's eval split too (never trained on)
-    assert result["examples"] == clean_first_run.holdout["examples"]
+    assert result["examples"] == first_run.holdout["examples"]
     executions = _executions(holdout_settings, summary.run_id)
     held_out = _eval_examples(executions["TrustedHoldoutExampleGen"])
     assert len(held_out) == result["examples"] and held_out <= _eval_examples(executions["CsvExampleGen"])
     assert not result["passed"], result
     assert result["baseline_auc"] - result["auc"] > holdout_settings.holdout_max_auc_drop
     # not pushed; the reason names both AUCs and the margin; the served model stays
-    assert not summary.pushed and summary.serving_version == clean_first_run.pushed_version
-    assert newest_version(str(holdout_settings.model_push_dir)) == int(clean_first_run.pushed_version)
+    assert not summary.pushed and summary.serving_version == str(served)
+    assert newest_version(str(holdout_settings.model_push_dir)) == served
     reason = summary.not_pushed_reason
     assert reason == result["reason"]
     assert reason.startswith(f"trusted holdout: AUC {result['auc']:.4f} vs served {result['baseline_auc']:.4f}")
@@ -112,12 +113,12 @@ def test_flipped_labels_in_a_span_are_refused_by_the_trusted_holdout(poisoned_re
     assert candidate.id not in blessed and executions["Evaluator"].outputs["blessing"]
 
 
-def test_a_clean_retrain_passes_the_holdout_and_is_pushed(clean_retrain, clean_first_run, holdout_settings):
+def test_a_clean_retrain_passes_the_holdout_and_is_pushed(clean_retrain, poisoned_retrain, holdout_settings):
     result = clean_retrain.holdout
     assert clean_retrain.ok and result["passed"], result
     assert result["baseline_auc"] is not None
     assert result["baseline_auc"] - result["auc"] <= holdout_settings.holdout_max_auc_drop
-    assert clean_retrain.pushed and int(clean_retrain.pushed_version) > int(clean_first_run.pushed_version)
+    assert clean_retrain.pushed and int(clean_retrain.pushed_version) > poisoned_retrain[2]
     assert "passed" in runner.render(clean_retrain)
     [candidate] = _executions(holdout_settings, clean_retrain.run_id)["Trainer"].outputs["model"]
     assert candidate.id in {m.id for m in mlmd.blessed_model_artifacts(mlmd.open_store(holdout_settings))}
