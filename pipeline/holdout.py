@@ -226,9 +226,10 @@ def pusher_refusal(input_dict: Dict[str, List[types.Artifact]]) -> Optional[str]
     if blessing is None:
         return "trusted holdout: no holdout blessing for this model"
     model = (input_dict.get(standard_component_specs.MODEL_KEY) or [None])[0]
-    judged = blessing.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY)
-    if model is not None and judged != model.id:
-        return f"trusted holdout: the holdout blessing judged model {judged}, not this model {model.id}"
+    # by uri: Kubeflow's launcher rewrites the blessing's current_model_id into a name
+    judged = blessing.get_string_custom_property(evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY)
+    if model is not None and judged != model.uri:
+        return f"trusted holdout: the holdout blessing judged the model at {judged}, not this model ({model.uri})"
     if blessing.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY) != 1:
         return blessing.get_string_custom_property(REASON_KEY) or "trusted holdout: not blessed"
     return None

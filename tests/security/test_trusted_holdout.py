@@ -151,7 +151,7 @@ def test_a_model_the_evaluator_blessed_is_not_pushed_when_the_holdout_refused_it
     from pipeline.pusher import AtomicPusherExecutor
 
     model = standard_artifacts.Model()
-    model.uri, model.id = str(tmp_path / "trainer"), 7
+    model.uri = str(tmp_path / "trainer")
     (tmp_path / "trainer" / "Format-Serving" / "variables").mkdir(parents=True)
     (tmp_path / "trainer" / "Format-Serving" / "saved_model.pb").write_bytes(b"a model")
     blessings = {}
@@ -159,7 +159,7 @@ def test_a_model_the_evaluator_blessed_is_not_pushed_when_the_holdout_refused_it
         blessings[name] = standard_artifacts.ModelBlessing()
         blessings[name].uri = str(tmp_path / name)
         blessings[name].set_int_custom_property("blessed", blessed)
-        blessings[name].set_int_custom_property("current_model_id", 7)
+        blessings[name].set_string_custom_property("current_model", model.uri)
         blessings[name].set_string_custom_property(holdout.REASON_KEY, reason)
     base = tmp_path / "serving"
     destination = proto_utils.proto_to_json(pusher_pb2.PushDestination(
@@ -195,9 +195,9 @@ def test_the_verdict_refuses_a_drop_beyond_the_margin_and_a_small_holdout():
 
 def test_the_pusher_refuses_a_missing_refused_or_foreign_holdout_blessing():
     model = standard_artifacts.Model()
-    model.id = 7
+    model.uri = "/runs/Trainer/model/7"
     blessing = standard_artifacts.ModelBlessing()
-    blessing.set_int_custom_property("current_model_id", 7)
+    blessing.set_string_custom_property("current_model", "/runs/Trainer/model/7")
     blessing.set_int_custom_property("blessed", 0)
     blessing.set_string_custom_property(holdout.REASON_KEY, "trusted holdout: AUC 0.6100 vs served 0.7400, ...")
     wired = {"model": [model], holdout.HOLDOUT_BLESSING_KEY: [blessing]}
@@ -206,8 +206,8 @@ def test_the_pusher_refuses_a_missing_refused_or_foreign_holdout_blessing():
     assert holdout.pusher_refusal(wired).startswith("trusted holdout: AUC 0.6100")
     blessing.set_int_custom_property("blessed", 1)
     assert holdout.pusher_refusal(wired) is None
-    blessing.set_int_custom_property("current_model_id", 8)            # a blessing of another model
-    assert "judged model 8, not this model 7" in holdout.pusher_refusal(wired)
+    blessing.set_string_custom_property("current_model", "/runs/Trainer/model/8")   # of another model
+    assert "judged the model at /runs/Trainer/model/8, not this model" in holdout.pusher_refusal(wired)
 
 
 def test_a_holdout_inside_a_directory_of_served_traffic_is_refused(tmp_path):
