@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 from ml_metadata.proto import metadata_store_pb2
 
 from core import mlmd
+from core.holdout import BLESSING_MARK
 
 
 class NoLineageError(LookupError):
@@ -86,12 +87,15 @@ def _training_statistics(store, examples, what: str) -> metadata_store_pb2.Artif
 
 
 def _evaluation(store, model) -> Tuple[Optional[metadata_store_pb2.Artifact], bool]:
-    """(the ModelEvaluation, whether the model was blessed) from its Evaluator."""
+    """(the ModelEvaluation, whether the model was blessed) from its Evaluator (not the
+    trusted holdout's, whose blessing carries ``core.holdout.BLESSING_MARK``)."""
     evaluation, blessed = None, False
     for execution in _completed_by(store, model.id, "model", "Evaluator"):
         outputs = mlmd.output_artifacts(store, execution.id)
-        evaluation = (outputs.get("evaluation") or [None])[0]
         blessing = (outputs.get("blessing") or [None])[0]
+        if blessing is not None and mlmd.custom(blessing, BLESSING_MARK) is not None:
+            continue
+        evaluation = (outputs.get("evaluation") or [None])[0]
         blessed = bool(blessing is not None and int(mlmd.custom(blessing, "blessed", 0) or 0))
     return evaluation, blessed
 
