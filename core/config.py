@@ -129,8 +129,9 @@ class Settings:
     batch_timeout_micros: int = 20_000       # the longest a request waits for others; tfxops
                                              # serve waits only under load (serving/batching.py)
     max_request_bytes: int = 10 * 1024 * 1024
-    max_concurrent_requests: int = 1024      # inference requests in flight (REST + gRPC); more
-                                             # are answered UNAVAILABLE (503) at once
+    max_concurrent_requests: int = 1024      # inference requests in flight (REST + gRPC); more are
+                                             # answered at once 429 / RESOURCE_EXHAUSTED with
+                                             # Retry-After (503 / UNAVAILABLE: shutting down)
     request_body_timeout_seconds: float = 60.0   # a REST body not fully received by then:
                                              # its connection is closed (it holds no slot)
     intra_op_threads: int = 1                # TF session pools (TF Serving's --tensorflow_*_parallelism);
