@@ -98,6 +98,28 @@ def test_volumes_are_composes(manifests, compose, settings):
     assert log_mount["subPath"] == home_relative(settings.request_logs_path, settings)
 
 
+def test_models_are_verified_before_tf_serving_starts_as_composes_verify_models(manifests, compose, settings):
+    """A tampered version must stop the pod before TF Serving serves it: the init container is
+    compose's verify-models on TF Serving's model volume, read-only, with the signing key from
+    an optional Secret (never written in the manifest)."""
+    pod = serving_pod(manifests)
+    (verify,) = pod["spec"]["initContainers"]
+    composed = compose["services"]["verify-models"]
+    assert verify["command"] == composed["command"] and verify["command"][:2] == ["tfxops", "verify"]
+    assert verify["image"] == composed["image"]
+    tfs = container(pod, "tensorflow-serving")
+    model_mount = f"/models/{settings.model_name}"
+    assert k8s_mounts(pod, verify) == compose_mounts(composed)
+    assert k8s_mounts(pod, verify)[model_mount] == k8s_mounts(pod, tfs)[model_mount]
+    assert k8s_mounts(pod, verify)[model_mount][1] is True                       # read-only
+    env = {e["name"]: e for e in verify["env"]}
+    key = env[settings.model_integrity_key_env]
+    assert set(key) == {"name", "valueFrom"}
+    assert key["valueFrom"]["secretKeyRef"]["optional"] is True                  # unsigned installs start
+    assert set(composed["environment"]) == {settings.model_integrity_key_env}
+    assert verify["securityContext"]["runAsNonRoot"] and verify["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
 def test_tf_serving_is_composes_on_in_pod_ports(manifests, compose):
     tfs = container(serving_pod(manifests), "tensorflow-serving")
     composed = compose["services"]["serving"]
