@@ -127,6 +127,8 @@ def tree_text(report: Dict) -> str:
              f"store {report['store']}", ""]
     if report.get("model_card"):
         lines[-1:-1] = [f"model card {report['model_card']} (and model_card.html beside it)"]
+    if report.get("input_domain"):
+        lines[-1:-1] = [f"input domain {report['input_domain']}"]
 
     def emit(node: Dict, prefix: str, last: bool, root: bool = False) -> None:
         head, details = (_artifact_lines(node) if node["kind"] == "artifact" else _execution_lines(node))

@@ -24,8 +24,8 @@ from lineage import graph as G
 
 SERVING = "serving"
 # Order in which an execution's inputs are shown (others follow, by name).
-INPUT_ORDER = ["model_blessing", "holdout_blessing", "model_card", "model", "baseline_model", "transform_graph", "schema",
-               "examples", "statistics", "anomalies"]
+INPUT_ORDER = ["model_blessing", "holdout_blessing", "model_card", "input_domain", "model", "baseline_model",
+               "transform_graph", "schema", "examples", "statistics", "anomalies"]
 # Properties that name model code, as the components record them.
 CODE_KEYS = ("code_fingerprint", "module_file", "module_path", "run_fn", "trainer_fn",
              "preprocessing_fn", "stats_options_updater_fn")
@@ -340,6 +340,7 @@ def model_report(store, settings: Settings, version: Optional[str] = None,
         "push_dir": str(settings.model_push_dir), "store": mlmd.describe_store(settings),
         "run_id": run_id,
         "model_card": mlmd.custom(pushed.artifact, "model_card"),    # pipeline.model_card, in the version
+        "input_domain": mlmd.custom(pushed.artifact, "input_domain"),    # pipeline.domain, in the version
         "pushed_by": {"execution_id": pusher, "node_id": g.execution_name(pusher)} if pusher else None,
         "summary": _summarize(tree), "tree": tree,
         "downstream": [_downstream_json(later, eid) for eid in later.topological_executions()],

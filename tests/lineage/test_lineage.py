@@ -16,6 +16,7 @@ from pipeline.pipeline import code_fingerprint
 from tests.conftest import SMALL_ROWS
 from tests.lineage.conftest import MYSQL_DATABASE, lineage_cli, settings_args
 from core import config, mlmd, pushdir
+from core.domain import DOMAIN_FILE, read_domain
 from core import features as F
 
 
@@ -74,6 +75,11 @@ def test_model_traces_the_pushed_version_to_its_csv_with_its_metrics(first_run, 
         follow = [n for n in follow if not (n["kind"] == "artifact" and n["type"] == "TransformGraph")] or follow
         node = follow[-1] if follow else None
     assert chain == ["PushedModel", "Pusher", "Model", "Trainer", "Examples", "CsvExampleGen"]
+    # the version's input domain and its holdout verdict are shown beside its card and its blessing
+    pusher_inputs = [n["key"] for n in report["tree"]["produced_by"][0]["inputs"]]
+    assert pusher_inputs[:5] == ["model_blessing", "holdout_blessing", "model_card", "input_domain", "model"]
+    assert report["input_domain"].endswith(DOMAIN_FILE)
+    assert read_domain(report["input_domain"][:-len(DOMAIN_FILE)]) is not None
 
 
 def test_model_defaults_to_the_version_being_served(first_run, e2e_settings):
