@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -24,6 +25,7 @@ from packaging.version import InvalidVersion, Version
 
 BOOTSTRAP = ("pip", "setuptools", "wheel")
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+PYPI_SIMPLE = "https://pypi.org/simple"      # pip's default index-url
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)$")
 
 
@@ -43,12 +45,29 @@ def file_version(filename: str) -> Version:
     return parse_sdist_filename(filename)[1]
 
 
+def index_files(url: str) -> List[Dict]:
+    """The ``files`` of a project's page on the index's JSON simple API; exits naming
+    the URL and the fix when the index cannot be read."""
+    request = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)["files"]
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(f"error: {url} answered HTTP {exc.code}: is the package on that index, and does the "
+                         f"index serve the JSON simple API (PEP 691)? Pass another --index-url") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SystemExit(f"error: cannot read {url} ({reason}): check the network or proxy, "
+                         f"or pass a reachable --index-url") from None
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"error: {url} did not answer with the JSON simple API (PEP 691, {SIMPLE_JSON}): "
+                         f"pass an --index-url that serves it") from None
+
+
 def version_hashes(index_url: str, name: str, version: str) -> List[str]:
     """The sha256 of each file of ``name`` ``version`` on the index, sorted."""
     url = f"{index_url.rstrip('/')}/{canonicalize_name(name)}/"
-    request = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        files = json.load(response)["files"]
+    files = index_files(url)
     wanted, hashes = Version(version), set()
     for entry in files:
         try:
@@ -87,8 +106,7 @@ def pip_index_url() -> str:
         key, _, value = line.partition("=")
         if key.endswith(".index-url"):
             return value.strip().strip("'\"").split()[0]
-    from pip._internal.models.index import PyPI    # pip names its default index nowhere public
-    return PyPI.simple_url
+    return PYPI_SIMPLE
 
 
 def main(argv: List[str] = None) -> None:
