@@ -318,3 +318,16 @@ def test_compose_verifies_the_model_volume_before_tf_serving_starts():
     [tf_serving_models] = [v for v in serving["volumes"] if v.split(":")[1] == f"/models/{settings.model_name}"]
     assert f"{tf_serving_models.split(':')[0]}:{model_dir}:ro" in verify["volumes"]
     assert settings.model_integrity_key_env in verify["environment"]
+
+
+def test_every_compose_service_that_pushes_signs_with_the_key_verify_models_checks():
+    """The monitor retrains and re-pushes into the model volume: without the key its
+    pushes are unsigned and verify-models refuses TF Serving's next start."""
+    settings = config.load({}, environ={})
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    pushers = [name for name, service in services.items()
+               if service.get("command", [])[:2] in (["tfxops", "monitor"], ["tfxops", "run"])]
+    assert "monitor" in pushers
+    key = settings.model_integrity_key_env
+    for name in pushers + ["verify-models"]:
+        assert services[name].get("environment", {}).get(key) == f"${{{key}:-}}", name
