@@ -17,6 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx.utils import import_utils
 
 from core import features as F
 from core.config import PROJECT_ROOT
@@ -204,6 +205,19 @@ def test_a_uri_home_compiles(tmp_path, capsys):
                      "--pipeline-root", ROOT, "--output", str(output)])
     assert code == 0, capsys.readouterr().err
     assert "metadata.sqlite" not in output.read_text()
+
+
+def test_every_custom_artifact_type_imports_as_the_container_entrypoint_imports_it(compiled):
+    """TFX's KFP v2 entrypoint imports a custom type's schema title as a class path; a
+    title that does not import fails the task that reads or writes that artifact."""
+    _, document = compiled["kubeflow"]
+    titles = set(re.findall(r"title: (tfxops\.\w+)", json.dumps(document)))
+    assert {"tfxops.ModelCard", "tfxops.FeatureAttributions", "tfxops.InputDomain"} <= titles
+    for title in titles:
+        artifact_class = import_utils.import_class_by_path(title)
+        assert artifact_class.TYPE_NAME == title
+    with pytest.raises(ImportError):
+        import_utils.import_class_by_path("tfxops.NoSuchArtifact")
 
 
 # ------------------------------------------------- the compiled commands, executed
