@@ -159,17 +159,24 @@ def test_service_reaches_the_proxy_on_the_settings_ports(manifests, settings):
     assert service["selector"].items() <= labels.items()
 
 
-def test_probes_ask_for_the_model_on_declared_ports(manifests, settings):
+def test_probes_on_declared_ports_pass_with_tokens_on(manifests, settings):
+    """TF Serving's readiness asks it for the model; the proxy's probes ask for its own
+    metrics page, which stays open when tokens are on (the model status would answer
+    the kubelet 401: serving.access.METRICS_PATHS)."""
+    from serving.access import METRICS_PATHS
+
     pod = serving_pod(manifests)
     metrics_path = "/monitoring/prometheus/metrics"
     assert metrics_path in (REPO / "serving" / "monitoring.config").read_text()
-    expected = {"tensorflow-serving": ("tfs-rest", metrics_path),
-                "logging-proxy": ("http-rest", "/monitoring/tfxops/metrics")}
-    for name, (port, liveness_path) in expected.items():
+    model = f"/v1/models/{settings.model_name}"
+    expected = {"tensorflow-serving": ("tfs-rest", model, metrics_path),
+                "logging-proxy": ("http-rest", "/monitoring/tfxops/metrics", "/monitoring/tfxops/metrics")}
+    for name, (port, readiness_path, liveness_path) in expected.items():
         c = container(pod, name)
         ready, alive = c["readinessProbe"]["httpGet"], c["livenessProbe"]["httpGet"]
-        assert ready == {"path": f"/v1/models/{settings.model_name}", "port": port}, name
+        assert ready == {"path": readiness_path, "port": port}, name
         assert alive == {"path": liveness_path, "port": port}, name
+        assert name == "tensorflow-serving" or readiness_path in METRICS_PATHS
         assert port in ports(c)
         assert {"requests", "limits"} <= set(c["resources"]), name
 
