@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from core import audit, redact
 from core import features as F
@@ -31,6 +31,9 @@ from core.storage import Location
 from core.config import Settings
 from monitoring import approval, poisoning, policy
 from monitoring.reuse import ReuseCandidate
+
+if TYPE_CHECKING:                    # imported where a retrain runs (TFX is heavy)
+    from pipeline.runner import RunSummary
 
 log = logging.getLogger("tfxops.monitoring")
 
@@ -49,6 +52,8 @@ class RetrainOutcome:
     span: Optional[str] = None       # the window's labelled requests as a data span
     span_rows: int = 0
     held: str = ""                   # why the retrain waits for approval ("": it did not wait)
+    not_pushed_reason: Optional[str] = None   # why a run that succeeded pushed nothing (the
+                                     # trusted holdout, the Evaluator's gates, already pushed)
     review: Optional[Dict] = None    # the poisoning guard's findings (``poisoning.SpanReview``)
     summary_text: str = ""           # the run's summary as ``tfxops run`` prints it (not in the report)
 
@@ -58,6 +63,8 @@ class RetrainOutcome:
         else:
             out = {"ok": self.ok, "run_id": self.run_id, "blessed": self.blessed, "pushed": self.pushed,
                    "pushed_version": self.pushed_version, "data_dir": self.data_dir, "log": self.log}
+            if self.not_pushed_reason:
+                out["not_pushed_reason"] = self.not_pushed_reason
             if not self.ok:
                 out["error"] = self.error
         out.update(span=self.span, span_rows=self.span_rows)
@@ -117,7 +124,8 @@ def _audit_outcome(settings: Settings, window_id: str, served, outcome: Outcome,
                      actor=actor)
         return
     result = (f"run {outcome.run_id}: " + ("blessed" if outcome.blessed else "not blessed")
-              + (f", pushed version {outcome.pushed_version}" if outcome.pushed else ", nothing pushed")
+              + (f", pushed version {outcome.pushed_version}" if outcome.pushed else
+                 f", nothing pushed ({outcome.not_pushed_reason})" if outcome.not_pushed_reason else ", nothing pushed")
               if outcome.ok else f"failed: {outcome.error}")
     audit.record(settings, audit.RETRAIN, f"{replaced}: retrained on {outcome.data_dir or settings.data_dir}: {result}",
                  model_version=outcome.pushed_version, actor=actor)
@@ -276,10 +284,30 @@ def retrain(settings: Settings, data_dir: Location, out=None) -> RetrainOutcome:
         summary = runner.run_pipeline(settings, out=out, data_dir=str(data_dir))
     except preflight.PreflightError as exc:
         return RetrainOutcome(ok=False, error=f"pre-flight: {exc}")
+    return retrain_outcome(summary, data_dir)
+
+
+def retrain_outcome(summary: "RunSummary", data_dir: Location) -> RetrainOutcome:
+    """What a pipeline run (``pipeline.runner.RunSummary``) on ``data_dir`` did."""
+    from pipeline import runner
+
     return RetrainOutcome(ok=summary.ok, run_id=summary.run_id, blessed=summary.blessed, pushed=summary.pushed,
                           pushed_version=summary.pushed_version, data_dir=str(data_dir), log=summary.log_path,
                           error=None if summary.ok else f"{summary.failed_node}: {summary.error}",
-                          summary_text=runner.render(summary))
+                          not_pushed_reason=not_pushed_reason(summary), summary_text=runner.render(summary))
+
+
+def not_pushed_reason(summary: "RunSummary") -> Optional[str]:
+    """Why a run that succeeded pushed nothing (None when it pushed or failed): the
+    Pusher's reason (the trusted holdout refused the candidate, the model is already
+    a version's) and the Evaluator's (its thresholds, the fairness gate)."""
+    if summary.pushed or not summary.ok:
+        return None
+    reasons = [summary.not_pushed_reason] if summary.not_pushed_reason else (
+        [f"model already pushed as version {summary.cached_push_version}"] if summary.cached_push_version else [])
+    if summary.blessed is False:
+        reasons.append("not blessed: " + ("; ".join(summary.blessing_reasons) or "the Evaluator refused it"))
+    return "; ".join(reasons) or None
 
 
 def repush(settings: Settings, candidate: ReuseCandidate) -> RepushOutcome:

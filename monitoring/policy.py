@@ -34,7 +34,13 @@ judges any retrained model anyway.
 Clients whose queries look like model extraction or membership-inference probing
 (``monitoring.probing``) are never a reason to act: with ``probing_alert`` (the
 default) a window whose only finding they are gets an ``alert``, and beside other
-findings they are listed among the reasons, not acted on.
+findings they are listed among the reasons, not acted on. Nor is anything else acted
+on automatically while they are in the window (whatever ``probing_alert`` says): their
+rows are in its skew, drift and labels, so a prober could trigger retrains on purpose
+(cost harvesting, poisoning through drift). A window that would retrain or re-push is
+an ``alert`` naming them instead; a person judges the clients and reruns the pipeline,
+or waits for a window without them. (Judging the window without their rows would need
+the statistics recomputed per client: not done.)
 
 Feature attribution drift (``monitoring.attribution_drift``) likewise: a reason
 with ``trigger_on_attribution_drift``, else (the default) an ``alert`` when it is
@@ -190,9 +196,21 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     else:
         action, because = RETRAIN, "rerun the pipeline" + (
             " (no previously blessed model matches this window)" if settings.reuse_blessed_models else "")
+    if probing is not None and probing.flagged:
+        return Decision(ALERT, True, reasons, probing_hold(probing, because), dry_run)
     if dry_run:
         return Decision(NONE, True, reasons, f"dry run: would {because}", True, reuse)
     return Decision(action, True, reasons, because, False, reuse)
+
+
+def probing_hold(probing, because: str) -> str:
+    """Why a window with clients flagged as probing is not acted on: their rows are in
+    the window's skew, drift and labels, so a retrain or re-push could be theirs to
+    trigger (cost harvesting, poisoning through drift)."""
+    clients = ", ".join(c.client for c in probing.flagged)
+    return (f"alert, not acted on: clients flagged as probing ({clients}) sent rows in this window, so its "
+            f"skew or drift may be theirs; the policy would {because}: judge the clients, then rerun the "
+            f"pipeline (`tfxops run`) yourself or wait for a window without them")
 
 
 def with_outcome(decision: Decision, outcome, window_id: str) -> Decision:
@@ -203,6 +221,8 @@ def with_outcome(decision: Decision, outcome, window_id: str) -> Decision:
     because = decision.because if not held else (
         f"ALERT: {held}; release the span with `tfxops approve {window_id}`, discard it with "
         f"`tfxops approve --reject {window_id}` (the policy would {decision.because})")
+    if not held and getattr(outcome, "not_pushed_reason", None):     # retrained; the gates kept the served model
+        because = f"{because}; nothing pushed: {outcome.not_pushed_reason}"
     return dataclasses.replace(decision, outcome=outcome, because=because)
 
 

@@ -1,11 +1,13 @@
 """A retrain's data directory: the original CSVs of data_dir (local, file:// or an
 object store, here TensorFlow's ram://) beside the monitor's spans."""
+import dataclasses
 import uuid
 
 import tensorflow as tf
 
 from core.config import Settings
 from monitoring import act, policy
+from pipeline import runner
 
 HEADER = "trip_miles,tips\n"
 
@@ -66,3 +68,25 @@ def test_repush_marker_names_the_model(tmp_path):
     assert (pushed / "saved_model.pb").read_bytes() == b"model"
     marker = read_marker(pushed)
     assert marker["model_uri"] == candidate.model_uri and marker["model_artifact_id"] == 7
+
+
+def test_a_retrain_the_gates_refused_says_why_nothing_was_pushed():
+    """A run that succeeded but pushed nothing: the outcome carries the Pusher's reason, else
+    the Evaluator's (the fairness gate's failure), never a bare 'nothing pushed'."""
+    refused = runner.RunSummary(run_id="r1", ok=True, wall_seconds=1.0, nodes=[], blessed=False,
+                                blessing_reasons=["fairness gate: payment_type=Cash: false positive rate 0.31 "
+                                                  "above 0.2"])
+    outcome = act.retrain_outcome(refused, "/data")
+    assert outcome.not_pushed_reason == "not blessed: fairness gate: payment_type=Cash: false positive rate " \
+                                        "0.31 above 0.2"
+    assert outcome.to_dict()["not_pushed_reason"] == outcome.not_pushed_reason
+    assert "pushed: nothing" in outcome.summary_text
+    already = dataclasses.replace(refused, blessed=True, blessing_reasons=[],
+                                  not_pushed_reason="model already pushed as version 3")
+    assert act.retrain_outcome(already, "/data").not_pushed_reason == "model already pushed as version 3"
+    pushed = dataclasses.replace(refused, blessed=True, blessing_reasons=[], pushed=True, pushed_version="4")
+    outcome = act.retrain_outcome(pushed, "/data")
+    assert outcome.not_pushed_reason is None and "not_pushed_reason" not in outcome.to_dict()
+    failed = dataclasses.replace(refused, ok=False, failed_node="Trainer", error="out of memory")
+    assert act.retrain_outcome(failed, "/data").not_pushed_reason is None
+

@@ -8,6 +8,7 @@ retrain path: ``monitoring.act.retrain_data_dir`` builds the directory of the
 original CSVs plus the spans, ``pipeline.runner.run_pipeline`` runs on it, in a copy
 of the session's trained home (tests/conftest.py's ``first_run``).
 """
+import html
 import json
 import shutil
 
@@ -17,7 +18,7 @@ from tfx.types import standard_artifacts
 from core import config, mlmd
 from core import features as F
 from core.pushdir import newest_version
-from monitoring import act
+from monitoring import act, policy, report
 from pipeline import holdout, runner
 from pipeline.pusher import NOT_PUSHED_REASON_KEY
 from tests.conftest import E2E_OVERRIDES, SMALL_ROWS, write_rows
@@ -111,6 +112,24 @@ def test_flipped_labels_in_a_span_are_refused_by_the_trusted_holdout(poisoned_re
     [candidate] = executions["Trainer"].outputs["model"]
     blessed = {m.id for m in mlmd.blessed_model_artifacts(mlmd.open_store(holdout_settings))}
     assert candidate.id not in blessed and executions["Evaluator"].outputs["blessing"]
+
+
+def test_the_monitor_says_the_holdout_refused_its_retrain(poisoned_retrain, holdout_settings):
+    """The monitor's retrain outcome, its window decision and its report name the holdout's
+    refusal, not just 'nothing pushed'."""
+    summary, _, _ = poisoned_retrain
+    outcome = act.retrain_outcome(summary, holdout_settings.monitor_path / "retrain_data")
+    assert outcome.ok and not outcome.pushed
+    # the holdout's refusal first (the Pusher's), then the Evaluator's when it refused the candidate too
+    assert outcome.not_pushed_reason.startswith(summary.not_pushed_reason)
+    assert ("not blessed: " in outcome.not_pushed_reason) == (summary.blessed is False)
+    assert outcome.to_dict()["not_pushed_reason"].startswith("trusted holdout: AUC")
+    retrain = policy.Decision(policy.RETRAIN, True, ["prediction drift"], "retrain: prediction drift")
+    decision = policy.with_outcome(retrain, outcome, "w-poisoned")
+    assert decision.because == f"retrain: prediction drift; nothing pushed: {outcome.not_pushed_reason}"
+    assert not decision.failed
+    page = report.render_html({"window": "w-poisoned", "decision": decision.to_dict()})
+    assert html.escape(f"nothing pushed: {summary.not_pushed_reason}") in page
 
 
 def test_a_clean_retrain_passes_the_holdout_and_is_pushed(clean_retrain, poisoned_retrain, holdout_settings):
