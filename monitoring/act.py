@@ -249,7 +249,7 @@ def retrain_data_dir(settings: Settings, monitor_dir: Path) -> Path:
     if settings.retrain_include_original:
         _add_original_csvs(settings.data_dir, target)
     for span in sorted((monitor_dir / "spans").glob("span-*.csv")):
-        _link_or_copy(span, target / span.name)
+        link_or_copy(span, target / span.name)
     return target
 
 
@@ -265,14 +265,17 @@ def _add_original_csvs(data_dir: Location, target: Path) -> None:
         if storage.is_uri(source):
             (target / f"original-{name}").write_text(storage.read_text(source))
         else:
-            _link_or_copy(Path(source), target / f"original-{name}")
+            link_or_copy(Path(source), target / f"original-{name}")
 
 
-def _link_or_copy(source: Path, link: Path) -> None:
+def link_or_copy(source: Path, link: Path) -> None:
+    """``link`` -> ``source``; a copy where a symlink cannot be made, owner-only (0600:
+    ``core.redact``) as the spans of request rows it may copy are."""
     try:
         os.symlink(source.resolve(), link)
     except OSError:
-        shutil.copyfile(source, link)
+        with open(source, "rb") as original, open(redact.open_private(link, os.O_WRONLY | os.O_TRUNC), "wb") as copy:
+            shutil.copyfileobj(original, copy)
 
 
 def retrain(settings: Settings, data_dir: Location, out=None) -> RetrainOutcome:

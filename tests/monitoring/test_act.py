@@ -1,6 +1,8 @@
 """A retrain's data directory: the original CSVs of data_dir (local, file:// or an
 object store, here TensorFlow's ram://) beside the monitor's spans."""
 import dataclasses
+import os
+import stat
 import uuid
 
 import tensorflow as tf
@@ -90,3 +92,21 @@ def test_a_retrain_the_gates_refused_says_why_nothing_was_pushed():
     failed = dataclasses.replace(refused, ok=False, failed_node="Trainer", error="out of memory")
     assert act.retrain_outcome(failed, "/data").not_pushed_reason is None
 
+
+def test_a_span_copied_where_no_symlink_can_be_made_stays_owner_only(tmp_path):
+    """The retrain directory's copy of a span of request rows is 0600 like the span, whatever
+    the umask, not readable by other users (a symlink cannot be made where the name is taken,
+    as on a filesystem without symlinks)."""
+    span = act.write_span([{"trip_miles": 2.0, "company": "Flash Cab", "tips": 1.0}], tmp_path / "spans", "w1")
+    copy = tmp_path / "retrain_data" / span.name
+    copy.parent.mkdir()
+    copy.write_text("stale\n")
+    os.chmod(copy, 0o644)
+    umask = os.umask(0o022)
+    try:
+        act.link_or_copy(span, copy)
+    finally:
+        os.umask(umask)
+    assert not copy.is_symlink() and copy.read_bytes() == span.read_bytes()
+    assert "Flash Cab" in copy.read_text()
+    assert stat.S_IMODE(copy.stat().st_mode) == stat.S_IMODE(span.stat().st_mode) == 0o600
