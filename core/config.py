@@ -263,7 +263,7 @@ class Settings:
     # fails a check waits in <monitor_dir>/spans/pending for `tfxops approve WINDOW` (a bound of 1: off)
     retrain_requires_approval: bool = False          # every span waits for approval, whatever the checks say
     poisoning_max_label_rate_change: float = 0.15    # the span's big-tipper rate vs the training history's
-    poisoning_max_slice_label_rate_change: float = 0.25   # ... per slice of sensitive_features + slice_features
+    poisoning_max_slice_label_rate_change: float = 0.25   # ... per slice (sensitive, slice features, categorical inputs)
     poisoning_significance: float = 0.01             # ... and a two-sided z-test says the move is not noise
     poisoning_min_slice_rows: int = 100              # fewer rows in the span or the history: the slice is not judged
     poisoning_max_feature_distance: float = 0.25     # a model input's JS divergence / L-infinity vs the history's
@@ -402,6 +402,7 @@ def load(overrides: Optional[Dict[str, str]] = None,
     if holdout_problem(values):
         raise ConfigError(holdout_problem(values))
     _check_poisoning_settings(values)             # feedback poisoning guard (issue 16 part 5a)
+    _check_probing_settings(values)               # extraction and probing signals (issue 16 part 3)
     from core.redact import settings_problem as redaction_problem    # request-log redaction (issue 16 part 6)
     if redaction_problem(values):
         raise ConfigError(redaction_problem(values))
@@ -442,6 +443,20 @@ def _check_poisoning_settings(values: Dict) -> None:
     if values.get("poisoning_min_slice_rows", Settings.poisoning_min_slice_rows) < 1:
         raise ConfigError(f"setting 'poisoning_min_slice_rows' must be at least 1, "
                           f"got {values['poisoning_min_slice_rows']}")
+
+
+def _check_probing_settings(values: Dict) -> None:
+    """The probing signals' bounds (issue 16 part 3): shares and margins in [0, 1], a ratio
+    above 0, at least one row per judged client."""
+    for name in ("probing_boundary_margin", "probing_min_boundary_share", "probing_min_sweep"):
+        if not 0 <= values.get(name, getattr(Settings, name)) <= 1:
+            raise ConfigError(f"setting '{name}' must be between 0 and 1, got {values[name]}")
+    if values.get("probing_ratio", Settings.probing_ratio) <= 0:
+        raise ConfigError(f"setting 'probing_ratio' must be above 0 (a client is flagged at this many times the "
+                          f"other traffic's statistic), got {values['probing_ratio']}")
+    for name, least in (("probing_min_rows", 1), ("probing_top_clients", 0)):
+        if values.get(name, getattr(Settings, name)) < least:
+            raise ConfigError(f"setting '{name}' must be at least {least}, got {values[name]}")
 
 
 def require_local(setting: str, path: Location, needs: str) -> Path:

@@ -119,9 +119,9 @@ def sweep_queries(rows, n, seed=0):
 
 
 @pytest.fixture(scope="module")
-def window(tmp_path_factory, e2e_settings, first_run, taxi_rows):
-    """A monitor home whose logs hold the ten normal clients and the two attackers."""
-    settings = monitor_settings(tmp_path_factory.mktemp("probing"), e2e_settings, first_run, **QUIET)
+def attack_traffic(e2e_settings, first_run, taxi_rows):
+    """The logged records of the ten normal clients and the two attackers, and the attackers' rows."""
+    settings = config.load()
     model, version = Model(first_run.pushed_path), int(first_run.pushed_version)
     start = 3000                           # rows the first run never trained on
     normal = taxi_rows[start:start + len(NORMAL) * ROWS_PER_NORMAL]
@@ -138,6 +138,14 @@ def window(tmp_path_factory, e2e_settings, first_run, taxi_rows):
         for j in range(0, len(rows), 10):
             chunk = rows[j:j + 10]
             records.append(_record(chunk, model.scores(chunk), client, f"{client}-{j}", version))
+    return records, attacks
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory, e2e_settings, first_run, attack_traffic):
+    """A monitor home whose logs hold the ten normal clients and the two attackers."""
+    settings = monitor_settings(tmp_path_factory.mktemp("probing"), e2e_settings, first_run, **QUIET)
+    records, attacks = attack_traffic
     write_logs(settings.request_logs_path, records, rotate_records=100)
     result = monitor.monitor_once(settings)
     return settings, result, attacks
@@ -181,6 +189,31 @@ def test_probing_is_an_alert_and_nothing_is_retrained(window):
     assert not (Path(settings.monitor_path) / "spans").exists()
 
 
+def test_a_window_the_probers_drifted_is_not_retrained_but_an_alert_naming_them(
+        tmp_path_factory, e2e_settings, first_run, attack_traffic):
+    """Cost harvesting / poisoning through drift: the attackers' rows move the window
+    (its slices' positive rates: bias drift, a trigger here) and the policy would rerun
+    the pipeline; with clients flagged as probing in the window, nothing is acted on:
+    an alert names them."""
+    settings = monitor_settings(tmp_path_factory.mktemp("probing-drift"), e2e_settings, first_run,
+                                attribution_rows="0", retrain_with_feedback="false", reuse_blessed_models="false",
+                                trigger_on_error_anomalies="false", trigger_quality_drop="0",
+                                trigger_on_bias_drift="true")
+    records, _ = attack_traffic
+    write_logs(settings.request_logs_path, records, rotate_records=100)
+    result = monitor.monitor_once(settings)
+    (version,) = result.versions
+    assert {c.client for c in version.probing.flagged} == {BOUNDARY, SWEEPER}
+    assert any(r.startswith("bias drift in ") for r in version.decision.reasons)
+    decision = result.decision
+    assert decision.action == policy.ALERT and decision.triggered and decision.outcome is None
+    assert f"clients flagged as probing ({BOUNDARY}, {SWEEPER})" in decision.because or \
+        f"clients flagged as probing ({SWEEPER}, {BOUNDARY})" in decision.because
+    assert "the policy would rerun the pipeline" in decision.because
+    state = json.loads((Path(settings.monitor_path) / "state.json").read_text())
+    assert state["actions"] == []                     # no retrain started
+
+
 def test_the_report_shows_every_clients_volume_and_the_findings(window):
     settings, result, _ = window
     document = json.loads(Path(result.report.json).read_text())
@@ -216,3 +249,13 @@ def test_both_engines_tally_the_clients_alike(window):
                                  sorted(n.sample.rows)) for client, n in traffic.clients.clients.items()})
     assert tallies[0][BOUNDARY][1] == ATTACK_ROWS and len(tallies[0]) == 12
     assert tallies[1] == tallies[0] and tallies[2] == tallies[0]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("probing_ratio", "0"), ("probing_ratio", "-1"), ("probing_min_rows", "0"), ("probing_top_clients", "-1"),
+    ("probing_boundary_margin", "-0.1"), ("probing_boundary_margin", "1.5"),
+    ("probing_min_boundary_share", "2"), ("probing_min_sweep", "-0.5")])
+def test_out_of_range_probing_settings_are_refused_naming_the_setting(name, value):
+    """A ratio of 0 would flag every client (every retrain held), a share over 1 none."""
+    with pytest.raises(config.ConfigError, match=f"setting '{name}' must be"):
+        config.load({name: value})
