@@ -12,11 +12,13 @@ Callers hold the monitor lock (``monitoring.lock``) while they change these.
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+WINDOW_ID = re.compile(r"[A-Za-z0-9_.-]+")     # the characters of the monitor's window ids
 
 
 class ApprovalError(RuntimeError):
@@ -73,7 +75,13 @@ def approve(monitor_dir: Path, window_id: str, approver: str) -> Hold:
     """Move the window's span into the training spans; the hold, decided."""
     entry = pending(monitor_dir, window_id)
     target = monitor_dir / "spans" / span_name(window_id)
-    os.replace(entry.span, target)
+    try:
+        os.replace(entry.span, target)
+    except OSError as exc:
+        raise ApprovalError(f"window {window_id}: its span {entry.span} cannot be moved to {target} "
+                            f"({exc.strerror}): make {target.parent} writable by you and {target} free (not a "
+                            f"directory), on the file system of {pending_dir(monitor_dir)}; then approve again "
+                            f"(the span still waits)") from None
     return _decide(monitor_dir, entry, APPROVED, approver, str(target))
 
 
@@ -86,6 +94,9 @@ def reject(monitor_dir: Path, window_id: str, rejecter: str) -> Hold:
 
 def pending(monitor_dir: Path, window_id: str) -> Hold:
     """The window's hold; ``ApprovalError`` naming the window and the fix when it has none."""
+    if not WINDOW_ID.fullmatch(window_id):
+        raise ApprovalError(f"{window_id!r} is not a window id: the monitor's have only letters, digits, '_', '.' "
+                            f"and '-' (no path separators): see `tfxops approve --list`")
     path = pending_dir(monitor_dir) / f"span-{window_id}.json"
     if path.is_file():
         return _read(path)

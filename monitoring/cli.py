@@ -25,7 +25,8 @@ summary printed; ``--reject`` discards it; ``--list`` shows what waits, and why.
 is audited with the person who ran it. Exit codes: 0 done (released and the rerun
 succeeded, rejected, listed); 1 the rerun failed (the span stays among the training
 spans: the next retrain uses it); 2 bad input: no span of that window waits (unknown,
-or already approved or rejected), bad settings; 3 a monitor holds the lock.
+or already approved or rejected, not a window id), a span or hold file that cannot be
+read, written or moved (the message names it), bad settings; 3 a monitor holds the lock.
 """
 import logging
 import sys
@@ -100,6 +101,11 @@ def cmd_approve(args) -> int:
         return EXIT_BUSY
     except (approval.ApprovalError, lock.LockError) as exc:
         print(f"tfxops approve: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"tfxops approve: cannot read or write {exc.filename or settings.monitor_path} ({exc.strerror}): "
+              f"run it as the monitor's user, or make {settings.monitor_path} readable and writable by you",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     print(outcome.summary_text or f"retrain on the released span: {outcome.error}")
     return EXIT_OK if outcome.ok else EXIT_FAILED

@@ -12,9 +12,10 @@ CSVs of ``data_dir``, and every span accepted before. Checks, each in plain word
   ``gate_severities`` severity named as the pipeline's DataGate names them
   (``core.anomalies``);
 * the label rate (the share of big tippers, ``core.features.is_big_tipper``) of
-  the whole span, and of every slice of ``sensitive_features`` and
-  ``slice_features`` with at least ``poisoning_min_slice_rows`` rows on both
-  sides, against the history's: a move is flagged when it is larger than the
+  the whole span, and of every slice of ``sensitive_features``,
+  ``slice_features`` and every categorical model input (``CATEGORICAL_INPUTS``: a
+  group an attacker can pick by a value the model sees, e.g. one company) with at
+  least ``poisoning_min_slice_rows`` rows on both sides, against the history's: a move is flagged when it is larger than the
   bound (``poisoning_max_label_rate_change``, ``poisoning_max_slice_label_rate_change``)
   and the pooled two-proportion z-test (``monitoring.bias.z_score``) says it is
   not noise at ``poisoning_significance``; flipping one group's labels moves that
@@ -45,6 +46,8 @@ from core.storage import Location
 from monitoring import bias as bias_lib, checks
 
 ALL_ROWS = "all rows"
+# the model inputs whose values pick a group: each one's slices are judged, whatever slice_features says
+CATEGORICAL_INPUTS = tuple(F.VOCAB_FEATURES + list(F.CATEGORICAL_INT_FEATURES) + F.HASHED_FEATURES)
 Rows = List[Dict[str, str]]
 
 
@@ -237,9 +240,10 @@ def label_shift(settings: Settings, group: str, span_rows: Rows, history_rows: R
 
 
 def slice_shifts(settings: Settings, span_rows: Rows, history_rows: Rows) -> List[LabelShift]:
-    """Every slice of the sensitive and slice features with enough rows on both sides."""
+    """Every slice of the sensitive and slice features and of every categorical model
+    input (``CATEGORICAL_INPUTS``) with enough rows on both sides."""
     shifts = []
-    features = list(dict.fromkeys(settings.sensitive_features + settings.slice_features))
+    features = list(dict.fromkeys(settings.sensitive_features + settings.slice_features + list(CATEGORICAL_INPUTS)))
     for feature in features:
         span_groups, history_groups = _groups(span_rows, feature), _groups(history_rows, feature)
         for value in sorted(span_groups):

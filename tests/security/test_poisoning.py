@@ -143,6 +143,38 @@ def test_a_span_failing_the_data_gate_is_held_naming_the_anomaly(tmp_path, small
     assert not (settings.monitor_path / "retrain_data").exists()
 
 
+def _flipped_for(rows, feature, value):
+    """The attack on a group the configured slices do not name: ``feature=value``'s
+    labels inverted (a big tipper labelled no tip, any other trip a tip of its fare)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        if row[feature] == value:
+            fare = float(row["fare"] or 0)
+            big = F.is_big_tipper(float(row[F.LABEL_KEY] or 0), fare)
+            row[F.LABEL_KEY] = "0" if big else str(fare + 1)
+        out.append(row)
+    return out
+
+
+def test_flipped_labels_for_one_company_are_held_naming_it(tmp_path, small_data_dir, held_out_rows):
+    """company is a model input but neither a slice nor a sensitive feature: every
+    categorical model input's slices are judged."""
+    company = "Dispatch Taxi Affiliation"             # 125 of the 1,000 rows, 318 of the history's
+    settings = Settings(home=str(tmp_path), data_dir=str(small_data_dir))
+    assert "company" not in settings.slice_features + settings.sensitive_features
+    rows = _labelled(_flipped_for(held_out_rows, "company", company))
+    outcome = act.carry_out(settings, _retrain(), monitor_dir=settings.monitor_path, window_id="w-company",
+                            labelled_rows=rows, judged_version=1)
+    assert outcome.held and outcome.run_id is None
+    assert f"company={company}" in outcome.held, outcome.held
+    flagged = [s["group"] for s in outcome.review["slices"] if s["flagged"]]
+    assert flagged == [f"company={company}"]          # the overall rate and the configured slices pass
+    assert not outcome.review["labels"]["flagged"]
+    (entry,) = approval.held(settings.monitor_path)
+    assert entry.window == "w-company"
+
+
 def test_approval_required_holds_a_clean_span(tmp_path, small_data_dir, held_out_rows):
     rows = _labelled(held_out_rows)
     settings = Settings(home=str(tmp_path), data_dir=str(small_data_dir))
@@ -168,3 +200,33 @@ def test_bounds_out_of_range_are_refused_naming_the_setting():
                         ("poisoning_min_slice_rows", "0"), ("poisoning_unjudged_features", "trip_month")):
         with pytest.raises(config.ConfigError, match=name):
             config.load({name: value}, environ={})
+
+
+def _held_span(settings, window):
+    """A span the guard held, as ``act.carry_out`` leaves one: its CSV and its hold in spans/pending."""
+    pending = approval.pending_dir(settings.monitor_path)
+    pending.mkdir(parents=True)
+    span = pending / approval.span_name(window)
+    span.write_text("tips\n1.0\n")
+    approval.hold(settings.monitor_path, window, span, ["test hold"], {"rows": 1}, 1)
+    return span
+
+
+def test_approve_names_a_span_it_cannot_move_and_refuses_a_window_that_is_a_path(tmp_path):
+    settings = Settings(home=str(tmp_path))
+    span = _held_span(settings, "w1")
+    blocked = settings.monitor_path / "spans" / approval.span_name("w1")
+    blocked.mkdir()                                  # the target is taken by a directory: os.replace fails
+    (blocked / "x").write_text("x")
+    moved = _tfxops(settings, {}, "approve", "w1")
+    assert moved.returncode == 2 and "Traceback" not in moved.stderr, moved.stderr
+    assert str(span) in moved.stderr and str(blocked) in moved.stderr and "approve again" in moved.stderr
+    assert span.is_file() and [e.window for e in approval.held(settings.monitor_path)] == ["w1"]
+
+    for args in (("../../etc/passwd",), ("--reject", "w1/../w1")):
+        refused = _tfxops(settings, {}, "approve", *args)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert "is not a window id" in refused.stderr and "no path separators" in refused.stderr
+    assert span.is_file()
+    with pytest.raises(approval.ApprovalError, match="is not a window id"):
+        approval.reject(settings.monitor_path, "w 1", "someone")
