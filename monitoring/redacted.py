@@ -10,6 +10,8 @@ checks, and the report names them.
 * attribution drift: not judged when the model takes a redacted feature (its
   explanations would be of rows the model never saw);
 * probing: the sweep statistic leaves them out (``monitoring.probing``).
+* out-of-domain rates: a dropped feature's marks are removed with it from each record
+  (``core.redact``), so the rates never name it; the note says so.
 
 Retraining on feedback spans with a model input redacted is refused by
 ``config.load`` (``core.redact.settings_problem``).
@@ -76,8 +78,13 @@ def summary(settings: Settings) -> Optional[Dict]:
     """What the report says about redaction: the features left out, and how."""
     if not redacted_features(settings):
         return None
+    note = "left out of the skew, drift and anomaly checks: the request logs do not hold them as sent"
+    if settings.log_drop_features:
+        note += (". A dropped feature's out-of-domain marks are dropped with it, so the report's out-of-domain "
+                 "rates never name it, while the server's out-of-domain metric (tfxops_out_of_domain_count) "
+                 "still counts its calls")
     return {"dropped": sorted(settings.log_drop_features), "hashed": sorted(settings.log_hash_features),
-            "note": "left out of the skew, drift and anomaly checks: the request logs do not hold them as sent"}
+            "note": note}
 
 
 def render_html(redaction: Optional[Dict]) -> str:

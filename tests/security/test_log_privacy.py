@@ -137,6 +137,7 @@ def test_a_monitor_pass_completes_and_names_the_features_left_out(served_logs):
     assert not any(DROPPED in r or HASHED in r for r in result.decision.reasons)
     assert "not judged" in version.attribution.reason and HASHED in version.attribution.reason
     assert "Redacted request logs" in Path(result.report.html).read_text()
+    assert "out-of-domain rates never name it" in version.redaction["note"]   # its marks went with it
 
 
 def test_hashing_without_a_salt_is_refused_at_start(tmp_path):
