@@ -16,7 +16,7 @@ is None and the front ends take one branch on that).
 * The client of a call: the token's name with tokens, else the peer's IP address.
   It names the client in the request log (``Call.client``) and in the rate limit.
 * Rate limit (``rate_limit_per_second``, ``rate_limit_burst``): a token bucket per
-  client; beyond it 429 / RESOURCE_EXHAUSTED with ``Retry-After`` (REST header,
+  client (without tokens: per IPv4 address, per IPv6 /64 network); beyond it 429 / RESOURCE_EXHAUSTED with ``Retry-After`` (REST header,
   gRPC trailing metadata ``retry-after``), in seconds. At most
   ``rate_limit_max_clients`` buckets are kept: a bucket idle long enough to be full
   again is forgotten (nothing lost), and beyond the bound the longest idle one.
@@ -26,9 +26,11 @@ is None and the front ends take one branch on that).
   tokens (anyone who reaches the port may query) or tokens without TLS.
 """
 import contextvars
+import functools
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -56,9 +58,27 @@ METRICS_PATHS = frozenset({"/monitoring/prometheus/metrics", "/monitoring/tfxops
 GRPC_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 GRPC_METHODS = frozenset({"Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata",
                           "GetModelStatus", "HandleReloadConfigRequest"})
-DENIAL_LOG_SECONDS = 1.0                  # at most one log line per this many seconds
+REFUSAL_LOG_SECONDS = 1.0                 # at most one log line per this many seconds
 CLIENT = contextvars.ContextVar("tfxops_client", default="")
 """The client of the gRPC call being handled, once ``GrpcGuard`` identified it."""
+
+
+class ThrottledLog:
+    """Warnings about refusals, which come in floods: at most one line per
+    ``REFUSAL_LOG_SECONDS``, saying how many there were since the last line."""
+
+    def __init__(self, what: str):
+        self.what = what                      # e.g. "access: refused"
+        self._count, self._next_line = 0, 0.0
+
+    def warning(self, example: str, *args) -> None:
+        """Count one; log it (``example % args``) unless a line was logged lately."""
+        self._count += 1
+        now = time.monotonic()
+        if now >= self._next_line:
+            log.warning("%s %d call(s) since the last such line, e.g. " + example,
+                        self.what, self._count, *args)
+            self._count, self._next_line = 0, now + REFUSAL_LOG_SECONDS
 
 
 class AccessError(ValueError):
@@ -139,8 +159,11 @@ def read_token_file(path: str, setting: str = "auth_tokens_file") -> List[Tuple[
     check_private_file(path, setting)
     try:
         lines = open(path, encoding="utf-8").read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AccessError(f"setting '{setting}': cannot read {path} ({exc})") from None
+    except OSError as exc:
+        raise AccessError(f"setting '{setting}': cannot read {path} ({exc.strerror}): check the path "
+                          f"and that this user may read it") from None
+    except UnicodeDecodeError:
+        raise AccessError(f"setting '{setting}': {path} is not text: lines 'NAME TOKEN'") from None
     tokens = []
     for number, line in enumerate(lines, 1):
         fields = line.split()
@@ -230,6 +253,23 @@ class RateLimiter:
         return len(self._buckets)
 
 
+@functools.lru_cache(maxsize=4096)
+def rate_limit_key(address: str) -> str:
+    """The rate-limit bucket of a client known by its IP address: an IPv6 address by
+    its /64 (a host commonly holds a whole /64, and would otherwise get a bucket per
+    address: no limit, and other clients' buckets evicted); IPv4 (or IPv4-mapped
+    IPv6) and anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+
+
 # ------------------------------------------------------------------ the checks
 class Access:
     """Tokens and rate limit of one server or proxy (either may be None)."""
@@ -239,7 +279,7 @@ class Access:
         self.tokens, self.limiter = tokens, limiter
         self.metrics_need_token = metrics_need_token
         self.metrics = metrics
-        self._denied, self._next_line = 0, 0.0
+        self._refusals = ThrottledLog("access: refused")
 
     @classmethod
     def from_settings(cls, settings, metrics: Optional[M.Metrics] = None,
@@ -262,15 +302,15 @@ class Access:
 
     def admit(self, authorization: Optional[str], address: str) -> Tuple[str, Optional[Refusal]]:
         """(the call's client, None) when it may run, else (client, its refusal)."""
-        client = address
+        client, bucket = address, None
         if self.tokens is not None:
             token = bearer_token(authorization)
             name = self.tokens.identify(token) if token is not None else None
             if name is None:
                 return client, self._deny(unauthenticated(token is not None), client)
-            client = name
+            client = bucket = name
         if self.limiter is not None:
-            wait = self.limiter.take(client)
+            wait = self.limiter.take(bucket or rate_limit_key(address))
             if wait is not None:
                 return client, self._deny(Refusal(
                     "RESOURCE_EXHAUSTED", f"Client {client} made more than "
@@ -279,19 +319,37 @@ class Access:
         return client, None
 
     def _deny(self, refusal: Refusal, client: str) -> Refusal:
-        """Count a refusal (metric, by code) and log it: at most one line per
-        ``DENIAL_LOG_SECONDS`` (refusals come in floods), with how many there were."""
+        """Count a refusal (metric, by code) and log it (``ThrottledLog``)."""
         if self.metrics is not None:
             self.metrics.inc(M.ACCESS_DENIED, (("code", refusal.code),))
-        self._denied += 1
-        now = time.monotonic()
-        if now >= self._next_line:
-            log.warning("access: refused %d call(s) since the last such line, e.g. %s from "
-                        "client %.100s: %s", self._denied, refusal.code, client, refusal.message)
-            self._denied, self._next_line = 0, now + DENIAL_LOG_SECONDS
+        self._refusals.warning("%s from client %.100s: %s", refusal.code, client, refusal.message)
         return refusal
 
 
+# ------------------------------------------------------------------ REST (tornado handlers)
+def send_refusal(handler, refusal: Refusal) -> None:
+    """Answer a tornado request with ``refusal``: its status and headers, and
+    ``{"error": message}``."""
+    for name, value in refusal.headers:
+        handler.set_header(name, value)
+    handler.set_header("Content-Type", "application/json")
+    handler.set_status(refusal.http_status)
+    handler.finish(json.dumps({"error": refusal.message}).encode())
+
+
+def admit_request(handler, access: Optional[Access]) -> Optional[Refusal]:
+    """Check a tornado request (a ``prepare``): sets ``handler.client``; a request
+    ``access`` refuses is answered (``send_refusal``), its refusal returned."""
+    handler.client = handler.request.remote_ip
+    if access is None or not access.guards(handler.request.path):
+        return None
+    handler.client, refusal = access.admit(handler.request.headers.get(AUTHORIZATION), handler.client)
+    if refusal is not None:
+        send_refusal(handler, refusal)
+    return refusal
+
+
+# ------------------------------------------------------------------ gRPC
 def peer_address(peer: str) -> str:
     """The IP address of a gRPC peer (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``, with
     the brackets sometimes %-encoded); other peers as they are."""
@@ -305,6 +363,19 @@ def peer_address(peer: str) -> str:
 def grpc_client(context) -> str:
     """The client of a gRPC call: as ``GrpcGuard`` identified it, else its address."""
     return CLIENT.get() or peer_address(context.peer())
+
+
+def grpc_caller(context) -> Tuple[str, str]:
+    """(client, peer) of a gRPC call, cheap enough for every call: the client as
+    ``GrpcGuard`` identified it ("" without access checks) and, when there is none,
+    the raw peer string, for ``client_name`` where the log record is built."""
+    client = CLIENT.get()
+    return client, ("" if client else context.peer())
+
+
+def client_name(client: str, peer: str) -> str:
+    """The client of a call: ``client`` when known, else the address of ``peer``."""
+    return client or peer_address(peer)
 
 
 def authorization_metadata(metadata) -> Optional[str]:
@@ -422,7 +493,10 @@ def exposure_warnings(host: str, access: Optional[Access], tls: Optional[Tls]) -
     if access is None or access.tokens is None:
         return [f"listening on {host or 'every address'}, beyond this machine, WITHOUT "
                 f"AUTHENTICATION: anyone who reaches the port can query the model without limit. "
-                f"Set auth_tokens_file (or auth_token_env), or bind to 127.0.0.1 (host)"]
+                f"To secure it (and silence this warning), set auth_tokens_file (or auth_token_env); "
+                f"or bind to 127.0.0.1 (host) when only this machine calls. In a container, "
+                f"publishing the port on 127.0.0.1 does not make this bind private: other containers "
+                f"on its network can still call it"]
     if tls is None:
         return [f"listening on {host or 'every address'} with tokens but WITHOUT TLS: tokens "
                 f"and data cross the network in clear text. Set tls_cert_file and tls_key_file"]

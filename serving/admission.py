@@ -30,7 +30,6 @@ more may start, and a shutdown that answers every request already accepted.
 """
 import asyncio
 import functools
-import json
 import logging
 import resource
 import time
@@ -42,7 +41,7 @@ import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 
-from serving.access import Refusal, grpc_client
+from serving.access import Refusal, grpc_client, send_refusal
 
 log = logging.getLogger("tfxops.serving")
 
@@ -143,11 +142,7 @@ def _answer_refused(handler, refusal: Refusal, draining: bool) -> None:
     handler.refused(refusal)
     if draining:
         handler.set_header("Connection", "close")
-    for name, value in refusal.headers:
-        handler.set_header(name, value)
-    handler.set_header("Content-Type", "application/json")
-    handler.set_status(refusal.http_status)
-    handler.finish(json.dumps({"error": refusal.message}).encode())
+    send_refusal(handler, refusal)
 
 
 class GrpcGate(grpc.aio.ServerInterceptor):

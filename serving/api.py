@@ -32,6 +32,7 @@ from core import request_log
 from core.examples import input_examples
 from core.domain import OFF, InputDomain
 from serving import metrics as M
+from serving.access import client_name
 from serving.domain_check import DomainCheck, OutOfDomain
 from serving.errors import ServingError, invalid
 from serving.models import ModelVersion, Signature
@@ -57,7 +58,8 @@ class Call:
     label: Optional[str] = None     # a version label, instead of a version
     signature_name: str = ""        # as named ("": the default), then the one that answered
     signature: Optional[Signature] = None        # once resolved
-    client: str = ""                # who sent it: token name or address (serving.clients)
+    client: str = ""                # who sent it: token name or address (serving.access)
+    peer: str = ""                  # gRPC without a client yet: its raw peer (serving.access.client_name)
     domain: Optional[InputDomain] = None     # to check on the log writer's thread (out_of_domain_action log)
     started: float = field(default_factory=time.perf_counter)   # for the latency
     arrived: float = field(default_factory=time.time)           # the log's timestamp
@@ -176,13 +178,14 @@ def _answered_record(call: Call, exchange: Exchange, check: DomainCheck) -> byte
     marked = () if call.domain is None else check.logged(call.domain, call.api, request)
     return request_log.answered_record(call.api, call.model_name, call.version,
                                        call.signature_name, call.request_id, call.arrived,
-                                       request, response, call.client, marked)
+                                       request, response, client_name(call.client, call.peer), marked)
 
 
 def _rejected_record(call: Call, err: ServingError, received: Optional[Received]) -> bytes:
     return request_log.rejected_record(call.model_name, call.version, call.signature_name,
                                        call.request_id, call.arrived, err.code, err.message,
-                                       received() if received is not None else None, call.client,
+                                       received() if received is not None else None,
+                                       client_name(call.client, call.peer),
                                        err.features if isinstance(err, OutOfDomain) else ())
 
 

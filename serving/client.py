@@ -12,6 +12,7 @@ that signed the server's certificate).
 import base64
 import os
 import socket
+import ssl
 import time
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -77,7 +78,14 @@ def read_token(token_file: Optional[str] = None, token_env: Optional[str] = None
     if token_file:
         from serving.access import check_private_file
         check_private_file(token_file, "--token-file")
-        lines = [line.strip() for line in open(token_file, encoding="utf-8").read().splitlines()]
+        try:
+            lines = [line.strip() for line in open(token_file, encoding="utf-8").read().splitlines()]
+        except OSError as exc:
+            raise ValueError(f"--token-file {token_file}: cannot read it ({exc.strerror}): pass a file "
+                             f"holding the token on one line, readable by this user") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"--token-file {token_file} is not text: pass a file holding the token "
+                             f"on one line") from None
         token = next((line for line in lines if line and not line.startswith("#")), "")
         if not token:
             raise ValueError(f"{token_file} holds no token (one line: the token)")
@@ -88,6 +96,19 @@ def read_token(token_file: Optional[str] = None, token_env: Optional[str] = None
             raise ValueError(f"the environment variable {token_env} holds no token: export it")
         return token
     return None
+
+
+def check_ca_file(ca_file: str) -> None:
+    """ValueError naming ``ca_file`` when it is not a readable PEM certificate (bundle)."""
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError:
+        raise ValueError(f"--ca-file {ca_file} holds no PEM certificate: pass the certificate of the "
+                         f"CA that signed the server's certificate (its tls_cert_file, when "
+                         f"self-signed)") from None
+    except OSError as exc:
+        raise ValueError(f"--ca-file {ca_file}: cannot read it ({exc.strerror}): check the path "
+                         f"and that this user may read it") from None
 
 
 class RestClient:

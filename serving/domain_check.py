@@ -4,9 +4,11 @@ with the version by ``serving.models``).
 
 * ``reject``: on the request path, before the model runs (``DomainCheck.check_feeds``,
   ``check_examples``): a call with a value outside the domain is refused with
-  ``OutOfDomain``, INVALID_ARGUMENT (HTTP 400) naming the feature, the value (bounded)
-  and the allowed domain; the refusal is counted per feature and logged as rejected,
-  its record marked with the features (``core.request_log``).
+  ``OutOfDomain``, INVALID_ARGUMENT (HTTP 400) naming the features only (the value
+  and the allowed domain go to the server log, at most one line a second: the domain
+  is what the model was trained on, nothing a caller needs); the refusal is counted
+  per feature and logged as rejected, its record marked with the features
+  (``core.request_log``).
 * ``log``: on the log writer's thread, as the record is built (``DomainCheck.logged``):
   the logged request's rows are checked, each feature out of domain is counted and
   the record is marked. The request path does not look at any row. Only the calls
@@ -35,29 +37,29 @@ from core import domain as domain_lib
 from core import storage
 from core.domain import DomainError, InputDomain, Violation, read_domain
 from core.examples import input_examples
+from core.request_log import DT_STRING
 from serving import metrics as M
+from serving.access import ThrottledLog
 from serving.errors import ServingError
 
 log = logging.getLogger("tfxops.serving")
 COLUMNAR_MIN_ROWS = 12      # from this many rows, decoding them column-wise costs less
-DT_FLOAT, DT_DOUBLE, DT_INT32, DT_STRING, DT_INT64 = 1, 2, 3, 7, 9     # tensorflow DataType wire values
+DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64 = 1, 2, 3, 9     # tensorflow DataType wire values (and DT_STRING)
 _VALUE_FIELDS = {DT_FLOAT: "float_val", DT_DOUBLE: "double_val", DT_INT32: "int_val",
                  DT_STRING: "string_val", DT_INT64: "int64_val"}
 
 
 class OutOfDomain(ServingError):
     """INVALID_ARGUMENT: a call with values outside the version's input domain;
-    ``features`` names every feature out of domain."""
+    ``features`` names every feature out of domain. The message names the features
+    only: the domain itself (what the model was trained on) goes to the server log."""
 
     def __init__(self, violations: Sequence[Violation]):
-        first = violations[0]
-        others = [v.feature for v in violations[1:]]
-        super().__init__("INVALID_ARGUMENT", (
-            f"{first.feature} value {first.value} is outside the input domain of the model version "
-            f"(the values it was trained on); allowed: {first.allowed}"
-            + (f"; also out of domain: {', '.join(others)}" if others else "")
-            + ". Send values within the domain, or retrain the model on data that has them."))
         self.features: Tuple[str, ...] = tuple(v.feature for v in violations)
+        super().__init__("INVALID_ARGUMENT", (
+            f"{', '.join(self.features)}: outside the values the model was trained on "
+            f"(out_of_domain_action={domain_lib.REJECT}). Send values like those it was trained "
+            f"on, or ask its owners to retrain it on data that has them."))
 
 
 class DomainCheck:
@@ -68,6 +70,7 @@ class DomainCheck:
         self.logs = action == domain_lib.LOG
         self.metrics = metrics
         self.model_name = model_name
+        self._refusals = ThrottledLog("out of domain: refused")
 
     def check_feeds(self, found: InputDomain, feeds: Mapping[str, Iterable]) -> None:
         """``OutOfDomain`` when a predict call's tensors hold a value outside ``found``."""
@@ -80,6 +83,9 @@ class DomainCheck:
     def _refuse(self, violations: List[Violation]) -> None:
         if violations:
             self.count(v.feature for v in violations)
+            first = violations[0]
+            self._refusals.warning("model %s: %s value %s, allowed %s", self.model_name,
+                                   first.feature, first.value, first.allowed)
             raise OutOfDomain(violations)
 
     def logged(self, found: InputDomain, kind: str, request) -> Tuple[str, ...]:

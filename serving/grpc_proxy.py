@@ -121,12 +121,12 @@ class ProxyHandler(grpc.GenericRpcHandler):
         metadata.append((REQUEST_ID_KEY, rid))
         remaining = context.time_remaining()
         timeout = UPSTREAM_TIMEOUT_SECONDS if remaining is None else remaining
-        kind, client = LOGGED.get(method), A.grpc_client(context)
+        kind, (client, peer) = LOGGED.get(method), A.grpc_caller(context)
         try:
             response = await call(request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             self._record(kind, request, started, err.code().name)
-            self._log_rejected(kind, request, rid, arrived, err, client)
+            self._log_rejected(kind, request, rid, arrived, err, client, peer)
             details = err.details() or ""
             if err.code() == grpc.StatusCode.UNAVAILABLE and "connect" in details:
                 details = f"upstream {self.upstream} unavailable: {details}"   # not TF Serving's
@@ -137,18 +137,18 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self._record(kind, request, started, "OK")
         if kind is not None and self.logger is not None and self.logger.sampled():
             versions, domains = self._answered_versions, self.domains
-            self.logger.submit(lambda: _safe_record(kind, request, response, rid, arrived,
-                                                    versions, client, domains))
+            self.logger.submit(lambda: _safe_record(kind, request, response, rid, arrived, versions,
+                                                    A.client_name(client, peer), domains))
         return response
 
     def _log_rejected(self, kind: Optional[str], request: bytes, rid: str, arrived: float,
-                      err: grpc.aio.AioRpcError, client: str) -> None:
+                      err: grpc.aio.AioRpcError, client: str, peer: str) -> None:
         code = err.code().name
         if request_log.logs_rejection(kind, code) and self.logger is not None and \
                 self.logger.sampled():
             details, versions = err.details() or "", self._answered_versions
             self.logger.submit(lambda: _safe_rejected(kind, request, rid, arrived, code, details,
-                                                      versions, client))
+                                                      versions, A.client_name(client, peer)))
 
     def _record(self, kind: Optional[str], request: bytes, started: float, status: str) -> None:
         if kind is None:

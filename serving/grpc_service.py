@@ -11,7 +11,7 @@ would cost every such call CPU time for an id its caller does not read.
 
 What the calls do is ``serving/api.py``'s, shared with the REST API; this module
 reads and writes gRPC's messages and errors. Each ``Call`` names its client
-(``serving.access.grpc_client``: the token's name, else the peer's address).
+(``serving.access.grpc_caller``: the token's name, else the peer's address).
 """
 import functools
 from typing import Callable, Optional, Tuple
@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from core import request_log
 from core.request_log import new_request_id
 from serving import wire
-from serving.access import grpc_client
+from serving.access import grpc_caller
 from serving.api import (GRPC, Call, Received, ServingApi, result_response,
                          serialized_examples)
 from serving.errors import ServingError, internal_error, invalid
@@ -56,8 +56,9 @@ def _start(api: str, request, context) -> Tuple[Call, Optional[str]]:
     call is logged under a made-up one)."""
     sent = _sent_request_id(context)
     name, version, label = _spec(request.model_spec)
+    client, peer = grpc_caller(context)
     return Call(api, GRPC, sent or new_request_id(), name, version, label,
-                request.model_spec.signature_name, client=grpc_client(context)), sent
+                request.model_spec.signature_name, client=client, peer=peer), sent
 
 
 async def _abort_rejected(api: ServingApi, context, call: Call, err: ServingError,
@@ -200,8 +201,9 @@ def _guarded(method: Callable, name: str, counted_by: Optional[ServingApi]) -> C
             err = invalid(f"Could not parse the request: its bytes are not a "
                           f"{request.type_name}")
             if counted_by is not None:
+                client, peer = grpc_caller(context)
                 call = Call(name, GRPC, _sent_request_id(context) or new_request_id(),
-                            client=grpc_client(context))
+                            client=client, peer=peer)
                 return await _abort_rejected(counted_by, context, call, err)
             await context.abort(err.grpc_code, err.message)
         try:

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from core import storage
-from core.domain import read_domain
+from core.domain import DomainError, InputDomain, read_domain
 from core.integrity import FIX as INTEGRITY_FIX, IntegrityPolicy, VersionIntegrity
 from core.pushdir import existing_versions
 from serving.errors import invalid, not_found
@@ -161,11 +161,12 @@ class ModelVersion:
     """One loaded SavedModel version: a graph, a session and its signatures."""
 
     def __init__(self, name: str, version: int, path: str,
-                 threads: "SessionThreads" = None):
+                 threads: "SessionThreads" = None, reads_domain: bool = True):
         import tensorflow as tf
 
         self.name, self.version, self.path = name, version, path
-        self.domain = read_domain(path)    # its input domain (core.domain); None: pushed without one
+        # its input domain (core.domain); None: not checked (out_of_domain_action off, none pushed, unreadable)
+        self.domain = self._input_domain() if reads_domain else None
         self.graph = tf.Graph()
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         (threads or SessionThreads()).apply(config)
@@ -190,6 +191,16 @@ class ModelVersion:
         self._lock = threading.Lock()
         self.refs = 0
         self.retired = False           # unloaded while calls still ran: closed by the last
+
+    def _input_domain(self) -> Optional[InputDomain]:
+        """The domain pushed with this version; None, with a warning naming the file,
+        when it cannot be read: the version is served, unchecked."""
+        try:
+            return read_domain(self.path)
+        except DomainError as exc:
+            log.warning("model %s version %d is served WITHOUT its out-of-domain check: %s", self.name,
+                        self.version, exc)
+            return None
 
     def signature_def_map(self):
         """The SignatureDefMap proto GetModelMetadata answers with."""
@@ -324,8 +335,10 @@ class ModelManager:
                  labels: Optional[Dict[str, int]] = None, poll_seconds: float = 1.0,
                  listener: Optional[Callable[[str, int, str], None]] = None,
                  threads: Optional[SessionThreads] = None, integrity: Optional[IntegrityPolicy] = None,
-                 on_refused: Optional[Callable[[int, VersionIntegrity], None]] = None):
+                 on_refused: Optional[Callable[[int, VersionIntegrity], None]] = None,
+                 reads_domain: bool = True):
         self.name = name
+        self.reads_domain = reads_domain    # each version's input domain (out_of_domain_action is not off)
         self.integrity = integrity or IntegrityPolicy()
         self.on_refused = on_refused
         self.threads = threads or SessionThreads()
@@ -426,7 +439,7 @@ class ModelManager:
         if not self._passes_integrity(version, path, fingerprint):
             return
         try:
-            loaded = ModelVersion(self.name, version, path, self.threads)
+            loaded = ModelVersion(self.name, version, path, self.threads, self.reads_domain)
             loaded.warm_up()
         except Exception as exc:   # noqa: BLE001 - any failure is reported in the status
             code, message = _load_error(exc, path)

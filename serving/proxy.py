@@ -138,12 +138,7 @@ class ProxyHandler(admission.GatedHandler, tornado.web.RequestHandler):
         self.access, self.forward_token = access, forward_token
 
     def prepare(self):     # the body is read by now (not streamed)
-        self.client = self.request.remote_ip
-        if self.access is not None and self.access.guards(self.request.path):
-            self.client, refusal = self.access.admit(
-                self.request.headers.get(A.AUTHORIZATION), self.request.remote_ip)
-            if refusal is not None:
-                _send_refusal(self, refusal)
+        A.admit_request(self, self.access)
 
     async def _forward(self):
         started, arrived = time.perf_counter(), time.time()
@@ -192,14 +187,6 @@ class ProxyHandler(admission.GatedHandler, tornado.web.RequestHandler):
         return None
 
 
-def _send_refusal(handler: tornado.web.RequestHandler, refusal: A.Refusal) -> None:
-    for name, value in refusal.headers:
-        handler.set_header(name, value)
-    handler.set_header("Content-Type", "application/json")
-    handler.set_status(refusal.http_status)
-    handler.finish(dumps({"error": refusal.message}))
-
-
 def build_rejected(path: str, body: bytes, status: int, answer: bytes, request_id: str,
                    arrived: float, client: str = "") -> Optional[bytes]:
     """The rejected-call record of a proxied call the upstream refused (its
@@ -241,11 +228,7 @@ class MetricsHandler(tornado.web.RequestHandler):
         self.metrics, self.access = metrics, access
 
     def prepare(self):
-        if self.access is not None and self.access.guards(self.request.path):
-            refusal = self.access.admit(self.request.headers.get(A.AUTHORIZATION),
-                                        self.request.remote_ip)[1]
-            if refusal is not None:
-                _send_refusal(self, refusal)
+        A.admit_request(self, self.access)
 
     def get(self):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

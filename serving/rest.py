@@ -310,17 +310,6 @@ class _Base(tornado.web.RequestHandler):
     def send_error_json(self, err: ServingError):
         self.send_json({"error": err.message}, err.http_status)
 
-    def admit(self) -> Optional[A.Refusal]:
-        """``access``'s refusal of this request (None: it may run); sets ``client``."""
-        self.client, refusal = self.access.admit(self.request.headers.get(A.AUTHORIZATION),
-                                                 self.request.remote_ip)
-        return refusal
-
-    def send_refusal(self, refusal: A.Refusal):
-        for name, value in refusal.headers:
-            self.set_header(name, value)
-        self.send_error_json(refusal)
-
     def write_error(self, status_code, **kwargs):   # tornado's own errors (405, 400...)
         self.finish(dumps({"error": self._reason}))
 
@@ -346,10 +335,7 @@ def _version(v: Optional[str]) -> Optional[int]:
 
 class StatusHandler(_Base):
     def prepare(self):
-        if self.access is not None:
-            refusal = self.admit()
-            if refusal is not None:
-                self.send_refusal(refusal)
+        A.admit_request(self, self.access)
 
     async def get(self, name, version, label, metadata):
         try:
@@ -383,12 +369,10 @@ class InferenceHandler(admission.GatedHandler, _Base):   # post() counted by the
         self._chunks: List[bytes] = []
         self._size = 0
         self._too_large = False
-        if self.access is None:
-            self.client = self.request.remote_ip
-        else:     # a refused call's body is read (at most max_request_bytes) and dropped
-            self.denied = self.admit()
-            if self.denied is not None:
-                return
+        self.client = self.request.remote_ip
+        if self.access is not None:   # a refused call's body is read (at most max_request_bytes) and dropped
+            self.client, self.denied = self.access.admit(self.request.headers.get(A.AUTHORIZATION),
+                                                         self.client)
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
             self._refuse()
@@ -400,19 +384,25 @@ class InferenceHandler(admission.GatedHandler, _Base):   # post() counted by the
                                client=self.client), refusal)
 
     def _refuse(self):
+        """Answer a body over ``max_request_bytes`` now: 413, or the access refusal
+        of a call that may not run (authentication first), and close the connection."""
         self._too_large = True
         self.set_header("Connection", "close")
+        if self.denied is not None:
+            self.refused(self.denied)
+            A.send_refusal(self, self.denied)
+            return
         self.send_json({"error": f"Request body is larger than the limit of "
                                  f"{self.max_request_bytes} bytes (max_request_bytes)"}, 413)
 
     def data_received(self, chunk: bytes):
-        if self._too_large or self.denied is not None:
+        if self._too_large:
             return
         self._size += len(chunk)
         if self._size > self.max_request_bytes:
             self._refuse()
-            return
-        self._chunks.append(chunk)
+        elif self.denied is None:
+            self._chunks.append(chunk)
 
     async def post(self, name, version, label, method):
         if self._too_large:
@@ -514,10 +504,7 @@ def _result_exchange(request: _RestRequest, result):
 
 class MetricsHandler(_Base):
     def prepare(self):
-        if self.access is not None and self.access.guards(self.request.path):
-            refusal = self.admit()
-            if refusal is not None:
-                self.send_refusal(refusal)
+        A.admit_request(self, self.access)
 
     def get(self):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

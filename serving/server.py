@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-from core import audit, config, integrity
+from core import audit, config, domain as domain_lib, integrity
 
 from serving import access, admission, busy_poll, metrics as M
 from serving.batching import Batcher
@@ -54,7 +54,8 @@ class ModelServer:
             threads=SessionThreads(settings.intra_op_threads, settings.inter_op_threads),
             integrity=integrity.IntegrityPolicy(settings.model_integrity,
                                                 integrity.integrity_key(settings.model_integrity_key_env)),
-            on_refused=self._on_integrity_refusal)
+            on_refused=self._on_integrity_refusal,
+            reads_domain=settings.out_of_domain_action != domain_lib.OFF)
         self.logger = None
         if enable_logging and settings.log_sample_rate > 0:
             self.logger = RequestLogger(settings.request_logs_path, settings.log_sample_rate,

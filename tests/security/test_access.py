@@ -196,7 +196,9 @@ def test_loopback_and_secured_binds_do_not_warn():
     assert access.exposure_warnings("localhost", None, None) == []
     assert access.exposure_warnings("0.0.0.0", tokens, tls) == []
     assert "WITHOUT TLS" in access.exposure_warnings("0.0.0.0", tokens, None)[0]
-    assert "WITHOUT AUTHENTICATION" in access.exposure_warnings("", None, None)[0]
+    unauthenticated = access.exposure_warnings("", None, None)[0]
+    assert "WITHOUT AUTHENTICATION" in unauthenticated
+    assert "silence this warning), set auth_tokens_file" in unauthenticated     # the one way to silence it
 
 
 def test_unusable_access_settings_are_refused_before_the_model_loads(tmp_path, capsys):
@@ -251,3 +253,70 @@ def test_rate_limiter_memory_stays_bounded_under_many_clients():
     assert limiter.take("one") == 1                        # over: retry after 1 s
     clock[0] += 1.0                                        # all idle long enough to be full
     assert limiter.take("new") is None and len(limiter) == 1
+
+
+def test_ipv6_clients_share_a_bucket_per_64_network():
+    """Before: a bucket per IPv6 address, so one host's /64 (2^64 addresses) got
+    unlimited calls and evicted every other client's bucket (rate_limit_max_clients)."""
+    assert access.rate_limit_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert access.rate_limit_key("2001:db8:1:2:ffff:ffff:ffff:fffe") == "2001:db8:1:2::/64"
+    assert access.rate_limit_key("fe80::1%eth0") == "fe80::/64"
+    assert access.rate_limit_key("203.0.113.7") == "203.0.113.7"
+    assert access.rate_limit_key("::ffff:203.0.113.7") == "203.0.113.7"      # IPv4 on a dual-stack socket
+    assert access.rate_limit_key("unix:/tmp/s") == "unix:/tmp/s"
+    limited = access.Access(None, access.RateLimiter(rate=0.01, burst=2, max_clients=3), False)
+    admitted = [limited.admit(None, f"2001:db8:1:2::{i:x}") for i in range(1, 200)]
+    assert [refusal is None for _, refusal in admitted[:3]] == [True, True, False]
+    assert all(refusal is not None and refusal.code == "RESOURCE_EXHAUSTED" for _, refusal in admitted[2:])
+    assert admitted[5][0] == "2001:db8:1:2::6"                     # the log still names the address
+    assert len(limited.limiter) == 1
+    assert limited.admit(None, "2001:db8:1:3::1")[1] is None       # another /64: its own bucket
+    assert limited.admit(None, "203.0.113.7")[1] is None and limited.admit(None, "203.0.113.8")[1] is None
+
+
+def test_predict_names_the_unusable_file_and_the_fix_without_python_errors(tmp_path):
+    """Before: a token file that cannot be read printed Python's exception text, and a
+    wrong --ca-file a traceback (the gRPC client opened it outside any check)."""
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([{"trip_miles": 1.0}]))
+    not_a_cert = tmp_path / "ca.pem"
+    not_a_cert.write_text("not a certificate\n")
+    token_dir = tmp_path / "token"
+    token_dir.mkdir()
+    predict = [sys.executable, "-m", "tfxops.cli", "predict", "--home", str(tmp_path), "--json", str(rows),
+               "--port", "1"]
+    for args, said in (
+            (["--token-file", str(token_dir)], f"--token-file {token_dir}: cannot read it (Is a directory)"),
+            (["--protocol", "grpc", "--ca-file", str(tmp_path / "missing.pem")],
+             f"--ca-file {tmp_path / 'missing.pem'}: cannot read it (No such file or directory)"),
+            (["--ca-file", str(not_a_cert)], f"--ca-file {not_a_cert} holds no PEM certificate")):
+        sent = subprocess.run(predict + args, capture_output=True, text=True, timeout=300)
+        assert sent.returncode == 2, sent.stderr
+        assert said in sent.stderr, sent.stderr
+        for python in ("Traceback", "Errno", "Error:"):
+            assert python not in sent.stderr, sent.stderr
+
+
+def test_an_unauthenticated_call_over_the_size_limit_gets_401_not_a_bare_400(secured):
+    """Before: a Content-Length over max_request_bytes without a token got tornado's
+    bare 400 (the size checked before the token); now 401, JSON, the body unread."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(secured.cert))
+    head = (f"POST {WAITER_PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {secured.settings.max_request_bytes + 1}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", secured.settings.rest_port), timeout=30) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(head)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    status, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert b"www-authenticate: bearer" in headers.lower() and b"connection: close" in headers.lower()
+    assert "Authorization: Bearer" in json.loads(body)["error"]
