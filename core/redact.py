@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Dict, FrozenSet, Optional, Union
 
 from core import features as F
+from core.request_log import DT_STRING
 
 HASH_HEX_CHARS = 16            # 64 bits of the HMAC: collisions among a feature's values are negligible
 DIR_MODE, FILE_MODE = 0o700, 0o600
 MASK = "<redacted>"
 DROPPED_NAME = "<dropped feature>"
-DT_STRING = 7     # tensorflow DataType DT_STRING: a wire constant of types.proto
 
 
 @functools.lru_cache(maxsize=1)

@@ -53,7 +53,8 @@ def _read_rows(args):
     if args.json:
         text = sys.stdin.read() if args.json == "-" else open(args.json).read()
         data = json.loads(text)
-        rows = data if isinstance(data, list) else data.get("instances", [data])
+        rows = data if isinstance(data, list) else (
+            data.get("instances", [data]) if isinstance(data, dict) else [])
         return [r for r in rows if isinstance(r, dict)]
     from core.examples import read_csv_rows
     return list(itertools.islice(read_csv_rows(args.csv), args.rows))
@@ -65,8 +66,13 @@ def cmd_predict(args) -> int:
     settings = settings_from(args)
     try:
         rows = _read_rows(args)
-    except (OSError, ValueError) as exc:
-        print(f"tfxops predict: cannot read rows: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"tfxops predict: cannot read the rows in {exc.filename or args.json or args.csv} "
+              f"({exc.strerror}): check the path", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError:                 # not JSON, not text
+        print(f"tfxops predict: {args.json or args.csv} holds no rows: pass a JSON list of objects "
+              f"(--json) or a CSV file with a header line (--csv)", file=sys.stderr)
         return EXIT_BAD_INPUT
     if not rows:
         print("tfxops predict: no rows to send", file=sys.stderr)
@@ -74,8 +80,10 @@ def cmd_predict(args) -> int:
     port = args.port or (settings.grpc_port if args.protocol == "grpc" else settings.rest_port)
     try:
         token = client.read_token(args.token_file, args.token_env or settings.auth_token_env)
-    except (OSError, ValueError) as exc:
-        print(f"tfxops predict: no token: {exc}", file=sys.stderr)
+        if args.ca_file:
+            client.check_ca_file(args.ca_file)
+    except ValueError as exc:          # AccessError too: messages naming the file and the fix
+        print(f"tfxops predict: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     c = client.make_client(args.protocol, args.host or settings.host, port, settings.model_name,
                            token=token, ca_file=args.ca_file)
