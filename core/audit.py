@@ -52,6 +52,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from core import pushdir, storage
 from core.config import Settings, require_local
+from core.secrets import SecretError, key_from_env
 
 log = logging.getLogger("tfxops.audit")
 
@@ -133,9 +134,12 @@ def actor_name(role: Optional[str] = None) -> str:
 
 
 def signing_key(settings: Settings) -> Optional[bytes]:
-    """The HMAC key from the environment variable ``audit_key_env`` names; None if unset."""
-    value = os.environ.get(settings.audit_key_env, "") if settings.audit_key_env else ""
-    return value.encode() if value else None
+    """The HMAC key from the environment variable ``audit_key_env`` names; None if unset;
+    ``AuditError`` naming the variable if it is too short (``core.secrets``)."""
+    try:
+        return key_from_env(settings.audit_key_env, "the audit trail's HMAC key, setting audit_key_env")
+    except SecretError as exc:
+        raise AuditError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ hashing

@@ -2,9 +2,14 @@
 
 ``core.pushdir.publish_atomically`` writes ``MANIFEST_NAME`` into every version it
 publishes, after every stager ran (model card, input domain), so it covers every
-file of the version: its path relative to the version (POSIX), size and SHA-256.
-Top-level files the publisher rewrites later (the push marker) are named in the
-manifest's ``uncovered`` list and left out; so is the manifest itself.
+file of the version, the push marker included: its path relative to the version
+(POSIX), size and SHA-256; and the version (its directory's name) and model (its
+base directory's name) it was published as: with a key, a version copied to another
+number or into another model's directory (an old version replayed as the newest)
+is refused; a copy under the same number into a directory of the same name
+(``tfxops sync-models``, TF Serving's ``/models/<model_name>``) verifies. Without a
+key the copier could rewrite the manifest as well, so copies are not refused. Manifests written
+before the marker was covered name it in their ``uncovered`` list and left it out.
 
 When the environment variable that ``model_integrity_key_env`` names holds a key,
 the manifest carries an HMAC-SHA256 ``signature`` of its canonical JSON (sorted
@@ -15,7 +20,8 @@ file that is missing, extra or changed, and a bad or missing signature when a ke
 is given. Without a key the manifest catches corrupted and altered files, but not
 a writer who can also rewrite the manifest: set a key to stop that one. With a key,
 a version without a manifest is refused whatever the mode (deleting the manifest
-would otherwise get round the signature).
+would otherwise get round the signature), and so is a manifest that names no
+version and model (written before they were signed: push again).
 
 Files only, through ``core.storage`` (a ``gs://`` push directory is read there).
 """
@@ -23,10 +29,11 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+import posixpath
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from core import storage
+from core.secrets import key_from_env
 from core.storage import Location
 
 MANIFEST_NAME = ".tfxops-manifest.json"     # inside each version, beside the push marker
@@ -74,6 +81,20 @@ class IntegrityPolicy:
     mode: str = MODES[0]
     key: Optional[bytes] = dataclasses.field(default=None, repr=False)
 
+    @classmethod
+    def from_settings(cls, settings) -> "IntegrityPolicy":
+        """The settings' policy; ``core.secrets.SecretError`` naming the variable if its key is too short."""
+        return cls(settings.model_integrity, integrity_key(settings.model_integrity_key_env))
+
+    def warning(self, key_env: str) -> str:
+        """What ``require`` without a key does not do, to say at start; "" otherwise."""
+        if self.mode != "require" or self.key is not None:
+            return ""
+        variable = key_env or "the variable model_integrity_key_env names"
+        return (f"model_integrity=require without a key: manifests are checked for content only (signatures are "
+                f"not checked; a writer who rewrites a manifest with its files passes): set {variable} to the "
+                f"key the pipeline signs with")
+
     def check(self, version_dir: Location) -> Optional[VersionIntegrity]:
         """The version's check; None when the mode is off."""
         if self.mode == "off":
@@ -91,9 +112,9 @@ def settings_problem(values: Mapping) -> str:
 
 
 def integrity_key(env_name: str) -> Optional[bytes]:
-    """The HMAC key in the environment variable ``env_name``; None if unset or empty."""
-    value = os.environ.get(env_name, "") if env_name else ""
-    return value.encode() if value else None
+    """The HMAC key in the environment variable ``env_name``; None if unset or empty;
+    ``core.secrets.SecretError`` naming the variable if it is too short."""
+    return key_from_env(env_name, "the model manifests' HMAC key, setting model_integrity_key_env")
 
 
 # ------------------------------------------------------------------ digests
@@ -133,12 +154,12 @@ def _signature(body: Dict, key: bytes) -> str:
     return SIGNATURE_PREFIX + hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
 
 
-def write_manifest(version_dir: Location, key: Optional[bytes], uncovered: Sequence[str] = ()) -> None:
-    """Write ``MANIFEST_NAME`` into ``version_dir``: every file's digest, signed when
-    ``key`` is given. ``uncovered``: top-level names left out (rewritten later)."""
-    files = [dataclasses.asdict(file_digest(version_dir, path))
-             for path in covered_files(version_dir, uncovered)]
-    body = {"format": FORMAT, "files": files, "uncovered": sorted(uncovered)}
+def write_manifest(version_dir: Location, key: Optional[bytes], version: str, model: str) -> None:
+    """Write ``MANIFEST_NAME`` into ``version_dir`` (a staging directory, say): every
+    file's digest, and the ``version`` and ``model`` (base directory name) it is
+    published as, signed when ``key`` is given."""
+    files = [dataclasses.asdict(file_digest(version_dir, path)) for path in covered_files(version_dir)]
+    body = {"format": FORMAT, "files": files, "version": str(version), "model": model}
     manifest = dict(body, signature=_signature(body, key)) if key else body
     storage.write_text(storage.join(version_dir, MANIFEST_NAME), json.dumps(manifest, indent=1))
 
@@ -175,8 +196,39 @@ def verify_version(version_dir: Location, key: Optional[bytes], require_manifest
         why = "a key is configured" if key else "model_integrity is require"
         return VersionIntegrity(False, [f"{MANIFEST_NAME}: missing ({why}; the version was not pushed "
                                         f"by tfxops, or before manifests were written)"], False, False)
-    problems = _signature_problems(manifest.raw, key) + _file_problems(version_dir, manifest)
+    problems = (_signature_problems(manifest.raw, key) + _binding_problems(version_dir, manifest.raw, key)
+                + _file_problems(version_dir, manifest))
     return VersionIntegrity(not problems, problems, "signature" in manifest.raw, True)
+
+
+def model_of(base_directory: Location) -> str:
+    """The model a push directory holds, as manifests name it: the directory's name."""
+    return posixpath.basename(str(base_directory).rstrip("/"))
+
+
+def published_as(version_dir: Location) -> Tuple[str, str]:
+    """(model, version) a version directory is served as: its base directory's name and its own."""
+    parent, version = posixpath.split(str(version_dir).rstrip("/"))
+    return model_of(parent), version
+
+
+def _binding_problems(version_dir: Location, raw: Dict, key: Optional[bytes]) -> List[str]:
+    """With a key, the manifest's (signed) version and model against the directories the
+    version is in. Without one a copier could rewrite them as well: not checked."""
+    if key is None:
+        return []
+    if "version" not in raw or "model" not in raw:
+        return [f"{MANIFEST_NAME}: names no version and model (written before they were signed), but a key "
+                f"is configured: push the version again"]
+    model, version = published_as(version_dir)
+    problems = []
+    if str(raw["version"]) != version:
+        problems.append(f"{MANIFEST_NAME}: published as version {raw['version']}, found as version {version} "
+                        f"(a copy of another version: an old model replayed as the newest?)")
+    if str(raw["model"]) != model:
+        problems.append(f"{MANIFEST_NAME}: published for model {raw['model']!r}, found under {model!r} "
+                        f"(a version copied from another model's directory?)")
+    return problems
 
 
 def _signature_problems(raw: Dict, key: Optional[bytes]) -> List[str]:

@@ -10,6 +10,7 @@ when the caller says, which pipeline run, Pusher execution and model.
 ``pipeline/recovery.py`` reads it to match a version that has no MLMD record to
 the execution that pushed it. After the stagers (model card, input domain), the
 version's manifest (``core.integrity.MANIFEST_NAME``: every other file's SHA-256,
+the marker's included, and the version number and model name it is published as,
 HMAC-signed when a key is configured) is written beside it; the server checks it
 before loading the version. Then the version appears, by store:
 
@@ -35,6 +36,7 @@ hidden, not numeric); on an object store, a numeric directory without its marker
 writer, whose marker names it); or a whole version without its MLMD record,
 between the publication and the caller's record.
 """
+import dataclasses
 import datetime
 import json
 import os
@@ -115,7 +117,8 @@ def publish_atomically(model_path: Location, base_directory: Location, record: O
     number), so they appear with the version (e.g. its model card). Then the
     version's manifest (``core.integrity``) is written into the staged copy, signed
     with the key in the environment variable ``integrity_key_env`` when it holds one:
-    it covers every file but the marker.
+    it covers every file, the marker too, and names the version and the model
+    (``base_directory``'s name) it is published as.
     """
     storage.makedirs(base_directory)
     version = next_version(base_directory)
@@ -124,7 +127,7 @@ def publish_atomically(model_path: Location, base_directory: Location, record: O
         storage.make_new_dir(staging)
         write_marker(staging, dict(record or {}, base_directory=storage.canonical(base_directory)))
         storage.copy_tree(model_path, staging, skip=[MARKER])
-        stage = _sealed(stage, integrity.integrity_key(integrity_key_env))
+        stage = _sealed(stage, integrity.integrity_key(integrity_key_env), base_directory)
         if storage.has_atomic_rename(base_directory):
             version = _rename_to_free_version(staging, base_directory, version, stage)
         else:
@@ -135,13 +138,13 @@ def publish_atomically(model_path: Location, base_directory: Location, record: O
     return str(version)
 
 
-def _sealed(stage: Optional[Stager], key: Optional[bytes]) -> Stager:
-    """``stage``, then the manifest of everything staged (the marker left out: the
-    object-store path rewrites it, and it is written last there)."""
+def _sealed(stage: Optional[Stager], key: Optional[bytes], base_directory: Location) -> Stager:
+    """``stage``, then the manifest of everything staged, the marker in its final
+    form included, bound to ``<base>/<version>``."""
     def stage_and_seal(directory: Location, version: int) -> None:
         if stage is not None:
             stage(directory, version)
-        integrity.write_manifest(directory, key, uncovered=[MARKER])
+        integrity.write_manifest(directory, key, str(version), integrity.model_of(base_directory))
     return stage_and_seal
 
 
@@ -167,41 +170,63 @@ def _copy_to_free_version(staging: Location, base_directory: Location, version: 
     while storage.exists(storage.join(base_directory, str(version))):
         version += 1
     target = storage.join(base_directory, str(version))
-    stage(staging, version)
     marker = dict(read_marker(staging) or {}, version=str(version))
+    storage.remove(storage.join(staging, MARKER))             # rewritten whole (ram:// appends to a file)
     _write_json(storage.join(staging, MARKER), marker)
+    stage(staging, version)                                   # the manifest covers the marker as written last
     try:
         storage.copy_tree(staging, target, skip=[MARKER])
-        _write_json(storage.join(target, MARKER), marker)     # last: the version is complete
+        storage.write_text(storage.join(target, MARKER),                # last: the version is complete
+                           storage.read_text(storage.join(staging, MARKER)))
     except BaseException:
         storage.remove_tree(target)
         raise
     return version
 
 
-def mirror_versions(source_base: Location, target_base: Location) -> List[str]:
+@dataclasses.dataclass(frozen=True)
+class Mirrored:
+    """What ``mirror_versions`` did: versions copied, and versions not copied because
+    they failed their integrity check (version -> the problems, each naming a file)."""
+    copied: List[str]
+    refused: Dict[str, List[str]]
+
+
+def mirror_versions(source_base: Location, target_base: Location,
+                    policy: integrity.IntegrityPolicy = integrity.IntegrityPolicy()) -> Mirrored:
     """Copy each complete version of ``source_base`` (an object store, say) that
-    ``target_base`` lacks into it, by an atomic rename of a staged copy, so that a
-    server that checks no marker (TF Serving) watching ``target_base`` only ever
-    sees whole versions; returns the versions copied. Additive: a version that
-    leaves the source (moved aside there) stays in the target."""
+    ``target_base`` lacks and that passes ``policy``'s check (as the server's, before
+    it loads one) into it, by an atomic rename of a staged copy, so that a server
+    that checks nothing (TF Serving) watching ``target_base`` only ever sees whole,
+    verified versions. Additive: a version that leaves the source (moved aside
+    there) stays in the target. The manifests name their model: ``target_base``
+    should have ``source_base``'s name (``/models/<model_name>``)."""
     if not storage.has_atomic_rename(target_base):
         raise ValueError(f"{target_base} has no atomic rename: mirror into a local directory")
     storage.makedirs(target_base)
     present = set(_numbered_directories(target_base))
-    copied = []
+    copied, refused = [], {}
     for version in existing_versions(source_base):
         if version in present:
             continue
-        staging = storage.join(target_base, f"{INCOMING_PREFIX}{version}-{os.getpid()}")
-        try:
-            storage.remove_tree(staging)          # a copy of an earlier process with this pid
-            storage.copy_tree(storage.join(source_base, str(version)), staging)
-            storage.rename_dir(staging, storage.join(target_base, str(version)))
-        finally:
-            storage.remove_tree(staging)
+        source = storage.join(source_base, str(version))
+        checked = policy.check(source)
+        if checked is not None and not checked.ok:
+            refused[str(version)] = checked.problems
+            continue
+        _copy_by_rename(source, target_base, version)
         copied.append(str(version))
-    return copied
+    return Mirrored(copied, refused)
+
+
+def _copy_by_rename(source: Location, target_base: Location, version: int) -> None:
+    staging = storage.join(target_base, f"{INCOMING_PREFIX}{version}-{os.getpid()}")
+    try:
+        storage.remove_tree(staging)          # a copy of an earlier process with this pid
+        storage.copy_tree(source, staging)
+        storage.rename_dir(staging, storage.join(target_base, str(version)))
+    finally:
+        storage.remove_tree(staging)
 
 
 # ------------------------------------------------------------------- markers

@@ -45,6 +45,7 @@ from typing import Dict, FrozenSet, Optional, Union
 
 from core import features as F
 from core.request_log import DT_STRING
+from core.secrets import SecretError, key_from_env
 
 HASH_HEX_CHARS = 16            # 64 bits of the HMAC: collisions among a feature's values are negligible
 DIR_MODE, FILE_MODE = 0o700, 0o600
@@ -127,13 +128,17 @@ class Redaction:
         drop, hashed = frozenset(settings.log_drop_features), frozenset(settings.log_hash_features)
         if not drop and not hashed:
             return None
-        salt = environ.get(settings.log_hash_salt_env, "") if hashed else ""
+        try:
+            salt = key_from_env(settings.log_hash_salt_env, "the request logs' hashing salt, setting "
+                                "log_hash_salt_env", environ) if hashed else None
+        except SecretError as exc:
+            raise RedactionError(str(exc)) from None
         if hashed and not salt:
             raise RedactionError(
                 f"log_hash_features ({', '.join(sorted(hashed))}) needs a salt: set the environment variable "
                 f"{settings.log_hash_salt_env} (log_hash_salt_env) to a secret of your own, the same for every "
                 f"server whose logs are compared, or clear log_hash_features")
-        return cls(drop, hashed, salt.encode())
+        return cls(drop, hashed, salt or b"")
 
     @functools.cached_property
     def names(self) -> FrozenSet[str]:

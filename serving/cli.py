@@ -5,9 +5,10 @@ import logging
 import sys
 import time
 
-from core import pushdir, storage
+from core import integrity, pushdir, storage
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
 from core.redact import Redaction
+from core.secrets import SecretError
 
 
 def cmd_serve(args) -> int:
@@ -28,9 +29,12 @@ def cmd_serve(args) -> int:
         access.load_tls(settings)                 # AccessError (a ValueError) naming the file
         access.Access.from_settings(settings)
         Redaction.from_settings(settings)         # RedactionError (a ValueError) naming the salt's variable
+        integrity_policy = integrity.IntegrityPolicy.from_settings(settings)   # SecretError: a key too short
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if integrity_policy.warning(settings.model_integrity_key_env) and not (args.proxy_to or args.proxy_grpc_to):
+        logging.warning("%s", integrity_policy.warning(settings.model_integrity_key_env))
     admission.raise_open_files_limit(settings.max_concurrent_requests)
     proxying = bool(settings.proxy_to or settings.proxy_grpc_to)
     if not proxying and not storage.isdir(settings.model_push_dir):
@@ -107,27 +111,58 @@ def cmd_predict(args) -> int:
 
 
 def cmd_sync_models(args) -> int:
-    """Mirror the complete versions of the push directory into a local directory
-    (docs/storage.md: TF Serving checks no completion marker)."""
+    """Mirror the complete versions of the push directory that pass the integrity check
+    (``model_integrity``, the key) into a local directory (docs/storage.md: TF Serving
+    checks no completion marker and no manifest); exit 1 naming a version not copied."""
     settings = settings_from(args)
     source = settings.model_push_dir
-    if not storage.has_atomic_rename(args.to):
-        print(f"tfxops sync-models: --to {args.to} must be a local directory (one rename makes a "
-              f"version appear there whole)", file=sys.stderr)
+    try:
+        policy = integrity.IntegrityPolicy.from_settings(settings)     # the server's check, as TF Serving has none
+    except SecretError as exc:
+        print(f"tfxops sync-models: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    problem = _sync_target_problem(args.to, source, policy)
+    if problem:
+        print(f"tfxops sync-models: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if policy.warning(settings.model_integrity_key_env):
+        print(f"tfxops sync-models: warning: {policy.warning(settings.model_integrity_key_env)}", file=sys.stderr)
+    reported = set()
     while True:
         try:
-            copied = pushdir.mirror_versions(source, args.to)
+            mirrored = pushdir.mirror_versions(source, args.to, policy)
         except OSError:
             logging.exception("sync-models failed")
             print(f"tfxops sync-models: cannot copy the versions of {source} into {args.to}: check that "
                   f"both are reachable and {args.to} is writable", file=sys.stderr)
             return EXIT_FAILED
-        for version in copied:
+        for version in mirrored.copied:
             print(f"version {version}: copied from {source} to {args.to}", flush=True)
+        _report_refused(mirrored.refused, source, reported)
         if args.once:
-            return EXIT_OK
+            return EXIT_FAILED if mirrored.refused else EXIT_OK
         time.sleep(settings.poll_seconds)
+
+
+def _sync_target_problem(target, source, policy) -> str:
+    """Why ``target`` cannot receive ``source``'s versions; "" if it can."""
+    if not storage.has_atomic_rename(target):
+        return f"--to {target} must be a local directory (one rename makes a version appear there whole)"
+    wanted = integrity.model_of(source)
+    if policy.key is not None and integrity.model_of(target) != wanted:
+        return (f"--to {target} must end in /{wanted}, the name of the push directory {source}: each version's "
+                f"signed manifest names its model, and a copy under another name fails verification")
+    return ""
+
+
+def _report_refused(refused, source, reported) -> None:
+    """Each version not copied (failed its check), once per process, on stderr."""
+    for version, problems in refused.items():
+        if version not in reported:
+            print(f"tfxops sync-models: version {version} of {source} NOT copied: it differs from what was pushed:"
+                  + "".join(f"\n  {problem}" for problem in problems) + f"\nFix: {integrity.FIX}",
+                  file=sys.stderr, flush=True)
+            reported.add(version)
 
 
 def register(subparsers) -> None:

@@ -15,6 +15,7 @@ from typing import Dict, List
 
 from core import integrity, pushdir, storage
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
+from core.secrets import SecretError
 
 
 def _versions_to_check(base, wanted) -> List[int]:
@@ -45,8 +46,16 @@ def cmd_verify(args) -> int:
         print(f"tfxops verify: no version {args.version} in {base} (versions there: "
               f"{pushdir.existing_versions(base) or 'none'})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    key = integrity.integrity_key(settings.model_integrity_key_env)
+    try:
+        key = integrity.integrity_key(settings.model_integrity_key_env)
+    except SecretError as exc:
+        print(f"tfxops verify: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     require = settings.model_integrity == "require"
+    warning = integrity.IntegrityPolicy("require" if require else "verify", key).warning(
+        settings.model_integrity_key_env)
+    if warning:
+        print(f"tfxops verify: warning: {warning}", file=sys.stderr)
     results: Dict[int, integrity.VersionIntegrity] = {
         version: integrity.verify_version(storage.join(base, str(version)), key, require) for version in versions}
     failed = [version for version, checked in results.items() if not checked.ok]

@@ -16,7 +16,7 @@ KEY_ENV = "TFXOPS_TEST_AUDIT_KEY"
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, "the right key")
+    monkeypatch.setenv(KEY_ENV, "the right key, long enough")
     return config.load({"home": str(tmp_path), "audit_key_env": KEY_ENV})
 
 
@@ -42,7 +42,7 @@ def test_entries_chain_and_sign(settings):
     assert all(e["hash"] == audit.entry_hash(e) for e in entries)
     assert entries[2]["evidence"] == {"execution_id": 12} and entries[2]["model_version"] == "1002"
     assert "@" in entries[0]["actor"] and entries[0]["action"] == "pushed"
-    assert "the right key" not in path.read_text()          # the key is never stored
+    assert "the right key, long enough" not in path.read_text()          # the key is never stored
     result = audit.verify(path, audit.signing_key(settings))
     assert result.ok and result.signatures_checked and result.entries == 5
 
@@ -91,11 +91,11 @@ def test_cli_verify_and_print(settings, tmp_path):
     import os
 
     path = _fill(settings)
-    env = dict(os.environ, **{KEY_ENV: "the right key"})
+    env = dict(os.environ, **{KEY_ENV: "the right key, long enough"})
     good = _tfxops("--home", str(tmp_path), "--set", f"audit_key_env={KEY_ENV}", "--verify", env=env)
     assert good.returncode == 0 and "5 entries, hash chain and signatures intact" in good.stdout, good.stderr
     wrong = _tfxops("--home", str(tmp_path), "--set", f"audit_key_env={KEY_ENV}", "--verify",
-                    env=dict(env, **{KEY_ENV: "a wrong key"}))
+                    env=dict(env, **{KEY_ENV: "a wrong key, long enough"}))
     assert wrong.returncode == 1
     assert f"{path}: line 1: entry 1 has a bad signature" in wrong.stderr
     shown = _tfxops("--home", str(tmp_path), "--version", "1003", "--json", env=env)
@@ -141,7 +141,7 @@ def test_a_torn_last_line_is_a_warning_then_recorded_by_the_next_append(settings
         handle.write(b'{"action": "pushed", "seq": 4, "rea')          # a writer died mid-append
     result = audit.verify(path, audit.signing_key(settings))
     assert result.ok and [(w.line, "cut short" in w.what) for w in result.warnings] == [(4, True)]
-    env = dict(os.environ, **{KEY_ENV: "the right key"})
+    env = dict(os.environ, **{KEY_ENV: "the right key, long enough"})
     shown = _tfxops("--home", str(tmp_path), "--set", f"audit_key_env={KEY_ENV}", "--verify", env=env)
     assert shown.returncode == 0 and "warning: line 4: the last line is a write cut short" in shown.stdout
     assert audit.record(settings, audit.RUN_STARTED, "after the crash").ok
@@ -161,7 +161,7 @@ def test_an_unsigned_append_after_signed_entries_is_logged_and_found(settings, m
     with caplog.at_level("ERROR", logger="tfxops.audit"):
         assert audit.record(settings, audit.RUN_STARTED, "a writer without the key").ok
     assert KEY_ENV in caplog.text and "UNSIGNED after signed entries" in caplog.text
-    result = audit.verify(path, b"the right key")
+    result = audit.verify(path, b"the right key, long enough")
     assert result.problem.line == 3 and "unsigned entry after signed ones" in result.problem.what
     result = audit.verify(path, None)
     assert result.ok and "unsigned after signed ones" in result.warnings[0].what
@@ -184,7 +184,7 @@ def test_hand_edited_values_are_named_by_line_without_a_traceback(settings, tmp_
 
     path = _fill(settings, 4)
     _rewrite(path, _set_field(2, field, value))
-    env = dict(os.environ, **{KEY_ENV: "the right key"})
+    env = dict(os.environ, **{KEY_ENV: "the right key, long enough"})
     home = ["--home", str(tmp_path), "--set", f"audit_key_env={KEY_ENV}"]
     verified = _tfxops(*home, "--verify", env=env)
     assert verified.returncode == 1 and f"{path}: line 3: entry" in verified.stderr
@@ -214,7 +214,7 @@ def test_cli_since_with_z_and_verify_refuses_filters(settings, tmp_path):
     import os
 
     _fill(settings, 2)
-    env = dict(os.environ, **{KEY_ENV: "the right key"})
+    env = dict(os.environ, **{KEY_ENV: "the right key, long enough"})
     since = _tfxops("--home", str(tmp_path), "--since", "2000-01-01T20:00Z", "--json", env=env)
     assert since.returncode == 0 and len(json.loads(since.stdout)) == 2, since.stderr
     future = _tfxops("--home", str(tmp_path), "--since", "2999-01-01T00:00Z", "--json", env=env)

@@ -4,8 +4,12 @@ whose files differ (a flipped byte, a dropped-in file, a manifest signed with
 another key or not signed) while the version it served keeps answering; the
 refusal is in the status, a metric, the audit trail and the server's log;
 ``tfxops verify`` names each bad file; the compose file runs it before TF Serving."""
+import hashlib
+import hmac
 import json
+import logging
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -52,12 +56,14 @@ def _flip_one_byte(path: Path) -> None:
 # ------------------------------------------------------------------ the Pusher's manifest
 def test_the_pipelines_push_carries_a_manifest_of_every_file(pushed_model):
     """The session's real AtomicPusher push: the manifest lists every file of the
-    version (model card and input domain included: written after the stagers), the
-    push marker and the manifest itself aside."""
+    version (model card and input domain included: written after the stagers; the
+    push marker too), the manifest itself aside, and the version and model it is."""
     version = Path(pushed_model)
     manifest = json.loads((version / integrity.MANIFEST_NAME).read_text())
     files = {str(p.relative_to(version)) for p in version.rglob("*") if p.is_file()}
-    assert {entry["path"] for entry in manifest["files"]} == files - {pushdir.MARKER, integrity.MANIFEST_NAME}
+    assert {entry["path"] for entry in manifest["files"]} == files - {integrity.MANIFEST_NAME}
+    assert pushdir.MARKER in files
+    assert (manifest["version"], manifest["model"]) == (version.name, version.parent.name)
     assert any(path.startswith("assets.extra/model_card/") for path in files)
     assert integrity.verify_version(version, None, require_manifest=True).ok
 
@@ -114,14 +120,21 @@ def served(tmp_path_factory, pushed_model):
 
 
 def _drop_in(served, pushed_model, tamper, key_env=KEY_ENV) -> int:
-    """A version pushed elsewhere, tampered with there, then renamed into the served
-    push directory whole, as the newest version (how a push appears); its number."""
-    staged = _publish(pushed_model, served.home / f"elsewhere-{uuid.uuid4().hex}", key_env)
-    tamper(staged)
+    """A version pushed elsewhere (a directory of the same model name, numbered past
+    the served ones), tampered with there, then renamed into the served push
+    directory whole under its own number, as the newest version (how a push
+    appears); its number."""
     push_dir = served.settings.model_push_dir
-    number = max(int(p.name) for p in push_dir.iterdir() if p.name.isdigit()) + 1
-    os.rename(staged, push_dir / str(number))
-    return number
+    elsewhere = served.home / f"elsewhere-{uuid.uuid4().hex}" / push_dir.name
+    (elsewhere / str(_newest(push_dir))).mkdir(parents=True)       # the next number is past it
+    staged = _publish(pushed_model, elsewhere, key_env)
+    tamper(staged)
+    os.rename(staged, push_dir / staged.name)
+    return int(staged.name)
+
+
+def _newest(push_dir: Path) -> int:
+    return max(int(p.name) for p in push_dir.iterdir() if p.name.isdigit())
 
 
 def _refusal(served, version: int) -> str:
@@ -208,7 +221,161 @@ def test_a_signed_untouched_version_is_served(served, pushed_model, rows):
     assert f"version {good} matches its manifest" in served.log()
 
 
+def test_a_signed_version_copied_to_a_newer_number_is_refused(served, rows):
+    """Replay: a writer without the key copies a signed version (the served one, or an
+    old superseded one) to a higher number, to be loaded as the newest. Its files and
+    signature are intact; the manifest names the version it was published as."""
+    push_dir = served.settings.model_push_dir
+    before = served.counter(FAILURES)
+    replayed = _newest(push_dir) + 1
+    shutil.copytree(push_dir / str(served.good), push_dir / f".copy-{replayed}")
+    os.rename(push_dir / f".copy-{replayed}", push_dir / str(replayed))       # appears whole
+    message = _refusal(served, replayed)
+    assert f"published as version {served.good}, found as version {replayed}" in message
+    assert served.wait_counter(FAILURES, before + 1) == before + 1
+    assert f"published as version {served.good}" in _refused_in_audit(served, replayed)
+    assert _answering_version(served, rows) != replayed
+
+
 # ------------------------------------------------------------------ modes, in-process
+MODEL_KEY = "the pipeline's key"
+
+
+def _signed_old_format(version: Path, key: str) -> None:
+    """The manifest as tfxops wrote it before it named its version and model, signed."""
+    manifest = json.loads((version / integrity.MANIFEST_NAME).read_text())
+    body = {name: manifest[name] for name in ("format", "files")}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    body["signature"] = integrity.SIGNATURE_PREFIX + hmac.new(key.encode(), canonical, hashlib.sha256).hexdigest()
+    (version / integrity.MANIFEST_NAME).write_text(json.dumps(body))
+
+
+def test_a_version_replayed_under_another_number_or_model_or_with_an_edited_marker_is_refused(
+        tmp_path, pushed_model, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, MODEL_KEY)
+    key = MODEL_KEY.encode()
+    version = _publish(pushed_model, tmp_path / "taxi")
+    number = int(version.name)
+    assert integrity.verify_version(version, key, require_manifest=True).ok
+
+    def problems(copy: Path):
+        shutil.copytree(version, copy)
+        checked = integrity.verify_version(copy, key, require_manifest=True)
+        assert not checked.ok
+        return checked.summary()
+    assert f"published as version {number}, found as version {number + 1}" in problems(tmp_path / "taxi" / str(number + 1))
+    assert "published for model 'taxi', found under 'fraud'" in problems(tmp_path / "fraud" / version.name)
+    # the same number under a directory of the model's name (sync-models, TF Serving's /models/taxi) verifies
+    shutil.copytree(version, tmp_path / "tf-serving" / "taxi" / version.name)
+    assert integrity.verify_version(tmp_path / "tf-serving" / "taxi" / version.name, key, True).ok
+    # a signed manifest of the format before the binding: refused with a key, not replayable
+    old = tmp_path / "old" / "taxi" / str(number + 2)
+    shutil.copytree(version, old)
+    _signed_old_format(old, MODEL_KEY)
+    assert "names no version and model" in integrity.verify_version(old, key, True).summary()
+    # the push marker (audit evidence and lineage read it): edited, with or without a key
+    marker = json.loads((version / pushdir.MARKER).read_text())
+    (version / pushdir.MARKER).write_text(json.dumps(dict(marker, run_id="a run that never pushed this")))
+    for checking_key in (key, None):
+        assert f"{pushdir.MARKER}: changed" in integrity.verify_version(version, checking_key, True).summary()
+
+
+def test_an_object_store_push_covers_its_marker_written_last(tmp_path, pushed_model, monkeypatch):
+    """On a store without rename the marker is written into the version last; the
+    manifest holds its final content all the same. (TensorFlow's ram:// lists
+    ``assets.extra``'s files under ``assets`` too, and appends to a file written
+    again: the model goes without them and without its old manifest.)"""
+    from core import storage
+
+    monkeypatch.setenv(KEY_ENV, MODEL_KEY)
+    model = tmp_path / "model"
+    shutil.copytree(pushed_model, model, ignore=shutil.ignore_patterns("assets.extra", pushdir.MARKER,
+                                                                       integrity.MANIFEST_NAME))
+    base = f"ram://tfxops-{uuid.uuid4().hex}/models/taxi"
+    version = f"{base}/{pushdir.publish_atomically(str(model), base)}"
+    assert integrity.verify_version(version, MODEL_KEY.encode(), require_manifest=True).ok
+    marker = storage.join(version, pushdir.MARKER)
+    storage.write_text(marker, storage.read_text(marker).replace('"base_directory"', '"forged": 1, "base_directory"'))
+    assert f"{pushdir.MARKER}: changed" in integrity.verify_version(version, MODEL_KEY.encode(), True).summary()
+
+
+def test_sync_models_copies_only_verified_versions_and_names_the_others(tmp_path, pushed_model, capsys, monkeypatch):
+    """TF Serving checks nothing: sync-models is its gate. A tampered version and a
+    replayed one are not copied (exit 1 naming their files); the good one is."""
+    from tfxops import cli
+
+    monkeypatch.setenv(KEY_ENV, MODEL_KEY)
+    settings = config.load({"home": str(tmp_path)})
+    good = _publish(pushed_model, settings.model_push_dir)
+    bad = _publish(pushed_model, settings.model_push_dir)
+    data_file = f"variables/{_variables_data(bad).name}"
+    _flip_one_byte(bad / data_file)
+    replayed = settings.model_push_dir / str(int(bad.name) + 1)
+    shutil.copytree(good, replayed)
+    mirror = tmp_path / "tf-serving" / settings.model_name
+    argv = ["sync-models", "--home", str(tmp_path), "--to", str(mirror), "--once"]
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert os.listdir(mirror) == [good.name] and f"version {good.name}: copied" in out
+    assert f"version {bad.name} of {settings.model_push_dir} NOT copied" in err and f"{data_file}: changed" in err
+    assert f"version {replayed.name} of" in err and f"published as version {good.name}" in err
+    assert "Fix: push the model again" in err and "Traceback" not in err
+    code, out, _ = _verify(capsys, tmp_path, "--set", f"serving_dir={mirror.parent}")
+    assert code == 0 and f"version {good.name}: ok (signature checked)" in out
+    # into a directory of another name every copy would fail its check: refused before copying
+    assert cli.main(argv[:-3] + ["--to", str(tmp_path / "tf-serving" / "other"), "--once"]) == 2
+    assert f"must end in /{settings.model_name}" in capsys.readouterr().err
+    assert not (tmp_path / "tf-serving" / "other").exists()
+
+
+def test_a_key_or_salt_shorter_than_16_bytes_is_refused_naming_its_variable(tmp_path, pushed_model, capsys,
+                                                                              monkeypatch):
+    from core.redact import Redaction, RedactionError
+    from core.secrets import SecretError
+    from tfxops import cli
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    settings = config.load({"home": str(tmp_path)})
+    with pytest.raises(SecretError, match=f"{KEY_ENV} .*holds 1 bytes: use at least 16"):
+        _publish(pushed_model, settings.model_push_dir)
+    assert os.listdir(settings.model_push_dir) == []                 # nothing published, no staging left
+    for command in (["verify"], ["serve"], ["sync-models", "--to", str(tmp_path / "m" / "taxi"), "--once"]):
+        assert cli.main([command[0], "--home", str(tmp_path), *command[1:]]) == 2, command
+        err = capsys.readouterr().err
+        assert f"{KEY_ENV} (the model manifests' HMAC key" in err and "Traceback" not in err
+    monkeypatch.setenv(KEY_ENV, "k" * 16)
+    assert integrity.verify_version(_publish(pushed_model, settings.model_push_dir), b"k" * 16, True).ok
+
+    monkeypatch.setenv(settings.audit_key_env, "short")
+    with pytest.raises(audit.AuditError, match=settings.audit_key_env):
+        audit.signing_key(settings)
+    written = audit.record(settings, audit.MODEL_REFUSED, "a test")
+    assert written.error and settings.audit_key_env in written.error      # reported, not raised
+    assert cli.main(["audit", "--home", str(tmp_path), "--verify"]) == 2
+    assert settings.audit_key_env in capsys.readouterr().err
+
+    hashed = config.load({"home": str(tmp_path), "log_hash_features": "payment_type",
+                          "retrain_with_feedback": "false"})
+    with pytest.raises(RedactionError, match=f"{hashed.log_hash_salt_env} .*holds 4 bytes"):
+        Redaction.from_settings(hashed, environ={hashed.log_hash_salt_env: "salt"})
+    assert Redaction.from_settings(hashed, environ={hashed.log_hash_salt_env: "s" * 16}).salt == b"s" * 16
+
+
+def test_require_without_a_key_warns_that_signatures_are_not_checked(tmp_path, pushed_model, capsys, caplog,
+                                                                      monkeypatch):
+    from tfxops import cli
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    settings = config.load({"home": str(tmp_path)})
+    _publish(pushed_model, settings.model_push_dir)
+    code, _, err = _verify(capsys, tmp_path, "--set", "model_integrity=require")
+    assert code == 0 and "checked for content only" in err and f"set {KEY_ENV}" in err
+    assert "content only" not in _verify(capsys, tmp_path)[2]                       # verify: no claim to warn about
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["serve", "--home", str(tmp_path / "no-models"), "--set", "model_integrity=require"]) == 2
+    assert "checked for content only" in caplog.text
+
+
 def _swap_first_two_lines(path: Path) -> None:
     """A vocabulary reordered: the same size, another meaning (TensorFlow checks no asset)."""
     lines = path.read_text().splitlines(keepends=True)
