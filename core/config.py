@@ -391,21 +391,15 @@ def load(overrides: Optional[Dict[str, str]] = None,
     if unknown:
         raise ConfigError(f"setting 'sensitive_features' names {', '.join(unknown)}, not a raw feature; "
                           f"raw features: {', '.join(sorted(RAW_FEATURE_TYPES))}")
-    from core.domain import settings_problem      # the out-of-domain settings (issue 16 part 4)
-    if settings_problem(values):
-        raise ConfigError(settings_problem(values))
-    from core.integrity import settings_problem as integrity_problem   # issue 16 part 1
-    if integrity_problem(values):
-        raise ConfigError(integrity_problem(values))
     _check_access_settings(values)                # inference access (issue 16 part 2)
-    from core.holdout import settings_problem as holdout_problem      # trusted holdout (issue 16 part 5b)
-    if holdout_problem(values):
-        raise ConfigError(holdout_problem(values))
     _check_poisoning_settings(values)             # feedback poisoning guard (issue 16 part 5a)
     _check_probing_settings(values)               # extraction and probing signals (issue 16 part 3)
-    from core.redact import settings_problem as redaction_problem    # request-log redaction (issue 16 part 6)
-    if redaction_problem(values):
-        raise ConfigError(redaction_problem(values))
+    from core import domain, holdout, integrity, redact   # each owns its settings' checks (issue 16)
+    for settings_problem in (domain.settings_problem, integrity.settings_problem, holdout.settings_problem,
+                             redact.settings_problem):
+        problem = settings_problem(values)
+        if problem:
+            raise ConfigError(problem)
     return Settings(**values)
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Dict, FrozenSet, Optional, Union
 
 from core import features as F
-from core.request_log import DT_STRING
+from core.request_log import DT_STRING, ERROR_OUTPUT, OUT_OF_DOMAIN_TAG
 from core.secrets import SecretError, key_from_env
 
 HASH_HEX_CHARS = 16            # 64 bits of the HMAC: collisions among a feature's values are negligible
@@ -124,7 +124,6 @@ class Redaction:
     def from_settings(cls, settings, environ=None) -> Optional["Redaction"]:
         """The settings' redaction, None when nothing is redacted; ``RedactionError``
         naming the variable when features are hashed and ``log_hash_salt_env`` is unset."""
-        environ = os.environ if environ is None else environ
         drop, hashed = frozenset(settings.log_drop_features), frozenset(settings.log_hash_features)
         if not drop and not hashed:
             return None
@@ -168,10 +167,10 @@ class Redaction:
 
     def _out_of_domain_mark(self, tags) -> None:
         """The out-of-domain mark (``core.request_log.OUT_OF_DOMAIN_TAG``) without the dropped features."""
-        from core.request_log import OUT_OF_DOMAIN_TAG
-
+        if not self.drop:
+            return
         for i in reversed(range(len(tags))):
-            if tags[i].startswith(OUT_OF_DOMAIN_TAG) and self.drop:
+            if tags[i].startswith(OUT_OF_DOMAIN_TAG):
                 kept = [f for f in tags[i][len(OUT_OF_DOMAIN_TAG):].split(",") if f and f not in self.drop]
                 if kept:
                     tags[i] = OUT_OF_DOMAIN_TAG + ",".join(kept)
@@ -179,8 +178,6 @@ class Redaction:
                     del tags[i]
 
     def _predict(self, request, response) -> None:
-        from core.request_log import ERROR_OUTPUT
-
         inputs = request.inputs
         examples_only = len(inputs) == 1 and request.model_spec.signature_name in ("", F.DEFAULT_SIGNATURE)
         for name in list(inputs):

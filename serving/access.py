@@ -362,7 +362,7 @@ def peer_address(peer: str) -> str:
 
 def grpc_client(context) -> str:
     """The client of a gRPC call: as ``GrpcGuard`` identified it, else its address."""
-    return CLIENT.get() or peer_address(context.peer())
+    return client_name(*grpc_caller(context))
 
 
 def grpc_caller(context) -> Tuple[str, str]:

@@ -33,8 +33,9 @@ def cmd_serve(args) -> int:
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if integrity_policy.warning(settings.model_integrity_key_env) and not (args.proxy_to or args.proxy_grpc_to):
-        logging.warning("%s", integrity_policy.warning(settings.model_integrity_key_env))
+    integrity_warning = integrity_policy.warning(settings.model_integrity_key_env)
+    if integrity_warning and not (args.proxy_to or args.proxy_grpc_to):
+        logging.warning("%s", integrity_warning)
     admission.raise_open_files_limit(settings.max_concurrent_requests)
     proxying = bool(settings.proxy_to or settings.proxy_grpc_to)
     if not proxying and not storage.isdir(settings.model_push_dir):
@@ -125,8 +126,9 @@ def cmd_sync_models(args) -> int:
     if problem:
         print(f"tfxops sync-models: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if policy.warning(settings.model_integrity_key_env):
-        print(f"tfxops sync-models: warning: {policy.warning(settings.model_integrity_key_env)}", file=sys.stderr)
+    integrity_warning = policy.warning(settings.model_integrity_key_env)
+    if integrity_warning:
+        print(f"tfxops sync-models: warning: {integrity_warning}", file=sys.stderr)
     reported = set()
     while True:
         try:

@@ -52,8 +52,7 @@ class ModelServer:
             parse_labels(settings.version_labels), settings.poll_seconds,
             listener=self._on_version_event,
             threads=SessionThreads(settings.intra_op_threads, settings.inter_op_threads),
-            integrity=integrity.IntegrityPolicy(settings.model_integrity,
-                                                integrity.integrity_key(settings.model_integrity_key_env)),
+            integrity=integrity.IntegrityPolicy.from_settings(settings),
             on_refused=self._on_integrity_refusal,
             reads_domain=settings.out_of_domain_action != domain_lib.OFF)
         self.logger = None
