@@ -47,17 +47,18 @@ def cmd_verify(args) -> int:
               f"{pushdir.existing_versions(base) or 'none'})", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        key = integrity.integrity_key(settings.model_integrity_key_env)
+        policy = integrity.IntegrityPolicy.from_settings(settings)
     except SecretError as exc:
         print(f"tfxops verify: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    require = settings.model_integrity == "require"
-    warning = integrity.IntegrityPolicy("require" if require else "verify", key).warning(
-        settings.model_integrity_key_env)
+    if policy.mode == "off":          # this command always checks
+        policy = dataclasses.replace(policy, mode="verify")
+    key = policy.key
+    warning = policy.warning(settings.model_integrity_key_env)
     if warning:
         print(f"tfxops verify: warning: {warning}", file=sys.stderr)
     results: Dict[int, integrity.VersionIntegrity] = {
-        version: integrity.verify_version(storage.join(base, str(version)), key, require) for version in versions}
+        version: policy.check(storage.join(base, str(version))) for version in versions}
     failed = [version for version, checked in results.items() if not checked.ok]
     if args.json:
         print(json.dumps({"push_directory": str(base), "ok": not failed, "versions": [
