@@ -284,6 +284,20 @@ class Settings:
     log_hash_features: List[str] = dataclasses.field(default_factory=list)   # raw features logged as salted HMAC-SHA256
     log_hash_salt_env: str = "TFXOPS_LOG_SALT"   # the environment variable holding that salt (never stored)
 
+    # --- TF Serving's configuration files (issue 17 part 1; serving/model_config.py): only lines of that work here
+
+    # --- warm-up and infra validation (issue 17 part 2; core/warmup.py, pipeline/infra_validation.py): only lines of that work here
+
+    # --- Open Inference Protocol, KServe V2 (issue 17 part 3; serving/v2/): only lines of that work here
+
+    # --- canary and shadow, promote and rollback (issue 17 part 4; serving/traffic_split.py): only lines of that work here
+
+    # --- MLflow mirror and registry (issue 18; tracking/): only lines of that work here
+
+    # --- monitoring report and index (issue 18; monitoring/report.py): only lines of that work here
+
+    # --- terminal (issue 18; tfxops/cli.py, core/command.py): only lines of that work here
+
     # ------------------------------------------------------------ derived paths
     # A Path for a local path, the URI (str) for a URI: see the module docstring.
     def _under_home(self, value: str, default: str) -> Location:
