@@ -64,11 +64,12 @@ PROMOTE, ROLLBACK = "promote", "rollback"      # no command does these yet
 SERVED_VERSION_CHANGED = "served_version_changed"
 TORN_LINE = "torn_line"     # the line before it is a write cut short (the appender notes it)
 MODEL_REFUSED = "model_refused"    # a version the server would not load: it failed its integrity check
+SERVED_CONFIG_CHANGED = "served_config_changed"   # the served model list, policies or labels (serving/model_config.py)
 # a span of labelled requests held back from a retrain (monitoring.poisoning), then released or discarded
 RETRAIN_HELD, RETRAIN_APPROVED, RETRAIN_REJECTED = "retrain_held", "retrain_approved", "retrain_rejected"
 ACTIONS = (RUN_STARTED, RUN_ENDED, GATE_STOPPED, BLESSING_REFUSED, PUSHED, MONITOR_DECISION,
            RETRAIN, REPUSH, PROMOTE, ROLLBACK, SERVED_VERSION_CHANGED, TORN_LINE,
-           RETRAIN_HELD, RETRAIN_APPROVED, RETRAIN_REJECTED, MODEL_REFUSED)
+           RETRAIN_HELD, RETRAIN_APPROVED, RETRAIN_REJECTED, MODEL_REFUSED, SERVED_CONFIG_CHANGED)
 
 GENESIS = "0" * 64          # prev_hash of the first entry
 _UNSIGNED = ("hash", "signature")

@@ -285,14 +285,30 @@ class Settings:
     log_hash_salt_env: str = "TFXOPS_LOG_SALT"   # the environment variable holding that salt (never stored)
 
     # --- TF Serving's configuration files (issue 17 part 1; serving/model_config.py): only lines of that work here
+    model_config_file: str = ""              # TF Serving's --model_config_file (text ModelServerConfig); "": one
+                                             # model from model_name/serving_dir/model_version_policy/version_labels
+                                             # (or <home>/serving/models.config when it exists)
+    model_config_file_poll_wait_seconds: float = 0   # re-read model_config_file this often; 0: never (as TF Serving)
+    batching_parameters_file: str = ""       # TF Serving's BatchingParameters text file (needs enable_batching)
+    monitoring_config_file: str = ""         # TF Serving's MonitoringConfig text file: where metrics are exposed
+    container_volumes: List[str] = dataclasses.field(default_factory=list)   # "host:container[:ro]" as compose's
+                                             # volumes: container paths in those files are read from the host path
 
     # --- warm-up and infra validation (issue 17 part 2; core/warmup.py, pipeline/infra_validation.py): only lines of that work here
 
     # --- Open Inference Protocol, KServe V2 (issue 17 part 3; serving/v2/): only lines of that work here
 
     # --- canary and shadow, promote and rollback (issue 17 part 4; serving/traffic_split.py): only lines of that work here
+    canary_percent: float = 0.0              # % of requests naming no version or label answered by the canary_label version
+    shadow_percent: float = 0.0              # % of those requests also run on the canary_label version (logged, never returned)
+    canary_label: str = "canary"             # the version label of the candidate (promote removes it)
+    stable_label: str = "stable"             # the version label of production (promote/rollback set it); none: the latest
 
     # --- MLflow mirror and registry (issue 18; tracking/): only lines of that work here
+    mlflow_tracking: bool = True             # mirror runs, pushed versions and monitor windows to MLflow
+    mlflow_tracking_uri: str = ""            # any MLflow tracking URI; "": sqlite:///<home>/mlflow.db
+    mlflow_experiment: str = "tfxops"        # runs go here, monitor windows to "<mlflow_experiment>-monitor"
+    mlflow_registered_model: str = ""        # the registered model pushed versions become; "": model_name
 
     # --- monitoring report and index (issue 18; monitoring/report.py): only lines of that work here
 
@@ -321,6 +337,12 @@ class Settings:
         return storage.join(self.serving_base, self.model_name)
 
     @property
+    def served_model_config_path(self) -> Location:
+        """The model config file ``tfxops promote`` writes when model_config_file is "":
+        <home>/serving/models.config (read by ``tfxops serve`` when it exists)."""
+        return storage.join(self.home, "serving", "models.config")
+
+    @property
     def logs_path(self) -> Location:
         return self._under_home(self.log_dir, "logs")
 
@@ -338,11 +360,12 @@ class Settings:
 
     def derived_paths(self) -> Dict[str, str]:
         """Every path above as it is used, by the name of the setting it derives from
-        (``model_push_dir`` has none of its own)."""
+        (``model_push_dir`` and ``served_model_config`` have none of their own)."""
         return {"pipeline_root": str(self.pipeline_root_path),
                 "metadata_path": str(self.metadata_file),
                 "serving_dir": str(self.serving_base),
                 "model_push_dir": str(self.model_push_dir),
+                "served_model_config": str(self.served_model_config_path),
                 "log_dir": str(self.logs_path),
                 "request_log_dir": str(self.request_logs_path),
                 "monitor_dir": str(self.monitor_path),
@@ -414,7 +437,42 @@ def load(overrides: Optional[Dict[str, str]] = None,
         problem = settings_problem(values)
         if problem:
             raise ConfigError(problem)
+    _check_serving_files_settings(values)         # TF Serving's configuration files (issue 17 part 1)
+    _check_traffic_split_settings(values)         # canary and shadow (issue 17 part 4)
+    _check_mlflow_settings(values)                # MLflow mirror and registry (issue 18)
     return Settings(**values)
+
+
+def _check_mlflow_settings(values: Dict) -> None:
+    """The MLflow experiment needs a name (the registered model's defaults to model_name)."""
+    if values.get("mlflow_tracking", True) and not values.get("mlflow_experiment", Settings.mlflow_experiment).strip():
+        raise ConfigError("setting 'mlflow_experiment' is empty: name the MLflow experiment runs go to "
+                          "(default tfxops), or turn the mirror off with mlflow_tracking=false")
+
+
+def _check_traffic_split_settings(values: Dict) -> None:
+    """Canary and shadow shares (serving/traffic_split.py): percentages, two distinct labels."""
+    for name in ("canary_percent", "shadow_percent"):
+        if not 0 <= values.get(name, getattr(Settings, name)) <= 100:
+            raise ConfigError(f"setting '{name}' is a percentage of requests: between 0 and 100, got {values[name]}")
+    canary, stable = values.get("canary_label", Settings.canary_label), values.get("stable_label", Settings.stable_label)
+    if not canary or not stable or canary == stable:
+        raise ConfigError(f"settings 'canary_label' ({canary!r}) and 'stable_label' ({stable!r}) must be two "
+                          f"different, non-empty version labels")
+
+
+def _check_serving_files_settings(values: Dict) -> None:
+    """TF Serving's configuration-file settings (serving/model_config.py reads the files)."""
+    if values.get("model_config_file_poll_wait_seconds", 0) < 0:
+        raise ConfigError("setting 'model_config_file_poll_wait_seconds' must be >= 0 (0: never re-read)")
+    if values.get("batching_parameters_file") and not values.get("enable_batching", True):
+        raise ConfigError("setting 'batching_parameters_file' is set without enable_batching: "
+                          "set enable_batching=true (--enable_batching) or drop the file")
+    for volume in values.get("container_volumes", []):
+        parts = volume.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
+            raise ConfigError(f"setting 'container_volumes' expects host:container[:ro] with an absolute "
+                              f"container path (as compose's volumes), got {volume!r}")
 
 
 def _check_access_settings(values: Dict) -> None:

@@ -191,6 +191,7 @@ class ModelVersion:
         self._lock = threading.Lock()
         self.refs = 0
         self.retired = False           # unloaded while calls still ran: closed by the last
+        self.owner = None              # the ModelManager that loaded it (release goes back there)
 
     def _input_domain(self) -> Optional[InputDomain]:
         """The domain pushed with this version; None, with a warning naming the file,
@@ -330,6 +331,7 @@ def _load_error(exc: BaseException, path: str) -> Tuple[str, str]:
 # ------------------------------------------------------------------ the manager
 class ModelManager:
     """Versions of one model: discovery, policy, load/unload, lookup and status."""
+    traffic_split = None    # serving.traffic_split.TrafficSplit: routes requests naming no version (None: off)
 
     def __init__(self, name: str, base_path: str, policy: VersionPolicy = VersionPolicy("latest"),
                  labels: Optional[Dict[str, int]] = None, poll_seconds: float = 1.0,
@@ -352,6 +354,7 @@ class ModelManager:
         self._status: Dict[int, VersionStatus] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._scanning = threading.Lock()        # one scan at a time (the watcher, a config reload)
         self._latest: Optional[ModelVersion] = None
 
     # ------------------------------------------------ lifecycle
@@ -397,6 +400,10 @@ class ModelManager:
 
     def poll_once(self) -> None:
         """One scan: load newly wanted versions, then unload the unwanted ones."""
+        with self._scanning:
+            self._scan()
+
+    def _scan(self) -> None:
         on_disk = existing_versions(self.base_path)
         wanted = self._load_wanted(on_disk)
         for version in list(self._loaded):
@@ -447,6 +454,7 @@ class ModelManager:
                       exc_info=code == "UNKNOWN")
             self._set(version, END, code, message, fingerprint)
             return
+        loaded.owner = self
         with self._lock:
             self._loaded[version] = loaded
             self._latest = self._loaded[max(self._loaded)]
@@ -500,17 +508,29 @@ class ModelManager:
         self._set(version, END)
         log.info("model %s version %d unloaded", self.name, version)
 
+    # ------------------------------------------------ served configuration
+    def set_labels(self, labels: Dict[str, int]) -> None:
+        """Replace the version labels (effective for the next request)."""
+        self.labels = dict(labels)
+
+    def set_policy(self, policy: VersionPolicy) -> None:
+        """Replace the version policy: the versions it wants load (and the others
+        unload) at the next directory scan."""
+        self.policy = policy
+
     # ------------------------------------------------ requests
     def acquire(self, name: str, version: Optional[int] = None,
                 label: Optional[str] = None) -> ModelVersion:
         """The version a request asks for, held until ``release``. Raises ServingError."""
         if name != self.name:
-            raise _servable_not_found(name, version)
+            raise servable_not_found(name, version)
         version = self._labelled(label, version)
         with self._lock:
+            if version is None and self.traffic_split is not None:     # canary and stable labels
+                version = self.traffic_split.choose(self.labels, self._loaded)
             loaded = self._latest if version is None else self._loaded.get(version)
             if loaded is None:
-                raise _servable_not_found(name, version)
+                raise servable_not_found(name, version)
             loaded.refs += 1
         return loaded
 
@@ -553,7 +573,7 @@ class ModelManager:
         return [states[v] for v in sorted(states, reverse=True)]
 
 
-def _servable_not_found(name: str, version: Optional[int]):
+def servable_not_found(name: str, version: Optional[int]):
     """TF Serving's NOT_FOUND for a servable request, Latest or Specific."""
     if version is None:
         return not_found(f"Servable not found for request: Latest({name})")
