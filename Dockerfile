@@ -26,11 +26,13 @@ WORKDIR /app
 # build dependencies would arrive unhashed).
 COPY requirements-bootstrap.txt constraints.txt ./
 RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements-bootstrap.txt \
- && pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation -r constraints.txt
-
-COPY . ./
-RUN pip install --no-cache-dir --no-build-isolation --no-deps -e . \
+ && pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation -r constraints.txt \
  && useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin tfxops
+
+# Then the code (.dockerignore keeps out .venv, outputs, .git, caches, tests): a change to it
+# reruns only this layer, the editable install of the project itself (seconds, no dependency).
+COPY . ./
+RUN pip install --no-cache-dir --no-build-isolation --no-deps -e .
 
 # Every process of the image runs as user tfxops (uid 1000, as deploy/k8s/ runs it): the code and
 # the installed packages belong to root and cannot be changed by what runs here. Mounted
