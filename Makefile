@@ -22,7 +22,7 @@ STAMP := $(VENV)/.installed
 LOCK := constraints.txt
 BOOTSTRAP_LOCK := requirements-bootstrap.txt
 
-.PHONY: demo run serve monitor test test-slow install bench bench-serving bench-monitoring bench-scale lock sbom pin-images clean help
+.PHONY: demo run serve monitor test test-slow install bench bench-serving bench-peers bench-serving-quick bench-monitoring bench-scale lock sbom pin-images clean help protos
 
 help:
 	@echo "make demo    set up and run the whole loop (train, serve, watch, retrain) on the bundled data"
@@ -30,7 +30,9 @@ help:
 	@echo "make test-slow   the slow contract tests (pytest marker 'slow'; not in make test)"
 	@echo "make run | serve | monitor   one piece: tfxops run / serve / monitor"
 	@echo "make bench | bench-serving | bench-monitoring | bench-scale   the benchmarks (bench/)"
+	@echo "make bench-peers | bench-serving-quick   bench-serving's peers' virtualenv alone; a short run without peers"
 	@echo "make lock    rehash the locks from the installed environment (after a dependency change)"
+	@echo "make protos  regenerate the V2 gRPC stubs (serving/v2/grpc_predict_v2_pb2*.py) from third_party/kserve"
 	@echo "make sbom    a CycloneDX SBOM of the installed environment: outputs/sbom.cdx.json (SBOM=path)"
 	@echo "make pin-images   pin the images of docker-compose.yml, Dockerfile, deploy/k8s by digest"
 	@echo "make clean   remove outputs/ (runs, metadata, pushed models, logs)"
@@ -82,6 +84,15 @@ bench: $(STAMP)
 bench-serving: $(STAMP)
 	$(VENV)/bin/python bench/serving.py
 
+# the peers of bench-serving (FastAPI + uvicorn, KServe) in their own virtualenv under
+# ~/.cache/tfxops-bench/ (TFXOPS_BENCH_CACHE): built by bench-serving when missing; this builds it alone
+bench-peers: $(STAMP)
+	$(VENV)/bin/python -m bench.peers.peer_venv
+
+# a short bench-serving run without the peers, written to outputs/bench-serving-quick.md
+bench-serving-quick: $(STAMP)
+	$(VENV)/bin/python bench/serving.py --no-peers --seconds 1 --rounds 1 --out outputs/bench-serving-quick.md
+
 bench-monitoring: $(STAMP)
 	$(VENV)/bin/python bench/monitoring.py
 
@@ -95,6 +106,11 @@ lock: $(STAMP)
 	$(VENV)/bin/pip freeze --all --exclude-editable > $(VENV)/freeze.txt
 	$(VENV)/bin/python tools/lock.py $(VENV)/freeze.txt $(LOCK) --bootstrap $(BOOTSTRAP_LOCK)
 	@rm -f $(VENV)/freeze.txt
+
+# The KServe V2 gRPC stubs from the vendored proto (protoc of grpcio-tools 1.48.2, in
+# .cache/tools-venv-protos; the generated files are committed).
+protos:
+	PYTHON=$(PYTHON310) tools/gen_v2_protos.sh
 
 # A CycloneDX SBOM of $(VENV) (cyclonedx-py in a tools venv of its own, hashed pins).
 SBOM_VENV := .cache/tools-venv-sbom

@@ -1,23 +1,29 @@
-"""Serving benchmark (run by hand): p50/p99 latency and throughput of single-row
-requests, REST and gRPC, 1 and 32 concurrent clients, with/without batching and
-request logging, beside the in-process call of the same signature (the floor) and
-a no-op gRPC server answering a fixed PredictResponse (the transport ceiling).
+"""Serving benchmark (run by hand: ``make bench-serving``): p50/p99 latency, throughput
+and server CPU per request of tfxops serve against its peers, on the same SavedModel
+with the same client, interleaved in one run.
 
-    .venv/bin/python bench/serving.py [--model-dir DIR] [--seconds 3] [--rounds 3]
+    .venv/bin/python bench/serving.py [--model-dir DIR] [--seconds 3] [--rounds 5] [--no-peers]
 
 (``--model-dir``: a pushed SavedModel version directory; needed when there is no
 ``outputs/serving_model/taxi`` from a pipeline run.)
 
-Servers run in their own processes (``tfxops serve``), all started at once and
-measured in turns: every round measures every row once, so a slow minute on a
-shared machine hits all rows of that round alike. The table gives each row's
-median over the rounds; the goal ratios are computed within each round and their
-median is reported. The client is one grpc.aio channel with one coroutine per
-simulated client (the cheapest Python client), or tornado's async HTTP client, in
-this process. Besides latency and throughput it records each server's CPU time
-per request (all threads, and the event-loop thread alone), the mean batch size,
-the machine's idle share and the load average. Writes
-docs/bench-serving.md.
+Rows: the in-process call of the signature (the floor), with 1 and 32 rows; a no-op
+grpc.aio server answering a fixed PredictResponse on the same event loop as tfxops
+serve (the Python transport ceiling); ``tfxops serve`` with batching and request
+logging on/off (TF Serving's REST and gRPC APIs, and the V2 protocol when the server
+has it); and the peers (bench/peers/): FastAPI + uvicorn wrapping the SavedModel with
+TF Serving's REST shape, and KServe's Python model server (V1 REST, V2 REST and V2
+gRPC), both in a virtualenv of their own built under ``~/.cache/tfxops-bench/``.
+
+Every server runs in its own process, all started at once and measured in turns:
+every round measures every row once, so a slow minute on a shared machine hits all
+rows of that round alike. Each cell is a row's median over the rounds; each goal
+is computed within each round, and its median and range over the rounds reported.
+The client is this process: one grpc.aio channel with one coroutine per simulated
+client, sending the same pre-serialized request bytes to every gRPC server (so
+every server costs the client the same), or tornado's async HTTP client. Writes its
+section at the top of docs/bench-serving.md (between the ``bench/serving.py``
+markers; the hand-written sections below stay).
 """
 import argparse
 import asyncio
@@ -28,7 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
 from core.env import set_process_environment
 
@@ -64,6 +72,9 @@ async def main():
     await server.wait_for_termination()
 busy_poll.run(main(), int(sys.argv[2]))   # the same event loop as tfxops serve
 """
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+JSON = {"Content-Type": "application/json"}
 
 
 def start_server(serving_dir, home, batching, logging_on, extra=()):
@@ -76,11 +87,6 @@ def start_server(serving_dir, home, batching, logging_on, extra=()):
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, rest, grpc_port
-
-
-def wait_server(proc, rest, grpc_port):
-    wait_listening(rest, proc)
-    wait_listening(grpc_port, proc)
 
 
 def stop(proc):
@@ -111,11 +117,34 @@ def machine_idle():
     return values[3] + values[4], sum(values)
 
 
+def process_cpu() -> Dict[int, Tuple[str, float]]:
+    """Every process's (command, CPU seconds so far)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                command = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode(
+                    errors="replace").strip()
+                out[int(entry)] = (command[:90] or "?", cpu_seconds(int(entry)))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def other_work(before, after, ours: set, seconds: float) -> List[str]:
+    """The processes other than the benchmark's that used the most CPU between two
+    ``process_cpu`` snapshots, as "share of one CPU: command"."""
+    used = [(after[p][1] - before.get(p, ("", 0.0))[1], after[p][0]) for p in after if p not in ours]
+    used.sort(reverse=True)
+    return [f"{100 * cpu / seconds:.0f}% of a CPU: `{command}`" for cpu, command in used[:6]
+            if cpu / seconds >= 0.02]
+
+
 def measured(pid, load):
     """Run ``load()`` (returns a summary); add the server's CPU time per request (on a
     shared machine a steadier figure than wall-clock throughput) and that of its main
-    thread, which runs the asyncio event loop (for the no-op server and tfxops serve),
-    the share of the machine's CPU time left idle meanwhile, and the load average."""
+    thread (the event loop of the no-op server, tfxops serve and uvicorn), the share of
+    the machine's CPU time left idle meanwhile, and the load average."""
     before, loop_before, idle_before = cpu_seconds(pid), cpu_seconds(pid, pid), machine_idle()
     result = load()
     requests = max(1, result["n_total"])
@@ -127,22 +156,21 @@ def measured(pid, load):
     return result
 
 
-async def grpc_load(port, request, clients, seconds, max_requests=200_000):
+async def grpc_load(port, method, payload: bytes, clients, seconds, max_requests=200_000):
+    """``clients`` coroutines on one channel, each with one call of ``method`` in
+    flight, sending ``payload`` (a serialized request) and taking the answer's bytes."""
     import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        call = channel.unary_unary(method)
         for _ in range(50):
-            await stub.Predict(request, timeout=30)
+            await call(payload, timeout=30)
         latencies, deadline = [], time.perf_counter() + seconds
-        # One channel, ``clients`` coroutines each with one call in flight: the
-        # cheapest Python client (threads with blocking stubs would cost more).
 
         async def worker():
             while time.perf_counter() < deadline and len(latencies) < max_requests:
                 t = time.perf_counter()
-                await stub.Predict(request, timeout=30)
+                await call(payload, timeout=30)
                 latencies.append(time.perf_counter() - t)
 
         start = time.perf_counter()
@@ -150,26 +178,46 @@ async def grpc_load(port, request, clients, seconds, max_requests=200_000):
         return dict(summarize(latencies, time.perf_counter() - start), n_total=len(latencies) + 50)
 
 
-async def rest_load(port, body, clients, seconds, max_requests=100_000):
+async def rest_load(url, body, clients, seconds, max_requests=100_000):
     from tornado.httpclient import AsyncHTTPClient
 
     AsyncHTTPClient.configure(None, max_clients=clients)
     client = AsyncHTTPClient(force_instance=True)
-    url = f"http://127.0.0.1:{port}/v1/models/taxi:predict"
     for _ in range(20):
-        await client.fetch(url, method="POST", body=body)
+        await client.fetch(url, method="POST", body=body, headers=JSON)
     latencies, deadline = [], time.perf_counter() + seconds
 
     async def worker():
         while time.perf_counter() < deadline and len(latencies) < max_requests:
             t = time.perf_counter()
-            await client.fetch(url, method="POST", body=body)
+            await client.fetch(url, method="POST", body=body, headers=JSON)
             latencies.append(time.perf_counter() - t)
 
     start = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(clients)])
     client.close()
     return dict(summarize(latencies, time.perf_counter() - start), n_total=len(latencies) + 20)
+
+
+@dataclass
+class Target:
+    """One measured row: a server process and the requests sent to it."""
+    name: str
+    api: str                     # "gRPC" or "REST"
+    pid: int
+    load: Callable[[int, float], dict]   # (clients, seconds) -> summary
+    metrics_port: Optional[int] = None   # tfxops serve's REST port: its batch-size histogram
+    rows: int = 1                # rows per request
+
+
+def grpc_target(name, pid, port, method, payload, metrics_port=None, rows=1) -> Target:
+    return Target(name, "gRPC", pid, lambda c, s: asyncio.run(
+        grpc_load(port, method, payload, c, s)), metrics_port, rows)
+
+
+def rest_target(name, pid, url, body, metrics_port=None) -> Target:
+    return Target(name, "REST", pid, lambda c, s: asyncio.run(rest_load(url, body, c, s)),
+                  metrics_port)
 
 
 def batch_totals(rest_port):
@@ -186,9 +234,13 @@ def batch_totals(rest_port):
     return total["sum"], total["count"]
 
 
-def batch_mean(before, after):
-    count = after[1] - before[1]
-    return (after[0] - before[0]) / count if count else None
+def run_target(target: Target, clients: int, seconds: float) -> dict:
+    b0 = batch_totals(target.metrics_port) if target.metrics_port else None
+    result = measured(target.pid, lambda: target.load(clients, seconds))
+    if b0 is not None:
+        b1 = batch_totals(target.metrics_port)
+        result["batch"] = (b1[0] - b0[0]) / (b1[1] - b0[1]) if b1[1] > b0[1] else None
+    return result
 
 
 def floor(mv, serialized, seconds, rows=1):
@@ -221,18 +273,125 @@ def in_process(call, seconds):
     return out
 
 
+ON = "tfxops serve, batching on, logging on"
+OFF = "tfxops serve, batching off, logging on"
 SERVERS = [  # (name, batching, logging, other settings)
-    ("tfxops serve, batching on, logging on", True, True, ()),
-    ("tfxops serve, batching off, logging on", False, True, ()),
+    (ON, True, True, ()),
+    (OFF, False, True, ()),
     ("tfxops serve, batching on, logging off", True, False, ()),
     ("tfxops serve, batching off, logging off", False, False, ()),
     ("tfxops serve, batching on, logging on, busy polling off", True, True,
      ("busy_poll_micros=0",)),
 ]
+ON32 = "tfxops serve, batching on, logging on, 32-row requests"
+ON_V2 = "tfxops serve, batching on, logging on, V2 protocol"
 NOOP = "no-op gRPC server (ceiling)"
+FASTAPI = "peer: FastAPI + uvicorn (TF Serving REST shape)"
+KSERVE_V1 = "peer: KServe model server, V1 protocol"
+KSERVE_V2 = "peer: KServe model server, V2 protocol"
 FLOOR = "in-process `serving_default` call (floor)"
 FLOOR32 = "the same call with 32 rows (a full batch)"
 TF2 = "in-process `tf.saved_model.load(...).signatures[\"serving_default\"]` (reference)"
+
+
+@dataclass
+class Requests:
+    """The same row in every shape the servers take."""
+    serialized: List[bytes]    # one serialized tf.Example
+    predict: bytes             # PredictRequest, 1 row
+    predict32: bytes           # PredictRequest, 32 rows
+    rest: bytes                # TF Serving REST body (b64 tf.Example)
+    v2_rest: bytes             # V2 REST body (the raw features, serving_raw's inputs)
+
+
+def complete_row(raw_inputs):
+    """The first row of the data with a value for every raw input of the model."""
+    from core.examples import read_csv_rows
+    for row in read_csv_rows(str(REPO / "data" / "taxi" / "data.csv")):
+        if all(row.get(name) not in (None, "") for name in raw_inputs):
+            return row
+    raise SystemExit("bench/serving.py: no row of data/taxi/data.csv has every raw feature")
+
+
+def build_requests(raw_specs) -> Requests:
+    import orjson
+    from serving.client import predict_request, rest_body, serialize_rows
+
+    row = complete_row(raw_specs)
+    serialized = serialize_rows([row])
+    v2_types = {"float32": ("FP32", float), "int64": ("INT64", lambda v: int(float(v))),
+                "string": ("BYTES", str)}
+    inputs = []
+    for name, spec in sorted(raw_specs.items()):
+        datatype, convert = v2_types[spec.dtype.name]
+        inputs.append({"name": name, "shape": [1], "datatype": datatype, "data": [convert(row[name])]})
+    return Requests(serialized, predict_request("taxi", serialized).SerializeToString(),
+                    predict_request("taxi", serialized * 32).SerializeToString(),
+                    orjson.dumps(rest_body(serialized)), orjson.dumps({"inputs": inputs}))
+
+
+def answers(url: str, body: bytes) -> bool:
+    import urllib.error
+    import urllib.request
+    try:
+        request = urllib.request.Request(url, data=body, headers=JSON)
+        return urllib.request.urlopen(request, timeout=30).status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def answers_grpc(port: int, method: str, payload: bytes) -> bool:
+    import grpc
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            channel.unary_unary(method)(payload, timeout=30)
+            return True
+        except grpc.RpcError:
+            return False
+
+
+def tfxops_targets(servers, req: Requests, v2_infer: Optional[bytes]) -> List[Target]:
+    """tfxops serve's rows: TF Serving's gRPC for every server, REST, 32-row requests
+    and the V2 protocol (when the server answers it) for the default one."""
+    targets = []
+    for name, batching, logging_on, extra in SERVERS:
+        proc, rest, grpc_port = servers[name]
+        targets.append(grpc_target(name, proc.pid, grpc_port, PREDICT, req.predict, rest))
+        if name == ON:
+            targets.append(rest_target(name, proc.pid, f"http://127.0.0.1:{rest}/v1/models/taxi:predict",
+                                       req.rest, rest))
+            targets.append(grpc_target(ON32, proc.pid, grpc_port, PREDICT, req.predict32, rest, 32))
+            url = f"http://127.0.0.1:{rest}/v2/models/taxi/infer"
+            if answers(url, req.v2_rest):
+                targets.append(rest_target(ON_V2, proc.pid, url, req.v2_rest, rest))
+            if v2_infer is not None and answers_grpc(grpc_port, MODEL_INFER, v2_infer):
+                targets.append(grpc_target(ON_V2, proc.pid, grpc_port, MODEL_INFER, v2_infer, rest))
+    return targets
+
+
+def start_peers(model_dir: str, tmp: Path):
+    """The peers' processes: {name: (proc, http port, grpc port)}, and their python."""
+    from bench.peers import peer_venv
+
+    python = peer_venv.peer_python()
+    fast_port, ks_http, ks_grpc = free_port(), free_port(), free_port()
+    peers = {FASTAPI: (peer_venv.fastapi(python, model_dir, fast_port, tmp / "fastapi.log"),
+                       fast_port, None),
+             KSERVE_V1: (peer_venv.kserve(python, model_dir, ks_http, ks_grpc, tmp / "kserve.log"),
+                         ks_http, ks_grpc)}
+    return peers, python
+
+
+def peer_targets(peers, req: Requests, v2_infer: bytes) -> List[Target]:
+    fast, fast_port, _ = peers[FASTAPI]
+    ks, ks_http, ks_grpc = peers[KSERVE_V1]
+    return [rest_target(FASTAPI, fast.pid, f"http://127.0.0.1:{fast_port}/v1/models/taxi:predict",
+                        req.rest),
+            rest_target(KSERVE_V1, ks.pid, f"http://127.0.0.1:{ks_http}/v1/models/taxi:predict",
+                        req.rest),
+            rest_target(KSERVE_V2, ks.pid, f"http://127.0.0.1:{ks_http}/v2/models/taxi/infer",
+                        req.v2_rest),
+            grpc_target(KSERVE_V2, ks.pid, ks_grpc, MODEL_INFER, v2_infer)]
 
 
 def median_row(samples):
@@ -244,225 +403,261 @@ def median_row(samples):
     return out
 
 
+@dataclass
+class Goal:
+    text: str
+    unit: str            # "x", "%" or "ms"
+    target: str          # how the goal reads, e.g. ">= 2x"
+    test: Callable[[float], bool]
+    per_round: Callable[[dict], float]   # the round's rows -> the measured value
+
+
+SHORT = {ON: "tfxops serve", ON_V2: "tfxops serve (V2)", FASTAPI: "FastAPI + uvicorn",
+         KSERVE_V1: "KServe V1", KSERVE_V2: "KServe V2"}
+
+
+def goals(comparisons: List[Tuple[str, str, str]]) -> List[Goal]:
+    """Issue 17's goals; ``comparisons``: (peer row, API, our row) triples measured."""
+    on32, off32, noop32 = (ON, "gRPC", 32), (OFF, "gRPC", 32), (NOOP, "gRPC", 32)
+    out = []
+    for peer, api, ours in comparisons:
+        out.append(Goal(f"throughput, 32 clients, {api}: {SHORT[ours]} / {SHORT[peer]}", "x", ">= 2x",
+                        lambda v: v >= 2.0, lambda r, p=peer, a=api, o=ours:
+                        r[(o, a, 32)]["rps"] / r[(p, a, 32)]["rps"]))
+        out.append(Goal(f"lone client p50, {api}: {SHORT[peer]} / {SHORT[ours]}", "x", "> 1x (ours lower)",
+                        lambda v: v > 1.0, lambda r, p=peer, a=api, o=ours:
+                        r[(p, a, 1)]["p50"] / r[(o, a, 1)]["p50"]))
+    out += [
+        Goal("server CPU per request (single-row gRPC Predict, 32 clients): tfxops serve / no-op",
+             "x", "<= 1.2x", lambda v: v <= 1.2,
+             lambda r: r[on32]["server_cpu_ms"] / r[noop32]["server_cpu_ms"]),
+        Goal("batching at 32 clients (gRPC): share of the headroom between the unbatched rate and "
+             "the no-op ceiling captured", "%", ">= 80%", lambda v: v >= 80.0,
+             lambda r: 100 * (r[on32]["rps"] - r[off32]["rps"]) / (r[noop32]["rps"] - r[off32]["rps"])),
+        Goal("32-row requests (gRPC, 32 clients): rows/s against the in-process 32-row call's "
+             "(both 32 rows a call: the ratio of calls/s)", "%",
+             ">= 70%", lambda v: v >= 70.0,
+             lambda r: 100 * r[(ON32, "gRPC", 32)]["rps"] / r[(FLOOR32, "-", 1)]["rps"]),
+        Goal("lone client p50 (gRPC) minus (no-op p50 + in-process call p50)", "ms", "<= 0.3 ms",
+             lambda v: v <= 0.3,
+             lambda r: r[(ON, "gRPC", 1)]["p50"] - r[(NOOP, "gRPC", 1)]["p50"] - r[(FLOOR, "-", 1)]["p50"]),
+    ]
+    return out
+
+
+def fmt(value, unit):
+    return f"{value:.2f} {unit}" if unit in ("ms", "x") else f"{value:.0f}{unit}"
+
+
+def pushed_model_dir(model_dir: Optional[str], settings) -> str:
+    from core.pushdir import newest_version
+    if model_dir:
+        if not (Path(model_dir) / "saved_model.pb").is_file():
+            sys.exit(f"bench/serving.py: --model-dir {model_dir} holds no saved_model.pb; pass a "
+                     f"pushed version directory (<serving_dir>/<model>/<version>)")
+        return model_dir
+    push = settings.model_push_dir
+    newest = newest_version(str(push))
+    if newest is None:
+        sys.exit(f"bench/serving.py: no pushed model under {push}; run `make run` first "
+                 f"or pass --model-dir DIR (a pushed version directory)")
+    return str(push / str(newest))
+
+
+def check_targets(targets: List[Target], logs: Path) -> None:
+    """Each row's request answered once, or exit naming the row (server logs in ``logs``)."""
+    for target in targets:
+        try:
+            target.load(1, 0.01)
+        except Exception as exc:   # noqa: BLE001 - any failure ends the run, named
+            sys.exit(f"bench/serving.py: {target.name} ({target.api}) did not answer: {exc} "
+                     f"(peer logs in {logs})")
+
+
+def run_rounds(args, targets: List[Target], mv, tf2_fn, req: Requests) -> Dict[tuple, List[dict]]:
+    """Every row once per round: {(row, API, clients): [result of each round]}."""
+    samples: Dict[tuple, List[dict]] = {}
+
+    def add(key, result):
+        samples.setdefault(key, []).append(result)
+
+    for rnd in range(args.rounds):
+        print(f"round {rnd + 1}/{args.rounds} ...", flush=True)
+        add((FLOOR, "-", 1), floor(mv, req.serialized, args.seconds))
+        add((TF2, "-", 1), tf2_call(tf2_fn, req.serialized, args.seconds))
+        add((FLOOR32, "-", 1), floor(mv, req.serialized, args.seconds, rows=32))
+        for clients in (1, 32):
+            for target in targets:
+                add((target.name, target.api, clients), run_target(target, clients, args.seconds))
+    return samples
+
+
+TABLE_HEAD = ["| setup | API | clients | p50 ms | p99 ms | requests/s | requests | server CPU ms/req "
+              "| loop CPU ms/req | rows/batch | machine idle | load |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def table_lines(order, samples) -> List[str]:
+    lines = list(TABLE_HEAD)
+    for name, api, c in order:
+        r = median_row(samples[(name, api, c)])
+        batch = f"{r['batch']:.1f}" if r.get("batch") else "-"
+        loop = "-" if np.isnan(r["loop_cpu_ms"]) else format(r["loop_cpu_ms"], ".3f")
+        idle = "-" if np.isnan(r["idle"]) else format(r["idle"], ".0f") + "%"
+        lines.append(f"| {name} | {api} | {c} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} "
+                     f"| {r['n']} | {r['server_cpu_ms']:.2f} | {loop} | {batch} | {idle} "
+                     f"| {r['load']:.1f} |")
+    return lines
+
+
+def goal_lines(goal_list: List[Goal], samples, rounds: int) -> List[str]:
+    lines = ["| goal | measured (median over rounds) | range over rounds | target | met |",
+             "|---|---:|---|---|---|"]
+    for goal in goal_list:
+        values = [goal.per_round({k: v[i] for k, v in samples.items()}) for i in range(rounds)]
+        med = float(np.median(values))
+        lines.append(f"| {goal.text} | **{fmt(med, goal.unit)}** | {fmt(min(values), goal.unit)} .. "
+                     f"{fmt(max(values), goal.unit)} | {goal.target} "
+                     f"| {'met' if goal.test(med) else '**not met**'} |")
+    return lines
+
+
+def context_lines(args, settings, load, others: List[str], peers: bool) -> List[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    peer_note = ("Peers: FastAPI + uvicorn (bench/peers/fastapi_server.py: `tf.saved_model.load`, "
+                 "the signature called in a plain `def` handler, `uvicorn.run` with its defaults, "
+                 "one worker) and KServe's model server 0.15.2 (bench/peers/kserve_server.py, one "
+                 "worker), TensorFlow 2.16.2 with protobuf 4.25 in their own virtualenv "
+                 "(bench/peers/requirements-peers.txt). V2 REST bodies carry the row's raw "
+                 "features (`serving_raw`; JSON has no bytes), V2 gRPC a serialized tf.Example "
+                 "(`serving_default`)." if peers else "Peers not measured (--no-peers).")
+    return [f"Machine: {os.cpu_count()} CPUs (nproc), {cpu}; Python {platform.python_version()}. "
+            f"One complete row of data/taxi/data.csv per request (32 copies for the 32-row rows); "
+            f"client and servers on the same machine, {args.rounds} rounds of {args.seconds:g} s "
+            f"per row. tfxops serve with its defaults (`max_batch_size` {settings.max_batch_size}, "
+            f"`batch_timeout_micros` {settings.batch_timeout_micros}, session threads intra "
+            f"{settings.intra_op_threads} / inter {settings.inter_op_threads}, `busy_poll_micros` "
+            f"{settings.busy_poll_micros}) but for the settings its row names.", "", peer_note, "",
+            f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end. Other "
+            f"work on the machine during the run (CPU used, from /proc): "
+            + ("; ".join(others) if others else "none above 2% of a CPU") + ".", "",
+            "Each cell is the median over the rounds. \"server CPU\": all threads of the server "
+            "process per request (for the in-process rows, the calling process); \"loop CPU\": its "
+            "main thread alone (the event loop of tfxops serve, the no-op server and uvicorn); "
+            "\"rows/batch\": tfxops serve's mean model-call batch size; \"machine idle\": the share "
+            "of both CPUs' time nobody used during the row."]
+
+
+BEGIN = "<!-- bench/serving.py output: begin (each run rewrites the text up to the end marker) -->"
+END = "<!-- bench/serving.py output: end -->"
+
+
+def write_section(path: Path, lines: List[str]) -> None:
+    """Put ``lines`` between the markers at the top of ``path`` (after its title),
+    keeping everything else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else "# Serving benchmark\n"
+    block = "\n".join([BEGIN, *lines, END])
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        title, _, body = text.partition("\n")
+        text = f"{title}\n\n{block}\n\n{body.lstrip()}"
+    path.write_text(text)
+
+
+def start_all(args, settings, model_dir: str, tmp: Path):
+    """Every server process (started at once, then waited for): tfxops serve's,
+    the no-op server, the peers; {name: (proc, http port, grpc port)} and the peers'
+    python (None without peers)."""
+    shutil.copytree(model_dir, tmp / "serving_model" / "taxi" / "1")
+    servers = {}
+    for i, (name, batching, logging_on, extra) in enumerate(SERVERS):
+        servers[name] = start_server(str(tmp / "serving_model"), str(tmp / f"home{i}"),
+                                     batching, logging_on, extra)
+    noop_port = free_port()
+    servers[NOOP] = (subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port),
+                                       str(settings.busy_poll_micros)], cwd=REPO), None, noop_port)
+    python = None
+    if args.peers:
+        peers, python = start_peers(model_dir, tmp)
+        servers.update(peers)
+    for proc, http, grpc_port in servers.values():
+        for port in (http, grpc_port):
+            if port is not None:
+                wait_listening(port, proc, timeout=300)
+    return servers, python
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", help="a pushed version dir (default: newest under ./outputs)")
     ap.add_argument("--seconds", type=float, default=3.0, help="per row and round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-peers", dest="peers", action="store_false",
+                    help="skip FastAPI and KServe (and their virtualenv)")
     ap.add_argument("--out", default=str(REPO / "docs" / "bench-serving.md"))
     args = ap.parse_args()
-    from serving.client import predict_request, rest_body, serialize_rows
     from serving.models import ModelVersion, SessionThreads
     from core import config
-    from core.examples import read_csv_rows
-    from core.pushdir import newest_version
-    import orjson
+    import tensorflow as tf
 
     settings = config.load({})
-    model_dir = args.model_dir
-    if not model_dir:
-        push = settings.model_push_dir
-        newest = newest_version(str(push))
-        if newest is None:
-            sys.exit(f"bench/serving.py: no pushed model under {push}; run `make run` first "
-                     f"or pass --model-dir DIR (a pushed version directory)")
-        model_dir = str(push / str(newest))
-    rows = list(read_csv_rows(str(REPO / "data" / "taxi" / "data.csv")))[:1]
-    serialized = serialize_rows(rows)
-    request = predict_request("taxi", serialized)
-    body = orjson.dumps(rest_body(serialized))
-    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    shutil.copytree(model_dir, tmp / "serving_model" / "taxi" / "1")
-    load_before = os.getloadavg()[0]
+    model_dir = pushed_model_dir(args.model_dir, settings)
+    tf2_model = tf.saved_model.load(model_dir)
+    tf2_fn = tf2_model.signatures[F.DEFAULT_SIGNATURE]
+    req = build_requests(tf2_model.signatures["serving_raw"].structured_input_signature[1])
     mv = ModelVersion("taxi", 1, model_dir,
                       SessionThreads(settings.intra_op_threads, settings.inter_op_threads))
-    import tensorflow as tf
-    tf2_fn = tf.saved_model.load(model_dir).signatures[F.DEFAULT_SIGNATURE]
-
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    load_before, cpu_before, started = os.getloadavg()[0], process_cpu(), time.monotonic()
     print("starting the servers ...", flush=True)
-    noop_port = free_port()
-    noop = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port),
-                             str(settings.busy_poll_micros)], cwd=REPO)
-    servers = {}
+    servers, python = start_all(args, settings, model_dir, tmp)
     try:
-        for i, (name, batching, logging_on, extra) in enumerate(SERVERS):
-            servers[name] = start_server(str(tmp / "serving_model"), str(tmp / f"home{i}"),
-                                         batching, logging_on, extra)
-        for server in servers.values():
-            wait_server(*server)
-        wait_listening(noop_port, noop)
         time.sleep(2.0)
-        samples = {}   # (row name, api, clients) -> [result per round]
-
-        def add(key, result):
-            samples.setdefault(key, []).append(result)
-
-        for rnd in range(args.rounds):
-            print(f"round {rnd + 1}/{args.rounds} ...", flush=True)
-            add((FLOOR, "-", 1), floor(mv, serialized, args.seconds))
-            add((TF2, "-", 1), tf2_call(tf2_fn, serialized, args.seconds))
-            add((FLOOR32, "-", 1), floor(mv, serialized, args.seconds, rows=32))
-            for c in (1, 32):
-                add((NOOP, "gRPC", c), measured(noop.pid, lambda: asyncio.run(
-                    grpc_load(noop_port, request, c, args.seconds))))
-                for name, batching, logging_on, extra in SERVERS:
-                    proc, rest, grpc_port = servers[name]
-                    apis = ("gRPC", "REST") if batching and logging_on and not extra else ("gRPC",)
-                    for api in apis:
-                        b0 = batch_totals(rest)
-                        if api == "gRPC":
-                            result = measured(proc.pid, lambda: asyncio.run(
-                                grpc_load(grpc_port, request, c, args.seconds)))
-                        else:
-                            result = measured(proc.pid, lambda: asyncio.run(
-                                rest_load(rest, body, c, args.seconds)))
-                        result["batch"] = batch_mean(b0, batch_totals(rest))
-                        add((name, api, c), result)
+        v2_infer = None
+        if python is not None:
+            from bench.peers import peer_venv
+            v2_infer = peer_venv.v2_infer_request(python, req.serialized[0])
+        targets = [grpc_target(NOOP, servers[NOOP][0].pid, servers[NOOP][2], PREDICT, req.predict)]
+        targets += tfxops_targets(servers, req, v2_infer)
+        if python is not None:
+            targets += peer_targets(servers, req, v2_infer)
+        check_targets(targets, tmp)
+        samples = run_rounds(args, targets, mv, tf2_fn, req)
     finally:
-        stop(noop)
         for proc, _, _ in servers.values():
             stop(proc)
         mv.close()
-    shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp / "serving_model", ignore_errors=True)
+    ours = {os.getpid()} | {proc.pid for proc, _, _ in servers.values()}
+    others = other_work(cpu_before, process_cpu(), ours, time.monotonic() - started)
+    report(args, settings, samples, targets, (load_before, os.getloadavg()[0]), others)
 
-    order = [(FLOOR, "-", 1), (TF2, "-", 1), (FLOOR32, "-", 1)] + [(NOOP, "gRPC", c) for c in (1, 32)] + [
-        (name, api, c) for name, b, l, extra in SERVERS for c in (1, 32)
-        for api in (("gRPC", "REST") if b and l and not extra else ("gRPC",))]
-    results = [(n, a, c, median_row(samples[(n, a, c)])) for n, a, c in order]
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    lines = ["# Serving benchmark", "",
-             f"Machine: {os.cpu_count()} CPUs (nproc), {cpu}; Python {platform.python_version()}; "
-             f"single-row requests (one serialized tf.Example to `serving_default`), "
-             f"client and servers on the same machine (servers in their own processes, all "
-             f"running, measured in turns: {args.rounds} rounds of {args.seconds:g} s per row; "
-             f"one grpc.aio channel with one coroutine per client / tornado async client). "
-             f"Server settings are the defaults (`max_batch_size` {settings.max_batch_size}, "
-             f"`batch_timeout_micros` {settings.batch_timeout_micros}, session threads intra "
-             f"{settings.intra_op_threads} / inter {settings.inter_op_threads}, "
-             f"`busy_poll_micros` {settings.busy_poll_micros}); the no-op server runs on the "
-             f"same busy-polling event loop. Run: `.venv/bin/python bench/serving.py`.", "",
-             f"Load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
-             f"the end. Each cell is the median over the rounds. \"server CPU\": all threads "
-             f"of the server process per request (for the floor, the calling process); "
-             f"\"loop CPU\": the same for its main thread alone, which runs the asyncio "
-             f"event loop and all of gRPC's and the handlers' Python. "
-             f"\"rows/batch\": mean model-call batch size (server's batch-size histogram). "
-             f"\"machine idle\": share of both CPUs' time that nobody (client, server, "
-             f"anything else) used during the row's measurement.", "",
-             "| setup | API | clients | p50 ms | p99 ms | requests/s | requests | server CPU ms/req "
-             "| loop CPU ms/req | rows/batch | machine idle | load |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, api, c, r in results:
-        batch = f"{r['batch']:.1f}" if r.get("batch") else "-"
-        lines.append(f"| {name} | {api} | {c} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} "
-                     f"| {r['n']} | {r['server_cpu_ms']:.2f} "
-                     f"| {'-' if np.isnan(r['loop_cpu_ms']) else format(r['loop_cpu_ms'], '.3f')} "
-                     f"| {batch} "
-                     f"| {'-' if np.isnan(r['idle']) else format(r['idle'], '.0f') + '%'} "
-                     f"| {r['load']:.1f} |")
 
-    def per_round(fn):
-        """fn(round's rows) for every round; their median and range."""
-        values = [fn({k: v[i] for k, v in samples.items()}) for i in range(args.rounds)]
-        return float(np.median(values)), min(values), max(values)
-
-    on = ("tfxops serve, batching on, logging on", "gRPC", 32)
-    off = ("tfxops serve, batching off, logging on", "gRPC", 32)
-    nolog = ("tfxops serve, batching on, logging off", "gRPC", 32)
-    noop32 = (NOOP, "gRPC", 32)
-    single = ("tfxops serve, batching on, logging on", "gRPC", 1)
-    goals = [
-        ("gRPC single-row p50 minus in-process p50 (batching and logging on)", "ms", "goal <= 1 ms",
-         per_round(lambda r: r[single]["p50"] - r[(FLOOR, "-", 1)]["p50"])),
-        ("32 clients, model+batching+logging vs no-op ceiling", "%", "goal >= 80%",
-         per_round(lambda r: 100 * r[on]["rps"] / r[noop32]["rps"])),
-        ("batching vs no batching (32 clients, gRPC, logging on)", "x", "goal >= 3x",
-         per_round(lambda r: r[on]["rps"] / r[off]["rps"])),
-        ("logging cost (32 clients, gRPC, batching on)", "%", "goal < 10%",
-         per_round(lambda r: 100 * (1 - r[on]["rps"] / r[nolog]["rps"]))),
-    ]
-    cpu_ratios = [
-        ("32 clients, server CPU per request: no-op / model+batching+logging", "%",
-         per_round(lambda r: 100 * r[noop32]["server_cpu_ms"] / r[on]["server_cpu_ms"])),
-        ("server CPU per request, no batching / batching (32 clients, logging on)", "x",
-         per_round(lambda r: r[off]["server_cpu_ms"] / r[on]["server_cpu_ms"])),
-        ("server CPU per request, logging on vs off (32 clients, batching on)", "%",
-         per_round(lambda r: 100 * (r[on]["server_cpu_ms"] / r[nolog]["server_cpu_ms"] - 1))),
-    ]
-
-    def fmt(value, unit):
-        return f"{value:.2f} {unit}" if unit in ("ms", "x") else f"{value:.0f}{unit}"
-
-    lines += ["", "Goals (median over the rounds of the ratio within each round; range in brackets):", ""]
-    for text, unit, goal, (med, lo, hi) in goals:
-        lines.append(f"- {text}: **{fmt(med, unit)}** [{fmt(lo, unit)} .. {fmt(hi, unit)}] ({goal})")
-    lines += ["", "The same comparisons in server CPU per request (steadier on a shared machine):", ""]
-    for text, unit, (med, lo, hi) in cpu_ratios:
-        lines.append(f"- {text}: **{fmt(med, unit)}** [{fmt(lo, unit)} .. {fmt(hi, unit)}]")
-    med = {key: median_row(v) for key, v in samples.items()}
-
-    def loop_busy(row):
-        return row["loop_cpu_ms"] * row["rps"] / 10.0   # percent of one CPU
-    noop1 = med[(NOOP, "gRPC", 1)]
-    cold = med[("tfxops serve, batching on, logging on, busy polling off", "gRPC", 1)]
-    lines += ["", "Where a lone single-row gRPC request's time goes (medians above):", "",
-              f"- transport and gRPC in Python (the no-op server's p50): {noop1['p50']:.2f} ms;",
-              f"- everything tfxops serve adds to it (model call, parsing, checks, batching, "
-              f"response, metrics, logging): {med[single]['p50'] - noop1['p50']:.2f} ms, against "
-              f"{med[(FLOOR, '-', 1)]['p50']:.2f} ms for the model call made back to back in "
-              f"process (the floor);",
-              f"- busy polling (serving/busy_poll.py): p50 {med[single]['p50']:.2f} ms with it, "
-              f"{cold['p50']:.2f} ms without. It pays when the server's CPU would otherwise "
-              f"sleep between one client's requests and run each one cold; how often that "
-              f"happens varies from hour to hour on this shared machine.",
-              "", "At 32 clients:", "",
-              f"- the no-op server spends {med[noop32]['server_cpu_ms']:.2f} ms of CPU per "
-              f"request in grpc.aio alone; tfxops serve {med[on]['server_cpu_ms']:.2f} ms with "
-              f"the model, batching and logging. Client and server share the 2 cores.",
-              f"- Throughput follows the server's event-loop thread, which runs all of "
-              f"grpc.aio's and the handlers' Python: it was busy "
-              f"{loop_busy(med[noop32]):.0f}% of the time in the no-op server and "
-              f"{loop_busy(med[on]):.0f}% in tfxops serve, at {med[noop32]['loop_cpu_ms']:.3f} and "
-              f"{med[on]['loop_cpu_ms']:.3f} ms of loop CPU per request: a ratio of "
-              f"{100 * med[noop32]['loop_cpu_ms'] / med[on]['loop_cpu_ms']:.0f}%, against a "
-              f"throughput ratio of {100 * med[on]['rps'] / med[noop32]['rps']:.0f}%. What tfxops "
-              f"serve adds on the loop, {med[on]['loop_cpu_ms'] - med[noop32]['loop_cpu_ms']:.3f} "
-              f"ms per request (reading the request, input checks, the batch queue, writing the "
-              f"response, metrics, handing the record to the log writer), would have to fall to "
-              f"{med[noop32]['loop_cpu_ms'] / 0.8 - med[noop32]['loop_cpu_ms']:.3f} ms for the "
-              f"80% goal. Those steps take about 0.016 ms together when timed one after "
-              f"another in a tight loop (parsing 1.8 µs, inputs 3.2, checks 2.3, response 3.3, "
-              f"version hold 2.0, metrics 1.4 ...; a separate measurement), and awaiting the "
-              f"batch's future 0.007 ms: in situ, between gRPC, asyncio and TensorFlow, the "
-              f"same code runs several times slower on this VM, as grpc.aio's own 0.35 ms "
-              f"shows. Trimming Python lines therefore buys little here; dropping a whole code "
-              f"path does: returning a made-up request id in gRPC trailing metadata cost "
-              f"0.05 ms of server CPU per request (5-8% of throughput in an A/B run) and is "
-              f"now sent only to callers that sent their own id.",
-              f"- The no-op server leaves {med[noop32]['idle']:.0f}% of the machine idle, "
-              f"tfxops serve {med[on]['idle']:.0f}%. Part of it is lock-step: 32 closed-loop "
-              f"clients fill batches of 32 rows, and while such a batch runs every client waits "
-              f"for it, so the client and the server's loop both sleep. An instrumented server "
-              f"measured about 2 ms per batch from dispatch to answers (1.5-1.7 ms of it the "
-              f"model call, on a core that sat out the rest of the cycle, against "
-              f"{med[(FLOOR32, '-', 1)]['p50']:.2f} ms back to back above) in a cycle of 17-19 "
-              f"ms. With the model replaced by a constant (an experiment, not in the code) the "
-              f"idle share stayed at 22%: the model's time is not the cause. Running those "
-              f"constant batches on the loop instead of the batch thread brought it to 16% and "
-              f"throughput up 7%: the thread hand-off (and its GIL hand-off) costs that much. "
-              f"The rest is batching itself: the no-op server answers each request at once, so "
-              f"client and server overlap; a batch answers 32 at once, the client then works "
-              f"through 32 answers while the server waits for their follow-up requests. Smaller batches (`max_batch_size` 16 or 8), two batch "
-              f"threads, TensorFlow's thread pools, a shorter GIL switch interval and running "
-              f"the batch on the loop were each tried: the idle share fell to 20% at best "
-              f"(batches of 16), and throughput did not rise beyond the noise with any.",
-              f"- Batching cannot multiply throughput past the transport: its ceiling here is "
-              f"the no-op server's {med[noop32]['rps']:.0f} requests/s, "
-              f"{med[noop32]['rps'] / med[off]['rps']:.1f} times the "
-              f"{med[off]['rps']:.0f} requests/s without batching, which bounds the batching "
-              f"ratio on this machine: 3x would take "
-              f"{300 * med[off]['rps'] / med[noop32]['rps']:.0f}% of the ceiling."]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+def report(args, settings, samples, targets: List[Target], load, others) -> None:
+    measured_rows = {(t.name, t.api) for t in targets}
+    comparisons = [(peer, api, ON) for peer, api in ((FASTAPI, "REST"), (KSERVE_V1, "REST"),
+                                                     (KSERVE_V2, "REST"), (KSERVE_V2, "gRPC"))
+                   if (peer, api) in measured_rows]
+    comparisons += [(KSERVE_V2, api, ON_V2) for api in ("REST", "gRPC")
+                    if (ON_V2, api) in measured_rows and (KSERVE_V2, api) in measured_rows]
+    order = [(FLOOR, "-", 1), (TF2, "-", 1), (FLOOR32, "-", 1)] + [
+        (t.name, t.api, c) for c in (1, 32) for t in targets]
+    goal_list = goals(comparisons)
+    lines = [f"## {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: tfxops serve against its "
+             f"peers (`make bench-serving`)", ""]
+    lines += context_lines(args, settings, load, others, args.peers)
+    lines += ["", *table_lines(order, samples), "", "### Goals (issue 17)", "",
+              "Each goal is computed within each round (the rows of one round ran minutes apart at "
+              "most); the median over the rounds decides met / not met.", "",
+              *goal_lines(goal_list, samples, args.rounds)]
+    if not any(t.name == ON_V2 for t in targets):
+        lines += ["", "tfxops serve did not answer the V2 protocol in this run (no `/v2` routes or "
+                      "`inference.GRPCInferenceService`): no tfxops V2 rows."]
+    write_section(Path(args.out), lines)
     print("\n".join(lines))
 
 
