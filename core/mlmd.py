@@ -448,6 +448,47 @@ def pushed_model_for_version(store, version) -> Optional[PushedModel]:
     return next((p for p in pushed_models(store) if p.version == str(version)), None)
 
 
+# --------------------------------------------------------------- promotions
+PROMOTION = "tfxops.Promotion"     # tfxops promote / rollback (serving.promote)
+
+
+def record_promotion(store, properties: Dict[str, str], pushed_model: Optional[metadata_store_pb2.Artifact]) -> int:
+    """A promotion or rollback as a complete ``tfxops.Promotion`` execution: ``properties``
+    (from_version, to_version, action, actor, ...) as string custom properties, the
+    promoted version's PushedModel as input ``pushed_model`` (None: none recorded).
+    Returns the execution's id."""
+    from ml_metadata.errors import NotFoundError
+
+    try:
+        type_id = store.get_execution_type(PROMOTION).id
+    except NotFoundError:
+        type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name=PROMOTION))
+    execution = metadata_store_pb2.Execution(type_id=type_id, last_known_state=STATE.COMPLETE)
+    for key, value in properties.items():
+        execution.custom_properties[key].string_value = "" if value is None else str(value)
+    pairs = []
+    if pushed_model is not None:
+        event = metadata_store_pb2.Event(type=EVENT.INPUT)
+        event.path.steps.add().key = "pushed_model"
+        event.path.steps.add().index = 0
+        pairs.append((pushed_model, event))
+    execution_id, _, _ = store.put_execution(execution, pairs, [])
+    return execution_id
+
+
+def promotions(store) -> List[Dict[str, object]]:
+    """The recorded promotions and rollbacks, newest first: their properties, ``id``
+    and ``time`` (ISO)."""
+    from ml_metadata.errors import NotFoundError
+
+    try:
+        executions = store.get_executions_by_type(PROMOTION)
+    except NotFoundError:
+        return []
+    ordered = sorted(executions, key=lambda e: (e.create_time_since_epoch, e.id), reverse=True)
+    return [{**properties(e), "id": e.id, "time": ms_to_iso(e.create_time_since_epoch)} for e in ordered]
+
+
 # --------------------------------------------------------------- TFMA results
 def _slice_name(slice_key) -> str:
     parts = [f"{k.column}={k.bytes_value.decode() if k.HasField('bytes_value') else k.int64_value if k.HasField('int64_value') else k.float_value}"

@@ -16,6 +16,9 @@ of TF Serving) does, in the record format TF Serving would use:
   when ``out_of_domain_action`` is log or reject), ``OUT_OF_DOMAIN_TAG`` followed by
   the features, comma-separated (``tfxops:out_of_domain=payment_type,trip_miles``);
   LogMetadata has no field for it, and this repeated string is free-form;
+  a shadow answer (``serving.traffic_split``: the canary version run on a call
+  another version answered, never returned) carries ``SHADOW_TAG``, the version
+  that produced it and the answered call's request id (``shadow_record``);
 * ``predict_log`` / ``classify_log`` / ``regress_log``: request and response.
 
 REST JSON is logged as the equivalent gRPC request, so logs are uniform: a
@@ -61,7 +64,6 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import google_crc32c
 
-from core.examples import input_examples
 from core.features import DEFAULT_SIGNATURE
 from core.protowire import length_delimited, tag, varint
 
@@ -180,6 +182,7 @@ would read an outage as clients sending bad requests."""
 REJECTED_REQUEST_MAX_BYTES = 1 << 20     # larger rejected requests: logged without inputs
 MAX_NAME_CHARS = 256                     # model and signature names come from callers
 OUT_OF_DOMAIN_TAG = "tfxops:out_of_domain="   # a saved_model_tags entry: the features out of domain
+SHADOW_TAG = "tfxops:shadow"     # a saved_model_tags entry: a shadow answer, logged and never returned
 
 
 def logs_rejection(call: str, code: str) -> bool:
@@ -285,6 +288,18 @@ def answered_record(kind: str, model_name: str, version: Optional[int], signatur
                                 + length_delimited(response_number, response)))
 
 
+def shadow_record(kind: str, model_name: str, version: Optional[int], signature_name: str,
+                  request_id: str, timestamp: float, request, response, client: str = "") -> bytes:
+    """A serialized PredictionLog of a shadow answer: as ``answered_record``, tagged
+    ``SHADOW_TAG`` (``version``: the candidate that produced it)."""
+    log_number, request_number, response_number = _log_field_numbers(kind)
+    meta = _metadata(model_name, version, signature_name, request_id, timestamp, client)
+    meta.saved_model_tags.append(SHADOW_TAG)
+    return (length_delimited(1, meta.SerializeToString())
+            + length_delimited(log_number, length_delimited(request_number, request.SerializeToString())
+                               + length_delimited(response_number, response.SerializeToString())))
+
+
 def rejected_record(model_name: str, version: Optional[int], signature_name: str,
                     request_id: str, timestamp: float, code: str, message: str,
                     request=None, client: str = "", out_of_domain: Sequence[str] = ()) -> bytes:
@@ -346,7 +361,7 @@ class UnreadableRecord(ValueError):
 class LoggedRequest:
     """One logged call: its metadata and its rows as serialized tf.Examples."""
     __slots__ = ("request_id", "model_name", "model_version", "signature_name", "timestamp",
-                 "kind", "rows", "source", "record", "error", "client", "out_of_domain")
+                 "kind", "rows", "source", "record", "error", "client", "out_of_domain", "shadow")
     request_id: str
     model_name: str
     model_version: Optional[int]  # the version that answered (or was asked for); None: unknown
@@ -359,6 +374,7 @@ class LoggedRequest:
     error: Optional[Tuple[str, str]]   # (code, message) of a rejected call
     client: str                   # who sent it: token name or address ("": not recorded)
     out_of_domain: Tuple[str, ...]   # features the server marked out of its input domain
+    shadow: bool                  # a shadow answer (``SHADOW_TAG``): never returned to the caller
 
     @property
     def examples(self) -> List:
@@ -423,6 +439,8 @@ def _logged_request(record, size: int) -> LoggedRequest:
             if rows is None:
                 rows, source = [e.SerializeToString() for e in _predict_request_examples(request)], TENSORS
     elif kind in ("classify_log", "regress_log"):
+        from core.examples import input_examples     # (TensorFlow: not on import, `tfxops predict` needs none)
+
         log = getattr(record, kind)
         rows, source, error = input_examples(log.request.input), INPUT, None
         response = log.response
@@ -433,7 +451,7 @@ def _logged_request(record, size: int) -> LoggedRequest:
         spec.version.value if spec.HasField("version") else None)
     return LoggedRequest(meta.request_origin, spec.name, version, spec.signature_name,
                          meta.timestamp_secs, kind[:-4], rows, source, record, error, meta.dc,
-                         _marked_out_of_domain(meta.saved_model_tags))
+                         _marked_out_of_domain(meta.saved_model_tags), SHADOW_TAG in meta.saved_model_tags)
 
 
 def _marked_out_of_domain(tags) -> Tuple[str, ...]:

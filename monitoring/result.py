@@ -5,6 +5,7 @@ import json
 from typing import Dict, List, Optional
 
 from monitoring import baseline as baseline_lib, checks, contract as contract_lib, policy, report
+from monitoring.agreement import AgreementResult
 from monitoring.bias import BiasDrift
 from monitoring.attribution_drift import AttributionDrift
 from monitoring.out_of_domain import OutOfDomainRates
@@ -102,7 +103,7 @@ KEYS = {
     INCOMPLETE: ("status", "window", "rows", "files", "incomplete_files", "quarantined_files", "dry_run"),
     ANALYSED: ("status", "window", "resumed", "dry_run", "started", "finished", "seconds", "files",
                "quarantined_files", "incomplete_files", "rows", "not_judged", "requests",
-               "unattributed_rejections", "decision", "versions", "report", "timings"),
+               "unattributed_rejections", "decision", "versions", "agreement", "report", "timings"),
 }
 
 
@@ -128,6 +129,7 @@ class MonitorResult:
     unattributed_rejections: Optional[rejections_lib.Summary] = None   # refused before a version was chosen
     decision: Optional[policy.Decision] = None
     versions: List[VersionResult] = dataclasses.field(default_factory=list)
+    agreement: List[AgreementResult] = dataclasses.field(default_factory=list)   # production vs candidate
     report: Optional[ReportPaths] = None
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
 

@@ -347,26 +347,30 @@ def _scalar(prediction) -> float:
         return float("nan")
 
 
-def decode_records(raws: List[bytes]) -> List[Chunk]:
+def decode_records(raws: List[bytes], shadow: bool = False) -> List[Chunk]:
     """Serialized PredictionLogs (decoded by ``core.request_log.decode_records``) as
     chunks per (model, version). Raises ``CorruptLogError`` for a record that is not
     one. A rejected call goes to its chunk's ``rejected`` part whatever its request
     holds (nothing, bytes that are not tf.Examples, hostile shapes): it never makes
     the file unreadable. A chunk counts its answered rows per logged signature name
     (``monitoring.contract`` judges a feature only in the rows of the signatures
-    that take it)."""
+    that take it). Shadow answers (``core.request_log.SHADOW_TAG``: never returned to
+    a caller) are left out, as they are no served traffic; ``shadow``: only them
+    (``monitoring.agreement``)."""
     try:
-        return _chunks(request_log.decode_records(raws))
+        return _chunks(request_log.decode_records(raws), shadow)
     except request_log.UnreadableRecord as exc:
         raise CorruptLogError(f"corrupt: {exc}") from None
 
 
-def _chunks(calls: Iterator[request_log.LoggedRequest]) -> List[Chunk]:
+def _chunks(calls: Iterator[request_log.LoggedRequest], shadow: bool = False) -> List[Chunk]:
     """The loop runs once per logged request, so it stays in plain Python lists:
     numpy per record would cost more than the parsing."""
     groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list, dict, list]] = {}
     rejected: Dict[Tuple[str, Optional[int]], Rejected] = {}
     for call in calls:
+        if call.shadow is not shadow:
+            continue
         key = (call.model_name, call.model_version)
         if call.error is not None:
             part = rejected.get(key) or rejected.setdefault(key, Rejected())
