@@ -26,6 +26,9 @@ batches when requests are handled one after the other, as in Python):
 * after the load drops, a few batches wait for the timeout until the median
   follows.
 
+The loop's busy polling (``serving.busy_poll``) is told after each batch whether
+more than one request usually waits: then it does not spin.
+
 A lone request (a batch of one while no other batch runs) is run on the loop's
 own thread, not handed to a batch thread: under low load that saves two thread
 switches per request; under load batches hold many requests and go to the batch
@@ -46,6 +49,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from serving import busy_poll
 
 RunFn = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 _PEAKS = 8                 # batches over which the concurrency is remembered
@@ -171,6 +176,7 @@ class Batcher:
         queue.rows -= rows
         self._peaks.append(self._peak)
         self._peak = self._waiting
+        busy_poll.CROWD.crowded = self._concurrency() > 1
         if queue.timer is not None:
             queue.timer.cancel()
             queue.timer = None
