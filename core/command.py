@@ -10,7 +10,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """--home and --set, on every sub-command."""
-    parser.add_argument("--home", help="directory for everything a run writes (default ./outputs)")
+    parser.add_argument("--home", metavar="DIR", help="directory for everything a run writes (default ./outputs)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a setting (see `tfxops config`); repeatable")
 

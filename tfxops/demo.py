@@ -9,7 +9,9 @@
    a retrain that includes the new, labelled span; the new model is judged against
    the old, pushed, and the server switches to it without a restart;
    each window also reports bias drift and feature attribution drift;
-5. print the served model's lineage, its model card, the audit trail (verified)
+5. score the same later trips (held out: no version trained on them) with the
+   first version and the retrained one, side by side with what really happened;
+6. print the served model's lineage, its model card, the audit trail (verified)
    and where the reports are; stop the server.
 
 Every run starts from a fresh ``<home>/demo`` (the previous one is removed).
@@ -32,6 +34,7 @@ SHIFT_FROM = datetime.datetime(2015, 1, 1, tzinfo=datetime.timezone.utc).timesta
 PRICE_CHANGE = 1.5
 HEALTHY_ROWS = 1200
 SHIFTED_ROWS = 2400
+PROBE_ROWS = 240       # later trips after the shifted ones: scored by both versions, trained on by none
 ROWS_PER_REQUEST = 8
 
 
@@ -40,11 +43,13 @@ class DemoData:
     train_dir: Path
     healthy: List[Dict[str, str]]
     shifted: List[Dict[str, str]]
+    probe: List[Dict[str, str]]    # as shifted, never sent with labels: no version learns from them
 
 
 def prepare_data(source_csv: Path, work: Path) -> DemoData:
     """Early trips: 90% to train, 10% held out as healthy traffic. Later trips, with
-    fares and tips scaled by PRICE_CHANGE, as shifted traffic."""
+    fares and tips scaled by PRICE_CHANGE, as shifted traffic, and the next ones as
+    the probe both versions are compared on."""
     from core.examples import read_csv_rows   # (imports TensorFlow: after the log redirect)
 
     rows = sorted(read_csv_rows(str(source_csv)), key=lambda r: int(r[F.TIME_KEY]))
@@ -53,7 +58,7 @@ def prepare_data(source_csv: Path, work: Path) -> DemoData:
     train = [r for i, r in enumerate(early) if i % 10]
     healthy = [r for i, r in enumerate(early) if not i % 10][:HEALTHY_ROWS]
     shifted = []
-    for row in late[:SHIFTED_ROWS]:
+    for row in late[:SHIFTED_ROWS + PROBE_ROWS]:
         row = dict(row)
         for key in (F.FARE_KEY, F.LABEL_KEY):
             if row[key] != "":
@@ -65,7 +70,7 @@ def prepare_data(source_csv: Path, work: Path) -> DemoData:
         writer = csv.DictWriter(handle, fieldnames=F.CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(train)
-    return DemoData(train_dir, healthy, shifted)
+    return DemoData(train_dir, healthy, shifted[:SHIFTED_ROWS], shifted[SHIFTED_ROWS:])
 
 
 class StepPrinter:
@@ -137,7 +142,7 @@ def _wait_for_version(client, version: int, timeout: float = 120.0) -> bool:
 def run_demo(settings: Settings, out: TextIO = None) -> Dict:
     """The whole loop; library output goes to ``<home>/demo/demo.log``. Returns what
     happened at each step (``ok`` is true when every step had the expected outcome)."""
-    from pipeline.runner import library_output_to
+    from core.env import library_output_to
 
     work = Path(settings.home) / "demo"
     notice = ""
@@ -145,8 +150,9 @@ def run_demo(settings: Settings, out: TextIO = None) -> Dict:
         notice = f"(removed the previous demo in {work}: every demo starts fresh)"
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    terminal = out or sys.stdout          # (sys.stdout goes to the log inside)
     with library_output_to(work / "demo.log") as console:
-        printer = StepPrinter(console(out or sys.stdout))
+        printer = StepPrinter(console(terminal))
         if notice:
             printer.line(notice)
         return _loop(settings, work, printer)
@@ -240,29 +246,87 @@ def _serve_and_watch(demo: Settings, data: DemoData, first, printer: StepPrinter
 
         printer.step(5, f"live traffic, part 2: 2015-2016 trips after a x{PRICE_CHANGE} fare increase")
         shifted = replay(client, data.shifted, printer, "shifted traffic", feedback_dir / "shifted.csv")
+        first_scores = score(client, data.probe)      # unlabelled: the retrain cannot learn from them
         time.sleep(demo.log_rotate_seconds + 1.0)
         printer.step(6, "monitor the second window (it retrains when the policy says so)")
         loud = monitor_once(demo, out=printer.line)
         for line in responsible_ai_lines(loud):
             printer.line(line)
-        new_version, switched = _follow_new_version(client, loud, data, printer)
+        new_version, switched = _follow_new_version(client, loud, printer)
+        if switched:
+            printer.line(f"the same {len(data.probe)} later trips (no version trained on them), before and after:")
+            for line in probe_lines(data.probe, first_scores, score(client, data.probe)):
+                printer.line(line)
         client.close()
     return Watched(healthy, shifted, quiet, loud, new_version, switched)
 
 
-def _follow_new_version(client, loud: MonitorResult, data: DemoData, printer: StepPrinter):
+def _follow_new_version(client, loud: MonitorResult, printer: StepPrinter):
     """The version the shifted window's retrain pushed, and whether the server
-    switched to it (it answers a shifted trip with it)."""
+    switched to it."""
     outcome = loud.decision.outcome if loud.decision is not None else None
     new_version = getattr(outcome, "pushed_version", None)
     if not new_version:
         return new_version, False
     switched = _wait_for_version(client, new_version)
-    trip = next(r for r in data.shifted if r["payment_type"] == "Credit Card")
-    answer = client.predict_rows([{k: v for k, v in trip.items() if k != F.LABEL_KEY}])
-    printer.line(f"the server now serves version {_served_version(client)} (no restart); "
-                 f"P(big tip) for a shifted credit-card trip: {answer[0]:.3f}")
+    printer.line(f"the server now serves version {_served_version(client)} (no restart)")
     return new_version, switched
+
+
+def score(client, rows: List[Dict[str, str]]) -> List[float]:
+    """P(big tip) for each row (its label left out), from the version the server serves."""
+    scores = []
+    for start in range(0, len(rows), ROWS_PER_REQUEST):
+        chunk = rows[start:start + ROWS_PER_REQUEST]
+        scores.extend(client.predict_rows([{k: v for k, v in r.items() if k != F.LABEL_KEY} for r in chunk]))
+    return scores
+
+
+def big_tip(row: Dict[str, str]) -> bool:
+    """What really happened: the label rule (core.features.is_big_tipper) on the row."""
+    tips = float(row[F.LABEL_KEY]) if row[F.LABEL_KEY] != "" else float("nan")
+    return bool(F.is_big_tipper(tips, float(row[F.FARE_KEY] or 0)))
+
+
+def probe_lines(rows: List[Dict[str, str]], first: List[float], second: List[float]) -> List[str]:
+    """A few of ``rows`` scored by both versions next to what happened, then both
+    versions over all of them: how often each is right (P >= 0.5 for a big tip), and
+    its mean P(big tip) for the trips that were big tips and for those that were not."""
+    picks = _examples(rows)
+    lines = [f"  {'payment':<12} {'miles':>6} {'fare':>7} {'tip':>6}  {'big tip?':<9} "
+             f"{'v1 P(big tip)':>13} {'v2 P(big tip)':>13}"]
+    for i in picks:
+        row = rows[i]
+        lines.append(f"  {row['payment_type']:<12} {float(row['trip_miles'] or 0):>6.1f} "
+                     f"{float(row[F.FARE_KEY] or 0):>7.2f} {float(row[F.LABEL_KEY] or 0):>6.2f}  "
+                     f"{'yes' if big_tip(row) else 'no':<9} {first[i]:>13.3f} {second[i]:>13.3f}")
+    truth = [big_tip(row) for row in rows]
+    for name, scores in (("v1", first), ("v2", second)):
+        right = sum((p >= 0.5) == t for p, t in zip(scores, truth)) / max(len(rows), 1)
+        lines.append(f"  {name} over all {len(rows)}: right on {right:.0%}; mean P(big tip) "
+                     f"{_mean(scores, truth, True):.2f} for the big tips, {_mean(scores, truth, False):.2f} "
+                     f"for the others")
+    lines.append("  (a cash tip is not recorded in this data: a cash trip is never a big tip, and both "
+                 "versions learned that)")
+    return lines
+
+
+def _examples(rows: List[Dict[str, str]]) -> List[int]:
+    """Indexes of a few telling rows: two credit-card big tips, a credit-card trip
+    that was not one, a cash trip (as many as there are)."""
+    wanted = [("Credit Card", True), ("Credit Card", True), ("Credit Card", False), ("Cash", False)]
+    picked = []
+    for payment, big in wanted:
+        found = next((i for i, r in enumerate(rows) if i not in picked and r["payment_type"] == payment
+                      and big_tip(r) == big), None)
+        if found is not None:
+            picked.append(found)
+    return picked
+
+
+def _mean(scores: List[float], truth: List[bool], which: bool) -> float:
+    chosen = [p for p, t in zip(scores, truth) if t == which]
+    return sum(chosen) / len(chosen) if chosen else float("nan")
 
 
 def _print_summary(demo: Settings, first, watched: Watched, graph: Path, card: Optional[str],
