@@ -25,7 +25,8 @@ def judged(tmp_path_factory, e2e_settings, first_run, held_out_rows):
     candidate = stable + 100
     settings = monitor_settings(tmp, e2e_settings, first_run, model_version_policy="all",
                                 version_labels=f"stable={stable},canary={candidate}", canary_percent=25,
-                                shadow_percent=100, log_rotate_records=40)
+                                shadow_percent=100, log_rotate_records=40,
+                                attribution_rows=0)     # not this test's subject: the pass is faster without it
     make_candidate(first_run.pushed_path, settings.model_push_dir, candidate)
     server = BackgroundServer(settings)
     server.start()
