@@ -64,7 +64,10 @@ class InferenceServicer:
 
     async def ModelInfer(self, request, context):
         refusal = self.gate.enter() if self.gate is not None else None
-        if refusal is not None:
+        if refusal is not None:    # counted as TF Serving's refused calls are (not logged)
+            client, peer = grpc_caller(context)
+            self.api.rejected(Call("predict", GRPC, "", request.model_name, client=client, peer=peer),
+                              refusal)
             await context.abort(refusal.grpc_code, refusal.message,
                                 trailing_metadata=refusal.trailing_metadata())
         try:

@@ -220,13 +220,18 @@ def _answer(inference: V.V2Inference, outputs, choices) -> Tuple[bytes, Optional
 
 
 def add_to_app(app, api, max_request_bytes: int, access, models) -> None:
-    """Add the V2 routes to ``app`` (``serving.rest.make_app``'s), before its own
-    catch-all; ``models``: the served models (the server's ModelSet)."""
+    """Add the V2 routes to ``app`` (``serving.rest.make_app``'s): after TF Serving's
+    (whose requests are routed as before, without trying these), before the
+    catch-all answering unknown paths; ``models``: the served models (the server's
+    ModelSet)."""
     args = dict(api=api, max_request_bytes=max_request_bytes, access=access)
     with_models = dict(args, models=models)
-    app.add_handlers(r".*", [(r"/v2/health/live", LiveHandler, with_models),
-                             (r"/v2/health/ready", ServerReadyHandler, with_models),
-                             (r"/v2", ServerMetadataHandler, with_models),
-                             (_MODEL + r"/ready", ModelReadyHandler, with_models),
-                             (_MODEL + r"/infer", InferHandler, args),
-                             (_MODEL, ModelMetadataHandler, with_models)])
+    rules = app.wildcard_router.rules
+    catch_all = rules.pop()
+    app.wildcard_router.add_rules([(r"/v2/health/live", LiveHandler, with_models),
+                                   (r"/v2/health/ready", ServerReadyHandler, with_models),
+                                   (r"/v2", ServerMetadataHandler, with_models),
+                                   (_MODEL + r"/ready", ModelReadyHandler, with_models),
+                                   (_MODEL + r"/infer", InferHandler, args),
+                                   (_MODEL, ModelMetadataHandler, with_models)])
+    rules.append(catch_all)
