@@ -120,8 +120,10 @@ def test_refusals_name_the_thing_and_the_fix(home, capfd):
     dead = f"127.0.0.1:{free_port()}"
     written = settings.served_model_config_path
     before = written.read_text() if written.exists() else None
+    _register_push(settings, 777)           # pushed once, its directory removed since
     for args, expected in (
             (("promote", "12345"), "no version 12345 of model taxi in"),
+            (("rollback", "777"), "version 777 of model taxi was pushed but is no longer in"),
             (("promote", str(versions["tampered"])), "fails its integrity check"),
             (("rollback", "--model", "nope"), "no model nope"),
             (("promote", "--model", "taxi", "--set", "canary_label=candidate"), "no canary to promote")):
