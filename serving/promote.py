@@ -23,6 +23,7 @@ or a server that refuses the change (the message names the thing and the fix).
 """
 import dataclasses
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, List, Optional
 
@@ -127,7 +128,9 @@ def change(settings, action: str, version: Optional[int], model_name: Optional[s
     existing = mc.config_file_of(settings)
     config_file = existing or str(settings.served_model_config_path)
     try:      # as the file says (container paths, written back as they were), and as this host sees them
-        models = mc.read_model_config(existing) if existing else mc.models_from_settings(settings)
+        models = mc.read_model_config(existing) if existing else [   # a file needs absolute base paths
+            m if storage.is_uri(m.base_path) else dataclasses.replace(m, base_path=os.path.abspath(m.base_path))
+            for m in mc.models_from_settings(settings)]
         model = served_entry(mc.models_from_settings(settings), model_name or settings.model_name, config_file)
     except mc.ModelConfigError as exc:
         raise PromotionError(str(exc)) from None

@@ -143,3 +143,20 @@ def test_promote_without_a_running_server_writes_the_file_it_will_read(home, cap
     assert f"no server running at {dead}" in out and str(settings.served_model_config_path) in out
     (served,) = read_model_config(str(settings.served_model_config_path))
     assert served.labels == {"stable": versions["canary"]}
+
+
+def test_a_relative_home_writes_absolute_paths_and_a_missing_store_is_said(home, tmp_path, monkeypatch, capfd):
+    """The file tfxops serve reads needs absolute base paths (TF Serving's rule); a home
+    without a metadata store: the served change stands, exit 1 naming what was not recorded."""
+    settings, overrides, versions = home
+    fresh = tmp_path / "fresh"
+    shutil.copytree(settings.model_push_dir / str(versions["canary"]),
+                    fresh / "serving_model" / "taxi" / str(versions["canary"]))
+    monkeypatch.chdir(tmp_path)
+    local = {"home": "fresh", "model_version_policy": "all", "version_labels": f"canary={versions['canary']}",
+             **{k: v for k, v in overrides.items() if k == "mlflow_tracking"}}
+    code, out, err = _cli(capfd, local, "promote", "--server", f"127.0.0.1:{free_port()}")
+    assert code == 1, err
+    assert "NOT RECORDED: MLMD: no metadata store" in err and "Traceback" not in err
+    (served,) = read_model_config(str(fresh / "serving" / "models.config"))
+    assert served.base_path == str(fresh / "serving_model" / "taxi") and served.labels == {"stable": versions["canary"]}
