@@ -3,7 +3,7 @@ store tags, and a run already written whole is left as it is (idempotent). A run
 left half written (the process died) is completed: parameters, metrics (at the
 record's fixed timestamps) and tags are the same the second time."""
 import itertools
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 from tracking.run_record import COMPLETE_TAG, KEY_TAG, STORE_TAG, RunRecord, key_filter
 
@@ -55,9 +55,3 @@ def _chunks(items: List, size: int) -> Iterable[List]:
             return
         yield chunk
 
-
-def run_tag(mlflow_client, run_id: Optional[str], name: str) -> Optional[str]:
-    """A tag of a run (None without the run or the tag)."""
-    if run_id is None:
-        return None
-    return mlflow_client.get_run(run_id).data.tags.get(name)
