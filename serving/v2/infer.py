@@ -155,5 +155,12 @@ def model_ready(models: ModelSet, name: str, version: Optional[int]) -> bool:
 
 
 def server_ready(models: ModelSet) -> bool:
-    """Whether every served model has a version AVAILABLE."""
-    return all(model_ready(models, name, None) for name in models.names())
+    """Whether every served model has a version AVAILABLE (a model with no version
+    yet: not ready)."""
+    for name in models.names():
+        try:
+            if not model_ready(models, name, None):
+                return False
+        except ServingError:
+            return False
+    return True

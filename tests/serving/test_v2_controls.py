@@ -119,3 +119,36 @@ def test_admission_gate_and_default_signature(tmp_path, waiting_model):
         holder.join(60)
         assert held == [("OK", "")]
         assert stub(server.ports.grpc).ModelInfer(request, timeout=60).outputs[0].contents.int64_contents
+
+
+def test_several_models(tmp_path, pushed_model, waiting_model, taxi_rows):
+    """One server, the models of a model config file: V2 serves each by name (taxi's
+    serving_raw, the waiting model's serving_default), and the server is ready only
+    while every model has a version loaded."""
+    from serving.model_config import ServedModel, write_model_config
+    config_file = tmp_path / "models.config"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    models = [ServedModel("taxi", str(tmp_path / "taxi")), ServedModel("waiter", str(tmp_path / "waiter"))]
+    copy_version(pushed_model, tmp_path / "taxi", 2)
+    copy_version(waiting_model, tmp_path / "waiter", 5)
+    write_model_config(str(config_file), models)
+    settings = serving_settings(tmp_path, model_config_file=config_file, enable_batching=False)
+    trips = complete_rows(taxi_rows, 1)
+    with BackgroundServer(settings) as server:
+        base = f"http://127.0.0.1:{server.ports.rest}"
+        assert requests.get(base + "/v2/health/ready", timeout=60).status_code == 200
+        assert requests.get(base + "/v2/models/waiter", timeout=60).json()["versions"] == ["5"]
+        taxi = requests.post(base + "/v2/models/taxi/infer", json={"inputs": json_inputs(trips)}, timeout=60)
+        assert (taxi.status_code, taxi.json()["model_version"]) == (200, "2")
+        now = str(waiting_model / "saved_model.pb")
+        waiter = requests.post(base + "/v2/models/waiter/infer", timeout=60, json={
+            "inputs": [{"name": "path", "shape": [1], "datatype": "BYTES", "data": [now]}]})
+        assert (waiter.status_code, waiter.json()["outputs"][0]["name"]) == (200, "naps")
+        v2 = stub(server.ports.grpc)
+        assert v2.ModelReady(pb.ModelReadyRequest(name="waiter"), timeout=60).ready
+        # a third model with no version yet: the server is not ready, the others still are
+        server.server.models.reload(models + [ServedModel("later", str(empty))])
+        assert requests.get(base + "/v2/health/ready", timeout=60).status_code == 400
+        assert not v2.ServerReady(pb.ServerReadyRequest(), timeout=60).ready
+        assert requests.get(base + "/v2/models/taxi/ready", timeout=60).status_code == 200
