@@ -231,148 +231,249 @@ def graph_text(g: G.Graph, title: str) -> str:
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------- box labels
+LABEL_CHARS = 32          # characters per line in a box (wrapped, never cut)
+
+
+def _wrap(text: str, width: int = LABEL_CHARS) -> List[str]:
+    """``text`` on lines of at most ``width`` characters, broken at spaces, then at
+    '/', '_' or '-', then anywhere: every character stays."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        while len(word) > width:
+            cut = max(word.rfind(c, 0, width) for c in "/_-.") + 1 or width
+            head, word = word[:cut], word[cut:]
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(head)
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + ([line] if line else [])
+
+
+def _short_time(ms: int) -> str:
+    import datetime
+    if not ms:
+        return ""
+    return datetime.datetime.fromtimestamp(ms / 1000.0, tz=datetime.timezone.utc).strftime("%b %d %H:%M")
+
+
+def _artifact_facts(g: G.Graph, aid: int) -> List[str]:
+    """What matters about an artifact at a glance: version, blessing, span, splits."""
+    props, kind = mlmd.properties(g.artifacts[aid]), g.type_of(aid)
+    facts = []
+    if kind == mlmd.PUSHED_MODEL and props.get("pushed_version"):
+        facts.append(f"version {props['pushed_version']}")
+    if "blessed" in props:
+        facts.append("blessed" if props["blessed"] else "NOT blessed")
+    if props.get("span") is not None:
+        facts.append(f"span {props['span']}")
+    if isinstance(props.get("split_names"), list) and props["split_names"]:
+        facts.append("splits " + ", ".join(props["split_names"]))
+    return facts
+
+
+def node_label(g: G.Graph, name: str, metrics: Dict[int, str]) -> List[str]:
+    """A box's lines: type and id, what matters (version, blessing, span, a metric),
+    the short time; wrapped, never cut."""
+    ident = int(name[1:])
+    if name[0] == "a":
+        a = g.artifacts[ident]
+        head = f"{g.type_of(ident)} #{ident}"
+        facts = _artifact_facts(g, ident) + [_short_time(a.create_time_since_epoch)]
+    else:
+        e = g.executions[ident]
+        head = f"{g.execution_name(ident)} #{ident}"
+        facts = [mlmd.STATE.Name(e.last_known_state).lower(), _short_time(e.create_time_since_epoch)]
+        if ident in metrics:
+            facts.insert(0, metrics[ident])
+    return _wrap(head) + _wrap(" · ".join(f for f in facts if f))
+
+
+def evaluator_metrics(report: Optional[Dict]) -> Dict[int, str]:
+    """Execution id -> its headline metric ("auc 0.939") from a model report's tree."""
+    found: Dict[int, str] = {}
+
+    def walk(node: Dict) -> None:
+        facts = node.get("facts") or {}
+        if node.get("kind") == "execution" and facts.get("metrics"):
+            m = next((x for x in facts["metrics"] if x["metric"] in ("auc", "AUC")), facts["metrics"][0])
+            found[node["id"]] = f"{m['metric']} {_num(m['value'])}"
+        for child in node.get("produced_by", []) + node.get("inputs", []) + node.get("checks", []):
+            walk(child)
+    if report and report.get("tree"):
+        walk(report["tree"])
+    return found
+
+
+def _edges_of(g: G.Graph) -> List[Tuple[str, str, str]]:
+    """(source, target, key) in data-flow order: artifact -> execution -> artifact."""
+    out = []
+    for edge in g.edges:
+        if edge.artifact_id not in g.artifacts or edge.execution_id not in g.executions:
+            continue
+        a, e = f"a{edge.artifact_id}", f"e{edge.execution_id}"
+        out.append((a, e, edge.key) if edge.is_input else (e, a, edge.key))
+    return out
+
+
+def _node_names(g: G.Graph) -> List[str]:
+    return [f"a{a}" for a in sorted(g.artifacts)] + [f"e{e}" for e in sorted(g.executions)]
+
+
 # ------------------------------------------------------------------------ DOT
 def _dot_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def dot(g: G.Graph, title: str) -> str:
-    lines = ["digraph lineage {", f'  label="{_dot_escape(title)}"; labelloc=t; rankdir=LR;',
-             '  node [fontname="Helvetica", fontsize=10];']
-    for aid in sorted(g.artifacts):
-        style = ', penwidth=2.5' if aid in g.focus else ''
-        lines.append(f'  a{aid} [shape=note, style=filled, fillcolor="#fff4e0"{style}, '
-                     f'label="{_dot_escape(_artifact_label(g, aid))}", tooltip="{_dot_escape(g.artifacts[aid].uri)}"];')
-    for eid in sorted(g.executions):
-        state = mlmd.STATE.Name(g.executions[eid].last_known_state)
-        lines.append(f'  e{eid} [shape=box, style="rounded,filled", fillcolor="#e8f0fe", '
-                     f'label="{_dot_escape(g.execution_name(eid))}\\n#{eid} {state}\\n{_dot_escape(str(g.run_ids.get(eid)))}"];')
-    for edge in g.edges:
-        if edge.artifact_id not in g.artifacts or edge.execution_id not in g.executions:
-            continue
-        a, e = f"a{edge.artifact_id}", f"e{edge.execution_id}"
-        src, dst = (a, e) if edge.is_input else (e, a)
-        lines.append(f'  {src} -> {dst} [label="{_dot_escape(edge.key)}", fontsize=8];')
+def dot(g: G.Graph, title: str, metrics: Optional[Dict[int, str]] = None) -> str:
+    """Graphviz DOT: data flowing upwards to the asked artifact, labels wrapped."""
+    lines = ["digraph lineage {", f'  label="{_dot_escape(title)}"; labelloc=t; rankdir=BT; nodesep=0.25; ranksep=0.35;',
+             '  node [fontname="Helvetica", fontsize=10, margin="0.08,0.04"];', '  edge [color="#889"];']
+    for name in _node_names(g):
+        text = "\\n".join(_dot_escape(line) for line in node_label(g, name, metrics or {}))
+        ident = int(name[1:])
+        focus = name[0] == "a" and ident in g.focus
+        shape = ('shape=note, style=filled, fillcolor="#fff4e0"' if name[0] == "a"
+                 else 'shape=box, style="rounded,filled", fillcolor="#e8f0fe"')
+        extra = ', color="#cc3333", penwidth=2.5, class="focus"' if focus else ""
+        lines.append(f'  {name} [{shape}{extra}, id="box-{name}", URL="#node-{name}", label="{text}"];')
+    for src, dst, key in _edges_of(g):
+        lines.append(f'  {src} -> {dst} [tooltip="{_dot_escape(key)}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
+def dot_svg(g: G.Graph, title: str, metrics: Optional[Dict[int, str]] = None) -> Optional[str]:
+    """The graph laid out by Graphviz ``dot`` as an inline SVG scaled to the page;
+    None when ``dot`` is not installed or fails."""
+    import re
+    import shutil
+    import subprocess
+
+    program = shutil.which("dot")
+    if program is None:
+        return None
+    try:
+        done = subprocess.run([program, "-Tsvg"], input=dot(g, "", metrics), capture_output=True, text=True,
+                              timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    svg = done.stdout[done.stdout.find("<svg"):]
+    svg = re.sub(r'\s+xmlns:xlink="[^"]*"', "", svg)
+    svg = svg.replace("xlink:href=", "href=").replace("xlink:title=", "data-title=")
+    match = re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg)
+    if match is None:
+        return None
+    width = float(match.group(1)) * 4 / 3
+    return re.sub(r'<svg width="[\d.]+pt" height="[\d.]+pt"',
+                  f'<svg class="lineage" width="100%" style="max-width:{width:.0f}px;height:auto" '
+                  f'preserveAspectRatio="xMidYMin meet"', svg, count=1)
+
+
 # ----------------------------------------------------------------------- HTML
-NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 224, 48, 64, 22, 20
+PAGE_CSS = ("body{font-family:Helvetica,Arial,sans-serif;margin:16px;max-width:1400px}"
+            ".graph{border:1px solid #ccd;padding:4px}.graph svg{display:block;margin:0 auto}"
+            "pre{background:#f6f7f9;padding:10px;overflow:auto;white-space:pre-wrap}"
+            ".legend span{display:inline-block;padding:2px 8px;margin-right:8px;border:1px solid #556}"
+            "table{border-collapse:collapse;font-size:12px;width:100%}td,th{border-bottom:1px solid #eee;"
+            "padding:3px 6px;text-align:left;vertical-align:top}th{background:#fafafa}"
+            "tr:target{background:#fff8e1}td.props{word-break:break-all}")
 
 
-def _layout(g: G.Graph) -> Dict[str, Tuple[float, float]]:
-    """Layered left-to-right layout: layer = longest path from a source, order in a
-    layer by the mean position of neighbours (a few sweeps)."""
-    nodes = [f"a{a}" for a in g.artifacts] + [f"e{e}" for e in g.executions]
-    succ: Dict[str, List[str]] = {n: [] for n in nodes}
-    pred: Dict[str, List[str]] = {n: [] for n in nodes}
-    for edge in g.edges:
-        a, e = f"a{edge.artifact_id}", f"e{edge.execution_id}"
-        if a not in succ or e not in succ:
-            continue
-        src, dst = (a, e) if edge.is_input else (e, a)
-        succ[src].append(dst)
-        pred[dst].append(src)
-    layer: Dict[str, int] = {}
-    remaining = {n: len(set(pred[n])) for n in nodes}
-    ready = sorted(n for n in nodes if remaining[n] == 0)
-    while ready:
-        n = ready.pop(0)
-        layer.setdefault(n, 0)
-        for m in sorted(set(succ[n])):
-            layer[m] = max(layer.get(m, 0), layer[n] + 1)
-            remaining[m] -= 1
-            if remaining[m] == 0:
-                ready.append(m)
-    for n in nodes:                      # cycles cannot occur; be safe anyway
-        layer.setdefault(n, 0)
-    layers: Dict[int, List[str]] = {}
-    for n in sorted(nodes, key=lambda x: (x[0], int(x[1:]))):
-        layers.setdefault(layer[n], []).append(n)
-    position = {n: i for members in layers.values() for i, n in enumerate(members)}
-    for sweep in range(6):
-        for index in sorted(layers, reverse=bool(sweep % 2)):
-            neighbours = succ if sweep % 2 else pred
-
-            def centre(n):
-                near = [position[m] for m in neighbours[n]]
-                return sum(near) / len(near) if near else position[n]
-            layers[index].sort(key=centre)
-            for i, n in enumerate(layers[index]):
-                position[n] = i
-    return {n: (MARGIN + layer[n] * (NODE_W + GAP_X), MARGIN + position[n] * (NODE_H + GAP_Y))
-            for n in nodes}
-
-
-def html(g: G.Graph, title: str, text: Optional[str] = None) -> str:
-    """One HTML file: the graph as inline SVG (hover a node for details) and the
-    text answer below it. Opens from disk; no scripts, fonts or network."""
+def html(g: G.Graph, title: str, text: Optional[str] = None, metrics: Optional[Dict[int, str]] = None,
+         use_dot: bool = True) -> str:
+    """One HTML file: the graph as an inline SVG that fits the page (Graphviz ``dot``
+    when installed and ``use_dot``, else ``lineage.layout``), every box's properties
+    in a table below it (each box links to its row), then the text answer. Opens
+    from disk; no scripts, fonts or network."""
     esc = _html.escape
+    svg = (dot_svg(g, title, metrics) if use_dot else None) or _svg(g, metrics or {})
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title)}</title>\n"
-            "<style>body{font-family:Helvetica,Arial,sans-serif;margin:16px}"
-            ".graph{overflow:auto;border:1px solid #ccd;padding:4px}"
-            "pre{background:#f6f7f9;padding:10px;overflow:auto}"
-            ".legend span{display:inline-block;padding:2px 8px;margin-right:8px;border:1px solid #556}</style>"
-            f"</head><body>\n<h2>{esc(title)}</h2>\n"
+            f"<style>{PAGE_CSS}</style></head><body>\n<h2>{esc(title)}</h2>\n"
             "<p class=\"legend\"><span style=\"background:#fff4e0\">artifact</span>"
             "<span style=\"background:#e8f0fe;border-radius:10px\">execution</span>"
-            "<span style=\"border-color:#c33\">asked about</span> hover a box for its properties</p>\n"
-            f"<div class=\"graph\">{_svg(g)}</div>\n"
-            + (f"<pre>{esc(text)}</pre>\n" if text else "")
+            "<span style=\"border-color:#c33;border-width:2px\">asked about</span> data flows upwards; "
+            "click a box for its properties below</p>\n"
+            f"<div class=\"graph\">{svg}</div>\n<h3>Properties</h3>\n{_properties_table(g)}\n"
+            + (f"<h3>As text</h3><pre>{esc(text)}</pre>\n" if text else "")
             + "</body></html>\n")
 
 
-def _svg(g: G.Graph) -> str:
-    """The graph as an SVG element: edges as curves, nodes as boxes with a tooltip."""
-    pos = _layout(g)
-    width = max((x for x, _ in pos.values()), default=0) + NODE_W + 2 * MARGIN
-    height = max((y for _, y in pos.values()), default=0) + NODE_H + 2 * MARGIN
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-             f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" font-size="11">',
+def _properties_table(g: G.Graph) -> str:
+    esc, rows = _html.escape, []
+    for name in _node_names(g):
+        ident = int(name[1:])
+        if name[0] == "a":
+            node, kind = g.artifacts[ident], g.type_of(ident)
+            where = node.uri
+        else:
+            node, kind = g.executions[ident], g.execution_type(ident)
+            where = f"{mlmd.STATE.Name(node.last_known_state)}, run {g.run_ids.get(ident)}"
+        props = "; ".join(f"{k}={_short(v, 300)}" for k, v in sorted(mlmd.properties(node).items()))
+        rows.append(f'<tr id="node-{name}"><td>{esc(name[0] == "a" and "artifact" or "execution")} #{ident}'
+                    f'</td><td>{esc(kind)}</td><td>{esc(mlmd.ms_to_iso(node.create_time_since_epoch))}</td>'
+                    f'<td class="props">{esc(where)}</td><td class="props">{esc(props) or "–"}</td></tr>')
+    return ("<table><tr><th>node</th><th>type</th><th>created (UTC)</th><th>uri / state, run</th>"
+            "<th>properties</th></tr>" + "".join(rows) + "</table>")
+
+
+def _svg(g: G.Graph, metrics: Dict[int, str]) -> str:
+    """The graph as an SVG element laid out by ``lineage.layout``, scaled to the page."""
+    from lineage import layout as layout_lib
+
+    labels = {name: node_label(g, name, metrics) for name in _node_names(g)}
+    edges = _edges_of(g)
+    placed = layout_lib.layout({n: len(lines) for n, lines in labels.items()}, [(a, b) for a, b, _ in edges])
+    w, h = placed.width, placed.height
+    parts = [f'<svg class="lineage" xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {w:.0f} {h:.0f}" '
+             f'style="max-width:{w:.0f}px;height:auto" font-family="Helvetica, Arial, sans-serif" font-size="11">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
              'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#667"/></marker></defs>']
-    for edge in g.edges:
-        a, e = f"a{edge.artifact_id}", f"e{edge.execution_id}"
-        if a in pos and e in pos:
-            parts.append(_svg_edge(edge, *((pos[a], pos[e]) if edge.is_input else (pos[e], pos[a]))))
-    parts += [_svg_node(g, name, x, y) for name, (x, y) in pos.items()]
+    for src, dst, key in edges:
+        if (src, dst) in placed.routes:
+            parts.append(_svg_edge(key, placed.routes[(src, dst)]))
+    parts += [_svg_node(g, name, labels[name], placed.boxes[name]) for name in labels if name in placed.boxes]
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _svg_edge(edge: G.Edge, source: Tuple[float, float], target: Tuple[float, float]) -> str:
-    (x1, y1), (x2, y2) = source, target
-    x1, y1, x2, y2 = x1 + NODE_W, y1 + NODE_H / 2, x2, y2 + NODE_H / 2
-    mid = (x1 + x2) / 2
-    return (f'<path d="M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} {x2:.0f},{y2:.0f}" '
-            f'fill="none" stroke="#889" marker-end="url(#arrow)"><title>{_html.escape(edge.key)}</title></path>')
+def _svg_edge(key: str, points: List[Tuple[float, float]]) -> str:
+    """A curve through the route's points, leaving and entering boxes vertically."""
+    d = [f"M{points[0][0]:.0f},{points[0][1]:.0f}"]
+    for (x1, y1), (x2, y2) in zip(points, points[1:]):
+        mid = (y1 + y2) / 2
+        d.append(f"C{x1:.0f},{mid:.0f} {x2:.0f},{mid:.0f} {x2:.0f},{y2:.0f}")
+    return (f'<path d="{" ".join(d)}" fill="none" stroke="#889" marker-end="url(#arrow)">'
+            f'<title>{_html.escape(key)}</title></path>')
 
 
-def _svg_node(g: G.Graph, name: str, x: float, y: float) -> str:
-    """Node ``a<id>`` (artifact) or ``e<id>`` (execution) as a box at (x, y)."""
+def _svg_node(g: G.Graph, name: str, lines: List[str], box) -> str:
+    """Node ``a<id>`` (artifact) or ``e<id>`` (execution) as a box with its label lines."""
+    from lineage.layout import LINE_H, PAD
+
     esc, ident = _html.escape, int(name[1:])
-    if name[0] == "a":
-        artifact = g.artifacts[ident]
-        line1, line2 = _artifact_label(g, ident), artifact.uri
-        tip = json.dumps({"uri": artifact.uri, **mlmd.properties(artifact)}, indent=1, default=str)
-        fill, radius = "#fff4e0", 4
-    else:
-        e = g.executions[ident]
-        line1 = f"{g.execution_name(ident)} #{ident}"
-        line2 = f"{mlmd.STATE.Name(e.last_known_state)} run {g.run_ids.get(ident)}"
-        tip = json.dumps({"type": g.execution_type(ident), **mlmd.properties(e)}, indent=1, default=str)
-        fill, radius = "#e8f0fe", 14
-    stroke = 'stroke="#c33" stroke-width="2.5"' if ident in g.focus and name[0] == "a" else 'stroke="#556"'
-    return (f'<g><title>{esc(tip[:3000])}</title>'
-            f'<rect x="{x:.0f}" y="{y:.0f}" width="{NODE_W}" height="{NODE_H}" rx="{radius}" '
-            f'fill="{fill}" {stroke}/>'
-            f'<text x="{x + 8:.0f}" y="{y + 19:.0f}" font-weight="bold">{esc(_short(line1, 30))}</text>'
-            f'<text x="{x + 8:.0f}" y="{y + 36:.0f}" fill="#445">{esc(_short(line2, 34))}</text></g>')
+    artifact = name[0] == "a"
+    fill, radius = ("#fff4e0", 4) if artifact else ("#e8f0fe", 12)
+    focus = artifact and ident in g.focus
+    stroke = 'stroke="#c33" stroke-width="2.5"' if focus else 'stroke="#556"'
+    styles = [' font-weight="bold"'] + [' fill="#445"'] * len(lines)
+    text = "".join(f'<text x="{box.x + PAD:.0f}" y="{box.y + PAD + LINE_H * (i + 1) - 3:.0f}"{styles[i]}>'
+                   f'{esc(line)}</text>' for i, line in enumerate(lines))
+    return (f'<a href="#node-{name}"><g id="box-{name}" class="node{" focus" if focus else ""}">'
+            f'<rect x="{box.x:.0f}" y="{box.y:.0f}" width="{box.w:.0f}" height="{box.h:.0f}" rx="{radius}" '
+            f'fill="{fill}" {stroke}/>{text}</g></a>')
 
 
 def model_graph_title(report: Dict) -> str:
-    return f"Lineage of model version {report['version']} (run {report['run_id']})"
+    by = report.get("pushed_by") or {}
+    source = (f"run {report['run_id']}" if report.get("run_id") else
+              f"pushed by {by.get('node_id')} #{by.get('execution_id')}" if by else "producer not recorded")
+    return f"Lineage of model version {report['version']} ({source})"
 
 
 def model_text(report: Dict) -> str:
@@ -380,6 +481,6 @@ def model_text(report: Dict) -> str:
     return tree_text(report) + "\n\n" + since_previous_text(report)
 
 
-def model_html(report: Dict, graph) -> str:
-    """The model's lineage graph as a self-contained page, with the text beside it."""
-    return html(graph, model_graph_title(report), model_text(report))
+def model_html(report: Dict, graph, use_dot: bool = True) -> str:
+    """The model's lineage graph as a self-contained page, with the text below it."""
+    return html(graph, model_graph_title(report), model_text(report), evaluator_metrics(report), use_dot)

@@ -1,6 +1,7 @@
 """``tfxops monitor`` and ``tfxops approve`` (registered by tfxops.cli).
 
     tfxops monitor [--dry-run] [--watch SECONDS] [--json] [--engine local|beam] [--home DIR] [--set key=value ...]
+    tfxops monitor report [--open] [--home DIR]     every window's page and <monitor_dir>/index.html again
 
 ``--engine`` sets ``monitor_engine`` for this command: ``local`` (the default: this
 machine's processes) or ``beam`` (a Beam job run with ``beam_args``; see
@@ -79,6 +80,28 @@ def cmd_monitor(args) -> int:
         time.sleep(max(0.0, args.watch - (time.monotonic() - started)))
 
 
+def cmd_monitor_report(args) -> int:
+    """``tfxops monitor report``: every window's page and the index again, from the
+    saved results and statistics; prints the index's path (``--open``: in a browser)."""
+    import webbrowser
+
+    from monitoring import report
+
+    try:
+        index = report.regenerate(settings_from(args))
+    except (FileNotFoundError, ConfigError) as exc:
+        print(f"tfxops monitor report: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"tfxops monitor report: cannot write {exc.filename} ({exc.strerror}): run it as the monitor's "
+              f"user", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(index)
+    if args.open and not webbrowser.open(index.resolve().as_uri()):
+        print(f"no browser to open; open {index.resolve().as_uri()}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_approve(args) -> int:
     from core import audit
     from monitoring import act, approval, lock
@@ -132,6 +155,12 @@ def register(subparsers) -> None:
                    help="how the window's logs are read: local processes (default) or a Beam job "
                         "(beam_args); the setting monitor_engine")
     p.set_defaults(func=cmd_monitor)
+    pages = p.add_subparsers(dest="monitor_command", metavar="{report}")
+    page = pages.add_parser("report", help="regenerate every window's report and the index "
+                            "(<home>/monitoring/index.html) from the saved results; print its path")
+    add_common_options(page)
+    page.add_argument("--open", action="store_true", help="open the index in a web browser")
+    page.set_defaults(func=cmd_monitor_report)
 
     approve = subparsers.add_parser(
         "approve", help="release (or reject) a span of labelled requests the poisoning guard held from a retrain")

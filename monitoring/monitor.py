@@ -96,7 +96,7 @@ def _monitor_window(settings: Settings, dry_run: bool, print_line: PrintLine) ->
     _record(monitor_pass, result)
     timings["record_and_report"] = time.time() - mark
     result.timings = {k: round(v, 3) for k, v in timings.items()}
-    report.write(result)
+    report.write(result, settings)      # the page, with its policy settings, and the index
     if not dry_run:         # a dry run only reports: the next real pass analyses the same requests
         _commit(monitor_pass, traffic, files, result)
     print_line(result.summary_line())

@@ -1,9 +1,13 @@
-"""The run's JSON result and a self-contained HTML report (inline SVG, no scripts,
-no external files): the decision first, then per served version the features
-sorted by how far they are over their threshold, training vs serving
-distributions side by side, anomalies, prediction drift and quality."""
+"""The run's JSON result and a self-contained HTML report (inline SVG and CSS, no
+scripts, no external files): the verdict and decision first, then per served version
+the features (why each is or is not flagged, a test chosen by sample size), charts on
+readable bins with each side's figures, anomalies, prediction drift and quality.
+``write`` also refreshes the index over every window (``monitoring.report_index``);
+``regenerate`` rewrites every window's page and the index from their saved JSON
+results and statistics files (``tfxops monitor report``)."""
 import html
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -11,58 +15,21 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from monitoring import out_of_domain
+from monitoring import agreement, out_of_domain
 from monitoring import probing, redacted
 from monitoring import poisoning
+from monitoring import report_bins, report_charts, report_features, report_index, report_verdict as verdict_lib
+from monitoring.report_charts import SERVE_COLOR, TRAIN_COLOR
 
-TRAIN_COLOR, SERVE_COLOR = "#4C78A8", "#F58518"
+log = logging.getLogger("tfxops.monitoring")
 
 
 # ------------------------------------------------------------------ distributions
-def distribution(training_feature, serving_feature, top: int = 12) -> Optional[Dict]:
-    """Both sides' mass per bin: training-quantile bins for numbers, top values for strings."""
-    from monitoring import checks
-
-    kind = (training_feature or serving_feature)
-    if kind is None:
-        return None
-    if kind.WhichOneof("stats") == "num_stats":
-        a, b = checks.quantile_cdf(training_feature), checks.quantile_cdf(serving_feature)
-        base = a or b
-        if base is None:
-            return None
-        edges = list(np.unique(np.concatenate([base[1], base[2][-1:]])))
-        labels = [f"≤{_num(edges[0])}"] + [f"{_num(lo)}–{_num(hi)}" for lo, hi in zip(edges, edges[1:])] \
-            + [f">{_num(edges[-1])}"]
-
-        def masses(side):
-            if side is None:
-                return None
-            return [max(0.0, v) for v in np.diff([0.0] + [side[0](x) for x in edges] + [1.0])]
-        return {"kind": "numeric", "bins": labels, "training": masses(a), "serving": masses(b)}
-    if kind.WhichOneof("stats") == "string_stats":
-        def freqs(feature):
-            if feature is None or feature.WhichOneof("stats") != "string_stats":
-                return None
-            stats = feature.string_stats
-            total = stats.common_stats.num_non_missing or 1
-            values = {}
-            for bucket in stats.rank_histogram.buckets or []:
-                values[bucket.label] = bucket.sample_count / total
-            for tv in stats.top_values:
-                values[tv.value] = tv.frequency / total
-            return values
-        t, s = freqs(training_feature), freqs(serving_feature)
-        keys = sorted(set((t or {})) | set((s or {})),
-                      key=lambda k: -max((t or {}).get(k, 0), (s or {}).get(k, 0)))[:top]
-        return {"kind": "categorical", "bins": keys,
-                "training": [(t or {}).get(k, 0.0) for k in keys] if t is not None else None,
-                "serving": [(s or {}).get(k, 0.0) for k in keys] if s is not None else None}
-    return None
-
-
-def _num(x: float) -> str:
-    return f"{x:.4g}"
+def distribution(training_feature, serving_feature) -> Optional[Dict]:
+    """Both sides' share per readable bin (``monitoring.report_bins``): round value bins
+    for numbers, dates for timestamps, 0-1 for probabilities, top values and "other"
+    for strings."""
+    return report_bins.distribution(training_feature, serving_feature)
 
 
 # ------------------------------------------------------------------ JSON
@@ -81,10 +48,42 @@ def json_safe(value):
     return value
 
 
-def write(result) -> None:
-    """A pass's ``result.MonitorResult`` as its JSON and HTML report files (``result.report``)."""
-    _write_atomically(Path(result.report.json), result.to_json())
-    _write_atomically(Path(result.report.html), render_html(result.to_dict()))
+def write(result, settings=None) -> None:
+    """A pass's ``result.MonitorResult`` as its JSON and HTML report files (``result.report``),
+    with the policy settings it was judged with; then the index over every window."""
+    document = result.to_dict()
+    if settings is not None:
+        document["policy"] = verdict_lib.policy_of(settings)
+    _write_atomically(Path(result.report.json), json.dumps(json_safe(document), indent=2))
+    home = Path(settings.home) if settings is not None else None
+    _write_atomically(Path(result.report.html), render_html(document, home=home))
+    reports = Path(result.report.html).parent
+    write_index(reports.parent, document.get("policy") or {})
+
+
+def write_index(monitor_dir: Path, policy: Dict) -> Path:
+    """``<monitor_dir>/index.html`` over every window's JSON result in ``reports/``."""
+    documents = report_index.read_results(monitor_dir / "reports")
+    path = monitor_dir / "index.html"
+    _write_atomically(path, report_index.render(documents, policy, CSS))
+    return path
+
+
+def regenerate(settings) -> Path:
+    """Every window's page again from its saved JSON result and statistics files (the
+    settings' policy where a result did not record its own), then the index; the
+    index's path. ``FileNotFoundError`` when the home has no monitoring reports."""
+    monitor_dir = Path(settings.monitor_path)
+    reports = monitor_dir / "reports"
+    documents = report_index.read_results(reports)
+    if not documents:
+        raise FileNotFoundError(f"no monitoring reports in {reports}: run `tfxops monitor --home {settings.home}` "
+                                f"after the server has logged requests")
+    policy = verdict_lib.policy_of(settings)
+    for path, document in documents:
+        document.setdefault("policy", policy)
+        _write_atomically(path.with_suffix(".html"), render_html(document, home=Path(settings.home)))
+    return write_index(monitor_dir, policy)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -95,16 +94,22 @@ def _write_atomically(path: Path, text: str) -> None:
 
 # ------------------------------------------------------------------ HTML
 CSS = """
-body{font:14px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+body{font:14px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1320px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
 h3{font-size:15px;margin:18px 0 6px}.muted{color:#666}.box{padding:12px 16px;border-radius:6px;margin:12px 0}
 .ok{background:#e8f5e9;border:1px solid #a5d6a7}.warn{background:#fff8e1;border:1px solid #ffe082}
-.act{background:#ffebee;border:1px solid #ef9a9a}table{border-collapse:collapse;margin:6px 0}
+.act{background:#ffebee;border:1px solid #ef9a9a}.idle{background:#eceff1;border:1px solid #cfd8dc}
+table{border-collapse:collapse;margin:6px 0}
 td,th{padding:4px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
 th{background:#fafafa}.num{text-align:right;font-variant-numeric:tabular-nums}
-.bad{color:#c62828;font-weight:600}.grid{display:flex;flex-wrap:wrap;gap:14px}
-.card{border:1px solid #e0e0e0;border-radius:6px;padding:8px;width:360px}
-.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}
+.bad{color:#c62828;font-weight:600}.note{color:#8d6e00;font-weight:600}.fine{color:#2e7d32}.quiet{color:#78909c}
+.pill{display:inline-block;padding:0 8px;border-radius:9px;font-size:12px;white-space:nowrap;background:#f5f5f5}
+.pill.bad{background:#ffebee}.pill.note{background:#fff8e1}.pill.fine{background:#e8f5e9}
+td.why{font-size:12px;max-width:420px}.grid{display:flex;flex-wrap:wrap;gap:14px}
+.card{border:1px solid #e0e0e0;border-radius:6px;padding:8px;width:430px;box-sizing:border-box}
+.summary td,.summary th{font-size:12px;padding:2px 6px}.verdict{font-size:15px}
+.legend span,.legend i{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}
+.legend span.muted{width:auto;height:auto}
 code{background:#f5f5f5;padding:1px 4px;border-radius:3px}
 """
 
@@ -117,64 +122,19 @@ def _fmt(x, digits=3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _bars(dist: Dict, width: int = 340, height: int = 150) -> str:
-    bins = dist["bins"]
-    t, s = dist.get("training"), dist.get("serving")
-    n = max(1, len(bins))
-    peak = max([v for side in (t, s) if side for v in side] + [1e-9])
-    slot = (width - 10) / n
-    bar = max(1.0, slot / 2 - 1)
-    parts = [f'<svg width="{width}" height="{height + 46}" role="img">']
-    for i, label in enumerate(bins):
-        x = 5 + i * slot
-        for j, (side, color) in enumerate(((t, TRAIN_COLOR), (s, SERVE_COLOR))):
-            if side is None:
-                continue
-            h = height * side[i] / peak
-            parts.append(f'<rect x="{x + j * bar:.1f}" y="{height - h:.1f}" width="{bar:.1f}" '
-                         f'height="{h:.1f}" fill="{color}"><title>{_e(label)}: '
-                         f'{"training" if j == 0 else "serving"} {side[i]:.3f}</title></rect>')
-        short = _e(label if len(label) <= 10 else label[:9] + "…")
-        parts.append(f'<text x="{x + slot / 2:.1f}" y="{height + 10}" font-size="9" '
-                     f'transform="rotate(35 {x + slot / 2:.1f} {height + 10})">{short}</text>')
-    parts.append(f'<line x1="0" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/></svg>')
-    return "".join(parts)
-
-
-def _meter(distance: Optional[float], threshold: Optional[float]) -> str:
-    if distance is None:
-        return '<span class="muted">n/a</span>'
-    scale = max(distance, threshold or 0, 0.2) * 1.1
-    w = 120
-    dx = w * distance / scale
-    over = threshold is not None and distance > threshold
-    svg = [f'<svg width="{w}" height="12"><rect width="{w}" height="12" fill="#f0f0f0"/>',
-           f'<rect width="{dx:.1f}" height="12" fill="{"#e53935" if over else "#90a4ae"}"/>']
-    if threshold is not None:
-        tx = w * threshold / scale
-        svg.append(f'<line x1="{tx:.1f}" y1="0" x2="{tx:.1f}" y2="12" stroke="#000" stroke-width="2"/>')
-    svg.append("</svg>")
-    return "".join(svg)
-
-
-def render_html(result: Dict) -> str:
-    decision = result.get("decision") or {}
-    action = decision.get("action", "none")
-    cls = "act" if action != "none" else ("warn" if decision.get("triggered") else "ok")
+def render_html(result: Dict, home: Optional[Path] = None) -> str:
+    """The window's page from its JSON result (``home``: where to find the statistics
+    files it names when they are relative to another directory)."""
+    policy = result.get("policy") or {}
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>tfxops monitor "
            f"{_e(result.get('window'))}</title><style>{CSS}</style></head><body>",
+           "<div class='muted'><a href='../index.html'>all windows</a></div>",
            f"<h1>Monitoring report: window {_e(result.get('window'))}</h1>",
            f"<div class='muted'>{_e(result.get('finished'))} · {result.get('rows', 0)} rows in "
            f"{result.get('requests', 0)} requests from {len(result.get('files', []))} log file(s)"
            f"{' · resumed after a crash' if result.get('resumed') else ''}"
-           f"{' · dry run' if result.get('dry_run') else ''}</div>"]
-    out.append(f"<div class='box {cls}'><b>Decision: {_e(action.upper())}</b> — {_e(decision.get('because', ''))}")
-    if decision.get("reasons"):
-        out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in decision["reasons"]) + "</ul>")
-    if decision.get("outcome"):
-        out.append(f"<div>Outcome: <code>{_e(json.dumps(json_safe(decision['outcome'])))}</code></div>")
-    out.append("</div>")
-    out.append(poisoning.held_html(decision.get("outcome"), str(result.get("window"))))   # issue 16 part 5a
+           f"{' · dry run' if result.get('dry_run') else ''}</div>", _decision_html(result, policy)]
+    out.append(poisoning.held_html((result.get("decision") or {}).get("outcome"), str(result.get("window"))))
     out.append(_files_html(result))
     for item in result.get("not_judged") or []:
         out.append(f"<div class='box warn'><b>Model {_e(item['model_name'])} version {_e(item['version'])}: "
@@ -184,13 +144,56 @@ def render_html(result: Dict) -> str:
         out.append("<h2>Rejected before a model version was chosen</h2>"
                    + _rejections_html(result["unattributed_rejections"]))
     for group in result.get("versions", []):
-        out.append(_version_html(group))
-    out.append("<p class='muted'>Skew: L-infinity distance (categorical, TFDV) or Jensen-Shannon "
-               "divergence over the training quantile bins (numeric), serving vs the training split "
-               "of the model's own data; thresholds from the schema's skew/drift comparators; "
-               "– = the schema sets none (shown, never alarms). Drift: vs the previous window.</p>")
+        out.append(_version_html(group, policy, home))
+    out.append(agreement.report_section(result.get("agreement")))     # production vs candidate (issue 17 part 4)
+    out.append(_method_note(policy))
     out.append("</body></html>")
     return "".join(out)
+
+
+def _decision_html(result: Dict, policy: Dict) -> str:
+    """The verdict box: the decision and why, in words, each version's findings, and
+    what the action did."""
+    decision = result.get("decision") or {}
+    action = decision.get("action", "none")
+    groups = result.get("versions") or []
+    few = bool(groups) and all(verdict_lib.too_few_rows(g.get("rows", 0), policy) for g in groups)
+    cls = "act" if action != "none" else ("idle" if few else "warn" if decision.get("triggered") else "ok")
+    out = [f"<div class='box {cls} verdict' id='verdict'><b>Decision: {_e(action.upper())}</b> — "
+           f"{_e(decision.get('because', ''))}"]
+    if few:
+        out.append(f"<div><b>Too few rows to judge</b>: {result.get('rows', 0)} row(s) in this window, fewer than "
+                   f"monitor_min_rows={policy['monitor_min_rows']}; nothing below is flagged or acted on.</div>")
+    for group in groups:
+        head = f"Model {group.get('model_name')} version {group.get('version')}" if len(groups) > 1 else "Findings"
+        out.append(f"<div><b>{_e(head)}</b>:<ul>" + "".join(
+            f"<li>{_e(line)}</li>" for line in verdict_lib.version_findings(group, policy)) + "</ul></div>")
+    if decision.get("reasons"):
+        heading = "What the policy saw (not judged: too few rows)" if few else "The policy's reasons"
+        out.append(f"<div><b>{heading}</b>:<ul>" + "".join(
+            f"<li>{_e(r)}</li>" for r in decision["reasons"]) + "</ul></div>")
+    lines = verdict_lib.outcome_lines(decision.get("outcome"))
+    if lines:
+        out.append("<div><b>What the action did</b>:<ul>" + "".join(f"<li>{_e(x)}</li>" for x in lines)
+                   + "</ul></div>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def _method_note(policy: Dict) -> str:
+    from monitoring.report_statistics import TEST_MAX_ROWS
+
+    return ("<p class='muted'>Skew: L-infinity distance (strings, TFDV) or Jensen-Shannon divergence over the "
+            "training quantile bins (numbers), serving vs the training split of the model's own data; "
+            "thresholds from the schema's skew/drift comparators; – = the schema sets none (shown, never "
+            "alarms). Drift: vs the previous window. Charts: each side's share of its values on round value "
+            "bins (dates for timestamps, 0–1 for probabilities, the top values and \"other\" for strings), "
+            "read from TFDV's histograms. Statistic by sample size: when the smaller sample has at most "
+            f"{TEST_MAX_ROWS:,} rows, a Kolmogorov-Smirnov (numbers) or chi-squared (strings, small integer "
+            "categories) test with its p-value, else the distance (as Evidently chooses); it informs, the "
+            "thresholds decide." + (f" Windows under monitor_min_rows={policy['monitor_min_rows']} rows are "
+                                    "not judged." if policy.get("monitor_min_rows") is not None else "")
+            + "</p>")
 
 
 def _files_html(result: Dict) -> str:
@@ -238,7 +241,7 @@ def _pct(x: float) -> str:
     return percent(x)
 
 
-def _version_html(group: Dict) -> str:
+def _version_html(group: Dict, policy: Dict, home: Optional[Path]) -> str:
     """One served version: its rejections and contract, features, predictions and
     quality, the blessed models judged against it, the distributions."""
     base = group.get("baseline") or {}
@@ -255,39 +258,26 @@ def _version_html(group: Dict) -> str:
         out.append("<h3>SERVING contract: what the served signatures take</h3><div class='muted'>Presence "
                    "required only in the rows of the signatures that take the feature:</div><ul>"
                    + "".join(f"<li>{_e(r['line'])}</li>" for r in group["relaxed"]) + "</ul>")
-    features = group.get("features", [])
-    order = sorted(features, key=lambda f: (not f["flagged"], -(f["skew"] or 0) / (f["skew_threshold"] or 10)))
-    out += [_features_html(order), _prediction_quality_html(group), _bias_html(group.get("bias")),
+    views = report_features.feature_views(group, policy, home)
+    out += [report_features.table_html(views), report_features.cards_html(views, group.get("prediction")),
+            _prediction_quality_html(group, policy), _bias_html(group.get("bias")),
             _attribution_html(group.get("attribution")), out_of_domain.render_html(group.get("out_of_domain")),
             probing.render_html(group.get("probing")), redacted.render_html(group.get("redaction")),
-            _reuse_html(group), _distributions_html(group, order)]
+            _reuse_html(group)]
     return "".join(out)
 
 
-def _features_html(order: List[Dict]) -> str:
-    out = ["<h3>Features</h3><table><tr><th>feature</th><th>type</th><th>skew vs training</th>"
-           "<th class='num'>distance</th><th class='num'>threshold</th><th class='num'>drift</th>"
-           "<th>anomalies</th></tr>"]
-    for f in order:
-        mark = " class='bad'" if f["flagged"] else ""
-        anomalies = "<br>".join(f"<b>{_e(a['severity'])}</b> {_e(a['short'])}: {_e(a['description'])}"
-                                for a in f["anomalies"])
-        out.append(f"<tr><td{mark}>{_e(f['name'])}</td><td>{_e(f['type'])}</td>"
-                   f"<td>{_meter(f['skew'], f['skew_threshold'])}</td>"
-                   f"<td class='num'>{_fmt(f['skew'])}</td><td class='num'>{_fmt(f['skew_threshold'], 2)}</td>"
-                   f"<td class='num'>{_fmt(f['drift'])}</td><td>{anomalies}</td></tr>")
-    out.append("</table>")
-    return "".join(out)
-
-
-def _prediction_quality_html(group: Dict) -> str:
+def _prediction_quality_html(group: Dict, policy: Dict) -> str:
     pred = group.get("prediction") or {}
     quality = group.get("quality") or {}
+    few = verdict_lib.too_few_rows(group.get("rows", 0), policy)
     out = ["<h3>Predictions and quality</h3><table>"]
     if pred.get("available"):
-        out.append(f"<tr><td>prediction drift (JS, served vs evaluation set)</td><td class='num'>"
-                   f"{_fmt(pred.get('distance'))}</td><td>threshold {_fmt(pred.get('threshold'), 2)}"
-                   f"{' <b class=bad>over</b>' if pred.get('over') else ''}</td></tr>")
+        state = ("<span class='pill quiet'>too few rows to judge</span>" if few else
+                 " <b class=bad>over</b>" if pred.get("over") else " within")
+        out.append(f"<tr><td>prediction drift (Jensen-Shannon, served vs evaluation set)</td><td class='num'>"
+                   f"{report_charts.meter(pred.get('distance'), pred.get('threshold'), muted=few)} "
+                   f"{_fmt(pred.get('distance'))}</td><td>threshold {_fmt(pred.get('threshold'), 2)} {state}</td></tr>")
     else:
         out.append(f"<tr><td>prediction drift</td><td colspan=2 class='muted'>{_e(pred.get('reason', 'n/a'))}</td></tr>")
     out.append(f"<tr><td>labelled requests</td><td class='num'>{quality.get('labelled_rows', 0)}</td>"
@@ -312,17 +302,12 @@ def _bias_html(bias: Optional[Dict]) -> str:
     if bias["slices"]:
         metrics = [m for m in ("positive_rate", "accuracy", "false_positive_rate", "false_negative_rate", "auc")
                    if any(c["metric"] == m for s in bias["slices"] for c in s["comparisons"])]
-        out.append("<table><tr><th>slice</th><th class='num'>rows</th><th class='num'>labelled</th>"
-                   "<th class='num'>evaluation examples</th>" + "".join(
-                       f"<th>{_e(m.replace('_', ' '))}: window / Evaluator (z)</th>" for m in metrics) + "</tr>")
-        for item in bias["slices"]:
-            cells = {c["metric"]: c for c in item["comparisons"]}
-            out.append(f"<tr><td{' class=bad' if any(c['flagged'] for c in cells.values()) else ''}>"
-                       f"{_e(item['feature'])}={_e(item['value'])}</td><td class='num'>{item['rows']}</td>"
-                       f"<td class='num'>{item['labelled']}</td><td class='num'>"
-                       f"{_e(item['evaluation_examples'] if item['evaluation_examples'] is not None else '–')}</td>"
-                       + "".join(_bias_cell(cells.get(m)) for m in metrics) + "</tr>")
-        out.append("</table>")
+        judged = [item for item in bias["slices"] if item["rows"] >= bias["min_rows"]]
+        small = [item for item in bias["slices"] if item["rows"] < bias["min_rows"]]
+        out.append(_bias_table(judged, metrics))
+        if small:
+            out.append(f"<details><summary>{len(small)} more slice(s) with fewer than {bias['min_rows']} rows "
+                       f"(shown, not judged)</summary>{_bias_table(small, metrics)}</details>")
     if bias["gaps"]:
         out.append("<table><tr><th>feature</th><th>metric</th><th>gap in the window</th><th>gap at evaluation"
                    "</th><th class='num'>change</th><th class='num'>z</th></tr>" + "".join(
@@ -331,6 +316,21 @@ def _bias_html(bias: Optional[Dict]) -> str:
                        f"({_e(' vs '.join(g['between']))})</td><td>{_fmt(g['evaluation_gap'])} "
                        f"({_e(' vs '.join(g['between']))})</td><td class='num'>{g['change']:+.3f}</td>"
                        f"<td class='num'>{_fmt(g['z'], 1)}</td></tr>" for g in bias["gaps"]) + "</table>")
+    return "".join(out)
+
+
+def _bias_table(slices: List[Dict], metrics: List[str]) -> str:
+    out = ["<table><tr><th>slice</th><th class='num'>rows</th><th class='num'>labelled</th>"
+           "<th class='num'>evaluation examples</th>" + "".join(
+               f"<th>{_e(m.replace('_', ' '))}: window / Evaluator (z)</th>" for m in metrics) + "</tr>"]
+    for item in slices:
+        cells = {c["metric"]: c for c in item["comparisons"]}
+        out.append(f"<tr><td{' class=bad' if any(c['flagged'] for c in cells.values()) else ''}>"
+                   f"{_e(item['feature'])}={_e(item['value'])}</td><td class='num'>{item['rows']}</td>"
+                   f"<td class='num'>{item['labelled']}</td><td class='num'>"
+                   f"{_e(item['evaluation_examples'] if item['evaluation_examples'] is not None else '–')}</td>"
+                   + "".join(_bias_cell(cells.get(m)) for m in metrics) + "</tr>")
+    out.append("</table>")
     return "".join(out)
 
 
@@ -352,7 +352,7 @@ def _attribution_html(drift: Optional[Dict]) -> str:
     if not drift["available"]:
         return "".join(out) + f"<div class='muted'>not judged: {_e(drift['reason'])}</div>"
     cost = drift["cost"]
-    meter = _meter(1 - drift["ndcg"], 1 - drift["threshold"])      # 1 - NDCG against 1 - threshold
+    meter = report_charts.meter(1 - drift["ndcg"], 1 - drift["threshold"])      # 1 - NDCG against 1 - threshold
     out.append(f"<div>NDCG of the window's ranking against the push-time one {meter} "
                f"<b{' class=bad' if drift['drifted'] else ''}>{drift['ndcg']:.3f}</b> (flagged below "
                f"{drift['threshold']:g}) · sampled Shapley values of {drift['rows']} served rows vs "
@@ -382,24 +382,4 @@ def _reuse_html(group: Dict) -> str:
         out.append(f"<tr><td>{_e(c['model_id'])}</td><td>{_e(', '.join(c['over']) or '–')}</td>"
                    f"<td>{c['errors']}</td><td>{'yes' if c['matches'] else 'no'}</td></tr>")
     out.append("</table>")
-    return "".join(out)
-
-
-def _distributions_html(group: Dict, order: List[Dict]) -> str:
-    pred = group.get("prediction") or {}
-    out = [f"<h3>Distributions</h3><div class='legend'><span style='background:{TRAIN_COLOR}'></span>"
-           f"training<span style='background:{SERVE_COLOR}'></span>serving</div><div class='grid'>"]
-    dists = group.get("distributions", {})
-    if pred.get("distribution"):
-        out.append(f"<div class='card'><b>model output</b> <span class='muted'>(evaluation set vs served)"
-                   f"</span><br>{_bars(pred['distribution'])}</div>")
-    for f in order:
-        dist = dists.get(f["name"])
-        if not dist:
-            continue
-        out.append(f"<div class='card'><b{' class=bad' if f['flagged'] else ''}>{_e(f['name'])}</b> "
-                   f"<span class='muted'>skew {_fmt(f['skew'])}"
-                   f"{'' if f['skew_threshold'] is None else ' / ' + _fmt(f['skew_threshold'], 2)}</span><br>"
-                   f"{_bars(dist)}</div>")
-    out.append("</div>")
     return "".join(out)
