@@ -275,15 +275,17 @@ def in_process(call, seconds):
 
 ON = "tfxops serve, batching on, logging on"
 OFF = "tfxops serve, batching off, logging on"
+NOLOG = "tfxops serve, batching on, logging off"
 SERVERS = [  # (name, batching, logging, other settings)
     (ON, True, True, ()),
     (OFF, False, True, ()),
-    ("tfxops serve, batching on, logging off", True, False, ()),
+    (NOLOG, True, False, ()),
     ("tfxops serve, batching off, logging off", False, False, ()),
     ("tfxops serve, batching on, logging on, busy polling off", True, True,
      ("busy_poll_micros=0",)),
 ]
 ON32 = "tfxops serve, batching on, logging on, 32-row requests"
+NOLOG32 = "tfxops serve, batching on, logging off, 32-row requests"
 ON_V2 = "tfxops serve, batching on, logging on, V2 protocol"
 NOOP = "no-op gRPC server (ceiling)"
 FASTAPI = "peer: FastAPI + uvicorn (TF Serving REST shape)"
@@ -366,6 +368,8 @@ def tfxops_targets(servers, req: Requests, v2_infer: Optional[bytes]) -> List[Ta
                 targets.append(rest_target(ON_V2, proc.pid, url, req.v2_rest, rest))
             if v2_infer is not None and answers_grpc(grpc_port, MODEL_INFER, v2_infer):
                 targets.append(grpc_target(ON_V2, proc.pid, grpc_port, MODEL_INFER, v2_infer, rest))
+        if name == NOLOG:
+            targets.append(grpc_target(NOLOG32, proc.pid, grpc_port, PREDICT, req.predict32, rest, 32))
     return targets
 
 
@@ -631,9 +635,9 @@ def main():
         for proc, _, _ in servers.values():
             stop(proc)
         mv.close()
-        shutil.rmtree(tmp / "serving_model", ignore_errors=True)
     ours = {os.getpid()} | {proc.pid for proc, _, _ in servers.values()}
     others = other_work(cpu_before, process_cpu(), ours, time.monotonic() - started)
+    shutil.rmtree(tmp, ignore_errors=True)     # kept when the run failed: the servers' logs
     report(args, settings, samples, targets, (load_before, os.getloadavg()[0]), others)
 
 
