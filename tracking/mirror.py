@@ -36,9 +36,9 @@ def log_monitor_window(settings: Settings, window_result) -> Optional[str]:
 
 
 def _log_run(mlflow_client, settings: Settings, summary) -> str:
-    facts = pipeline_run_facts(settings, summary)
     experiment = store.experiment_id(mlflow_client, settings.mlflow_experiment,
                                      store.default_artifact_location(settings))
+    facts = pipeline_run_facts(settings, summary)
     run_id = write_run(mlflow_client, experiment, facts.record)
     if facts.pushed is not None:
         pushed = facts.pushed
