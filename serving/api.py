@@ -17,16 +17,23 @@ and write the answer or the error in their own format:
   counted in the metrics and logged in the request log (``core.request_log``
   builds the record, on the log writer's thread);
 * the out-of-domain check (``serving.domain_check``): with ``reject`` before the
-  model runs, with ``log`` on the log writer's thread as the record is built.
+  model runs, with ``log`` on the log writer's thread as the record is built;
+* canary and shadow (``serving.traffic_split``, on when ``use_traffic_split`` is
+  called): a call that names no version and no label is counted by the version
+  that answered it and, after its answer is sent, may run again on the canary
+  version (``ServingApi.shadow``), logged as that version's answer with
+  ``core.request_log.SHADOW_TAG`` and the same request id, never returned.
 """
+import asyncio
 import functools
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, regression_pb2)
+                                     get_model_status_pb2, predict_pb2, regression_pb2)
 
 from core import request_log
 from core.examples import input_examples
@@ -37,6 +44,10 @@ from serving.domain_check import DomainCheck, OutOfDomain
 from serving.errors import ServingError, invalid
 from serving.models import ModelVersion, Signature
 from serving.service import ModelRunner
+from serving.tensors import ndarray_to_proto
+from serving.traffic_split import FAILED, LOGGED, NOT_LOADED, NOT_LOGGED, TrafficSplit
+
+log = logging.getLogger("tfxops.serving")
 
 REST, GRPC = "REST", "GRPC"        # the front ends (the metrics' ``entrypoint`` label)
 
@@ -63,6 +74,7 @@ class Call:
     domain: Optional[InputDomain] = None     # to check on the log writer's thread (out_of_domain_action log)
     started: float = field(default_factory=time.perf_counter)   # for the latency
     arrived: float = field(default_factory=time.time)           # the log's timestamp
+    routed: Optional["RoutedInput"] = None   # named no version or label while the traffic split is on
 
 
 class ServingApi:
@@ -73,33 +85,50 @@ class ServingApi:
         self.runner = runner
         self.metrics = metrics
         self.logger = logger           # serving.log_writer.RequestLogger, or None
-        self.domain_check = domain_check or DomainCheck(OFF, metrics, runner.manager.name)
+        self.domain_check = domain_check or DomainCheck(OFF, metrics, runner.models.names()[0])
+        self._domain_checks = {self.domain_check.model_name: self.domain_check}   # one per model served
         self._rejects_out_of_domain = self.domain_check.rejects
         self._logs_out_of_domain = self.domain_check.logs and logger is not None
         self._metric_labels: Dict[tuple, tuple] = {}
+        self.traffic_split: Optional[TrafficSplit] = None    # canary and shadow: ``use_traffic_split``
+        self._splits = False
+        self._shadow_tasks: set = set()      # shadow runs in flight (a task nobody holds may be collected)
+
+    def use_traffic_split(self, split: TrafficSplit) -> None:
+        """Count and shadow the calls naming no version or label (``serving.traffic_split``;
+        the server gives each ModelManager the same split, which routes them)."""
+        self.traffic_split, self._splits = split, True
 
     # ------------------------------------------------ inference
     async def predict(self, call: Call, feeds_for: Callable[[Signature], Dict[str, np.ndarray]],
                       output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
         """Run the signature the call names on ``feeds_for(signature)`` (the call's
         tensors, read by the front end once the signature is known)."""
+        routed = self._splits and call.version is None and not call.label
         with self.runner.use_version(call.model_name, call.version, call.label) as loaded:
             signature = self._resolve(call, loaded)
             feeds = feeds_for(signature)
             if self._rejects_out_of_domain and loaded.domain is not None:
-                self.domain_check.check_feeds(loaded.domain, feeds)
-            return await self.runner.predict(loaded, signature, feeds, output_filter)
+                self._domain_check_of(loaded.name).check_feeds(loaded.domain, feeds)
+            outputs = await self.runner.predict(loaded, signature, feeds, output_filter)
+            if routed:
+                call.routed = RoutedInput(loaded.owner.labels, feeds, tuple(output_filter))
+            return outputs
 
     async def classify_or_regress(self, call: Call, examples: Callable[[], List[bytes]]):
         """Classify or regress (``call.api``) the serialized tf.Examples ``examples()``
         returns (read by the front end once the signature is known): (classes,
         scores) [n, k] each, or None when the signature has none; values [n]."""
+        routed = self._splits and call.version is None and not call.label
         with self.runner.use_version(call.model_name, call.version, call.label) as loaded:
             signature = self._resolve(call, loaded)
             rows = examples()
             if self._rejects_out_of_domain and loaded.domain is not None:
-                self.domain_check.check_examples(loaded.domain, rows)
-            return await self.runner.classify_or_regress(loaded, signature, rows, call.api)
+                self._domain_check_of(loaded.name).check_examples(loaded.domain, rows)
+            result = await self.runner.classify_or_regress(loaded, signature, rows, call.api)
+            if routed:
+                call.routed = RoutedInput(loaded.owner.labels, rows)
+            return result
 
     def _resolve(self, call: Call, loaded: ModelVersion) -> Signature:
         call.version = loaded.version
@@ -115,7 +144,7 @@ class ServingApi:
         from tensorflow.core.protobuf import error_codes_pb2
 
         response = get_model_status_pb2.GetModelStatusResponse()
-        for status in self.runner.manager.status(name, version, label):
+        for status in self.runner.models.status(name, version, label):
             item = response.model_version_status.add()
             item.version = status.version
             item.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
@@ -144,8 +173,63 @@ class ServingApi:
         classify or regress call: ``exchange()``, called on the log writer's
         thread, gives its request and response."""
         self._count(call, "OK")
-        if exchange is not None and self.logger is not None and self.logger.sampled():
-            self.logger.submit(functools.partial(_answered_record, call, exchange, self.domain_check))
+        logged = exchange is not None and self.logger is not None and self.logger.sampled()
+        if logged:
+            check = self.domain_check if call.domain is None else self._domain_check_of(call.model_name)
+            self.logger.submit(functools.partial(_answered_record, call, exchange, check))
+        if call.routed is not None:
+            self._after_routed(call, logged)
+
+    # ------------------------------------------------ canary and shadow
+    def _after_routed(self, call: Call, logged: bool) -> None:
+        """A routed call, answered (and ``logged`` or not): counted by its version; when
+        drawn for the shadow, run again on the canary version after this returns."""
+        split, labels = self.traffic_split, call.routed.labels
+        split.count_routed(call.model_name, call.version, labels)
+        if not split.wants_shadow(labels, call.version):
+            return
+        if not logged:           # an answer nobody reads: no pair for monitoring.agreement
+            split.dropped(call.model_name, NOT_LOGGED)
+        elif split.start_shadow(call.model_name):
+            task = asyncio.get_running_loop().create_task(self.shadow(call, split.canary_version(labels)))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+
+    async def shadow(self, call: Call, version: int) -> None:
+        """Run an answered ``call``'s input on ``version`` and log the answer as a shadow
+        record (same request id, ``SHADOW_TAG``); never raises, never answers anyone."""
+        shadow_call = Call(call.api, call.entrypoint, call.request_id, call.model_name, version,
+                           signature_name=call.signature_name, client=call.client, peer=call.peer,
+                           arrived=call.arrived)
+        outcome = FAILED
+        try:
+            with self.runner.use_version(call.model_name, version, None) as loaded:
+                signature = self.runner.signature(loaded, call.signature_name, call.entrypoint == REST)
+                shadow_call.signature, shadow_call.signature_name = signature, signature.name
+                exchange = await self._shadow_exchange(shadow_call, loaded, signature, call.routed)
+            self.logger.submit(functools.partial(_shadow_record, shadow_call, exchange))
+            outcome = LOGGED
+        except ServingError as err:
+            outcome = NOT_LOADED if err.code == "NOT_FOUND" else FAILED
+            log.debug("shadow run of request %s on version %s: %s", call.request_id, version, err.message)
+        except Exception:   # noqa: BLE001 - the candidate's failure never reaches the caller
+            log.exception("shadow run of request %s on version %s failed", call.request_id, version)
+        finally:
+            self.traffic_split.finish_shadow(call.model_name, version, outcome)
+
+    async def finish_shadows(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the shadow runs in flight (at shutdown)."""
+        if self._shadow_tasks:
+            await asyncio.wait(list(self._shadow_tasks), timeout=timeout)
+
+    async def _shadow_exchange(self, call: Call, loaded: ModelVersion, signature: Signature,
+                               routed: "RoutedInput") -> Exchange:
+        """Run ``routed``'s input on ``loaded``: the (request, response) builder of its record."""
+        if call.api == "predict":
+            outputs = await self.runner.predict(loaded, signature, routed.inputs, routed.output_filter)
+            return functools.partial(_predict_exchange, call, routed.inputs, outputs)
+        result = await self.runner.classify_or_regress(loaded, signature, routed.inputs, call.api)
+        return functools.partial(_result_exchange, call, routed.inputs, result)
 
     def rejected(self, call: Call, err: ServingError, received: Optional[Received] = None) -> None:
         """Count a refused call; log it (when sampled) if the caller is at fault
@@ -156,11 +240,17 @@ class ServingApi:
                 and self.logger.sampled()):
             self.logger.submit(functools.partial(_rejected_record, call, err, received))
 
+    def _domain_check_of(self, model_name: str) -> DomainCheck:
+        """The out-of-domain check counting under ``model_name`` (a model served)."""
+        check = self._domain_checks.get(model_name)
+        if check is None:
+            check = self._domain_checks[model_name] = self.domain_check.for_model(model_name)
+        return check
+
     def _count(self, call: Call, status: str) -> None:
         """A call and its latency in the metrics. Label values callers choose (the
         model name, the REST URL's method) are bounded: no call makes a series of its own."""
-        model = call.model_name if call.model_name == self.runner.manager.name \
-            else M.UNKNOWN_MODEL
+        model = call.model_name if call.model_name in self.runner.models.by_name else M.UNKNOWN_MODEL
         api = call.api if call.api in M.APIS else M.OTHER_API
         key = (model, api, call.entrypoint, status)
         labels = self._metric_labels.get(key)
@@ -179,6 +269,46 @@ def _answered_record(call: Call, exchange: Exchange, check: DomainCheck) -> byte
     return request_log.answered_record(call.api, call.model_name, call.version,
                                        call.signature_name, call.request_id, call.arrived,
                                        request, response, client_name(call.client, call.peer), marked)
+
+
+@dataclass
+class RoutedInput:
+    """What a call that named no version or label ran on: the labels of its model
+    then, and its input (tensors of a predict call, serialized tf.Examples of a
+    classify or regress call), kept for a shadow run."""
+    labels: Dict[str, int]
+    inputs: object
+    output_filter: Tuple[str, ...] = ()
+
+
+def _shadow_record(call: Call, exchange: Exchange) -> bytes:
+    request, response = exchange()
+    return request_log.shadow_record(call.api, call.model_name, call.version, call.signature_name,
+                                     call.request_id, call.arrived, request, response,
+                                     client_name(call.client, call.peer))
+
+
+def _predict_exchange(call: Call, feeds: Dict[str, np.ndarray], outputs: Dict[str, np.ndarray]):
+    """A predict call's tensors and outputs as TF Serving's request and response."""
+    signature = call.signature
+    request, response = predict_pb2.PredictRequest(), predict_pb2.PredictResponse()
+    fill_model_spec(request.model_spec, call)
+    for alias, array in feeds.items():
+        ndarray_to_proto(array, signature.inputs[alias].dtype, request.inputs[alias])
+    response.model_spec.CopyFrom(request.model_spec)
+    for alias, array in outputs.items():
+        ndarray_to_proto(array, signature.outputs[alias].dtype, response.outputs[alias])
+    return request, response
+
+
+def _result_exchange(call: Call, rows: List[bytes], result):
+    """A classify or regress call's examples and result as TF Serving's request and response."""
+    request = classification_pb2.ClassificationRequest() if call.api == "classify" \
+        else regression_pb2.RegressionRequest()
+    fill_model_spec(request.model_spec, call)
+    for row in rows:
+        request.input.example_list.examples.add().ParseFromString(row)
+    return request, result_response(call, result)
 
 
 def _rejected_record(call: Call, err: ServingError, received: Optional[Received]) -> bytes:

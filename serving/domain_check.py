@@ -68,9 +68,14 @@ class DomainCheck:
     def __init__(self, action: str, metrics: M.Metrics, model_name: str):
         self.rejects = action == domain_lib.REJECT
         self.logs = action == domain_lib.LOG
+        self.action = action
         self.metrics = metrics
         self.model_name = model_name
         self._refusals = ThrottledLog("out of domain: refused")
+
+    def for_model(self, model_name: str) -> "DomainCheck":
+        """The same check, counting under another model's name (several models served)."""
+        return DomainCheck(self.action, self.metrics, model_name)
 
     def check_feeds(self, found: InputDomain, feeds: Mapping[str, Iterable]) -> None:
         """``OutOfDomain`` when a predict call's tensors hold a value outside ``found``."""

@@ -13,6 +13,7 @@ What the calls do is ``serving/api.py``'s, shared with the REST API; this module
 reads and writes gRPC's messages and errors. Each ``Call`` names its client
 (``serving.access.grpc_caller``: the token's name, else the peer's address).
 """
+import asyncio
 import functools
 from typing import Callable, Optional, Tuple
 
@@ -24,7 +25,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from core import request_log
 from core.request_log import new_request_id
 from serving import wire
-from serving.access import grpc_caller
+from serving.access import client_name, grpc_caller
 from serving.api import (GRPC, Call, Received, ServingApi, result_response,
                          serialized_examples)
 from serving.errors import ServingError, internal_error, invalid
@@ -158,8 +159,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, api: ServingApi):
+    def __init__(self, api: ServingApi, reload_config: Optional[Callable] = None):
         self.api = api
+        # ModelServer.reload_config(ModelServerConfig, client); None: reloads are refused
+        self.reload_config = reload_config
 
     async def GetModelStatus(self, request, context):
         name, version, label = _spec(request.model_spec)
@@ -169,8 +172,20 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             await context.abort(err.grpc_code, err.message)
 
     async def HandleReloadConfigRequest(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "tfxops serve is configured by tfxops settings, not ReloadConfig")
+        """TF Serving's reload: the request's model_config_list replaces the served
+        list (an empty config changes nothing, as TF Serving's). A list TF Serving
+        would refuse is answered with its code and words, and nothing changes."""
+        from tensorflow_serving.apis import model_management_pb2
+        from serving.model_config import ModelConfigError
+
+        if self.reload_config is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not reload its model config")
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.reload_config, request.config, client_name(*grpc_caller(context)))
+        except ModelConfigError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        return model_management_pb2.ReloadConfigResponse()
 
 
 class _Unparseable:
@@ -224,15 +239,16 @@ def _serialize(message) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
-def add_to_server(server, api: ServingApi) -> None:
+def add_to_server(server, api: ServingApi, reload_config: Optional[Callable] = None) -> None:
     """TF Serving's PredictionService and ModelService (same service and method
     names, so every TF Serving client works unchanged), with Predict taking its
     request with the wire bytes and answering bytes (``PredictionServicer.predict_wire``)
-    and every method ``_guarded``."""
+    and every method ``_guarded``. ``reload_config``: HandleReloadConfigRequest's
+    (``ModelServer.reload_config``; None: refused)."""
     from tensorflow_serving.apis import inference_pb2, model_management_pb2
 
     predictions = PredictionServicer(api)
-    models = ModelServicer(api)
+    models = ModelServicer(api, reload_config)
 
     def handler(method, name, request_type, response_type, parse=None, counted=True):
         return grpc.unary_unary_rpc_method_handler(

@@ -17,6 +17,7 @@ Serving reads them, so one set of files configures TF Serving and ``tfxops serve
   host directory mounted there, so the compose file's very files serve here too.
 * ``reload_server``: ModelService.HandleReloadConfigRequest to a running server.
 """
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -225,6 +226,47 @@ def models_from_settings(settings) -> List[ServedModel]:
                 for m in read_model_config(path)]
     return [ServedModel(settings.model_name, str(settings.model_push_dir),
                         VersionPolicy.parse(settings.model_version_policy), parse_labels(settings.version_labels))]
+
+
+@dataclass(frozen=True)
+class ServingFiles:
+    """What TF Serving's files configure, for ``tfxops serve``: the models, the settings
+    with the batching file's values applied (a setting given explicitly wins), the
+    batch threads, and where the metrics are ("": not exposed)."""
+    models: List[ServedModel]
+    settings: object                   # core.config.Settings
+    num_batch_threads: Optional[int] = None
+    metrics_path: str = DEFAULT_METRICS_PATH
+    config_file: str = ""              # the model config file read (host path; "": none)
+
+
+# BatchingParameters field -> the setting it sets
+BATCHING_SETTINGS = {"max_batch_size": "max_batch_size", "batch_timeout_micros": "batch_timeout_micros"}
+
+
+def read_serving_files(settings, explicit: Sequence[str] = ()) -> ServingFiles:
+    """Read model_config_file (or the settings' one model), batching_parameters_file
+    and monitoring_config_file; ``explicit``: the settings given on the command line or
+    in the environment, which win over the batching file. ModelConfigError names the
+    file, the field and the fix; nothing is loaded yet."""
+    models = models_from_settings(settings)
+    check_labels(models, config_file_of(settings) or "version_labels")
+    threads, values = None, {}
+    if settings.batching_parameters_file:
+        batching = read_batching_parameters(host_path(settings.batching_parameters_file,
+                                                      settings.container_volumes))
+        values = {setting: getattr(batching, field) for field, setting in BATCHING_SETTINGS.items()
+                  if getattr(batching, field) is not None and setting not in explicit}
+        if batching.max_enqueued_batches and "max_concurrent_requests" not in explicit:
+            size = values.get("max_batch_size", settings.max_batch_size)
+            values["max_concurrent_requests"] = max(1, batching.max_enqueued_batches) * size
+        threads = batching.num_batch_threads
+    metrics_path = DEFAULT_METRICS_PATH
+    if settings.monitoring_config_file:
+        monitoring = read_monitoring_config(host_path(settings.monitoring_config_file, settings.container_volumes))
+        metrics_path = monitoring.path if monitoring.enabled else ""
+    return ServingFiles(models, dataclasses.replace(settings, **values), threads, metrics_path,
+                        config_file_of(settings))
 
 
 def _read_text(path: str, setting: str) -> str:

@@ -20,6 +20,7 @@ reads and writes REST's JSON and HTTP statuses.
 import base64
 import functools
 import json
+import re
 import sys
 import time
 from typing import Dict, List, Optional
@@ -552,13 +553,16 @@ class _AccessLog:
                                        1000.0 * request.request_time())
 
 
-def make_app(api: ServingApi, max_request_bytes: int,
-             access: Optional[A.Access] = None) -> tornado.web.Application:
+def make_app(api: ServingApi, max_request_bytes: int, access: Optional[A.Access] = None,
+             metrics_path: str = "/monitoring/prometheus/metrics") -> tornado.web.Application:
+    """``metrics_path``: where the Prometheus page is (a monitoring_config_file's
+    prometheus_config.path; "": nowhere)."""
     args = dict(api=api, max_request_bytes=max_request_bytes, access=access)
+    metrics = [(re.escape(metrics_path), MetricsHandler, args)] if metrics_path else []
     return tornado.web.Application([
         (_MODEL + r"(/metadata)?", StatusHandler, args),
         (_MODEL + r":([A-Za-z]+)", InferenceHandler, args),
-        (r"/monitoring/prometheus/metrics", MetricsHandler, args),
+        *metrics,
         (r".*", NotFoundHandler, args),
     ], compress_response=False, serve_traceback=False, log_function=_AccessLog())
 

@@ -29,8 +29,9 @@ from tensorflow.core.framework import types_pb2
 from serving.batching import Batcher, ModelFuture, batch_key
 from serving.errors import ServingError, from_tf_error, internal_error, invalid
 from core.features import DEFAULT_SIGNATURE
+from serving.model_set import ModelSet
 from serving.models import (CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD,
-                            ModelManager, ModelVersion, Signature)
+                            ModelManager, ModelVersion, Signature, servable_not_found)
 from serving.tensors import dtype_name, shape_string, tensor_budget
 
 CLASSES = np.array([b"0", b"1"], dtype=object)
@@ -43,13 +44,13 @@ class CheckedRun(NamedTuple):
 
 
 class ModelRunner:
-    """Runs the versions ``manager`` serves, batched by ``batcher`` (None: unbatched)
-    or on ``executor``."""
+    """Runs the versions of the models ``models`` serves, batched by ``batcher`` (None:
+    unbatched) or on ``executor``."""
 
-    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None,
+    def __init__(self, models: ModelSet, batcher: Optional[Batcher] = None,
                  executor: Optional[ThreadPoolExecutor] = None,
                  max_request_bytes: int = 10 * 1024 * 1024):
-        self.manager = manager
+        self.models = models
         self.batcher = batcher
         self.max_tensor_bytes = tensor_budget(max_request_bytes)
         self.executor = executor or ThreadPoolExecutor(8, thread_name_prefix="model")
@@ -61,7 +62,10 @@ class ModelRunner:
                     label: Optional[str]) -> "VersionInUse":
         """``with runner.use_version(...) as loaded``: the requested version, kept
         loaded for the duration of the block (raises ServingError when there is none)."""
-        return VersionInUse(self.manager, self.manager.acquire(name, version, label))
+        manager = self.models.by_name.get(name)
+        if manager is None:
+            raise servable_not_found(name, version)
+        return VersionInUse(manager, manager.acquire(name, version, label))
 
     @staticmethod
     def signature(loaded: ModelVersion, name: str, rest: bool = False) -> Signature:
