@@ -24,7 +24,7 @@ from core import mlmd, pushdir
 from core.config import Settings, require_local
 from core.redact import redacted_features
 from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, engine as engine_lib, lock as lock_lib
-from monitoring import attribution_drift, logfiles, out_of_domain, probing, redacted
+from monitoring import agreement, attribution_drift, logfiles, out_of_domain, probing, redacted
 from monitoring import policy, record, rejections as rejections_lib, report, reuse, window as window_lib
 from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
                                VersionResult)
@@ -93,6 +93,7 @@ def _monitor_window(settings: Settings, dry_run: bool, print_line: PrintLine) ->
     timings["checks_and_actions"] = time.time() - mark
     mark = time.time()
     result = _analysed(monitor_pass, traffic, files, versions, not_judged)
+    result.agreement = agreement.judge(settings, win, traffic.versions)   # production vs candidate (issue 17 part 4)
     _record(monitor_pass, result)
     timings["record_and_report"] = time.time() - mark
     result.timings = {k: round(v, 3) for k, v in timings.items()}
