@@ -9,6 +9,7 @@ from core import integrity, pushdir, storage
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
 from core.redact import Redaction
 from core.secrets import SecretError
+from serving import promote
 
 
 def cmd_serve(args) -> int:
@@ -214,3 +215,4 @@ def register(subparsers) -> None:
         return cmd_predict(args)
 
     p.set_defaults(func=_default_csv)
+    promote.register(subparsers)      # tfxops promote / rollback (issue 17 part 4)
