@@ -157,6 +157,7 @@ def _infra_blessing(record: RunRecord, store, executions) -> None:
         blessed = bool(int(mlmd.custom(found[-1], "blessed", 0) or 0))
         record.metric("infra_blessed", blessed)
         record.tag("infra_blessed", _yes_no(blessed))
+        record.tag("infra_reason", mlmd.custom(found[-1], "reason"))
 
 
 def _slices(record: RunRecord, evaluator: mlmd.NodeExecution) -> None:

@@ -46,6 +46,15 @@ def _trainer_and_example_gen(settings, run_id):
     return nodes["Trainer"], nodes["CsvExampleGen"], nodes["Pusher"], run
 
 
+def _infra_blessing(settings, run_id):
+    """The InfraValidator's InfraBlessing ``blessed`` (issue 17 part 2), None without one."""
+    db = mlmd.open_store(settings)
+    run = mlmd.find_run(db, settings.pipeline_name, run_id)
+    nodes = {n.node_id: n for n in mlmd.run_executions(db, run, settings.pipeline_name)}
+    infra = nodes.get("InfraValidator")
+    return None if infra is None else float(mlmd.custom(infra.outputs["blessing"][0], "blessed"))
+
+
 def test_tfxops_run_is_mirrored_with_parameters_metrics_and_mlmd_ids(e2e_settings, first_run):
     client = _client(store.tracking_uri(e2e_settings))
     assert store.tracking_uri(e2e_settings) == f"sqlite:///{os.path.abspath(e2e_settings.home)}/mlflow.db"
@@ -64,6 +73,7 @@ def test_tfxops_run_is_mirrored_with_parameters_metrics_and_mlmd_ids(e2e_setting
     hours = {k: v for k, v in metrics.items() if k.startswith("slice/trip_start_hour:") and k.endswith("/example_count")}
     assert len(hours) > 10 and sum(hours.values()) == pytest.approx(overall["example_count"])
     assert metrics["blessed"] == 1.0 and tags["tfxops.blessed"] == "yes"
+    assert metrics.get("infra_blessed") == _infra_blessing(e2e_settings, first_run.run_id)
     # the MLMD ids of the run
     assert tags["tfxops.mlmd.run_context_id"] == str(context.id)
     assert tags["tfxops.mlmd.execution.Trainer"] == str(trainer.execution.id)
