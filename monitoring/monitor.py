@@ -29,6 +29,7 @@ from monitoring import policy, record, rejections as rejections_lib, report, reu
 from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
                                VersionResult)
 from monitoring.traffic import FEEDBACK_NEEDS_LOCAL, EngineError, VersionTraffic, WindowTraffic, load_feedback
+from tracking.mirror import log_monitor_window
 
 log = logging.getLogger("tfxops.monitoring")
 PrintLine = Callable[[str], None]
@@ -100,6 +101,7 @@ def _monitor_window(settings: Settings, dry_run: bool, print_line: PrintLine) ->
     report.write(result, settings)      # the page, with its policy settings, and the index
     if not dry_run:         # a dry run only reports: the next real pass analyses the same requests
         _commit(monitor_pass, traffic, files, result)
+    log_monitor_window(settings, result)      # the MLflow mirror (issue 18; tracking/): never fails the pass
     print_line(result.summary_line())
     return result
 
