@@ -282,16 +282,16 @@ def node_label(g: G.Graph, name: str, metrics: Dict[int, str]) -> List[str]:
     the short time; wrapped, never cut."""
     ident = int(name[1:])
     if name[0] == "a":
-        a = g.artifacts[ident]
-        head = f"{g.type_of(ident)} #{ident}"
-        facts = _artifact_facts(g, ident) + [_short_time(a.create_time_since_epoch)]
+        node = g.artifacts[ident]
+        head, facts = f"{g.type_of(ident)} #{ident}", _artifact_facts(g, ident)
     else:
-        e = g.executions[ident]
+        node = g.executions[ident]
         head = f"{g.execution_name(ident)} #{ident}"
-        facts = [mlmd.STATE.Name(e.last_known_state).lower(), _short_time(e.create_time_since_epoch)]
-        if ident in metrics:
-            facts.insert(0, metrics[ident])
-    return _wrap(head) + _wrap(" · ".join(f for f in facts if f))
+        facts = [metrics[ident]] if ident in metrics else []
+    when = _short_time(node.create_time_since_epoch)
+    if name[0] == "e":
+        when = f"{mlmd.STATE.Name(node.last_known_state).lower()} · {when}"
+    return _wrap(head) + _wrap(" · ".join(facts)) + _wrap(when)
 
 
 def evaluator_metrics(report: Optional[Dict]) -> Dict[int, str]:
