@@ -2,6 +2,7 @@
 import itertools
 import json
 import logging
+import os
 import sys
 import time
 
@@ -12,9 +13,41 @@ from core.secrets import SecretError
 from serving import promote
 
 
+# TF Serving's flags `tfxops serve` accepts -> the setting each sets (--set wins over them)
+TF_SERVING_FLAGS = {"port": "grpc_port", "rest_api_port": "rest_port", "model_config_file": "model_config_file",
+                    "model_config_file_poll_wait_seconds": "model_config_file_poll_wait_seconds",
+                    "batching_parameters_file": "batching_parameters_file",
+                    "monitoring_config_file": "monitoring_config_file", "enable_batching": "enable_batching",
+                    "file_system_poll_wait_seconds": "poll_seconds"}
+
+
+def _explicit_settings(args) -> set:
+    """The settings given on this command line (TF Serving's flags, --set) or in the
+    environment: they win over a batching_parameters_file."""
+    from core import config
+
+    args.set = [f"{setting}={getattr(args, flag)}" for flag, setting in TF_SERVING_FLAGS.items()
+                if getattr(args, flag, None) is not None] + list(args.set or [])
+    given = set(config.parse_assignments(args.set))
+    return given | {name for name in config.Settings.__dataclass_fields__
+                    if config.ENV_PREFIX + name.upper() in os.environ}
+
+
+def _missing_model_directory(files) -> str:
+    """Why a configured model cannot be served ("" if each base path is a directory)."""
+    for model in files.models:
+        if not storage.isdir(model.base_path):
+            where = f" (base_path in {files.config_file})" if files.config_file else ""
+            return (f"no model directory {model.base_path} for model {model.name}{where} (run `tfxops run` first, "
+                    f"or fix the path{'; container paths need container_volumes' if files.config_file else ''})")
+    return ""
+
+
 def cmd_serve(args) -> int:
     from serving import access, admission, models
+    from serving.model_config import read_serving_files
 
+    explicit = _explicit_settings(args)
     settings = settings_from(args)
     if args.proxy_to:
         settings.proxy_to = args.proxy_to
@@ -31,24 +64,27 @@ def cmd_serve(args) -> int:
         access.Access.from_settings(settings)
         Redaction.from_settings(settings)         # RedactionError (a ValueError) naming the salt's variable
         integrity_policy = integrity.IntegrityPolicy.from_settings(settings)   # SecretError: a key too short
+        proxying = bool(settings.proxy_to or settings.proxy_grpc_to)
+        files = None if proxying else read_serving_files(settings, explicit)   # ModelConfigError: the file, the fix
     except ValueError as exc:
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     integrity_warning = integrity_policy.warning(settings.model_integrity_key_env)
     if integrity_warning and not (args.proxy_to or args.proxy_grpc_to):
         logging.warning("%s", integrity_warning)
-    admission.raise_open_files_limit(settings.max_concurrent_requests)
-    proxying = bool(settings.proxy_to or settings.proxy_grpc_to)
-    if not proxying and not storage.isdir(settings.model_push_dir):
-        print(f"tfxops serve: no model directory {settings.model_push_dir} "
-              f"(run `tfxops run` first, or set serving_dir)", file=sys.stderr)
+    admission.raise_open_files_limit(files.settings.max_concurrent_requests if files else
+                                     settings.max_concurrent_requests)
+    missing = "" if proxying else _missing_model_directory(files)
+    if missing:
+        print(f"tfxops serve: {missing}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if proxying:
-        from serving.proxy import serve
-    else:
-        from serving.server import serve
     try:
-        serve(settings)
+        if proxying:
+            from serving.proxy import serve
+            serve(settings)
+        else:
+            from serving.server import serve
+            serve(settings, files)
     except OSError as exc:   # a port in use, an unwritable log directory
         print(f"tfxops serve: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -168,6 +204,25 @@ def _report_refused(refused, source, reported) -> None:
             reported.add(version)
 
 
+def _add_tf_serving_flags(p) -> None:
+    """TF Serving's own flags (tensorflow_model_server's names), so its command line
+    runs here too; each sets the setting TF_SERVING_FLAGS names (--set wins)."""
+    tf = p.add_argument_group("TF Serving's flags (each sets a setting; --set wins over them)")
+    tf.add_argument("--port", type=int, metavar="PORT", help="gRPC port (grpc_port)")
+    tf.add_argument("--rest_api_port", type=int, metavar="PORT", help="REST port (rest_port)")
+    tf.add_argument("--model_config_file", metavar="FILE",
+                    help="TF Serving's text ModelServerConfig: the models, their policies and labels")
+    tf.add_argument("--model_config_file_poll_wait_seconds", type=float, metavar="SECONDS",
+                    help="re-read --model_config_file this often (0: never)")
+    tf.add_argument("--batching_parameters_file", metavar="FILE", help="TF Serving's BatchingParameters text file")
+    tf.add_argument("--monitoring_config_file", metavar="FILE",
+                    help="TF Serving's MonitoringConfig text file (where the Prometheus metrics are)")
+    tf.add_argument("--enable_batching", nargs="?", const="true", metavar="BOOL",
+                    help="batch requests (enable_batching; tfxops serve batches by default)")
+    tf.add_argument("--file_system_poll_wait_seconds", type=float, metavar="SECONDS",
+                    help="scan the model directories this often (poll_seconds)")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve pushed models with TF Serving's REST/gRPC APIs")
     add_common_options(p)
@@ -176,6 +231,7 @@ def register(subparsers) -> None:
                                       "models here)")
     p.add_argument("--proxy-grpc-to", help="forward gRPC (on grpc_port) to TF Serving's gRPC "
                                            "API at host:port, logging requests")
+    _add_tf_serving_flags(p)
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("sync-models", help="copy complete model versions from the push directory "
