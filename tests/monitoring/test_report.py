@@ -183,3 +183,24 @@ def test_bins_are_round_numbers_over_both_sides(taxi_rows):
     assert sum(dist["serving"]) == pytest.approx(1.0, abs=1e-6)
     assert sum(dist["serving"][:3]) < sum(dist["training"][:3]), "the doubled trips sit further right"
     assert all(re.fullmatch(r"\d+(\.\d+)?–\d+(\.\d+)?", label) for label in dist["bins"][:-1]), dist["bins"]
+
+
+def test_values_clients_sent_are_shown_as_text_never_as_markup():
+    """A category a client sent (a company name) reaches the page escaped: no script
+    runs when a person opens the report or the index."""
+    from monitoring import report
+
+    attack = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    feature = {"name": "company", "type": "BYTES", "skew": 0.5, "skew_threshold": 0.1, "skew_measure": "L_INFTY",
+               "drift": None, "drift_threshold": None, "anomalies": [{"severity": "ERROR", "short": attack,
+                                                                       "description": attack}],
+               "over_skew": True, "over_drift": False, "flagged": True, "serving_present": True}
+    document = {"window": "w-1", "rows": 900, "decision": {"action": "none", "because": attack, "reasons": [attack]},
+                "policy": {"monitor_min_rows": 500}, "versions": [{
+                    "model_name": "taxi", "version": 1, "rows": 900, "features": [feature],
+                    "distributions": {"company": {"kind": "categorical", "bins": [attack, "other"],
+                                                  "training": [0.5, 0.5], "serving": [0.9, 0.1]}}}]}
+    page = report.render_html(document)
+    assert "<script" not in page and "<img" not in page and "&lt;script&gt;" in page
+    index = report.report_index.render([(Path("w-1.json"), document)], {}, report.CSS)
+    assert "<script" not in index
