@@ -43,21 +43,21 @@ def busy_port():
 
 # ------------------------------------------------------------------ serve: ports
 @pytest.mark.parametrize("ports, api, fix", [
-    (lambda busy, free: ["--set", f"grpc_port={busy}", "--set", f"rest_port={free}"], "gRPC", "--port N"),
-    (lambda busy, free: ["--port", str(free), "--rest_api_port", str(busy)], "REST", "--rest_api_port N"),
-    (lambda busy, free: ["--port", str(busy), "--set", f"rest_port={free}"], "gRPC", "--set grpc_port=N"),
-    (lambda busy, free: ["--proxy-to", "127.0.0.1:1", "--set", f"rest_port={busy}"], "REST", "--set rest_port=N"),
+    (lambda busy, free: ["--set", f"grpc_port={busy}", "--set", f"rest_port={free}"], "gRPC", "--port PORT"),
+    (lambda busy, free: ["--port", str(free), "--rest_api_port", str(busy)], "REST", "--rest_api_port PORT"),
+    (lambda busy, free: ["--port", str(busy), "--set", f"rest_port={free}"], "gRPC", "--set grpc_port=PORT"),
+    (lambda busy, free: ["--proxy-to", "127.0.0.1:1", "--set", f"rest_port={busy}"], "REST", "--set rest_port=PORT"),
 ])
 def test_serve_names_a_port_in_use_before_loading_anything(tmp_path, busy_port, ports, api, fix):
     """The model directory does not even exist: the port is the first thing checked."""
     started = time.monotonic()
     result = tfxops("serve", "--home", str(tmp_path), "--set", "host=127.0.0.1", *ports(busy_port, free_port()))
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 1 and result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line == (f"tfxops serve: cannot listen for {api} on 127.0.0.1:{busy_port} (in use by another process): "
-                    f"stop the process that holds it, or choose another port with "
-                    f"{'--port' if api == 'gRPC' else '--rest_api_port'} N (or --set "
-                    f"{'grpc_port' if api == 'gRPC' else 'rest_port'}=N)")
+                    f"stop the process using it, or choose another port with "
+                    f"{'--port' if api == 'gRPC' else '--rest_api_port'} PORT (or --set "
+                    f"{'grpc_port' if api == 'gRPC' else 'rest_port'}=PORT)")
     assert fix in line
     assert time.monotonic() - started < 60          # no model load, no TensorFlow import
 
