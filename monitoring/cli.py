@@ -32,8 +32,10 @@ read, written or moved (the message names it), bad settings; 3 a monitor holds t
 import logging
 import sys
 import time
+from pathlib import Path
 
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
+from core.env import show_own_logs
 from core.config import MONITOR_ENGINES, ConfigError
 
 EXIT_BUSY = 3          # another monitor holds the lock: nothing done
@@ -57,11 +59,36 @@ def _once(settings, args) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
+def not_a_home(settings) -> str:
+    """Why there is nothing to monitor at ``settings``' home: neither its metadata
+    store nor its request-log directory exists (a mistyped --home); "" otherwise.
+    (A home with only one of them is the monitor's to judge: it names what is missing.)"""
+    from core import storage
+
+    logs = settings.request_logs_path
+    if any(storage.is_uri(path) for path in (logs, settings.monitor_path, settings.feedback_path)):
+        return ""            # refused by the monitor, naming the setting
+    if Path(logs).exists():
+        return ""
+    store = settings.metadata_file
+    if settings.metadata_backend != "sqlite" or storage.is_uri(store) or Path(store).exists():
+        return ""
+    home = Path(settings.home)
+    where = f"{home} does not exist" if not home.exists() else f"{home} holds no tfxops home"
+    return (f"{where}: found neither a metadata store ({store}) nor request logs ({logs}). Pass --home "
+            f"the directory `tfxops run` and `tfxops serve` write to (default ./outputs), or set "
+            f"metadata_path and request_log_dir")
+
+
 def cmd_monitor(args) -> int:
     if args.engine:
         args.set = list(args.set or []) + [f"monitor_engine={args.engine}"]
     settings = settings_from(args)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    problem = not_a_home(settings)
+    if problem:
+        print(f"tfxops monitor: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    show_own_logs(logging.WARNING, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.watch:
         return _once(settings, args)
     if args.watch <= 0:

@@ -1,14 +1,17 @@
 """``tfxops serve`` and ``tfxops predict`` (registered by tfxops.cli)."""
+import csv
+import errno
 import itertools
 import json
 import logging
 import os
+import socket
 import sys
 import time
 
 from core import integrity, pushdir, storage
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
-from core.redact import Redaction
+from core.env import show_own_logs
 from core.secrets import SecretError
 from serving import promote
 
@@ -43,17 +46,55 @@ def _missing_model_directory(files) -> str:
     return ""
 
 
-def cmd_serve(args) -> int:
-    from serving import access, admission, models
-    from serving.model_config import read_serving_files
+def ports_in_use(settings) -> str:
+    """Why ``tfxops serve`` cannot listen on its ports (gRPC ``grpc_port``, REST
+    ``rest_port``; a proxy: the ones it forwards), asked before anything loads; ""
+    when it can. One line: the port, the address, and the flag and setting to change."""
+    proxying = bool(settings.proxy_to or settings.proxy_grpc_to)
+    wanted = [("gRPC", settings.grpc_port, "--port", "grpc_port", not proxying or settings.proxy_grpc_to),
+              ("REST", settings.rest_port, "--rest_api_port", "rest_port", not proxying or settings.proxy_to)]
+    for api, port, flag, setting, listens in wanted:
+        why = _cannot_bind(settings.host, int(port)) if listens and int(port) else ""
+        if why:
+            return (f"cannot listen for {api} on {settings.host}:{port} ({why}): stop the process using it, "
+                    f"or choose another port with {flag} PORT (or --set {setting}=PORT)")
+    return ""
 
+
+def _cannot_bind(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be bound now, as the servers bind it (every address
+    ``host`` names, SO_REUSEADDR, no SO_REUSEPORT); "" when it can."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                       socket.AI_PASSIVE)
+    except socket.gaierror:
+        return f"{host} is not an address of this machine: set host"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return "in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
+    return ""
+
+
+def cmd_serve(args) -> int:
     explicit = _explicit_settings(args)
     settings = settings_from(args)
     if args.proxy_to:
         settings.proxy_to = args.proxy_to
     if args.proxy_grpc_to:
         settings.proxy_grpc_to = args.proxy_grpc_to
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    busy = ports_in_use(settings)          # before anything loads: seconds, not a model load later
+    if busy:
+        print(f"tfxops serve: {busy}", file=sys.stderr)
+        return EXIT_FAILED                 # as a port lost between this check and the bind
+    from core.redact import Redaction
+    from serving import access, admission, models
+    from serving.model_config import read_serving_files
+
+    show_own_logs(logging.INFO)
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     try:
         models.VersionPolicy.parse(settings.model_version_policy)
@@ -98,8 +139,8 @@ def _read_rows(args):
         rows = data if isinstance(data, list) else (
             data.get("instances", [data]) if isinstance(data, dict) else [])
         return [r for r in rows if isinstance(r, dict)]
-    from core.examples import read_csv_rows
-    return list(itertools.islice(read_csv_rows(args.csv), args.rows))
+    with open(args.csv, newline="") as handle:
+        return list(itertools.islice(csv.DictReader(handle), args.rows))
 
 
 def cmd_predict(args) -> int:
@@ -133,11 +174,14 @@ def cmd_predict(args) -> int:
     try:
         predictions = c.predict_rows(rows, version=args.version, request_id=request_id)
     except client.ServingError as exc:
-        print(f"tfxops predict: server answered {exc}", file=sys.stderr)
+        print(f"tfxops predict: the server answered {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:   # noqa: BLE001 - connection errors, etc.
-        print(f"tfxops predict: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except client.Unreachable as exc:          # no server, a silent host, TLS that does not match
+        print(f"tfxops predict: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except ValueError as exc:                  # a value that is not of its feature's type
+        print(f"tfxops predict: cannot send the rows: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         c.close()
     if args.output == "json":
@@ -226,10 +270,10 @@ def _add_tf_serving_flags(p) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve pushed models with TF Serving's REST/gRPC APIs")
     add_common_options(p)
-    p.add_argument("--proxy-to", help="forward REST (on rest_port) to TF Serving's REST API "
+    p.add_argument("--proxy-to", metavar="HOST:PORT", help="forward REST (on rest_port) to TF Serving's REST API "
                                       "at host:port, logging requests (instead of serving "
                                       "models here)")
-    p.add_argument("--proxy-grpc-to", help="forward gRPC (on grpc_port) to TF Serving's gRPC "
+    p.add_argument("--proxy-grpc-to", metavar="HOST:PORT", help="forward gRPC (on grpc_port) to TF Serving's gRPC "
                                            "API at host:port, logging requests")
     _add_tf_serving_flags(p)
     p.set_defaults(func=cmd_serve)
@@ -237,7 +281,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("sync-models", help="copy complete model versions from the push directory "
                                                   "(an object store) into a local directory TF Serving watches")
     add_common_options(p)
-    p.add_argument("--to", required=True, help="the local directory (TF Serving's model base path)")
+    p.add_argument("--to", required=True, metavar="DIR", help="the local directory (TF Serving's model base path)")
     p.add_argument("--once", action="store_true", help="copy what is there now and exit (default: keep "
                                                        "polling every poll_seconds)")
     p.set_defaults(func=cmd_sync_models)
@@ -245,22 +289,23 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="send rows to a model server, print predictions")
     add_common_options(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--csv", help="CSV of rows (default: the bundled taxi data)")
-    src.add_argument("--json", help="JSON file of rows (a list of objects), or - for stdin")
-    p.add_argument("--rows", type=int, default=5, help="rows to send from --csv (default 5)")
-    p.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
-    p.add_argument("--host", help="server host (default: the host setting)")
-    p.add_argument("--port", type=int, help="server port (default: rest_port / grpc_port)")
-    p.add_argument("--version", type=int, help="ask for this model version")
-    p.add_argument("--request-id", help="the request's id in the server's request log (default: "
+    src.add_argument("--csv", metavar="FILE", help="CSV of rows (default: the bundled taxi data)")
+    src.add_argument("--json", metavar="FILE", help="JSON file of rows (a list of objects), or - for stdin")
+    p.add_argument("--rows", type=int, default=5, metavar="N", help="rows to send from --csv (default 5)")
+    p.add_argument("--protocol", choices=["rest", "grpc"], default="rest",
+                   help="REST (default; no TensorFlow needed here) or gRPC")
+    p.add_argument("--host", metavar="HOST", help="server host (default: the host setting)")
+    p.add_argument("--port", type=int, metavar="PORT", help="server port (default: rest_port / grpc_port)")
+    p.add_argument("--version", type=int, metavar="N", help="ask for this model version")
+    p.add_argument("--request-id", metavar="ID", help="the request's id in the server's request log (default: "
                                         "a new random one; --output json prints it), for "
                                         "feedback CSVs")
     p.add_argument("--output", choices=["text", "json"], default="text")
-    p.add_argument("--token-file", help="a file holding the bearer token for a server that "
+    p.add_argument("--token-file", metavar="FILE", help="a file holding the bearer token for a server that "
                                         "asks for one (owner-only permissions)")
-    p.add_argument("--token-env", help="an environment variable holding the token (default: "
+    p.add_argument("--token-env", metavar="NAME", help="an environment variable holding the token (default: "
                                        "the auth_token_env setting)")
-    p.add_argument("--ca-file", help="talk TLS (https), trusting the CA certificate in this "
+    p.add_argument("--ca-file", metavar="FILE", help="talk TLS (https), trusting the CA certificate in this "
                                      "PEM file (for a self-signed server: its certificate)")
 
     def _default_csv(args):
