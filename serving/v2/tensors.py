@@ -38,6 +38,8 @@ ENCODINGS = {
     "INT64": ("<i8", "int64_contents"), "FP32": ("<f4", "fp32_contents"),
     "FP64": ("<f8", "fp64_contents"), "BYTES": (None, "bytes_contents"),
 }
+ITEMSIZE = {name: np.dtype(np_dtype).itemsize if np_dtype else 1
+            for name, (np_dtype, _) in ENCODINGS.items()}     # BYTES: at least 1 byte each
 # the Python types JSON elements of each kind of datatype may have
 _JSON_TYPES = {"BOOL": (bool,), "FP": (int, float), "INT": (int,), "BYTES": (str,)}
 _LENGTH = struct.Struct("<I")
@@ -68,14 +70,14 @@ class DeclaredInput:
         if not isinstance(declared_type, str):
             raise invalid(f"input '{name[:100]}': 'datatype' must be a string such as FP32, "
                           f"INT64 or BYTES")
-        if not isinstance(shape, (list, tuple)) or any(
-                isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        if not isinstance(shape, (list, tuple)):
             raise invalid(f"input '{name[:100]}': 'shape' must be a list of sizes (integers >= 0)")
-        self.name, self.datatype, self.shape = name, declared_type, list(shape)
         count = 1
-        for size in self.shape:
+        for size in shape:
+            if type(size) is not int or size < 0:
+                raise invalid(f"input '{name[:100]}': 'shape' must be a list of sizes (integers >= 0)")
             count *= size
-        self.count = count
+        self.name, self.datatype, self.shape, self.count = name, declared_type, list(shape), count
 
     def check(self, signature: Signature, budget: int) -> TensorSpec:
         """The signature's tensor for this input; INVALID_ARGUMENT naming the
@@ -94,13 +96,11 @@ class DeclaredInput:
         if self.datatype != wanted:
             raise invalid(f"input '{self.name}' has datatype {self.datatype[:20]}, but signature "
                           f"{signature.name} takes {wanted}")
-        if spec.shape is not None and (len(spec.shape) != len(self.shape) or any(
-                d != -1 and d != s for d, s in zip(spec.shape, self.shape))):
+        if spec.shape is not None and not _fits(self.shape, spec.shape):
             raise invalid(f"input '{self.name}' has shape {shape_string(self.shape[:8])}, but "
                           f"signature {signature.name} takes {shape_string(spec.shape)} "
                           f"(-1: any size)")
-        itemsize = np.dtype(ENCODINGS[wanted][0]).itemsize if wanted != "BYTES" else 1
-        if self.count * itemsize > budget:
+        if self.count * ITEMSIZE[wanted] > budget:
             raise ServingError("RESOURCE_EXHAUSTED", f"input '{self.name}' declares "
                                f"{self.count} elements: more than the request size limit "
                                f"allows (max_request_bytes)")
@@ -120,7 +120,7 @@ def json_elements(declared: DeclaredInput, data) -> np.ndarray:
     """The elements of a REST input's ``data`` (flat or nested lists), flat."""
     if not isinstance(data, list):
         raise invalid(f"input '{declared.name}': 'data' must be a list of its elements")
-    if any(isinstance(v, list) for v in data):
+    if data and type(data[0]) is list:       # nested: the tensor's natural form
         data = _flattened(data, declared.name)
     kind = _json_kind(declared)
     allowed = _JSON_TYPES[kind]
@@ -137,6 +137,16 @@ def json_elements(declared: DeclaredInput, data) -> np.ndarray:
     except OverflowError:
         raise invalid(f"input '{declared.name}': an element is out of the range of "
                       f"{declared.datatype}") from None
+
+
+def _fits(shape: List[int], wanted: List[int]) -> bool:
+    """Whether ``shape`` fits a signature's ``wanted`` shape (-1: any size)."""
+    if len(shape) != len(wanted):
+        return False
+    for size, want in zip(shape, wanted):
+        if want != -1 and want != size:
+            return False
+    return True
 
 
 def _json_kind(declared: DeclaredInput) -> str:
