@@ -295,6 +295,14 @@ class Settings:
                                              # volumes: container paths in those files are read from the host path
 
     # --- warm-up and infra validation (issue 17 part 2; core/warmup.py, pipeline/infra_validation.py): only lines of that work here
+    # evaluation rows per signature in each pushed version's warm-up file (TF Serving's
+    # assets.extra/tf_serving_warmup_requests, replayed before the version is served); 0: no file
+    warmup_examples: int = 3
+    # before push, load the candidate in `tfxops serve` and send it the warm-up requests
+    # (InfraValidator); a candidate that fails is not pushed (InfraBlessing blessed=0)
+    infra_validation: bool = True
+    # the InfraValidator's server: start, load and answers, at most this long (then not blessed)
+    infra_validation_timeout_seconds: float = 300.0
 
     # --- Open Inference Protocol, KServe V2 (issue 17 part 3; serving/v2/): only lines of that work here
 
@@ -440,6 +448,9 @@ def load(overrides: Optional[Dict[str, str]] = None,
     _check_serving_files_settings(values)         # TF Serving's configuration files (issue 17 part 1)
     _check_traffic_split_settings(values)         # canary and shadow (issue 17 part 4)
     _check_mlflow_settings(values)                # MLflow mirror and registry (issue 18)
+    from core import warmup                       # warm-up and infra validation (issue 17 part 2)
+    if warmup.settings_problem(values):
+        raise ConfigError(warmup.settings_problem(values))
     return Settings(**values)
 
 

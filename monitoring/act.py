@@ -326,6 +326,8 @@ def repush(settings: Settings, candidate: ReuseCandidate) -> RepushOutcome:
     card_id, stage = _model_card_stager(settings, candidate.model_id)
     from pipeline import domain        # the input domain it was pushed with, too (issue 16 part 4)
     stage = domain.combined(stage, domain.stager_for_model(settings, candidate.model_id))
+    from pipeline import warmup        # and TF Serving's warm-up requests (issue 17 part 2)
+    stage = domain.combined(stage, warmup.stager_for_model(settings, candidate.model_id))
     version = publish_atomically(candidate.model_path, str(settings.model_push_dir), record, stage=stage,
                                  integrity_key_env=settings.model_integrity_key_env)
     destination = str(storage.join(settings.model_push_dir, version))

@@ -6,7 +6,10 @@ compare with) -> Evaluator (with the fairness gate, ``pipeline.fairness``) -> At
 which also waits for FeatureAttributor (the candidate's per-feature attributions, ``pipeline.attribution``)
 and writes the version's model card (ModelCardGenerator, ``pipeline.model_card``) and its
 input domain (InputDomainGen, ``pipeline.domain``) into it. It pushes only what the trusted
-holdout also blesses (TrustedHoldoutExampleGen -> HoldoutEvaluator, ``pipeline.holdout``).
+holdout also blesses (TrustedHoldoutExampleGen -> HoldoutEvaluator, ``pipeline.holdout``) and,
+with ``infra_validation``, what the InfraValidator (``pipeline.infra_validation``) loaded in
+``tfxops serve`` and queried with the warm-up requests the Pusher then writes into the version
+(``pipeline.warmup``).
 
 ``create_pipeline`` takes explicit arguments, as TFX's templates do, so the same
 function builds the pipeline for any TFX orchestrator: LocalDagRunner
@@ -30,6 +33,7 @@ from pipeline.baseline import BaselineModelResolver
 from pipeline.fairness import FairnessGate, FairnessGatedEvaluator, rate_metrics
 from pipeline.gate import DataGate
 from pipeline.holdout import HoldoutGate, holdout_components
+from pipeline.infra_validation import COMPONENT_ID as INFRA_VALIDATOR_ID, InfraValidator
 from pipeline.model_card import ModelCardGenerator
 from pipeline.pusher import AtomicPusher
 
@@ -37,7 +41,8 @@ from pipeline.pusher import AtomicPusher
 NODE_ORDER = [
     "CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
     "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "FeatureAttributor",
-    "ModelCardGenerator", "InputDomainGen", "TrustedHoldoutExampleGen", "HoldoutEvaluator", "Pusher",
+    "ModelCardGenerator", "InputDomainGen", "TrustedHoldoutExampleGen", "HoldoutEvaluator", INFRA_VALIDATOR_ID,
+    "Pusher",
 ]
 
 
@@ -114,6 +119,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
                     min_binary_accuracy: float, max_auc_drop: float, slice_features: List[str],
                     fairness: FairnessGate, trusted_holdout_dir: str, holdout: HoldoutGate, serving_model_dir: str, attribution: Dict[str, int],
                     model_card: Dict, out_of_domain_range_margin: float, model_integrity_key_env: str,
+                    warmup_examples: int, infra_validation: bool, infra_validation_timeout_seconds: float,
                     metadata_connection_config: metadata_store_pb2.ConnectionConfig,
                     beam_pipeline_args: List[str], enable_cache: bool) -> tfx.dsl.Pipeline:
     """The pipeline over the CSVs in ``data_root``; blessed models are pushed to
@@ -122,7 +128,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
     parameters (rows, background_rows, samples, seed); ``model_card`` the model card's
     settings (``pipeline.model_card.card_config``); ``out_of_domain_range_margin`` widens
     the numeric ranges of the input domain pushed with the model (``pipeline.domain``);
-    ``holdout`` the gate of the trusted holdout in ``trusted_holdout_dir`` (``pipeline.holdout``)."""
+    ``holdout`` the gate of the trusted holdout in ``trusted_holdout_dir`` (``pipeline.holdout``);
+    ``warmup_examples`` and ``infra_validation[_timeout_seconds]`` (``pipeline.infra_validation``)."""
     example_gen = tfx.components.CsvExampleGen(input_base=data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
@@ -149,13 +156,10 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
                                  dict(model_card, code_fingerprint=code_fingerprint(
                                      [preprocessing_fn, run_fn], shared_modules=[F.__name__])))
     input_domain = _input_domain_gen(statistics_gen, schema_gen, out_of_domain_range_margin)
-    pusher = AtomicPusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        model_card=card.outputs["model_card"], input_domain=input_domain.outputs["input_domain"],
-        holdout_blessing=holdout_evaluator.outputs["blessing"],
-        integrity_key_env=model_integrity_key_env,
-        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
-            base_directory=serving_model_dir))).with_id("Pusher")
+    infra = _infra_validator(trainer, example_gen, evaluator, serving_model_dir, warmup_examples,
+                             infra_validation_timeout_seconds) if infra_validation else None
+    pusher = _pusher(trainer, evaluator, example_gen, card, input_domain, holdout_evaluator, infra,
+                     serving_model_dir, model_integrity_key_env, warmup_examples)
     pusher.add_upstream_node(attributor)   # a model is pushed with its attributions or not at all
 
     return tfx.dsl.Pipeline(
@@ -163,10 +167,39 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate,
                     transform, trainer, model_resolver, evaluator, attributor, card, input_domain,
-                    holdout_examples, holdout_evaluator, pusher],
+                    holdout_examples, holdout_evaluator, *([infra] if infra else []), pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args)
+
+
+def _pusher(trainer, evaluator, example_gen, card, input_domain, holdout_evaluator, infra,
+            serving_model_dir: str, integrity_key_env: str, warmup_examples: int):
+    """The AtomicPusher of the candidate, with everything it writes into the version or
+    waits for (``infra``: the InfraValidator, None when infra validation is off)."""
+    return AtomicPusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model_card=card.outputs["model_card"], input_domain=input_domain.outputs["input_domain"],
+        holdout_blessing=holdout_evaluator.outputs["blessing"], infra_blessing=infra and infra.outputs["blessing"],
+        examples=example_gen.outputs["examples"], warmup_examples=warmup_examples,
+        integrity_key_env=integrity_key_env,
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=serving_model_dir))).with_id("Pusher")
+
+
+def _infra_validator(trainer, example_gen, evaluator, serving_model_dir: str, warmup_examples: int,
+                     timeout_seconds: float):
+    """The InfraValidator of the candidate (``pipeline.infra_validation``); the fingerprint of
+    its code and of the serving runtime's loader is among its parameters, so a change renews it."""
+    from core.integrity import model_of
+
+    return InfraValidator(
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        model_blessing=evaluator.outputs["blessing"], model_name=model_of(serving_model_dir),
+        warmup_examples=warmup_examples, timeout_seconds=timeout_seconds,
+        code_fingerprint=code_fingerprint([], shared_modules=[
+            "core.warmup", "pipeline.warmup", "pipeline.infra_validation", "serving.warmup", "serving.models"]),
+    ).with_id(INFRA_VALIDATOR_ID)
 
 
 def _input_domain_gen(statistics_gen, schema_gen, margin: float):

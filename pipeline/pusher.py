@@ -35,8 +35,18 @@ a model is pushed only if that blessing is there, blessed, and judged this model
 else the PushedModel is marked not pushed and ``not_pushed_reason`` says why
 (e.g. "trusted holdout: AUC 0.61 vs served 0.74, drop 0.13 > holdout_max_auc_drop 0.02").
 
+With an ``examples`` input (the ExampleGen's), the version's warm-up requests
+(TF Serving's ``assets.extra/tf_serving_warmup_requests``, ``pipeline.warmup``: the
+first ``warmup_examples`` rows of the eval split, one request per row for each
+signature the model serves) are written into the staged copy with the card and the
+domain; the PushedModel's custom property ``warmup_requests`` names the file. With an
+``infra_blessing`` input (``pipeline.infra_validation.InfraValidator``, as TFX's
+Pusher takes TFX's), a model is pushed only if that blessing is blessed and judged
+this model; else ``not_pushed_reason`` is its reason (e.g. "infra validation: the
+candidate did not load in tfxops serve (state END): DATA_LOSS: ...").
+
 Every version carries its manifest (``core.integrity``, written by
-``publish_atomically`` after the card and domain), signed with the key in the
+``publish_atomically`` after the card, domain and warm-up file), signed with the key in the
 environment variable the exec property ``integrity_key_env`` names (setting
 ``model_integrity_key_env``) when the executor's environment holds one.
 
@@ -90,15 +100,19 @@ from tfx.utils import io_utils, json_utils, proto_utils
 from core import storage
 from core.config import Settings
 from core.domain import DOMAIN_FILE
+from core.warmup import WARMUP_FILE
 from core.pushdir import newest_version, publish_atomically, read_marker
 from pipeline import domain as domain_lib
 from pipeline import holdout as holdout_lib
+from pipeline import infra_validation as infra_lib
 from pipeline import model_card as card_lib
+from pipeline import warmup as warmup_lib
 
 MODEL_CARD_KEY = "model_card"
 INTEGRITY_KEY_ENV_KEY = "integrity_key_env"   # exec property: the variable holding the manifest's key
 ALREADY_PUSHED_KEY = "already_pushed_version"   # PushedModel: the version that already holds the model
 NOT_PUSHED_REASON_KEY = "not_pushed_reason"
+WARMUP_KEY = "warmup_requests"   # PushedModel: the version's warm-up file (core.warmup), when written
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):
@@ -110,7 +124,7 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         self._log_startup(input_dict, output_dict, exec_properties)
         model_push = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.PUSHED_MODEL_KEY])
-        refused = holdout_lib.pusher_refusal(input_dict)
+        refused = holdout_lib.pusher_refusal(input_dict) or infra_lib.pusher_refusal(input_dict)
         if refused is not None:
             logging.info("Not pushed: %s.", refused)
             self._MarkNotPushed(model_push)
@@ -140,7 +154,8 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         record = self._push_record(input_dict, model_push)
         card = self._card_stager(input_dict, base, model_push, record)
         domain = self._domain_stager(input_dict)
-        version = publish_atomically(model_path, base, record, stage=domain_lib.combined(card, domain),
+        warmup = self._warmup_stager(input_dict, exec_properties)
+        version = publish_atomically(model_path, base, record, stage=domain_lib.combined(card, domain, warmup),
                                      integrity_key_env=exec_properties.get(INTEGRITY_KEY_ENV_KEY)
                                      or Settings.model_integrity_key_env)
         serving_path = str(storage.join(base, version))
@@ -152,6 +167,17 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         if domain is not None:
             model_push.set_string_custom_property(
                 domain_lib.PUSHER_INPUT_KEY, str(storage.join(serving_path, DOMAIN_FILE)))
+        if warmup is not None and storage.exists(storage.join(serving_path, WARMUP_FILE)):
+            model_push.set_string_custom_property(WARMUP_KEY, str(storage.join(serving_path, WARMUP_FILE)))
+
+    def _warmup_stager(self, input_dict, exec_properties):
+        """Writes the warm-up requests (``pipeline.warmup``) into the staged copy; None
+        without an ``examples`` input or with ``warmup_examples`` 0."""
+        found = input_dict.get(warmup_lib.PUSHER_INPUT_KEY) or []
+        count = int(exec_properties.get(warmup_lib.WARMUP_EXAMPLES_KEY) or 0)
+        if not found or count <= 0:
+            return None
+        return warmup_lib.stager(warmup_lib.eval_examples(found[0].uri, count))
 
     def _domain_stager(self, input_dict):
         """Writes the input domain (``pipeline.domain``) into the staged copy; None without one."""
@@ -200,9 +226,11 @@ class AtomicPusherSpec(standard_component_specs.PusherSpec):
                      domain_lib.PUSHER_INPUT_KEY: ChannelParameter(type=domain_lib.InputDomainArtifact,
                                                                    optional=True),
                      holdout_lib.HOLDOUT_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing,
-                                                                        optional=True)})
+                                                                        optional=True),
+                     warmup_lib.PUSHER_INPUT_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True)})
     PARAMETERS = dict(standard_component_specs.PusherSpec.PARAMETERS,
-                      **{INTEGRITY_KEY_ENV_KEY: ExecutionParameter(type=str, optional=True)})
+                      **{INTEGRITY_KEY_ENV_KEY: ExecutionParameter(type=str, optional=True),
+                         warmup_lib.WARMUP_EXAMPLES_KEY: ExecutionParameter(type=int, optional=True)})
 
 
 class AtomicPusher(pusher_component.Pusher):
@@ -216,10 +244,14 @@ class AtomicPusher(pusher_component.Pusher):
                  model_card: Optional[channel.BaseChannel] = None,
                  input_domain: Optional[channel.BaseChannel] = None,
                  holdout_blessing: Optional[channel.BaseChannel] = None,
-                 integrity_key_env: str = Settings.model_integrity_key_env):
+                 integrity_key_env: str = Settings.model_integrity_key_env,
+                 infra_blessing: Optional[channel.BaseChannel] = None,
+                 examples: Optional[channel.BaseChannel] = None,
+                 warmup_examples: int = Settings.warmup_examples):
         spec = AtomicPusherSpec(model=model, model_blessing=model_blessing, push_destination=push_destination,
                                 custom_config=json_utils.dumps(None), model_card=model_card,
                                 input_domain=input_domain, holdout_blessing=holdout_blessing,
-                                integrity_key_env=integrity_key_env,
+                                integrity_key_env=integrity_key_env, infra_blessing=infra_blessing,
+                                examples=examples, warmup_examples=warmup_examples,
                                 pushed_model=channel.Channel(type=standard_artifacts.PushedModel))
         super(pusher_component.Pusher, self).__init__(spec=spec)

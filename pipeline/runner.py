@@ -21,7 +21,6 @@ PortableRunner with a job service and an EXTERNAL worker pool, ``pipeline.portab
 import contextlib
 import dataclasses
 import datetime
-import io
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Dict, Iterator, List, Optional, TextIO
 from pipeline import portable, preflight, run_audit
 from core import mlmd, storage
 from core.config import Settings, require_local
+from core.env import library_output_to
 from core.owner import RUN_ENDED, RUN_OWNER, Owner
 from tracking.mirror import log_pipeline_run
 
@@ -193,45 +193,6 @@ def _reporting_launcher(progress: _Progress, record: _RunRecord):
         yield
     finally:
         launcher_module.Launcher = original
-
-
-@contextlib.contextmanager
-def library_output_to(log_path: Path):
-    """Send file descriptors 1 and 2 (Python, TensorFlow C++, Beam workers) and
-    Python logging to ``log_path``; yield ``console(stream)``: for ``sys.stdout`` or
-    ``sys.stderr``, a stream to the original file, any other stream unchanged."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    consoles = {id(sys.stdout): _stream_to(saved_out), id(sys.stderr): _stream_to(saved_err)}
-    with open(log_path, "ab", buffering=0) as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        root = logging.getLogger()
-        old_level, old_handlers = root.level, list(root.handlers)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
-        root.handlers = [handler]
-        root.setLevel(logging.INFO)
-        try:
-            yield lambda stream: consoles.get(id(stream), stream)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved_out, 1)
-            os.dup2(saved_err, 2)
-            os.close(saved_out)
-            os.close(saved_err)
-            root.handlers = old_handlers
-            root.setLevel(old_level)
-            for console in consoles.values():
-                console.close()
-
-
-def _stream_to(descriptor: int) -> TextIO:
-    """A text stream to a copy of ``descriptor`` (kept when 1 and 2 are redirected)."""
-    return io.TextIOWrapper(os.fdopen(os.dup(descriptor), "wb", buffering=0), write_through=True)
 
 
 # ------------------------------------------------------------------------ summary
@@ -589,6 +550,9 @@ def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
         model_card=card_config(settings),
         model_integrity_key_env=settings.model_integrity_key_env,
         out_of_domain_range_margin=settings.out_of_domain_range_margin,
+        warmup_examples=settings.warmup_examples,        # warm-up and infra validation (issue 17 part 2)
+        infra_validation=settings.infra_validation,
+        infra_validation_timeout_seconds=settings.infra_validation_timeout_seconds,
         metadata_connection_config=mlmd.connection_config(settings),
         beam_pipeline_args=beam_arguments(settings),
         enable_cache=settings.enable_cache)

@@ -42,6 +42,7 @@ from core.domain import DomainError, InputDomain, read_domain
 from core.integrity import FIX as INTEGRITY_FIX, IntegrityPolicy, VersionIntegrity
 from core.pushdir import existing_versions
 from serving.errors import invalid, not_found
+from serving.warmup import replay as replay_warmup_requests
 
 log = logging.getLogger("tfxops.serving")
 
@@ -448,6 +449,7 @@ class ModelManager:
         try:
             loaded = ModelVersion(self.name, version, path, self.threads, self.reads_domain)
             loaded.warm_up()
+            replay_warmup_requests(loaded, path)     # before AVAILABLE, as TF Serving (issue 17 part 2)
         except Exception as exc:   # noqa: BLE001 - any failure is reported in the status
             code, message = _load_error(exc, path)
             log.error("model %s version %d failed to load: %s", self.name, version, message,
