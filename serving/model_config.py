@@ -304,9 +304,10 @@ def read_batching_parameters(path: str) -> BatchingParameters:
     message = _parse_text(path, "batching_parameters_file", "BatchingParameters")
     values = {name: getattr(message, name).value for name in _WRAPPED if message.HasField(name)}
     for name, value in values.items():
-        if value < (0 if name in ("batch_timeout_micros", "max_enqueued_batches") else 1):
+        may_be_zero = name in ("batch_timeout_micros", "max_enqueued_batches")
+        if value < (0 if may_be_zero else 1):
             raise ModelConfigError(f"{path}: {name} {{ value: {value} }} is out of range: use a "
-                                   f"{'non-negative' if name in ('batch_timeout_micros', 'max_enqueued_batches') else 'positive'} value")
+                                   f"{'non-negative' if may_be_zero else 'positive'} value")
     return BatchingParameters(**values)
 
 

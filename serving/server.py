@@ -22,8 +22,8 @@ from core import audit, config, domain as domain_lib, integrity
 
 from serving import access, admission, busy_poll, metrics as M
 from serving.batching import Batcher
-from serving.model_config import (ServedModel, ServingFiles, check_labels, host_path, models_from_settings,
-                                  read_serving_files, served_models)
+from serving.model_config import (ModelConfigError, ServedModel, ServingFiles, check_labels, host_path,
+                                  models_from_settings, read_serving_files, served_models)
 from serving.model_set import ModelSet, ModelSetChange
 from serving.models import AVAILABLE, END, ModelManager, SessionThreads
 from serving.log_writer import RequestLogger
@@ -141,6 +141,11 @@ class ModelServer:
                                for m in models)
             audit.record(self.settings, audit.SERVED_CONFIG_CHANGED,
                          f"model config from {source}: {change.summary()}; now serving {served}", actor=actor)
+        empty = [name for name in change.added + change.changed if not self.models.by_name[name].available_versions()]
+        if empty:       # TF Serving's answer too; the new list stays (a version pushed later is served)
+            raise ModelConfigError(f"{len(empty)} model(s) did not become available: {', '.join(empty)} (no loadable "
+                                   f"version under their base_path; the new config is applied): push a version "
+                                   f"there or fix base_path", "UNKNOWN")
         return change
 
     def reload_config(self, config, client: str) -> None:

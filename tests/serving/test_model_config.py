@@ -129,6 +129,13 @@ def test_reload_over_grpc_adds_removes_and_relabels_and_is_audited(two_models, r
                if e["action"] == audit.SERVED_CONFIG_CHANGED]
     assert "added third; removed other; changed taxi" in entries[-1]["reason"]
     assert entries[-1]["actor"].startswith("grpc:")
+    # a model with nothing to load: TF Serving's UNKNOWN "did not become available", the list applied
+    with pytest.raises(mc.ModelConfigError) as caught:
+        mc.reload_server(f"127.0.0.1:{server.ports.grpc}", [
+            mc.ServedModel("taxi", str(tmp / "taxi"), VersionPolicy("specific", versions=(1, 2)), {"stable": 2}),
+            mc.ServedModel("third", str(tmp / "third")), mc.ServedModel("ghost", str(tmp / "ghost"))])
+    assert caught.value.code == "UNKNOWN" and "1 model(s) did not become available: ghost" in str(caught.value)
+    assert sorted(server.server.models.names()) == ["ghost", "taxi", "third"]
 
 
 def test_a_reload_tf_serving_would_refuse_changes_nothing(two_models, rows):
