@@ -360,9 +360,12 @@ class ModelManager:
 
     # ------------------------------------------------ lifecycle
     def start(self, wait_seconds: float = 0.0) -> None:
-        """Load what the policy wants now (blocking), then watch the directory."""
+        """Load what the policy wants now (blocking), then watch the directory (every
+        ``poll_seconds``; 0 or less: scanned once, as TF Serving's --file_system_poll_wait_seconds=0)."""
         self.poll_once()
-        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        if self.poll_seconds <= 0:
+            return
+        self._thread = threading.Thread(target=self._watch, name=f"model-watcher-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self, wait_seconds: float = UNLOAD_WAIT_SECONDS) -> None:

@@ -157,3 +157,17 @@ def test_batching_file_values_yield_to_explicit_settings_and_bad_values_are_refu
         mc.read_serving_files(settings)
     off = write(tmp_path, "prometheus_config { enable: false }", "m.config")
     assert mc.read_serving_files(config.load({"monitoring_config_file": off})).metrics_path == ""
+
+
+def test_file_system_poll_wait_seconds_zero_scans_once_as_tf_serving(tmp_path):
+    import threading
+    from serving.models import ModelManager
+
+    once = ModelManager("once", str(tmp_path), poll_seconds=0)
+    watched = ModelManager("watched", str(tmp_path), poll_seconds=30)
+    once.start()
+    watched.start()
+    names = {t.name for t in threading.enumerate()}
+    once.stop(0)
+    watched.stop(0)
+    assert "model-watcher-watched" in names and "model-watcher-once" not in names
