@@ -108,9 +108,15 @@ def test_mirroring_the_same_run_again_duplicates_nothing(e2e_settings, first_run
 def test_move_champion_for_promote_and_rollback(tmp_path, e2e_settings, first_run):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     settings = _settings(e2e_settings, mlflow_tracking_uri=uri, mlflow_registered_model="taxi-registry")
-    mirror.log_pipeline_run(settings, first_run)
-    client = _client(uri)
+    trainer, _, pusher, _ = _trainer_and_example_gen(e2e_settings, first_run.run_id)
+    pushed_model_id = pusher.outputs["pushed_model"][0].id
     pushed = int(first_run.pushed_version)
+    registry.register_pushed_version(settings, pushed, {"pushed_model_id": pushed_model_id})
+    client = _client(uri)
+    champion = client.get_model_version_by_alias("taxi-registry", registry.CHAMPION)
+    assert champion.tags["tfxops.version"] == str(pushed) and champion.source == first_run.pushed_path
+    assert champion.tags["tfxops.mlmd.pushed_model_id"] == str(pushed_model_id)     # fingerprints through lineage
+    assert champion.tags["tfxops.code_fingerprint"] == mlmd.properties(trainer.execution)["custom_config"]["code_fingerprint"]
     later = pushed + 10       # a version the registry has not seen (pushed while the mirror was off)
     registry.move_champion(settings, later, "tfxops promote from version %d" % pushed)
     champion = client.get_model_version_by_alias("taxi-registry", registry.CHAMPION)
