@@ -147,7 +147,7 @@ def mirrored(settings: Settings, what: str, write: Callable[[object], T]) -> Opt
     fails what it mirrors."""
     if not settings.mlflow_tracking:
         return None
-    uri = settings.mlflow_tracking_uri or "the default store"
+    uri = shown_uri(settings.mlflow_tracking_uri) or f"sqlite:///<home>/{DEFAULT_DATABASE}"
     try:
         uri = shown_uri(tracking_uri(settings))
         with warnings.catch_warnings():
