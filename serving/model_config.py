@@ -250,7 +250,8 @@ def read_serving_files(settings, explicit: Sequence[str] = ()) -> ServingFiles:
     in the environment, which win over the batching file. ModelConfigError names the
     file, the field and the fix; nothing is loaded yet."""
     models = models_from_settings(settings)
-    check_labels(models, config_file_of(settings) or "version_labels")
+    if config_file_of(settings):       # (version_labels alone are served as before: unchecked)
+        check_labels(models, config_file_of(settings))
     threads, values = None, {}
     if settings.batching_parameters_file:
         batching = read_batching_parameters(host_path(settings.batching_parameters_file,
