@@ -37,7 +37,9 @@ from core.storage import Location
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"   # TF Serving's path inside a version
 MAX_RECORDS = 1000                                        # TF Serving's WarmupConsts::kMaxNumRecords
-REPLAYED_LOGS = ("predict_log", "classify_log", "regress_log", "multi_inference_log")
+# warmup_examples at most: one record per row and signature stays under MAX_RECORDS for a
+# model of up to 4 signatures (write_warmup_requests keeps the first MAX_RECORDS in any case)
+MAX_WARMUP_EXAMPLES = MAX_RECORDS // 4
 UNSUPPORTED_LOG = "session_run_log"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -61,8 +63,8 @@ class WarmupError(ValueError):
 def settings_problem(values: Mapping) -> Optional[str]:
     """What is wrong with the warm-up and infra validation settings (None: nothing)."""
     examples = values.get("warmup_examples", 0)
-    if not 0 <= examples <= MAX_RECORDS // 4:
-        return (f"setting 'warmup_examples' must be between 0 and {MAX_RECORDS // 4} "
+    if not 0 <= examples <= MAX_WARMUP_EXAMPLES:
+        return (f"setting 'warmup_examples' must be between 0 and {MAX_WARMUP_EXAMPLES} "
                 f"(rows per signature in the warm-up file; 0: none), got {examples}")
     if not values.get("infra_validation_timeout_seconds", 1.0) > 0:
         return "setting 'infra_validation_timeout_seconds' must be > 0"

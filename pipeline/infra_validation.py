@@ -63,6 +63,7 @@ SERVER_LOG = "serve.log"
 NOT_RUN = "infra validation: not run"  # the reason when the Evaluator did not bless the candidate
 VERSION = 1                           # the candidate's version in the scratch push directory
 STOP_SECONDS = 30.0
+START_ATTEMPTS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,7 @@ def validate(model_path: str, examples_uri: str, check: InfraCheck, log_path: Pa
         requests = _write_warmup_requests(str(version_dir), examples_uri, check)
         server = ValidationServer(Path(scratch), check.model_name, log_path)
         try:
-            server.wait_listening(deadline)
+            server.start(deadline)
             server.check_available()
             server.send(requests, deadline)
         except InfraValidationFailed as exc:
@@ -130,21 +131,37 @@ class ValidationServer:
     """``tfxops serve`` over the scratch push directory ``<scratch>/serving``."""
 
     def __init__(self, scratch: Path, model_name: str, log_path: Path):
-        self.model_name, self.log_path = model_name, log_path
+        self.scratch, self.model_name, self.log_path = scratch, model_name, log_path
+        self.proc: Optional[subprocess.Popen] = None
+        self.rest_port = self.grpc_port = 0
+
+    def start(self, deadline: float) -> None:
+        """Start it and wait until it listens (the candidate is loaded by then); once more on
+        new ports if it exits first (a free port another process took meanwhile)."""
+        for attempt in range(START_ATTEMPTS):
+            self._spawn()
+            try:
+                self._wait_listening(deadline)
+                return
+            except InfraValidationFailed:
+                if self.proc.poll() is None or attempt == START_ATTEMPTS - 1:
+                    raise
+
+    def _spawn(self) -> None:
         self.rest_port, self.grpc_port = free_port(), free_port()
-        settings = {"serving_dir": scratch / "serving", "model_name": model_name, "host": "127.0.0.1",
+        settings = {"serving_dir": self.scratch / "serving", "model_name": self.model_name, "host": "127.0.0.1",
                     "rest_port": self.rest_port, "grpc_port": self.grpc_port, "log_sample_rate": 0,
                     "model_integrity": "off", "poll_seconds": 60}
-        command = [sys.executable, "-m", "tfxops.cli", "serve", "--home", str(scratch / "home")]
+        command = [sys.executable, "-m", "tfxops.cli", "serve", "--home", str(self.scratch / "home")]
         for key, value in settings.items():
             command += ["--set", f"{key}={value}"]
         environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "w") as log:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          env=environment)
 
-    def wait_listening(self, deadline: float) -> None:
+    def _wait_listening(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise InfraValidationFailed(f"tfxops serve exited with code {self.proc.returncode} before "
@@ -195,7 +212,7 @@ class ValidationServer:
                         f"'{request.model_spec.signature_name}') answered {exc.code().name}: {exc.details()}") from None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(STOP_SECONDS)
