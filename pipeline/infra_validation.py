@@ -106,7 +106,8 @@ def validate(model_path: str, examples_uri: str, check: InfraCheck, log_path: Pa
             server.check_available()
             server.send(requests, deadline)
         except InfraValidationFailed as exc:
-            reason = str(exc).replace(str(version_dir), "<candidate>")     # the scratch copy is removed
+            # one line (TensorFlow's errors span several); the scratch copy's path is gone with it
+            reason = " ".join(str(exc).replace(str(version_dir), "<candidate>").split())
             return InfraVerdict(False, f"infra validation: {reason}", len(requests), time.monotonic() - started)
         finally:
             server.stop()

@@ -116,7 +116,7 @@ def test_a_broken_candidate_is_refused_recorded_and_not_pushed(judged, name, wor
     assert reason.startswith("infra validation: ") and words in reason, reason
     assert (Path(blessing.uri) / iv.NOT_BLESSED_FILE).is_file()
     assert f"the server's log: {Path(blessing.uri) / iv.SERVER_LOG}" in reason
-    assert "tfxops-infra-" not in reason                  # no path of the removed scratch copy
+    assert "tfxops-infra-" not in reason and "\n" not in reason    # one line; no path of the removed copy
     # not pushed; the summary (text and --json) says why
     assert versions == []
     assert not summary.pushed and summary.not_pushed_reason == reason
