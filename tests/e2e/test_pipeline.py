@@ -28,7 +28,7 @@ from core.examples import row_to_example
 
 PIPELINE_NODES = {"CsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
                   "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "FeatureAttributor",
-                  "ModelCardGenerator", "InputDomainGen", "TrustedHoldoutExampleGen", "HoldoutEvaluator",
+                  "ModelCardGenerator", "InputDomainGen", "TrustedHoldoutExampleGen", "HoldoutEvaluator", "InfraValidator",
                   "Pusher"}
 
 
