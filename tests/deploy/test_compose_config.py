@@ -4,53 +4,26 @@ virtualenv pinned by compose-tools-requirements.txt, built once under .cache/too
 and reused while the pins are unchanged. It must accept the file, resolve what the wiring test
 (test_compose.py) reads as YAML the same way (merge keys, variables, profiles), and refuse a
 broken copy naming the fault."""
-import fcntl
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.deploy.conftest import UNREACHABLE
+from tests import tool_venv
 
 pytestmark = pytest.mark.slow
 
-COMPOSE_VENV = REPO / ".cache" / "tools-venv-compose"
-REQUIREMENTS = Path(__file__).with_name("compose-tools-requirements.txt")
-BUILD_CONSTRAINTS = Path(__file__).with_name("compose-build-constraints.txt")
-
-
-def _install() -> None:
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(COMPOSE_VENV)], check=True)
-    pip = subprocess.run(
-        [str(COMPOSE_VENV / "bin" / "pip"), "install", "--disable-pip-version-check", "--no-input", "-q",
-         "-r", str(REQUIREMENTS)], capture_output=True, text=True,
-        env=dict(os.environ, PIP_CONSTRAINT=str(BUILD_CONSTRAINTS)))     # reaches the sdists' build envs
-    if pip.returncode == 0:
-        return
-    shutil.rmtree(COMPOSE_VENV, ignore_errors=True)
-    output = pip.stdout + pip.stderr
-    if any(marker in output for marker in UNREACHABLE):
-        pytest.skip(f"the package registry is unreachable, so docker-compose cannot be installed into "
-                    f"{COMPOSE_VENV}: {output.strip().splitlines()[-1]}")
-    pytest.fail(f"pip could not install {REQUIREMENTS.name} into {COMPOSE_VENV}:\n{output}")
+HERE = Path(__file__).parent
+COMPOSE_TOOLS = tool_venv.ToolVenv("compose", "docker-compose", HERE / "compose-tools-requirements.txt",
+                                   build_constraints=HERE / "compose-build-constraints.txt")
 
 
 @pytest.fixture(scope="module")
 def docker_compose() -> Path:
-    COMPOSE_VENV.parent.mkdir(parents=True, exist_ok=True)
-    marker = COMPOSE_VENV / ".installed"
-    pins = REQUIREMENTS.read_text() + BUILD_CONSTRAINTS.read_text()
-    with open(COMPOSE_VENV.parent / "tools-venv-compose.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (marker.is_file() and marker.read_text() == pins):
-            _install()
-            marker.write_text(pins)
-    return COMPOSE_VENV / "bin" / "docker-compose"
+    return tool_venv.ensure(COMPOSE_TOOLS) / "bin" / "docker-compose"
 
 
 def config(docker_compose: Path, compose_file: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -14,11 +14,8 @@ running server, and catalog-info.yaml (the Backstage catalog) against itself:
   entity's definition is docs/openapi.yaml.
 """
 import copy
-import fcntl
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -32,13 +29,13 @@ from referencing.jsonschema import DRAFT202012
 from core import features as F
 from serving.client import rest_body, serialize_rows
 from serving.server import BackgroundServer
+from tests import tool_venv
 from tests.conftest import REPO
 from tests.serving.conftest import copy_version, serving_settings
 
 DOC = REPO / "docs" / "openapi.yaml"
 CATALOG = REPO / "catalog-info.yaml"
-TOOLS_REQUIREMENTS = Path(__file__).with_name("openapi-tools-requirements.txt")
-TOOLS_VENV = REPO / ".cache" / "tools-venv-openapi"
+TOOLS = tool_venv.ToolVenv("openapi", "openapi-spec-validator", Path(__file__).with_name("openapi-tools-requirements.txt"))
 TOKEN = "openapi-test-token-0123456789"
 VERSION, LABEL = 7, "stable"
 DOC_URI = "urn:tfxops:openapi"
@@ -215,33 +212,10 @@ def test_routes_the_server_answers_are_documented(spec, guarded):
 
 
 # ------------------------------------------------------------------ the validator (tools venv)
-def _install_tools_venv() -> None:
-    from tests.deploy.conftest import UNREACHABLE
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(TOOLS_VENV)], check=True)
-    pip = subprocess.run([str(TOOLS_VENV / "bin" / "pip"), "install", "--disable-pip-version-check",
-                          "--no-input", "-q", "--require-hashes", "--no-deps", "-r", str(TOOLS_REQUIREMENTS)],
-                         capture_output=True, text=True)
-    if pip.returncode == 0:
-        return
-    shutil.rmtree(TOOLS_VENV, ignore_errors=True)
-    output = pip.stdout + pip.stderr
-    if any(marker in output for marker in UNREACHABLE):
-        pytest.skip(f"the package registry is unreachable, so openapi-spec-validator cannot be "
-                    f"installed into {TOOLS_VENV}: {output.strip().splitlines()[-1]}")
-    pytest.fail(f"pip could not install {TOOLS_REQUIREMENTS.name} into {TOOLS_VENV}:\n{output}")
-
-
 @pytest.fixture(scope="module")
 def spec_validator() -> Path:
     """The openapi-spec-validator executable of the tools virtualenv, installed if missing."""
-    TOOLS_VENV.parent.mkdir(parents=True, exist_ok=True)
-    marker, pins = TOOLS_VENV / ".installed", TOOLS_REQUIREMENTS.read_text()
-    with open(TOOLS_VENV.parent / "tools-venv-openapi.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (marker.is_file() and marker.read_text() == pins):
-            _install_tools_venv()
-            marker.write_text(pins)
-    return TOOLS_VENV / "bin" / "openapi-spec-validator"
+    return tool_venv.ensure(TOOLS) / "bin" / "openapi-spec-validator"
 
 
 def validate(validator: Path, document: Path) -> subprocess.CompletedProcess:

@@ -3,57 +3,29 @@ gRPC, their defaults) against a real ``tfxops serve`` process serving the pipeli
 pushed taxi model. tritonclient needs protobuf 6, so it runs in its own virtualenv
 (pins in triton-tools-requirements.txt, built once under .cache/tools-venv-triton),
 as a subprocess (triton_v2_client.py)."""
-import fcntl
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import requests
 
 from core import features as F, request_log
-from tests.conftest import REPO
+from tests import tool_venv
 from tests.serving.conftest import copy_version, serving_settings
 from tests.serving.serve_proc import ServeProcess, until
 from tests.serving.v2_calls import V2_TYPES, complete_rows
 
 pytestmark = pytest.mark.slow
 
-TOOLS_VENV = REPO / ".cache" / "tools-venv-triton"
-TOOLS_REQUIREMENTS = Path(__file__).with_name("triton-tools-requirements.txt")
+TOOLS = tool_venv.ToolVenv("triton", "tritonclient", Path(__file__).with_name("triton-tools-requirements.txt"))
 CLIENT = Path(__file__).with_name("triton_v2_client.py")
-UNREACHABLE = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution",
-               "Network is unreachable", "Connection refused", "(from versions: none)")
-
-
-def _install_tools_venv() -> None:
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(TOOLS_VENV)], check=True)
-    pip = subprocess.run([str(TOOLS_VENV / "bin" / "pip"), "install", "--disable-pip-version-check",
-                          "--no-input", "-q", "-r", str(TOOLS_REQUIREMENTS)], capture_output=True, text=True)
-    if pip.returncode == 0:
-        return
-    shutil.rmtree(TOOLS_VENV, ignore_errors=True)
-    output = pip.stdout + pip.stderr
-    if any(marker in output for marker in UNREACHABLE):
-        pytest.skip(f"the package registry is unreachable, so tritonclient cannot be installed "
-                    f"into {TOOLS_VENV}: {output.strip().splitlines()[-1]}")
-    pytest.fail(f"pip could not install {TOOLS_REQUIREMENTS.name} into {TOOLS_VENV}:\n{output}")
 
 
 @pytest.fixture(scope="module")
 def triton_python() -> Path:
     """The Python of the tritonclient virtualenv, installed if missing or its pins changed."""
-    TOOLS_VENV.parent.mkdir(parents=True, exist_ok=True)
-    marker = TOOLS_VENV / ".installed"
-    pins = TOOLS_REQUIREMENTS.read_text()
-    with open(TOOLS_VENV.parent / "tools-venv-triton.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)       # one installer at a time (parallel test runs)
-        if not (marker.is_file() and marker.read_text() == pins):
-            _install_tools_venv()
-            marker.write_text(pins)
-    return TOOLS_VENV / "bin" / "python"
+    return tool_venv.ensure(TOOLS) / "bin" / "python"
 
 
 def test_tritonclient_http_and_grpc(tmp_path, pushed_model, taxi_rows, triton_python):

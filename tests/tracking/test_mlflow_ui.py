@@ -6,10 +6,8 @@ mlflow-ui-requirements.txt, built once under .cache/tools-venv-mlflow-ui) on a c
 the session's store, and reads the mirrored run, the registered version and the
 champion alias through the UI server's REST API. Slow: the virtualenv's first build
 takes minutes."""
-import fcntl
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,39 +15,16 @@ import pytest
 import requests
 
 from core.ports import free_port
-from tests.conftest import REPO
+from tests import tool_venv
 from tracking import store
 
 pytestmark = pytest.mark.slow
-TOOLS_VENV = REPO / ".cache" / "tools-venv-mlflow-ui"
-TOOLS_REQUIREMENTS = Path(__file__).with_name("mlflow-ui-requirements.txt")
-UNREACHABLE = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution",
-               "Network is unreachable", "Connection refused", "(from versions: none)")
-
-
-def _install_tools_venv() -> None:
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(TOOLS_VENV)], check=True)
-    pip = subprocess.run([str(TOOLS_VENV / "bin" / "pip"), "install", "--disable-pip-version-check", "--no-input",
-                          "-q", "-r", str(TOOLS_REQUIREMENTS)], capture_output=True, text=True)
-    if pip.returncode == 0:
-        return
-    shutil.rmtree(TOOLS_VENV, ignore_errors=True)
-    output = pip.stdout + pip.stderr
-    if any(marker in output for marker in UNREACHABLE):
-        pytest.skip(f"the package registry is unreachable, so mlflow cannot be installed into {TOOLS_VENV}")
-    pytest.fail(f"pip could not install {TOOLS_REQUIREMENTS.name} into {TOOLS_VENV}:\n{output}")
+TOOLS = tool_venv.ToolVenv("mlflow-ui", "the full mlflow", Path(__file__).with_name("mlflow-ui-requirements.txt"))
 
 
 @pytest.fixture(scope="module")
 def full_mlflow() -> Path:
-    TOOLS_VENV.parent.mkdir(parents=True, exist_ok=True)
-    marker, pins = TOOLS_VENV / ".installed", TOOLS_REQUIREMENTS.read_text()
-    with open(TOOLS_VENV.parent / "tools-venv-mlflow-ui.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (marker.is_file() and marker.read_text() == pins):
-            _install_tools_venv()
-            marker.write_text(pins)
-    return TOOLS_VENV / "bin" / "mlflow"
+    return tool_venv.ensure(TOOLS) / "bin" / "mlflow"
 
 
 def _wait_for(url: str, server: subprocess.Popen, log: Path) -> None:
