@@ -4,7 +4,6 @@ between batches, and a lone client again gets the spin once the crowd has gone."
 import asyncio
 import selectors
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -26,23 +25,41 @@ def uncrowded():
     busy_poll.CROWD.crowded = False
 
 
-def select_cpu_seconds(selector, timeout: float) -> float:
-    """CPU time this thread spent in one ``select(timeout)`` (spinning costs CPU,
-    sleeping in the kernel does not)."""
-    start = time.thread_time()
+class CountingSelector(selectors.DefaultSelector):
+    """The platform's selector, counting its polls (timeout 0: a spin) and its waits."""
+
+    def __init__(self):
+        super().__init__()
+        self.polls = self.waits = 0
+
+    def select(self, timeout=None):
+        if timeout is not None and timeout <= 0:
+            self.polls += 1
+        else:
+            self.waits += 1
+        return super().select(timeout)
+
+
+def polls_in_one_select(selector, counting: CountingSelector, timeout: float) -> int:
+    """How many times one ``select(timeout)`` polled its sockets before it slept
+    (a count, so a loaded machine that takes the CPU away does not change it much)."""
+    before = counting.polls
     selector.select(timeout)
-    return time.thread_time() - start
+    return counting.polls - before
 
 
 def test_a_crowded_loop_sleeps_instead_of_spinning():
     a, b = socket.socketpair()
-    selector = busy_poll.BusyPollSelector(0.05)
+    counting = CountingSelector()
+    selector = busy_poll.BusyPollSelector(0.05, inner=counting)
     selector.register(a, selectors.EVENT_READ)
     try:
-        assert select_cpu_seconds(selector, 0.06) > 0.02          # not crowded: it spins
+        assert polls_in_one_select(selector, counting, 0.06) >= 10     # not crowded: it spins
         busy_poll.CROWD.crowded = True
-        assert select_cpu_seconds(selector, 0.06) < 0.01          # crowded: it sleeps
-        b.send(b"x")                                              # and still sees its sockets
+        waits = counting.waits
+        assert polls_in_one_select(selector, counting, 0.06) == 0      # crowded: it sleeps at once
+        assert counting.waits == waits + 1
+        b.send(b"x")                                                  # and still sees its sockets
         assert [key.fileobj for key, _ in selector.select(5.0)] == [a]
     finally:
         selector.close()

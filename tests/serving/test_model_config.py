@@ -3,6 +3,7 @@ config changed while it serves: by HandleReloadConfigRequest over real gRPC
 (tensorflow_serving's stubs) and by re-reading the file
 (model_config_file_poll_wait_seconds). A reload TF Serving would refuse is refused
 and the old config keeps serving."""
+import logging
 import time
 
 import grpc
@@ -164,7 +165,7 @@ def test_reload_server_names_the_address_when_no_server_answers():
         mc.reload_server(target, [mc.ServedModel("taxi", "/srv/taxi")], timeout=2)
 
 
-def test_the_file_is_re_read_and_a_broken_file_leaves_the_models_served(two_models, rows):
+def test_the_file_is_re_read_and_a_broken_file_leaves_the_models_served(two_models, rows, caplog):
     server = two_models
     tmp = server.tmp
     mc.write_model_config(server.path, [
@@ -173,9 +174,11 @@ def test_the_file_is_re_read_and_a_broken_file_leaves_the_models_served(two_mode
     _until(lambda: "other" in server.server.models.by_name and "gold" in server.server.manager.labels)
     assert answered_version(server, rows, "taxi", label="gold") == 1
     assert answered_version(server, rows, "other") == 5
+    caplog.set_level(logging.ERROR, logger="tfxops.serving")
     with open(server.path, "w") as broken:
         broken.write('model_config_list { config { name: "taxi" base_path: "relative" model_platform: "tensorflow" } }')
-    time.sleep(1.0)                                   # three polls
+    _until(lambda: any("not applied, the models served stay as they were" in r.getMessage()
+                       and server.path in r.getMessage() for r in caplog.records))     # the server read it
     assert sorted(server.server.models.names()) == ["other", "taxi"]
     assert answered_version(server, rows, "taxi", label="gold") == 1
 
