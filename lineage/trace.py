@@ -212,9 +212,15 @@ def _input_order(edge: G.Edge):
             edge.artifact_id)
 
 
+def _runs_a_model_on(g: G.Graph, eid: int, aid: int) -> bool:
+    """Examples read beside a Model (evaluation, attribution, warm-up requests), not made into one."""
+    return g.type_of(aid) == mlmd.EXAMPLES and any(g.type_of(e.artifact_id) == mlmd.MODEL for e in g.inputs(eid))
+
+
 def _expanded_under(g: G.Graph, root: int) -> Dict[int, int]:
     """artifact id -> the consuming execution under which the tree expands it: not an
-    evaluation when another consumer exists, then the one nearest the root."""
+    evaluation when another consumer exists, nor one that runs a model on its examples
+    (the Pusher's and the InfraValidator's warm-up requests), then the one nearest the root."""
     depth, frontier, d = {root: 0}, [root], 0
     exec_depth: Dict[int, int] = {}
     while frontier:
@@ -234,7 +240,8 @@ def _expanded_under(g: G.Graph, root: int) -> Dict[int, int]:
     for aid in depth:
         consumers = [e.execution_id for e in g.consumers(aid) if e.execution_id in exec_depth]
         if consumers:
-            expanded_under[aid] = min(consumers, key=lambda x: (_is_evaluation(g, x), exec_depth[x], x))
+            expanded_under[aid] = min(consumers, key=lambda x: (_is_evaluation(g, x), _runs_a_model_on(g, x, aid),
+                                                                exec_depth[x], x))
     return expanded_under
 
 

@@ -17,6 +17,9 @@ TAXI_CSV = REPO / "data" / "taxi" / "data.csv"
 SMALL_ROWS = 3000
 E2E_OVERRIDES = {"train_steps": "120", "eval_steps": "10", "batch_size": "64",
                  "slice_features": "trip_start_hour"}
+# A pipeline run whose test reads neither the InfraValidator's verdict nor the MLflow mirror
+# (each a subprocess or an import of seconds per run) turns them off with these.
+WITHOUT_INFRA_VALIDATION_AND_MIRROR = {"infra_validation": "false", "mlflow_tracking": "false"}
 
 
 def read_rows(path=TAXI_CSV):
@@ -48,8 +51,11 @@ def small_data_dir(tmp_path_factory, taxi_rows):
 
 @pytest.fixture(scope="session")
 def e2e_settings(tmp_path_factory, small_data_dir):
+    """The end-to-end home: its first run is infra-validated and mirrored to MLflow
+    (tests/e2e/test_infra_validation.py and tests/tracking read both)."""
     home = tmp_path_factory.mktemp("e2e_home")
-    return config.load(dict(E2E_OVERRIDES, home=str(home), data_dir=str(small_data_dir)))
+    return config.load(dict(E2E_OVERRIDES, home=str(home), data_dir=str(small_data_dir),
+                            infra_validation="true", mlflow_tracking="true"))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import E2E_OVERRIDES, REPO, write_rows
+from tests.conftest import E2E_OVERRIDES, REPO, WITHOUT_INFRA_VALIDATION_AND_MIRROR, write_rows
 from tests.lineage import mariadb
 from core import config, mlmd
 
@@ -81,7 +81,7 @@ def other_data_run(cached_rerun, first_run, e2e_settings, taxi_rows, tmp_path_fa
 
     command = [sys.executable, "-m", "tfxops.cli", "run", "--home", str(e2e_settings.home),
                "--data", str(data_dir), "--set", f"serving_dir={tmp_path_factory.mktemp('other_serving')}"]
-    for key, value in E2E_OVERRIDES.items():
+    for key, value in dict(E2E_OVERRIDES, mlflow_tracking="false").items():   # the same nodes as the first run's
         command += ["--set", f"{key}={value}"]
     reader = _Reader(e2e_settings, first_run.pushed_version)
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -127,7 +127,8 @@ def mysql_run(mysql_server, small_data_dir, tmp_path_factory):
     mysql_server.create_database(MYSQL_DATABASE, "mlmd_writer", "writer-secret",
                                  reader="mlmd_reader", reader_password="reader-secret")
     home = tmp_path_factory.mktemp("mysql_home")
-    common = dict(E2E_OVERRIDES, home=str(home), data_dir=str(small_data_dir), metadata_backend="mysql",
+    common = dict(E2E_OVERRIDES, **WITHOUT_INFRA_VALIDATION_AND_MIRROR, home=str(home),
+                  data_dir=str(small_data_dir), metadata_backend="mysql",
                   mysql_host=mysql_server.host, mysql_port=str(mysql_server.port),
                   mysql_database=MYSQL_DATABASE)
     writer = config.load(dict(common, mysql_user="mlmd_writer", mysql_password_env=WRITER_PASSWORD_ENV))

@@ -73,6 +73,7 @@ def test_model_traces_the_pushed_version_to_its_csv_with_its_metrics(first_run, 
         follow = [n for n in node.get("produced_by", []) + node.get("inputs", [])
                   if not n.get("shown_elsewhere") and n.get("key") not in ("model_blessing", "schema")]
         follow = [n for n in follow if not (n["kind"] == "artifact" and n["type"] == "TransformGraph")] or follow
+        follow = [n for n in follow if n.get("key") == "model"] or follow     # the Pusher's model, not its side inputs
         node = follow[-1] if follow else None
     assert chain == ["PushedModel", "Pusher", "Model", "Trainer", "Examples", "CsvExampleGen"]
     # the version's input domain and its holdout verdict are shown beside its card and its blessing
@@ -186,7 +187,8 @@ def test_a_repush_outside_the_pipeline_traces_to_the_same_data_and_evaluation(fi
 # ---------------------------------------------------------------- artifact
 def test_artifact_subgraph_upstream_downstream_and_hops(first_run, e2e_settings):
     report = _model_json(e2e_settings, first_run.pushed_version, "--no-metrics")
-    model_id = report["tree"]["produced_by"][0]["inputs"][-1]["id"]
+    model_id = next(n["id"] for n in report["tree"]["produced_by"][0]["inputs"]
+                    if n["key"] == "model" and n["type"] == "Model")
     args = settings_args(e2e_settings)
 
     def nodes(*flags):
