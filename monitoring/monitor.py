@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from core import mlmd, pushdir
+from core import mlmd, pushdir, served as served_lib
 from core.config import Settings, require_local
 from core.redact import redacted_features
 from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, engine as engine_lib, lock as lock_lib
@@ -159,7 +159,7 @@ def decoding_schema(settings: Settings):
 def _judge_versions(monitor_pass: MonitorPass, traffic: WindowTraffic) -> Tuple[List[VersionResult], List[NotJudged]]:
     """Every version of the window with lineage in MLMD, by model name and version;
     those without are listed as not judged."""
-    served = pushdir.newest_version(str(monitor_pass.settings.model_push_dir))
+    served = current_version(monitor_pass.settings)
     versions, not_judged = [], []
     for version_traffic in traffic.in_order():
         base = _baseline_or_none(monitor_pass.store, version_traffic, not_judged)
@@ -167,6 +167,16 @@ def _judge_versions(monitor_pass: MonitorPass, traffic: WindowTraffic) -> Tuple[
             current = served is None or version_traffic.version == served
             versions.append(_judge_version(monitor_pass, version_traffic, base, current))
     return versions, not_judged
+
+
+def current_version(settings: Settings) -> Optional[int]:
+    """The version answering requests naming no version (core.served: the stable label's,
+    else the newest non-canary); the newest pushed one when the model config file is unreadable."""
+    try:
+        return served_lib.current_version(settings)
+    except Exception:  # noqa: BLE001 - a broken config file: tfxops serve says so; judge the newest
+        log.warning("model config file unreadable: the newest pushed version is taken as current", exc_info=True)
+        return pushdir.newest_version(str(settings.model_push_dir))
 
 
 def _baseline_or_none(store, traffic: VersionTraffic, not_judged: List[NotJudged]) -> Optional[baseline_lib.Baseline]:

@@ -18,18 +18,25 @@ Serving reads them, so one set of files configures TF Serving and ``tfxops serve
 * ``reload_server``: ModelService.HandleReloadConfigRequest to a running server.
 """
 import dataclasses
+import logging
 import os
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from core import storage
 from core.pushdir import existing_versions
-from serving.models import VersionPolicy, parse_labels
+from core.served import config_file_of, host_path, parse_labels, parse_model_server_config
+from serving.models import VersionPolicy
+
+log = logging.getLogger("tfxops.serving")
 
 TENSORFLOW_PLATFORM = "tensorflow"
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 INVALID_ARGUMENT, FAILED_PRECONDITION = "INVALID_ARGUMENT", "FAILED_PRECONDITION"
+NOTHING_LISTENS, CALL_FAILED, NOT_CONFIRMED = "NOTHING_LISTENS", "CALL_FAILED", "NOT_CONFIRMED"   # reload_server
+OVERRIDDEN_SETTINGS = ("model_version_policy", "version_labels")    # what a model config file replaces
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,10 @@ class ModelConfigError(ValueError):
 def read_model_config(path: str) -> List[ServedModel]:
     """The models of the text-format ModelServerConfig at ``path`` (paths as written)."""
     from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
 
     text = _read_text(path, "model_config_file")
-    config = model_server_config_pb2.ModelServerConfig()
     try:
-        text_format.Parse(text, config)
+        config = parse_model_server_config(text)
     except text_format.ParseError as exc:
         raise ModelConfigError(f"Invalid protobuf file: '{path}': {exc}. Fix the file: it must be a text "
                                f"ModelServerConfig (model_config_list {{ config {{ name: ... base_path: ... "
@@ -190,32 +195,6 @@ def write_model_config(path: str, models: List[ServedModel]) -> None:
 
 
 # ------------------------------------------------------------------ from settings
-def host_path(path: str, volumes: Sequence[str]) -> str:
-    """``path`` as seen from the host, when it lies under the container side of one
-    of ``volumes`` (compose's ``host:container[:mode]``; a relative host side is
-    relative to the working directory, as compose's to the compose file)."""
-    best = None
-    for volume in volumes:
-        host, container = volume.split(":")[:2]
-        container = container.rstrip("/") or "/"
-        if path == container or path.startswith(container.rstrip("/") + "/"):
-            if best is None or len(container) > len(best[1]):
-                best = (host, container)
-    if best is None:
-        return path
-    rest = path[len(best[1]):].lstrip("/")
-    return os.path.join(os.path.abspath(best[0]), rest) if rest else os.path.abspath(best[0])
-
-
-def config_file_of(settings) -> str:
-    """The model config file ``tfxops serve`` reads (host path): model_config_file, else
-    <home>/serving/models.config when it exists, else "" (one model from the settings)."""
-    if settings.model_config_file:
-        return host_path(settings.model_config_file, settings.container_volumes)
-    written = settings.served_model_config_path
-    return str(written) if storage.exists(written) and not storage.isdir(written) else ""
-
-
 def models_from_settings(settings) -> List[ServedModel]:
     """The models to serve: those of the model config file (``config_file_of``; base
     paths as the host sees them, through container_volumes), else one model from
@@ -252,6 +231,7 @@ def read_serving_files(settings, explicit: Sequence[str] = ()) -> ServingFiles:
     models = models_from_settings(settings)
     if config_file_of(settings):       # (version_labels alone are served as before: unchecked)
         check_labels(models, config_file_of(settings))
+        _warn_overridden(config_file_of(settings), explicit)
     threads, values = None, {}
     if settings.batching_parameters_file:
         batching = read_batching_parameters(host_path(settings.batching_parameters_file,
@@ -268,6 +248,15 @@ def read_serving_files(settings, explicit: Sequence[str] = ()) -> ServingFiles:
         metrics_path = monitoring.path if monitoring.enabled else ""
     return ServingFiles(models, dataclasses.replace(settings, **values), threads, metrics_path,
                         config_file_of(settings))
+
+
+def _warn_overridden(path: str, explicit: Sequence[str]) -> None:
+    """A model config file (model_config_file, or the one tfxops promote wrote) replaces
+    the model_version_policy and version_labels settings: say so when they were given."""
+    given = [name for name in OVERRIDDEN_SETTINGS if name in explicit]
+    if given:
+        log.warning("%s given but NOT used: the model config file %s sets each model's policy and labels. Fix: "
+                    "edit that file (or delete it to serve from the settings again)", " and ".join(given), path)
 
 
 def _read_text(path: str, setting: str) -> str:
@@ -374,10 +363,13 @@ def reload_server(grpc_target: str, models: List[ServedModel], timeout: float = 
                   token: str = "", ca_file: str = "") -> None:
     """Send ``models`` to the server at ``grpc_target`` (host:port) as
     ModelService.HandleReloadConfigRequest (TF Serving's, or tfxops serve's): its model
-    list becomes ``models``. ModelConfigError when no server answers there or it refuses."""
+    list becomes ``models``. ModelConfigError, ``code``: NOTHING_LISTENS (the TCP
+    connection refused), CALL_FAILED (it listens, the call failed: TLS, token),
+    NOT_CONFIRMED (no answer within ``timeout``), else the server's refusal code."""
     import grpc
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
+    _check_listening(grpc_target)
     request = model_management_pb2.ReloadConfigRequest()
     request.config.CopyFrom(model_server_config(models))
     if ca_file:
@@ -390,10 +382,39 @@ def reload_server(grpc_target: str, models: List[ServedModel], timeout: float = 
         model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
             request, timeout=timeout, metadata=metadata)
     except grpc.RpcError as exc:
-        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise ModelConfigError(f"no model server answers at {grpc_target}: start it (it reads the model "
-                                   f"config file when it starts) or check the address") from None
-        raise ModelConfigError(f"the model server at {grpc_target} refused the new model config: "
-                               f"{exc.code().name}: {exc.details()}", exc.code().name) from None
+        raise _reload_error(grpc_target, exc, timeout, ca_file) from None
     finally:
         channel.close()
+
+
+def _check_listening(grpc_target: str) -> None:
+    """ModelConfigError NOTHING_LISTENS when a TCP connection to ``grpc_target`` is refused."""
+    host, _, port = grpc_target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, socket.timeout):
+            return                     # something may listen behind a slow network: the call says
+        raise ModelConfigError(f"no model server answers at {grpc_target}: nothing listens there "
+                               f"({getattr(exc, 'strerror', None) or exc})", NOTHING_LISTENS) from None
+
+
+def _reload_error(grpc_target: str, exc, timeout: float, ca_file: str) -> ModelConfigError:
+    import grpc
+
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ModelConfigError(f"the model server at {grpc_target} did not confirm the new model config within "
+                                f"{timeout:.0f} s (it may still apply it). Fix: check which versions it serves "
+                                f"(GET /v1/models/NAME) and run the command again", NOT_CONFIRMED)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        fix = ("if it talks TLS, pass --ca-file (the CA of its certificate; default: the tls_cert_file setting)"
+               if not ca_file else f"check that {ca_file} is the CA of its certificate, or that it talks TLS")
+        return ModelConfigError(f"a server listens at {grpc_target} but the call failed (UNAVAILABLE: "
+                                f"{exc.details()}). Fix: {fix}", CALL_FAILED)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return ModelConfigError(f"the model server at {grpc_target} refused the call ({code.name}: "
+                                f"{exc.details()}). Fix: pass --token-file with a token allowed to reload, "
+                                f"or run the command on the server's machine", CALL_FAILED)
+    return ModelConfigError(f"the model server at {grpc_target} refused the new model config: "
+                            f"{code.name}: {exc.details()}", code.name)

@@ -41,6 +41,7 @@ from core import storage
 from core.domain import DomainError, InputDomain, read_domain
 from core.integrity import FIX as INTEGRITY_FIX, IntegrityPolicy, VersionIntegrity
 from core.pushdir import existing_versions
+from core.served import default_version
 from serving.errors import invalid, not_found
 from serving.warmup import replay as replay_warmup_requests
 
@@ -333,6 +334,7 @@ def _load_error(exc: BaseException, path: str) -> Tuple[str, str]:
 class ModelManager:
     """Versions of one model: discovery, policy, load/unload, lookup and status."""
     traffic_split = None    # serving.traffic_split.TrafficSplit: routes requests naming no version (None: off)
+    stable_label, canary_label = "stable", "canary"    # core.served.default_version's labels (the settings')
 
     def __init__(self, name: str, base_path: str, policy: VersionPolicy = VersionPolicy("latest"),
                  labels: Optional[Dict[str, int]] = None, poll_seconds: float = 1.0,
@@ -356,7 +358,8 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._scanning = threading.Lock()        # one scan at a time (the watcher, a config reload)
-        self._latest: Optional[ModelVersion] = None
+        self._latest: Optional[ModelVersion] = None    # answers requests naming no version (core.served)
+        self._canary: Optional[ModelVersion] = None    # the canary label's version, loaded
 
     # ------------------------------------------------ lifecycle
     def start(self, wait_seconds: float = 0.0) -> None:
@@ -462,7 +465,7 @@ class ModelManager:
         loaded.owner = self
         with self._lock:
             self._loaded[version] = loaded
-            self._latest = self._loaded[max(self._loaded)]
+            self._route()
         self._set(version, AVAILABLE)
         log.info("model %s version %d AVAILABLE (loaded in %.1f s)", self.name, version,
                  time.time() - started)
@@ -496,7 +499,7 @@ class ModelManager:
         call: the last call to release a version retired meanwhile closes it)."""
         with self._lock:
             loaded = self._loaded.pop(version, None)
-            self._latest = self._loaded[max(self._loaded)] if self._loaded else None
+            self._route()
         if loaded is None:
             return
         self._set(version, UNLOADING)
@@ -516,7 +519,22 @@ class ModelManager:
     # ------------------------------------------------ served configuration
     def set_labels(self, labels: Dict[str, int]) -> None:
         """Replace the version labels (effective for the next request)."""
-        self.labels = dict(labels)
+        with self._lock:
+            self.labels = dict(labels)
+            self._route()
+
+    def use_label_names(self, stable_label: str, canary_label: str) -> None:
+        """The labels naming the stable and the canary version (settings stable_label, canary_label)."""
+        with self._lock:
+            self.stable_label, self.canary_label = stable_label, canary_label
+            self._route()
+
+    def _route(self) -> None:
+        """Precompute (under the lock) the version answering requests naming no version
+        (core.served.default_version) and the loaded canary, so a request only reads them."""
+        chosen = default_version(self._loaded, self.labels, self.stable_label, self.canary_label)
+        self._latest = self._loaded.get(chosen) if chosen is not None else None
+        self._canary = self._loaded.get(self.labels.get(self.canary_label))
 
     def set_policy(self, policy: VersionPolicy) -> None:
         """Replace the version policy: the versions it wants load (and the others
@@ -531,9 +549,12 @@ class ModelManager:
             raise servable_not_found(name, version)
         version = self._labelled(label, version)
         with self._lock:
-            if version is None and self.traffic_split is not None:     # canary and stable labels
-                version = self.traffic_split.choose(self.labels, self._loaded)
-            loaded = self._latest if version is None else self._loaded.get(version)
+            if version is None:                         # the stable label's, else the newest non-canary
+                loaded = self._latest
+                if self._canary is not None and self.traffic_split is not None and self.traffic_split.takes_canary():
+                    loaded = self._canary
+            else:
+                loaded = self._loaded.get(version)
             if loaded is None:
                 raise servable_not_found(name, version)
             loaded.refs += 1

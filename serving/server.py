@@ -100,6 +100,7 @@ class ModelServer:
         manager.listener = functools.partial(self._on_version_event, manager)
         manager.on_refused = functools.partial(self._on_integrity_refusal, manager)
         manager.traffic_split = self.traffic_split        # routes requests naming no version (issue 17 part 4)
+        manager.use_label_names(s.stable_label, s.canary_label)   # core.served.default_version's labels
         return manager
 
     def _on_version_event(self, manager: ModelManager, state: str, version: int, message: str):

@@ -6,11 +6,12 @@ Settings: ``canary_percent`` and ``shadow_percent`` (percentages of requests),
 model config file's ``version_labels``). Both percentages 0 (the default): no
 ``TrafficSplit`` exists and requests are served as TF Serving serves them.
 
-* Routing (``TrafficSplit.choose``, called by ``ModelManager.acquire`` under its
-  lock): only while the canary label names a loaded version, ``canary_percent`` of
-  the requests that name no version and no label go to it (a random draw per
-  request); the rest go to the stable label's version when it is loaded, else to
-  the newest loaded version that is not the canary. Requests naming a version or a
+* Routing (``TrafficSplit.takes_canary``, called by ``ModelManager.acquire`` under
+  its lock): only while the canary label names a loaded version, ``canary_percent``
+  of the requests that name no version and no label go to it (a random draw per
+  request); the rest go where they go without a split (``core.served.default_version``,
+  precomputed by the manager: the stable label's version when it is loaded, else the
+  newest loaded version that is not the canary). Requests naming a version or a
   label are never rerouted.
 * Shadow (``TrafficSplit.wants_shadow``, after the answer is sent): ``shadow_percent``
   of the routed requests answered by another version also run on the canary's
@@ -67,19 +68,9 @@ class TrafficSplit:
                    settings.stable_label, metrics, (os.cpu_count() or 1) // 2)
 
     # ------------------------------------------------ routing
-    def choose(self, labels: Dict[str, int], loaded: Dict[int, object]) -> Optional[int]:
-        """The version a request naming no version and no label goes to, among the
-        ``loaded`` ones; None: the manager's latest (no canary label on a loaded version)."""
-        canary = labels.get(self.canary_label)
-        if canary not in loaded:
-            return None
-        if self.canary_share and self._random() < self.canary_share:
-            return canary
-        stable = labels.get(self.stable_label)
-        if stable in loaded and stable != canary:
-            return stable
-        others = [v for v in loaded if v != canary]
-        return max(others) if others else canary
+    def takes_canary(self) -> bool:
+        """Whether this request naming no version and no label goes to the (loaded) canary."""
+        return self.canary_share > 0 and self._random() < self.canary_share
 
     def canary_version(self, labels: Dict[str, int]) -> Optional[int]:
         return labels.get(self.canary_label)

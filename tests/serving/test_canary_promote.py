@@ -1,6 +1,7 @@
 """``tfxops promote`` / ``tfxops rollback`` end to end: the real CLI against a running
 server (a BackgroundServer that reloads through gRPC's HandleReloadConfigRequest),
 a copy of the first run's metadata store, the audit trail, the model config file."""
+import logging
 import shutil
 
 import grpc
@@ -9,12 +10,15 @@ from ml_metadata.proto import metadata_store_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from core import audit, config, integrity, mlmd
-from core.command import EXIT_BAD_INPUT, EXIT_OK
+from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from core.ports import free_port
 from serving.client import predict_request, serialize_rows
-from serving.model_config import read_model_config
+from monitoring.monitor import current_version as monitor_current_version
+from serving.model_config import read_model_config, read_serving_files
+from serving.models import ModelManager, VersionPolicy
 from serving.server import BackgroundServer
 from tests.serving.serve_proc import until
+from tests.security.access_setup import self_signed
 from tests.serving.test_canary_versions import make_candidate
 from tfxops.cli import main
 
@@ -79,17 +83,20 @@ def _answering(port):
                 for row in rows}
 
 
-def test_promote_then_rollback_switch_the_running_server(home, capfd):
+def test_promote_then_rollback_switch_the_running_server(home, first_run, capfd):
     settings, overrides, versions = home
     stable, canary = versions["stable"], versions["canary"]
+    assert monitor_current_version(settings) == stable, "during a canary the stable version is current"
     with BackgroundServer(settings) as server:
         until(lambda: stable in _answering(server.ports.grpc), "the stable version answering")
         code, out, err = _cli(capfd, overrides, "promote")
         assert code == EXIT_OK, err
         assert f"version {canary} promoted (was {stable})" in out and "server at" in out and "reloaded" in out
+        assert "the next push is loaded (policy all)" in out
         assert until(lambda: _answering(server.ports.grpc) == {canary}, "only the canary answering")
         (served,) = read_model_config(str(settings.served_model_config_path))
-        assert served.labels == {"stable": canary} and served.policy.versions == (canary,)
+        assert served.labels == {"stable": canary} and str(served.policy) == "all", "the policy is kept"
+        _a_later_push_is_served_by_version(server, settings, first_run, versions)
 
         code, out, err = _cli(capfd, overrides, "rollback")
         assert code == EXIT_OK, err
@@ -97,7 +104,32 @@ def test_promote_then_rollback_switch_the_running_server(home, capfd):
         assert until(lambda: _answering(server.ports.grpc) == {stable}, "the stable version answering again")
         (served,) = read_model_config(str(settings.served_model_config_path))
         assert served.labels == {"stable": stable}
+    assert monitor_current_version(settings) == stable, "after a rollback, newer versions on disk are not current"
     _check_records(settings, stable, canary)
+
+
+def _a_later_push_is_served_by_version(server, settings, first_run, versions):
+    """After a promote, a new push loads (policy kept) and answers calls naming it; calls
+    naming no version stay on the promoted one, as promote's output said."""
+    later = make_candidate(first_run.pushed_path, settings.model_push_dir, versions["stable"] + 200, shift=-1.0)
+    request = predict_request("taxi", serialize_rows(_rows()[:1]))
+    request.model_spec.version.value = later
+    with grpc.insecure_channel(f"127.0.0.1:{server.ports.grpc}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert until(lambda: _answers(stub, request), "the later push loaded").model_spec.version.value == later
+    assert _answering(server.ports.grpc) == {versions["canary"]}
+
+
+def _answers(stub, request):
+    try:
+        return stub.Predict(request, timeout=30)
+    except grpc.RpcError:
+        return None
+
+
+def _rows():
+    from tests.conftest import read_rows
+    return read_rows()
 
 
 def _check_records(settings, stable, canary):
@@ -160,3 +192,76 @@ def test_a_relative_home_writes_absolute_paths_and_a_missing_store_is_said(home,
     assert "NOT RECORDED: MLMD: no metadata store" in err and "Traceback" not in err
     (served,) = read_model_config(str(fresh / "serving" / "models.config"))
     assert served.base_path == str(fresh / "serving_model" / "taxi") and served.labels == {"stable": versions["canary"]}
+
+
+def test_a_model_config_file_over_explicit_settings_is_said(home, caplog):
+    settings, _, _ = home
+    if not settings.served_model_config_path.exists():
+        pytest.skip("no model config file written by an earlier test")
+    with caplog.at_level(logging.WARNING, logger="tfxops.serving"):
+        read_serving_files(settings, explicit={"version_labels", "canary_percent"})
+    assert any("version_labels given but NOT used" in r.getMessage() and str(settings.served_model_config_path)
+               in r.getMessage() for r in caplog.records), caplog.text
+
+
+def _fresh_home(tmp_path, settings, versions, labels):
+    """A home without metadata store nor model config file: the stable and canary versions copied."""
+    for name in ("stable", "canary"):
+        shutil.copytree(settings.model_push_dir / str(versions[name]),
+                        tmp_path / "serving_model" / "taxi" / str(versions[name]))
+    return {"home": str(tmp_path), "model_version_policy": "all", "version_labels": labels,
+            "grpc_port": str(free_port()), "rest_port": str(free_port()), "poll_seconds": "0.2",
+            "mlflow_tracking": "false"}
+
+
+def test_promote_without_a_stable_label_records_the_version_it_replaces(home, tmp_path, capfd):
+    """The "from" version is the one answering calls naming no version: the newest
+    non-canary, never the canary itself."""
+    settings, _, versions = home
+    fresh = _fresh_home(tmp_path, settings, versions, f"canary={versions['canary']}")
+    code, out, err = _cli(capfd, fresh, "promote", "--server", f"127.0.0.1:{free_port()}")
+    assert code == EXIT_FAILED and "NOT RECORDED: MLMD" in err        # no metadata store in this home
+    assert f"version {versions['canary']} promoted (was {versions['stable']})" in out
+    assert "alias champion" not in out, "mlflow_tracking is false: no alias line"
+
+
+def test_stable_label_answers_unnamed_calls_with_canary_percent_0(home, tmp_path):
+    """A canary label and no split (canary_percent 0): calls naming no version go to the
+    stable version, never to the newer canary; without a stable label, to the newest non-canary."""
+    settings, _, versions = home
+    stable, canary = versions["stable"], versions["canary"]
+    _fresh_home(tmp_path, settings, versions, "")
+    manager = ModelManager("taxi", str(tmp_path / "serving_model" / "taxi"), VersionPolicy("all"),
+                           {"stable": stable, "canary": canary}, poll_seconds=0)
+    manager.start()
+    try:
+        for labels, expected in (({"stable": stable, "canary": canary}, stable), ({"canary": canary}, stable),
+                                 ({}, canary), ({"stable": canary}, canary)):
+            manager.set_labels(labels)
+            loaded = manager.acquire("taxi")
+            manager.release(loaded)
+            assert loaded.version == expected, (labels, loaded.version)
+    finally:
+        manager.stop()
+
+
+def test_tls_server_promote_trusts_tls_cert_file_and_a_failed_call_creates_no_file(home, tmp_path, capfd):
+    """Against a TLS server: the wrong CA is "listens but the call failed" (exit 1, the fix
+    named, no config file left behind where there was none); the default CA (tls_cert_file) works."""
+    settings, _, versions = home
+    cert, key = self_signed(tmp_path / "tls")
+    other, _ = self_signed(tmp_path / "other")
+    fresh = dict(_fresh_home(tmp_path, settings, versions, f"stable={versions['stable']},canary={versions['canary']}"),
+                 tls_cert_file=str(cert), tls_key_file=str(key))
+    fresh_settings = config.load(fresh)
+    written = fresh_settings.served_model_config_path
+    with BackgroundServer(fresh_settings) as server:
+        target = f"127.0.0.1:{server.ports.grpc}"
+        code, out, err = _cli(capfd, fresh, "promote", "--server", target, "--ca-file", str(other))
+        assert code == EXIT_FAILED, (out, err)
+        assert f"a server listens at {target} but the call failed" in err and "Fix:" in err
+        assert "no server running" not in out + err and "Traceback" not in err
+        assert not written.exists(), "a change the server did not take leaves no new config file"
+        code, out, err = _cli(capfd, fresh, "promote", "--server", target)
+        assert "server at" in out and "reloaded" in out, (out, err)
+        assert read_model_config(str(written))[0].labels == {"stable": versions["canary"]}
