@@ -44,7 +44,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from tfx import v1 as tfx
 from tfx.types import standard_component_specs
@@ -72,10 +72,12 @@ class InfraCheck:
     model_name: str
     warmup_examples: int
     timeout_seconds: float
+    redacted: Tuple[str, ...] = ()      # features the warm-up rows redact (``pipeline.warmup``)
 
     @classmethod
     def from_settings(cls, settings) -> "InfraCheck":
-        return cls(settings.model_name, settings.warmup_examples, settings.infra_validation_timeout_seconds)
+        return cls(settings.model_name, settings.warmup_examples, settings.infra_validation_timeout_seconds,
+                   tuple(warmup_lib.names_of(warmup_lib.redacted_names(settings))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +122,7 @@ def _write_warmup_requests(version_dir: str, examples_uri: str, check: InfraChec
     says what is wrong with it)."""
     from google.protobuf.message import DecodeError
 
-    examples = warmup_lib.eval_examples(examples_uri, check.warmup_examples)
+    examples = warmup_lib.eval_examples(examples_uri, check.warmup_examples, check.redacted)
     try:
         warmup.write_warmup_requests(version_dir, examples, check.model_name)
     except (OSError, DecodeError):
@@ -243,7 +245,8 @@ def InfraValidator(
         model_name: tfx.dsl.components.Parameter[str],
         warmup_examples: tfx.dsl.components.Parameter[int],
         timeout_seconds: tfx.dsl.components.Parameter[float],
-        code_fingerprint: tfx.dsl.components.Parameter[str] = ""):
+        code_fingerprint: tfx.dsl.components.Parameter[str] = "",
+        redacted_features: tfx.dsl.components.Parameter[str] = ""):
     """The candidate ``model`` loaded in ``tfxops serve`` and sent its warm-up requests
     (``validate``), when the Evaluator blessed it; ``code_fingerprint`` only keys the cache."""
     from tfx.components.util import model_utils
@@ -253,7 +256,7 @@ def InfraValidator(
     if not model_utils.is_model_blessed(model_blessing):
         mark(blessing, InfraVerdict(False, f"{NOT_RUN}: the Evaluator did not bless the model"), model.uri)
         return
-    check = InfraCheck(model_name, warmup_examples, timeout_seconds)
+    check = InfraCheck(model_name, warmup_examples, timeout_seconds, tuple(warmup_lib.names_of(redacted_features)))
     with tempfile.TemporaryDirectory(prefix="tfxops-infra-log-") as logs:
         log_path = Path(logs, SERVER_LOG)
         verdict = validate(path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)),

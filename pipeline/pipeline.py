@@ -120,6 +120,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
                     fairness: FairnessGate, trusted_holdout_dir: str, holdout: HoldoutGate, serving_model_dir: str, attribution: Dict[str, int],
                     model_card: Dict, out_of_domain_range_margin: float, model_integrity_key_env: str,
                     warmup_examples: int, infra_validation: bool, infra_validation_timeout_seconds: float,
+                    warmup_redacted_features: str,
                     metadata_connection_config: metadata_store_pb2.ConnectionConfig,
                     beam_pipeline_args: List[str], enable_cache: bool) -> tfx.dsl.Pipeline:
     """The pipeline over the CSVs in ``data_root``; blessed models are pushed to
@@ -157,9 +158,9 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
                                      [preprocessing_fn, run_fn], shared_modules=[F.__name__])))
     input_domain = _input_domain_gen(statistics_gen, schema_gen, out_of_domain_range_margin)
     infra = _infra_validator(trainer, example_gen, evaluator, serving_model_dir, warmup_examples,
-                             infra_validation_timeout_seconds) if infra_validation else None
+                             infra_validation_timeout_seconds, warmup_redacted_features) if infra_validation else None
     pusher = _pusher(trainer, evaluator, example_gen, card, input_domain, holdout_evaluator, infra,
-                     serving_model_dir, model_integrity_key_env, warmup_examples)
+                     serving_model_dir, model_integrity_key_env, warmup_examples, warmup_redacted_features)
     pusher.add_upstream_node(attributor)   # a model is pushed with its attributions or not at all
 
     return tfx.dsl.Pipeline(
@@ -174,7 +175,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str, s
 
 
 def _pusher(trainer, evaluator, example_gen, card, input_domain, holdout_evaluator, infra,
-            serving_model_dir: str, integrity_key_env: str, warmup_examples: int):
+            serving_model_dir: str, integrity_key_env: str, warmup_examples: int, warmup_redacted_features: str):
     """The AtomicPusher of the candidate, with everything it writes into the version or
     waits for (``infra``: the InfraValidator, None when infra validation is off)."""
     return AtomicPusher(
@@ -182,13 +183,13 @@ def _pusher(trainer, evaluator, example_gen, card, input_domain, holdout_evaluat
         model_card=card.outputs["model_card"], input_domain=input_domain.outputs["input_domain"],
         holdout_blessing=holdout_evaluator.outputs["blessing"], infra_blessing=infra and infra.outputs["blessing"],
         examples=example_gen.outputs["examples"], warmup_examples=warmup_examples,
-        integrity_key_env=integrity_key_env,
+        warmup_redacted_features=warmup_redacted_features, integrity_key_env=integrity_key_env,
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=serving_model_dir))).with_id("Pusher")
 
 
 def _infra_validator(trainer, example_gen, evaluator, serving_model_dir: str, warmup_examples: int,
-                     timeout_seconds: float):
+                     timeout_seconds: float, redacted_features: str):
     """The InfraValidator of the candidate (``pipeline.infra_validation``); the fingerprint of
     its code and of the serving runtime's loader is among its parameters, so a change renews it."""
     from core.integrity import model_of
@@ -196,7 +197,7 @@ def _infra_validator(trainer, example_gen, evaluator, serving_model_dir: str, wa
     return InfraValidator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         model_blessing=evaluator.outputs["blessing"], model_name=model_of(serving_model_dir),
-        warmup_examples=warmup_examples, timeout_seconds=timeout_seconds,
+        warmup_examples=warmup_examples, timeout_seconds=timeout_seconds, redacted_features=redacted_features,
         code_fingerprint=code_fingerprint([], shared_modules=[
             "core.warmup", "pipeline.warmup", "pipeline.infra_validation", "serving.warmup", "serving.models"]),
     ).with_id(INFRA_VALIDATOR_ID)

@@ -177,7 +177,8 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         count = int(exec_properties.get(warmup_lib.WARMUP_EXAMPLES_KEY) or 0)
         if not found or count <= 0:
             return None
-        return warmup_lib.stager(warmup_lib.eval_examples(found[0].uri, count))
+        redacted = warmup_lib.names_of(exec_properties.get(warmup_lib.REDACTED_KEY))
+        return warmup_lib.stager(warmup_lib.eval_examples(found[0].uri, count, redacted))
 
     def _domain_stager(self, input_dict):
         """Writes the input domain (``pipeline.domain``) into the staged copy; None without one."""
@@ -230,7 +231,8 @@ class AtomicPusherSpec(standard_component_specs.PusherSpec):
                      warmup_lib.PUSHER_INPUT_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True)})
     PARAMETERS = dict(standard_component_specs.PusherSpec.PARAMETERS,
                       **{INTEGRITY_KEY_ENV_KEY: ExecutionParameter(type=str, optional=True),
-                         warmup_lib.WARMUP_EXAMPLES_KEY: ExecutionParameter(type=int, optional=True)})
+                         warmup_lib.WARMUP_EXAMPLES_KEY: ExecutionParameter(type=int, optional=True),
+                         warmup_lib.REDACTED_KEY: ExecutionParameter(type=str, optional=True)})
 
 
 class AtomicPusher(pusher_component.Pusher):
@@ -247,11 +249,12 @@ class AtomicPusher(pusher_component.Pusher):
                  integrity_key_env: str = Settings.model_integrity_key_env,
                  infra_blessing: Optional[channel.BaseChannel] = None,
                  examples: Optional[channel.BaseChannel] = None,
-                 warmup_examples: int = Settings.warmup_examples):
+                 warmup_examples: int = Settings.warmup_examples, warmup_redacted_features: str = ""):
         spec = AtomicPusherSpec(model=model, model_blessing=model_blessing, push_destination=push_destination,
                                 custom_config=json_utils.dumps(None), model_card=model_card,
                                 input_domain=input_domain, holdout_blessing=holdout_blessing,
                                 integrity_key_env=integrity_key_env, infra_blessing=infra_blessing,
                                 examples=examples, warmup_examples=warmup_examples,
+                                warmup_redacted_features=warmup_redacted_features,
                                 pushed_model=channel.Channel(type=standard_artifacts.PushedModel))
         super(pusher_component.Pusher, self).__init__(spec=spec)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, TextIO
 
-from pipeline import portable, preflight, run_audit
+from pipeline import portable, preflight, run_audit, warmup
 from core import mlmd, storage
 from core.config import Settings, require_local
 from core.env import library_output_to
@@ -553,6 +553,7 @@ def pipeline_arguments(settings: Settings, data_dir: str) -> Dict:
         warmup_examples=settings.warmup_examples,        # warm-up and infra validation (issue 17 part 2)
         infra_validation=settings.infra_validation,
         infra_validation_timeout_seconds=settings.infra_validation_timeout_seconds,
+        warmup_redacted_features=warmup.redacted_names(settings),     # the request logs' redaction (core.redact)
         metadata_connection_config=mlmd.connection_config(settings),
         beam_pipeline_args=beam_arguments(settings),
         enable_cache=settings.enable_cache)

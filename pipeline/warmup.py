@@ -12,18 +12,27 @@ manifest is computed, so the manifest covers it. The InfraValidator
 
 The rows are the first ``count`` tf.Examples of the eval split (the files in name
 order), label removed, as a caller sends them: the same rows for the same
-artifact, so the validated file and the pushed one are the same.
+artifact, so the validated file and the pushed one are the same. The features the
+request logs redact (``core.redact``: ``log_drop_features``, ``log_hash_features``)
+are redacted in them too, as every pushed version carries the file: each holds the
+value a missing entry stands for (``core.features.default_value``: 0 or an empty
+string, what Transform fills in), so the file holds none of their values and every
+signature still takes the row (a model input cannot be left out: a required feature
+missing fails the parse). A hashed feature is not hashed here: its hash would need
+the salt in the pipeline's environment and, for the model, is a value it never saw
+in training, as unhelpful to warm it as the neutral value.
 """
 import logging
-from typing import List, Optional
+from typing import Collection, List, Optional
 
 from core import features as F
-from core import mlmd, storage, warmup
+from core import mlmd, redact, storage, warmup
 from core.pushdir import Stager
 from core.storage import Location
 
 PUSHER_INPUT_KEY = "examples"           # the AtomicPusher's optional input
 WARMUP_EXAMPLES_KEY = "warmup_examples"  # the AtomicPusher's exec property: rows per signature
+REDACTED_KEY = "warmup_redacted_features"  # the AtomicPusher's exec property: ``redacted_names``
 WARMUP_SPLIT = "eval"
 
 log = logging.getLogger("tfxops.pipeline")
@@ -33,9 +42,20 @@ class WarmupExamplesError(RuntimeError):
     """The evaluation split cannot be read; the message names it."""
 
 
-def eval_examples(examples_uri: Location, count: int) -> List[bytes]:
+def redacted_names(settings) -> str:
+    """The features the warm-up rows redact, as the components' parameter: comma-separated."""
+    return ",".join(sorted(redact.redacted_features(settings)))
+
+
+def names_of(parameter: Optional[str]) -> List[str]:
+    """``redacted_names``'s features again."""
+    return [name for name in (parameter or "").split(",") if name]
+
+
+def eval_examples(examples_uri: Location, count: int, redacted: Collection[str] = ()) -> List[bytes]:
     """The first ``count`` serialized tf.Examples of the eval split of the Examples
-    artifact at ``examples_uri`` (TFX's layout: ``Split-eval/*.gz``), label removed."""
+    artifact at ``examples_uri`` (TFX's layout: ``Split-eval/*.gz``), label removed,
+    the ``redacted`` features set to their neutral value (see the module docstring)."""
     import tensorflow as tf
 
     if count <= 0:
@@ -49,16 +69,33 @@ def eval_examples(examples_uri: Location, count: int) -> List[bytes]:
                    tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)]
     except tf.errors.OpError as exc:
         raise WarmupExamplesError(f"cannot read the '{WARMUP_SPLIT}' split at {pattern}: {exc.message}") from None
-    return [_without_label(record) for record in records]
+    return [_as_sent(record, redacted) for record in records]
 
 
-def _without_label(serialized: bytes) -> bytes:
+def _as_sent(serialized: bytes, redacted: Collection[str]) -> bytes:
+    """An eval row without its label, its present ``redacted`` features neutral."""
     import tensorflow as tf
 
     example = tf.train.Example.FromString(serialized)
-    if F.LABEL_KEY in example.features.feature:
-        del example.features.feature[F.LABEL_KEY]
+    features = example.features.feature
+    if F.LABEL_KEY in features:
+        del features[F.LABEL_KEY]
+    for name in redacted:
+        if name in features:
+            features[name].CopyFrom(_neutral(name))
     return example.SerializeToString(deterministic=True)      # the same bytes in every process
+
+
+def _neutral(name: str):
+    """The feature holding ``name``'s default value, in its raw type."""
+    import tensorflow as tf
+
+    kind, value = F.column_type(name), F.default_value(name)
+    if kind == "string":
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+    if kind == "float":
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
 def stager(serialized_examples: List[bytes]) -> Stager:
@@ -88,7 +125,7 @@ def stager_for_model(settings, model_id: int) -> Optional[Stager]:
         if found is None:
             log.warning("the re-pushed model %s gets no warm-up requests: no evaluation data recorded", model_id)
             return None
-        return stager(eval_examples(found.uri, settings.warmup_examples))
+        return stager(eval_examples(found.uri, settings.warmup_examples, redact.redacted_features(settings)))
     except (mlmd.MetadataError, WarmupExamplesError) as exc:
         log.warning("the re-pushed model %s gets no warm-up requests: %s", model_id, exc)
         return None

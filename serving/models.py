@@ -49,9 +49,6 @@ log = logging.getLogger("tfxops.serving")
 
 # ModelVersionStatus.State
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
 UNLOAD_WAIT_SECONDS = 60.0
 
 

@@ -30,8 +30,8 @@ from serving.batching import Batcher, ModelFuture, batch_key
 from serving.errors import ServingError, from_tf_error, internal_error, invalid
 from core.features import DEFAULT_SIGNATURE
 from serving.model_set import ModelSet
-from serving.models import (CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD,
-                            ModelManager, ModelVersion, Signature, servable_not_found)
+from core.warmup import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
+from serving.models import ModelManager, ModelVersion, Signature, servable_not_found
 from serving.tensors import dtype_name, shape_string, tensor_budget
 
 CLASSES = np.array([b"0", b"1"], dtype=object)

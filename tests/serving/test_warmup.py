@@ -266,3 +266,74 @@ def test_a_monitoring_repush_carries_the_same_warmup_file(tmp_path, first_run, e
     repushed = Path(outcome.pushed_destination)
     assert (repushed / WARMUP_FILE).read_bytes() == (Path(first_run.pushed_path) / WARMUP_FILE).read_bytes()
     assert integrity.verify_version(str(repushed), None, require_manifest=True).ok
+
+
+# ------------------------------------------------------------------ redaction (issue 16's, in the warm-up rows)
+def _eval_rows(e2e_settings, first_run, redacted=()):
+    from core import mlmd
+    from core.pushdir import read_marker
+    from pipeline import warmup
+
+    found = warmup.examples_for_model(mlmd.open_store(e2e_settings),
+                                      read_marker(first_run.pushed_path)["model_artifact_id"])
+    return warmup.eval_examples(found.uri, ROWS_PER_SIGNATURE, redacted)
+
+
+def _feature_bytes(rows, name):
+    """Each row's ``name`` value as serialized inside the example (the bytes a file would hold)."""
+    features = [tf.train.Example.FromString(r).features.feature.get(name) for r in rows]
+    return {f.SerializeToString() for f in features if f is not None and getattr(f, f.WhichOneof("kind")).value}
+
+
+def test_warmup_rows_hold_no_value_of_a_dropped_feature_and_still_warm_the_model(
+        tmp_path, e2e_settings, first_run, pushed_model):
+    """log_drop_features naming a feature the model does not take (trip_start_timestamp)
+    and a model input (company, fare): the file written from the redacted rows holds
+    none of their values (the unredacted file does), and the version still loads with
+    its warm-up replayed."""
+    from core.warmup import write_warmup_requests
+
+    dropped = ["trip_start_timestamp", "company", "fare"]
+    plain = _eval_rows(e2e_settings, first_run)
+    secret = {name: _feature_bytes(plain, name) for name in dropped}
+    original = (Path(pushed_model) / WARMUP_FILE).read_bytes()
+    assert all(value in original for values in secret.values() for value in values)     # what leaked before
+    base = tmp_path / "taxi"
+    target = copy_with_warmup(pushed_model, base, 5)
+    written = write_warmup_requests(str(target), _eval_rows(e2e_settings, first_run, dropped))
+    assert written == 2 * ROWS_PER_SIGNATURE
+    (target / integrity.MANIFEST_NAME).unlink()
+    integrity.write_manifest(str(target), None, "5", base.name)
+    redacted_file = (target / WARMUP_FILE).read_bytes()
+    leaked = [name for name, values in secret.items() for value in values if value in redacted_file]
+    assert not leaked, leaked
+    for record in tf_records(target / WARMUP_FILE):           # neutral values: what Transform fills in
+        request = record.predict_log.request
+        if request.model_spec.signature_name == F.DEFAULT_SIGNATURE:
+            feature = tf.train.Example.FromString(request.inputs["examples"].string_val[0]).features.feature
+            assert list(feature["trip_start_timestamp"].int64_list.value) == [0]
+            assert list(feature["company"].bytes_list.value) == [b""]
+            assert list(feature["fare"].float_list.value) == [0.0]
+        else:
+            assert request.inputs["company"].string_val == [b""] and request.inputs["fare"].float_val == [0.0]
+    manager = ModelManager("taxi", str(base), VersionPolicy("all"))
+    manager.poll_once()
+    try:
+        (state,) = manager.status("taxi")
+        assert state.state == AVAILABLE, state                   # the replay passed on the neutral rows
+    finally:
+        manager.stop(0)
+
+
+def test_the_pipeline_passes_the_redacted_features_to_the_pusher_and_the_infra_validator(tmp_path):
+    from core import config
+    from pipeline import infra_validation, warmup
+    from pipeline.pipeline import create_pipeline
+    from pipeline.runner import pipeline_arguments
+
+    settings = config.load({"home": str(tmp_path), "log_drop_features": "company,trip_start_timestamp",
+                            "retrain_with_feedback": "false", "infra_validation": "true"}, environ={})
+    nodes = {node.id: node for node in create_pipeline(**pipeline_arguments(settings, "/data")).components}
+    assert nodes["Pusher"].exec_properties[warmup.REDACTED_KEY] == "company,trip_start_timestamp"
+    assert nodes[infra_validation.COMPONENT_ID].exec_properties["redacted_features"] == "company,trip_start_timestamp"
+    assert infra_validation.InfraCheck.from_settings(settings).redacted == ("company", "trip_start_timestamp")
