@@ -17,7 +17,9 @@ the score histograms on ``BINS`` equal bins of [0, 1], and ``ks_statistic`` /
 ``ks_pvalue`` the two-sample Kolmogorov-Smirnov test of the scores.
 
 The window's files are read again here only when there is something to compare:
-a record holding the shadow tag's bytes, or two answered versions of one model.
+shadow answers, or two answered versions of one model (both counted by the
+monitor's read of the window; an engine that does not count shadow answers has the
+files read again, and the records holding the shadow tag's bytes looked for).
 Shadow answers are no served traffic: ``monitoring.window`` leaves them out of the
 statistics, drift, skew and quality (a client cannot forge one: the tag is in the
 record's metadata, which the server writes).
@@ -26,7 +28,7 @@ import dataclasses
 import html
 import logging
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -71,15 +73,19 @@ class AgreementResult:
                 f"score distance (Jensen-Shannon) {distance}")
 
 
-def judge(settings, win: window_lib.Window, answered_versions: Iterable[Tuple[str, Optional[int]]]
-          ) -> List[AgreementResult]:
+def judge(settings, win: window_lib.Window, traffic) -> List[AgreementResult]:
     """The window's agreement results: shadow pairs, then canaries (two or more answered
-    versions of a model); [] when it holds neither."""
-    answered = defaultdict(set)
-    for name, version in answered_versions:
-        answered[name].add(version)
+    versions of a model); [] when it holds neither. ``traffic`` (a
+    ``traffic.WindowTraffic``) tells from the monitor's read of the window whether
+    there is anything to compare: its files are read again only then."""
+    answered = defaultdict(int)
+    for name, version in (key for key, counted in traffic.versions.items() if counted.requests):
+        answered[name] += 1
+    canary = any(count > 1 for count in answered.values())
+    if traffic.shadow_records == 0 and not canary:
+        return []
     records, shadow = _window_records(win)
-    if not shadow and all(len(v) < 2 for v in answered.values()):
+    if not shadow and not canary:
         return []
     production = _scores_by_version(window_lib.decode_records(records))
     threshold = settings.decision_threshold
@@ -107,6 +113,8 @@ def _scores_by_version(chunks: List[window_lib.Chunk]) -> Dict[Tuple[str, Option
     """(model, version) -> (request id, row) -> score, of the answered rows."""
     out: Dict[Tuple[str, Optional[int]], Scores] = defaultdict(dict)
     for chunk in chunks:
+        if not chunk.serialized:          # only rejected calls: nothing answered
+            continue
         scores = out[(chunk.model_name, chunk.version)]
         for rid, row, score in zip(chunk.request_ids, chunk.row_in_request.tolist(), chunk.predictions.tolist()):
             scores[(rid, row)] = score

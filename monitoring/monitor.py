@@ -94,7 +94,7 @@ def _monitor_window(settings: Settings, dry_run: bool, print_line: PrintLine) ->
     timings["checks_and_actions"] = time.time() - mark
     mark = time.time()
     result = _analysed(monitor_pass, traffic, files, versions, not_judged)
-    result.agreement = agreement.judge(settings, win, traffic.versions)   # production vs candidate (issue 17 part 4)
+    result.agreement = agreement.judge(settings, win, traffic)   # production vs candidate (issue 17 part 4)
     _record(monitor_pass, result)
     timings["record_and_report"] = time.time() - mark
     result.timings = {k: round(v, 3) for k, v in timings.items()}

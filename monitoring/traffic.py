@@ -157,6 +157,7 @@ class WindowTraffic:
     unattributed: rejections_lib.Tally = dataclasses.field(default_factory=rejections_lib.Tally)
     new_statistics: Callable[[], Statistics] = checks.StatsAccumulator    # a version's, when first seen
     slicing: Optional[bias_lib.SliceSpec] = None                          # what each version's tally counts
+    shadow_records: Optional[int] = None    # shadow answers read (None: not counted by this engine)
 
     def of(self, model_name: str, version: Optional[int]) -> VersionTraffic:
         key = (model_name, version)
@@ -241,6 +242,7 @@ def add_part(read: WindowTraffic, decoded: window_lib.Decoded, decoders: Decoder
         log.warning("cannot read log file %s now: %s", name, decoded.error)
         read.unreadable.append(logfiles.Unreadable.of(name, decoded.error))
         return
+    read.shadow_records = (read.shadow_records or 0) + decoded.shadow_records
     rows = 0
     for chunk in decoded.chunks:
         if chunk.version is None and not chunk.serialized:     # refused before a version was chosen
@@ -256,7 +258,7 @@ def read_parts(parts: List[window_lib.Part], feedback: Feedback, schema=None, ro
                slicing: Optional[bias_lib.SliceSpec] = None) -> WindowTraffic:
     """Decode and accumulate statistics for ``parts``, one at a time (``add_part``)."""
     decoders = Decoders.of(schema, rows_schema)
-    read = WindowTraffic(slicing=slicing)
+    read = WindowTraffic(slicing=slicing, shadow_records=0)
     for decoded in window_lib.iter_parts(parts):
         add_part(read, decoded, decoders, feedback)
     for traffic in read.versions.values():
@@ -277,6 +279,7 @@ class ShareRead:
     file_results: Dict[str, Dict]
     unreadable: List[logfiles.Unreadable]
     unattributed: rejections_lib.Tally
+    shadow_records: Optional[int]
 
 
 def _read_share(parts: List[window_lib.Part], feedback: Feedback, schema=None, rows_schema=None, slicing=None):
@@ -288,7 +291,7 @@ def _read_share(parts: List[window_lib.Part], feedback: Feedback, schema=None, r
         return str(exc)
     versions = {key: {"accumulators": t.stats.accumulators, "rows_in_stats": t.stats.rows,
                       "traffic": t.counted()} for key, t in read.versions.items()}
-    return ShareRead(versions, read.file_results, read.unreadable, read.unattributed)
+    return ShareRead(versions, read.file_results, read.unreadable, read.unattributed, read.shadow_records)
 
 
 def _split(parts: List[window_lib.Part], n: int) -> List[List[window_lib.Part]]:
@@ -343,6 +346,8 @@ def _merged(shares: List[ShareRead]) -> WindowTraffic:
     read = WindowTraffic()
     partial: Dict[Tuple[str, Optional[int]], list] = {}
     for share in shares:
+        if share.shadow_records is not None:
+            read.shadow_records = (read.shadow_records or 0) + share.shadow_records
         read.file_results.update(share.file_results)
         read.unreadable.extend(share.unreadable)
         read.unattributed.merge(share.unattributed)

@@ -357,19 +357,27 @@ def decode_records(raws: List[bytes], shadow: bool = False) -> List[Chunk]:
     that take it). Shadow answers (``core.request_log.SHADOW_TAG``: never returned to
     a caller) are left out, as they are no served traffic; ``shadow``: only them
     (``monitoring.agreement``)."""
+    return decode_counted(raws, shadow)[0]
+
+
+def decode_counted(raws: List[bytes], shadow: bool = False) -> Tuple[List[Chunk], int]:
+    """``decode_records``, and how many records it left out as shadow answers (or,
+    with ``shadow``, as served ones)."""
     try:
         return _chunks(request_log.decode_records(raws), shadow)
     except request_log.UnreadableRecord as exc:
         raise CorruptLogError(f"corrupt: {exc}") from None
 
 
-def _chunks(calls: Iterator[request_log.LoggedRequest], shadow: bool = False) -> List[Chunk]:
+def _chunks(calls: Iterator[request_log.LoggedRequest], shadow: bool = False) -> Tuple[List[Chunk], int]:
     """The loop runs once per logged request, so it stays in plain Python lists:
     numpy per record would cost more than the parsing."""
     groups: Dict[Tuple[str, Optional[int]], Tuple[list, list, list, list, list, dict, list]] = {}
     rejected: Dict[Tuple[str, Optional[int]], Rejected] = {}
+    skipped = 0
     for call in calls:
         if call.shadow is not shadow:
+            skipped += 1
             continue
         key = (call.model_name, call.model_version)
         if call.error is not None:
@@ -400,7 +408,7 @@ def _chunks(calls: Iterator[request_log.LoggedRequest], shadow: bool = False) ->
         groups[key] = ([], [], [], [], [], {}, [])
     return [Chunk(name, version, g[0], np.asarray(g[1], np.float32), g[2],
                   np.asarray(g[3], np.int32), np.asarray(g[4], np.int64), rejected.get((name, version)), g[5], g[6])
-            for (name, version), g in groups.items()]
+            for (name, version), g in groups.items()], skipped
 
 
 def _scores(call: request_log.LoggedRequest, rows: int) -> Sequence[float]:
@@ -475,13 +483,15 @@ class Decoded:
     chunks: Optional[List[Chunk]] = None
     read: Optional[PartRead] = None
     error: Optional[Exception] = None     # CorruptLogError (and its kinds) or the OSError of reading
+    shadow_records: int = 0               # shadow answers left out of ``chunks``
 
 
 def iter_parts(parts: List[Part]) -> Iterator[Decoded]:
     for part in parts:
         try:
             read = read_part(part)
-            decoded = Decoded(part, decode_records(read.records), read)
+            chunks, shadow_records = decode_counted(read.records)
+            decoded = Decoded(part, chunks, read, shadow_records=shadow_records)
         except (CorruptLogError, OSError) as exc:
             decoded = Decoded(part, error=exc)
         yield decoded
