@@ -12,8 +12,11 @@ sending a feature, and the skew of this window comes from the same broken
 requests. Anomalies that the rejections explain (a feature the rejected
 requests lack) are never a reason to retrain.
 
-Then, in this order, a window is *not* acted on when: it has fewer rows than
-``monitor_min_rows`` (statistics too noisy); its model version is not the one
+A window with fewer rows than ``monitor_min_rows`` is not judged (statistics too
+noisy): none of its findings is a reason, nothing is flagged or triggered (only the
+alerts above and on bias, attribution or probing are kept).
+
+Then, in this order, a window is *not* acted on when: its model version is not the one
 currently served (a newer version replaced it, or another version of the window
 was acted on); this window was acted on before (a resumed run); the last action
 is younger than ``cooldown_seconds``. Otherwise the action is ``repush`` when a
@@ -70,6 +73,7 @@ class Decision:
     dry_run: bool = False
     reuse: Optional[ReuseCandidate] = None     # the matching blessed model, for repush
     outcome: Optional[object] = None   # what the action did (``act.RetrainOutcome``/``RepushOutcome``)
+    not_judged: str = ""               # why no finding counts: too few rows (``monitor_min_rows``)
 
     @property
     def failed(self) -> bool:
@@ -80,7 +84,7 @@ class Decision:
         return {"action": self.action, "triggered": self.triggered, "reasons": list(self.reasons),
                 "because": self.because, "dry_run": self.dry_run,
                 "reuse": self.reuse.to_dict() if self.reuse is not None else None,
-                "outcome": self.outcome.to_dict() if self.outcome is not None else None}
+                "outcome": self.outcome.to_dict() if self.outcome is not None else None, "not_judged": self.not_judged}
 
 
 def reasons_for(settings: Settings, *, features, prediction: Dict, quality: Dict, bias=None,
@@ -176,13 +180,16 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     alerts = not_acted_on(settings, bias, attribution, probing)
     if alert is not None:
         return alert_decision(alert, reasons + [finding for finding, _ in alerts], dry_run)
-    if not reasons:
+    not_judged = too_few_rows(settings, rows) if rows < settings.monitor_min_rows else ""
+    if not reasons or not_judged:
         if alerts:
             return Decision(ALERT, True, [finding for finding, _ in alerts],
-                            "alert, not acted on: " + "; ".join(why for _, why in alerts), dry_run)
-        return Decision(NONE, False, [], "no trigger: every check is within the policy", dry_run)
+                            "alert, not acted on: " + "; ".join(why for _, why in alerts), dry_run,
+                            not_judged=not_judged)
+        return Decision(NONE, False, [], not_judged or "no trigger: every check is within the policy", dry_run,
+                        not_judged=not_judged)
     reasons = reasons + [f"{finding} (not acted on: its trigger is off)" for finding, _ in alerts]
-    held = _held_back(settings, rows, is_current, window_action, last_action, now)
+    held = _held_back(settings, is_current, window_action, last_action, now)
     if held:
         return Decision(NONE, True, reasons, f"not acted on: {held}", dry_run)
     if reuse is not None:
@@ -201,6 +208,12 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     if dry_run:
         return Decision(NONE, True, reasons, f"dry run: would {because}", True, reuse)
     return Decision(action, True, reasons, because, False, reuse)
+
+
+def too_few_rows(settings: Settings, rows: int) -> str:
+    """Why a window under ``monitor_min_rows`` is not judged: its statistics are too
+    noisy for a flagged feature to mean anything."""
+    return f"too few rows to judge ({rows} < monitor_min_rows={settings.monitor_min_rows})"
 
 
 def probing_hold(probing, because: str) -> str:
@@ -226,11 +239,9 @@ def with_outcome(decision: Decision, outcome, window_id: str) -> Decision:
     return dataclasses.replace(decision, outcome=outcome, because=because)
 
 
-def _held_back(settings: Settings, rows: int, is_current: bool, window_action: Optional[Dict],
+def _held_back(settings: Settings, is_current: bool, window_action: Optional[Dict],
                last_action: Optional[Dict], now: float) -> str:
     """Why a triggered window is not acted on ("" if nothing holds it back)."""
-    if rows < settings.monitor_min_rows:
-        return f"{rows} rows in the window, fewer than monitor_min_rows={settings.monitor_min_rows}"
     if not is_current:
         return "a newer model version is served now"
     if window_action is not None:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -87,9 +88,17 @@ def regenerate(settings) -> Path:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """``text`` to ``path`` through a temporary file of its own in the same directory
+    (the monitor and ``tfxops monitor report`` may write the same page at once)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)        # readable as the pages were before
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 # ------------------------------------------------------------------ HTML

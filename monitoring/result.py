@@ -56,6 +56,9 @@ class VersionResult:
 
     @property
     def flagged_features(self) -> List[str]:
+        """The features flagged, [] when the window had too few rows to be judged."""
+        if self.decision.not_judged:
+            return []
         return sorted(f.name for f in self.features if f.flagged)
 
     @property
@@ -157,6 +160,9 @@ class MonitorResult:
         if self.status != ANALYSED:
             return "no new requests"
         flagged = sorted({f for v in self.versions for f in v.flagged_features})
+        too_few = [f"version {v.version}: {v.decision.not_judged}" for v in self.versions if v.decision.not_judged]
+        judged = f"flagged: {', '.join(flagged) or 'none'}; " if len(too_few) < len(self.versions) else ""
+        because = "" if self.decision.because == self.decision.not_judged else f" ({self.decision.because})"
         rejected = [v.rejections.line() for v in self.versions if v.rejections.rejected]
         if self.unattributed_rejections:
             rejected.append(f"no model version: {self.unattributed_rejections.line()}")
@@ -174,8 +180,8 @@ class MonitorResult:
                 + "".join(f"attribution drift (version {v.version}): NDCG {v.attribution.ndcg:.3f} < "
                           f"{v.attribution.threshold:g}; " for v in self.versions
                           if v.attribution is not None and v.attribution.drifted)
-                + f"flagged: {', '.join(flagged) or 'none'}; decision: {self.decision.action} "
-                f"({self.decision.because}); report: {self.report.html}")
+                + "".join(f"{line}; " for line in too_few) + judged
+                + f"decision: {self.decision.action}{because}; report: {self.report.html}")
 
     def _files_line(self) -> str:
         incomplete = len(self.incomplete_files)

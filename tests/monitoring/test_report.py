@@ -118,6 +118,43 @@ def test_a_one_row_window_is_too_few_rows_to_judge_and_never_red(judged):
     assert RED not in page and "class='box act'" not in page and "<b class=bad>" not in page
 
 
+def test_a_one_row_window_flags_nothing_in_its_summary_line_nor_in_mlmd(judged):
+    """Its raw checks fire on one row (what a flag would be), yet neither the line
+    `tfxops monitor` prints nor the lineage record says a feature is flagged."""
+    from core import mlmd
+    from monitoring import record
+
+    settings, full, single = judged
+    (group,) = single.versions
+    assert any(f.flagged for f in group.features)             # one row is far from training...
+    assert group.flagged_features == [] and not single.decision.triggered      # ...and is not judged
+    too_few = f"too few rows to judge (1 < monitor_min_rows={settings.monitor_min_rows})"
+    line = single.summary_line()
+    assert too_few in line and "flagged" not in line, line
+    assert single.to_dict()["versions"][0]["decision"]["not_judged"] == too_few
+    assert "too few rows" not in full.summary_line() and "flagged: " in full.summary_line()
+    store = mlmd.open_store(settings)
+    execution = record.find_run(store, single.window, str(group.version))
+    assert json.loads(mlmd.custom(execution, "flagged_features")) == []
+    assert mlmd.custom(execution, "triggered") == 0 and mlmd.custom(execution, "because") == too_few
+
+
+def test_writers_at_once_each_use_a_temporary_file_of_their_own(judged):
+    """The monitor and `tfxops monitor report` rewriting the same pages at once: with
+    one fixed temporary name, one writer's os.replace took the other's file away."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monitoring import report
+
+    settings, _, _ = judged
+    with ThreadPoolExecutor(6) as pool:
+        indexes = list(pool.map(lambda _: report.regenerate(settings), range(12)))
+    assert {str(i) for i in indexes} == {str(settings.monitor_path / "index.html")}
+    assert "too few rows to judge" in indexes[0].read_text()
+    leftovers = [p.name for p in settings.monitor_path.rglob(".*.tmp")]
+    assert not leftovers, leftovers
+
+
 def test_index_links_every_window_and_the_command_regenerates_all(judged, tmp_path):
     settings, full, single = judged
     index = settings.monitor_path / "index.html"
