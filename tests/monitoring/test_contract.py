@@ -140,7 +140,7 @@ def test_serving_default_rows_that_drop_the_time_key_are_still_flagged(tmp_path,
                                                                        held_out_rows, with_raw):
     """A third of the serving_default rows lack the time key (answered, as a server whose
     model does not parse it would log them): flagged, beside serving_raw traffic or not."""
-    settings = monitor_settings(tmp_path, e2e_settings, first_run)
+    settings = monitor_settings(tmp_path, e2e_settings, first_run, monitor_min_rows="100")   # 300 rows judged
     version = int(first_run.pushed_version)
     rows = _complete(held_out_rows)[:600]
     default = _without_time(rows[:300], every=3)
