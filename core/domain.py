@@ -31,7 +31,8 @@ import dataclasses
 import functools
 import json
 import math
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+import struct
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from core import features as F
 from core import storage
@@ -131,6 +132,17 @@ class InputDomain:
                     found.append(Violation(name, shown(bad[0]), self.allowed(name)))
         return found
 
+    def entries_in_domain(self, entries: Sequence[bytes]) -> bool:
+        """Whether a tf.Example's feature-map entries, as serialized (each the bytes of one
+        ``Features.feature`` map entry), are certainly all within the domain. False when
+        one is not, or cannot be told without parsing: then check the parsed example
+        (``violations``). Gives the same answer as ``not violations(example)`` when True."""
+        return self._entries.all_in_domain(entries)
+
+    @functools.cached_property
+    def _entries(self) -> "EntryCheck":
+        return EntryCheck({name.encode(): (allowed, low, high) for name, allowed, low, high in self._plan})
+
     @functools.cached_property
     def _plan(self) -> List[Tuple[str, Optional[FrozenSet[bytes]], float, float]]:
         """(feature, allowed strings or None, low, high) per checked feature (built once:
@@ -204,6 +216,79 @@ def _first_bad(values, is_text: bool, allowed: Optional[FrozenSet[bytes]], low: 
         value = values[0]
         return None if not value or value in allowed else (value,)
     return next(((v,) for v in values if v and v not in allowed), None)
+
+
+# ------------------------------------------------------------------ serialized entries
+_MISSING_FEATURES = frozenset((b"", b"\x0a\x00", b"\x12\x00", b"\x1a\x00", b"\x0a\x02\x0a\x00"))
+_ONE_FLOAT = b"\x12\x06\x0a\x04"       # Feature.float_list holding one packed value
+_FLOAT = struct.Struct("<f").unpack_from
+KNOWN, UNCHECKED, UNSURE = 1, 2, 3        # what EntryCheck.entry finds out about one entry
+
+
+class EntryCheck:
+    """``InputDomain.entries_in_domain``: each tf.Example feature-map entry (its wire bytes)
+    read in the one layout TensorFlow writes (key, then a Feature holding one value or
+    none; single-byte lengths) and checked against the domain; every entry found in it
+    is remembered (at most ``MAX_KNOWN`` at a time), so a value seen before costs one set
+    lookup. Anything else (another layout, a value out of domain) is UNSURE."""
+    MAX_KNOWN = 1 << 15
+
+    def __init__(self, by_key: Dict[bytes, Tuple[Optional[FrozenSet[bytes]], float, float]]):
+        self.by_key = by_key          # feature name (UTF-8) -> (allowed strings or None, low, high)
+        self.known: set = set()       # entries found within the domain
+
+    def all_in_domain(self, entries: Sequence[bytes]) -> bool:
+        known = self.known
+        for entry in set(entries).difference(known):      # the entries not seen before
+            found = self.entry(entry)
+            if found == UNSURE:
+                return False
+            if found == KNOWN:
+                if len(known) >= self.MAX_KNOWN:
+                    known.clear()
+                known.add(entry)
+        return True
+
+    def entry(self, entry: bytes) -> int:
+        """KNOWN: a checked feature within the domain; UNCHECKED: a feature not checked;
+        UNSURE: out of domain, or not in the layout read here."""
+        size = len(entry)
+        if size < 2 or entry[0] != 0x0A or entry[1] >= 0x80:
+            return UNSURE
+        start = 2 + entry[1]
+        if start == size:
+            feature = b""                 # a key without a value: an empty Feature
+        elif start + 2 <= size and entry[start] == 0x12 and entry[start + 1] == size - start - 2:
+            feature = entry[start + 2:]
+        else:
+            return UNSURE
+        checked = self.by_key.get(entry[2:start])
+        if checked is None:
+            return UNCHECKED
+        if feature in _MISSING_FEATURES:
+            return KNOWN
+        return KNOWN if _feature_in_domain(feature, *checked) else UNSURE
+
+
+def _feature_in_domain(feature: bytes, allowed: Optional[FrozenSet[bytes]], low: float, high: float) -> bool:
+    """Whether a serialized Feature holds one value within the domain (False: out of
+    domain, or not one value in the layout TensorFlow writes)."""
+    size = len(feature)
+    if not 4 <= size <= 129 or feature[1] != size - 2 or feature[2] != 0x0A or feature[3] != size - 4:
+        return False
+    if allowed is not None:
+        return feature[0] == 0x0A and feature[4:] in allowed
+    if size == 8 and feature[:4] == _ONE_FLOAT:
+        return low <= _FLOAT(feature, 4)[0] <= high
+    if feature[0] != 0x1A or size > 13:
+        return False                  # not int64_list, or a varint of 10 bytes (negative)
+    value = shift = 0
+    for byte in feature[4:]:          # one varint, the rest of the Feature
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    return shift == 7 * (size - 4) and feature[-1] < 0x80 and low <= value <= high
 
 
 # ------------------------------------------------------------------ from training

@@ -16,6 +16,10 @@ with the version by ``serving.models``).
 * ``off``: nothing is checked.
 
 A version pushed without a domain (before the pipeline wrote one) is not checked.
+Each serialized tf.Example is first read on the wire (``in_domain``: its feature
+entries, each value seen before in the domain costing one set lookup); only a row
+that is not certainly in the domain is parsed and checked value by value, so the
+marks, counts and refusals are those of the value-by-value check.
 
 Behind the logging proxy (``serving.grpc_proxy``), TF Serving loads the versions and
 the proxy marks its gRPC records as ``log`` does (``VersionDomains``: the domain of the
@@ -31,7 +35,7 @@ import functools
 import logging
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from tensorflow.core.example import example_pb2
+from tensorflow.core.example import example_pb2, feature_pb2
 
 from core import domain as domain_lib
 from core import storage
@@ -45,6 +49,7 @@ from serving.errors import ServingError
 log = logging.getLogger("tfxops.serving")
 COLUMNAR_MIN_ROWS = 12      # from this many rows, decoding them column-wise costs less
 DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64 = 1, 2, 3, 9     # tensorflow DataType wire values (and DT_STRING)
+_as_feature = feature_pb2.Feature.FromString     # a tf.Example's bytes read as a Feature (``in_domain``)
 _VALUE_FIELDS = {DT_FLOAT: "float_val", DT_DOUBLE: "double_val", DT_INT32: "int_val",
                  DT_STRING: "string_val", DT_INT64: "int64_val"}
 
@@ -136,9 +141,14 @@ class VersionDomains:
 
 # ------------------------------------------------------------------ rows of a call
 def row_violations(found: InputDomain, serialized: Sequence[bytes]) -> List[Violation]:
-    """One ``Violation`` per feature out of domain in any of the serialized tf.Examples:
-    from ``COLUMNAR_MIN_ROWS`` rows decoded column-wise by tfx_bsl's decoder, else (or
-    when the decoder refuses the rows) one parsed tf.Example at a time."""
+    """One ``Violation`` per feature out of domain in any of the serialized tf.Examples.
+    Rows whose feature entries are certainly in the domain (``in_domain``) are passed;
+    the others are checked from ``COLUMNAR_MIN_ROWS`` rows decoded column-wise by
+    tfx_bsl's decoder, else (or when the decoder refuses the rows) one parsed
+    tf.Example at a time."""
+    serialized = [row for row in serialized if not in_domain(found, row)]
+    if not serialized:
+        return []
     if len(serialized) >= COLUMNAR_MIN_ROWS:
         columns = _decoded_columns(found, serialized)
         if columns is not None:
@@ -154,6 +164,38 @@ def row_violations(found: InputDomain, serialized: Sequence[bytes]) -> List[Viol
     if len(by_feature) < 2:
         return list(by_feature.values())
     return [by_feature[name] for name in found.names if name in by_feature]
+
+
+def in_domain(found: InputDomain, row) -> bool:
+    """Whether the serialized tf.Example ``row`` is certainly within ``found``, told from
+    its feature-map entries as they are on the wire (``InputDomain.entries_in_domain``);
+    False when not, or not sure. An Example is one field, ``features`` (1, a Features
+    message), whose map entries are its field 1: parsed as a ``Feature``, whose
+    ``bytes_list`` (1) holds a repeated ``bytes`` field 1, the same bytes give the
+    entries unparsed, in one call. Only a row that is that one field and nothing else
+    is read so (another field would take over the Feature's oneof)."""
+    if not isinstance(row, bytes):
+        return False
+    if not row:
+        return True                         # an empty Example: no feature
+    if row[0] != 0x0A or _field_end(row) != len(row):
+        return False
+    try:
+        entries = _as_feature(row).bytes_list.value
+    except Exception:  # noqa: BLE001 - not a tf.Example: the exact check decides
+        return False
+    return found.entries_in_domain(entries)
+
+
+def _field_end(row: bytes) -> int:
+    """Where the length-delimited field starting at ``row[0]`` ends (-1: cut short)."""
+    size = shift = 0
+    for pos in range(1, min(len(row), 11)):
+        size |= (row[pos] & 0x7F) << shift
+        shift += 7
+        if row[pos] < 0x80:
+            return pos + 1 + size
+    return -1
 
 
 @functools.lru_cache(maxsize=None)
@@ -197,17 +239,33 @@ def feed_violations(found: InputDomain, feeds: Mapping[str, Iterable]) -> List[V
 def request_violations(found: InputDomain, kind: str, request) -> List[Violation]:
     """The violations of a logged request message (or its bytes) of ``kind``."""
     if isinstance(request, bytes):
-        request = _request_type(kind).FromString(request)
+        request = _request_types()[kind].FromString(request)
     if kind != "predict":
         return row_violations(found, input_examples(request.input))
-    return feed_violations(found, {alias: _tensor_values(tensor) for alias, tensor in request.inputs.items()})
+    inputs = request.inputs
+    rows = _example_rows(found, inputs) if len(inputs) == 1 else None
+    if rows is not None:
+        return row_violations(found, rows)
+    return feed_violations(found, {alias: _tensor_values(inputs[alias]) for alias in inputs})
 
 
-def _request_type(kind: str):
+def _example_rows(found: InputDomain, inputs) -> Optional[Sequence[bytes]]:
+    """The serialized tf.Examples of a predict request's one input (``inputs``: its
+    map, one entry) when it is a string tensor of them; None when it is anything else
+    (``feed_violations`` reads it)."""
+    (alias,) = inputs
+    tensor = inputs[alias]
+    if alias in found.strings or alias in found.ranges or tensor.dtype != DT_STRING or tensor.tensor_content:
+        return None
+    return tensor.string_val
+
+
+@functools.lru_cache(maxsize=None)
+def _request_types() -> Dict[str, type]:
     from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
 
     return {"predict": predict_pb2.PredictRequest, "classify": classification_pb2.ClassificationRequest,
-            "regress": regression_pb2.RegressionRequest}[kind]
+            "regress": regression_pb2.RegressionRequest}
 
 
 def _tensor_values(tensor) -> Sequence:
