@@ -65,11 +65,13 @@ SERVED_VERSION_CHANGED = "served_version_changed"
 TORN_LINE = "torn_line"     # the line before it is a write cut short (the appender notes it)
 MODEL_REFUSED = "model_refused"    # a version the server would not load: it failed its integrity check
 SERVED_CONFIG_CHANGED = "served_config_changed"   # the served model list, policies or labels (serving/model_config.py)
+SERVED_CONFIG_REFUSED = "served_config_refused"   # a HandleReloadConfigRequest refused (reload_config_clients)
 # a span of labelled requests held back from a retrain (monitoring.poisoning), then released or discarded
 RETRAIN_HELD, RETRAIN_APPROVED, RETRAIN_REJECTED = "retrain_held", "retrain_approved", "retrain_rejected"
 ACTIONS = (RUN_STARTED, RUN_ENDED, GATE_STOPPED, BLESSING_REFUSED, PUSHED, MONITOR_DECISION,
            RETRAIN, REPUSH, PROMOTE, ROLLBACK, SERVED_VERSION_CHANGED, TORN_LINE,
-           RETRAIN_HELD, RETRAIN_APPROVED, RETRAIN_REJECTED, MODEL_REFUSED, SERVED_CONFIG_CHANGED)
+           RETRAIN_HELD, RETRAIN_APPROVED, RETRAIN_REJECTED, MODEL_REFUSED, SERVED_CONFIG_CHANGED,
+           SERVED_CONFIG_REFUSED)
 
 GENESIS = "0" * 64          # prev_hash of the first entry
 _UNSIGNED = ("hash", "signature")

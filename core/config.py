@@ -293,6 +293,9 @@ class Settings:
     monitoring_config_file: str = ""         # TF Serving's MonitoringConfig text file: where metrics are exposed
     container_volumes: List[str] = dataclasses.field(default_factory=list)   # "host:container[:ro]" as compose's
                                              # volumes: container paths in those files are read from the host path
+    # token names (auth_tokens_file / auth_token_env) allowed gRPC HandleReloadConfigRequest; tokens off:
+    # only callers on this machine (loopback) may reload
+    reload_config_clients: List[str] = dataclasses.field(default_factory=list)
 
     # --- warm-up and infra validation (issue 17 part 2; core/warmup.py, pipeline/infra_validation.py): only lines of that work here
     # evaluation rows per signature in each pushed version's warm-up file (TF Serving's

@@ -84,6 +84,8 @@ def skip_autograph_for_libraries() -> None:
 # ---------------------------------------------------------------- library output
 LIBRARY_LOG_NAME = "tfxops.log"     # under log_dir (<home>/logs): what libraries print, every command
 OWN_LOGGERS = ("tfxops", "root")    # this project's loggers (tfxops.*) and bare logging.* calls
+# tornado's access log: tfxops serve's and the proxy's lines of 4xx/5xx answers (serving/rest.py)
+OWN_LIBRARY_LOGGERS = ("tornado.access",)
 Console = Callable[[TextIO], TextIO]
 
 
@@ -108,7 +110,7 @@ def library_output_to(log_path: Path, prints_to_terminal: bool = False) -> Itera
     root = logging.getLogger()
     old_level, old_handlers = root.level, list(root.handlers)
     capturing = getattr(warnings.showwarning, "__module__", "") == "logging"
-    with open(log_path, "ab", buffering=0) as log:
+    with _open_log(log_path) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         to_log = _stream_to(log.fileno())
@@ -129,6 +131,25 @@ def library_output_to(log_path: Path, prints_to_terminal: bool = False) -> Itera
             root.setLevel(old_level)
 
 
+def _open_log(log_path: Path):
+    """``log_path`` opened to append: created 0600, never through a symbolic link,
+    and only when it is this user's; else (a file of another user's, a link planted
+    in the temporary directory) a new private file beside it (named in the log)."""
+    from core.redact import open_private
+
+    try:
+        fd = open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        if os.fstat(fd).st_uid == os.getuid():
+            return os.fdopen(fd, "ab", buffering=0)
+        os.close(fd)
+    except OSError:
+        pass
+    fd, path = tempfile.mkstemp(prefix=f"tfxops-{os.getuid()}-", suffix=".log", dir=log_path.parent)
+    log = os.fdopen(fd, "ab", buffering=0)
+    log.write(f"{log_path} is not this user's file: library output goes here instead ({path})\n".encode())
+    return log
+
+
 def _restore(saved: Dict[int, int], originals: Dict[str, TextIO], opened: list) -> None:
     """File descriptors 1 and 2 and sys.stdout / sys.stderr as they were; the streams
     ``library_output_to`` opened, closed."""
@@ -144,7 +165,7 @@ def _restore(saved: Dict[int, int], originals: Dict[str, TextIO], opened: list) 
 
 
 def show_own_logs(level: int, fmt: str = "%(asctime)s %(levelname)s %(message)s") -> None:
-    """Also write this project's log records (``OWN_LOGGERS``) of ``level`` and above
+    """Also write this project's log records (``OWN_LOGGERS``, ``OWN_LIBRARY_LOGGERS``) of ``level`` and above
     to ``sys.stderr``, the terminal under ``library_output_to``: what a server or the
     monitor says about itself. Libraries' records stay in the log file. Replaces the
     handler an earlier call added."""
@@ -153,7 +174,8 @@ def show_own_logs(level: int, fmt: str = "%(asctime)s %(levelname)s %(message)s"
     handler = _OwnLogsHandler(sys.stderr)
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(fmt))
-    handler.addFilter(lambda record: record.name.split(".", 1)[0] in OWN_LOGGERS)
+    handler.addFilter(lambda record: record.name.split(".", 1)[0] in OWN_LOGGERS
+                      or record.name in OWN_LIBRARY_LOGGERS)
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)

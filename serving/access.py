@@ -41,7 +41,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import grpc
 
@@ -54,7 +54,9 @@ AUTHORIZATION = "authorization"           # REST header (any case) and gRPC meta
 RETRY_AFTER = "retry-after"               # gRPC trailing metadata key (REST: Retry-After)
 REALM = 'Bearer realm="tfxops"'
 MIN_TOKEN_CHARS = 16
-METRICS_PATHS = frozenset({"/monitoring/prometheus/metrics", "/monitoring/tfxops/metrics"})
+PROMETHEUS_METRICS_PATH = "/monitoring/prometheus/metrics"   # TF Serving's (monitoring_config_file moves it)
+PROXY_METRICS_PATH = "/monitoring/tfxops/metrics"             # the logging proxy's own page
+METRICS_PATHS = frozenset({PROMETHEUS_METRICS_PATH, PROXY_METRICS_PATH})
 GRPC_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 GRPC_METHODS = frozenset({"Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata",
                           "GetModelStatus", "HandleReloadConfigRequest"})
@@ -275,17 +277,22 @@ class Access:
     """Tokens and rate limit of one server or proxy (either may be None)."""
 
     def __init__(self, tokens: Optional[TokenTable], limiter: Optional[RateLimiter],
-                 metrics_need_token: bool, metrics: Optional[M.Metrics] = None):
+                 metrics_need_token: bool, metrics: Optional[M.Metrics] = None,
+                 metrics_paths: FrozenSet[str] = METRICS_PATHS):
         self.tokens, self.limiter = tokens, limiter
         self.metrics_need_token = metrics_need_token
+        self.metrics_paths = metrics_paths      # the metrics pages (open unless metrics_need_token)
         self.metrics = metrics
         self._refusals = ThrottledLog("access: refused")
 
     @classmethod
     def from_settings(cls, settings, metrics: Optional[M.Metrics] = None,
-                      environ: Optional[Mapping[str, str]] = None) -> Optional["Access"]:
+                      environ: Optional[Mapping[str, str]] = None,
+                      metrics_paths: FrozenSet[str] = METRICS_PATHS) -> Optional["Access"]:
         """The access checks ``settings`` ask for; None when there are none (then
-        the front ends check nothing). AccessError for an unusable token file."""
+        the front ends check nothing). ``metrics_paths``: where the metrics pages
+        are (a monitoring_config_file's prometheus_config.path for tfxops serve).
+        AccessError for an unusable token file."""
         tokens = load_tokens(settings, environ)
         limiter = None
         if settings.rate_limit_per_second > 0:
@@ -293,12 +300,12 @@ class Access:
                                   settings.rate_limit_max_clients)
         if tokens is None and limiter is None:
             return None
-        return cls(tokens, limiter, settings.auth_metrics, metrics)
+        return cls(tokens, limiter, settings.auth_metrics, metrics, frozenset(metrics_paths))
 
     def guards(self, path: str) -> bool:
         """Whether a REST request for ``path`` is checked (all but the metrics pages,
         unless ``auth_metrics``)."""
-        return self.metrics_need_token or path not in METRICS_PATHS
+        return self.metrics_need_token or path not in self.metrics_paths
 
     def admit(self, authorization: Optional[str], address: str) -> Tuple[str, Optional[Refusal]]:
         """(the call's client, None) when it may run, else (client, its refusal)."""
@@ -422,6 +429,48 @@ class GrpcGuard(grpc.aio.ServerInterceptor):
             CLIENT.set(client)
             return await behavior(request, context)
         return guarded
+
+
+# ------------------------------------------------------------------ model config reloads
+def is_loopback_address(address: str) -> bool:
+    """Whether a caller's IP address (``peer_address``) is this machine's loopback:
+    127.0.0.0/8, ::1, or 127.x as an IPv4-mapped IPv6 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or bool(ip.version == 6 and ip.ipv4_mapped and ip.ipv4_mapped.is_loopback)
+
+
+@dataclass(frozen=True)
+class ReloadPermission:
+    """Who may change the served models with gRPC HandleReloadConfigRequest: with
+    tokens, the token names listed in ``reload_config_clients``; without tokens,
+    callers on this machine only (a loopback peer)."""
+    tokens_on: bool
+    clients: FrozenSet[str]
+
+    @classmethod
+    def from_settings(cls, settings, access: Optional[Access]) -> "ReloadPermission":
+        return cls(access is not None and access.tokens is not None,
+                   frozenset(settings.reload_config_clients))
+
+    def refusal(self, client: str, address: str) -> Optional[Refusal]:
+        """None when the caller (``client``: its token name with tokens; ``address``:
+        its IP address) may reload, else its PERMISSION_DENIED."""
+        if self.tokens_on:
+            if client in self.clients:
+                return None
+            return Refusal("PERMISSION_DENIED", f"client {client} may not reload the model config "
+                           f"(HandleReloadConfigRequest changes the models served): list its token's "
+                           f"name in the setting reload_config_clients (for tfxops promote/rollback: "
+                           f"the name of the token it sends, --token-file or auth_token_env)")
+        if is_loopback_address(address):
+            return None
+        return Refusal("PERMISSION_DENIED", f"HandleReloadConfigRequest from {address} refused: without "
+                       f"tokens only callers on this machine (127.0.0.1, ::1) may reload the model "
+                       f"config. To reload from elsewhere, set auth_tokens_file and list the caller's "
+                       f"token name in the setting reload_config_clients")
 
 
 # ------------------------------------------------------------------ TLS

@@ -91,7 +91,7 @@ class Batcher:
 
     def __init__(self, max_batch_size: int = 32, batch_timeout_micros: int = 1000,
                  num_batch_threads: int = 1, executor: Optional[ThreadPoolExecutor] = None,
-                 on_batch: Optional[Callable[[int, int], None]] = None):
+                 on_batch: Optional[Callable[[tuple, int, int], None]] = None):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.max_batch_size = max_batch_size
@@ -99,7 +99,7 @@ class Batcher:
         self.num_batch_threads = max(1, num_batch_threads)
         self.executor = executor or ThreadPoolExecutor(self.num_batch_threads,
                                                        thread_name_prefix="batch")
-        self.on_batch = on_batch           # (rows, requests) after each batch
+        self.on_batch = on_batch           # (its key, rows, requests) after each batch
         self._queues: Dict[tuple, _Queue] = {}
         self._waiting = 0                  # requests submitted and not answered yet
         self._peak = 0                     # most waiting at once since the last batch
@@ -192,7 +192,7 @@ class Batcher:
             # switches and a wake-up of the loop, about a third of a lone
             # request's time); the loop has nothing else to do meanwhile.
             self._busy += 1
-            self._complete(tasks, None, _run_batch(queue.run, tasks))
+            self._complete(queue.key, tasks, None, _run_batch(queue.run, tasks))
             return
         self._busy += 1
         loop = asyncio.get_running_loop()
@@ -201,12 +201,12 @@ class Batcher:
         try:
             fut = self.executor.submit(_run_batch, queue.run, tasks)
         except RuntimeError as exc:   # shutting down
-            self._complete(tasks, exc, None)
+            self._complete(queue.key, tasks, exc, None)
             return
 
         def done(f):
             try:
-                loop.call_soon_threadsafe(self._finished, f, tasks)
+                loop.call_soon_threadsafe(self._finished, f, queue.key, tasks)
             except RuntimeError:   # the loop is closed: nobody is waiting any more
                 pass
 
@@ -214,11 +214,11 @@ class Batcher:
         if queue.tasks and self._busy < self.num_batch_threads:
             self._dispatch(queue)   # more than max_batch_size rows were waiting
 
-    def _finished(self, fut, tasks: List[_Task]) -> None:
+    def _finished(self, fut, key: tuple, tasks: List[_Task]) -> None:
         exc = fut.exception()
-        self._complete(tasks, exc, None if exc is not None else fut.result())
+        self._complete(key, tasks, exc, None if exc is not None else fut.result())
 
-    def _complete(self, tasks: List[_Task], exc, results) -> None:
+    def _complete(self, key: tuple, tasks: List[_Task], exc, results) -> None:
         self._busy -= 1
         self._waiting -= len(tasks)
         if exc is not None:
@@ -234,7 +234,7 @@ class Batcher:
                 else:
                     task.future.set_result(outputs)
         if self.on_batch:
-            self.on_batch(sum(t.rows for t in tasks), len(tasks))
+            self.on_batch(key, sum(t.rows for t in tasks), len(tasks))
         # A thread is free: the queues that filled meanwhile are looked at (oldest
         # first) on the next pass, by the same rules.
         for queue in sorted(self._queues.values(), key=lambda q: q.tasks[0].enqueued):
@@ -277,6 +277,13 @@ def _run_one(run: RunFn, task: _Task):
 
 def batch_key(version_obj, signature_name: str, inputs: Dict[str, np.ndarray],
               outputs: Tuple[str, ...]) -> tuple:
-    return (id(version_obj), signature_name, outputs) + tuple(
+    """The queue of a call to ``version_obj`` (a ModelVersion); it starts with the
+    model's name (``model_name_of``)."""
+    return (version_obj.name, id(version_obj), signature_name, outputs) + tuple(
         (n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
 
+
+
+def model_name_of(key: tuple) -> str:
+    """The model's name in a ``batch_key`` (what ``on_batch`` labels its metrics with)."""
+    return key[0]

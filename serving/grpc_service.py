@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from core import request_log
 from core.request_log import new_request_id
 from serving import wire
-from serving.access import client_name, grpc_caller
+from serving.access import grpc_caller, peer_address
 from serving.api import (GRPC, Call, Received, ServingApi, result_response,
                          serialized_examples)
 from serving.errors import ServingError, internal_error, invalid
@@ -180,9 +180,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
         if self.reload_config is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not reload its model config")
+        client, peer = grpc_caller(context)
+        address = peer_address(context.peer())
         try:
             await asyncio.get_running_loop().run_in_executor(
-                None, self.reload_config, request.config, client_name(*grpc_caller(context)))
+                None, self.reload_config, request.config, client or address, address)
         except ModelConfigError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         return model_management_pb2.ReloadConfigResponse()

@@ -553,8 +553,8 @@ class _AccessLog:
                                        1000.0 * request.request_time())
 
 
-def make_app(api: ServingApi, max_request_bytes: int, access: Optional[A.Access] = None,
-             metrics_path: str = "/monitoring/prometheus/metrics") -> tornado.web.Application:
+def make_app(api: ServingApi, max_request_bytes: int, metrics_path: str,
+             access: Optional[A.Access] = None) -> tornado.web.Application:
     """``metrics_path``: where the Prometheus page is (a monitoring_config_file's
     prometheus_config.path; "": nowhere)."""
     args = dict(api=api, max_request_bytes=max_request_bytes, access=access)

@@ -21,7 +21,7 @@ from typing import List, Optional
 from core import audit, config, domain as domain_lib, integrity
 
 from serving import access, admission, busy_poll, metrics as M
-from serving.batching import Batcher
+from serving.batching import Batcher, model_name_of
 from serving.model_config import (ModelConfigError, ServedModel, ServingFiles, check_labels, host_path,
                                   models_from_settings, read_serving_files, served_models)
 from serving.model_set import ModelSet, ModelSetChange
@@ -34,6 +34,7 @@ from serving.service import ModelRunner
 from serving.traffic_split import TrafficSplit
 
 log = logging.getLogger("tfxops.serving")
+V2_INFER = "ModelInfer"          # KServe V2's inference method (serving/v2/grpc.py)
 
 
 @dataclass
@@ -54,7 +55,12 @@ class ModelServer:
         self.freeze_gc = freeze_gc     # the process is ours alone (tfxops serve): see _freeze_gc
         self.metrics = M.new_metrics()
         self.tls = access.load_tls(settings)      # before any model loads: AccessError
-        self.access = access.Access.from_settings(settings, self.metrics)
+        self.access = access.Access.from_settings(
+            settings, self.metrics, metrics_paths={self.files.metrics_path} - {""})
+        self.reload_permission = access.ReloadPermission.from_settings(settings, self.access)
+        self._reloading = threading.Lock()       # one model config reload at a time (gRPC or the file's poll)
+        self._refused_reloads, self._next_refusal_audit = 0, 0.0     # since the last audit entry, and when the next may be
+        self._refused_reloads_lock = threading.Lock()
         self.integrity = integrity.IntegrityPolicy.from_settings(settings)
         self.traffic_split = TrafficSplit.from_settings(settings, self.metrics)   # canary, shadow; None: off
         self.models = ModelSet(self.files.models, self._make_manager)
@@ -136,7 +142,8 @@ class ModelServer:
         (serving.model_set.ModelSet.reload); a configuration TF Serving would refuse
         raises ModelConfigError and changes nothing. Audited when it changes anything."""
         check_labels(models, source)
-        change = self.models.reload(models)
+        with self._reloading:
+            change = self.models.reload(models)
         if change:
             served = "; ".join(f"{m.name} ({m.base_path}, policy {m.policy}, labels {m.labels or 'none'})"
                                for m in models)
@@ -149,15 +156,44 @@ class ModelServer:
                                    f"there or fix base_path", "UNKNOWN")
         return change
 
-    def reload_config(self, config, client: str) -> None:
-        """HandleReloadConfigRequest: the ModelServerConfig ``config`` replaces the served
-        list (its container paths read through container_volumes, as the file's); an
-        empty config changes nothing (TF Serving's "no action for empty config")."""
+    def reload_config(self, config, client: str, address: str) -> None:
+        """HandleReloadConfigRequest from ``client`` at ``address``: when
+        ``reload_permission`` allows it and no other reload runs (else
+        ModelConfigError PERMISSION_DENIED, audited / RESOURCE_EXHAUSTED), the
+        ModelServerConfig ``config`` replaces the served list (its container paths read
+        through container_volumes, as the file's); an empty config changes nothing
+        (TF Serving's "no action for empty config")."""
         source = f"HandleReloadConfigRequest from {client}"
+        refusal = self.reload_permission.refusal(client, address)
+        if refusal is None and self.gate.draining:
+            refusal = self.gate.refusal()
+        if refusal is not None:
+            if refusal.code == "PERMISSION_DENIED":
+                self._audit_reload_refusal(source, address, client, refusal.message)
+            raise ModelConfigError(refusal.message, refusal.code)
+        if self._reloading.locked():
+            raise ModelConfigError("another model config reload is in progress: retry when it is done",
+                                   "RESOURCE_EXHAUSTED")
         models = [dataclasses.replace(m, base_path=host_path(m.base_path, self.settings.container_volumes))
                   for m in served_models(config, source)]
         if models:
             self.reload_models(models, source, f"grpc:{client}")
+
+    def _audit_reload_refusal(self, source: str, address: str, client: str, message: str) -> None:
+        """A refused reload in the audit trail and the log: at most one entry per
+        ``access.REFUSAL_LOG_SECONDS``, counting the refusals since the last one (a
+        caller repeating its request cannot grow the trail without bound)."""
+        with self._refused_reloads_lock:
+            self._refused_reloads += 1
+            now = time.monotonic()
+            if now < self._next_refusal_audit:
+                return
+            count, self._refused_reloads = self._refused_reloads, 0
+            self._next_refusal_audit = now + access.REFUSAL_LOG_SECONDS
+        log.warning("%s (%s) refused (%d refused since the last such line): %s", source, address, count, message)
+        audit.record(self.settings, audit.SERVED_CONFIG_REFUSED,
+                     f"{source} ({address}) refused ({count} refused since the last such entry): {message}",
+                     actor=f"grpc:{client}")
 
     def _watch_config_file(self) -> None:
         """Re-read the model config file every model_config_file_poll_wait_seconds
@@ -200,15 +236,19 @@ class ModelServer:
         log.info("metrics: %s", self.files.metrics_path or "not exposed (monitoring_config_file)")
 
     def _on_grpc_refused(self, method: str, request, refusal, client: str) -> None:
-        """Count a gRPC call the gate or access refused (its model name read from the request)."""
-        if method not in admission.GATED_METHODS:
+        """Count an inference call (TF Serving's or V2's ModelInfer) the gate or access
+        refused (its model name read from the request)."""
+        if method in admission.GATED_METHODS:
+            spec = getattr(request[0] if isinstance(request, tuple) else request, "model_spec", None)
+            api, name = method.lower(), spec.name if spec is not None else ""
+        elif method == V2_INFER:            # counted as the V2 service counts its calls: predict
+            api, name = "predict", getattr(request, "model_name", "")
+        else:
             return
-        spec = getattr(request[0] if isinstance(request, tuple) else request, "model_spec", None)
-        call = Call(method.lower(), GRPC, "", spec.name if spec is not None else "", client=client)
-        self.api.rejected(call, refusal)
+        self.api.rejected(Call(api, GRPC, "", name, client=client), refusal)
 
-    def _on_batch(self, rows: int, requests: int):
-        labels = (("model_name", self.models.names()[0]),)
+    def _on_batch(self, key: tuple, rows: int, requests: int):
+        labels = (("model_name", model_name_of(key)),)
         self.metrics.observe(M.BATCH_SIZE, labels, rows, M.BATCH_BUCKETS)
         self.metrics.observe(M.BATCH_REQUESTS, labels, requests, M.BATCH_BUCKETS)
 
@@ -238,7 +278,7 @@ class ModelServer:
         grpc_port = admission.bind_grpc(self.grpc_server, s.grpc_port, s.host,
                                         self.tls.grpc_credentials() if self.tls else None)
         await self.grpc_server.start()
-        app = rest.make_app(self.api, s.max_request_bytes, self.access, self.files.metrics_path)
+        app = rest.make_app(self.api, s.max_request_bytes, self.files.metrics_path, self.access)
         app.settings["gate"] = self.gate
         v2_rest.add_to_app(app, self.api, s.max_request_bytes, self.access, self.models)
         # The REST handlers check max_request_bytes themselves (413 with a JSON body).

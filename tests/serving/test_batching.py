@@ -39,7 +39,7 @@ def test_lone_request_is_served_without_waiting_for_the_timeout():
 def test_concurrent_requests_are_batched_and_split_back():
     calls, sizes = [], []
     batcher = Batcher(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1,
-                      on_batch=lambda rows, requests: sizes.append((rows, requests)))
+                      on_batch=lambda key, rows, requests: sizes.append((rows, requests)))
 
     async def main():
         outs = await asyncio.wait_for(asyncio.gather(*[
@@ -81,7 +81,7 @@ def test_closed_loop_clients_get_whole_batches_without_waiting_for_the_timeout()
     seen them, every batch holds all 4 and none waits for the (huge) timeout."""
     calls, sizes = [], []
     batcher = Batcher(max_batch_size=32, batch_timeout_micros=60_000_000, num_batch_threads=1,
-                      on_batch=lambda rows, requests: sizes.append(requests))
+                      on_batch=lambda key, rows, requests: sizes.append(requests))
 
     async def client(i):
         for j in range(20):
