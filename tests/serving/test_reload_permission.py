@@ -5,6 +5,7 @@ PERMISSION_DENIED and nothing served changes (an unsigned model elsewhere on dis
 never loaded); a listed token reloads. The same server (tokens on, two models,
 batching, a monitoring_config_file moving the metrics page) also shows that the
 moved metrics page is scraped without a token and that batch metrics name each model."""
+import os
 import socket
 import subprocess
 
@@ -168,3 +169,24 @@ def test_without_tokens_a_caller_not_on_this_machine_is_refused(tmp_path, pushed
         assert server.server.models.manager("taxi").available_versions() == [1]
         refusals = _refusals(server)
         assert refusals and address in refusals[-1]["reason"]
+
+
+def test_the_fallback_library_log_follows_no_link_and_is_private(tmp_path):
+    """A link planted where the library log goes (the shared temporary directory)
+    is not followed: the file it points at stays as it was; the log is 0600."""
+    from core.env import library_output_to
+
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    planted = tmp_path / "tfxops.log"
+    planted.symlink_to(victim)
+    with library_output_to(planted):
+        os.write(2, b"library noise\n")
+    assert victim.read_text() == "untouched\n" and planted.is_symlink()
+    written = [p for p in tmp_path.glob(f"tfxops-{os.getuid()}-*.log")]
+    assert len(written) == 1 and "library noise" in written[0].read_text()
+    assert written[0].stat().st_mode & 0o777 == 0o600
+    own = tmp_path / "own.log"
+    with library_output_to(own):
+        os.write(2, b"more noise\n")
+    assert own.stat().st_mode & 0o777 == 0o600 and "more noise" in own.read_text()
