@@ -28,12 +28,12 @@ from typing import Dict, List, Optional, Sequence
 from core import storage
 from core.pushdir import existing_versions
 from core.served import config_file_of, host_path, parse_labels, parse_model_server_config
+from serving.access import PROMETHEUS_METRICS_PATH as DEFAULT_METRICS_PATH
 from serving.models import VersionPolicy
 
 log = logging.getLogger("tfxops.serving")
 
 TENSORFLOW_PLATFORM = "tensorflow"
-DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 INVALID_ARGUMENT, FAILED_PRECONDITION = "INVALID_ARGUMENT", "FAILED_PRECONDITION"
 NOTHING_LISTENS, CALL_FAILED, NOT_CONFIRMED = "NOTHING_LISTENS", "CALL_FAILED", "NOT_CONFIRMED"   # reload_server
 OVERRIDDEN_SETTINGS = ("model_version_policy", "version_labels")    # what a model config file replaces
