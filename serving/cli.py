@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 
-from core import integrity, pushdir, storage
+from core import integrity, pushdir, served, storage
 from core.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_common_options, settings_from
 from core.env import show_own_logs
 from core.secrets import SecretError
@@ -98,7 +98,7 @@ def cmd_serve(args) -> int:
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     try:
         models.VersionPolicy.parse(settings.model_version_policy)
-        models.parse_labels(settings.version_labels)
+        served.parse_labels(settings.version_labels)
         admission.Gate(settings.max_concurrent_requests)
         admission.body_timeout(settings)
         access.load_tls(settings)                 # AccessError (a ValueError) naming the file

@@ -99,20 +99,6 @@ class VersionPolicy:
         return "all"
 
 
-def parse_labels(text: str) -> Dict[str, int]:
-    """'stable=1,canary=2' -> {'stable': 1, 'canary': 2}."""
-    labels = {}
-    for item in (text or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, sep, version = item.partition("=")
-        if not sep or not name.strip() or not version.strip().isdigit():
-            raise ValueError(f"version_labels expects label=version[,label=version]; got {item!r}")
-        labels[name.strip()] = int(version)
-    return labels
-
-
 # ------------------------------------------------------------------ one version
 @dataclass(frozen=True)
 class SessionThreads:

@@ -123,7 +123,8 @@ def test_policy_specific_and_labels(tmp_path, pushed_model, rows):
 
 
 def test_bad_policy_is_refused():
-    from serving.models import VersionPolicy, parse_labels
+    from core.served import parse_labels
+    from serving.models import VersionPolicy
     assert VersionPolicy.parse("latest:3").select([1, 5, 2, 9]) == [2, 5, 9]
     assert VersionPolicy.parse("all").select([2, 1]) == [1, 2]
     for bad in ("newest", "latest:0", "specific:"):
