@@ -14,7 +14,6 @@
 The pass runs under the monitor lock and opens the metadata store once.
 """
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from core.config import Settings, require_local
 from core.redact import redacted_features
 from monitoring import act, analysis as analysis_lib, baseline as baseline_lib, engine as engine_lib, lock as lock_lib
 from monitoring import agreement, attribution_drift, logfiles, out_of_domain, probing, redacted
-from monitoring import policy, record, rejections as rejections_lib, report, reuse, window as window_lib
+from monitoring import policy, record, rejections as rejections_lib, report, report_verdict, reuse, window as window_lib
 from monitoring.result import (ANALYSED, INCOMPLETE, NO_NEW_REQUESTS, MonitorResult, NotJudged, ReportPaths,
                                VersionResult)
 from monitoring.traffic import FEEDBACK_NEEDS_LOCAL, EngineError, VersionTraffic, WindowTraffic, load_feedback
@@ -234,7 +233,8 @@ def _act(monitor_pass: MonitorPass, traffic: VersionTraffic, found: analysis_lib
                             judged_version=traffic.version)
     monitor_pass.checkpoint.finish_action(monitor_pass.window.id, outcome.ok, outcome.to_dict())
     monitor_pass.acted = True
-    monitor_pass.print_line(f"outcome: {json.dumps(report.json_safe(outcome.to_dict()))}")
+    for line in report_verdict.outcome_lines(report.json_safe(outcome.to_dict())):
+        monitor_pass.print_line(f"outcome: {line}")      # in words; result.json keeps the whole outcome
     return policy.with_outcome(decision, outcome, monitor_pass.window.id)   # held for approval: an alert
 
 
