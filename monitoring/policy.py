@@ -13,8 +13,9 @@ requests. Anomalies that the rejections explain (a feature the rejected
 requests lack) are never a reason to retrain.
 
 A window with fewer rows than ``monitor_min_rows`` is not judged (statistics too
-noisy): none of its findings is a reason, nothing is flagged or triggered (only the
-alerts above and on bias, attribution or probing are kept).
+noisy): none of its findings is a reason, nothing is flagged or triggered; the alerts
+above are kept, and those on bias, attribution or probing only when no check of the
+window fired (as before the window was marked not judged).
 
 Then, in this order, a window is *not* acted on when: its model version is not the one
 currently served (a newer version replaced it, or another version of the window
@@ -181,7 +182,9 @@ def decide(settings: Settings, *, reasons: List[str], rows: int, is_current: boo
     if alert is not None:
         return alert_decision(alert, reasons + [finding for finding, _ in alerts], dry_run)
     not_judged = too_few_rows(settings, rows) if rows < settings.monitor_min_rows else ""
-    if not reasons or not_judged:
+    if reasons and not_judged:      # the window's own findings are noise: none counts, nor does an alert
+        return Decision(NONE, False, [], not_judged, dry_run, not_judged=not_judged)
+    if not reasons:
         if alerts:
             return Decision(ALERT, True, [finding for finding, _ in alerts],
                             "alert, not acted on: " + "; ".join(why for _, why in alerts), dry_run,
