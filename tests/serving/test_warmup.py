@@ -4,7 +4,6 @@ manifest; ``tfxops serve`` replays it before the version becomes AVAILABLE, with
 counting or logging the replayed calls; a version whose warm-up fails is not served."""
 import logging
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from serving.client import rest_body
 from serving.models import AVAILABLE, END, ModelManager, VersionPolicy
 from serving.server import BackgroundServer
 from tests.serving.conftest import serving_settings
+from tests.serving.test_reload import wait_for
 
-WAIT = 120     # seconds: an upper bound for waits, never an assertion on time
 ROWS_PER_SIGNATURE = 3   # the default warmup_examples
 
 
@@ -49,15 +48,6 @@ def copy_with_warmup(src, base: Path, version: int, records=None, raw: bytes = N
     (target / integrity.MANIFEST_NAME).unlink()
     integrity.write_manifest(str(target), None, str(version), base.name)
     return target
-
-
-def wait_for(predicate, what):
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------ the file
